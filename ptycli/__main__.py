@@ -1,0 +1,3 @@
+from ptycli.cli.main import run
+
+run()

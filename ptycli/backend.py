@@ -1,0 +1,289 @@
+"""The array-backend seam: the only module that imports CuPy.
+
+Compute code (physics, engines, constraints) never imports numpy or scipy for array work.
+It asks this module for the namespace of the arrays it was given ("array type in ==
+array type out"), for FFTs, and for the few operations the array API standard lacks
+(patch extraction, scatter-add). ``to_numpy`` is the one way to the host, and it counts
+its calls so tests can prove an engine does not synchronise inside its loop.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import DeviceError
+
+_FFT_WORKERS = max(1, os.cpu_count() or 1)
+_fft_library = os.environ.get("PTYCLI_FFT", "auto")  # auto | scipy | pyfftw | numpy
+transfer_count = 0  # incremented by every to_numpy() of a device array
+
+PRECISIONS = {"single": ("float32", "complex64"), "double": ("float64", "complex128")}
+
+
+# ----------------------------------------------------------------------------- namespaces
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy  # noqa: PLC0415  (optional dependency; imported lazily)
+    except Exception:  # ImportError, or a CUDA runtime that fails to load
+        return None
+    return cupy
+
+
+def is_cupy_array(x: Any) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def namespace(*arrays: Any) -> ModuleType:
+    """Namespace of the given arrays: numpy, cupy, or an array-API namespace."""
+    for a in arrays:
+        if a is None or isinstance(a, (int, float, complex)):
+            continue
+        if isinstance(a, np.ndarray) or isinstance(a, np.generic):
+            return np
+        if is_cupy_array(a):
+            return _cupy()  # type: ignore[return-value]
+        if hasattr(a, "__array_namespace__"):
+            return a.__array_namespace__()
+    return np
+
+
+def is_numpy(xp: ModuleType) -> bool:
+    return xp is np
+
+
+def get_xp(device: str = "cpu") -> ModuleType:
+    """Namespace for a device string: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device == "cpu":
+        return np
+    cp = _cupy()
+    usable = cp is not None and _cuda_device_count(cp) > 0
+    if device == "auto":
+        return cp if usable else np
+    if not device.startswith("cuda"):
+        raise DeviceError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+    if not usable:
+        raise DeviceError(
+            f"device {device!r} requested but CuPy with a CUDA device is not available "
+            "(install the 'gpu' extra: pip install 'ptycli[gpu]')"
+        )
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    cp.cuda.Device(index).use()
+    return cp
+
+
+def _cuda_device_count(cp: ModuleType) -> int:
+    try:
+        return int(cp.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def device_name(xp: ModuleType) -> str:
+    if xp is np:
+        return "cpu"
+    if getattr(xp, "__name__", "") == "cupy":
+        return f"cuda:{xp.cuda.Device().id}"
+    return getattr(xp, "__name__", "array-api")
+
+
+# ----------------------------------------------------------------------------- transfers
+def to_numpy(x: Any) -> np.ndarray:
+    """The one way to the host. Counts device-to-host copies."""
+    global transfer_count
+    if isinstance(x, np.ndarray):
+        return x
+    if is_cupy_array(x):
+        transfer_count += 1
+        return x.get()
+    if hasattr(x, "__array_namespace__") and not isinstance(x, np.generic):
+        transfer_count += 1
+        try:
+            return np.from_dlpack(x)
+        except Exception:
+            return np.asarray(x)
+    return np.asarray(x)
+
+
+def to_device(x: Any, xp: ModuleType, dtype: Any = None) -> Any:
+    """Move a host array (or scalar) onto the namespace ``xp``."""
+    if xp is np:
+        return np.asarray(x, dtype=dtype)
+    return xp.asarray(x, dtype=dtype)
+
+
+def scalar(x: Any) -> float:
+    """A Python float from a 0-d array (a host sync on GPU: use outside hot loops)."""
+    return float(to_numpy(x))
+
+
+# ----------------------------------------------------------------------------- dtypes
+def dtypes(precision: str = "single") -> tuple[str, str]:
+    """(real, complex) dtype names for ``single`` (default) or ``double``."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise DeviceError(f"unknown precision {precision!r}; expected single or double") from None
+
+
+def complex_dtype_of(x: Any) -> Any:
+    """complex64 for float32/complex64 input, complex128 otherwise."""
+    xp = namespace(x)
+    return xp.complex64 if x.dtype in (xp.float32, xp.complex64) else xp.complex128
+
+
+def real_dtype_of(x: Any) -> Any:
+    xp = namespace(x)
+    return xp.float32 if x.dtype in (xp.float32, xp.complex64) else xp.float64
+
+
+# ----------------------------------------------------------------------------- FFT
+def set_fft_library(name: str) -> None:
+    """Choose the CPU FFT: ``auto`` (pyFFTW if installed, else scipy), ``scipy``, ``pyfftw``, ``numpy``."""
+    global _fft_library
+    if name not in ("auto", "scipy", "pyfftw", "numpy"):
+        raise DeviceError(f"unknown FFT library {name!r}; expected auto, scipy, pyfftw or numpy")
+    _fft_library = name
+
+
+def fft_library() -> str:
+    if _fft_library == "auto":
+        return "pyfftw" if _pyfftw_builders() is not None else "scipy"
+    return _fft_library
+
+
+_PYFFTW: Any = None
+
+
+def _pyfftw_builders() -> Any:
+    global _PYFFTW
+    if _PYFFTW is None:
+        try:
+            import pyfftw  # noqa: PLC0415
+            import pyfftw.interfaces.cache as cache  # noqa: PLC0415
+            import pyfftw.interfaces.scipy_fft as pfft  # noqa: PLC0415
+
+            pyfftw.config.NUM_THREADS = _FFT_WORKERS
+            pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"
+            cache.enable()
+            cache.set_keepalive_time(60.0)
+            _PYFFTW = pfft
+        except Exception:
+            _PYFFTW = False
+    return _PYFFTW or None
+
+
+def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
+    xp = namespace(x)
+    if xp is np:
+        lib = fft_library()
+        if lib == "pyfftw" and _pyfftw_builders() is not None:
+            f = _PYFFTW.ifftn if inverse else _PYFFTW.fftn
+            return f(x, axes=axes, norm="ortho", workers=_FFT_WORKERS)
+        if lib == "numpy":
+            f = np.fft.ifftn if inverse else np.fft.fftn
+            return f(x, axes=axes, norm="ortho")
+        import scipy.fft as sfft  # noqa: PLC0415
+
+        f = sfft.ifftn if inverse else sfft.fftn
+        return f(x, axes=axes, norm="ortho", workers=_FFT_WORKERS)
+    f = xp.fft.ifftn if inverse else xp.fft.fftn
+    return f(x, axes=axes, norm="ortho")
+
+
+def fft2(x: Any) -> Any:
+    """Unitary forward 2D FFT over the last two axes (kernel exp(-2 pi i k.r))."""
+    return _fft_call(x, False, (-2, -1))
+
+
+def ifft2(x: Any) -> Any:
+    """Unitary inverse 2D FFT over the last two axes."""
+    return _fft_call(x, True, (-2, -1))
+
+
+def fftn(x: Any, axes: tuple[int, ...]) -> Any:
+    return _fft_call(x, False, axes)
+
+
+def ifftn(x: Any, axes: tuple[int, ...]) -> Any:
+    return _fft_call(x, True, axes)
+
+
+def fftfreq(n: int, d: float = 1.0, *, xp: ModuleType = np, dtype: Any = None) -> Any:
+    """Sample frequencies on ``xp`` (cycles per unit of ``d``), DC first."""
+    f = np.fft.fftfreq(n, d)
+    return to_device(f, xp, dtype=dtype or "float64")
+
+
+def fftshift(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
+    xp = namespace(x)
+    shifts = tuple(x.shape[a] // 2 for a in axes)
+    return xp.roll(x, shifts, axis=axes)
+
+
+def ifftshift(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
+    xp = namespace(x)
+    shifts = tuple(-(x.shape[a] // 2) for a in axes)
+    return xp.roll(x, shifts, axis=axes)
+
+
+# ----------------------------------------------------------------------------- patches
+def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
+    """Windows of ``obj`` (..., H, W) with top-left corners (y0[b], x0[b]).
+
+    Returns (B, ..., m, n). Corners are integer arrays on the host or the device.
+    """
+    xp = namespace(obj)
+    m, n = shape
+    if xp is np:
+        # A strided view of every window, then one gather: rows are copied contiguously.
+        win = np.lib.stride_tricks.sliding_window_view(obj, (m, n), axis=(-2, -1))
+        out = win[..., np.asarray(y0), np.asarray(x0), :, :]
+        return np.moveaxis(out, -3, 0)
+    yy = xp.asarray(y0)[:, None, None] + xp.arange(m)[None, :, None]
+    xx = xp.asarray(x0)[:, None, None] + xp.arange(n)[None, None, :]
+    out = obj[..., yy, xx]
+    return xp.moveaxis(out, -3, 0)
+
+
+def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
+    """Accumulate ``patches`` (B, ..., m, n) into ``target`` (..., H, W) in place.
+
+    Overlapping windows add up. Returns ``target``.
+    """
+    xp = namespace(target)
+    m, n = patches.shape[-2:]
+    if xp is np:
+        # A loop of contiguous slice-adds beats np.add.at and bincount here: each add is a
+        # dense m*n block, and the Python overhead per window (~1 us) is small next to it.
+        ys = np.asarray(y0).tolist()
+        xs = np.asarray(x0).tolist()
+        for b, (y, x) in enumerate(zip(ys, xs)):
+            target[..., y : y + m, x : x + n] += patches[b]
+        return target
+    if getattr(xp, "__name__", "") == "cupy":
+        import cupyx  # noqa: PLC0415
+
+        yy = xp.asarray(y0)[:, None, None] + xp.arange(m)[None, :, None]
+        xx = xp.asarray(x0)[:, None, None] + xp.arange(n)[None, None, :]
+        lead = target.shape[:-2]
+        vals = xp.moveaxis(patches, 0, -3)  # (..., B, m, n)
+        index = (Ellipsis, yy, xx) if lead else (yy, xx)
+        cupyx.scatter_add(target, index, vals)
+        return target
+    raise DeviceError(f"scatter_add_patches has no implementation for namespace {xp!r}")
+
+
+# ----------------------------------------------------------------------------- misc
+def synchronize(xp: ModuleType) -> None:
+    """Wait for queued device work (timings only; never inside an engine loop)."""
+    if getattr(xp, "__name__", "") == "cupy":
+        xp.cuda.get_current_stream().synchronize()
+
+
+def host_rng(seed: int | None) -> np.random.Generator:
+    """Random numbers for control decisions (grouping, splits) live on the host."""
+    return np.random.default_rng(seed)

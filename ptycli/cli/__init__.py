@@ -1,0 +1,1 @@
+"""Command line: thin commands over ptycli.stages; holds no science."""

@@ -1,0 +1,34 @@
+"""Options shared by several commands, defined once so they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+OUTPUT_PANEL = "Output"
+
+Output = typer.Option(..., "-o", "--output", help="Output store or file (written atomically).",
+                      rich_help_panel=OUTPUT_PANEL)
+Overwrite = typer.Option(False, "--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT_PANEL)
+Json = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the path.",
+                    rich_help_panel=OUTPUT_PANEL)
+ProgressOpt = typer.Option("auto", "--progress", help="auto|bar|lines|none (lines: heartbeat log lines).",
+                           rich_help_panel=OUTPUT_PANEL)
+Device = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N.")
+Precision = typer.Option("single", "--precision", help="single (float32, default) or double.")
+Seed = typer.Option(0, "--seed", help="Random seed (runs are deterministic for a seed).")
+
+
+def read_path_arg(value: str) -> Path:
+    """An input given as '-' is read as one path from stdin, so stages pipe."""
+    import sys  # noqa: PLC0415
+
+    if value == "-":
+        line = sys.stdin.readline().strip()
+        if not line:
+            from ..errors import UsageError  # noqa: PLC0415
+
+            raise UsageError("input '-' given but stdin had no path")
+        return Path(line)
+    return Path(value)

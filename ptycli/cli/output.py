@@ -1,0 +1,159 @@
+"""What the CLI shows: the result on stdout, everything else on stderr.
+
+stdout carries only the result (an output path, a bare value, or one JSON document with
+``--json``) so stages compose in pipes and Makefiles. Logs, warnings and progress go to
+stderr: a rich bar on a terminal, plain timestamped heartbeat lines otherwise (SLURM logs).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import typer
+
+from ..errors import ExitCode, PtycliError
+
+VERBOSITY = {"level": 0}  # -v/-q counted by the app callback
+
+
+def console():
+    """The stderr console (rich honours NO_COLOR and TERM=dumb)."""
+    from rich.console import Console  # noqa: PLC0415  (keep `ptycli --help` fast)
+
+    return Console(stderr=True, highlight=False)
+
+
+def log(message: str, level: int = 0) -> None:
+    """A log line on stderr, shown when the verbosity is at least ``level``."""
+    if VERBOSITY["level"] >= level:
+        console().print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    if VERBOSITY["level"] >= -1:
+        console().print(f"warning: {message}", markup=False, style="yellow")
+
+
+def result(value: Any, as_json: bool = False) -> None:
+    """Print the result on stdout: JSON with ``--json``, else a bare value or path."""
+    if as_json:
+        sys.stdout.write(json.dumps(value, indent=2, default=_json_default) + "\n")
+    elif value is not None:
+        sys.stdout.write(f"{value}\n")
+    sys.stdout.flush()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return str(obj)
+
+
+def fail(exc: PtycliError) -> typer.Exit:
+    """Print the one-line error and return the Exit to raise."""
+    sys.stderr.write(f"ptycli: error: {exc}\n")
+    if VERBOSITY["level"] >= 2:
+        traceback.print_exception(exc)
+    return typer.Exit(int(exc.exit_code))
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map library errors to one line on stderr and the exit-code table (errors.py)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PtycliError as exc:
+            raise fail(exc) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("ptycli: interrupted\n")
+            raise typer.Exit(int(ExitCode.USER_INTERRUPT)) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except MemoryError:
+            sys.stderr.write("ptycli: error: out of memory (try --stream or a smaller group size)\n")
+            raise typer.Exit(int(ExitCode.DEVICE)) from None
+        except Exception as exc:  # a bug: say so, traceback only with -vv
+            sys.stderr.write(f"ptycli: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)\n")
+            if VERBOSITY["level"] >= 2:
+                traceback.print_exc()
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- progress
+def progress_mode(requested: str = "auto") -> str:
+    """Resolve ``auto``: a bar on an interactive stderr, heartbeat lines otherwise."""
+    if VERBOSITY["level"] < 0:
+        return "none"
+    if requested != "auto":
+        return requested
+    return "bar" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else "lines"
+
+
+class Progress:
+    """A progress reporter: ``bar`` (rich), ``lines`` (heartbeat every ``every_s``), ``none``."""
+
+    def __init__(self, total: int | None, description: str, mode: str = "auto", every_s: float = 10.0):
+        self.mode = progress_mode(mode)
+        self.total, self.description, self.every_s = total, description, every_s
+        self.done, self.fields = 0, {}
+        self._t0 = self._last = time.monotonic()
+        self._bar = None
+        if self.mode == "bar":
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                TimeElapsedColumn, TimeRemainingColumn,
+            )
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=console(), transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, info="")
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        self.done += advance
+        self.fields.update(fields)
+        info = " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, info=info)
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if now - self._last >= self.every_s or (self.total and self.done >= self.total):
+                self._last = now
+                self._line(info)
+
+    def _line(self, info: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        of = f"/{self.total}" if self.total else ""
+        rate = self.done / max(time.monotonic() - self._t0, 1e-9)
+        sys.stderr.write(f"[{stamp}] {self.description}: {self.done}{of} ({rate:.3g}/s) {info}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,1 @@
+"""Constraints (projections between updates) and cost regularisers; a registry."""

@@ -1,0 +1,1 @@
+"""Reconstruction engines on one shared loop; a registry name -> (run, Params)."""

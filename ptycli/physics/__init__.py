@@ -1,0 +1,1 @@
+"""Physics: pure functions of arrays and numbers (any backend; float32 default)."""

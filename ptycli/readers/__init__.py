@@ -1,0 +1,1 @@
+"""Raw formats -> chunks + metadata; one module per format, registered by suffix."""

@@ -1,0 +1,1 @@
+"""Orchestration of each pipeline stage; callable from Python (no printing)."""

@@ -1,0 +1,122 @@
+"""The reconstruction state: arrays of a state store, in memory and on disk.
+
+``State`` holds host (numpy) or device arrays; ``load_state`` / ``write_state`` move it
+between a state store and memory. Optional variables are ``None`` when absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .io import StoreWriter, write_array
+
+OPTIONAL_ARRAYS = ("tilts", "slice_thickness", "beam_current", "background", "positions_initial")
+
+
+@dataclass
+class State:
+    """Everything a reconstruction refines, with its geometry.
+
+    probe: (P, M, M) complex, centred in its window, sum |P|^2 = counts per frame.
+    object: (Q, S, H, W) complex transmission.
+    positions: (J, 2) float, probe centres in object pixels (y, x): p = r/dx + origin.
+    slice_thickness: (S,) float Å (one value per slice; equal values = one shared Δz).
+    tilts: (J, 2) float mrad (y, x), beam tilt per position, or None.
+    """
+
+    probe: Any
+    object: Any
+    positions: Any
+    dx_a: float
+    energy_kev: float
+    slice_thickness: Any = None
+    tilts: Any = None
+    beam_current: Any = None
+    background: Any = None
+    positions_initial: Any = None
+    origin_px: tuple[float, float] = (0.0, 0.0)
+    semiangle_mrad: float | None = None
+    aberrations: dict[str, float] = field(default_factory=dict)
+    iteration: int = 0
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.object.shape[1])
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return tuple(self.probe.shape[-2:])  # type: ignore[return-value]
+
+    def copy(self, **changes: Any) -> "State":
+        return replace(self, **changes)
+
+    def attrs(self) -> dict[str, Any]:
+        """Scalar metadata stored as the ``state`` root attribute."""
+        return {
+            "dx_a": float(self.dx_a),
+            "energy_kev": float(self.energy_kev),
+            "origin_px": [float(v) for v in self.origin_px],
+            "semiangle_mrad": self.semiangle_mrad,
+            "aberrations": {k: float(v) for k, v in self.aberrations.items()},
+            "iteration": int(self.iteration),
+            "n_probe_modes": int(self.probe.shape[0]),
+            "n_object_modes": int(self.object.shape[0]),
+            "n_slices": self.n_slices,
+        }
+
+
+def array_fields() -> list[str]:
+    return ["probe", "object", "positions", *OPTIONAL_ARRAYS]
+
+
+def load_state(group: zarr.Group) -> State:
+    """Read a state store (or a ``checkpoint`` subgroup) into host arrays."""
+    attrs = dict(group.attrs.get("state", {}))
+    arrays = {name: np.asarray(group[name][...]) for name in array_fields() if name in group}
+    return State(
+        probe=arrays["probe"],
+        object=arrays["object"],
+        positions=arrays["positions"].astype(np.float64),
+        dx_a=float(attrs["dx_a"]),
+        energy_kev=float(attrs["energy_kev"]),
+        slice_thickness=arrays.get("slice_thickness"),
+        tilts=arrays.get("tilts"),
+        beam_current=arrays.get("beam_current"),
+        background=arrays.get("background"),
+        positions_initial=arrays.get("positions_initial"),
+        origin_px=tuple(attrs.get("origin_px", (0.0, 0.0))),  # type: ignore[arg-type]
+        semiangle_mrad=attrs.get("semiangle_mrad"),
+        aberrations=dict(attrs.get("aberrations", {})),
+        iteration=int(attrs.get("iteration", 0)),
+    )
+
+
+def write_state_arrays(group: zarr.Group, state: State, to_host: Any = np.asarray) -> None:
+    """Write the arrays and the ``state`` attribute of ``state`` into ``group``."""
+    for f in fields(state):
+        if f.name not in array_fields():
+            continue
+        value = getattr(state, f.name)
+        if value is None:
+            continue
+        host = np.asarray(to_host(value))
+        chunks = _state_chunks(f.name, host.shape)
+        write_array(group, f.name, host, chunks=chunks)
+    group.attrs["state"] = state.attrs()
+
+
+def write_state(writer: StoreWriter, state: State, to_host: Any = np.asarray) -> None:
+    write_state_arrays(writer.group, state, to_host)
+
+
+def _state_chunks(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    # One chunk per (mode, slice) image keeps slice access cheap for viewers and export.
+    if name == "object":
+        return (1, 1, *shape[2:])
+    if name == "probe":
+        return (1, *shape[1:])
+    return shape

@@ -19,7 +19,7 @@ from .output import VERBOSITY
 # Each module defines its command(s) on `app`; the order here is the order in --help.
 COMMAND_MODULES = (
     "simulate", "preprocess", "init", "reconstruct", "constrain", "export",
-    "inspect", "compare", "validate", "demo", "watch", "tune",
+    "inspect", "compare", "validate", "demo", "watch", "bench", "tune",
 )
 
 DEPENDENCIES = ("typer", "rich", "numpy", "scipy", "zarr", "numcodecs", "pydantic", "h5py",

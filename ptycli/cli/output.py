@@ -22,6 +22,7 @@ from ..errors import ExitCode, PtycliError
 VERBOSITY = {"level": 0}  # -v/-q counted by the app callback
 
 
+@functools.lru_cache(maxsize=1)
 def console():
     """The stderr console (rich honours NO_COLOR and TERM=dumb)."""
     from rich.console import Console  # noqa: PLC0415  (keep `ptycli --help` fast)
@@ -32,12 +33,12 @@ def console():
 def log(message: str, level: int = 0) -> None:
     """A log line on stderr, shown when the verbosity is at least ``level``."""
     if VERBOSITY["level"] >= level:
-        console().print(message, markup=False)
+        console().print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     if VERBOSITY["level"] >= -1:
-        console().print(f"warning: {message}", markup=False, style="yellow")
+        console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def result(value: Any, as_json: bool = False) -> None:

@@ -1,0 +1,156 @@
+"""Benchmark cases (issue 8) and their synthetic inputs, built on the fly.
+
+Timing does not depend on what the patterns show, only on their shape, so the standard
+cases use a realistic probe over a weak random phase object and patterns made from the
+probe's own diffraction with multiplicative noise: engines see sane, finite data without
+the cost of a forward simulation. Time to quality uses ``ptycli.stages.simulate`` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+ENERGY_KEV = 300.0
+SEMIANGLE_MRAD = 25.0
+DEFOCUS_A = 80.0
+# 0.18 Å pixels (the `demo` preset's sampling) and a 0.6 Å step: 3.33 px, deliberately not
+# an integer so every position exercises the sub-pixel Fourier shift.
+DX_A = 0.18
+STEP_A = 0.6
+SLICE_THICKNESS_A = 10.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """Geometry of one benchmark case."""
+
+    name: str
+    scan: tuple[int, int] = (32, 32)
+    size: int = 64
+    slices: int = 1
+    probe_modes: int = 1
+
+    @property
+    def n_positions(self) -> int:
+        return self.scan[0] * self.scan[1]
+
+    def with_positions(self, n: int) -> "Case":
+        side = int(round(np.sqrt(n)))
+        return replace(self, scan=(side, max(1, n // side)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Case":
+        return cls(**{**doc, "scan": tuple(doc["scan"])})
+
+
+STANDARD = {
+    "A": Case("A", scan=(64, 64), size=128, slices=1, probe_modes=1),
+    "B": Case("B", scan=(64, 64), size=128, slices=10, probe_modes=4),
+    "C": Case("C", scan=(32, 32), size=64, slices=1, probe_modes=1),
+}
+
+# --quick keeps every case's pattern size, slices and modes (so the FFT-bound ratio means
+# the same thing) but shrinks the scans of A and B, whose per-iteration time grows
+# linearly with positions; the seconds per iteration are then also given per position.
+QUICK_SCANS = {"A": (32, 32), "B": (8, 8), "C": (32, 32)}
+
+SCALING_FULL = {
+    "positions": [256, 1024, 4096, 16384],
+    "slices": [1, 2, 4, 8, 16, 32],
+    "probe_modes": [1, 2, 4, 8],
+    "size": [64, 128, 256],
+}
+SCALING_QUICK = {
+    "positions": [256, 1024, 4096],
+    "slices": [1, 2, 4, 8],
+    "probe_modes": [1, 2, 4, 8],
+    "size": [64, 128, 256],
+}
+# Base of each scaling series: case C's geometry; the position count is kept small for the
+# other series so slices x modes x size stay affordable on two cores.
+SCALING_BASE = Case("scale", scan=(16, 16), size=64)
+
+
+def standard_cases(quick: bool) -> dict[str, Case]:
+    if not quick:
+        return dict(STANDARD)
+    return {k: replace(c, scan=QUICK_SCANS[k]) for k, c in STANDARD.items()}
+
+
+def scaling_cases(quick: bool) -> list[tuple[str, float, Case]]:
+    """(series, x value, case) for every point of the scaling series."""
+    grid = SCALING_QUICK if quick else SCALING_FULL
+    points = []
+    for n in grid["positions"]:
+        points.append(("positions", float(n), SCALING_BASE.with_positions(n)))
+    for s in grid["slices"]:
+        points.append(("slices", float(s), replace(SCALING_BASE, slices=s)))
+    for p in grid["probe_modes"]:
+        points.append(("probe_modes", float(p), replace(SCALING_BASE, probe_modes=p)))
+    for m in grid["size"]:
+        points.append(("size", float(m), replace(SCALING_BASE, size=m)))
+    return points
+
+
+# ----------------------------------------------------------------------------- inputs
+def positions_px(case: Case, step_a: float = STEP_A) -> tuple[np.ndarray, tuple[int, int]]:
+    """Raster probe centres (J, 2) in object px, and the object canvas (H, W) holding them."""
+    from ptycli.physics import scan  # noqa: PLC0415
+
+    ny, nx = case.scan
+    iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    pos_a = np.stack([iy.ravel(), ix.ravel()], axis=1).astype(np.float64) * step_a
+    window = (case.size, case.size)
+    origin = scan.origin_px(pos_a, DX_A, window)
+    pos = scan.to_pixels(pos_a, DX_A, origin)
+    return pos, scan.object_shape(pos, window)
+
+
+def synthetic_state(case: Case, counts: float = 1e4, seed: int = 0, step_a: float = STEP_A) -> Any:
+    """A State on the host: aberrated probe modes, weak random phase object, raster positions."""
+    from ptycli.physics import probe as probe_mod  # noqa: PLC0415
+    from ptycli.store.state import State  # noqa: PLC0415
+
+    shape = (case.size, case.size)
+    p0 = probe_mod.make_probe(shape, DX_A, ENERGY_KEV * 1e3, SEMIANGLE_MRAD, {"C10": -DEFOCUS_A}, counts=counts)
+    probe = probe_mod.init_modes(p0, case.probe_modes) if case.probe_modes > 1 else p0[None]
+    pos, (h, w) = positions_px(case, step_a)
+    rng = np.random.default_rng(seed)
+    phase = 0.05 * rng.standard_normal((1, case.slices, h, w)).astype(np.float32)
+    obj = np.exp(1j * phase).astype(np.complex64)
+    return State(probe=probe.astype(np.complex64), object=obj, positions=pos, dx_a=DX_A,
+                 energy_kev=ENERGY_KEV, slice_thickness=np.full(case.slices, SLICE_THICKNESS_A),
+                 positions_initial=pos.copy(), semiangle_mrad=SEMIANGLE_MRAD,
+                 aberrations={"C10": -DEFOCUS_A})
+
+
+def probe_far_field(state: Any) -> np.ndarray:
+    """Σ_p |F[P_p]|², unshifted: the diffraction of the probe through vacuum."""
+    from ptycli import backend  # noqa: PLC0415
+
+    return np.sum(np.abs(backend.fft2(state.probe)) ** 2, axis=0).astype(np.float32)
+
+
+def pattern_block(far: np.ndarray, start: int, count: int) -> np.ndarray:
+    """Patterns ``start .. start+count`` (unshifted float32): ``far`` with ±20 % noise.
+
+    Seeded by ``start`` so any block is reproducible on its own (chunked store writes).
+    """
+    rng = np.random.default_rng(start)
+    return far * rng.uniform(0.8, 1.2, size=(count, *far.shape)).astype(np.float32)
+
+
+def synthetic_patterns(state: Any, chunk: int = 1024) -> np.ndarray:
+    """(J, M, M) float32 counts, unshifted (DC at [0, 0]), made chunk by chunk."""
+    far = probe_far_field(state)
+    j = len(state.positions)
+    out = np.empty((j, *far.shape), dtype=np.float32)
+    for a in range(0, j, chunk):
+        out[a:a + chunk] = pattern_block(far, a, min(chunk, j - a))
+    return out

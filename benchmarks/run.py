@@ -1,0 +1,190 @@
+"""ptycli benchmark suite (issue 8): `python benchmarks/run.py [--quick]`.
+
+Prints a table per section and writes benchmarks/RESULTS.md (machine, versions, date) and
+benchmarks/RESULTS.json (every number). Every measurement runs in its own process
+(benchmarks/worker.py) so its peak RSS is its own and a failing engine is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cases  # noqa: E402
+import harness  # noqa: E402
+import report  # noqa: E402
+import writeup  # noqa: E402
+
+WORKER_TIMEOUT_S = 3600
+
+
+def run_worker(spec: dict[str, Any], timeout_s: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its JSON line, or a failure record."""
+    cmd = [sys.executable, str(HERE / "worker.py"), json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"ok": False, "error": f"worker died: {tail[0]}"}
+    return json.loads(lines[-1])
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- sections
+def fft_section(quick: bool) -> dict[str, Any]:
+    """`ptycli bench fft` for the pattern sizes of the suite, every library."""
+    from ptycli.stages import bench  # noqa: PLC0415
+
+    out = {}
+    for size in (64, 128, 256):
+        out[str(size)] = bench.run_fft(size, 64, "single", "cpu", bench.available_libraries() + ["backend"],
+                                       min_time_s=0.1 if quick else 0.3)
+        log(f"fft {size}x{size}: {out[str(size)]['rates_per_s']}")
+    return out
+
+
+def iteration_plan(name: str, quick: bool) -> tuple[int, int]:
+    """(warm-up, timed) iterations; full-size case B is too slow on 2 cores for more than 3."""
+    if name == "B" and not quick:
+        return 1, 3
+    return 1, 5
+
+
+def standard_section(engines: list[str], quick: bool) -> list[dict[str, Any]]:
+    results = []
+    status = harness.engine_status()
+    for name, case in cases.standard_cases(quick).items():
+        for engine in status:
+            if status[engine] != "available":
+                results.append({"case": case.to_json(), "engine": engine, "result": {"ok": False, "status": status[engine]}})
+                continue
+            if engine not in engines:
+                continue
+            warmup, timed = iteration_plan(name, quick)
+            log(f"case {name} ({case.n_positions} positions) engine {engine}: {warmup}+{timed} iterations")
+            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": warmup, "timed": timed})
+            log(_summary(res))
+            results.append({"case": case.to_json(), "engine": engine, "result": res})
+    return results
+
+
+def _summary(res: dict[str, Any]) -> str:
+    if not res.get("ok"):
+        return f"  failed: {res.get('error')}"
+    return (f"  {res['median_s']:.3g} s/iter, FFT bound {res['fft_bound_s']:.3g} s, ratio {res['ratio']:.3g}, "
+            f"peak RSS {res['peak_rss_mib']:.0f} MiB")
+
+
+def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list]]:
+    series: dict[str, dict[str, list]] = {}
+    timed = 3
+    for name, x, case in cases.scaling_cases(quick):
+        for engine in engines:
+            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": 1, "timed": timed})
+            t = res["median_s"] if res.get("ok") else None
+            log(f"scaling {name}={x:g} {engine}: {t if t is None else f'{t:.3g} s/iter'}")
+            series.setdefault(name, {}).setdefault(engine, []).append((x, t))
+    return series
+
+
+def quality_section(engines: list[str], quick: bool) -> dict[str, Any]:
+    checkpoints = [1, 2, 3, 5, 8, 12, 20] if quick else [1, 2, 3, 5, 8, 12, 20, 30, 50]
+    out = {}
+    for engine in engines:
+        log(f"time to quality: {engine} on simulate preset demo")
+        out[engine] = run_worker({"kind": "quality", "engine": engine, "preset": "demo", "checkpoints": checkpoints})
+        if not out[engine].get("ok"):
+            log(f"  failed: {out[engine].get('error')}")
+    return out
+
+
+def streaming_section(engine: str) -> list[dict[str, Any]]:
+    """Peak RSS at 4096 and 16384 positions over the same field of view (object size fixed)."""
+    budget = 64 * 2**20
+    rows = []
+    for scan, step_a in (((64, 64), 0.6), ((128, 128), 0.3)):
+        case = cases.Case("stream", scan=scan, size=64)
+        for stream in (True, False):
+            log(f"streaming RSS: {case.n_positions} positions, stream={stream}")
+            res = run_worker({"kind": "stream", "engine": engine, "case": case.to_json(), "step_a": step_a,
+                              "stream": stream, "budget_bytes": budget, "iterations": 1})
+            rows.append({"n_positions": case.n_positions, "stream": stream, "result": res})
+    return rows
+
+
+def profile_section(engines: list[str], quick: bool) -> dict[str, Any]:
+    case = cases.standard_cases(quick)["A"]
+    out = {}
+    for engine in engines:
+        log(f"profile: {engine} on case A ({case.n_positions} positions)")
+        out[engine] = run_worker({"kind": "profile", "engine": engine, "case": case.to_json(),
+                                  "iterations": 2, "top": 12})
+    out["_case"] = case.to_json()
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+SECTIONS = ("fft", "standard", "scaling", "quality", "streaming", "profile")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced grid: a few minutes on 2 cores")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    ap.add_argument("--engines", nargs="+", help="engines to run (default: every available one)")
+    ap.add_argument("--scaling-engines", nargs="+", help="engines for the scaling series "
+                    "(default: lsqml with --quick, every engine otherwise)")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report to write")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    available = harness.available_engines()
+    engines = [e for e in (args.engines or available) if e in available]
+    scaling_engines = args.scaling_engines or (["lsqml"] if args.quick and "lsqml" in engines else engines)
+    todo = args.only or list(SECTIONS)
+    doc: dict[str, Any] = {"quick": args.quick, "machine": report.machine_info(),
+                           "engine_status": harness.engine_status(), "engines": engines}
+    steps: dict[str, Callable[[], Any]] = {
+        "fft": lambda: fft_section(args.quick),
+        "standard": lambda: standard_section(engines, args.quick),
+        "scaling": lambda: scaling_section([e for e in scaling_engines if e in engines], args.quick),
+        "quality": lambda: quality_section(engines, args.quick),
+        "streaming": lambda: streaming_section("lsqml" if "lsqml" in engines else engines[0]),
+        "profile": lambda: profile_section(engines, args.quick),
+    }
+    t0 = time.perf_counter()
+    for name in todo:
+        if name != "fft" and not engines:
+            doc[name] = None
+            continue
+        doc[name] = steps[name]()
+    doc["machine"]["load_average_end"] = list(os.getloadavg())
+    doc["elapsed_s"] = time.perf_counter() - t0
+    text, markdown = writeup.render(doc)
+    sys.stdout.write(text + "\n")
+    args.out.write_text(markdown)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
+    log(f"wrote {args.out} ({doc['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

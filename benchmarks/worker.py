@@ -1,0 +1,222 @@
+"""One benchmark measurement in a fresh process: prints one JSON document on stdout.
+
+Each measurement runs alone in its own interpreter so its peak RSS (``ru_maxrss``) is its
+own, and so a crash or an out-of-memory in one case cannot take the suite down.
+Usage: ``python benchmarks/worker.py '<json spec>'`` (``kind`` = engine | profile |
+quality | stream).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cases  # noqa: E402
+import harness  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+# ----------------------------------------------------------------------------- engine timing
+def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per iteration of one engine on one case, and the FFT bound of the same work."""
+    case = cases.Case.from_json(spec["case"])
+    state = cases.synthetic_state(case)
+    patterns = cases.synthetic_patterns(state)
+    rss_inputs = peak_rss_mib()
+    timing = harness.time_iterations(spec["engine"], state, patterns, spec["timed"], spec["warmup"])
+    out = {"rss_inputs_mib": rss_inputs, "peak_rss_mib": peak_rss_mib(), **timing}
+    out.update(fft_bound(spec["engine"], case, timing["group_size"]))
+    out["positions_per_s"] = case.n_positions / timing["median_s"]
+    out["ratio"] = timing["median_s"] / out["fft_bound_s"]
+    return out
+
+
+def fft_bound(engine: str, case: cases.Case, group_size: int) -> dict[str, Any]:
+    """The same number and size of batched FFTs as one iteration, on the fastest library.
+
+    One batched call holds a group's windows for every probe mode (group size x Np), the
+    shape an engine transforms at once.
+    """
+    from ptycli.stages import bench  # noqa: PLC0415
+
+    batch = group_size * case.probe_modes
+    n_ffts = bench.n_ffts_per_iteration(case.n_positions, engine if engine in bench.COST_MODEL_ENGINES else "lsqml",
+                                        case.slices, case.probe_modes, shifts=True)
+    rates = bench.fft_rates(case.size, batch, "single", min_time_s=0.1, repeats=3)
+    rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=0.1, repeats=3)
+    best = max((k for k in rates if k != "backend"), key=rates.get)
+    rate, workers = bench.fft_rate_detail(case.size, batch, best, min_time_s=0.1, repeats=3)
+    rates[best] = max(rates[best], rate)
+    work_s = bench.time_fft_work(n_ffts, case.size, batch, best, workers=workers)
+    # Both are measurements of the same FFTs; on a shared machine the smaller is the one
+    # least disturbed by other processes, so it is the better estimate of the limit.
+    return {"n_ffts": n_ffts, "fft_batch": batch, "fft_rates_per_s": rates, "fft_library": best,
+            "fft_workers": workers,
+            "fft_work_s": work_s, "fft_bound_model_s": n_ffts / rates[best],
+            "fft_bound_s": min(work_s, n_ffts / rates[best])}
+
+
+# ----------------------------------------------------------------------------- profile
+def profile_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    """cProfile of a few iterations: the top functions by own time and by cumulative time."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    case = cases.Case.from_json(spec["case"])
+    state = cases.synthetic_state(case)
+    patterns = cases.synthetic_patterns(state)
+    harness.make_run(spec["engine"], state, patterns, 1)()  # warm-up outside the profile
+    run = harness.make_run(spec["engine"], state, patterns, spec["iterations"])
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.runcall(run)
+    wall = time.perf_counter() - t0
+    stats = pstats.Stats(prof)
+    return {"wall_s": wall, "iterations": spec["iterations"],
+            "by_tottime": _top(stats, "tottime", spec["top"]), "by_cumtime": _top(stats, "cumtime", spec["top"])}
+
+
+def _top(stats: Any, key: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for (path, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        rows.append({"function": f"{_short(path)}:{line}({func})", "calls": ncalls,
+                     "tottime_s": tottime, "cumtime_s": cumtime})
+    rows.sort(key=lambda r: -r[f"{key}_s"])
+    return rows[:n]
+
+
+def _short(path: str) -> str:
+    for marker in ("/ptycli/", "/site-packages/", "/lib/python"):
+        if marker in path:
+            return path.split(marker, 1)[1] if marker != "/ptycli/" else "ptycli/" + path.split(marker, 1)[1]
+    return path
+
+
+# ----------------------------------------------------------------------------- time to quality
+class QualityProbe:
+    """Observer: after chosen iterations, write the state and score it with `compare`.
+
+    Only the loop's own per-iteration times are summed, so scoring costs no engine time.
+    """
+
+    def __init__(self, state_ref: list, sim: Path, workdir: Path, checkpoints: set[int]):
+        self.state_ref, self.sim, self.workdir, self.checkpoints = state_ref, sim, workdir, checkpoints
+        self.elapsed_s, self.points = 0.0, []
+
+    def on_iteration_end(self, stage: int, it: int, loss: float, time_s: float) -> None:
+        self.elapsed_s += time_s
+        if it + 1 in self.checkpoints:
+            corr = score(self.state_ref[0], self.sim, self.workdir / f"it{it + 1}.zarr")
+            self.points.append({"iteration": it + 1, "elapsed_s": self.elapsed_s, "loss": loss,
+                                "correlation": corr})
+
+
+def score(state: Any, sim: Path, path: Path) -> float:
+    from ptycli.stages.compare import compare_stores  # noqa: PLC0415
+    from ptycli.store.io import StoreWriter  # noqa: PLC0415
+    from ptycli.store.state import write_state  # noqa: PLC0415
+
+    with StoreWriter(path, kind="state", stage="bench", overwrite=True) as writer:
+        write_state(writer, state)
+        writer.finalize()
+    return float(compare_stores(path, sim)["correlation"])
+
+
+def time_to_quality(spec: dict[str, Any]) -> dict[str, Any]:
+    """Phase correlation with the truth against engine wall time on a `simulate` preset."""
+    from ptycli.stages import init, simulate  # noqa: PLC0415
+    from ptycli.store.io import open_store  # noqa: PLC0415
+    from ptycli.store.state import load_state  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="ptycli-bench-") as tmp:
+        work = Path(tmp)
+        sim = simulate.run(work / "sim.zarr", preset=spec["preset"], seed=0)
+        s0 = init.run(sim, work / "s0.zarr")
+        raw = np.asarray(open_store(sim, "data")["patterns"][...], dtype=np.float32)
+        patterns = np.fft.ifftshift(raw, axes=(-2, -1))
+        state = load_state(open_store(s0, "state"))
+        state.positions = np.asarray(state.positions, dtype=np.float64)
+        state.positions_initial = state.positions.copy()
+        probe = QualityProbe([state], sim, work, set(spec["checkpoints"]))
+        probe.points.append({"iteration": 0, "elapsed_s": 0.0, "loss": None,
+                             "correlation": score(state, sim, work / "it0.zarr")})
+        harness.make_run(spec["engine"], state, patterns, max(spec["checkpoints"]), observers=[probe])()
+        return {"preset": spec["preset"], "points": probe.points}
+
+
+# ----------------------------------------------------------------------------- streaming
+def streaming_rss(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of `reconstruct --stream` for one iteration, data written to a Zarr store first."""
+    from ptycli.recipe import Recipe  # noqa: PLC0415
+    from ptycli.stages import reconstruct  # noqa: PLC0415
+
+    case = cases.Case.from_json(spec["case"])
+    with tempfile.TemporaryDirectory(prefix="ptycli-bench-", dir=spec.get("tmpdir")) as tmp:
+        data, state = write_stores(case, Path(tmp), spec["step_a"])
+        rss_before = peak_rss_mib()
+        rec = Recipe(recipe="ptycli/1", stage=[harness.stage_params(spec["engine"], spec["iterations"])])
+        t0 = time.perf_counter()
+        reconstruct.run(data, state, Path(tmp) / "out.zarr", recipe=rec, device="cpu", stream=spec["stream"],
+                        memory_budget_bytes=spec["budget_bytes"], handle_signals=False)
+        return {"n_positions": case.n_positions, "stream": spec["stream"], "budget_bytes": spec["budget_bytes"],
+                "peak_rss_mib": peak_rss_mib(), "rss_before_run_mib": rss_before,
+                "wall_s": time.perf_counter() - t0}
+
+
+def write_stores(case: cases.Case, tmp: Path, step_a: float) -> tuple[Path, Path]:
+    """A data store of synthetic patterns (DC-centred, chunked) and a matching state store."""
+    from ptycli.store.io import StoreWriter  # noqa: PLC0415
+    from ptycli.store.state import write_state  # noqa: PLC0415
+
+    state = cases.synthetic_state(case, step_a=step_a)
+    far, j, m = cases.probe_far_field(state), case.n_positions, case.size
+    with StoreWriter(tmp / "data.zarr", kind="data", stage="bench") as w:
+        arr = w.array("patterns", shape=(j, m, m), dtype="float32", chunks=(256, m, m),
+                      dims=("position", "ky", "kx"), units="counts")
+        for a in range(0, j, 1024):
+            block = cases.pattern_block(far, a, min(1024, j - a))
+            arr[a:a + len(block)] = np.fft.fftshift(block, axes=(-2, -1))
+        w.set_attrs(scan_shape=list(case.scan))
+        data = w.finalize()
+    with StoreWriter(tmp / "state.zarr", kind="state", stage="bench") as w:
+        write_state(w, state)
+        state_path = w.finalize()
+    return data, state_path
+
+
+KINDS = {"engine": measure_engine, "profile": profile_engine, "quality": time_to_quality, "stream": streaming_rss}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    try:
+        out = {"ok": True, **KINDS[spec["kind"]](spec)}
+    except Exception as exc:  # reported in the table as "failed", never fatal for the suite
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
+    out["peak_rss_mib"] = out.get("peak_rss_mib", peak_rss_mib())
+    sys.stdout.write(json.dumps(out, default=_json) + "\n")
+    return 0
+
+
+def _json(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

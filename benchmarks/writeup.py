@@ -1,0 +1,152 @@
+"""Render the suite's results: the terminal tables and benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cases
+import report
+
+TARGETS = """Targets (issue 8): case A `gradient`/`lsqml` <= 2.0x the FFT bound (aim 1.5x), `epie` <= 2.5x;
+case B `lsqml`/`gradient` <= 2.0x; scaling exponents in positions, slices and modes within 0.9-1.1;
+streaming peak RSS grows < 10 % from 4096 to 16384 positions."""
+
+METHOD = """How it is measured
+- Every measurement runs in its own Python process (`benchmarks/worker.py`); peak RSS is that
+  process's `ru_maxrss` (inputs + engine), so it includes the synthetic data held in memory.
+- Engines run through `ptycli.engines.loop.run` with the registry's engine classes and each
+  engine's default recipe parameters (group size and grouping as a minimal recipe gets them);
+  data are in memory (unshifted, float32), constraints off; seconds per iteration are the
+  loop's own per-iteration times, median of the timed iterations after the warm-up ones.
+- Synthetic inputs: aberrated probe (300 kV, 25 mrad, 80 Å underfocus, 0.18 Å pixels), weak random
+  phase object, raster scan with a 0.6 Å (3.33 px) step so every position uses the sub-pixel
+  shift, patterns = probe diffraction x uniform(0.8, 1.2) noise. Timing does not depend on content.
+- FFT bound (physics.md §9): N_FFT = J x [2K(2S-1) + 2Np] batched M x M complex64 FFTs (sub-pixel
+  shifts included, no position refinement), batch = group size x Np. Measured in the same process
+  right after the engine: R_FFT of numpy, scipy.fft (all workers) and pyFFTW (FFTW_MEASURE plan,
+  aligned buffers, execute only) at that batch; the bound is the smaller of (a) running exactly
+  ceil(N_FFT / batch) calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).
+  `backend` is the rate through `ptycli.backend.fft2` (what the engines call), for comparison.
+- Scaling: time per iteration against one variable from a base of 16x16 positions, 64x64
+  patterns, 1 slice, 1 mode; exponent = least-squares slope of log t against log x.
+- Time to quality: `ptycli.stages.simulate` preset `demo` -> `init` -> the engine in the loop;
+  after chosen iterations the state is written and scored with `compare_stores` against the
+  truth (phase correlation); elapsed time sums only the loop's iteration times.
+- Streaming: `reconstruct.run(stream=True, memory_budget_bytes=64 MiB)` for one `lsqml`
+  iteration on data written to a Zarr store, 64x64 patterns, same field of view and object for
+  4096 (0.6 Å step) and 16384 (0.3 Å step) positions; `stream=False` shown for contrast.
+- Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration."""
+
+
+def render(doc: dict[str, Any]) -> tuple[str, str]:
+    """(terminal text, Markdown document) of everything in ``doc``."""
+    parts = [_header(doc)]
+    for key, fn in (("fft", _fft), ("standard", _standard), ("scaling", _scaling), ("quality", _quality),
+                    ("streaming", _streaming), ("profile", _profile)):
+        if doc.get(key) is not None:
+            parts.append(fn(doc[key]))
+    text = "\n\n".join(t for t, _ in parts)
+    md = "\n\n".join(m for _, m in parts) + "\n\n" + METHOD + "\n"
+    return text, md
+
+
+def _header(doc: dict[str, Any]) -> tuple[str, str]:
+    m = doc["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    mode = "quick (--quick: reduced scans and grids)" if doc["quick"] else "full"
+    status = ", ".join(f"{k}: {v}" for k, v in doc["engine_status"].items())
+    lines = [f"Date: {m['date']}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
+             f"Load average at start {_load(m.get('load_average_start'))}, at end {_load(m.get('load_average_end'))} "
+             "(a shared machine: other processes slow the measured times, never the bound)",
+             f"Versions: {versions}", f"Engines: {status}"]
+    quick_note = ""
+    if doc["quick"]:
+        scans = ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in cases.QUICK_SCANS.items())
+        quick_note = (f"\nQuick mode keeps each case's pattern size, slices and modes but uses scans {scans} "
+                      "(time per iteration is linear in positions; compare positions/s and the ratio).")
+    md = "# ptycli benchmark results\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n\n" + TARGETS + quick_note
+    return "\n".join(lines) + quick_note, md
+
+
+def _load(v: Any) -> str:
+    return "/".join(f"{x:.2f}" for x in v) if v else "?"
+
+
+def _fft(fft: dict[str, Any]) -> tuple[str, str]:
+    libs = sorted({lib for r in fft.values() for lib in r["rates_per_s"]})
+    rows = [[size, r["batch"], *[r["rates_per_s"].get(lib) for lib in libs], r["fastest"]] for size, r in fft.items()]
+    text, md = report.table(["M", "batch", *[f"{lib} FFT/s" for lib in libs], "fastest"], rows)
+    title = "R_FFT: batched M x M complex64 2D FFTs per second (`ptycli bench fft`, warm plans, best of repeats)"
+    return f"{title}\n{text}", f"## FFT throughput\n\n{title}.\n\n{md}"
+
+
+def _standard(results: list[dict[str, Any]]) -> tuple[str, str]:
+    headers, rows = report.standard_rows(results)
+    text, md = report.table(headers, rows)
+    note = ("s/iter: median of the timed iterations (iters = warm-up + timed); ratio = s/iter / FFT bound; "
+            "positions/s = J / (s/iter).")
+    detail = [_fft_detail(r) for r in results if r["result"].get("ok")]
+    _, md_detail = report.table(["case", "engine", "N_FFT", "batch", "FFT/s per library (incl. backend)", "exact work s"], detail)
+    return (f"Standard cases\n{text}",
+            f"## Standard cases\n\n{note}\n\n{md}\n\nFFT bound details:\n\n{md_detail}")
+
+
+def _fft_detail(r: dict[str, Any]) -> list[Any]:
+    m = r["result"]
+    rates = ", ".join(f"{k} {v:.3g}" for k, v in m["fft_rates_per_s"].items())
+    return [r["case"]["name"], r["engine"], m["n_ffts"], m["fft_batch"], rates, m["fft_work_s"]]
+
+
+def _scaling(series: dict[str, Any]) -> tuple[str, str]:
+    headers, rows = report.scaling_rows(series)
+    text, md = report.table(headers, rows)
+    note = ("Expected exponents: about 1 for positions, slices (2S-1 FFTs) and modes; about 2.1-2.3 for the "
+            "pattern size (M^2 log M).")
+    return f"Scaling series\n{text}", f"## Scaling\n\n{note}\n\n{md}"
+
+
+def _quality(quality: dict[str, Any]) -> tuple[str, str]:
+    rows = []
+    for engine, res in quality.items():
+        if not res.get("ok"):
+            rows.append([engine, None, None, None, f"failed: {res.get('error', '?')[:80]}"])
+            continue
+        for p in res["points"]:
+            rows.append([engine, p["iteration"], p["elapsed_s"], p["loss"], p["correlation"]])
+    text, md = report.table(["engine", "iteration", "elapsed s", "loss/position", "phase corr."], rows)
+    title = "Time to quality on `simulate --preset demo` (20x20 scan, 64x64 patterns)"
+    return f"{title}\n{text}", f"## Time to quality\n\n{title}; phase correlation with the truth from `compare`.\n\n{md}"
+
+
+def _streaming(rows_in: list[dict[str, Any]]) -> tuple[str, str]:
+    rows, rss = [], {}
+    for r in rows_in:
+        m = r["result"]
+        if m.get("ok"):
+            rss[(r["stream"], r["n_positions"])] = m["peak_rss_mib"]
+            rows.append([r["n_positions"], r["stream"], m["peak_rss_mib"], m["rss_before_run_mib"], m["wall_s"]])
+        else:
+            rows.append([r["n_positions"], r["stream"], None, None, f"failed: {m.get('error', '?')[:80]}"])
+    text, md = report.table(["positions", "stream", "peak RSS MiB", "RSS before run MiB", "wall s"], rows)
+    growth = ""
+    if (True, 4096) in rss and (True, 16384) in rss:
+        growth = f"Streaming peak RSS growth 4096 -> 16384 positions: {100 * (rss[(True, 16384)] / rss[(True, 4096)] - 1):+.1f} %"
+    return f"Streaming peak RSS\n{text}\n{growth}", f"## Streaming peak RSS\n\n{md}\n\n{growth}"
+
+
+def _profile(prof: dict[str, Any]) -> tuple[str, str]:
+    case = prof.get("_case", {})
+    md = [f"## Profile (cProfile, case A geometry {case.get('scan')} scan, M={case.get('size')})"]
+    text = ["Profile: top functions by own time"]
+    for engine, res in prof.items():
+        if engine == "_case":
+            continue
+        if not res.get("ok"):
+            md.append(f"\n### {engine}\n\nfailed: {res.get('error')}")
+            continue
+        rows = [[r["function"], r["calls"], r["tottime_s"], r["cumtime_s"]] for r in res["by_tottime"]]
+        t, m = report.table(["function", "calls", "own s", "cumulative s"], rows)
+        md.append(f"\n### {engine} ({res['iterations']} iterations, {res['wall_s']:.3g} s under the profiler)\n\n{m}")
+        text.append(f"{engine}:\n" + "\n".join(t.splitlines()[:8]))
+    return "\n".join(text), "\n".join(md)

@@ -1,0 +1,39 @@
+"""`ptycli compare A [B]`: registered correlation, RMSE, FRC resolution (the quality metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+from .options import Json, read_path_arg
+from .output import handle_errors, log, result
+
+
+@app.command("compare")
+@handle_errors
+def compare(
+    a: str = typer.Argument(..., help="State store; '-' reads the path from stdin."),
+    b: Optional[str] = typer.Argument(None, help="State store, simulated data store (truth/), or a "
+                                      ".npy/.tif phase image; default: A's own data store's truth."),
+    scale: bool = typer.Option(False, "--scale", help="Also fit a phase gain (B ≈ g·A)."),
+    margin: int = typer.Option(0, "--margin", help="Widen the scanned area by this many pixels."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Write A, B, A−B and the FRC as a PNG."),
+    as_json: bool = Json,
+) -> None:
+    """Compare object phases after sub-pixel registration; print the correlation (or all, --json)."""
+    from ..stages.compare import compare_stores  # noqa: PLC0415
+
+    res = compare_stores(read_path_arg(a), b, scale=scale, margin_px=margin, return_images=figure is not None)
+    if figure is not None:
+        from ..stages.figures import compare_figure  # noqa: PLC0415
+
+        compare_figure(res, figure, overwrite=True)
+        log(f"wrote {figure}")
+    res.pop("images", None)
+    r = res["resolution_a"]
+    log(f"correlation {res['correlation']:.4f}  rmse {res['rmse']:.4g} rad  shift {res['shift_px']} px  "
+        f"resolution {r['one_seventh']} Å (1/7), {r['half_bit']} Å (half-bit)")
+    result(res if as_json else f"{res['correlation']:.6f}", as_json)

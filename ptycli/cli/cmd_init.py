@@ -1,0 +1,62 @@
+"""`ptycli init DATA.zarr -o STATE.zarr`: the starting state of a reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+from .options import Json, Output, Overwrite, Seed, read_path_arg
+from .output import handle_errors, log, result, warn
+
+PROBE = "Probe"
+OBJECT = "Object and positions"
+
+
+@app.command("init")
+@handle_errors
+def init(
+    data: str = typer.Argument(..., help="Data store (or '-' to read its path from stdin)."),
+    out: Path = Output,
+    probe_from: str = typer.Option("aberrations", "--probe-from", help="aberrations | pacbed | STATE.zarr.",
+                                   rich_help_panel=PROBE),
+    defocus_a: float = typer.Option(None, "--defocus-a", help="Defocus [Å], positive = underfocus (C10 = -defocus).",
+                                    rich_help_panel=PROBE),
+    aberration: list[str] = typer.Option(None, "--aberration", help="Krivanek term, e.g. C30=1e4 or C12=20@30deg "
+                                         "(Å, angle in deg; repeatable).", rich_help_panel=PROBE),
+    calibration: Path = typer.Option(None, "--calibration", help="Calibration TOML (overrides the data store's).",
+                                     rich_help_panel=PROBE),
+    probe_modes: int = typer.Option(None, "--probe-modes", help="Incoherent probe modes P.", rich_help_panel=PROBE),
+    mode_kind: str = typer.Option("hermite", "--mode-kind", help="hermite | defocus-spread (extra probe modes).",
+                                  rich_help_panel=PROBE),
+    positions: Path = typer.Option(None, "--positions", help="Positions file (J x 2, y x in Å; .csv or .npy).",
+                                   rich_help_panel=OBJECT),
+    scan_flip_y: bool = typer.Option(False, "--scan-flip-y", help="Raster runs towards -y.", rich_help_panel=OBJECT),
+    scan_flip_x: bool = typer.Option(False, "--scan-flip-x", help="Raster runs towards -x.", rich_help_panel=OBJECT),
+    slices: int = typer.Option(None, "--slices", help="Object slices S.", rich_help_panel=OBJECT),
+    slice_thickness_a: float = typer.Option(None, "--slice-thickness-a", help="Slice thickness [Å].",
+                                            rich_help_panel=OBJECT),
+    object_modes: int = typer.Option(1, "--object-modes", help="Object modes Q.", rich_help_panel=OBJECT),
+    object_from: Path = typer.Option(None, "--object-from", help="Start from this state store's object.",
+                                     rich_help_panel=OBJECT),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 3) on any sampling warning."),
+    seed: int = Seed,
+    overwrite: bool = Overwrite,
+    as_json: bool = Json,
+) -> None:
+    """Initial probe, object and positions; prints the sampling diagnostics on stderr."""
+    from ..stages import init as stage  # noqa: PLC0415  (keeps `ptycli --help` fast)
+
+    options = dict(locals())
+    for key in ("data", "out", "overwrite", "as_json", "stage"):
+        options.pop(key)
+    options["aberrations"] = options.pop("aberration") or None
+    notes: list[dict[str, str]] = []
+
+    def report(kind: str, message: str) -> None:
+        notes.append({"kind": kind, "message": message})
+        (warn if kind == "warning" else log)(message)
+
+    path = stage.run(read_path_arg(data), out, overwrite=overwrite, report=report, **options)
+    result({"output": str(path), "diagnostics": notes} if as_json else path, as_json)

@@ -1,0 +1,90 @@
+"""`ptycli preprocess INPUT -o OUT.zarr`: a raw 4D-STEM file -> a calibrated data store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .app import app
+from .options import Json, Output, Overwrite, ProgressOpt, read_path_arg
+from .output import Progress, handle_errors, log, result
+
+CAL = "Calibration (flags win over --calibration)"
+OPS = "Operations (applied in this order)"
+
+
+def _opt(default: Any, *names: str, help: str, panel: str = OPS) -> Any:
+    return typer.Option(default, *names, help=help, rich_help_panel=panel)
+
+
+def _calibration_flags(**flags: Any) -> dict[str, Any]:
+    """Only flags actually given, so the calibration file is not overridden by defaults."""
+    return {k: v for k, v in flags.items() if v not in (None, False)}
+
+
+@app.command()
+@handle_errors
+def preprocess(
+    input: str = typer.Argument(..., help="Raw file (.npy .h5 .zarr EMPAD .raw Merlin .mib .tif) or '-' (stdin)."),
+    output: Path = Output,
+    calibration: Optional[Path] = _opt(None, "--calibration", help="TOML file of flat calibration keys.", panel=CAL),
+    energy_kev: Optional[float] = _opt(None, "--energy-kev", help="Beam energy [keV].", panel=CAL),
+    semiangle_mrad: Optional[float] = _opt(None, "--semiangle-mrad", help="Convergence semi-angle [mrad].", panel=CAL),
+    dk_mrad: Optional[float] = _opt(None, "--dk-mrad", help="Raw detector pixel [mrad].", panel=CAL),
+    dk_inv_a: Optional[float] = _opt(None, "--dk-inv-a", help="Raw detector pixel [1/Å].", panel=CAL),
+    estimate_dk: bool = _opt(False, "--estimate-dk", help="dk from the BF disk radius and the semi-angle.", panel=CAL),
+    scan_shape: Optional[str] = _opt(None, "--scan-shape", help="Scan NYxNX (4D inputs give it).", panel=CAL),
+    scan_step_a: Optional[str] = _opt(None, "--scan-step-a", help="Scan step [Å], S or SYxSX.", panel=CAL),
+    scan_rotation_deg: Optional[float] = _opt(None, "--scan-rotation-deg", help="Scan rotation [deg].", panel=CAL),
+    defocus_a: Optional[float] = _opt(None, "--defocus-a", help="Nominal defocus Δf [Å], + = underfocus.", panel=CAL),
+    flip_ky: bool = _opt(False, "--flip-ky", help="Flip frames along ky (recorded in calibration).", panel=CAL),
+    flip_kx: bool = _opt(False, "--flip-kx", help="Flip frames along kx (recorded in calibration).", panel=CAL),
+    transpose: bool = _opt(False, "--transpose", help="Transpose frames (recorded in calibration).", panel=CAL),
+    dataset: Optional[str] = _opt(None, "--dataset", help="HDF5/Zarr array path (default: largest 3D/4D)."),
+    nan: str = _opt("error", "--nan", help="NaN/Inf policy: error|zero."),
+    clip_negatives: bool = _opt(False, "--clip-negatives", help="Set negative values to 0 (else an error)."),
+    multiply: Optional[float] = _opt(None, "--multiply", help="Multiply every frame (e.g. 1/counts per e-)."),
+    repair_pixels: Optional[float] = _opt(None, "--repair-pixels", help="Repair hot/dead pixels; threshold x neighbours."),
+    shift: Optional[str] = _opt(None, "--shift", help="Sub-pixel shift DY,DX of every frame [px]."),
+    center: str = _opt("none", "--center", help="none|auto (centre the BF disk of the mean pattern)."),
+    crop: Optional[str] = _opt(None, "--crop", help="Detector window M, MxN (centred) or y0:y1,x0:x1."),
+    bin: int = _opt(1, "--bin", help="Detector binning factor."),
+    bin_scan: int = _opt(1, "--bin-scan", help="Scan binning factor."),
+    pad: Optional[str] = _opt(None, "--pad", help="Zero-pad the detector to M or MxN (centred)."),
+    dtype: str = _opt("float32", "--dtype", help="float32|uint8|uint16|uint32|int32."),
+    compress_masks: Optional[str] = _opt(None, "--compress-masks", help="annular:RINGSxSEGMENTS or pca:N."),
+    overwrite: bool = Overwrite,
+    json_out: bool = Json,
+    progress: str = ProgressOpt,
+) -> None:
+    """Turn a raw 4D-STEM file into a calibrated, chunked data store (streamed)."""
+    from ..stages import preprocess as stage  # noqa: PLC0415
+    from ..stages.preprocess_ops import parse_pair  # noqa: PLC0415
+
+    flags = _calibration_flags(energy_kev=energy_kev, semiangle_mrad=semiangle_mrad, dk_mrad=dk_mrad,
+                               dk_inv_a=dk_inv_a, scan_shape=scan_shape, scan_step_a=scan_step_a,
+                               scan_rotation_deg=scan_rotation_deg, defocus_a=defocus_a, flip_ky=flip_ky,
+                               flip_kx=flip_kx, transpose=transpose)
+    options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan,
+                   multiply=multiply, clip_negatives=clip_negatives, repair_threshold=repair_pixels, dtype=dtype,
+                   compress_masks=compress_masks, estimate_dk=estimate_dk,
+                   shift_px=_pair(parse_pair, shift))
+    job = stage.Preprocess(read_path_arg(input), output, options=options, calibration_file=calibration,
+                           calibration=flags, overwrite=overwrite)
+    with Progress(job.work, "preprocess", progress) as bar:
+        summary = job.run(progress=bar.update)
+    if summary["compression"]:
+        c = summary["compression"]
+        log(f"compressed to {c['n_masks']} virtual detectors: ratio {c['ratio']:.4g}:1")
+    result(summary if json_out else summary["output"], json_out)
+
+
+def _pair(parse: Any, spec: Optional[str]) -> Any:
+    from ..errors import UsageError  # noqa: PLC0415
+
+    try:
+        return None if spec is None else parse(spec, float)
+    except ValueError:
+        raise UsageError(f"--shift {spec!r}: expected DY,DX in pixels") from None

@@ -1,0 +1,60 @@
+"""`ptycli reconstruct DATA.zarr STATE.zarr -o OUT.zarr --recipe RECIPE`: run engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+from .options import Device, Json, Output, Overwrite, Precision, ProgressOpt, Seed, read_path_arg
+from .output import Progress, handle_errors, result
+
+RUN = "Run control"
+
+
+class ProgressObserver:
+    """Loop observer -> one progress bar (or heartbeat lines) over all iterations."""
+
+    def __init__(self, total: int, mode: str):
+        self.bar = Progress(total, "reconstruct", mode)
+
+    def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
+        self.bar.update(1, stage=stage, loss=loss, its=1.0 / max(time_s, 1e-9))
+
+
+@app.command("reconstruct")
+@handle_errors
+def reconstruct(
+    data: str = typer.Argument(..., help="Data store (or '-' to read its path from stdin)."),
+    state: Path = typer.Argument(..., help="Starting state store (from `ptycli init`)."),
+    out: Path = Output,
+    recipe: str = typer.Option("quick", "--recipe", "-r", help="Recipe TOML file, or a shipped name (quick, "
+                               "single-slice, multislice, mixed-state, low-dose, epie, lsqml, gradient)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override one recipe value: stage.0.iterations=5 (repeatable)."),
+    iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
+    positions: str = typer.Option("all", "--positions", help="all | sub:N | center:NYxNX | FILE of indices."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every K iterations (0: on stop only).",
+                                         rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of OUT.", rich_help_panel=RUN),
+    stream: bool = typer.Option(None, "--stream/--no-stream", help="Read patterns per group (default: by memory budget).",
+                                rich_help_panel=RUN),
+    memory_gb: float = typer.Option(2.0, "--memory-gb", help="Memory budget for resident patterns [GB].",
+                                    rich_help_panel=RUN),
+    device: str = Device, precision: str = Precision, seed: int = Seed,
+    progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
+) -> None:
+    """Reconstruct object, probe and positions; survives SIGTERM (exit 75) with --resume."""
+    from ..recipe import load_recipe  # noqa: PLC0415
+    from ..stages import reconstruct as stage  # noqa: PLC0415
+
+    rec = load_recipe(recipe, list(set_ or []), iterations)
+    observer = ProgressObserver(rec.total_iterations, progress)
+    try:
+        summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
+                            seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
+                            memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
+                            overwrite=overwrite, observers=[observer])
+    finally:
+        observer.bar.close()
+    result(summary if as_json else summary["output"], as_json)

@@ -1,0 +1,28 @@
+"""`ptycli validate RECIPE.toml`: check a recipe without running it."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import app
+from .options import Json
+from .output import handle_errors, result
+
+
+@app.command("validate")
+@handle_errors
+def validate(
+    recipe: str = typer.Argument(..., help="Recipe TOML file, or a shipped recipe name."),
+    set_: list[str] = typer.Option(None, "--set", help="Override one value: stage.0.iterations=5 (repeatable)."),
+    iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
+    print_resolved: bool = typer.Option(False, "--print-resolved", help="Print the recipe with every default filled in."),
+    as_json: bool = Json,
+) -> None:
+    """Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise."""
+    from ..stages import validate as stage  # noqa: PLC0415
+
+    summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations)
+    if print_resolved and not as_json:
+        result(stage.to_toml(summary["resolved"]))
+        return
+    result(summary if as_json else f"{summary['source']}: valid ({summary['iterations']} iterations)", as_json)

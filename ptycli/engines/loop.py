@@ -1,0 +1,188 @@
+"""The one engine loop: stages, iterations, groups, schedules, constraints, observers.
+
+An engine only says how one group of positions updates the state (``update``). The loop
+owns everything around it: seeded grouping, which variables are refined when, position
+limits and drift removal, constraints, NaN/divergence checks, observer events, and the
+cursor (stage, iteration, group, RNG state) that makes checkpoints resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import backend
+from ..errors import Interrupted, NumericalError
+from . import grouping, positions as pos_mod
+
+DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss counts as divergence
+
+
+@dataclass
+class Cursor:
+    """Where a run is: the next group to process, and the RNG state at its iteration's start."""
+
+    stage: int = 0
+    iteration: int = 0  # within the stage
+    group: int = 0
+    rng_state: str | None = None  # JSON of numpy's bit-generator state at iteration start
+    loss_partial: float = 0.0  # loss summed over the groups already done in this iteration
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class History:
+    loss: list[float] = field(default_factory=list)
+    stage: list[int] = field(default_factory=list)
+    time_s: list[float] = field(default_factory=list)
+    convergence: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunHooks:
+    """What the stage plugs in: data access, engines, constraints, checkpoints, stop flag."""
+
+    read_batch: Callable[[np.ndarray, Any], Any]  # (indices, stage) -> device data
+    make_engine: Callable[[Any, Any], Any]  # (stage params, state) -> engine
+    apply_constraints: Callable[[Any, Any, int], Any]  # (state, stage, iteration) -> state
+    checkpoint: Callable[..., None] | None = None  # (state, engine, cursor, history, extra)
+    stop: Any = None  # signals.StopFlag
+    observers: list[Any] = field(default_factory=list)
+    checkpoint_every: int = 0  # iterations (global); 0 = only on stop
+
+
+def emit(observers: list[Any], event: str, *args: Any) -> None:
+    for obs in observers:
+        fn = getattr(obs, event, None)
+        if fn is not None:
+            fn(*args)
+
+
+def run(recipe: Any, state: Any, subset: np.ndarray, seed: int, hooks: RunHooks,
+        cursor: Cursor | None = None, history: History | None = None,
+        engine_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> tuple[Any, History]:
+    """Run every stage of ``recipe`` from ``cursor`` on the positions ``subset``."""
+    cursor = cursor or Cursor()
+    history = history or History()
+    extra = extra if extra is not None else {}
+    rng = grouping_rng(seed, cursor)
+    for si in range(cursor.stage, len(recipe.stage)):
+        stage = recipe.stage[si]
+        engine = hooks.make_engine(stage, state)
+        if engine_state and si == cursor.stage:
+            engine.load_state_dict(engine_state)
+        emit(hooks.observers, "on_stage_start", si, stage)
+        state = _run_stage(si, stage, engine, state, subset, rng, hooks, cursor, history, extra)
+        cursor = Cursor(stage=si + 1)
+    return state, history
+
+
+def grouping_rng(seed: int, cursor: Cursor) -> np.random.Generator:
+    rng = backend.host_rng(seed)
+    if cursor.rng_state is not None:
+        rng.bit_generator.state = json.loads(cursor.rng_state)
+    return rng
+
+
+def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray, rng: np.random.Generator,
+               hooks: RunHooks, cursor: Cursor, history: History, extra: dict[str, Any]) -> Any:
+    reference = np.asarray(state.positions_initial)[subset]
+    order = subset[grouping.curve_order(reference)]
+    first_loss = _first_stage_loss(history, si)
+    for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
+        resuming = cursor.stage == si and cursor.iteration == it and cursor.rng_state is not None
+        if resuming:
+            rng.bit_generator.state = json.loads(cursor.rng_state)
+        start_group = cursor.group if resuming else 0
+        loss_sum = cursor.loss_partial if resuming else 0.0
+        rng_json = json.dumps(rng.bit_generator.state)
+        groups = grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, rng)
+        t0 = time.perf_counter()
+        if start_group == 0 or "positions_iter_start" not in extra:
+            extra["positions_iter_start"] = np.array(state.positions, copy=True)
+        if start_group == 0 or "last_good" not in extra:
+            extra["last_good"] = _snapshot(state)
+        emit(hooks.observers, "on_iteration_start", si, it)
+        loss_dev = 0.0
+        for gi in range(start_group, len(groups)):
+            data = hooks.read_batch(groups[gi], stage)
+            loss_dev = loss_dev + engine.update(state, groups[gi], data, it)
+            pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
+            emit(hooks.observers, "on_batch_end", si, it, gi, len(groups))
+            if hooks.stop is not None and hooks.stop.requested and gi + 1 < len(groups):
+                loss_sum += backend.scalar(loss_dev)
+                _stop(state, engine, Cursor(si, it, gi + 1, rng_json, loss_sum), history, hooks, extra)
+        loss_sum += backend.scalar(loss_dev)
+        state = _end_iteration(state, engine, stage, it, subset, hooks)
+        loss = loss_sum / len(subset)
+        state.iteration += 1
+        _check_numerics(loss, first_loss, state, engine, Cursor(si, it, 0, rng_json), history, hooks, extra)
+        first_loss = first_loss if first_loss is not None else loss
+        history.loss.append(loss)
+        history.stage.append(si)
+        history.time_s.append(time.perf_counter() - t0)
+        emit(hooks.observers, "on_iteration_end", si, it, loss, history.time_s[-1])
+        nxt = Cursor(si, it + 1, 0, json.dumps(rng.bit_generator.state))
+        if hooks.checkpoint and hooks.checkpoint_every and len(history.loss) % hooks.checkpoint_every == 0:
+            hooks.checkpoint(state, engine, nxt, history, extra)
+        if hooks.stop is not None and hooks.stop.requested:
+            _stop(state, engine, nxt, history, hooks, extra)
+    return state
+
+
+def _end_iteration(state: Any, engine: Any, stage: Any, it: int, subset: np.ndarray, hooks: RunHooks) -> Any:
+    end = getattr(engine, "end_iteration", None)
+    if end is not None:
+        end(state, it)
+    if stage.refine.positions.active(it) and stage.positions.remove_drift:
+        pos_mod.remove_drift(state, subset)
+    return hooks.apply_constraints(state, stage, it)
+
+
+def _first_stage_loss(history: History, si: int) -> float | None:
+    for s, loss in zip(history.stage, history.loss):
+        if s == si:
+            return loss
+    return None
+
+
+def _check_numerics(loss: float, first: float | None, state: Any, engine: Any, cursor: Cursor,
+                    history: History, hooks: RunHooks, extra: dict[str, Any]) -> None:
+    diverged = first is not None and loss > DIVERGENCE_FACTOR * max(first, 1e-30)
+    if math.isfinite(loss) and not diverged:
+        return
+    _restore(state, extra["last_good"])
+    if hooks.checkpoint is not None:
+        hooks.checkpoint(state, engine, cursor, history, extra)
+    what = "NaN/inf" if not math.isfinite(loss) else f"divergence (loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x {first:.4g})"
+    raise NumericalError(f"stage {cursor.stage} iteration {cursor.iteration}: {what}; "
+                         "kept the state from before this iteration (try smaller steps)")
+
+
+def _stop(state: Any, engine: Any, cursor: Cursor, history: History, hooks: RunHooks, extra: dict[str, Any]) -> None:
+    if hooks.checkpoint is not None:
+        hooks.checkpoint(state, engine, cursor, history, extra)
+    resumable = hooks.stop.resumable
+    raise Interrupted(f"stopped by signal {hooks.stop.signum} at stage {cursor.stage} iteration "
+                      f"{cursor.iteration} group {cursor.group}; checkpoint written, continue with --resume",
+                      resumable=resumable)
+
+
+def _snapshot(state: Any) -> dict[str, Any]:
+    return {"probe": state.probe.copy(), "object": state.object.copy(),
+            "positions": np.array(state.positions, copy=True), "iteration": state.iteration}
+
+
+def _restore(state: Any, snap: dict[str, Any]) -> None:
+    state.probe, state.object = snap["probe"], snap["object"]
+    state.positions, state.iteration = snap["positions"], snap["iteration"]

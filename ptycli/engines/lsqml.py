@@ -1,0 +1,119 @@
+"""LSQ-ML engine (Odstrčil, Menzel & Guizar-Sicairos 2018; physics.md §6.3).
+
+Per group: exit-wave updates χ = -½ ∇_Ψ L back-propagated by the exact adjoint, per-position
+directions averaged with the PtychoShelves preconditioner, then optimal real steps from a
+damped 2×2 least-squares problem per position (single slice) or decoupled per-slice steps
+(multislice, divided by S), combined with a trimmed mean over the group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ..physics import overlap
+from . import common
+
+
+class LsqmlEngine(common.EngineBase):
+    def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
+        xp, p = self.ctx.xp, self.params
+        b = self.batch(state, idx, data)
+        fwd = common.forward(state, b, self.ctx)
+        loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
+        g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
+        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        dO_j, dP_j = -0.5 * g_patches, overlap.unshift(-0.5 * g_psi1, b.frac)
+        dO = self._object_direction(state, b, fwd, dO_j) if do_obj else None
+        dP = xp.mean(dP_j, axis=0) if do_probe else None
+        if state.n_slices == 1:
+            a_O, a_P = self._steps_single(state, b, fwd, grad_Psi, dO, dP)
+        else:
+            a_O, a_P = self._steps_multi(state, b, fwd, dO_j, dO, dP, g_psi1)
+        if dO is not None:
+            state.object = (state.object + a_O * dO).astype(state.object.dtype)
+        if dP is not None:
+            state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
+        self.refine_positions(state, b, g_psi1, fwd, it)
+        return loss.sum()
+
+    # ------------------------------------------------------------------ directions
+    def _object_direction(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any) -> Any:
+        """ΔO_s = Σ_j ΔO_{j,s} / sqrt(W_s² + (δ max W_s)²), W_s = Σ_j |ψ_{j,s}|² (§6.3.4)."""
+        xp = self.ctx.xp
+        num = xp.zeros_like(state.object)
+        overlap.accumulate(num, b.y0, b.x0, dO_j)
+        W = xp.zeros(state.object.shape, dtype=self.ctx.real_dtype)
+        overlap.accumulate(W, b.y0, b.x0, illumination_patches(fwd, state.object.shape[0]))
+        w_max = xp.max(W, axis=(-2, -1), keepdims=True)
+        return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
+
+    # ------------------------------------------------------------------ steps
+    def _steps_single(self, state: Any, b: common.Batch, fwd: common.Forward, grad_Psi: Any,
+                      dO: Any, dP: Any) -> tuple[Any, Any]:
+        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages."""
+        xp = self.ctx.xp
+        chi = backend.ifft2(-0.5 * grad_Psi)  # exit-plane update (B, P, Q, M, N)
+        t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
+        a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
+            if dO is not None else None
+        bb = t * overlap.shift_probe(dP, b.frac)[:, :, None] if dP is not None else None
+        dot = lambda u, v: xp.sum(xp.real(xp.conj(u) * v), axis=(1, 2, 3, 4))  # noqa: E731
+        if a is not None and bb is not None:
+            aa, bbb, ab = dot(a, a), dot(bb, bb), dot(a, bb)
+            aa = aa + 0.1 * xp.mean(aa)
+            bbb = bbb + 0.1 * xp.mean(bbb)
+            ra, rb = dot(a, chi), dot(bb, chi)
+            det = aa * bbb - ab * ab
+            det = xp.where(det > 0, det, 1.0)
+            return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
+        if a is not None:
+            aa = dot(a, a)
+            return self._combine(dot(a, chi) / (aa + 0.1 * xp.mean(aa))), 0.0
+        bbb = dot(bb, bb)
+        return 0.0, self._combine(dot(bb, chi) / (bbb + 0.1 * xp.mean(bbb)), trim=0)
+
+    def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any,
+                     dO: Any, dP: Any, g_psi1: Any) -> tuple[Any, Any]:
+        """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S."""
+        xp = self.ctx.xp
+        a_O = 0.0
+        if dO is not None:
+            d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
+            illum = illumination_patches(fwd, state.object.shape[0])
+            num = xp.sum(xp.real(xp.conj(d) * dO_j), axis=(1, 3, 4))  # (B, S)
+            den = xp.sum(xp.abs(d) ** 2 * illum, axis=(1, 3, 4))
+            alpha = 0.5 * num / (den + 0.1 * xp.mean(den, axis=0))
+            a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
+        a_P = 0.0
+        if dP is not None:
+            shifted = overlap.shift_probe(dP, b.frac)  # (B, P, M, N)
+            t1 = xp.sum(xp.abs(fwd.patches[:, :, 0]) ** 2, axis=1)[:, None]  # (B, 1, M, N)
+            num = xp.sum(xp.real(xp.conj(shifted) * (-0.5 * g_psi1)), axis=(1, 2, 3))
+            den = xp.sum(xp.abs(shifted) ** 2 * t1, axis=(1, 2, 3))
+            a_P = self._combine(0.5 * num / (den + 0.1 * xp.mean(den)), trim=0)
+        return a_O, a_P
+
+    def _combine(self, alpha: Any, trim: float | None = None, axis: int = 0) -> Any:
+        """Clip at 0, trimmed mean over the group, times β_LSQ."""
+        xp = self.ctx.xp
+        alpha = xp.clip(alpha, 0, None)
+        frac = self.params.trim if trim is None else trim
+        n = alpha.shape[axis]
+        k = int(frac * n)
+        if k > 0 and n - 2 * k > 0:
+            alpha = xp.sort(alpha, axis=axis)
+            alpha = alpha[k: n - k] if axis == 0 else alpha
+        return self.params.beta_lsq * xp.mean(alpha, axis=axis)
+
+
+def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
+    """Σ_p |ψ_{j,s}|² per object mode and slice, as (B, Q, S, M, N) windows."""
+    xp = backend.namespace(fwd.psi1)
+    slices = []
+    for psi in fwd.cache.psi:  # (B, P, Q|1, M, N)
+        w = xp.sum(xp.abs(psi) ** 2, axis=1)
+        slices.append(xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:])))
+    return xp.stack(slices, axis=2)

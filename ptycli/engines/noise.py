@@ -1,0 +1,123 @@
+"""Noise models on the far-field intensity (physics.md §5.2).
+
+Per pixel ℓ(I; D) with model I = Σ_modes|Ψ|² and data D in counts; L = Σ_j Σ_k m ℓ. For every
+model ∇_Ψ L = 2 m ℓ'(I) Ψ and the modulus-constraint form is Ψ̂ = (1 - m ℓ') Ψ.
+Arrays are unshifted (DC at [0, 0]) and on the compute device; I, D are (B, M, N).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+from ..errors import RecipeError
+
+NOISE_MODELS = ("amplitude", "intensity", "poisson", "anscombe")
+DEFAULT_EPS = {"amplitude": 1e-6, "intensity": 0.0, "poisson": 1e-3, "anscombe": 0.0}
+ANSCOMBE_SHIFT = 0.375
+INTENSITY_WEIGHT = 1.0
+
+
+def _check(model: str) -> None:
+    if model not in NOISE_MODELS:
+        raise RecipeError(f"noise model {model!r}: expected one of {', '.join(NOISE_MODELS)}")
+
+
+def _eps(model: str, eps: float | None) -> float:
+    return DEFAULT_EPS[model] if eps is None else float(eps)
+
+
+def _masked(values: Any, mask: Any) -> Any:
+    return values if mask is None else values * mask
+
+
+def pixel_loss(I: Any, D: Any, model: str = "amplitude", eps: float | None = None) -> Any:
+    """ℓ(I; D) per pixel."""
+    _check(model)
+    xp = backend.namespace(I, D)
+    e = _eps(model, eps)
+    if model == "amplitude":
+        return (xp.sqrt(I) - xp.sqrt(D)) ** 2  # ε_a only guards the division in ℓ'
+    if model == "intensity":
+        return INTENSITY_WEIGHT * (I - D) ** 2
+    if model == "poisson":
+        d_log_d = xp.where(D > 0, D * xp.log(xp.where(D > 0, D, xp.ones_like(D))), xp.zeros_like(D))
+        return I - D * xp.log(I + e) - (D - d_log_d)
+    return (xp.sqrt(I + ANSCOMBE_SHIFT) - xp.sqrt(D + ANSCOMBE_SHIFT)) ** 2
+
+
+def loss(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: float | None = None) -> Any:
+    """Per-position loss (B,) = Σ_k m ℓ(I, D)."""
+    xp = backend.namespace(I, D)
+    return xp.sum(_masked(pixel_loss(I, D, model, eps), mask), axis=(-2, -1))
+
+
+def dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: float | None = None) -> Any:
+    """m ℓ'(I) (B, M, N)."""
+    _check(model)
+    xp = backend.namespace(I, D)
+    e = _eps(model, eps)
+    if model == "amplitude":
+        d = 1.0 - xp.sqrt(D) / (xp.sqrt(I) + e)
+    elif model == "intensity":
+        d = 2.0 * INTENSITY_WEIGHT * (I - D)
+    elif model == "poisson":
+        d = 1.0 - D / (I + e)
+    else:
+        d = 1.0 - xp.sqrt((D + ANSCOMBE_SHIFT) / (I + ANSCOMBE_SHIFT))
+    return _masked(d, mask)
+
+
+def _expand(lprime: Any) -> Any:
+    """(B, M, N) -> (B, 1, 1, M, N) against Ψ (B, P, Q, M, N)."""
+    return lprime[:, None, None, ...]
+
+
+def grad_farfield(Psi: Any, I: Any, D: Any, model: str = "amplitude", mask: Any = None,
+                  eps: float | None = None) -> Any:
+    """∇_Ψ L = 2 m ℓ'(I) Ψ for Ψ (B, P, Q, M, N)."""
+    xp = backend.namespace(Psi)
+    lp = dloss_dI(I, D, model, mask, eps)
+    return Psi * xp.astype(_expand(2.0 * lp), Psi.dtype)
+
+
+def projected(Psi: Any, I: Any, D: Any, model: str = "amplitude", mask: Any = None,
+              eps: float | None = None) -> Any:
+    """Ψ̂ = (1 - m ℓ') Ψ; masked pixels keep Ψ (amplitude: the classical modulus projection)."""
+    xp = backend.namespace(Psi)
+    lp = dloss_dI(I, D, model, mask, eps)
+    return Psi * xp.astype(_expand(1.0 - lp), Psi.dtype)
+
+
+# ----------------------------------------------------------------------------- compressed
+def compressed_signals(I: Any, masks: Any) -> Any:
+    """Model signals (B, K) = Σ_k masks_K(k) I(k)."""
+    xp = backend.namespace(I, masks)
+    return xp.sum(I[:, None, ...] * masks[None, ...], axis=(-2, -1))
+
+
+def compressed_loss(I: Any, signals: Any, masks: Any) -> Any:
+    """Least squares on compressed data: (B,) Σ_K (masks_K·I - signals_K)²."""
+    xp = backend.namespace(I, signals)
+    return xp.sum((compressed_signals(I, masks) - signals) ** 2, axis=-1)
+
+
+def compressed_dloss_dI(I: Any, signals: Any, masks: Any) -> Any:
+    """∂L/∂I (B, M, N) = Σ_K 2 (masks_K·I - signals_K) masks_K (plays the role of m ℓ')."""
+    xp = backend.namespace(I, signals)
+    r = compressed_signals(I, masks) - signals
+    return xp.sum(2.0 * r[:, :, None, None] * masks[None, ...], axis=1)
+
+
+# ----------------------------------------------------------------------------- objective
+def objective(data: Any, model: str = "amplitude", mask: Any = None, eps: float | None = None,
+              compressed_masks: Any = None) -> Any:
+    """A callable I (B, M, N) -> (loss (B,), ∂L/∂I (B, M, N)) for ``physics.model``.
+
+    ``data`` is (B, M, N) unshifted counts, or (B, K) signals when ``compressed_masks`` (K, M, N)
+    is given. Physics stays unaware of noise models (imports flow engines -> physics).
+    """
+    if compressed_masks is not None:
+        return lambda I: (compressed_loss(I, data, compressed_masks), compressed_dloss_dI(I, data, compressed_masks))
+    _check(model)
+    return lambda I: (loss(I, data, model, mask, eps), dloss_dI(I, data, model, mask, eps))

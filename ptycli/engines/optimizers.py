@@ -1,0 +1,118 @@
+"""First-order optimisers on complex or real arrays (physics.md §6.4).
+
+Real and imaginary parts are independent parameters (PyTorch ``view_as_real`` parity).
+Each optimiser keeps one slot per variable name; ``state_dict`` / ``load_state_dict``
+move that state to and from the host for checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+
+
+def _split(z: Any) -> tuple[Any, Any]:
+    xp = backend.namespace(z)
+    if xp.iscomplexobj(z):
+        return z.real, z.imag
+    return z, None
+
+
+def _join(re: Any, im: Any) -> Any:
+    return re if im is None else re + 1j * im
+
+
+class Adam:
+    """z <- z - lr * m_hat / (sqrt(v_hat) + eps), per real component."""
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.slots: dict[str, dict[str, Any]] = {}
+
+    def step(self, name: str, z: Any, grad: Any, lr: float) -> Any:
+        slot = self.slots.get(name)
+        if slot is None:
+            xp = backend.namespace(z)
+            g_re, g_im = _split(grad)
+            slot = {"t": 0, "m": xp.zeros_like(grad), "v_re": xp.zeros_like(g_re),
+                    "v_im": None if g_im is None else xp.zeros_like(g_im)}
+            self.slots[name] = slot
+        b1, b2 = self.beta1, self.beta2
+        slot["t"] += 1
+        t = slot["t"]
+        g_re, g_im = _split(grad)
+        slot["m"] = b1 * slot["m"] + (1 - b1) * grad
+        slot["v_re"] = b2 * slot["v_re"] + (1 - b2) * g_re * g_re
+        if g_im is not None:
+            slot["v_im"] = b2 * slot["v_im"] + (1 - b2) * g_im * g_im
+        m_re, m_im = _split(slot["m"] / (1 - b1**t))
+        sq = lambda v: (v / (1 - b2**t)) ** 0.5 + self.eps  # noqa: E731
+        step_re = m_re / sq(slot["v_re"])
+        step_im = None if m_im is None else m_im / sq(slot["v_im"])
+        return z - (lr * _join(step_re, step_im)).astype(z.dtype)
+
+    def reset(self, name: str | None = None) -> None:
+        self.slots.clear() if name is None else self.slots.pop(name, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _host_slots(self.slots)
+
+    def load_state_dict(self, state: dict[str, Any], xp: Any) -> None:
+        self.slots = _device_slots(state, xp)
+
+
+class SGD:
+    """Gradient descent with heavy-ball or Nesterov momentum (μ = 0: plain descent)."""
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False):
+        self.momentum, self.nesterov = momentum, nesterov
+        self.slots: dict[str, dict[str, Any]] = {}
+
+    def step(self, name: str, z: Any, grad: Any, lr: float) -> Any:
+        mu = self.momentum
+        if mu == 0:
+            return z - (lr * grad).astype(z.dtype)
+        slot = self.slots.setdefault(name, {"t": 0, "b": grad})
+        if slot["t"] > 0:
+            slot["b"] = mu * slot["b"] + grad
+        slot["t"] += 1
+        direction = grad + mu * slot["b"] if self.nesterov else slot["b"]
+        return z - (lr * direction).astype(z.dtype)
+
+    def reset(self, name: str | None = None) -> None:
+        self.slots.clear() if name is None else self.slots.pop(name, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _host_slots(self.slots)
+
+    def load_state_dict(self, state: dict[str, Any], xp: Any) -> None:
+        self.slots = _device_slots(state, xp)
+
+
+def _host_slots(slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, slot in slots.items():
+        for key, value in slot.items():
+            if value is None:
+                continue
+            out[f"{name}/{key}"] = value if isinstance(value, int) else backend.to_numpy(value)
+    return out
+
+
+def _device_slots(state: dict[str, Any], xp: Any) -> dict[str, dict[str, Any]]:
+    slots: dict[str, dict[str, Any]] = {}
+    for full, value in state.items():
+        name, key = full.rsplit("/", 1)
+        slot = slots.setdefault(name, {"v_im": None})
+        slot[key] = int(value) if key == "t" else backend.to_device(value, xp)
+    for slot in slots.values():
+        if "v_re" not in slot:
+            slot.pop("v_im", None)
+    return slots
+
+
+def make_optimizer(params: Any) -> Adam | SGD:
+    if params.optimizer == "adam":
+        return Adam(params.beta1, params.beta2, params.eps)
+    return SGD(params.momentum, params.nesterov)

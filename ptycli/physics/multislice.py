@@ -1,0 +1,86 @@
+"""Multislice forward model and its exact adjoint (physics.md §4.2, §5.3).
+
+Shapes: probe waves (B, P, M, N), object windows (B, Q, S, M, N), far field (B, P, Q, M, N).
+Every probe mode meets every object mode (K = P·Q incoherent pairs). H is (M, N), (B, M, N)
+for per-position tilts, or None for S = 1. No propagation follows the last slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import backend
+from ..errors import InputError
+
+
+@dataclass
+class Cache:
+    """What the adjoint needs: windows, incident waves ψ_s and (optionally) spectra F[e_s]."""
+
+    patches: Any
+    psi: list[Any] = field(default_factory=list)  # ψ_s, s = 1..S, (B, P, Q|1, M, N)
+    exit_k: list[Any] = field(default_factory=list)  # F[e_s], s = 1..S-1 (when kept)
+
+
+def _h5(H: Any) -> Any:
+    """Broadcast H (M,N) or (B,M,N) against (B, P, Q, M, N)."""
+    return H if H.ndim == 2 else H[:, None, None, ...]
+
+
+def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = False) -> tuple[Any, Cache]:
+    """Far field Ψ (B, P, Q, M, N) = F[e_S] and the cache for ``backward``.
+
+    ``keep_spectra`` keeps F[e_s] for the thickness/tilt gradients (no extra FFTs).
+    """
+    n_slices = patches.shape[2]
+    if n_slices > 1 and H is None:
+        raise InputError(f"multislice with {n_slices} slices needs a propagator H (got None)")
+    cache = Cache(patches=patches)
+    psi = psi1[:, :, None, ...]  # (B, P, 1, M, N): shared by every object mode on slice 1
+    for s in range(n_slices):
+        cache.psi.append(psi)
+        exit_wave = patches[:, None, :, s, ...] * psi
+        spectrum = backend.fft2(exit_wave)
+        if s == n_slices - 1:
+            return spectrum, cache
+        if keep_spectra:
+            cache.exit_k.append(spectrum)
+        psi = backend.ifft2(_h5(H) * spectrum)
+    raise AssertionError("unreachable")
+
+
+def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] | None = None) -> Any:
+    """Adjoint of ``forward``: (grad_patches (B,Q,S,M,N), grad_psi1 (B,P,Q,M,N)).
+
+    ``dH`` maps names to ∂H/∂θ (shape of H); the third returned item then maps each name
+    to the per-position derivative Re Σ_s Σ_k conj(G_s) ∂H/∂θ F[e_{s-1}] (B,) (physics.md
+    §5.4), which needs ``forward(..., keep_spectra=True)``.
+    """
+    xp = backend.namespace(grad_Psi)
+    patches = cache.patches
+    n_slices = patches.shape[2]
+    grad_patches = [None] * n_slices
+    geometry = {name: 0.0 for name in (dH or {})}
+    g = backend.ifft2(grad_Psi)  # gradient w.r.t. the last exit wave
+    for s in range(n_slices - 1, -1, -1):
+        t = patches[:, None, :, s, ...]
+        grad_patches[s] = xp.sum(xp.conj(cache.psi[s]) * g, axis=1)  # sum over probe modes
+        grad_psi = xp.conj(t) * g
+        if s == 0:
+            break
+        spectrum = backend.fft2(grad_psi)  # G_s
+        for name, d in (dH or {}).items():
+            term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
+            geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
+        g = backend.ifft2(xp.conj(_h5(H)) * spectrum)
+    grad_obj = xp.stack(grad_patches, axis=2)
+    if dH is None:
+        return grad_obj, grad_psi
+    return grad_obj, grad_psi, geometry
+
+
+def intensity(Psi: Any) -> Any:
+    """I (B, M, N) = Σ_p Σ_q |Ψ|²."""
+    xp = backend.namespace(Psi)
+    return xp.sum(xp.real(Psi * xp.conj(Psi)), axis=(1, 2))

@@ -1,0 +1,78 @@
+"""The overlap operator: sub-pixel probe shifts and object windows (physics.md §1.5, §5.1).
+
+A position p (object px, probe centre) splits into the window corner floor(p) - M//2 and a
+fraction f in [0, 1) that moves the probe by +f through the Fourier shift theorem; the
+object is never interpolated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import backend
+from . import grids
+
+
+def split_positions(positions_px: Any, shape: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """(y0 int (J,), x0 int (J,), frac (J, 2)) from probe centres (J, 2) in object px."""
+    xp = backend.namespace(positions_px)
+    base = xp.floor(positions_px)
+    frac = positions_px - base
+    corner = xp.astype(base, xp.int64)
+    return corner[:, 0] - shape[0] // 2, corner[:, 1] - shape[1] // 2, frac
+
+
+def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None) -> Any:
+    """exp(-2πi(u_y f_y + u_x f_x)) as (B, M, N): multiplying a spectrum by it shifts by +f."""
+    xp = backend.namespace(frac)
+    rdt = grids.real_dtype_name(dtype if dtype is not None else frac.dtype)
+    uy, ux = grids.pixel_freq_grid(shape, xp=xp, dtype=rdt)
+    f = xp.astype(frac, grids._dtype(xp, rdt))
+    fy = xp.reshape(f[:, 0], (-1, 1, 1))
+    fx = xp.reshape(f[:, 1], (-1, 1, 1))
+    return grids.cis((-2.0 * math.pi) * (uy * fy + ux * fx))
+
+
+def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
+    """Probe modes (P, M, N) shifted by +frac (B, 2) -> (B, P, M, N).
+
+    Pass ``probe_k = fft2(probe)`` to reuse it across batches (one FFT saved per mode).
+    """
+    spectrum = backend.fft2(probe) if probe_k is None else probe_k
+    ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
+    return backend.ifft2(spectrum[None, ...] * ramp[:, None, ...])
+
+
+def unshift(grad: Any, frac: Any) -> Any:
+    """Adjoint of ``shift_probe`` per position: shift (B, P, M, N) by -frac (B, 2)."""
+    xp = backend.namespace(grad)
+    ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype)
+    return backend.ifft2(backend.fft2(grad) * xp.conj(ramp)[:, None, ...])
+
+
+def unshift_sum(grad_k: Any, frac: Any) -> Any:
+    """Σ_b unshift(grad_b) from spectra ``grad_k`` = fft2(grad) (B, P, M, N): one inverse FFT."""
+    xp = backend.namespace(grad_k)
+    ramp = shift_ramp(frac, tuple(grad_k.shape[-2:]), grad_k.dtype)
+    return backend.ifft2(xp.sum(grad_k * xp.conj(ramp)[:, None, ...], axis=0))
+
+
+def extract(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
+    """Object windows: (Q, S, H, W) -> (B, Q, S, M, N)."""
+    return backend.extract_patches(obj, y0, x0, shape)
+
+
+def accumulate(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
+    """Adjoint of ``extract``: scatter-add (B, Q, S, M, N) into target (Q, S, H, W), in place."""
+    return backend.scatter_add_patches(target, y0, x0, patches)
+
+
+def windows_fit(positions_px: Any, shape: tuple[int, int], object_shape: tuple[int, int]) -> bool:
+    """True when every window lies inside an object of ``object_shape`` (H, W)."""
+    xp = backend.namespace(positions_px)
+    y0, x0, _ = split_positions(positions_px, shape)
+    lo = min(float(backend.to_numpy(xp.min(y0))), float(backend.to_numpy(xp.min(x0))))
+    hi_y = float(backend.to_numpy(xp.max(y0))) + shape[0]
+    hi_x = float(backend.to_numpy(xp.max(x0))) + shape[1]
+    return lo >= 0 and hi_y <= object_shape[0] and hi_x <= object_shape[1]

@@ -1,0 +1,47 @@
+"""Zarr: a ptycli data store (patterns + calibration), or a plain 3D/4D array or group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import RawSource, source_from_array
+from .registry import register
+
+
+def _largest_array(group: Any, path: Path) -> str:
+    found = [(int(np.prod(a.shape)), name) for name, a in group.arrays() if a.ndim in (3, 4)]
+    for name, sub in group.groups():
+        found += [(int(np.prod(a.shape)), f"{name}/{an}") for an, a in sub.arrays() if a.ndim in (3, 4)]
+    if not found:
+        raise InputError(f"{path}: no 3D or 4D array found; name one with --dataset PATH")
+    return max(found)[1]
+
+
+@register("zarr", (".zarr",), directory=True)
+def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
+    import zarr  # noqa: PLC0415
+
+    from ..store.io import is_ptycli_store, open_store  # noqa: PLC0415
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise InputError(f"{path}: not a readable Zarr store ({type(exc).__name__})") from None
+    if isinstance(node, zarr.Array):
+        return source_from_array(path, "zarr", node)
+    meta: dict[str, Any] = {}
+    if is_ptycli_store(node):
+        node = open_store(path, "data")
+        dataset = dataset or "patterns"
+        meta = {"calibration": dict(node.attrs.get("calibration", {})), "ptycli_store": True}
+    name = dataset or _largest_array(node, path)
+    if name not in node:
+        raise InputError(f"{path}: no array {name!r}")
+    source = source_from_array(path, "zarr", node[name], what=f"array {name!r}", metadata={"dataset": name, **meta})
+    if source.scan_shape is None and "scan_shape" in node.attrs:
+        source.scan_shape = tuple(node.attrs["scan_shape"])  # type: ignore[assignment]
+    return source

@@ -1,0 +1,349 @@
+"""Recipes: versioned TOML plans of engine stages, validated by pydantic.
+
+A recipe is ``recipe = "ptycli/1"`` plus a list of ``[[stage]]`` tables, each tagged by
+``type`` (an engine name). Unknown keys are rejected and every error names its key path
+(``stage.1.learning_rate.object: ...``). Schedules (``when``) and learning-rate schedules
+are data, never code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .constraints.schedule import ScheduleValue, When, value_at
+from .errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_VERSION = "ptycli/1"
+RECIPE_PACKAGE = "ptycli.recipes_data"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- schedules
+NEVER = When(after=0, every=1, before=0)
+
+
+def _when(value: Any) -> Any:
+    """``true`` = always, ``false`` = never, an int = from that iteration on."""
+    if value is True:
+        return When()
+    if value is False:
+        return NEVER.model_copy()
+    if isinstance(value, int):
+        return When(after=value)
+    return value
+
+
+Rate = Union[float, ScheduleValue]
+
+
+def rate_value(rate: Rate | None, iteration: int) -> float | None:
+    """A learning rate at a stage iteration (None stays None)."""
+    return None if rate is None else value_at(rate, iteration)
+
+
+# ----------------------------------------------------------------------------- parts
+class Noise(_Model):
+    """Noise model of the data (physics.md §5.2); compressed data use the compressed loss."""
+
+    model: Literal["amplitude", "intensity", "poisson", "anscombe", "compressed"] = "amplitude"
+    eps: float | None = Field(None, gt=0, description="ε_a (amplitude) or ε_p (poisson), counts")
+
+
+class Grouping(_Model):
+    """How positions are split into groups (mini-batches) each iteration."""
+
+    kind: Literal["random", "sparse", "compact"] = "sparse"
+    size: int = Field(32, ge=1, description="positions per group")
+
+
+class Refine(_Model):
+    """When each variable is refined (stage iterations, from 0)."""
+
+    object: When = Field(default_factory=When)
+    probe: When = Field(default_factory=lambda: When(after=1))
+    positions: When = Field(default_factory=lambda: NEVER.model_copy())
+
+    @field_validator("object", "probe", "positions", mode="before")
+    @classmethod
+    def _coerce(cls, v: Any) -> Any:
+        return _when(v)
+
+
+class PositionCorrection(_Model):
+    """Position refinement limits (pixels) and global-motion removal (physics.md §7.11)."""
+
+    max_step_px: float = Field(0.5, gt=0, description="largest position change per iteration, px")
+    remove_drift: bool = Field(True, description="keep the centroid at its nominal value")
+    step: float = Field(1.0, gt=0, description="relative step of the engine's position update")
+
+
+class Constraint(BaseModel):
+    """A constraint table; its own keys are validated by the constraints registry."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    when: When = Field(default_factory=When)
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _coerce(cls, v: Any) -> Any:
+        return _when(v)
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+
+class _Stage(_Model):
+    iterations: int = Field(10, ge=0)
+    noise: Noise = Field(default_factory=Noise)
+    grouping: Grouping = Field(default_factory=Grouping)
+    refine: Refine = Field(default_factory=Refine)
+    positions: PositionCorrection = Field(default_factory=PositionCorrection)
+    constraints: list[Constraint] = Field(default_factory=list)
+    name: str | None = None
+
+
+class EpieStage(_Stage):
+    """ePIE (single slice) / 3PIE (multislice); rPIE when ``rpie_gamma`` is set (§6.1-6.2)."""
+
+    type: Literal["epie"]
+    alpha: float = Field(1.0, gt=0, description="object step")
+    beta: float = Field(1.0, gt=0, description="probe step")
+    rpie_gamma: float | None = Field(None, gt=0, le=1, description="rPIE γ; None = ePIE")
+    grouping: Grouping = Field(default_factory=lambda: Grouping(kind="random", size=1))
+
+
+class LsqmlStage(_Stage):
+    """LSQ-ML (Odstrčil 2018, physics.md §6.3)."""
+
+    type: Literal["lsqml"]
+    delta: float = Field(0.1, ge=0, description="preconditioner regularisation δ")
+    beta_lsq: float = Field(0.9, gt=0, le=1, description="step damping β_LSQ")
+    trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed-mean fraction of the batch steps")
+
+
+class LearningRates(_Model):
+    """Adam/SGD learning rates in the variable's units (physics.md §6.4).
+
+    ``object`` is in transmission units; ``object_amplitude``/``object_phase`` (rad), when
+    set, replace it by separate steps on |O| and angle(O); ``probe`` is relative to rms|P|;
+    ``positions`` is in pixels.
+    """
+
+    object: Rate = 1e-2
+    object_amplitude: Rate | None = None
+    object_phase: Rate | None = None
+    probe: Rate = 1e-2
+    positions: Rate = 5e-2
+
+
+class GradientStage(_Stage):
+    """Wirtinger-gradient descent: SGD (momentum/Nesterov) or Adam (physics.md §6.4)."""
+
+    type: Literal["gradient"]
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    learning_rate: LearningRates = Field(default_factory=LearningRates)
+    grouping: Grouping = Field(default_factory=lambda: Grouping(kind="random", size=16))
+
+
+Stage = Annotated[Union[EpieStage, LsqmlStage, GradientStage], Field(discriminator="type")]
+STAGE_TYPES = ("epie", "lsqml", "gradient")
+
+
+class Recipe(_Model):
+    recipe: Literal["ptycli/1"]
+    description: str = ""
+    seed: int | None = Field(None, description="overrides --seed when set")
+    stage: list[Stage] = Field(min_length=1)
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(s.iterations for s in self.stage)
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_errors(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        parts.append(f"{path or '(root)'}: {err['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the discriminator value ('lsqml') and model names in the location.
+    return isinstance(part, str) and (part in STAGE_TYPES or part[:1].isupper()
+                                      or part in ("float", "ScheduleValue", "bool", "int"))
+
+
+def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a recipe dict; RecipeError lists every bad key by path."""
+    if not isinstance(data.get("recipe"), str) or data.get("recipe") != RECIPE_VERSION:
+        raise RecipeError(f"{source}: recipe: expected {RECIPE_VERSION!r}, got {data.get('recipe')!r}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, source)) from None
+    check_constraints(recipe, source)
+    return recipe
+
+
+def check_constraints(recipe: Recipe, source: str) -> None:
+    """Validate ``[[stage.constraints]]`` through the constraints registry."""
+    registry = _constraint_registry()
+    for i, stage in enumerate(recipe.stage):
+        for k, c in enumerate(stage.constraints):
+            where = f"{source}: stage.{i}.constraints.{k}"
+            if c.type not in registry:
+                raise RecipeError(f"{where}.type: unknown constraint {c.type!r}; "
+                                  f"expected one of {sorted(registry)}")
+            try:
+                constraint_params(registry[c.type], c)
+            except ValidationError as exc:
+                raise RecipeError(_format_errors(exc, where)) from None
+
+
+def constraint_params(spec: Any, table: Constraint) -> Any:
+    """The registry's params model instance for one constraint table (``when`` included)."""
+    model = getattr(spec, "Params", None) or spec.params
+    data = table.params()
+    if "when" in model.model_fields:
+        data["when"] = table.when.model_dump()
+    return model.model_validate(data)
+
+
+def _constraint_registry() -> dict[str, Any]:
+    try:
+        from .constraints.registry import CONSTRAINTS  # noqa: PLC0415
+    except ImportError:
+        return {}
+    return CONSTRAINTS
+
+
+def find_recipe(name_or_path: str | Path) -> tuple[str, str]:
+    """(source name, TOML text) of a recipe file, or of a shipped recipe by name."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise RecipeError(f"{p}: no such recipe file")
+        return str(p), p.read_text()
+    names = shipped_recipes()
+    if str(name_or_path) not in names:
+        raise RecipeError(f"recipe {str(name_or_path)!r}: not a file and not a shipped recipe "
+                          f"(shipped: {', '.join(sorted(names))})")
+    return f"{name_or_path}.toml", names[str(name_or_path)].read_text()
+
+
+def shipped_recipes() -> dict[str, Any]:
+    """Shipped recipes by name (package data ``ptycli/recipes_data``)."""
+    root = resources.files(RECIPE_PACKAGE)
+    return {f.name[:-5]: f for f in root.iterdir() if f.name.endswith(".toml")}
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{source}: not valid TOML: {exc}") from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] = (), iterations: int | None = None) -> Recipe:
+    """Read, override (``--set``), scale (``--iterations``) and validate a recipe."""
+    source, text = find_recipe(name_or_path)
+    data = parse_toml(text, source)
+    for item in overrides:
+        data = apply_override(data, item)
+    recipe = validate(data, source)
+    return scale_iterations(recipe, iterations) if iterations is not None else recipe
+
+
+# ----------------------------------------------------------------------------- overrides
+def apply_override(data: dict[str, Any], item: str) -> dict[str, Any]:
+    """``stage.0.iterations=5``: set one value (TOML syntax; bare words are strings)."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"--set {item!r}: empty key path")
+    out = copy.deepcopy(data)
+    node: Any = out
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: depth + 1]))
+    _assign(node, parts[-1], _parse_value(raw.strip()), key)
+    return out
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise RecipeError(f"--set {path}: no such list index (length {len(node)})")
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {path}: not a table")
+    return node.setdefault(part, {})
+
+
+def _assign(node: Any, part: str, value: Any, path: str) -> None:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise RecipeError(f"--set {path}: no such list index (length {len(node)})")
+        node[int(part)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise RecipeError(f"--set {path}: parent is not a table")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+# ----------------------------------------------------------------------------- scaling
+def scale_iterations(recipe: Recipe, total: int) -> Recipe:
+    """Set the total iteration count, scaling each stage proportionally.
+
+    Stage counts are rounded by the largest-remainder method so they sum to ``total``;
+    schedules (``when``) are left as written, in stage iterations.
+    """
+    if total < 0:
+        raise RecipeError(f"--iterations {total}: expected a count >= 0")
+    old = [s.iterations for s in recipe.stage]
+    base = sum(old)
+    shares = [total * n / base for n in old] if base else [total / len(old)] * len(old)
+    counts = [int(math.floor(s)) for s in shares]
+    order = sorted(range(len(old)), key=lambda i: shares[i] - counts[i], reverse=True)
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    out = recipe.model_copy(deep=True)
+    for stage, n in zip(out.stage, counts):
+        stage.iterations = n
+    return out
+
+
+def resolved(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe (defaults filled in) as JSON-able data."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,242 @@
+"""``ptycli export``: a store's arrays as calibrated files for Fiji and other codes.
+
+Selection (what, slices, crop) and display processing (unwrap, ramp, normalise) happen
+here; the writers are in exportio.py. Data stores export their patterns, also in the
+input layouts of PyPty (HDF5 ``data`` (N, ky, kx)) and PtyRAD (4D (Ny, Nx, ky, kx)).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InputError, StoreError, UsageError
+from ..store.state import State, load_state
+from . import exportio
+from .exportio import Payload
+from .phasetools import fit_ramp, illumination, unwrap_phase
+from .viewdata import calibration_of, history_of, open_any, parse_crop, parse_slices, scan_shape_of
+
+WHATS = ("object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
+         "positions", "tilts", "loss", "patterns")
+STATE_WHATS = WHATS[:-1]
+
+
+class ExportOptions(BaseModel):
+    """Options of ``ptycli export`` (names = flag names with dashes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    what: Literal["object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
+                  "positions", "tilts", "loss", "patterns"] = "object-phase"
+    format: str | None = Field(None, description="tif|png|npy|h5|csv; default from the suffix.")
+    slices: str | None = Field(None, description="sum|all|i:j (slices, or probe modes); "
+                               "default sum for the object, all for the probe.")
+    crop: str = Field("scanned", description="scanned|full|y0:y1,x0:x1 in object pixels.")
+    unwrap: bool = Field(False, description="2D-unwrap each phase slice before summing.")
+    remove_ramp: bool = Field(False, description="Subtract the illumination-weighted phase plane.")
+    normalize: bool = Field(False, description="Real data to [0, 1]; complex divided by max |.|.")
+    bit_depth: Literal[8, 16, 32] = Field(32, description="TIFF sample: 8/16-bit scaled or 32-bit float.")
+    layout: Literal["pypty", "ptyrad"] | None = Field(None, description="Pattern layout of another code.")
+    cmap: str = Field("gray", description="PNG colormap (matplotlib name).")
+    overwrite: bool = False
+
+
+def export(store_path: str | Path, out_path: str | Path, options: ExportOptions | None = None,
+           **kwargs: Any) -> Path:
+    """Write one array of the store at ``store_path`` to ``out_path``; returns the path."""
+    opts = options or ExportOptions(**kwargs)
+    out = Path(out_path)
+    fmt = exportio.format_of(out, opts.format)
+    group, kind = open_any(store_path)
+    payload = _payload(group, kind, opts, fmt, store_path)
+    payload.attrs.setdefault("source_store", str(store_path))
+    return exportio.write_atomic(out, opts.overwrite, lambda tmp: _write(tmp, fmt, payload, opts))
+
+
+def _write(tmp: Path, fmt: str, p: Payload, opts: ExportOptions) -> None:
+    if p.kind == "table" and fmt not in ("csv", "npy", "h5"):
+        raise UsageError(f"--what {opts.what} is a table; write it as .csv, .npy or .h5")
+    if p.kind != "table" and fmt == "csv":
+        raise UsageError(f"--what {opts.what} is an image; .csv holds positions, tilts or loss")
+    if fmt == "tif":
+        exportio.write_tif(tmp, p, opts.bit_depth)
+    elif fmt == "png":
+        exportio.write_png(tmp, p, opts.cmap)
+    elif fmt == "npy":
+        exportio.write_npy(tmp, p)
+    elif fmt == "h5":
+        exportio.write_h5(tmp, p)
+    else:
+        exportio.write_csv(tmp, p)
+
+
+def _payload(group: Any, kind: str, opts: ExportOptions, fmt: str, path: Any) -> Payload:
+    if kind == "data":
+        if opts.what != "patterns":
+            raise StoreError(f"{path}: is a data store; it exports --what patterns only")
+        return _patterns(group, opts, fmt, path)
+    if opts.what == "patterns":
+        raise StoreError(f"{path}: is a state store; --what patterns needs a data store")
+    state = load_state(group)
+    if opts.what.startswith("object"):
+        p = _object(state, opts)
+    elif opts.what.startswith("probe"):
+        p = _probe(state, opts, fmt)
+    else:
+        p = _table(state, group, opts.what, path)
+    p.attrs.update(energy_kev=state.energy_kev, dx_a=state.dx_a, what=opts.what)
+    return p
+
+
+# ----------------------------------------------------------------------------- object
+def _object(state: State, opts: ExportOptions) -> Payload:
+    y0, y1, x0, x1 = parse_crop(opts.crop, state)
+    obj = np.asarray(state.object)[0]  # object mode 0: the dominant one after orthogonalisation
+    mode, sel = parse_slices(opts.slices or "sum", obj.shape[0])
+    stack = obj[sel, y0:y1, x0:x1]
+    weights = None
+    if opts.remove_ramp:
+        weights = illumination(state.probe, state.positions, obj.shape[-2:])[y0:y1, x0:x1]
+    data = _object_values(stack, opts, weights, mode)
+    thickness = _slice_spacing(state, sel) if mode == "all" else None
+    if opts.normalize:
+        data = _normalize(data)
+    return Payload(name=opts.what.replace("-", "_"), data=data, pixel=state.dx_a,
+                   stack_axis="slice" if data.ndim == 3 else None, spacing=thickness,
+                   attrs={"crop_px": [y0, y1, x0, x1], "slices": opts.slices or "sum"})
+
+
+def _object_values(stack: np.ndarray, opts: ExportOptions, weights: Any, mode: str) -> np.ndarray:
+    if opts.what == "object-amplitude":
+        amp = np.abs(stack)
+        return amp.prod(axis=0) if mode == "sum" else amp  # projected amplitude = product
+    phase = np.angle(stack).astype(np.float64)
+    if opts.unwrap:
+        phase = np.stack([unwrap_phase(s) for s in phase])
+    if mode == "sum":
+        phase = phase.sum(axis=0, keepdims=True)
+    if opts.remove_ramp:
+        phase = np.stack([s - fit_ramp(s, weights) for s in phase])
+    if opts.what == "object-phase":
+        out = phase[0] if mode == "sum" else phase
+        return out.astype(np.float32)
+    amp = np.abs(stack).prod(axis=0, keepdims=True) if mode == "sum" else np.abs(stack)
+    out = (amp * np.exp(1j * phase)).astype(np.complex64)
+    return out[0] if mode == "sum" else out
+
+
+def _slice_spacing(state: State, sel: slice) -> float | None:
+    if state.slice_thickness is None:
+        return None
+    t = np.asarray(state.slice_thickness, dtype=np.float64)[sel]
+    return float(t.mean()) if t.size else None
+
+
+def _normalize(data: np.ndarray) -> np.ndarray:
+    if np.iscomplexobj(data):
+        top = float(np.abs(data).max())
+        return data / top if top > 0 else data
+    lo, hi = float(data.min()), float(data.max())
+    return ((data - lo) / (hi - lo)).astype(data.dtype) if hi > lo else np.zeros_like(data)
+
+
+# ----------------------------------------------------------------------------- probe
+def _probe(state: State, opts: ExportOptions, fmt: str) -> Payload:
+    probe = np.asarray(state.probe)
+    mode, sel = parse_slices(opts.slices or "all", probe.shape[0])
+    probe = probe[sel]
+    m = probe.shape[-1]
+    pixel, unit = state.dx_a, "Angstrom"
+    if opts.what == "probe-fourier":
+        # ψ(k) = F[ifftshift(P)] (the probe is stored centred, physics.md §3.4), unitary,
+        # with DC moved to the centre as for every displayed spectrum (§1.4)
+        centred = np.fft.ifftshift(probe, axes=(-2, -1))
+        probe = np.fft.fftshift(np.fft.fft2(centred, norm="ortho"), axes=(-2, -1))
+        pixel, unit = 1.0 / (m * state.dx_a), "1/Angstrom"
+    real_only = fmt in ("tif", "png")
+    if mode == "sum":  # incoherent total: sqrt(Σ_p |P_p|²)
+        data = np.sqrt(np.sum(np.abs(probe) ** 2, axis=0)).astype(np.float32)
+    else:
+        data = np.abs(probe).astype(np.float32) if real_only else probe.astype(np.complex64)
+    if opts.normalize:
+        data = _normalize(data)
+    powers = np.sum(np.abs(np.asarray(state.probe)) ** 2, axis=(-2, -1))
+    return Payload(name=opts.what.replace("-", "_"), data=data, pixel=pixel, unit=unit,
+                   stack_axis="mode" if data.ndim == 3 else None,
+                   attrs={"mode_powers": (powers / powers.sum()).tolist(),
+                          "values": "amplitude" if real_only or mode == "sum" else "complex"})
+
+
+# ----------------------------------------------------------------------------- tables
+def _table(state: State, group: Any, what: str, path: Any) -> Payload:
+    if what == "positions":
+        return _positions_table(state)
+    if what == "tilts":
+        if state.tilts is None:
+            raise StoreError(f"{path}: has no 'tilts' array (tilts were not refined)")
+        t = np.asarray(state.tilts, dtype=np.float64)
+        data = np.column_stack([np.arange(len(t)), t])
+        return Payload(name="tilts", data=data, kind="table", columns=["index", "ty_mrad", "tx_mrad"])
+    hist = history_of(group)
+    if "loss" not in hist or hist["loss"].size == 0:
+        raise StoreError(f"{path}: has no history/loss (not made by reconstruct)")
+    n = hist["loss"].size
+    cols = [np.arange(1, n + 1), hist.get("stage", np.zeros(n)), hist["loss"], hist.get("time_s", np.full(n, np.nan))]
+    return Payload(name="loss", data=np.column_stack(cols), kind="table",
+                   columns=["iteration", "stage", "loss", "time_s"])
+
+
+def _positions_table(state: State) -> Payload:
+    pos = np.asarray(state.positions, dtype=np.float64)
+    origin = np.asarray(state.origin_px, dtype=np.float64)
+    cols = [np.arange(len(pos)), pos, (pos - origin) * state.dx_a]
+    names = ["index", "y_px", "x_px", "y_a", "x_a"]
+    if state.positions_initial is not None:
+        cols.append((np.asarray(state.positions_initial, np.float64) - origin) * state.dx_a)
+        names += ["y0_a", "x0_a"]
+    return Payload(name="positions", data=np.column_stack(cols), kind="table", columns=names)
+
+
+# ----------------------------------------------------------------------------- patterns
+def _patterns(group: Any, opts: ExportOptions, fmt: str, path: Any) -> Payload:
+    if "patterns" not in group:
+        raise StoreError(f"{path}: data store has no 'patterns' array")
+    arr = group["patterns"]
+    cal = calibration_of(group)
+    attrs = {k: v for k, v in cal.to_attrs().items() if v is not None and not isinstance(v, dict)}
+    attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+    attrs["dc_centred"] = True
+    name, data = "patterns", arr
+    if opts.layout == "pypty":
+        if fmt != "h5":
+            raise UsageError("--layout pypty writes an HDF5 file (.h5) with dataset 'data'")
+        name = "data"
+    elif opts.layout == "ptyrad":
+        if fmt not in ("h5", "npy"):
+            raise UsageError("--layout ptyrad writes .hdf5/.h5 (dataset 'dp') or .npy, 4D")
+        shape = scan_shape_of(group, arr.shape[0])
+        if shape is None:
+            raise StoreError(f"{path}: no scan_shape to make the 4D (Ny, Nx, ky, kx) PtyRAD layout")
+        name, data = "dp", _Reshaped(arr, (*shape, *arr.shape[1:]))
+    elif fmt in ("tif", "png"):
+        data = np.asarray(arr[...], dtype=np.float32)
+    pixel = cal.pixel_inv_a
+    return Payload(name=name, data=data, kind="patterns", pixel=pixel, unit="1/Angstrom",
+                   stack_axis="pattern", attrs=attrs)
+
+
+class _Reshaped:
+    """A (J, M, M) zarr array seen as (Ny, Nx, M, M), read in row slabs (no full load)."""
+
+    def __init__(self, arr: Any, shape: tuple[int, ...]):
+        self.arr, self.shape, self.dtype = arr, shape, arr.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = key[0] if isinstance(key, tuple) else key
+        lo, hi, _ = rows.indices(self.shape[0])
+        nx = self.shape[1]
+        return np.asarray(self.arr[lo * nx:hi * nx]).reshape(hi - lo, *self.shape[1:])

@@ -1,0 +1,128 @@
+"""Registration and Fourier ring correlation: the numerical core of ``compare``.
+
+Host-side numpy on purpose: images compared here are a few hundred pixels on a side and
+come from stores, so a device round trip would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+ONE_SEVENTH = 1.0 / 7.0
+
+
+# ----------------------------------------------------------------------------- shifts
+def fourier_shift(img: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
+    """Move the content of ``img`` by +shift (y, x) px (periodic; physics.md §1.4 sign)."""
+    uy = np.fft.fftfreq(img.shape[-2])[:, None]
+    ux = np.fft.fftfreq(img.shape[-1])[None, :]
+    ramp = np.exp(-2j * np.pi * (uy * shift_px[0] + ux * shift_px[1]))
+    out = np.fft.ifft2(np.fft.fft2(img) * ramp)
+    return out if np.iscomplexobj(img) else out.real.astype(img.dtype, copy=False)
+
+
+def register_shift(a: np.ndarray, b: np.ndarray, upsample: int = 100) -> tuple[float, float]:
+    """Shift s (y, x) px with b(r) ≈ a(r - s): cross-correlation peak, refined on a grid
+    ``upsample`` times finer by a matrix-multiply DFT around the peak (Guizar-Sicairos,
+    Thurman & Fienup, Opt. Lett. 33, 156 (2008)); precision 1/upsample px."""
+    spec = np.fft.fft2(b) * np.conj(np.fft.fft2(a))
+    cc = np.abs(np.fft.ifft2(spec))
+    iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
+    coarse = np.array([_wrap(iy, cc.shape[0]), _wrap(ix, cc.shape[1])], dtype=np.float64)
+    if upsample <= 1:
+        return float(coarse[0]), float(coarse[1])
+    width = 1.5  # px searched around the coarse peak
+    n = int(math.ceil(width * upsample))
+    offsets = (np.arange(n) - n // 2) / upsample
+    ty, tx = coarse[0] + offsets, coarse[1] + offsets
+    ky = np.exp(2j * np.pi * np.outer(ty, np.fft.fftfreq(spec.shape[0])))
+    kx = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(spec.shape[1]), tx))
+    fine = np.abs(ky @ spec @ kx)
+    jy, jx = np.unravel_index(int(np.argmax(fine)), fine.shape)
+    return float(ty[jy]), float(tx[jx])
+
+
+def _wrap(i: int, n: int) -> float:
+    return float(i - n) if i > n // 2 else float(i)
+
+
+# ----------------------------------------------------------------------------- windows
+def tukey_window(shape: tuple[int, int], alpha: float = 0.2) -> np.ndarray:
+    """Separable Tukey window: flat middle, cosine edges over ``alpha`` of each side.
+
+    Crops of larger images are not periodic; tapering their edges keeps the FFT's
+    wrap-around step out of correlations and FRC rings."""
+    def one(n: int) -> np.ndarray:
+        x = np.linspace(0.0, 1.0, n)
+        w = np.ones(n)
+        edge = alpha / 2
+        lo, hi = x < edge, x > 1 - edge
+        w[lo] = 0.5 * (1 + np.cos(np.pi * (x[lo] / edge - 1)))
+        w[hi] = 0.5 * (1 + np.cos(np.pi * ((x[hi] - 1) / edge + 1)))
+        return w
+
+    return np.outer(one(shape[0]), one(shape[1]))
+
+
+# ----------------------------------------------------------------------------- FRC
+def frc_curve(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Fourier ring correlation of two same-shape images.
+
+    Rings are centred at u = i/N cycles/px (N = the shorter side), i = 0..N/2. Returns
+    ``freq_px`` (cycles/px), ``frc`` and ``n_px`` (pixels per ring, for the half-bit curve).
+    """
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    n = min(a.shape[-2:])
+    uy = np.fft.fftfreq(a.shape[-2])[:, None]
+    ux = np.fft.fftfreq(a.shape[-1])[None, :]
+    ring = np.rint(np.sqrt(uy**2 + ux**2) * n).astype(np.int64).ravel()
+    n_rings = n // 2 + 1
+    keep = ring < n_rings
+    ring = ring[keep]
+
+    def rsum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(ring, weights=v.ravel()[keep], minlength=n_rings)
+
+    num = rsum(np.real(fa * np.conj(fb)))
+    den = np.sqrt(rsum(np.abs(fa) ** 2) * rsum(np.abs(fb) ** 2))
+    tiny = np.finfo(np.float64).tiny
+    frc = np.where(den > tiny, num / np.maximum(den, tiny), 0.0)
+    return {"freq_px": np.arange(n_rings) / n, "frc": frc, "n_px": np.bincount(ring, minlength=n_rings)}
+
+
+def half_bit_threshold(n_px: np.ndarray) -> np.ndarray:
+    """van Heel & Schatz, J. Struct. Biol. 151, 250 (2005): the half-bit information curve."""
+    s = 1.0 / np.sqrt(np.maximum(n_px, 1))
+    return (0.2071 + 1.9102 * s) / (1.2071 + 0.9102 * s)
+
+
+def crossing_px(freq: np.ndarray, frc: np.ndarray, threshold: Any) -> float | None:
+    """First frequency (cycles/px, linear interpolation) where the FRC drops below threshold.
+
+    Ring 0 (DC) is skipped. None when the curve never drops: resolution is then limited by
+    the sampling (Nyquist), not by the data.
+    """
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), frc.shape)
+    d = frc - thr
+    for i in range(2, len(frc)):
+        if d[i] < 0 <= d[i - 1]:
+            t = d[i - 1] / (d[i - 1] - d[i])
+            return float(freq[i - 1] + t * (freq[i] - freq[i - 1]))
+    return None if d[1] >= 0 else float(freq[1])
+
+
+def resolution(curve: dict[str, np.ndarray], dx_a: float | None) -> dict[str, Any]:
+    """Resolution (period) at the 1/7 and half-bit thresholds, in px and Å."""
+    out: dict[str, Any] = {"resolution_px": {}, "resolution_a": {}, "nyquist_limited": {}}
+    thresholds = {"one_seventh": ONE_SEVENTH, "half_bit": half_bit_threshold(curve["n_px"])}
+    for name, thr in thresholds.items():
+        u = crossing_px(curve["freq_px"], curve["frc"], thr)
+        limited = u is None
+        period_px = 2.0 if limited else 1.0 / u
+        out["resolution_px"][name] = period_px
+        out["resolution_a"][name] = None if dx_a is None else period_px * dx_a
+        out["nyquist_limited"][name] = limited
+    return out

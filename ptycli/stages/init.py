@@ -1,0 +1,224 @@
+"""``init``: the starting state of a reconstruction, from a data store.
+
+Probe: from aberrations (calibration, ``--calibration FILE.toml``, ``--defocus-a``,
+``--aberration``), from the mean pattern (``pacbed``: sqrt of the PACBED with the phase of
+the aberrations) or from an existing state store; always normalised to the data's mean
+counts per frame (physics.md §3.4). Positions: the raster of the scan calibration or a
+positions file in Å. Object: vacuum sized to hold every window plus a margin, or taken
+from a state store (whose object frame, origin included, is then kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InputError, RecipeError
+from ..physics import probe as probe_lib
+from ..physics import scan
+from ..store.calibration import Calibration, load_calibration
+from ..store.io import StoreWriter, input_ref, open_store, provenance_of
+from ..store.state import State, load_state, write_state
+from . import init_checks
+from .preprocess_calibration import build_calibration
+from .simulate import parse_aberrations
+
+Report = Callable[[str, str], None]  # (kind: "info" | "warning", message)
+OBJECT_MODE_AMPLITUDE = 0.05  # extra object modes start weak (0.25 % of the power each)
+
+
+class InitOptions(BaseModel):
+    """Options of ``init`` (lengths Å, angles deg)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probe_from: str = Field("aberrations", description="aberrations | pacbed | PATH of a state store.")
+    defocus_a: float | None = Field(None, description="Δf [Å], positive = underfocus (C10 = -Δf).")
+    aberrations: dict[str, float] = Field(default_factory=dict)
+    calibration: Path | None = None
+    probe_modes: int | None = Field(None, ge=1)
+    mode_kind: str = "hermite"
+    positions: Path | None = None
+    scan_flip_y: bool = False
+    scan_flip_x: bool = False
+    slices: int | None = Field(None, ge=1)
+    slice_thickness_a: float | None = Field(None, gt=0)
+    object_modes: int = Field(1, ge=1)
+    object_from: Path | None = None
+    margin_px: int = Field(scan.DEFAULT_MARGIN_PX, ge=0)
+    strict: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DataSummary:
+    """What ``init`` needs from the data: calibration, window and frame statistics."""
+
+    calibration: Calibration
+    window: tuple[int, int]
+    n_frames: int
+    counts_per_frame: float  # N_e = mean_j Σ_k D_j(k)
+    mean_pattern: np.ndarray  # DC-centred (M, M)
+    dx_a: float
+
+
+def resolve_options(**options: Any) -> InitOptions:
+    values = {k: v for k, v in options.items() if v is not None}
+    if "aberrations" in values:
+        values["aberrations"] = parse_aberrations(values["aberrations"])
+    try:
+        return InitOptions(**values)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise RecipeError("init options: " + "; ".join(parts)) from None
+
+
+# ----------------------------------------------------------------------------- data
+def summarize_data(group: zarr.Group, path: Path, opts: InitOptions) -> DataSummary:
+    """Calibration (store < file) and one streaming pass for N_e and the mean pattern."""
+    if "patterns" not in group:
+        raise InputError(f"{path}: data store has no 'patterns' array")
+    patterns = group["patterns"]
+    if patterns.ndim != 3 or patterns.shape[0] == 0:
+        raise InputError(f"{path}/patterns: shape {patterns.shape}; expected (J, M, M) with J >= 1")
+    base = load_calibration(dict(group.attrs)).model_dump(exclude_none=True)
+    cal = build_calibration(opts.calibration, None, base)
+    missing = cal.missing("energy_kev", "semiangle_mrad") + ([] if cal.pixel_inv_a else ["dk_inv_a or dk_mrad"])
+    if missing:
+        raise InputError(f"{path}: calibration lacks {', '.join(missing)}; add it with --calibration FILE.toml")
+    window = tuple(int(v) for v in patterns.shape[1:])
+    total, mean = _frame_stats(patterns)
+    return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])))
+
+
+def _frame_stats(patterns: zarr.Array) -> tuple[float, np.ndarray]:
+    step = patterns.chunks[0]
+    acc = np.zeros(patterns.shape[1:], dtype=np.float64)
+    for start in range(0, patterns.shape[0], step):
+        acc += np.asarray(patterns[start : start + step], dtype=np.float64).sum(axis=0)
+    mean = acc / patterns.shape[0]
+    return float(mean.sum()), mean
+
+
+# ----------------------------------------------------------------------------- variables
+def aberrations_of(cal: Calibration, opts: InitOptions) -> dict[str, float]:
+    """Calibration terms < calibration defocus < --defocus-a < --aberration."""
+    out = dict(cal.aberrations)
+    if cal.defocus_a is not None:
+        out["C10"] = -cal.defocus_a
+    if opts.defocus_a is not None:
+        out["C10"] = -opts.defocus_a
+    out.update(opts.aberrations)
+    return out
+
+
+def make_probe(data: DataSummary, opts: InitOptions, aberrations: dict[str, float]) -> np.ndarray:
+    """Probe modes (P, M, M) complex64, Σ|P|² = N_e."""
+    cal, m = data.calibration, data.window
+    n_e = data.counts_per_frame
+    if not n_e > 0:
+        raise InputError("data: mean counts per frame is not positive; cannot normalise the probe")
+    if opts.probe_from == "aberrations":
+        single = probe_lib.make_probe(m, data.dx_a, cal.energy_ev, cal.semiangle_mrad, aberrations, counts=n_e)
+    elif opts.probe_from == "pacbed":
+        single = probe_lib.probe_from_pacbed(data.mean_pattern, data.dx_a, cal.energy_ev, aberrations, n_e)
+        single = single.astype(np.complex64)
+    else:
+        return _probe_from_state(Path(opts.probe_from), data, opts)
+    n_modes = opts.probe_modes or 1
+    if n_modes == 1:
+        return single[None, ...]
+    return probe_lib.init_modes(single, n_modes, kind=opts.mode_kind, dx_a=data.dx_a, energy_ev=cal.energy_ev)
+
+
+def _probe_from_state(path: Path, data: DataSummary, opts: InitOptions) -> np.ndarray:
+    state = _load_state_for(path, data, "--probe-from")
+    modes = np.asarray(state.probe, dtype=np.complex64)
+    if tuple(modes.shape[-2:]) != data.window:
+        raise InputError(f"{path}: probe window {modes.shape[-2:]} differs from the data's {data.window}")
+    if opts.probe_modes and opts.probe_modes != modes.shape[0]:
+        modes = probe_lib.init_modes(probe_lib.orthogonalize_modes(modes)[0], opts.probe_modes,
+                                     kind=opts.mode_kind, dx_a=data.dx_a, energy_ev=data.calibration.energy_ev)
+    return probe_lib.normalize(modes, data.counts_per_frame).astype(np.complex64)
+
+
+def _load_state_for(path: Path, data: DataSummary, flag: str) -> State:
+    state = load_state(open_store(path, "state"))
+    if abs(state.dx_a - data.dx_a) > 1e-6 * data.dx_a:
+        raise InputError(f"{path} ({flag}): pixel {state.dx_a:.6g} Å differs from the data's {data.dx_a:.6g} Å")
+    return state
+
+
+def positions_a(data: DataSummary, opts: InitOptions, group: zarr.Group) -> np.ndarray:
+    """Probe centres (J, 2) in Å: a positions file, or the calibrated raster."""
+    if opts.positions is not None:
+        return scan.read_positions_a(opts.positions, data.n_frames)
+    cal = data.calibration
+    shape = cal.scan_shape or group.attrs.get("scan_shape")
+    if shape is None or cal.scan_step_a is None:
+        raise InputError("data: no scan_shape/scan_step_a in the calibration; give --positions FILE (Å)")
+    if int(shape[0]) * int(shape[1]) != data.n_frames:
+        raise InputError(f"data: scan_shape {tuple(shape)} has {shape[0] * shape[1]} points, "
+                         f"but patterns has {data.n_frames} frames")
+    return scan.raster_positions_a(tuple(shape), cal.scan_step_a, cal.scan_rotation_deg,
+                                   opts.scan_flip_y, opts.scan_flip_x)
+
+
+def make_object(data: DataSummary, opts: InitOptions, pos_a: np.ndarray) -> tuple[np.ndarray, Any, tuple, np.ndarray]:
+    """(object (Q, S, H, W), slice_thickness (S,) or None, origin, positions px)."""
+    if opts.object_from is not None:
+        return _object_from_state(opts.object_from, data, pos_a)
+    slices = opts.slices or 1
+    if slices > 1 and opts.slice_thickness_a is None:
+        raise RecipeError(f"--slices {slices} needs --slice-thickness-a")
+    origin = scan.origin_px(pos_a, data.dx_a, data.window, opts.margin_px)
+    pos_px = scan.to_pixels(pos_a, data.dx_a, origin)
+    shape = scan.object_shape(pos_px, data.window, opts.margin_px)
+    obj = np.ones((opts.object_modes, slices, *shape), dtype=np.complex64)
+    if opts.object_modes > 1:
+        rng = np.random.default_rng([opts.seed, 3])
+        # Identical modes would get identical updates forever; weak random phases break the tie.
+        phase = rng.uniform(0, 2 * np.pi, size=(opts.object_modes - 1, slices, *shape))
+        obj[1:] = (OBJECT_MODE_AMPLITUDE * np.exp(1j * phase)).astype(np.complex64)
+    thickness = None if opts.slice_thickness_a is None else np.full(slices, opts.slice_thickness_a, np.float32)
+    return obj, thickness, origin, pos_px
+
+
+def _object_from_state(path: Path, data: DataSummary, pos_a: np.ndarray) -> tuple:
+    state = _load_state_for(path, data, "--object-from")
+    pos_px = scan.to_pixels(pos_a, data.dx_a, state.origin_px)
+    obj = np.asarray(state.object, dtype=np.complex64)
+    if not scan.windows_fit(pos_px, data.window, tuple(obj.shape[-2:])):
+        raise InputError(f"{path}: object {obj.shape[-2:]} does not hold every probe window of this scan")
+    return obj, state.slice_thickness, tuple(state.origin_px), pos_px
+
+
+# ----------------------------------------------------------------------------- stage
+def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: Report | None = None,
+        **options: Any) -> Path:
+    """Write the initial state store ``out`` for the data store ``data``."""
+    opts = options.pop("options", None) or resolve_options(**options)
+    data_path = Path(data)
+    group = open_store(data_path, "data")
+    summary = summarize_data(group, data_path, opts)
+    aberrations = aberrations_of(summary.calibration, opts)
+    probe_modes = make_probe(summary, opts, aberrations)
+    pos_a = positions_a(summary, opts, group)
+    obj, thickness, origin, pos_px = make_object(summary, opts, pos_a)
+    init_checks.check(summary, aberrations, pos_a, thickness, strict=opts.strict, report=report)
+    state = State(probe=probe_modes, object=obj, positions=pos_px, dx_a=summary.dx_a,
+                  energy_kev=float(summary.calibration.energy_kev), slice_thickness=thickness,
+                  positions_initial=pos_px.copy(), origin_px=tuple(float(v) for v in origin),
+                  semiangle_mrad=summary.calibration.semiangle_mrad, aberrations=aberrations)
+    ref = input_ref(group, data_path)
+    with StoreWriter(out, kind="state", stage="init", options=opts.model_dump(mode="json"), inputs=[ref],
+                     provenance=provenance_of(group), overwrite=overwrite) as writer:
+        write_state(writer, state)
+        writer.set_attrs(data={"path": str(data_path), "fingerprint": ref.fingerprint})
+        writer.record("init", probe_from=opts.probe_from, counts_per_frame=summary.counts_per_frame)
+        return writer.finalize()

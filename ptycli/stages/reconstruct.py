@@ -1,0 +1,212 @@
+"""``reconstruct``: a data store and a starting state -> a reconstructed state store.
+
+Orchestration only: open the inputs, build the device context, run the engine loop of
+``ptycli.engines.loop`` over the recipe's stages, write checkpoints into ``OUT.partial``
+and, at the end, the final state, history and recipe into ``OUT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .. import backend
+from ..engines import checkpoint as ckpt
+from ..engines import common, loop
+from ..engines.data import PatternSource, SignalSource, mean_counts
+from ..engines.registry import ENGINES
+from ..engines.signals import SignalHandlers, StopFlag
+from ..errors import InputError, RecipeError, StoreError
+from ..recipe import Recipe, constraint_params, load_recipe, resolved
+from ..store.io import StoreWriter, input_ref, open_store, partial_path, provenance_of, write_array
+from ..store.schema import json_hash
+from ..store.state import State, load_state, write_state
+from . import reconstruct_positions
+
+
+class _Inputs:
+    """The opened data store and what every stage of the run reads from it."""
+
+    def __init__(self, data_path: Path, xp: Any, precision: str, stream: bool | None, budget: int | None):
+        self.path = data_path
+        self.group = open_store(data_path, "data")
+        real, _ = backend.dtypes(precision)
+        self.xp, self.real = xp, real
+        if "patterns" not in self.group:
+            raise InputError(f"{data_path}: data store has no 'patterns' array")
+        self.patterns = PatternSource(self.group["patterns"], xp, real, stream=stream, budget_bytes=budget)
+        self.mask = self._unshifted("detector_mask")
+        self.comp_masks = self._unshifted("compressed/masks")
+        self.signals = SignalSource(self.group["compressed/signals"], xp, real) if "compressed/signals" in self.group else None
+        shape = self.group.attrs.get("scan_shape")
+        self.scan_shape = tuple(shape) if shape else None
+
+    def _unshifted(self, name: str) -> Any:
+        if name not in self.group:
+            return None
+        host = np.fft.ifftshift(np.asarray(self.group[name][...], dtype=self.real), axes=(-2, -1))
+        return backend.to_device(host, self.xp, dtype=self.real)
+
+    def read(self, idx: np.ndarray, stage: Any) -> Any:
+        if stage.noise.model == "compressed":
+            if self.signals is None:
+                raise InputError(f"{self.path}: noise model 'compressed' needs compressed/signals in the data store")
+            return self.signals.read(idx)
+        return self.patterns.read(idx)
+
+
+def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | Path | Recipe = "quick",
+        overrides: Iterable[str] = (), iterations: int | None = None, device: str = "auto",
+        precision: str = "single", seed: int = 0, checkpoint_every: int = 0, resume: bool = False,
+        stream: bool | None = None, memory_budget_bytes: int | None = None, positions: str = "all",
+        overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True) -> dict[str, Any]:
+    """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings)."""
+    out = Path(out)
+    if resume and out.exists():
+        return _already_complete(out)
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
+    rec_json = resolved(rec)
+    seed = rec.seed if rec.seed is not None else seed
+    xp = backend.get_xp(device)
+    inputs = _Inputs(Path(data), xp, precision, stream, memory_budget_bytes)
+    state_group = open_store(state, "state")
+    resume_from = _resume_point(out, rec_json) if resume else None
+    st = resume_from[0] if resume_from else load_state(state_group)
+    _check_shapes(st, inputs, Path(data))
+    subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
+    n_e = mean_counts(inputs.group["patterns"], subset)
+    st = _to_device(st, xp, precision)
+    options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
+               "positions": positions, "checkpoint_every": checkpoint_every}
+    writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
+                         inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
+                         provenance=provenance_of(state_group), overwrite=overwrite,
+                         keep_partial_on_error=True, reuse_partial=bool(resume_from))
+    writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json))
+    flag = StopFlag()
+    monitor = _Monitor(writer.partial)
+    hooks = loop.RunHooks(
+        read_batch=inputs.read,
+        make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e),
+        apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
+        checkpoint=monitor.checkpoint, stop=flag, observers=list(observers),
+        checkpoint_every=checkpoint_every)
+    cursor, history, engine_state, extra = _resume_parts(resume_from)
+    with writer, (SignalHandlers(flag) if handle_signals else _Null()):
+        st, history = loop.run(rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+        return _finish(writer, st, history, rec, inputs, data, subset)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _Monitor:
+    """Checkpoint hook: convergence record + atomic checkpoint into the partial store."""
+
+    def __init__(self, root: Path):
+        self.root, self.previous = root, None
+
+    def checkpoint(self, state: Any, engine: Any, cursor: loop.Cursor, history: loop.History, extra: dict) -> None:
+        record, self.previous = ckpt.convergence(self.previous, state, len(history.loss))
+        history.convergence.append(record)
+        ckpt.write(self.root, state, engine.state_dict(), cursor, history, extra.get("positions_iter_start"))
+
+
+def _make_engine(stage: Any, state: Any, inputs: _Inputs, xp: Any, precision: str, n_e: float) -> Any:
+    noise = stage.noise.model
+    if noise == "compressed" and inputs.comp_masks is None:
+        raise InputError(f"{inputs.path}: noise model 'compressed' needs compressed/masks in the data store")
+    ctx = common.make_context(state, xp, precision, noise, stage.noise.eps, mask=inputs.mask,
+                              comp_masks=inputs.comp_masks, n_e=n_e)
+    return ENGINES[stage.type].engine(stage, ctx, state)
+
+
+def _apply_constraints(state: Any, stage: Any, it: int, n_e: float) -> Any:
+    if not stage.constraints:
+        return state
+    from ..constraints import registry  # noqa: PLC0415
+    from ..constraints.base import Context  # noqa: PLC0415
+
+    pairs = [(registry.CONSTRAINTS[c.type], constraint_params(registry.CONSTRAINTS[c.type], c))
+             for c in stage.constraints]
+    ctx = Context.from_state(state, iteration=it, counts_per_frame=n_e)
+    new, _ = registry.apply_constraints(state, registry.ordered(pairs), ctx)
+    new.positions = np.asarray(backend.to_numpy(new.positions), dtype=np.float64)
+    return new
+
+
+def _to_device(st: State, xp: Any, precision: str) -> State:
+    real, cplx = backend.dtypes(precision)
+    positions = np.asarray(st.positions, dtype=np.float64)
+    initial = positions.copy() if st.positions_initial is None else np.asarray(st.positions_initial, np.float64)
+    thickness = st.slice_thickness if st.slice_thickness is not None else np.ones(st.n_slices, dtype=real)
+    return st.copy(probe=backend.to_device(st.probe, xp, dtype=cplx),
+                   object=backend.to_device(st.object, xp, dtype=cplx),
+                   positions=positions, positions_initial=initial,
+                   slice_thickness=np.asarray(backend.to_numpy(thickness), dtype=real))
+
+
+def _check_shapes(st: State, inputs: _Inputs, data: Path) -> None:
+    j, m, n = inputs.group["patterns"].shape
+    if st.positions.shape[0] != j:
+        raise InputError(f"{data}: {j} patterns but the state has {st.positions.shape[0]} positions")
+    if tuple(st.probe.shape[-2:]) != (m, n):
+        raise InputError(f"{data}: patterns are {m}x{n} but the probe window is {st.probe.shape[-2:]}")
+
+
+def _resume_point(out: Path, rec_json: dict) -> tuple | None:
+    part = partial_path(out)
+    found = ckpt.find(part) if part.exists() else None
+    if found is None:
+        return None
+    import zarr  # noqa: PLC0415
+
+    stored = zarr.open_group(str(part), mode="r").attrs.get("recipe")
+    if stored is not None and json_hash(stored) != json_hash(rec_json):
+        raise RecipeError(f"{part}: --resume with a different recipe than the interrupted run "
+                          f"(hash {json_hash(stored)} vs {json_hash(rec_json)}); use the same recipe and options")
+    return ckpt.read(found)
+
+
+def _resume_parts(resume_from: tuple | None) -> tuple:
+    if resume_from is None:
+        return None, None, None, {}
+    _, engine_state, cursor, history, start = resume_from
+    extra = {} if start is None else {"positions_iter_start": start}
+    return cursor, history, engine_state, extra
+
+
+def _already_complete(out: Path) -> dict[str, Any]:
+    group = open_store(out, "state")
+    if "history" not in group:
+        raise StoreError(f"{out}: exists but is not a reconstruct output; choose another -o or --overwrite")
+    loss = np.asarray(group["history/loss"][...])
+    return {"output": str(out), "status": "already complete", "iterations": int(loss.size),
+            "final_loss": float(loss[-1]) if loss.size else None}
+
+
+def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, inputs: _Inputs,
+            data: str | Path, subset: np.ndarray) -> dict[str, Any]:
+    write_state(writer, st, backend.to_numpy)
+    write_array(writer.group, "history/loss", np.asarray(history.loss, dtype=np.float64), dims=("iteration",),
+                units="loss per position")
+    write_array(writer.group, "history/stage", np.asarray(history.stage, dtype=np.int32), dims=("iteration",))
+    write_array(writer.group, "history/time_s", np.asarray(history.time_s, dtype=np.float64), dims=("iteration",),
+                units="s")
+    total_s = float(np.sum(history.time_s))
+    stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
+    writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
+                                                "timings": {"total_s": total_s, "device": backend.device_name(inputs.xp)}}
+    writer.set_attrs(data={"path": str(data), "fingerprint": input_ref(inputs.group, data).fingerprint})
+    writer.record("reconstruct", stages=[s["type"] for s in stages], positions=int(len(subset)))
+    path = writer.finalize()
+    return {"output": str(path), "status": "complete", "iterations": len(history.loss),
+            "final_loss": history.loss[-1] if history.loss else None, "time_s": total_s,
+            "positions_refined": int(len(subset)), "stages": stages}

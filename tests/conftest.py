@@ -1,0 +1,43 @@
+"""Shared pytest setup: every test runs with a quiet, colourless, non-TTY CLI."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("NO_COLOR", "1")
+# FFTW_MEASURE planning costs seconds per new shape; tests use scipy.fft unless they ask.
+os.environ.setdefault("PTYCLI_FFT", "scipy")
+
+
+def _has_cuda() -> bool:
+    try:
+        import cupy  # noqa: F401
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+HAS_CUDA = _has_cuda()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs CuPy with a CUDA device")
+    for item in items:
+        if "cupy" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cli():
+    """Invoke the ptycli app in-process; returns the click Result (stdout/stderr separate)."""
+    from typer.testing import CliRunner
+
+    from ptycli.cli.main import app
+
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(app, [str(a) for a in args], input=input)
+
+    return invoke

@@ -1,0 +1,158 @@
+"""The benchmark harness (benchmarks/): engine discovery, iteration timing, fits, reports.
+
+A stand-in engine registered only inside these tests checks the plumbing; the committed
+benchmark results always come from ptycli's real engines.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import cases  # noqa: E402
+import harness  # noqa: E402
+import report  # noqa: E402
+import run as suite  # noqa: E402
+import worker  # noqa: E402
+import writeup  # noqa: E402
+
+TINY = cases.Case("tiny", scan=(4, 4), size=16)
+
+
+class CountingEngine:
+    """Stand-in engine: counts groups and returns a fixed loss per position."""
+
+    calls: list = []
+
+    def __init__(self, params, ctx, state):
+        self.params = params
+
+    def update(self, state, idx, data, it):
+        CountingEngine.calls.append((it, len(idx), data.shape))
+        return 2.0 * len(idx)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, _):
+        return None
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    from ptycli.engines import registry
+    from ptycli.recipe import LsqmlStage
+
+    spec = registry.EngineSpec("standin", LsqmlStage, CountingEngine, "test stand-in")
+    monkeypatch.setitem(registry.ENGINES, "standin", spec)
+    CountingEngine.calls = []
+    monkeypatch.setattr(harness, "stage_params",
+                        lambda engine, iterations, **kw: LsqmlStage(type="lsqml", iterations=iterations, **kw))
+    return "standin"
+
+
+def test_case_b_fft_count_is_the_physics_md_check():
+    from ptycli.stages import bench
+
+    b = cases.STANDARD["B"]
+    assert b.n_positions == 4096
+    assert bench.n_ffts_per_iteration(b.n_positions, "lsqml", b.slices, b.probe_modes) == 655_360
+
+
+def test_synthetic_inputs_have_the_case_shapes_and_dtypes():
+    state = cases.synthetic_state(cases.Case("t", scan=(3, 5), size=16, slices=2, probe_modes=2))
+    pats = cases.synthetic_patterns(state)
+    assert state.probe.shape == (2, 16, 16) and state.probe.dtype == np.complex64
+    assert state.object.shape[:2] == (1, 2) and state.object.dtype == np.complex64
+    assert pats.shape == (15, 16, 16) and pats.dtype == np.float32
+    from ptycli.physics import scan
+
+    assert scan.windows_fit(state.positions, (16, 16), state.object.shape[-2:])
+    # the 3.33 px step makes sub-pixel offsets non-zero, so the shift FFTs are exercised
+    assert np.any(state.positions % 1 > 0)
+    # the pattern mean equals the probe's total counts (Parseval) within the ±20 % noise band
+    assert np.mean(pats.sum(axis=(1, 2))) == pytest.approx(1e4, rel=0.02)
+
+
+def test_missing_engine_is_reported_not_fatal(monkeypatch):
+    from ptycli.engines import registry
+
+    status = harness.engine_status()
+    assert all(s == "available" for n, s in status.items() if n in registry.ENGINES)
+    monkeypatch.delitem(registry.ENGINES, "epie")
+    status = harness.engine_status()
+    assert status["epie"].startswith("not available")
+    assert "epie" not in harness.available_engines()
+
+
+def test_time_iterations_drops_warmup_and_runs_every_group(standin):
+    state = cases.synthetic_state(TINY)
+    pats = cases.synthetic_patterns(state)
+    out = harness.time_iterations(standin, state, pats, n_timed=3, n_warmup=2,
+                                  overrides={"grouping": {"kind": "compact", "size": 5}})
+    assert len(out["times_s"]) == 3 and len(out["warmup_s"]) == 2
+    assert out["median_s"] == float(np.median(out["times_s"]))
+    assert out["group_size"] == 5
+    # 16 positions in groups of <= 5 -> 4 groups per iteration, 5 iterations, every position once each
+    assert len(CountingEngine.calls) == 4 * 5
+    assert sum(n for _, n, _ in CountingEngine.calls) == 16 * 5
+    assert out["loss_first"] == pytest.approx(2.0)  # loss per position as the loop reports it
+
+
+def test_fft_bound_of_a_case_uses_the_cost_model():
+    res = worker.fft_bound("lsqml", TINY, group_size=4)
+    assert res["n_ffts"] == 16 * 4  # J * (2K(2S-1) + 2Np) = 16 * 4
+    assert res["fft_batch"] == 4
+    assert res["fft_library"] in ("numpy", "scipy", "pyfftw")
+    assert 0 < res["fft_bound_s"] <= res["fft_work_s"]
+    assert res["fft_bound_s"] <= res["fft_bound_model_s"]
+
+
+def test_worker_reports_failure_as_json():
+    res = suite.run_worker({"kind": "engine", "engine": "nosuch", "case": TINY.to_json(), "warmup": 1, "timed": 1})
+    assert res["ok"] is False and "nosuch" in res["error"]
+    assert res["peak_rss_mib"] > 0
+
+
+def test_loglog_exponent_recovers_a_power_law():
+    x = [256, 1024, 4096, 16384]
+    assert report.loglog_exponent(x, [3e-4 * v**1.5 for v in x]) == pytest.approx(1.5, abs=1e-12)
+    assert report.loglog_exponent(x, [None, 1.0, None, None]) is None
+
+
+def test_render_writes_every_section():
+    ok = {"ok": True, "group_size": 8, "median_s": 0.5, "fft_bound_s": 0.25, "ratio": 2.0, "peak_rss_mib": 100.0,
+          "positions_per_s": 2048.0, "fft_library": "pyfftw", "warmup_s": [0.6], "times_s": [0.5] * 5,
+          "n_ffts": 4096.0, "fft_batch": 8, "fft_rates_per_s": {"pyfftw": 1e5, "backend": 5e4}, "fft_work_s": 0.3}
+    doc = {
+        "quick": True, "elapsed_s": 1.0, "engines": ["lsqml"],
+        "machine": {"date": "d", "git_commit": "abc", "cpu": "cpu", "cores": 2, "memory_gib": 1, "platform": "p",
+                    "versions": {"numpy": "2"}, "load_average_start": [1, 1, 1], "load_average_end": [1, 1, 1]},
+        "engine_status": {"lsqml": "available", "lbfgs": "not available (not in the registry)"},
+        "fft": {"64": {"batch": 64, "rates_per_s": {"numpy": 1.0, "pyfftw": 2.0}, "fastest": "pyfftw"}},
+        "standard": [{"case": cases.STANDARD["C"].to_json(), "engine": "lsqml", "result": ok},
+                     {"case": cases.STANDARD["C"].to_json(), "engine": "lbfgs",
+                      "result": {"ok": False, "status": "not available (not in the registry)"}}],
+        "scaling": {"positions": {"lsqml": [(256.0, 1.0), (1024.0, 4.0)]}},
+        "quality": {"lsqml": {"ok": True, "points": [{"iteration": 1, "elapsed_s": 0.1, "loss": 3.0, "correlation": 0.5}]}},
+        "streaming": [{"n_positions": 4096, "stream": True, "result": {"ok": True, "peak_rss_mib": 100.0,
+                                                                         "rss_before_run_mib": 90.0, "wall_s": 1.0}},
+                      {"n_positions": 16384, "stream": True, "result": {"ok": True, "peak_rss_mib": 105.0,
+                                                                          "rss_before_run_mib": 90.0, "wall_s": 1.0}}],
+        "profile": {"_case": TINY.to_json(), "lsqml": {"ok": True, "iterations": 2, "wall_s": 1.0, "by_tottime": [
+            {"function": "f", "calls": 1, "tottime_s": 0.5, "cumtime_s": 0.9}]}},
+    }
+    text, md = writeup.render(json.loads(json.dumps(doc)))
+    for title in ("## FFT throughput", "## Standard cases", "## Scaling", "## Time to quality",
+                  "## Streaming peak RSS", "## Profile", "How it is measured"):
+        assert title in md
+    assert "| C | lsqml | 1024 | 64 | 1 | 1 | 8 | 0.5 | 0.25 | 2 |" in md
+    assert "not available (not in the registry)" in md
+    assert "+5.0 %" in md  # streaming growth 100 -> 105 MiB
+    assert "| positions | lsqml | 256, 1024 | 1, 4 | 1 |" in md  # t ∝ J^1
+    assert "Standard cases" in text

@@ -1,0 +1,79 @@
+"""compare_stores: truth from the data store found automatically, other stores, images, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_export_data import DX_A, make_data_store, make_object, make_state, make_state_store
+
+from ptycli.errors import StoreError
+from ptycli.stages.compare import compare_stores
+from ptycli.stages.frc import fourier_shift
+from ptycli.stages.viewdata import scanned_box
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cmp")
+    data = make_data_store(tmp)
+    return tmp, data, make_state_store(tmp, data=data)
+
+
+def test_state_equal_to_truth_found_through_its_data_attribute(stores):
+    _, data, state = stores
+    res = compare_stores(state)
+    assert res["reference"] == "truth" and res["b"] == str(data)
+    assert res["correlation"] == pytest.approx(1.0, abs=1e-9)
+    assert min(res["frc"]["frc"][1:]) > 0.999
+    assert res["region_px"] == list(scanned_box(make_state()))
+    st = make_state()  # positions were perturbed by N(0, 0.3 px) in make_state
+    d = (st.positions - st.positions.mean(0)) - (st.positions_initial - st.positions_initial.mean(0))
+    assert res["positions"]["rmse_a"] == pytest.approx(DX_A * np.sqrt(np.mean(np.sum(d**2, 1))), rel=1e-9)
+    assert res["positions"]["initial_rmse_a"] == pytest.approx(0.0, abs=1e-12)
+    assert res["probe"]["intensity_correlation"] > 0.99
+
+
+def test_shifted_offset_reconstruction_is_registered_against_truth(tmp_path):
+    # a realistic scanned area (~60 px): registration of crops needs room around the shift
+    truth = make_object((112, 112)).astype(np.complex128)
+    yy, xx = np.meshgrid(np.arange(6), np.arange(5), indexing="ij")
+    pos = np.stack([yy.ravel() * 12.0 + 26, xx.ravel() * 15.0 + 26], 1)
+    data = make_data_store(tmp_path, obj=truth.astype(np.complex64), positions=pos)
+    moved = fourier_shift(truth, (3.4, -1.7))
+    moved[:, 0] *= np.exp(1j * 0.6)  # a constant phase offset (in the first slice)
+    path = make_state_store(tmp_path, make_state(moved.astype(np.complex64), positions=pos), data=data)
+    res = compare_stores(path)
+    # shift_px is B (the truth) relative to A (the moved reconstruction)
+    assert res["shift_px"] == pytest.approx([-3.4, 1.7], abs=0.05)
+    assert res["phase_offset"] == pytest.approx(-0.6, abs=0.02)
+    assert res["correlation"] > 0.99
+
+
+def test_two_state_stores_and_a_reference_image(stores):
+    tmp, _, state = stores
+    assert compare_stores(state, state)["correlation"] == pytest.approx(1.0, abs=1e-9)
+    phase = np.angle(make_object()[0]).sum(0)
+    np.save(tmp / "ref.npy", phase)
+    res = compare_stores(state, tmp / "ref.npy")
+    assert res["reference"] == "image" and res["correlation"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_data_store_without_truth_is_an_input_error(stores, tmp_path):
+    data = make_data_store(tmp_path, truth=False)
+    state = make_state_store(tmp_path, data=data)
+    with pytest.raises(StoreError, match="truth"):
+        compare_stores(state)
+
+
+def test_cli_compare_json_and_figure(cli, stores, tmp_path):
+    _, data, state = stores
+    fig = tmp_path / "cmp.png"
+    r = cli("compare", state, data, "--json", "--figure", fig)
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["correlation"] == pytest.approx(1.0, abs=1e-9) and "images" not in doc
+    assert set(doc["resolution_a"]) == {"one_seventh", "half_bit"}
+    assert np.asarray(Image.open(fig)).std() > 10
+    r = cli("compare", state)
+    assert r.exit_code == 0 and float(r.stdout) == pytest.approx(1.0)

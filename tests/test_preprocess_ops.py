@@ -1,0 +1,114 @@
+"""Each preprocess operation against an exact numpy oracle on tiny data (float32 exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from ptycli.stages import preprocess as pp
+from ptycli.stages import preprocess_ops as ops
+
+CAL = dict(energy_kev=300, semiangle_mrad=20, dk_mrad=1.0, scan_step_a=0.5)
+
+
+def disk_data(shape=(4, 4, 16, 16), centre=(8.0, 8.0), radius=4.0, level=40.0, seed=0):
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    disk = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2) * level + 1.0
+    return np.random.default_rng(seed).poisson(np.broadcast_to(disk, shape)).astype(np.float32)
+
+
+def run(tmp_path, data, name="o.zarr", **options):
+    np.save(tmp_path / "in.npy", data)
+    summary = pp.run(tmp_path / "in.npy", tmp_path / name, calibration=dict(CAL), options=options)
+    g = zarr.open_group(str(tmp_path / name), mode="r")
+    return g["patterns"][...], g, summary
+
+
+def test_no_options_is_identity(tmp_path):
+    data = disk_data()
+    pats, g, _ = run(tmp_path, data)
+    np.testing.assert_array_equal(pats, data.reshape(16, 16, 16))
+    np.testing.assert_allclose(g["mean_pattern"][...], data.reshape(16, 16, 16).mean(0), rtol=1e-6)
+
+
+def test_flip_transpose_crop_bin_pad_match_numpy(tmp_path):
+    data = disk_data()
+    opts = dict(crop="2:14,1:13", bin=2, pad="8")
+    np.save(tmp_path / "in.npy", data)
+    pp.run(tmp_path / "in.npy", tmp_path / "o.zarr", calibration=dict(CAL, flip_ky=True, transpose=True), options=opts)
+    got = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["patterns"][...]
+    ref = data.reshape(16, 16, 16)[:, ::-1, :].transpose(0, 2, 1)[:, 2:14, 1:13]
+    ref = ref.reshape(16, 6, 2, 6, 2).sum(axis=(2, 4))
+    ref = np.pad(ref, ((0, 0), (1, 1), (1, 1)))
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_centred_crop_keeps_dc_pixel(tmp_path):
+    data = np.zeros((4, 16, 16), np.float32)
+    data[:, 8, 8] = 5.0  # the DC pixel M//2
+    pats, _, _ = run(tmp_path, data, crop="6")
+    assert pats.shape == (4, 6, 6) and pats[0, 3, 3] == 5.0
+
+
+def test_scan_binning_sums_blocks_and_scales_step(tmp_path):
+    data = disk_data((4, 6, 8, 8))
+    pats, g, s = run(tmp_path, data, bin_scan=2, chunk_mb=0.0005)  # several blocks
+    ref = data.reshape(2, 2, 3, 2, 8, 8).sum(axis=(1, 3)).reshape(6, 8, 8)
+    np.testing.assert_array_equal(pats, ref)
+    assert s["scan_shape"] == [2, 3] and g.attrs["calibration"]["scan_step_a"] == [1.0, 1.0]
+
+
+def test_integer_fourier_shift_is_a_roll(tmp_path):
+    data = disk_data((2, 2, 16, 16))
+    pats, _, _ = run(tmp_path, data, shift_px=(2.0, -3.0))
+    ref = np.roll(data.reshape(4, 16, 16), (2, -3), axis=(1, 2))
+    np.testing.assert_allclose(pats, ref, atol=1e-3)  # float32 FFT round-off on values ~40
+
+
+def test_center_auto_puts_bf_disk_on_dc_pixel(tmp_path):
+    data = disk_data((3, 3, 32, 32), centre=(13.4, 18.7), radius=6.0, level=400.0)
+    pats, g, _ = run(tmp_path, data, center="auto")
+    cy, cx, r = ops.bf_disk(pats.mean(axis=0))
+    assert abs(cy - 16) < 0.2 and abs(cx - 16) < 0.2, (cy, cx)
+    op = [o for o in g.attrs["ptycli"]["operations"] if o["op"] == "center"][0]
+    np.testing.assert_allclose(op["shift_px"], [16 - 13.4, 16 - 18.7], atol=0.15)
+
+
+def test_repair_replaces_hot_and_dead_pixels_by_neighbour_median(tmp_path):
+    data = disk_data((3, 3, 16, 16), level=40.0)
+    data[..., 3, 12] = 5000.0  # hot, outside the disk
+    data[..., 8, 9] = 0.0  # dead, inside the disk
+    pats, g, _ = run(tmp_path, data, repair_threshold=8.0)
+    flat = data.reshape(9, 16, 16)
+    for (y, x) in ((3, 12), (8, 9)):
+        neigh = [flat[:, y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+        np.testing.assert_array_equal(pats[:, y, x], np.median(np.stack(neigh), axis=0))
+    op = [o for o in g.attrs["ptycli"]["operations"] if o["op"] == "repair_pixels"][0]
+    assert sorted(map(tuple, op["pixels"])) == [(3, 12), (8, 9)]  # nothing else flagged (disk rim kept)
+
+
+def test_multiply_clip_negatives_nan_zero_and_integer_dtype(tmp_path):
+    data = disk_data((2, 2, 8, 8))
+    data[0, 0, 0, 0] = -3.0
+    data[0, 1, 1, 1] = np.nan
+    pats, _, _ = run(tmp_path, data, multiply=2.0, clip_negatives=True, nan="zero", dtype="uint16")
+    ref = np.nan_to_num(data.reshape(4, 8, 8), nan=0.0)
+    ref = np.maximum(ref, 0) * 2
+    assert pats.dtype == np.uint16
+    np.testing.assert_array_equal(pats, ref.astype(np.uint16))
+
+
+def test_estimate_dk_from_bf_disk(tmp_path):
+    data = disk_data((3, 3, 64, 64), centre=(32, 32), radius=10.0, level=200.0)
+    np.save(tmp_path / "in.npy", data)
+    cal = {k: v for k, v in CAL.items() if k != "dk_mrad"}
+    s = pp.run(tmp_path / "in.npy", tmp_path / "o.zarr", calibration=cal, options=dict(estimate_dk=True))
+    # 317 disk pixels -> sqrt(317/π) = 10.045 px; dk = α / R_BF (physics.md §1.3)
+    assert s["calibration"]["dk_mrad"] == pytest.approx(20.0 / 10.045, rel=2e-3)
+
+
+def test_operations_are_recorded_in_order(tmp_path):
+    _, g, _ = run(tmp_path, disk_data(), crop="12", bin=2, multiply=1.5)
+    names = [o["op"] for o in g.attrs["ptycli"]["operations"]]
+    assert names == ["read", "nan", "negatives", "multiply", "crop", "bin", "dtype"]

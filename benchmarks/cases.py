@@ -67,9 +67,9 @@ SCALING_FULL = {
     "size": [64, 128, 256],
 }
 SCALING_QUICK = {
-    "positions": [256, 1024, 4096],
+    "positions": [256, 1024, 2048],
     "slices": [1, 2, 4, 8],
-    "probe_modes": [1, 2, 4, 8],
+    "probe_modes": [1, 2, 4],
     "size": [64, 128, 256],
 }
 # Base of each scaling series: case C's geometry; the position count is kept small for the

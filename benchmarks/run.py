@@ -66,10 +66,12 @@ def iteration_plan(name: str, quick: bool) -> tuple[int, int]:
     return 1, 5
 
 
-def standard_section(engines: list[str], quick: bool) -> list[dict[str, Any]]:
+def standard_section(engines: list[str], quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     status = harness.engine_status()
     for name, case in cases.standard_cases(quick).items():
+        if only and name not in only:
+            continue
         for engine in status:
             if status[engine] != "available":
                 results.append({"case": case.to_json(), "engine": engine, "result": {"ok": False, "status": status[engine]}})
@@ -104,7 +106,7 @@ def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list
 
 
 def quality_section(engines: list[str], quick: bool) -> dict[str, Any]:
-    checkpoints = [1, 2, 3, 5, 8, 12, 20] if quick else [1, 2, 3, 5, 8, 12, 20, 30, 50]
+    checkpoints = [1, 2, 3, 5, 8, 12] if quick else [1, 2, 3, 5, 8, 12, 20, 30, 50]
     out = {}
     for engine in engines:
         log(f"time to quality: {engine} on simulate preset demo")
@@ -116,15 +118,20 @@ def quality_section(engines: list[str], quick: bool) -> dict[str, Any]:
 
 def streaming_section(engine: str) -> list[dict[str, Any]]:
     """Peak RSS at 4096 and 16384 positions over the same field of view (object size fixed)."""
+    import tempfile  # noqa: PLC0415
+
     budget = 64 * 2**20
     rows = []
     for scan, step_a in (((64, 64), 0.6), ((128, 128), 0.3)):
         case = cases.Case("stream", scan=scan, size=64)
-        for stream in (True, False):
-            log(f"streaming RSS: {case.n_positions} positions, stream={stream}")
-            res = run_worker({"kind": "stream", "engine": engine, "case": case.to_json(), "step_a": step_a,
-                              "stream": stream, "budget_bytes": budget, "iterations": 1})
-            rows.append({"n_positions": case.n_positions, "stream": stream, "result": res})
+        with tempfile.TemporaryDirectory(prefix="ptycli-bench-") as tmp:
+            paths = run_worker({"kind": "prepare", "case": case.to_json(), "step_a": step_a, "dir": tmp})
+            for stream in (True, False):
+                log(f"streaming RSS: {case.n_positions} positions, stream={stream}")
+                res = paths if not paths.get("ok") else run_worker(
+                    {"kind": "stream", "engine": engine, "data": paths["data"], "state": paths["state"],
+                     "dir": tmp, "stream": stream, "budget_bytes": budget, "iterations": 1})
+                rows.append({"n_positions": case.n_positions, "stream": stream, "result": res})
     return rows
 
 
@@ -148,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="reduced grid: a few minutes on 2 cores")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     ap.add_argument("--engines", nargs="+", help="engines to run (default: every available one)")
+    ap.add_argument("--cases", nargs="+", choices=sorted(cases.STANDARD), help="standard cases to run (default: all)")
     ap.add_argument("--scaling-engines", nargs="+", help="engines for the scaling series "
                     "(default: lsqml with --quick, every engine otherwise)")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report to write")
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                            "engine_status": harness.engine_status(), "engines": engines}
     steps: dict[str, Callable[[], Any]] = {
         "fft": lambda: fft_section(args.quick),
-        "standard": lambda: standard_section(engines, args.quick),
+        "standard": lambda: standard_section(engines, args.quick, args.cases),
         "scaling": lambda: scaling_section([e for e in scaling_engines if e in engines], args.quick),
         "quality": lambda: quality_section(engines, args.quick),
         "streaming": lambda: streaming_section("lsqml" if "lsqml" in engines else engines[0]),

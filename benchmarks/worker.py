@@ -47,7 +47,7 @@ def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fft_bound(engine: str, case: cases.Case, group_size: int) -> dict[str, Any]:
+def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1) -> dict[str, Any]:
     """The same number and size of batched FFTs as one iteration, on the fastest library.
 
     One batched call holds a group's windows for every probe mode (group size x Np), the
@@ -58,10 +58,10 @@ def fft_bound(engine: str, case: cases.Case, group_size: int) -> dict[str, Any]:
     batch = group_size * case.probe_modes
     n_ffts = bench.n_ffts_per_iteration(case.n_positions, engine if engine in bench.COST_MODEL_ENGINES else "lsqml",
                                         case.slices, case.probe_modes, shifts=True)
-    rates = bench.fft_rates(case.size, batch, "single", min_time_s=0.1, repeats=3)
-    rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=0.1, repeats=3)
+    rates = bench.fft_rates(case.size, batch, "single", min_time_s=min_time_s, repeats=3)
+    rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=min_time_s, repeats=3)
     best = max((k for k in rates if k != "backend"), key=rates.get)
-    rate, workers = bench.fft_rate_detail(case.size, batch, best, min_time_s=0.1, repeats=3)
+    rate, workers = bench.fft_rate_detail(case.size, batch, best, min_time_s=min_time_s, repeats=3)
     rates[best] = max(rates[best], rate)
     work_s = bench.time_fft_work(n_ffts, case.size, batch, best, workers=workers)
     # Both are measurements of the same FFTs; on a shared machine the smaller is the one
@@ -161,22 +161,26 @@ def time_to_quality(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- streaming
+def prepare_stores(spec: dict[str, Any]) -> dict[str, Any]:
+    """Write the data and state stores of a streaming run (its own process: RSS stays apart)."""
+    case = cases.Case.from_json(spec["case"])
+    data, state = write_stores(case, Path(spec["dir"]), spec["step_a"])
+    return {"data": str(data), "state": str(state)}
+
+
 def streaming_rss(spec: dict[str, Any]) -> dict[str, Any]:
-    """Peak RSS of `reconstruct --stream` for one iteration, data written to a Zarr store first."""
+    """Peak RSS of one `reconstruct` iteration (streamed or resident) on prepared stores."""
     from ptycli.recipe import Recipe  # noqa: PLC0415
     from ptycli.stages import reconstruct  # noqa: PLC0415
 
-    case = cases.Case.from_json(spec["case"])
-    with tempfile.TemporaryDirectory(prefix="ptycli-bench-", dir=spec.get("tmpdir")) as tmp:
-        data, state = write_stores(case, Path(tmp), spec["step_a"])
-        rss_before = peak_rss_mib()
-        rec = Recipe(recipe="ptycli/1", stage=[harness.stage_params(spec["engine"], spec["iterations"])])
-        t0 = time.perf_counter()
-        reconstruct.run(data, state, Path(tmp) / "out.zarr", recipe=rec, device="cpu", stream=spec["stream"],
-                        memory_budget_bytes=spec["budget_bytes"], handle_signals=False)
-        return {"n_positions": case.n_positions, "stream": spec["stream"], "budget_bytes": spec["budget_bytes"],
-                "peak_rss_mib": peak_rss_mib(), "rss_before_run_mib": rss_before,
-                "wall_s": time.perf_counter() - t0}
+    rss_before = peak_rss_mib()
+    rec = Recipe(recipe="ptycli/1", stage=[harness.stage_params(spec["engine"], spec["iterations"])])
+    out = Path(spec["dir"]) / f"out-{int(spec['stream'])}.zarr"
+    t0 = time.perf_counter()
+    reconstruct.run(spec["data"], spec["state"], out, recipe=rec, device="cpu", stream=spec["stream"],
+                    memory_budget_bytes=spec["budget_bytes"], handle_signals=False, overwrite=True)
+    return {"stream": spec["stream"], "budget_bytes": spec["budget_bytes"], "peak_rss_mib": peak_rss_mib(),
+            "rss_before_run_mib": rss_before, "wall_s": time.perf_counter() - t0}
 
 
 def write_stores(case: cases.Case, tmp: Path, step_a: float) -> tuple[Path, Path]:
@@ -200,7 +204,8 @@ def write_stores(case: cases.Case, tmp: Path, step_a: float) -> tuple[Path, Path
     return data, state_path
 
 
-KINDS = {"engine": measure_engine, "profile": profile_engine, "quality": time_to_quality, "stream": streaming_rss}
+KINDS = {"engine": measure_engine, "profile": profile_engine, "quality": time_to_quality,
+         "prepare": prepare_stores, "stream": streaming_rss}
 
 
 def main() -> int:

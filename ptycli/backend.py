@@ -150,9 +150,10 @@ def set_fft_library(name: str) -> None:
 
 
 def fft_library() -> str:
-    if _fft_library == "auto":
-        return "pyfftw" if _pyfftw_builders() is not None else "scipy"
-    return _fft_library
+    # auto = scipy.fft (pocketfft, multithreaded): measured here faster than pyFFTW's
+    # interfaces layer for batched 64²-128² complex64 (5.4 vs 8.0 ms for 64x128x128),
+    # with no planning cost per new shape. benchmarks/ records the comparison.
+    return "scipy" if _fft_library == "auto" else _fft_library
 
 
 _PYFFTW: Any = None

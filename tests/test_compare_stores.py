@@ -77,3 +77,17 @@ def test_cli_compare_json_and_figure(cli, stores, tmp_path):
     assert np.asarray(Image.open(fig)).std() > 10
     r = cli("compare", state)
     assert r.exit_code == 0 and float(r.stdout) == pytest.approx(1.0)
+
+
+def test_truth_is_found_through_the_data_store_provenance(stores, tmp_path):
+    # preprocess writes a new data store (no truth/) whose inputs name the simulated one
+    from ptycli.store.io import StoreWriter, input_ref, open_store
+
+    _, sim, _ = stores
+    derived = tmp_path / "data.zarr"
+    with StoreWriter(derived, kind="data", stage="preprocess", inputs=[input_ref(open_store(sim), sim)]) as w:
+        w.array("patterns", np.ones((30, 16, 16), np.float32))
+        w.finalize()
+    state = make_state_store(tmp_path, data=derived)
+    res = compare_stores(state)
+    assert res["b"] == str(sim) and res["correlation"] == pytest.approx(1.0, abs=1e-9)

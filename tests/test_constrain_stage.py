@@ -152,3 +152,11 @@ def test_output_feeds_reconstruct(cli, tmp_path):
     g = open_store(tmp_path / "s2.zarr", "state")
     assert g["probe"].shape[0] == 2
     assert [p.stage for p in read_meta(g).provenance][-2:] == ["init", "constrain"]
+
+
+def test_reads_the_state_path_from_stdin(cli, store, tmp_path):
+    out = tmp_path / "o.zarr"
+    r = cli("constrain", "-", "-o", out, "--apply", "probe_centre", input=f"{store}\n")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    assert [o["op"] for o in read_meta(open_store(out, "state")).operations] == ["probe_centre"]

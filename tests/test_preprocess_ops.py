@@ -59,11 +59,30 @@ def test_scan_binning_sums_blocks_and_scales_step(tmp_path):
     assert s["scan_shape"] == [2, 3] and g.attrs["calibration"]["scan_step_a"] == [1.0, 1.0]
 
 
-def test_integer_fourier_shift_is_a_roll(tmp_path):
+@pytest.mark.parametrize("method,atol", [("bilinear", 0.0), ("fourier", 1e-3)])  # fourier: float32 FFT round-off
+def test_integer_shift_is_a_roll(tmp_path, method, atol):
     data = disk_data((2, 2, 16, 16))
-    pats, _, _ = run(tmp_path, data, shift_px=(2.0, -3.0))
+    pats, _, _ = run(tmp_path, data, shift_px=(2.0, -3.0), shift_method=method)
     ref = np.roll(data.reshape(4, 16, 16), (2, -3), axis=(1, 2))
-    np.testing.assert_allclose(pats, ref, atol=1e-3)  # float32 FFT round-off on values ~40
+    np.testing.assert_allclose(pats, ref, atol=atol)
+
+
+def test_subpixel_shifts_move_the_centroid_exactly(tmp_path):
+    yy, xx = np.mgrid[:32, :32]
+    disk = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 25) * 40.0  # zero background: nothing wraps round
+    data = np.random.default_rng(3).poisson(np.broadcast_to(disk, (2, 2, 32, 32))).astype(np.float32)
+    flat = data.reshape(4, 32, 32)
+    # bilinear is exact up to float32; Fourier ringing reaches the frame edge and wraps round
+    for method, atol in (("bilinear", 1e-4), ("fourier", 1e-2)):
+        pats, _, _ = run(tmp_path, data, name=f"{method}.zarr", shift_px=(0.3, -0.6), shift_method=method)
+        # f(r - a): the first moment moves by +a (no wrap: the disk is far from the edge)
+        dy = (pats * yy).sum((1, 2)) / pats.sum((1, 2)) - (flat * yy).sum((1, 2)) / flat.sum((1, 2))
+        dx = (pats * xx).sum((1, 2)) / pats.sum((1, 2)) - (flat * xx).sum((1, 2)) / flat.sum((1, 2))
+        np.testing.assert_allclose(dy, 0.3, atol=atol, err_msg=method)
+        np.testing.assert_allclose(dx, -0.6, atol=atol, err_msg=method)
+        np.testing.assert_allclose(pats.sum((1, 2)), flat.sum((1, 2)), rtol=1e-5)  # counts kept
+        if method == "bilinear":
+            assert pats.min() >= 0  # no ringing
 
 
 def test_center_auto_puts_bf_disk_on_dc_pixel(tmp_path):

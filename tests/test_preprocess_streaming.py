@@ -50,7 +50,7 @@ def _write_big(path, n_mb):
     """A (N, 64, 64) float32 .npy of n_mb MB, written a block at a time (never all in memory)."""
     frame = 64 * 64 * 4
     n = n_mb * 2**20 // frame
-    side = int(np.sqrt(n))
+    side = int(np.ceil(np.sqrt(n)))  # a square scan at least n_mb large
     n = side * side
     arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, 64, 64))
     block = np.random.default_rng(0).poisson(3.0, size=(512, 64, 64)).astype(np.float32)

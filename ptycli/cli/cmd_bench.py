@@ -21,6 +21,7 @@ def fft(
     precision: str = Precision,
     device: str = typer.Option("cpu", "--device", help="cpu|cuda|cuda:N|auto."),
     library: list[str] = typer.Option(None, "--library", help="numpy|scipy|pyfftw|backend (repeatable; default all)."),
+    min_time_s: float = typer.Option(0.2, "--min-time-s", min=0.0, help="Seconds per timed repeat (5 repeats, best kept)."),
     as_json: bool = Json,
 ) -> None:
     """Batched M x M 2D FFTs per second for every available FFT library; prints the fastest rate.
@@ -29,7 +30,7 @@ def fft(
     """
     from ..stages.bench import run_fft  # noqa: PLC0415  (keeps `ptycli --help` fast)
 
-    report = run_fft(size, batch, precision, device, list(library or []) or None)
+    report = run_fft(size, batch, precision, device, list(library or []) or None, min_time_s)
     if not as_json:
         out = console()
         for lib, rate in sorted(report["rates_per_s"].items(), key=lambda kv: -kv[1]):

@@ -35,5 +35,5 @@ def compare(
     res.pop("images", None)
     r = res["resolution_a"]
     log(f"correlation {res['correlation']:.4f}  rmse {res['rmse']:.4g} rad  shift {res['shift_px']} px  "
-        f"resolution {r['one_seventh']} Å (1/7), {r['half_bit']} Å (half-bit)")
+        f"resolution {r['one_seventh']:.3g} Å (1/7), {r['half_bit']:.3g} Å (half-bit)")
     result(res if as_json else f"{res['correlation']:.6f}", as_json)

@@ -48,6 +48,7 @@ def preprocess(
     multiply: Optional[float] = _opt(None, "--multiply", help="Multiply every frame (e.g. 1/counts per e-)."),
     repair_pixels: Optional[float] = _opt(None, "--repair-pixels", help="Repair hot/dead pixels; threshold x neighbours."),
     shift: Optional[str] = _opt(None, "--shift", help="Sub-pixel shift DY,DX of every frame [px]."),
+    shift_method: str = _opt("bilinear", "--shift-method", help="bilinear (keeps counts >= 0) or fourier."),
     center: str = _opt("none", "--center", help="none|auto (centre the BF disk of the mean pattern)."),
     crop: Optional[str] = _opt(None, "--crop", help="Detector window M, MxN (centred) or y0:y1,x0:x1."),
     bin: int = _opt(1, "--bin", help="Detector binning factor."),
@@ -67,7 +68,7 @@ def preprocess(
                                dk_inv_a=dk_inv_a, scan_shape=scan_shape, scan_step_a=scan_step_a,
                                scan_rotation_deg=scan_rotation_deg, defocus_a=defocus_a, flip_ky=flip_ky,
                                flip_kx=flip_kx, transpose=transpose)
-    options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan,
+    options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan, shift_method=shift_method,
                    multiply=multiply, clip_negatives=clip_negatives, repair_threshold=repair_pixels, dtype=dtype,
                    compress_masks=compress_masks, estimate_dk=estimate_dk,
                    shift_px=_pair(parse_pair, shift))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import backend
 from ..errors import RecipeError
+from ..physics.electron import wavelength_a  # noqa: F401  (re-exported for constraints)
 from .schedule import Scheduled, When
 
 Part = Literal["complex", "amplitude", "phase", "both"]
@@ -74,13 +75,6 @@ class RegulariserSpec:
 
 
 # ----------------------------------------------------------------------------- physics helpers
-def wavelength_a(energy_ev: float) -> float:
-    """Relativistic wavelength (physics.md §2, CODATA-2018), Å."""
-    h, c, m0, e = 6.62607015e-34, 299792458.0, 9.1093837015e-31, 1.602176634e-19
-    eE = e * energy_ev
-    return h * c / math.sqrt(eE * (2 * m0 * c**2 + eE)) * 1e10
-
-
 def freq2(shape: tuple[int, int], xp: Any, d: float = 1.0, dtype: str = "float32") -> tuple[Any, Any]:
     """(uy (M,1), ux (1,N)) unshifted frequencies in cycles per unit of ``d``."""
     uy = backend.fftfreq(shape[0], d, xp=xp, dtype=dtype)[:, None]
@@ -98,8 +92,9 @@ def centred_radius(shape: tuple[int, int], xp: Any, dtype: str = "float32") -> A
 def fresnel(shape: tuple[int, int], dx_a: float, wavelength: float, dz_a: Any, xp: Any, cdtype: Any) -> Any:
     """Unit-modulus Fresnel propagator exp(-iπλΔz|k|²) (physics.md §4.1, no band limit).
 
-    ``dz_a`` may be a 1-D array of distances: the result is then (Z, M, N). Without the
-    band limit it is unitary, so propagating back by -Δz undoes it exactly.
+    ``dz_a`` may be a list of distances: the result is then (Z, M, N). Unlike
+    physics.propagation (band-limited for multislice), it is unitary, so propagating
+    back by -Δz undoes it exactly: what a refocus-window-defocus round trip needs.
     """
     ky, kx = freq2(shape, xp, dx_a, dtype="float64")
     k2 = ky * ky + kx * kx

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .. import backend
-from .base import ConstraintParams, ConstraintSpec, Context, centred_radius, relaxed, unwrap_phase, with_parts
+from .base import ConstraintParams, ConstraintSpec, Context, relaxed, unwrap_phase, with_parts
 
 
 # ----------------------------------------------------------------------------- amplitude window

@@ -98,6 +98,21 @@ def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple
     return loss, grad
 
 
+def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
+    """Ψ̂ for compressed data: the smallest intensity change that matches the signals.
+
+    δI = -Σ_K m_K r_K / ‖m_K‖² with r_K = m_K·I - s_K (exact for disjoint masks), then
+    the amplitude-type update Ψ̂ = sqrt(max(I + δI, 0) / I) Ψ.
+    """
+    xp = ctx.xp
+    masks = ctx.comp_masks
+    r = noise_mod.compressed_signals(fwd.I, masks) - batch.data  # (B, K)
+    norm = xp.sum(masks * masks, axis=(-2, -1))  # (K,)
+    dI = -xp.sum((r / (norm + 1e-12))[:, :, None, None] * masks[None], axis=1)
+    scale = xp.sqrt(xp.clip(fwd.I + dI, 0, None) / (fwd.I + 1e-12))
+    return fwd.Psi * xp.astype(scale[:, None, None], fwd.Psi.dtype)
+
+
 def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext) -> tuple[Any, Any]:
     """(∇ patches (B,Q,S,M,N), ∇ψ_1 summed over object modes (B,P,M,N))."""
     g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, ctx.H)

@@ -51,10 +51,12 @@ class EpieEngine(common.EngineBase):
         """Loss and the corrected exit wave e'_S = F⁻¹[Ψ̂] (projection of §5.2)."""
         ctx = self.ctx
         loss, grad = common.loss_and_grad_farfield(fwd, b, ctx)
-        if ctx.noise_model in ("amplitude", "poisson", "anscombe") and ctx.noise_model != "compressed":
+        if ctx.noise_model == "compressed":
+            return loss, backend.ifft2(common.compressed_projection(fwd, b, ctx))
+        if ctx.noise_model in ("amplitude", "poisson", "anscombe"):
             kw = {} if ctx.eps is None else {"eps": ctx.eps}
             Psi_hat = noise_mod.projected(fwd.Psi, fwd.I, b.data, ctx.noise_model, mask=ctx.mask, **kw)
-        else:  # intensity / compressed: no closed-form projection, take the half-gradient step
+        else:  # intensity: no closed-form projection, take the half-gradient step
             Psi_hat = fwd.Psi - 0.5 * grad
         return loss, backend.ifft2(Psi_hat)
 

@@ -23,6 +23,10 @@ class LsqmlEngine(common.EngineBase):
         b = self.batch(state, idx, data)
         fwd = common.forward(state, b, self.ctx)
         loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
+        if self.ctx.noise_model == "poisson":
+            grad_Psi = self._poisson_step(fwd, b)
+        elif self.ctx.noise_model == "compressed":  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
+            grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
         g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
         dO_j, dP_j = -0.5 * g_patches, overlap.unshift(-0.5 * g_psi1, b.frac)
@@ -38,6 +42,24 @@ class LsqmlEngine(common.EngineBase):
             state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
         self.refine_positions(state, b, g_psi1, fwd, it)
         return loss.sum()
+
+    def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
+        """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
+        along r Ψ per position (3 Newton steps on dL/dβ, physics.md §6.3.1)."""
+        xp = self.ctx.xp
+        eps = self.ctx.eps if self.ctx.eps is not None else 1e-3
+        D, I = b.data, fwd.I
+        r = D / (I + eps) - 1.0
+        if self.ctx.mask is not None:
+            r = r * self.ctx.mask
+        beta = xp.full((I.shape[0], 1, 1), 0.5, dtype=I.dtype)
+        for _ in range(3):
+            u = 1.0 + beta * r
+            u = xp.where(u > 1e-3, u, 1e-3)
+            grad = xp.sum(2 * r * I * u - 2 * D * r / u, axis=(-2, -1), keepdims=True)
+            hess = xp.sum(2 * r * r * I + 2 * D * r * r / (u * u), axis=(-2, -1), keepdims=True)
+            beta = xp.clip(beta - grad / (hess + 1e-30), 0.0, 1.0)
+        return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None], fwd.Psi.dtype)
 
     # ------------------------------------------------------------------ directions
     def _object_direction(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any) -> Any:
@@ -85,7 +107,7 @@ class LsqmlEngine(common.EngineBase):
             illum = illumination_patches(fwd, state.object.shape[0])
             num = xp.sum(xp.real(xp.conj(d) * dO_j), axis=(1, 3, 4))  # (B, S)
             den = xp.sum(xp.abs(d) ** 2 * illum, axis=(1, 3, 4))
-            alpha = 0.5 * num / (den + 0.1 * xp.mean(den, axis=0))
+            alpha = 2.0 * num / (den + 0.1 * xp.mean(den, axis=0))
             a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
         a_P = 0.0
         if dP is not None:

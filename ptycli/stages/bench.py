@@ -183,13 +183,13 @@ def fastest_rate(size: int = 128, batch: int = 64, precision: str = "single",
 
 def fft_bound_seconds(n_positions: int, n_ffts_per_position: float, size: int, *,
                       rate_per_s: float | None = None, batch: int = 64, precision: str = "single",
-                      xp: ModuleType = np) -> float:
+                      xp: ModuleType = np, min_time_s: float = _MIN_TIMED_S) -> float:
     """FFT-bound lower limit on one iteration: ``J * N_FFT / R_FFT`` seconds (physics.md §9).
 
     ``rate_per_s`` defaults to the fastest library measured now at ``batch``.
     """
     if rate_per_s is None:
-        rate_per_s = fastest_rate(size, batch, precision, xp)[1]
+        rate_per_s = fastest_rate(size, batch, precision, xp, min_time_s=min_time_s)[1]
     if rate_per_s <= 0:
         raise UsageError(f"rate_per_s must be > 0 (got {rate_per_s})")
     return n_positions * n_ffts_per_position / rate_per_s

@@ -222,15 +222,36 @@ def _data_path(group_a: Any, path_a: Any) -> Path:
 
 
 def _truth(path: Path) -> dict[str, Any]:
-    group, kind = open_any(path)
-    if kind != "data" or "truth" not in group or "object" not in group["truth"]:
-        raise StoreError(f"{path}: has no truth/object (only stores from `ptycli simulate` carry a truth)")
+    found = _find_truth(Path(path))
+    if found is None:
+        raise StoreError(f"{path}: has no truth/object, nor has any data store it was made from "
+                         "(only stores from `ptycli simulate` carry a truth)")
+    path, group = found
     t = group["truth"]
     attrs = dict(t.attrs.get("truth") or group.attrs.get("truth") or {})
     if "dx_a" not in attrs:
         raise StoreError(f"{path}: truth attribute lacks dx_a")
     arrays = {k: np.asarray(t[k][...]) for k in ("object", "probe", "positions") if k in t}
     return {"kind": "truth", "path": str(path), "dx_a": float(attrs["dx_a"]), **arrays}
+
+
+def _find_truth(path: Path, depth: int = 6) -> tuple[Path, Any] | None:
+    """The data store with ``truth/``: this one, or the nearest ancestor in its ``inputs``
+    (``preprocess`` writes a new data store from the simulated one)."""
+    group, kind = open_any(path)
+    if kind == "data" and "truth" in group and "object" in group["truth"]:
+        return path, group
+    if depth == 0:
+        return None
+    from ..store.io import read_meta  # noqa: PLC0415
+
+    for ref in read_meta(group, path).inputs:
+        p = Path(ref.path)
+        if ref.kind == "data" and (p.exists() or (path.parent / p).exists()):
+            hit = _find_truth(p if p.exists() else path.parent / p, depth - 1)
+            if hit is not None:
+                return hit
+    return None
 
 
 def _read_image(p: Path) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InputError, StoreError, UsageError
+from ..errors import StoreError, UsageError
 from ..store.state import State, load_state
 from . import exportio
 from .exportio import Payload

@@ -116,6 +116,7 @@ def _object_phase(ax: Any, state: State, _h: dict) -> None:
     im = _image(ax, ph, "object phase (depth sum, scanned area)",
                 extent=(0, w * state.dx_a, h * state.dx_a, 0))
     ax.set_xlabel("x [Å]", fontsize=8)
+    ax.set_ylabel("y [Å]", fontsize=8)
     ax.figure.colorbar(im, ax=ax, shrink=0.8, label="rad")
 
 
@@ -263,20 +264,21 @@ def _loss(ax: Any, _s: State, history: dict) -> str | None:
 
 
 def _timings(ax: Any, _s: State, history: dict) -> str | None:
-    timings = history.get("attrs", {}).get("timings") or {}
-    timings = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+    raw = history.get("attrs", {}).get("timings") or {}
+    timings = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     t = np.asarray(history.get("time_s", []), dtype=np.float64)
     if not timings and t.size == 0:
         return _absent(ax, "timings", "no timings recorded")
-    if timings:
+    where = f" on {raw['device']}" if isinstance(raw.get("device"), str) else ""
+    if len(timings) > 1 or t.size == 0:  # a breakdown (forward, update, ...) says more than one total
         ax.barh(list(timings), list(timings.values()), color="C0")
         ax.set_xlabel("s", fontsize=8)
-        title = f"timings (total {sum(timings.values()):.3g} s)"
+        title = f"timings{where} (total {sum(timings.values()):.3g} s)"
     else:
         ax.plot(np.arange(1, t.size + 1), t, ".-")
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("s per iteration", fontsize=8)
-        title = f"time per iteration (total {t.sum():.3g} s)"
+        title = f"time per iteration{where} (total {t.sum():.3g} s)"
     ax.set_title(title, fontsize=9)
     return None
 
@@ -352,7 +354,8 @@ def _scan_image(ax: Any, values: np.ndarray, shape: Any, name: str, cal: Any) ->
         label = "e/Å²" if step else "counts"
         mean = float(np.mean(img))
         im = _image(ax, img, f"dose: mean {mean:.3g} {label}", cmap="viridis")
-        ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
+        bar = ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
+        bar.formatter.set_useOffset(False)  # a near-uniform dose reads as e.g. 2.78e6, not +offset
     else:
         _image(ax, img, name)
     ax.set_xticks([])

@@ -6,7 +6,6 @@ come from stores, so a device round trip would cost more than it saves.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -25,28 +24,16 @@ def fourier_shift(img: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
 
 
 def register_shift(a: np.ndarray, b: np.ndarray, upsample: int = 100) -> tuple[float, float]:
-    """Shift s (y, x) px with b(r) ≈ a(r - s): cross-correlation peak, refined on a grid
-    ``upsample`` times finer by a matrix-multiply DFT around the peak (Guizar-Sicairos,
-    Thurman & Fienup, Opt. Lett. 33, 156 (2008)); precision 1/upsample px."""
-    spec = np.fft.fft2(b) * np.conj(np.fft.fft2(a))
-    cc = np.abs(np.fft.ifft2(spec))
-    iy, ix = np.unravel_index(int(np.argmax(cc)), cc.shape)
-    coarse = np.array([_wrap(iy, cc.shape[0]), _wrap(ix, cc.shape[1])], dtype=np.float64)
-    if upsample <= 1:
-        return float(coarse[0]), float(coarse[1])
-    width = 1.5  # px searched around the coarse peak
-    n = int(math.ceil(width * upsample))
-    offsets = (np.arange(n) - n // 2) / upsample
-    ty, tx = coarse[0] + offsets, coarse[1] + offsets
-    ky = np.exp(2j * np.pi * np.outer(ty, np.fft.fftfreq(spec.shape[0])))
-    kx = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(spec.shape[1]), tx))
-    fine = np.abs(ky @ spec @ kx)
-    jy, jx = np.unravel_index(int(np.argmax(fine)), fine.shape)
-    return float(ty[jy]), float(tx[jx])
+    """Shift s (y, x) px with b(r) ≈ a(r - s), to 1/``upsample`` px.
 
+    scikit-image's upsampled cross-correlation (Guizar-Sicairos et al., Opt. Lett. 33, 156
+    (2008)) is the reference implementation; it returns the shift that registers b onto a,
+    i.e. -s."""
+    from skimage.registration import phase_cross_correlation  # noqa: PLC0415
 
-def _wrap(i: int, n: int) -> float:
-    return float(i - n) if i > n // 2 else float(i)
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=max(1, int(upsample)),
+                                          normalization=None)
+    return float(-shift[0]), float(-shift[1])
 
 
 # ----------------------------------------------------------------------------- windows
@@ -55,16 +42,9 @@ def tukey_window(shape: tuple[int, int], alpha: float = 0.2) -> np.ndarray:
 
     Crops of larger images are not periodic; tapering their edges keeps the FFT's
     wrap-around step out of correlations and FRC rings."""
-    def one(n: int) -> np.ndarray:
-        x = np.linspace(0.0, 1.0, n)
-        w = np.ones(n)
-        edge = alpha / 2
-        lo, hi = x < edge, x > 1 - edge
-        w[lo] = 0.5 * (1 + np.cos(np.pi * (x[lo] / edge - 1)))
-        w[hi] = 0.5 * (1 + np.cos(np.pi * ((x[hi] - 1) / edge + 1)))
-        return w
+    from scipy.signal.windows import tukey  # noqa: PLC0415
 
-    return np.outer(one(shape[0]), one(shape[1]))
+    return np.outer(tukey(shape[0], alpha), tukey(shape[1], alpha))
 
 
 # ----------------------------------------------------------------------------- FRC

@@ -39,14 +39,14 @@ def run(path: str | Path, *, dataset: str | None = None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- stores
 def inspect_store(path: Path) -> dict[str, Any]:
-    from ..store.io import _walk_arrays, open_store, read_meta  # noqa: PLC0415
+    from ..store.io import walk_arrays, open_store, read_meta  # noqa: PLC0415
 
     group = open_store(path)
     meta = read_meta(group, path)
     doc: dict[str, Any] = {
         "path": str(path), "kind": meta.kind, "schema_version": meta.schema_version, "stage": meta.stage,
         "status": meta.status, "ptycli_version": meta.ptycli_version, "fingerprint": meta.fingerprint,
-        "arrays": {name: array_info(a) for name, a in sorted(_walk_arrays(group))},
+        "arrays": {name: array_info(a) for name, a in sorted(walk_arrays(group))},
     }
     if meta.kind == "data":
         doc["scan_shape"] = group.attrs.get("scan_shape")

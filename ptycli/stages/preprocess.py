@@ -41,6 +41,8 @@ class PreprocessOptions(BaseModel):
     bin_scan: int = Field(1, ge=1, description="Scan binning factor (sum of bin x bin positions).")
     pad: str | None = Field(None, description="Zero-pad the detector to M or MxN pixels (centred).")
     shift_px: tuple[float, float] | None = Field(None, description="Sub-pixel shift (dy, dx) of every frame [px].")
+    shift_method: Literal["bilinear", "fourier"] = Field(
+        "bilinear", description="bilinear (no ringing, keeps counts >= 0) or fourier (no blur, rings).")
     center: Literal["none", "auto"] = Field("none", description="auto: centre the BF disk of the mean pattern.")
     multiply: float | None = Field(None, gt=0, description="Multiply every frame (e.g. counts per electron).")
     clip_negatives: bool = Field(False, description="Set negative values to 0 instead of failing.")
@@ -176,7 +178,8 @@ class Preprocess:
         cy, cx, radius = ops.bf_disk(fixed)
         h, w = fixed.shape
         shift = (h // 2 - cy, w // 2 - cx)
-        writer.record("center", mode="auto", bf_centre_px=[cy, cx], bf_radius_px=radius, shift_px=list(shift))
+        writer.record("center", mode="auto", bf_centre_px=[cy, cx], bf_radius_px=radius, shift_px=list(shift),
+                      method=o.shift_method)
         return bad, shift
 
     def _orient_flags(self) -> tuple[bool, bool, bool]:
@@ -188,7 +191,7 @@ class Preprocess:
         o = self.options
         frames = ops.repair_pixels(self._value_ops(frames, start), bad)
         frames = ops.orient(frames, *self._orient_flags())
-        frames = ops.fourier_shift(frames, shift) if shift is not None else frames
+        frames = ops.shift(frames, shift, o.shift_method) if shift is not None else frames
         frames = ops.bin_detector(ops.crop(frames, self.window), o.bin)
         frames = ops.pad_to(ops.bin_scan(frames, self.scan_shape[1], o.bin_scan), self.pad_shape)
         return ops.to_dtype(frames, o.dtype, f"{self.input_path} frames from {start}")
@@ -217,7 +220,7 @@ class Preprocess:
         steps: list[tuple[bool, str, dict[str, Any]]] = [
             (bool(o.multiply), "multiply", {"factor": o.multiply}),
             (any(self._orient_flags()), "orient", {k: getattr(cal, k) for k in ORIENT_KEYS}),
-            (shift is not None and o.center != "auto", "shift", {"shift_px": list(shift or ())}),
+            (shift is not None and o.center != "auto", "shift", {"shift_px": list(shift or ()), "method": o.shift_method}),
             (self.window is not None, "crop", {"window": list(self.window or ())}),
             (o.bin > 1, "bin", {"factor": o.bin}),
             (o.bin_scan > 1, "bin_scan", {"factor": o.bin_scan}),

@@ -263,7 +263,7 @@ def fingerprint(group: zarr.Group, meta: RootMeta | None = None, max_chunks: int
     h = hashlib.blake2b(digest_size=12)
     if meta is not None:
         h.update(json_hash([meta.stage, meta.options_hash, [i.fingerprint for i in meta.inputs]]).encode())
-    for name, arr in sorted(_walk_arrays(group)):
+    for name, arr in sorted(walk_arrays(group)):
         h.update(f"{name}:{arr.shape}:{arr.dtype}".encode())
         if arr.size == 0:
             continue
@@ -276,12 +276,12 @@ def fingerprint(group: zarr.Group, meta: RootMeta | None = None, max_chunks: int
     return h.hexdigest()
 
 
-def _walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
+def walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
     out: list[tuple[str, zarr.Array]] = []
     for name, member in group.members():
         full = f"{prefix}{name}"
         if isinstance(member, zarr.Array):
             out.append((full, member))
         elif not name.endswith((".tmp", ".old")):
-            out.extend(_walk_arrays(member, full + "/"))
+            out.extend(walk_arrays(member, full + "/"))
     return out

@@ -37,15 +37,15 @@ class Case:
     def n_positions(self) -> int:
         return self.scan[0] * self.scan[1]
 
-    def with_positions(self, n: int) -> "Case":
-        side = int(round(np.sqrt(n)))
+    def with_positions(self, n: int) -> Case:
+        side = round(float(np.sqrt(n)))
         return replace(self, scan=(side, max(1, n // side)))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Case":
+    def from_json(cls, doc: dict[str, Any]) -> Case:
         return cls(**{**doc, "scan": tuple(doc["scan"])})
 
 
@@ -67,7 +67,7 @@ SCALING_FULL = {
     "size": [64, 128, 256],
 }
 SCALING_QUICK = {
-    "positions": [256, 1024, 2048],
+    "positions": [256, 512, 1024],
     "slices": [1, 2, 4, 8],
     "probe_modes": [1, 2, 4],
     "size": [64, 128, 256],
@@ -101,7 +101,7 @@ def scaling_cases(quick: bool) -> list[tuple[str, float, Case]]:
 # ----------------------------------------------------------------------------- inputs
 def positions_px(case: Case, step_a: float = STEP_A) -> tuple[np.ndarray, tuple[int, int]]:
     """Raster probe centres (J, 2) in object px, and the object canvas (H, W) holding them."""
-    from ptycli.physics import scan  # noqa: PLC0415
+    from ptycli.physics import scan
 
     ny, nx = case.scan
     iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
@@ -114,8 +114,8 @@ def positions_px(case: Case, step_a: float = STEP_A) -> tuple[np.ndarray, tuple[
 
 def synthetic_state(case: Case, counts: float = 1e4, seed: int = 0, step_a: float = STEP_A) -> Any:
     """A State on the host: aberrated probe modes, weak random phase object, raster positions."""
-    from ptycli.physics import probe as probe_mod  # noqa: PLC0415
-    from ptycli.store.state import State  # noqa: PLC0415
+    from ptycli.physics import probe as probe_mod
+    from ptycli.store.state import State
 
     shape = (case.size, case.size)
     p0 = probe_mod.make_probe(shape, DX_A, ENERGY_KEV * 1e3, SEMIANGLE_MRAD, {"C10": -DEFOCUS_A}, counts=counts)
@@ -130,11 +130,20 @@ def synthetic_state(case: Case, counts: float = 1e4, seed: int = 0, step_a: floa
                  aberrations={"C10": -DEFOCUS_A})
 
 
-def probe_far_field(state: Any) -> np.ndarray:
-    """Σ_p |F[P_p]|², unshifted: the diffraction of the probe through vacuum."""
-    from ptycli import backend  # noqa: PLC0415
+def on_device(state: Any, xp: Any) -> Any:
+    """The state with probe and object on ``xp`` (positions stay on the host, as in reconstruct)."""
+    from ptycli import backend
 
-    return np.sum(np.abs(backend.fft2(state.probe)) ** 2, axis=0).astype(np.float32)
+    return state.copy(probe=backend.to_device(state.probe, xp, dtype="complex64"),
+                      object=backend.to_device(state.object, xp, dtype="complex64"))
+
+
+def probe_far_field(state: Any) -> np.ndarray:
+    """Σ_p |F[P_p]|², unshifted, on the host: the diffraction of the probe through vacuum."""
+    from ptycli import backend
+
+    far = backend.fft2(state.probe)
+    return backend.to_numpy((far.real**2 + far.imag**2).sum(axis=0)).astype(np.float32)
 
 
 def pattern_block(far: np.ndarray, start: int, count: int) -> np.ndarray:

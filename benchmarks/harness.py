@@ -9,8 +9,9 @@ iteration is the engine's compute and not the store's I/O. Engines are discovere
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,8 @@ KNOWN_ENGINES = ("epie", "lsqml", "gradient", "lbfgs")
 def engine_status() -> dict[str, str]:
     """``available`` or ``not available (<why>)`` for every engine the suite knows."""
     try:
-        from ptycli.engines.registry import ENGINES  # noqa: PLC0415
-    except Exception as exc:  # the registry may not exist yet
+        from ptycli.engines.registry import ENGINES
+    except Exception as exc:  # noqa: BLE001  (the registry may not exist yet, or fail to import)
         return {name: f"not available (no engine registry: {type(exc).__name__})" for name in KNOWN_ENGINES}
     names = list(dict.fromkeys([*KNOWN_ENGINES, *ENGINES]))
     return {n: "available" if n in ENGINES else "not available (not in the registry)" for n in names}
@@ -46,7 +47,7 @@ class IterationTimer:
 
 def stage_params(engine: str, iterations: int, **overrides: Any) -> Any:
     """The engine's recipe stage with its defaults (as a user's minimal recipe gets)."""
-    from ptycli.engines.registry import ENGINES  # noqa: PLC0415
+    from ptycli.engines.registry import ENGINES
 
     return ENGINES[engine].params(type=engine, iterations=iterations, **overrides)
 
@@ -54,10 +55,10 @@ def stage_params(engine: str, iterations: int, **overrides: Any) -> Any:
 def make_run(engine: str, state: Any, patterns: Any, iterations: int, *, precision: str = "single",
              observers: list[Any] = (), seed: int = 0, **overrides: Any) -> Callable[[], Any]:
     """A zero-argument call running ``iterations`` of ``engine`` on ``state`` (changed in place)."""
-    from ptycli import backend  # noqa: PLC0415
-    from ptycli.engines import common, loop  # noqa: PLC0415
-    from ptycli.engines.registry import ENGINES  # noqa: PLC0415
-    from ptycli.recipe import Recipe  # noqa: PLC0415
+    from ptycli import backend
+    from ptycli.engines import common, loop
+    from ptycli.engines.registry import ENGINES
+    from ptycli.recipe import Recipe
 
     xp = backend.namespace(state.probe)
     stage = stage_params(engine, iterations, **overrides)

@@ -18,9 +18,9 @@ PACKAGES = ("numpy", "scipy", "pyFFTW", "zarr", "numcodecs", "pydantic")
 
 # ----------------------------------------------------------------------------- machine
 def machine_info() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
-    import ptycli  # noqa: PLC0415
+    import ptycli
 
     versions = {"python": sys.version.split()[0], "ptycli": ptycli.__version__}
     for pkg in PACKAGES:
@@ -54,7 +54,7 @@ def _memory_gib() -> float | None:
 def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -75,7 +75,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     """(plain text, Markdown) renderings of one table."""
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
     text = "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
     md = "\n".join(["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
                     *("| " + " | ".join(r) + " |" for r in cells)])
@@ -108,14 +108,16 @@ def standard_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[A
     return headers, rows
 
 
-def scaling_rows(series: dict[str, dict[str, list[tuple[float, Any]]]]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["series", "engine", "values", "s/iter", "exponent"]
+def scaling_rows(series: dict[str, dict[str, list[tuple]]]) -> tuple[list[str], list[list[Any]]]:
+    """One row per (series, engine): x values, s/iter, FFT bound, and both fitted exponents."""
+    headers = ["series", "engine", "values", "s/iter", "exponent", "FFT-bound s", "bound exponent"]
     rows = []
     for name, per_engine in series.items():
         for engine, pts in per_engine.items():
-            xs = [x for x, _ in pts]
-            ts = [t for _, t in pts]
-            values = ", ".join(f"{x:g}" for x in xs)
-            times = ", ".join(_fmt(t) for t in ts)
-            rows.append([name, engine, values, times, loglog_exponent(xs, ts)])
+            xs = [p[0] for p in pts]
+            ts = [p[1] for p in pts]
+            bounds = [p[2] if len(p) > 2 else None for p in pts]
+            rows.append([name, engine, ", ".join(f"{x:g}" for x in xs), ", ".join(_fmt(t) for t in ts),
+                         loglog_exponent(xs, ts), ", ".join(_fmt(b) for b in bounds),
+                         loglog_exponent(xs, bounds)])
     return headers, rows

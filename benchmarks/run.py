@@ -13,25 +13,27 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import cases  # noqa: E402
-import harness  # noqa: E402
-import report  # noqa: E402
-import writeup  # noqa: E402
+import cases
+import harness
+import report
+import writeup
 
 WORKER_TIMEOUT_S = 3600
+DEVICE = {"name": "cpu"}  # --device: where the standard cases and scaling series run
 
 
 def run_worker(spec: dict[str, Any], timeout_s: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its JSON line, or a failure record."""
     cmd = [sys.executable, str(HERE / "worker.py"), json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -49,7 +51,7 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- sections
 def fft_section(quick: bool) -> dict[str, Any]:
     """`ptycli bench fft` for the pattern sizes of the suite, every library."""
-    from ptycli.stages import bench  # noqa: PLC0415
+    from ptycli.stages import bench
 
     out = {}
     for size in (64, 128, 256):
@@ -80,7 +82,8 @@ def standard_section(engines: list[str], quick: bool, only: list[str] | None = N
                 continue
             warmup, timed = iteration_plan(name, quick)
             log(f"case {name} ({case.n_positions} positions) engine {engine}: {warmup}+{timed} iterations")
-            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": warmup, "timed": timed})
+            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": warmup,
+                              "timed": timed, "device": DEVICE["name"]})
             log(_summary(res))
             results.append({"case": case.to_json(), "engine": engine, "result": res})
     return results
@@ -98,27 +101,32 @@ def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list
     timed = 3
     for name, x, case in cases.scaling_cases(quick):
         for engine in engines:
-            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": 1, "timed": timed})
+            res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": 1,
+                              "timed": timed, "device": DEVICE["name"]})
             t = res["median_s"] if res.get("ok") else None
+            bound = res["fft_bound_s"] if res.get("ok") else None
             log(f"scaling {name}={x:g} {engine}: {t if t is None else f'{t:.3g} s/iter'}")
-            series.setdefault(name, {}).setdefault(engine, []).append((x, t))
+            series.setdefault(name, {}).setdefault(engine, []).append((x, t, bound))
     return series
 
 
-def quality_section(engines: list[str], quick: bool) -> dict[str, Any]:
-    checkpoints = [1, 2, 3, 5, 8, 12] if quick else [1, 2, 3, 5, 8, 12, 20, 30, 50]
+def quality_section(engines: list[str], quick: bool, preset: str = "demo") -> dict[str, Any]:
+    checkpoints = [1, 2, 3, 5, 8] if quick else [1, 2, 3, 5, 8, 12, 20, 30, 50]
     out = {}
     for engine in engines:
-        log(f"time to quality: {engine} on simulate preset demo")
-        out[engine] = run_worker({"kind": "quality", "engine": engine, "preset": "demo", "checkpoints": checkpoints})
+        log(f"time to quality: {engine} on simulate preset {preset}")
+        out[engine] = run_worker({"kind": "quality", "engine": engine, "preset": preset, "checkpoints": checkpoints})
         if not out[engine].get("ok"):
             log(f"  failed: {out[engine].get('error')}")
     return out
 
 
-def streaming_section(engine: str) -> list[dict[str, Any]]:
-    """Peak RSS at 4096 and 16384 positions over the same field of view (object size fixed)."""
-    import tempfile  # noqa: PLC0415
+def streaming_section(engine: str, quick: bool) -> list[dict[str, Any]]:
+    """Peak RSS at 4096 and 16384 positions over the same field of view (object size fixed).
+
+    The resident (stream=False) runs, for contrast, only in the full suite.
+    """
+    import tempfile
 
     budget = 64 * 2**20
     rows = []
@@ -126,7 +134,7 @@ def streaming_section(engine: str) -> list[dict[str, Any]]:
         case = cases.Case("stream", scan=scan, size=64)
         with tempfile.TemporaryDirectory(prefix="ptycli-bench-") as tmp:
             paths = run_worker({"kind": "prepare", "case": case.to_json(), "step_a": step_a, "dir": tmp})
-            for stream in (True, False):
+            for stream in (True,) if quick else (True, False):
                 log(f"streaming RSS: {case.n_positions} positions, stream={stream}")
                 res = paths if not paths.get("ok") else run_worker(
                     {"kind": "stream", "engine": engine, "data": paths["data"], "state": paths["state"],
@@ -158,24 +166,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cases", nargs="+", choices=sorted(cases.STANDARD), help="standard cases to run (default: all)")
     ap.add_argument("--scaling-engines", nargs="+", help="engines for the scaling series "
                     "(default: lsqml with --quick, every engine otherwise)")
+    ap.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N for the standard and scaling sections")
+    ap.add_argument("--quality-preset", default="demo", help="`simulate` preset for time to quality")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report to write")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    DEVICE["name"] = args.device
     available = harness.available_engines()
     engines = [e for e in (args.engines or available) if e in available]
     scaling_engines = args.scaling_engines or (["lsqml"] if args.quick and "lsqml" in engines else engines)
     todo = args.only or list(SECTIONS)
     doc: dict[str, Any] = {"quick": args.quick, "machine": report.machine_info(),
-                           "engine_status": harness.engine_status(), "engines": engines}
+                           "engine_status": harness.engine_status(), "engines": engines, "device": args.device}
     steps: dict[str, Callable[[], Any]] = {
         "fft": lambda: fft_section(args.quick),
         "standard": lambda: standard_section(engines, args.quick, args.cases),
         "scaling": lambda: scaling_section([e for e in scaling_engines if e in engines], args.quick),
-        "quality": lambda: quality_section(engines, args.quick),
-        "streaming": lambda: streaming_section("lsqml" if "lsqml" in engines else engines[0]),
+        "quality": lambda: quality_section(engines, args.quick, args.quality_preset),
+        "streaming": lambda: streaming_section("lsqml" if "lsqml" in engines else engines[0], args.quick),
         "profile": lambda: profile_section(engines, args.quick),
     }
     t0 = time.perf_counter()

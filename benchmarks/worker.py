@@ -22,8 +22,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import cases  # noqa: E402
-import harness  # noqa: E402
+import cases
+import harness
 
 
 def peak_rss_mib() -> float:
@@ -35,35 +35,39 @@ def peak_rss_mib() -> float:
 # ----------------------------------------------------------------------------- engine timing
 def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds per iteration of one engine on one case, and the FFT bound of the same work."""
+    from ptycli import backend
+
+    xp = backend.get_xp(spec.get("device", "cpu"))
     case = cases.Case.from_json(spec["case"])
-    state = cases.synthetic_state(case)
-    patterns = cases.synthetic_patterns(state)
+    state = cases.on_device(cases.synthetic_state(case), xp)
+    patterns = backend.to_device(cases.synthetic_patterns(state), xp, dtype="float32")
     rss_inputs = peak_rss_mib()
     timing = harness.time_iterations(spec["engine"], state, patterns, spec["timed"], spec["warmup"])
-    out = {"rss_inputs_mib": rss_inputs, "peak_rss_mib": peak_rss_mib(), **timing}
-    out.update(fft_bound(spec["engine"], case, timing["group_size"]))
+    out = {"rss_inputs_mib": rss_inputs, "peak_rss_mib": peak_rss_mib(), "device": backend.device_name(xp), **timing}
+    out.update(fft_bound(spec["engine"], case, timing["group_size"], xp=xp))
     out["positions_per_s"] = case.n_positions / timing["median_s"]
     out["ratio"] = timing["median_s"] / out["fft_bound_s"]
     return out
 
 
-def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1) -> dict[str, Any]:
+def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1, xp: Any = np) -> dict[str, Any]:
     """The same number and size of batched FFTs as one iteration, on the fastest library.
 
     One batched call holds a group's windows for every probe mode (group size x Np), the
     shape an engine transforms at once.
     """
-    from ptycli.stages import bench  # noqa: PLC0415
+    from ptycli.stages import bench
 
     batch = group_size * case.probe_modes
     n_ffts = bench.n_ffts_per_iteration(case.n_positions, engine if engine in bench.COST_MODEL_ENGINES else "lsqml",
                                         case.slices, case.probe_modes, shifts=True)
-    rates = bench.fft_rates(case.size, batch, "single", min_time_s=min_time_s, repeats=3)
-    rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=min_time_s, repeats=3)
+    rates = bench.fft_rates(case.size, batch, "single", xp, min_time_s=min_time_s, repeats=3)
+    if xp is np:
+        rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=min_time_s, repeats=3)
     best = max((k for k in rates if k != "backend"), key=rates.get)
-    rate, workers = bench.fft_rate_detail(case.size, batch, best, min_time_s=min_time_s, repeats=3)
+    rate, workers = bench.fft_rate_detail(case.size, batch, best, "single", xp, min_time_s=min_time_s, repeats=3)
     rates[best] = max(rates[best], rate)
-    work_s = bench.time_fft_work(n_ffts, case.size, batch, best, workers=workers)
+    work_s = bench.time_fft_work(n_ffts, case.size, batch, best, "single", xp, workers=workers)
     # Both are measurements of the same FFTs; on a shared machine the smaller is the one
     # least disturbed by other processes, so it is the better estimate of the limit.
     return {"n_ffts": n_ffts, "fft_batch": batch, "fft_rates_per_s": rates, "fft_library": best,
@@ -75,8 +79,8 @@ def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float 
 # ----------------------------------------------------------------------------- profile
 def profile_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """cProfile of a few iterations: the top functions by own time and by cumulative time."""
-    import cProfile  # noqa: PLC0415
-    import pstats  # noqa: PLC0415
+    import cProfile
+    import pstats
 
     case = cases.Case.from_json(spec["case"])
     state = cases.synthetic_state(case)
@@ -128,9 +132,9 @@ class QualityProbe:
 
 
 def score(state: Any, sim: Path, path: Path) -> float:
-    from ptycli.stages.compare import compare_stores  # noqa: PLC0415
-    from ptycli.store.io import StoreWriter  # noqa: PLC0415
-    from ptycli.store.state import write_state  # noqa: PLC0415
+    from ptycli.stages.compare import compare_stores
+    from ptycli.store.io import StoreWriter
+    from ptycli.store.state import write_state
 
     with StoreWriter(path, kind="state", stage="bench", overwrite=True) as writer:
         write_state(writer, state)
@@ -140,13 +144,13 @@ def score(state: Any, sim: Path, path: Path) -> float:
 
 def time_to_quality(spec: dict[str, Any]) -> dict[str, Any]:
     """Phase correlation with the truth against engine wall time on a `simulate` preset."""
-    from ptycli.stages import init, simulate  # noqa: PLC0415
-    from ptycli.store.io import open_store  # noqa: PLC0415
-    from ptycli.store.state import load_state  # noqa: PLC0415
+    from ptycli.stages import init, simulate
+    from ptycli.store.io import open_store
+    from ptycli.store.state import load_state
 
     with tempfile.TemporaryDirectory(prefix="ptycli-bench-") as tmp:
         work = Path(tmp)
-        sim = simulate.run(work / "sim.zarr", preset=spec["preset"], seed=0)
+        sim = simulate.run(work / "sim.zarr", preset=spec["preset"], seed=0, **spec.get("overrides", {}))
         s0 = init.run(sim, work / "s0.zarr")
         raw = np.asarray(open_store(sim, "data")["patterns"][...], dtype=np.float32)
         patterns = np.fft.ifftshift(raw, axes=(-2, -1))
@@ -170,8 +174,8 @@ def prepare_stores(spec: dict[str, Any]) -> dict[str, Any]:
 
 def streaming_rss(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of one `reconstruct` iteration (streamed or resident) on prepared stores."""
-    from ptycli.recipe import Recipe  # noqa: PLC0415
-    from ptycli.stages import reconstruct  # noqa: PLC0415
+    from ptycli.recipe import Recipe
+    from ptycli.stages import reconstruct
 
     rss_before = peak_rss_mib()
     rec = Recipe(recipe="ptycli/1", stage=[harness.stage_params(spec["engine"], spec["iterations"])])
@@ -185,8 +189,8 @@ def streaming_rss(spec: dict[str, Any]) -> dict[str, Any]:
 
 def write_stores(case: cases.Case, tmp: Path, step_a: float) -> tuple[Path, Path]:
     """A data store of synthetic patterns (DC-centred, chunked) and a matching state store."""
-    from ptycli.store.io import StoreWriter  # noqa: PLC0415
-    from ptycli.store.state import write_state  # noqa: PLC0415
+    from ptycli.store.io import StoreWriter
+    from ptycli.store.state import write_state
 
     state = cases.synthetic_state(case, step_a=step_a)
     far, j, m = cases.probe_far_field(state), case.n_positions, case.size
@@ -212,7 +216,7 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     try:
         out = {"ok": True, **KINDS[spec["kind"]](spec)}
-    except Exception as exc:  # reported in the table as "failed", never fatal for the suite
+    except Exception as exc:  # noqa: BLE001  (reported as "failed" in the table, never fatal)
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
     out["peak_rss_mib"] = out.get("peak_rss_mib", peak_rss_mib())
     sys.stdout.write(json.dumps(out, default=_json) + "\n")

@@ -28,19 +28,20 @@ METHOD = """How it is measured
   ceil(N_FFT / batch) calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).
   `backend` is the rate through `ptycli.backend.fft2` (what the engines call), for comparison.
 - Scaling: time per iteration against one variable from a base of 16x16 positions, 64x64
-  patterns, 1 slice, 1 mode; exponent = least-squares slope of log t against log x.
+  patterns, 1 slice, 1 mode (1 warm-up, median of 3 iterations); exponent = least-squares slope
+  of log t against log x.
 - Time to quality: `ptycli.stages.simulate` preset `demo` -> `init` -> the engine in the loop;
   after chosen iterations the state is written and scored with `compare_stores` against the
   truth (phase correlation); elapsed time sums only the loop's iteration times.
 - Streaming: `reconstruct.run(stream=True, memory_budget_bytes=64 MiB)` for one `lsqml`
   iteration on data written to a Zarr store, 64x64 patterns, same field of view and object for
-  4096 (0.6 Å step) and 16384 (0.3 Å step) positions; `stream=False` shown for contrast.
+  4096 (0.6 Å step) and 16384 (0.3 Å step) positions; `stream=False` shown for contrast (full suite).
 - Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration."""
 
 
 def render(doc: dict[str, Any]) -> tuple[str, str]:
     """(terminal text, Markdown document) of everything in ``doc``."""
-    parts = [_header(doc)]
+    parts = [_header(doc), _targets(doc)]
     for key, fn in (("fft", _fft), ("standard", _standard), ("scaling", _scaling), ("quality", _quality),
                     ("streaming", _streaming), ("profile", _profile)):
         if doc.get(key) is not None:
@@ -57,9 +58,10 @@ def _header(doc: dict[str, Any]) -> tuple[str, str]:
     status = ", ".join(f"{k}: {v}" for k, v in doc["engine_status"].items())
     lines = [f"Date: {m['date']}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
-             f"Load average at start {_load(m.get('load_average_start'))}, at end {_load(m.get('load_average_end'))} "
-             "(a shared machine: other processes slow the measured times, never the bound)",
-             f"Versions: {versions}", f"Engines: {status}"]
+             (f"Load average at start {_load(m.get('load_average_start'))}, at end "
+              f"{_load(m.get('load_average_end'))} (a shared machine: other processes slow the measured "
+              "times, never the bound)"),
+             f"Versions: {versions}", f"Engines: {status}; device {doc.get('device', 'cpu')}"]
     quick_note = ""
     if doc["quick"]:
         scans = ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in cases.QUICK_SCANS.items())
@@ -67,6 +69,44 @@ def _header(doc: dict[str, Any]) -> tuple[str, str]:
                       "(time per iteration is linear in positions; compare positions/s and the ratio).")
     md = "# ptycli benchmark results\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n\n" + TARGETS + quick_note
     return "\n".join(lines) + quick_note, md
+
+
+RATIO_TARGETS = {("A", "gradient"): 2.0, ("A", "lsqml"): 2.0, ("A", "epie"): 2.5,
+                 ("B", "gradient"): 2.0, ("B", "lsqml"): 2.0}
+
+
+def _targets(doc: dict[str, Any]) -> tuple[str, str]:
+    """Each target of issue 8 against this run: measured value and met / not met."""
+    rows = []
+    for r in doc.get("standard") or []:
+        key = (r["case"]["name"], r["engine"])
+        if key in RATIO_TARGETS and r["result"].get("ok"):
+            ratio = r["result"]["ratio"]
+            rows.append([f"case {key[0]} {key[1]}: s/iter / FFT bound <= {RATIO_TARGETS[key]}", ratio,
+                         _met(ratio <= RATIO_TARGETS[key])])
+    for name, per_engine in (doc.get("scaling") or {}).items():
+        if name == "size":
+            continue
+        for engine, pts in per_engine.items():
+            e = report.loglog_exponent([p[0] for p in pts], [p[1] for p in pts])
+            rows.append([f"scaling exponent in {name} ({engine}) within 0.9-1.1", e,
+                         _met(e is not None and 0.9 <= e <= 1.1)])
+    growth = _stream_growth(doc.get("streaming") or [])
+    if growth is not None:
+        rows.append(["streaming peak RSS growth 4096 -> 16384 positions < 10 %", growth, _met(growth < 10.0)])
+    text, md = report.table(["target", "measured", "status"], rows)
+    return f"Targets\n{text}", f"## Targets (issue 8)\n\n{md}"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _stream_growth(rows: list[dict[str, Any]]) -> float | None:
+    rss = {r["n_positions"]: r["result"]["peak_rss_mib"] for r in rows if r["stream"] and r["result"].get("ok")}
+    if 4096 in rss and 16384 in rss:
+        return 100.0 * (rss[16384] / rss[4096] - 1.0)
+    return None
 
 
 def _load(v: Any) -> str:
@@ -115,23 +155,36 @@ def _quality(quality: dict[str, Any]) -> tuple[str, str]:
         for p in res["points"]:
             rows.append([engine, p["iteration"], p["elapsed_s"], p["loss"], p["correlation"]])
     text, md = report.table(["engine", "iteration", "elapsed s", "loss/position", "phase corr."], rows)
-    title = "Time to quality on `simulate --preset demo` (20x20 scan, 64x64 patterns)"
-    return f"{title}\n{text}", f"## Time to quality\n\n{title}; phase correlation with the truth from `compare`.\n\n{md}"
+    preset = next((r.get("preset") for r in quality.values() if r.get("ok")), "?")
+    title = f"Time to quality on `simulate --preset {preset}`"
+    first = _time_to(quality, QUALITY_THRESHOLD)
+    return (f"{title}\n{text}\n{first}",
+            f"## Time to quality\n\n{title}; phase correlation with the truth from `compare`.\n\n{md}\n\n{first}")
+
+
+QUALITY_THRESHOLD = 0.99
+
+
+def _time_to(quality: dict[str, Any], threshold: float) -> str:
+    """Engine time until the phase correlation first reaches ``threshold``, per engine."""
+    parts = []
+    for engine, res in quality.items():
+        hit = next((p for p in res.get("points", []) if (p["correlation"] or 0) >= threshold), None)
+        parts.append(f"{engine} {hit['elapsed_s']:.3g} s ({hit['iteration']} it)" if hit else f"{engine} not reached")
+    return f"Time to correlation >= {threshold}: " + "; ".join(parts)
 
 
 def _streaming(rows_in: list[dict[str, Any]]) -> tuple[str, str]:
-    rows, rss = [], {}
+    rows = []
     for r in rows_in:
         m = r["result"]
         if m.get("ok"):
-            rss[(r["stream"], r["n_positions"])] = m["peak_rss_mib"]
             rows.append([r["n_positions"], r["stream"], m["peak_rss_mib"], m["rss_before_run_mib"], m["wall_s"]])
         else:
             rows.append([r["n_positions"], r["stream"], None, None, f"failed: {m.get('error', '?')[:80]}"])
     text, md = report.table(["positions", "stream", "peak RSS MiB", "RSS before run MiB", "wall s"], rows)
-    growth = ""
-    if (True, 4096) in rss and (True, 16384) in rss:
-        growth = f"Streaming peak RSS growth 4096 -> 16384 positions: {100 * (rss[(True, 16384)] / rss[(True, 4096)] - 1):+.1f} %"
+    pct = _stream_growth(rows_in)
+    growth = "" if pct is None else f"Streaming peak RSS growth 4096 -> 16384 positions: {pct:+.1f} %"
     return f"Streaming peak RSS\n{text}\n{growth}", f"## Streaming peak RSS\n\n{md}\n\n{growth}"
 
 

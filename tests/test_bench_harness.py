@@ -7,6 +7,7 @@ benchmark results always come from ptycli's real engines.
 import json
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,12 +15,12 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import cases  # noqa: E402
-import harness  # noqa: E402
-import report  # noqa: E402
-import run as suite  # noqa: E402
-import worker  # noqa: E402
-import writeup  # noqa: E402
+import cases
+import harness
+import report
+import run as suite
+import worker
+import writeup
 
 TINY = cases.Case("tiny", scan=(4, 4), size=16)
 
@@ -27,7 +28,7 @@ TINY = cases.Case("tiny", scan=(4, 4), size=16)
 class CountingEngine:
     """Stand-in engine: counts groups and returns a fixed loss per position."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def __init__(self, params, ctx, state):
         self.params = params
@@ -136,10 +137,12 @@ def test_render_writes_every_section():
         "engine_status": {"lsqml": "available", "lbfgs": "not available (not in the registry)"},
         "fft": {"64": {"batch": 64, "rates_per_s": {"numpy": 1.0, "pyfftw": 2.0}, "fastest": "pyfftw"}},
         "standard": [{"case": cases.STANDARD["C"].to_json(), "engine": "lsqml", "result": ok},
+                     {"case": cases.STANDARD["A"].to_json(), "engine": "lsqml", "result": {**ok, "ratio": 3.0}},
                      {"case": cases.STANDARD["C"].to_json(), "engine": "lbfgs",
                       "result": {"ok": False, "status": "not available (not in the registry)"}}],
-        "scaling": {"positions": {"lsqml": [(256.0, 1.0), (1024.0, 4.0)]}},
-        "quality": {"lsqml": {"ok": True, "points": [{"iteration": 1, "elapsed_s": 0.1, "loss": 3.0, "correlation": 0.5}]}},
+        "scaling": {"positions": {"lsqml": [(256.0, 1.0, 0.5), (1024.0, 4.0, 1.0)]}},
+        "quality": {"lsqml": {"ok": True, "preset": "demo",
+                              "points": [{"iteration": 1, "elapsed_s": 0.1, "loss": 3.0, "correlation": 0.5}]}},
         "streaming": [{"n_positions": 4096, "stream": True, "result": {"ok": True, "peak_rss_mib": 100.0,
                                                                          "rss_before_run_mib": 90.0, "wall_s": 1.0}},
                       {"n_positions": 16384, "stream": True, "result": {"ok": True, "peak_rss_mib": 105.0,
@@ -154,5 +157,37 @@ def test_render_writes_every_section():
     assert "| C | lsqml | 1024 | 64 | 1 | 1 | 8 | 0.5 | 0.25 | 2 |" in md
     assert "not available (not in the registry)" in md
     assert "+5.0 %" in md  # streaming growth 100 -> 105 MiB
-    assert "| positions | lsqml | 256, 1024 | 1, 4 | 1 |" in md  # t ∝ J^1
+    assert "| positions | lsqml | 256, 1024 | 1, 4 | 1 | 0.5, 1 | 0.5 |" in md  # t ∝ J^1, bound ∝ J^0.5
     assert "Standard cases" in text
+    assert "Time to correlation >= 0.99: lsqml not reached" in md
+    assert "| case A lsqml: s/iter / FFT bound <= 2.0 | 3 | NOT met |" in md
+    assert "| scaling exponent in positions (lsqml) within 0.9-1.1 | 1 | met |" in md
+    assert "| streaming peak RSS growth 4096 -> 16384 positions < 10 % | 5 | met |" in md
+
+
+def test_standard_section_lists_missing_engines_without_running_them(monkeypatch):
+    from ptycli.engines import registry
+
+    monkeypatch.delitem(registry.ENGINES, "gradient")
+    specs = []
+    monkeypatch.setattr(suite, "run_worker", lambda spec: specs.append(spec) or {"ok": False, "error": "x"})
+    out = suite.standard_section(["lsqml"], quick=True, only=["C"])
+    by_engine = {r["engine"]: r["result"] for r in out}
+    assert by_engine["gradient"]["status"].startswith("not available")
+    if "lbfgs" not in registry.ENGINES:
+        assert by_engine["lbfgs"]["status"].startswith("not available")
+    assert [s["engine"] for s in specs] == ["lsqml"]  # only the requested, available engine ran
+    assert tuple(specs[0]["case"]["scan"]) == (32, 32)
+    assert (specs[0]["warmup"], specs[0]["timed"]) == (1, 5)  # median of >= 5 after a warm-up
+
+
+def test_time_to_quality_scores_against_the_truth():
+    spec = {"kind": "quality", "engine": "lsqml", "preset": "demo", "checkpoints": [1, 2],
+            "overrides": {"scan_shape": (6, 6)}}
+    res = worker.time_to_quality(spec)
+    points = res["points"]
+    assert [p["iteration"] for p in points] == [0, 1, 2]
+    assert points[0]["elapsed_s"] == 0.0 and points[0]["loss"] is None
+    assert 0 < points[1]["elapsed_s"] < points[2]["elapsed_s"]  # cumulative engine time
+    assert all(-1.0 <= p["correlation"] <= 1.0 for p in points)
+    assert points[2]["loss"] < points[1]["loss"]  # LSQ-ML lowers the loss on noiseless data

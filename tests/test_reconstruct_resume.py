@@ -1,5 +1,6 @@
 """Checkpoints, signals, resume, NaN handling, position subsets and streaming (numpy)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,8 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(small):
                         observers=[SignalAt(9, signal.SIGTERM)])
     assert exc.value.exit_code == ExitCode.INTERRUPTED
     assert not out.exists() and (root / "cut.zarr.partial" / "checkpoint").exists()
+    meta = zarr.open_group(str(root / "cut.zarr.partial"), mode="r").attrs["ptycli"]
+    assert meta["status"] == "interrupted"
     resumed = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
     assert resumed["iterations"] == full["iterations"] == 5
     # deterministic run: same result as the uninterrupted one, to float32 rounding
@@ -123,7 +126,7 @@ def test_streaming_equals_resident(small):
 
 
 def test_cli_sigterm_exit_75_then_resume(small, tmp_path):
-    root, data, state = small
+    _, data, state = small
     out = tmp_path / "o.zarr"
     cmd = [sys.executable, "-m", "ptycli.cli.main", "reconstruct", str(data), str(state), "-o", str(out),
            "--recipe", "quick", "--set", "stage.0.iterations=40", "--checkpoint-every", "1", "--device", "cpu"]
@@ -135,6 +138,22 @@ def test_cli_sigterm_exit_75_then_resume(small, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
     assert "--resume" in err
-    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
+
+
+def test_cli_reconstruct_json_and_usage_errors(small, cli, tmp_path):
+    _, data, state = small
+    res = cli("reconstruct", data, state, "-o", tmp_path / "j.zarr", "--recipe", "quick", "--iterations", "2",
+              "--positions", "center:4x4", "--device", "cpu", "--progress", "lines", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["iterations"] == 2 and doc["positions_refined"] == 16 and doc["output"] == str(tmp_path / "j.zarr")
+    assert "reconstruct:" in res.stderr  # heartbeat line on stderr, never on stdout
+    again = cli("reconstruct", data, state, "-o", tmp_path / "j.zarr", "--recipe", "quick")
+    assert again.exit_code == 5
+    bad = cli("reconstruct", data, state, "-o", tmp_path / "k.zarr", "--positions", "center:4by4")
+    assert bad.exit_code == 2 and "center:NYxNX" in bad.stderr
+    unknown = cli("reconstruct", data, state, "-o", tmp_path / "k.zarr", "--recipe", "nonesuch")
+    assert unknown.exit_code == 3 and "shipped" in unknown.stderr

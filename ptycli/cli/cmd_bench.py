@@ -12,6 +12,8 @@ bench_app = typer.Typer(help="Measure this machine: FFT throughput (the FFT-boun
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+Library = typer.Option(None, "--library", help="numpy|scipy|pyfftw|backend (repeatable; default: all installed).")
+
 
 @bench_app.command("fft")
 @handle_errors
@@ -20,7 +22,7 @@ def fft(
     batch: int = typer.Option(64, "--batch", min=1, help="FFTs per batched call (the group size x modes)."),
     precision: str = Precision,
     device: str = typer.Option("cpu", "--device", help="cpu|cuda|cuda:N|auto."),
-    library: list[str] = typer.Option(None, "--library", help="numpy|scipy|pyfftw|backend (repeatable; default all)."),
+    library: list[str] = Library,
     min_time_s: float = typer.Option(0.2, "--min-time-s", min=0.0, help="Seconds per timed repeat (5 repeats, best kept)."),
     as_json: bool = Json,
 ) -> None:
@@ -28,7 +30,8 @@ def fft(
 
     Lower bound on an iteration: T >= J * N_FFT / R_FFT (physics.md §9).
     """
-    from ..stages.bench import run_fft  # noqa: PLC0415  (keeps `ptycli --help` fast)
+    # Imported here so `ptycli --help` never loads scipy or pyfftw.
+    from ..stages.bench import run_fft
 
     report = run_fft(size, batch, precision, device, list(library or []) or None, min_time_s)
     if not as_json:

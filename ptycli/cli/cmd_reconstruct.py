@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .options import Device, Json, Output, Overwrite, Precision, ProgressOpt, Seed, read_path_arg
+from .options import (
+    Device,
+    Json,
+    Output,
+    Overwrite,
+    Precision,
+    ProgressOpt,
+    Seed,
+    read_path_arg,
+)
 from .output import Progress, handle_errors, result
 
 RUN = "Run control"
@@ -45,8 +54,8 @@ def reconstruct(
     progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
 ) -> None:
     """Reconstruct object, probe and positions; survives SIGTERM (exit 75) with --resume."""
-    from ..recipe import load_recipe  # noqa: PLC0415
-    from ..stages import reconstruct as stage  # noqa: PLC0415
+    from ..recipe import load_recipe
+    from ..stages import reconstruct as stage
 
     rec = load_recipe(recipe, list(set_ or []), iterations)
     observer = ProgressObserver(rec.total_iterations, progress)

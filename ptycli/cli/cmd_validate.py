@@ -19,7 +19,7 @@ def validate(
     as_json: bool = Json,
 ) -> None:
     """Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise."""
-    from ..stages import validate as stage  # noqa: PLC0415
+    from ..stages import validate as stage
 
     summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations)
     if print_resolved and not as_json:

@@ -76,7 +76,7 @@ def convergence(previous: dict[str, Any] | None, state: Any, iteration: int) -> 
     signal = np.abs(ph - np.median(ph)) > ph.std()
     d_amp = np.abs(snap["amp"] - previous["amp"])
     d_ph = np.abs(np.angle(np.exp(1j * (snap["phase"] - previous["phase"]))))
-    pick = lambda a, m: float(a[m].mean()) if m.any() else 0.0  # noqa: E731
+    pick = lambda a, m: float(a[m].mean()) if m.any() else 0.0
     record = {
         "iteration": iteration,
         "object_amplitude_signal": pick(d_amp, signal), "object_amplitude_background": pick(d_amp, ~signal),

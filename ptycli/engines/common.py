@@ -41,6 +41,7 @@ class Batch:
     x0: np.ndarray
     frac: Any  # device (B, 2)
     data: Any  # device (B, M, M) unshifted counts, or (B, K) compressed signals
+    H: Any = None  # propagator of this batch: (B, M, N) with per-position tilts, else ctx.H
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Forward:
     Psi: Any  # (B, P, Q, M, N) far field
     cache: Any
     I: Any  # (B, M, N)
+    H: Any = None  # the propagator used (adjoints must use the same)
 
 
 def make_context(state: Any, xp: Any, precision: str, noise_model: str, eps: float | None,
@@ -67,23 +69,48 @@ def propagator(state: Any, xp: Any, cplx: str) -> Any:
     """Inter-slice Fresnel propagator (None for a single slice)."""
     if state.n_slices == 1:
         return None
-    dz_a = float(np.mean(backend.to_numpy(state.slice_thickness)))
+    dz_a = float(backend.to_numpy(state.slice_thickness).mean())
     wl = electron.wavelength_a(state.energy_kev * 1e3)
     return propagation.fresnel_propagator(state.window, state.dx_a, wl, dz_a, xp=xp, dtype=cplx)
+
+
+def illumination(state: Any, idx: np.ndarray | None = None) -> Any:
+    """Σ_j Σ_p |P_p|² on the object grid (H, W), windows at integer corners (for constraints)."""
+    xp = backend.namespace(state.probe)
+    pos = np.asarray(state.positions) if idx is None else np.asarray(state.positions)[idx]
+    y0, x0, _ = overlap.split_positions(pos, state.window)
+    power = xp.sum(xp.abs(state.probe) ** 2, axis=0)
+    target = xp.zeros(state.object.shape[-2:], dtype=power.dtype)
+    patches = xp.broadcast_to(power, (len(pos), *power.shape))
+    return backend.scatter_add_patches(target, np.asarray(y0), np.asarray(x0), patches)
 
 
 def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch:
     pos = np.asarray(state.positions)[idx]
     y0, x0, frac = overlap.split_positions(pos, state.window)
     frac_d = backend.to_device(np.asarray(frac), ctx.xp, dtype=ctx.real_dtype)
-    return Batch(idx=idx, y0=np.asarray(y0), x0=np.asarray(x0), frac=frac_d, data=data)
+    return Batch(idx=idx, y0=np.asarray(y0), x0=np.asarray(x0), frac=frac_d, data=data,
+                 H=tilted_propagator(state, idx, ctx))
+
+
+def tilted_propagator(state: Any, idx: np.ndarray, ctx: RunContext) -> Any:
+    """(B, M, N) propagators for the batch when the state has beam tilts (not refined here)."""
+    if state.n_slices == 1 or state.tilts is None:
+        return ctx.H
+    tilts = np.asarray(backend.to_numpy(state.tilts), dtype=np.float64)[idx]
+    if not tilts.any():
+        return ctx.H
+    dz_a = float(backend.to_numpy(state.slice_thickness).mean())
+    wl = electron.wavelength_a(state.energy_kev * 1e3)
+    return propagation.fresnel_propagator(state.window, state.dx_a, wl, dz_a, xp=ctx.xp,
+                                          tilt_mrad=backend.to_device(tilts, ctx.xp), dtype=ctx.complex_dtype)
 
 
 def forward(state: Any, batch: Batch, ctx: RunContext) -> Forward:
     psi1 = overlap.shift_probe(state.probe, batch.frac)
     patches = overlap.extract(state.object, batch.y0, batch.x0, state.window)
-    Psi, cache = multislice.forward(psi1, patches, ctx.H)
-    return Forward(psi1, patches, Psi, cache, multislice.intensity(Psi))
+    Psi, cache = multislice.forward(psi1, patches, batch.H)
+    return Forward(psi1, patches, Psi, cache, multislice.intensity(Psi), batch.H)
 
 
 def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
@@ -115,7 +142,7 @@ def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
 
 def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext) -> tuple[Any, Any]:
     """(∇ patches (B,Q,S,M,N), ∇ψ_1 summed over object modes (B,P,M,N))."""
-    g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, ctx.H)
+    g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, fwd.H)
     return g_patches, g_psi1.sum(axis=2)
 
 
@@ -182,7 +209,7 @@ class EngineBase:
         """Gauss-Newton position step from ∂L/∂f (every engine uses it; limits in the loop)."""
         if not self.params.refine.positions.active(it):
             return
-        from .positions import apply_step  # noqa: PLC0415
+        from .positions import apply_step
 
         g = position_gradient(g_psi1, fwd.psi1, self.ctx)
         delta = lsq_position_step(g, fwd, self.ctx) * self.params.positions.step

@@ -43,13 +43,13 @@ class PatternSource:
         idx = np.asarray(idx)
         if self._all is not None:
             return self._all[backend.to_device(idx, self.xp)] if not backend.is_numpy(self.xp) else self._all[idx]
-        parts, order = [], []
+        parts, where = [], []
         for c in np.unique(idx // self.chunk_len):
-            rows = idx[idx // self.chunk_len == c]
-            parts.append(self._chunk(int(c))[rows - c * self.chunk_len])
-            order.append(rows)
+            sel = np.flatnonzero(idx // self.chunk_len == c)
+            parts.append(self._chunk(int(c))[idx[sel] - c * self.chunk_len])
+            where.append(sel)
         out = self.xp.concatenate(parts, axis=0)
-        inverse = np.argsort(np.argsort(np.concatenate(order), kind="stable"), kind="stable")
+        inverse = np.argsort(np.concatenate(where), kind="stable")  # back to the order of idx
         return out[inverse] if backend.is_numpy(self.xp) else out[backend.to_device(inverse, self.xp)]
 
     def _chunk(self, c: int) -> Any:

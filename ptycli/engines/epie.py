@@ -35,7 +35,7 @@ class EpieEngine(common.EngineBase):
             t_max = xp.max(t2, axis=(-2, -1), keepdims=True)
             psi_new = psi + p.beta * xp.conj(t) * delta / t_max
             if s > 0:
-                e_new = propagation.propagate_adjoint(psi_new, self.ctx.H)
+                e_new = propagation.propagate_adjoint(psi_new, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None])
         d_psi1 = xp.mean(psi_new - psi, axis=2)  # (B, P, M, N): average over object modes
         if do_obj:
             upd = xp.stack(d_obj[::-1], axis=2)  # (B, Q, S, M, N)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import backend
 from ..errors import Interrupted, NumericalError
-from . import grouping, positions as pos_mod
+from . import grouping
+from . import positions as pos_mod
 
 DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss counts as divergence
 

@@ -82,7 +82,7 @@ class LsqmlEngine(common.EngineBase):
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
         bb = t * overlap.shift_probe(dP, b.frac)[:, :, None] if dP is not None else None
-        dot = lambda u, v: xp.sum(xp.real(xp.conj(u) * v), axis=(1, 2, 3, 4))  # noqa: E731
+        dot = lambda u, v: xp.sum(xp.real(xp.conj(u) * v), axis=(1, 2, 3, 4))
         if a is not None and bb is not None:
             aa, bbb, ab = dot(a, a), dot(bb, bb), dot(a, bb)
             aa = aa + 0.1 * xp.mean(aa)
@@ -107,7 +107,7 @@ class LsqmlEngine(common.EngineBase):
             illum = illumination_patches(fwd, state.object.shape[0])
             num = xp.sum(xp.real(xp.conj(d) * dO_j), axis=(1, 3, 4))  # (B, S)
             den = xp.sum(xp.abs(d) ** 2 * illum, axis=(1, 3, 4))
-            alpha = 2.0 * num / (den + 0.1 * xp.mean(den, axis=0))
+            alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
             a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
         a_P = 0.0
         if dP is not None:

@@ -47,7 +47,7 @@ class Adam:
         if g_im is not None:
             slot["v_im"] = b2 * slot["v_im"] + (1 - b2) * g_im * g_im
         m_re, m_im = _split(slot["m"] / (1 - b1**t))
-        sq = lambda v: (v / (1 - b2**t)) ** 0.5 + self.eps  # noqa: E731
+        sq = lambda v: (v / (1 - b2**t)) ** 0.5 + self.eps
         step_re = m_re / sq(slot["v_re"])
         step_im = None if m_im is None else m_im / sq(slot["v_im"])
         return z - (lr * _join(step_re, step_im)).astype(z.dtype)

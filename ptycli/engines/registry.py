@@ -16,13 +16,13 @@ class EngineSpec:
     summary: str
 
     @property
-    def Params(self) -> type:  # noqa: N802  (the name the contracts use)
+    def Params(self) -> type:
         return self.params
 
 
 def _lazy(module: str, cls: str) -> Any:
     def build(params: Any, ctx: Any, state: Any) -> Any:
-        import importlib  # noqa: PLC0415
+        import importlib
 
         return getattr(importlib.import_module(f"ptycli.engines.{module}"), cls)(params, ctx, state)
 

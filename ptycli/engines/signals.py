@@ -43,13 +43,13 @@ class SignalHandlers:
             raise KeyboardInterrupt
         self.flag.set(signum)
 
-    def __enter__(self) -> "SignalHandlers":
+    def __enter__(self) -> SignalHandlers:
         if threading.current_thread() is threading.main_thread():
             for sig in _signals():
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def available_libraries(xp: ModuleType = np) -> list[str]:
         return [getattr(xp, "__name__", "device")]
     libs = ["numpy", "scipy"]
     try:
-        import pyfftw  # noqa: F401, PLC0415
+        import pyfftw  # noqa: F401
         libs.append("pyfftw")
     except ImportError:
         pass
@@ -75,7 +76,7 @@ def _batch_array(size: int, batch: int, precision: str, xp: ModuleType, aligned:
     host = (rng.standard_normal((batch, size, size)) + 1j * rng.standard_normal((batch, size, size)))
     host = host.astype(cdtype)
     if aligned:
-        import pyfftw  # noqa: PLC0415
+        import pyfftw
 
         out = pyfftw.empty_aligned(host.shape, dtype=cdtype)
         out[...] = host
@@ -88,11 +89,11 @@ def _transform(library: str, x: Any, xp: ModuleType, workers: int = _WORKERS) ->
     if library == "numpy":
         return lambda: np.fft.fft2(x)
     if library == "scipy":
-        import scipy.fft as sfft  # noqa: PLC0415
+        import scipy.fft as sfft
 
         return lambda: sfft.fft2(x, workers=workers)
     if library == "pyfftw":
-        import pyfftw  # noqa: PLC0415
+        import pyfftw
 
         # Measured plan on aligned, preallocated buffers; execute() skips the copy-in and the
         # normalisation pass, so this is the transform alone: the machine's limit.

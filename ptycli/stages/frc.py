@@ -6,6 +6,7 @@ come from stores, so a device round trip would cost more than it saves.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,10 @@ def register_shift(a: np.ndarray, b: np.ndarray, upsample: int = 100) -> tuple[f
     i.e. -s."""
     from skimage.registration import phase_cross_correlation  # noqa: PLC0415
 
-    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=max(1, int(upsample)),
-                                          normalization=None)
+    with warnings.catch_warnings():  # it warns about its RMS error for zero-mean images; unused here
+        warnings.simplefilter("ignore", UserWarning)
+        shift, _, _ = phase_cross_correlation(a, b, upsample_factor=max(1, int(upsample)),
+                                              normalization=None)
     return float(-shift[0]), float(-shift[1])
 
 

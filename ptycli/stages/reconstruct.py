@@ -7,8 +7,9 @@ and, at the end, the final state, history and recipe into ``OUT``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -18,10 +19,17 @@ from ..engines import common, loop
 from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
-from ..errors import InputError, RecipeError, StoreError
+from ..errors import InputError, Interrupted, NumericalError, RecipeError, StoreError
 from ..recipe import Recipe, constraint_params, load_recipe, resolved
-from ..store.io import StoreWriter, input_ref, open_store, partial_path, provenance_of, write_array
-from ..store.schema import json_hash
+from ..store.io import (
+    StoreWriter,
+    input_ref,
+    open_store,
+    partial_path,
+    provenance_of,
+    write_array,
+)
+from ..store.schema import ROOT_ATTR, json_hash
 from ..store.state import State, load_state, write_state
 from . import reconstruct_positions
 
@@ -95,15 +103,25 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         checkpoint_every=checkpoint_every)
     cursor, history, engine_state, extra = _resume_parts(resume_from)
     with writer, (SignalHandlers(flag) if handle_signals else _Null()):
-        st, history = loop.run(rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+        try:
+            st, history = loop.run(rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+        except (Interrupted, NumericalError) as exc:
+            _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
+            raise
         return _finish(writer, st, history, rec, inputs, data, subset)
+
+
+def _mark(writer: StoreWriter, status: str) -> None:
+    """Say in the partial store's root attribute why it stopped (it keeps its checkpoint)."""
+    writer.meta.status = status  # type: ignore[assignment]
+    writer.set_attrs(**{ROOT_ATTR: writer.meta.model_dump(mode="json")})
 
 
 class _Null:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
@@ -131,12 +149,12 @@ def _make_engine(stage: Any, state: Any, inputs: _Inputs, xp: Any, precision: st
 def _apply_constraints(state: Any, stage: Any, it: int, n_e: float) -> Any:
     if not stage.constraints:
         return state
-    from ..constraints import registry  # noqa: PLC0415
-    from ..constraints.base import Context  # noqa: PLC0415
+    from ..constraints import registry
+    from ..constraints.base import Context
 
     pairs = [(registry.CONSTRAINTS[c.type], constraint_params(registry.CONSTRAINTS[c.type], c))
              for c in stage.constraints]
-    ctx = Context.from_state(state, iteration=it, counts_per_frame=n_e)
+    ctx = Context.from_state(state, iteration=it, counts_per_frame=n_e, illumination=common.illumination(state))
     new, _ = registry.apply_constraints(state, registry.ordered(pairs), ctx)
     new.positions = np.asarray(backend.to_numpy(new.positions), dtype=np.float64)
     return new
@@ -166,7 +184,7 @@ def _resume_point(out: Path, rec_json: dict) -> tuple | None:
     found = ckpt.find(part) if part.exists() else None
     if found is None:
         return None
-    import zarr  # noqa: PLC0415
+    import zarr
 
     stored = zarr.open_group(str(part), mode="r").attrs.get("recipe")
     if stored is not None and json_hash(stored) != json_hash(rec_json):
@@ -205,8 +223,8 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
                                                 "timings": {"total_s": total_s, "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": str(data), "fingerprint": input_ref(inputs.group, data).fingerprint})
-    writer.record("reconstruct", stages=[s["type"] for s in stages], positions=int(len(subset)))
+    writer.record("reconstruct", stages=[s["type"] for s in stages], positions=len(subset))
     path = writer.finalize()
     return {"output": str(path), "status": "complete", "iterations": len(history.loss),
             "final_loss": history.loss[-1] if history.loss else None, "time_s": total_s,
-            "positions_refined": int(len(subset)), "stages": stages}
+            "positions_refined": len(subset), "stages": stages}

@@ -71,17 +71,43 @@ class Grouping(_Model):
     size: int = Field(32, ge=1, description="positions per group")
 
 
+EXTRA_VARIABLES = ("tilts", "tilt_global", "thickness", "aberrations", "beam_current", "background",
+                   "detector_blur")  # refined by the gradient and lbfgs engines (engines/variables.py)
+
+
+def _never() -> When:
+    return NEVER.model_copy()
+
+
 class Refine(_Model):
-    """When each variable is refined (stage iterations, from 0)."""
+    """When each variable is refined (stage iterations, from 0).
+
+    Beyond object/probe/positions (every engine): per-position ``tilts`` and a global
+    ``tilt_global`` (mrad), the shared slice ``thickness`` (Å), probe ``aberrations``
+    (Krivanek coefficients of ``aberration_terms``), per-position ``beam_current``, a static
+    detector ``background`` (≥ 0) and the ``detector_blur`` σ (px); these need the
+    gradient or lbfgs engine.
+    """
 
     object: When = Field(default_factory=When)
     probe: When = Field(default_factory=lambda: When(after=1))
-    positions: When = Field(default_factory=lambda: NEVER.model_copy())
+    positions: When = Field(default_factory=_never)
+    tilts: When = Field(default_factory=_never)
+    tilt_global: When = Field(default_factory=_never)
+    thickness: When = Field(default_factory=_never)
+    aberrations: When = Field(default_factory=_never)
+    beam_current: When = Field(default_factory=_never)
+    background: When = Field(default_factory=_never)
+    detector_blur: When = Field(default_factory=_never)
 
-    @field_validator("object", "probe", "positions", mode="before")
+    @field_validator("object", "probe", "positions", *EXTRA_VARIABLES, mode="before")
     @classmethod
     def _coerce(cls, v: Any) -> Any:
         return _when(v)
+
+    def extra_refined(self) -> list[str]:
+        """The extra variables this stage refines at some iteration."""
+        return [n for n in EXTRA_VARIABLES if getattr(self, n) != NEVER]
 
 
 class PositionCorrection(_Model):
@@ -115,10 +141,33 @@ class _Stage(_Model):
     refine: Refine = Field(default_factory=Refine)
     positions: PositionCorrection = Field(default_factory=PositionCorrection)
     constraints: list[Constraint] = Field(default_factory=list)
+    regularisers: list[Constraint] = Field(default_factory=list, description=(
+        "cost terms (constraints.registry.REGULARISERS or a scan regulariser); gradient and lbfgs only"))
+    aberration_terms: list[str] = Field(default_factory=lambda: ["C10", "C12", "C21", "C23", "C30"],
+                                        description="polar Krivanek terms refined when refine.aberrations is on")
     name: str | None = None
 
 
-class EpieStage(_Stage):
+class _FixedVariablesStage(_Stage):
+    """Engines without updates for the extra variables or cost terms reject them by key."""
+
+    @field_validator("refine")
+    @classmethod
+    def _no_extra(cls, v: Refine) -> Refine:
+        extra = v.extra_refined()
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: not refined by this engine; use type = \"gradient\" or \"lbfgs\"")
+        return v
+
+    @field_validator("regularisers")
+    @classmethod
+    def _no_cost(cls, v: list[Constraint]) -> list[Constraint]:
+        if v:
+            raise ValueError("cost regularisers need the gradient or lbfgs engine")
+        return v
+
+
+class EpieStage(_FixedVariablesStage):
     """ePIE (single slice) / 3PIE (multislice); rPIE when ``rpie_gamma`` is set (§6.1-6.2)."""
 
     type: Literal["epie"]
@@ -128,7 +177,7 @@ class EpieStage(_Stage):
     grouping: Grouping = Field(default_factory=lambda: Grouping(kind="random", size=1))
 
 
-class LsqmlStage(_Stage):
+class LsqmlStage(_FixedVariablesStage):
     """LSQ-ML (Odstrčil 2018, physics.md §6.3)."""
 
     type: Literal["lsqml"]
@@ -153,6 +202,13 @@ class LearningRates(_Model):
     object_phase: Rate | None = None
     probe: Rate = 1e-2
     positions: Rate = 5e-2
+    tilts: Rate = Field(0.1, description="mrad per step")
+    tilt_global: Rate = Field(0.1, description="mrad per step")
+    thickness: Rate = Field(0.5, description="Å per step")
+    aberrations: Rate = Field(0.05, description="rad of phase at the aperture edge per step")
+    beam_current: Rate = Field(5e-3, description="relative intensity per step")
+    background: Rate = Field(0.1, description="counts per pixel per step")
+    detector_blur: Rate = Field(0.02, description="detector px per step")
 
 
 class GradientStage(_Stage):
@@ -169,8 +225,49 @@ class GradientStage(_Stage):
     grouping: Grouping = Field(default_factory=lambda: Grouping(kind="random", size=16))
 
 
-Stage = Annotated[EpieStage | LsqmlStage | GradientStage, Field(discriminator="type")]
-STAGE_TYPES = ("epie", "lsqml", "gradient")
+class LbfgsScale(_Model):
+    """Multipliers of each variable's L-BFGS scale (its unit in the stacked vector).
+
+    Defaults (physics.md §6.5): object 1, probe rms|P_0|, positions 1 px, tilts 1 mrad,
+    thickness 1 Å, aberrations 1 rad at the aperture edge, beam current 1, background
+    N_e/(M N) counts, detector blur 1 px. A larger multiplier lets a variable move further
+    per unit of the search direction.
+    """
+
+    object: float = Field(1.0, gt=0)
+    probe: float = Field(1.0, gt=0)
+    positions: float = Field(1.0, gt=0)
+    tilts: float = Field(1.0, gt=0)
+    tilt_global: float = Field(1.0, gt=0)
+    thickness: float = Field(1.0, gt=0)
+    aberrations: float = Field(1.0, gt=0)
+    beam_current: float = Field(1.0, gt=0)
+    background: float = Field(1.0, gt=0)
+    detector_blur: float = Field(1.0, gt=0)
+
+
+class LbfgsStage(_Stage):
+    """Full-batch L-BFGS with a strong-Wolfe line search on the stacked, scaled variables (§6.5)."""
+
+    type: Literal["lbfgs"]
+    history: int = Field(10, ge=0, description="memory m: 0 = gradient descent, 1 = CG-like, >1 L-BFGS")
+    c1: float = Field(1e-4, gt=0, lt=1, description="sufficient-decrease constant")
+    c2: float = Field(0.9, gt=0, lt=1, description="curvature constant (strong Wolfe)")
+    max_evaluations: int = Field(20, ge=2, le=100, description="f+∇f evaluations per line search")
+    chunk: int = Field(256, ge=1, description="positions per forward/adjoint call (memory only)")
+    scale: LbfgsScale = Field(default_factory=LbfgsScale)
+    grouping: Grouping = Field(default_factory=lambda: Grouping(kind="compact", size=1_000_000))
+
+    @field_validator("c2")
+    @classmethod
+    def _order(cls, v: float, info: Any) -> float:
+        if v <= info.data.get("c1", 0.0):
+            raise ValueError(f"c2 = {v} must exceed c1 = {info.data.get('c1')}")
+        return v
+
+
+Stage = Annotated[EpieStage | LsqmlStage | GradientStage | LbfgsStage, Field(discriminator="type")]
+STAGE_TYPES = ("epie", "lsqml", "gradient", "lbfgs")
 
 
 class Recipe(_Model):
@@ -224,6 +321,29 @@ def check_constraints(recipe: Recipe, source: str) -> None:
                 constraint_params(registry[c.type], c)
             except ValidationError as exc:
                 raise RecipeError(_format_errors(exc, where)) from None
+        check_regularisers(stage, f"{source}: stage.{i}.regularisers")
+
+
+def check_regularisers(stage: Any, where: str) -> None:
+    """Validate ``[[stage.regularisers]]``: cost terms of the registry or scan regularisers."""
+    if not stage.regularisers:
+        return
+    from .engines.scan_regularisers import SCAN_REGULARISERS, params_of
+
+    cost = []
+    for k, table in enumerate(stage.regularisers):
+        if table.type in SCAN_REGULARISERS:
+            try:
+                params_of(table)
+            except ValidationError as exc:
+                raise RecipeError(_format_errors(exc, f"{where}.{k}")) from None
+        else:
+            cost.append((k, {"type": table.type, "when": table.when.model_dump(), **table.params()}))
+    if cost:
+        from .constraints.registry import validate_regularisers
+
+        for k, item in cost:
+            validate_regularisers([item], where + f".{k}")
 
 
 def constraint_params(spec: Any, table: Constraint) -> Any:

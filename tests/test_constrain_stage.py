@@ -5,19 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ptycli import backend
 from ptycli.constraints import resample
 from ptycli.store.io import StoreWriter, open_store, read_meta
 from ptycli.store.state import State, load_state, write_state
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 
 def _state(slices=3, modes=2):

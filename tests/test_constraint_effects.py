@@ -7,9 +7,7 @@ stated per test (measured: see the comments).
 """
 
 import numpy as np
-import pytest
 
-from ptycli import backend
 from ptycli.constraints import object as co
 from ptycli.constraints.base import Context
 from ptycli.constraints.registry import regularise, validate_regularisers
@@ -21,13 +19,6 @@ from ptycli.store.state import State
 M, H, DX = 24, 48, 0.35
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 
 def _atoms(n, seed, amp, width2):

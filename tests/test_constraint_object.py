@@ -4,19 +4,11 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from ptycli import backend
 from ptycli.constraints import object as co
 from ptycli.constraints.base import Context, unwrap_phase, wavelength_a
 from ptycli.store.state import State
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 
 def _state(obj, probe=None, **kw):

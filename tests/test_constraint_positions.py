@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from ptycli import backend
 from ptycli.constraints import positions as cpos
 from ptycli.constraints import tilts as ct
 from ptycli.constraints.base import Context
@@ -11,13 +10,6 @@ from ptycli.errors import RecipeError
 from ptycli.store.state import State
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 
 def _grid(n=6, step=4.0):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from ptycli import backend
 from ptycli.constraints.base import Context
 from ptycli.constraints.registry import (
     CONSTRAINTS, REGULARISERS, apply_constraints, ordered, parse_apply, validate_constraints,
@@ -13,13 +12,6 @@ from ptycli.errors import RecipeError
 from ptycli.store.state import State
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 
 def test_every_spec_has_forbid_params_and_when():

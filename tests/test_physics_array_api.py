@@ -21,10 +21,6 @@ from ptycli.physics.electron import wavelength_a
 from ptycli.physics.probe import aperture, make_probe
 from ptycli.physics.propagation import fresnel_propagator
 
-@pytest.fixture(autouse=True)
-def _scipy_fft(monkeypatch):
-    """pyFFTW's FFTW_MEASURE plans cost seconds per new shape; these identities do not depend on it."""
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
 
 
 xs = pytest.importorskip("array_api_strict")

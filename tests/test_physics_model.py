@@ -9,15 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptycli import backend
 
 from ptycli.engines.noise import NOISE_MODELS, objective
 from ptycli.physics.model import ForwardModel
 
-@pytest.fixture(autouse=True)
-def _scipy_fft(monkeypatch):
-    """pyFFTW's FFTW_MEASURE plans cost seconds per new shape; these identities do not depend on it."""
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
 
 
 M = 16

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from ptycli import backend
 from ptycli.physics.overlap import accumulate, extract, shift_probe, split_positions, unshift, unshift_sum
 
-@pytest.fixture(autouse=True)
-def _scipy_fft(monkeypatch):
-    """pyFFTW's FFTW_MEASURE plans cost seconds per new shape; these identities do not depend on it."""
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
 
 
 def _rand(rng, shape):

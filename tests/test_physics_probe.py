@@ -21,10 +21,6 @@ from ptycli.physics.electron import wavelength_a
 from ptycli.physics.probe import (aperture, init_modes, make_probe, mode_occupancies, orthogonalize_modes,
                                   probe_from_pacbed)
 
-@pytest.fixture(autouse=True)
-def _scipy_fft(monkeypatch):
-    """pyFFTW's FFTW_MEASURE plans cost seconds per new shape; these identities do not depend on it."""
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
 
 
 REF = Path("/work/shared/reference")

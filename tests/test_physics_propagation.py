@@ -13,10 +13,6 @@ from ptycli.physics.electron import wavelength_a
 from ptycli.physics.probe import make_probe
 from ptycli.physics.propagation import band_limit, fresnel_propagator, propagate, propagate_adjoint
 
-@pytest.fixture(autouse=True)
-def _scipy_fft(monkeypatch):
-    """pyFFTW's FFTW_MEASURE plans cost seconds per new shape; these identities do not depend on it."""
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
 
 
 LAM300 = wavelength_a(300e3)

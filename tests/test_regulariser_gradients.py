@@ -7,18 +7,10 @@ Oracle: for a random direction v, dR(z + t v)/dt at t = 0 equals Re Σ conj(∇_
 import numpy as np
 import pytest
 
-from ptycli import backend
 from ptycli.constraints.registry import REGULARISERS, regularise, validate_regularisers
 from ptycli.store.state import State
 
 
-@pytest.fixture(autouse=True)
-def _numpy_fft():
-    # pyFFTW's FFTW_MEASURE planning costs seconds per new tiny shape; numpy's FFT does not.
-    old = backend._fft_library
-    backend.set_fft_library("numpy")
-    yield
-    backend.set_fft_library(old)
 
 CASES = [
     ("l2", {}), ("l2", {"variable": "probe"}), ("l1", {}), ("l1", {"variable": "probe"}),

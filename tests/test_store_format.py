@@ -1,14 +1,12 @@
 """Store format v1: atomic creation, checks on open, dimension names, plain-zarr/xarray access."""
 
-import json
-import os
 
 import numpy as np
 import pytest
 import zarr
 
 from ptycli.errors import OutputExistsError, StoreError, InputError
-from ptycli.store import SCHEMA_VERSION, StoreWriter, fingerprint, input_ref, open_store, partial_path, read_meta
+from ptycli.store import SCHEMA_VERSION, StoreWriter, input_ref, open_store, partial_path, read_meta
 from ptycli.store.io import write_subgroup_atomic
 from ptycli.store.state import State, load_state, write_state
 

@@ -50,6 +50,11 @@ def reconstruct(
                                 rich_help_panel=RUN),
     memory_gb: float = typer.Option(2.0, "--memory-gb", help="Memory budget for resident patterns [GB].",
                                     rich_help_panel=RUN),
+    validation_fraction: float = typer.Option(0.0, "--validation-fraction", help="Hold out this seeded share of "
+                                              "positions from the updates; their loss is recorded each iteration.",
+                                              rich_help_panel=RUN),
+    early_stop_patience: int = typer.Option(0, "--early-stop-patience", help="End a stage when the validation loss "
+                                            "has not improved for N iterations (0: never).", rich_help_panel=RUN),
     device: str = Device, precision: str = Precision, seed: int = Seed,
     progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
 ) -> None:
@@ -63,7 +68,8 @@ def reconstruct(
         summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
-                            overwrite=overwrite, observers=[observer])
+                            overwrite=overwrite, observers=[observer], validation_fraction=validation_fraction,
+                            early_stop_patience=early_stop_patience)
     finally:
         observer.bar.close()
     result(summary if as_json else summary["output"], as_json)

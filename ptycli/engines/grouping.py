@@ -36,7 +36,8 @@ def make_groups(kind: str, order: np.ndarray, size: int, rng: np.random.Generato
     n = len(order)
     k = n_groups(n, size)
     if kind == "random":
-        perm = rng.permutation(n)
+        # Draw from the positions themselves (not 0..n-1): a subset must stay a subset.
+        perm = np.sort(order)[rng.permutation(n)]
         groups = [np.sort(perm[g::k]) for g in range(k)]
     elif kind == "sparse":
         start = int(rng.integers(n))  # rotate the curve so group membership changes

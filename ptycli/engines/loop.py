@@ -45,6 +45,8 @@ class History:
     stage: list[int] = field(default_factory=list)
     time_s: list[float] = field(default_factory=list)
     convergence: list[dict[str, Any]] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)  # per iteration, when a split is held out
+    early_stop: list[dict[str, Any]] = field(default_factory=list)  # one record per stage stopped early
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,6 +63,8 @@ class RunHooks:
     stop: Any = None  # signals.StopFlag
     observers: list[Any] = field(default_factory=list)
     checkpoint_every: int = 0  # iterations (global); 0 = only on stop
+    validation: Callable[[Any, Any], float] | None = None  # (state, stage) -> held-out loss per position
+    early_stop_patience: int = 0  # stop a stage after this many iterations without a better validation loss
 
 
 def emit(observers: list[Any], event: str, *args: Any) -> None:
@@ -102,6 +106,10 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     order = subset[grouping.curve_order(reference)]
     first_loss = _first_stage_loss(history, si)
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
+        # Checked before the iteration (not after) so a run resumed from a checkpoint taken
+        # at the stopping iteration stops at the same place and records it once.
+        if _early_stop(history, si, it, hooks.early_stop_patience):
+            break
         resuming = cursor.stage == si and cursor.iteration == it and cursor.rng_state is not None
         if resuming:
             rng.bit_generator.state = json.loads(cursor.rng_state)
@@ -134,6 +142,9 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         history.stage.append(si)
         history.time_s.append(time.perf_counter() - t0)
         emit(hooks.observers, "on_iteration_end", si, it, loss, history.time_s[-1])
+        if hooks.validation is not None:
+            history.validation_loss.append(float(hooks.validation(state, stage)))
+            emit(hooks.observers, "on_validation_end", si, it, history.validation_loss[-1])
         nxt = Cursor(si, it + 1, 0, json.dumps(rng.bit_generator.state))
         if hooks.checkpoint and hooks.checkpoint_every and len(history.loss) % hooks.checkpoint_every == 0:
             hooks.checkpoint(state, engine, nxt, history, extra)
@@ -149,6 +160,25 @@ def _end_iteration(state: Any, engine: Any, stage: Any, it: int, subset: np.ndar
     if stage.refine.positions.active(it) and stage.positions.remove_drift:
         pos_mod.remove_drift(state, subset)
     return hooks.apply_constraints(state, stage, it)
+
+
+def _early_stop(history: History, si: int, it: int, patience: int) -> bool:
+    """True (and recorded once) when stage ``si``'s validation loss has not improved for
+    ``patience`` iterations; decided from the history alone, so resume stays exact."""
+    if patience <= 0 or not history.validation_loss:
+        return False
+    values = [v for s, v in zip(history.stage, history.validation_loss) if s == si]
+    if len(values) <= patience:
+        return False
+    best = int(np.argmin(values))
+    if len(values) - 1 - best < patience:
+        return False
+    if not any(rec.get("stage") == si for rec in history.early_stop):
+        history.early_stop.append({
+            "stage": si, "iteration": it, "best_iteration": best, "best_validation_loss": values[best],
+            "reason": f"validation loss did not improve for {patience} iterations "
+                      f"(best {values[best]:.6g} at stage iteration {best})"})
+    return True
 
 
 def _first_stage_loss(history: History, si: int) -> float | None:

@@ -62,7 +62,16 @@ def complex_dtype_name(dtype: Any) -> str:
 
 
 def cis(phase: Any) -> Any:
-    """exp(i·phase) for a real array, in the matching complex dtype (no upcast)."""
+    """exp(i·phase) for a real array, in the matching complex dtype (no upcast).
+
+    cos + i sin in the real dtype: numpy's complex exp also evaluates exp(Re) and was the
+    top cost of an LSQ-ML iteration (2.2 s of 4.4 s, 128² windows) before this.
+    """
     xp = backend.namespace(phase)
-    z = xp.astype(phase, _dtype(xp, complex_dtype_name(phase.dtype)))
-    return xp.exp(1j * z)
+    cdt = _dtype(xp, complex_dtype_name(phase.dtype))
+    if backend.is_numpy(xp):
+        out = xp.empty(phase.shape, dtype=cdt)
+        xp.cos(phase, out=out.real)
+        xp.sin(phase, out=out.imag)
+        return out
+    return xp.astype(xp.cos(phase), cdt) + 1j * xp.astype(xp.sin(phase), cdt)

@@ -31,7 +31,9 @@ def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None) -> Any:
     f = xp.astype(frac, grids._dtype(xp, rdt))
     fy = xp.reshape(f[:, 0], (-1, 1, 1))
     fx = xp.reshape(f[:, 1], (-1, 1, 1))
-    return grids.cis((-2.0 * math.pi) * (uy * fy + ux * fx))
+    # Separable: cis of (B, M, 1) and (B, 1, N) then one product, instead of a
+    # transcendental per pixel (B·(M+N) instead of B·M·N sin/cos).
+    return grids.cis((-2.0 * math.pi) * (uy * fy)) * grids.cis((-2.0 * math.pi) * (ux * fx))
 
 
 def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:

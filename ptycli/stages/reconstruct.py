@@ -31,7 +31,7 @@ from ..store.io import (
 )
 from ..store.schema import ROOT_ATTR, json_hash
 from ..store.state import State, load_state, write_state
-from . import reconstruct_positions
+from . import reconstruct_positions, reconstruct_validation
 
 
 class _Inputs:
@@ -69,8 +69,14 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         overrides: Iterable[str] = (), iterations: int | None = None, device: str = "auto",
         precision: str = "single", seed: int = 0, checkpoint_every: int = 0, resume: bool = False,
         stream: bool | None = None, memory_budget_bytes: int | None = None, positions: str = "all",
-        overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True) -> dict[str, Any]:
-    """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings)."""
+        overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True,
+        validation_fraction: float = 0.0, early_stop_patience: int = 0) -> dict[str, Any]:
+    """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings).
+
+    ``validation_fraction`` holds out a seeded share of the positions from every update and
+    records their loss each iteration (``history/validation_loss``); with
+    ``early_stop_patience`` N a stage ends once that loss has not improved for N iterations.
+    """
     out = Path(out)
     if resume and out.exists():
         return _already_complete(out)
@@ -80,19 +86,23 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     xp = backend.get_xp(device)
     inputs = _Inputs(Path(data), xp, precision, stream, memory_budget_bytes)
     state_group = open_store(state, "state")
-    resume_from = _resume_point(out, rec_json) if resume else None
+    validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
+    if early_stop_patience and not validation_fraction:
+        raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
+    resume_from = _resume_point(out, rec_json, validation) if resume else None
     st = resume_from[0] if resume_from else load_state(state_group)
     _check_shapes(st, inputs, Path(data))
     subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
+    subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
     n_e = mean_counts(inputs.group["patterns"], subset)
     st = _to_device(st, xp, precision)
     options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
-               "positions": positions, "checkpoint_every": checkpoint_every}
+               "positions": positions, "checkpoint_every": checkpoint_every, "validation": validation}
     writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
                          inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
                          provenance=provenance_of(state_group), overwrite=overwrite,
                          keep_partial_on_error=True, reuse_partial=bool(resume_from))
-    writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json))
+    writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
     flag = StopFlag()
     monitor = _Monitor(writer.partial)
     hooks = loop.RunHooks(
@@ -100,7 +110,9 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e),
         apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
         checkpoint=monitor.checkpoint, stop=flag, observers=list(observers),
-        checkpoint_every=checkpoint_every)
+        checkpoint_every=checkpoint_every, early_stop_patience=int(early_stop_patience),
+        validation=reconstruct_validation.Validator(held_out, inputs.read, xp, precision, n_e, inputs)
+        if len(held_out) else None)
     cursor, history, engine_state, extra = _resume_parts(resume_from)
     with writer, (SignalHandlers(flag) if handle_signals else _Null()):
         try:
@@ -108,7 +120,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         except (Interrupted, NumericalError) as exc:
             _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
             raise
-        return _finish(writer, st, history, rec, inputs, data, subset)
+        return _finish(writer, st, history, rec, inputs, data, subset, held_out)
 
 
 def _mark(writer: StoreWriter, status: str) -> None:
@@ -179,14 +191,19 @@ def _check_shapes(st: State, inputs: _Inputs, data: Path) -> None:
         raise InputError(f"{data}: patterns are {m}x{n} but the probe window is {st.probe.shape[-2:]}")
 
 
-def _resume_point(out: Path, rec_json: dict) -> tuple | None:
+def _resume_point(out: Path, rec_json: dict, validation: dict) -> tuple | None:
     part = partial_path(out)
     found = ckpt.find(part) if part.exists() else None
     if found is None:
         return None
     import zarr
 
-    stored = zarr.open_group(str(part), mode="r").attrs.get("recipe")
+    attrs = zarr.open_group(str(part), mode="r").attrs
+    stored = attrs.get("recipe")
+    old_val = dict(attrs.get("validation") or {"fraction": 0.0, "early_stop_patience": 0})
+    if old_val != validation:
+        raise RecipeError(f"{part}: --resume with other validation options ({validation}) than the "
+                          f"interrupted run ({old_val}); use the same --validation-fraction and --early-stop-patience")
     if stored is not None and json_hash(stored) != json_hash(rec_json):
         raise RecipeError(f"{part}: --resume with a different recipe than the interrupted run "
                           f"(hash {json_hash(stored)} vs {json_hash(rec_json)}); use the same recipe and options")
@@ -211,8 +228,13 @@ def _already_complete(out: Path) -> dict[str, Any]:
 
 
 def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, inputs: _Inputs,
-            data: str | Path, subset: np.ndarray) -> dict[str, Any]:
+            data: str | Path, subset: np.ndarray, held_out: np.ndarray) -> dict[str, Any]:
     write_state(writer, st, backend.to_numpy)
+    if history.validation_loss:
+        write_array(writer.group, "history/validation_loss", np.asarray(history.validation_loss, dtype=np.float64),
+                    dims=("iteration",), units="loss per position")
+        write_array(writer.group, "history/validation_positions", np.asarray(held_out, dtype=np.int64),
+                    dims=("position",))
     write_array(writer.group, "history/loss", np.asarray(history.loss, dtype=np.float64), dims=("iteration",),
                 units="loss per position")
     write_array(writer.group, "history/stage", np.asarray(history.stage, dtype=np.int32), dims=("iteration",))
@@ -221,10 +243,20 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     total_s = float(np.sum(history.time_s))
     stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
+                                                "early_stop": history.early_stop,
                                                 "timings": {"total_s": total_s, "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": str(data), "fingerprint": input_ref(inputs.group, data).fingerprint})
     writer.record("reconstruct", stages=[s["type"] for s in stages], positions=len(subset))
     path = writer.finalize()
     return {"output": str(path), "status": "complete", "iterations": len(history.loss),
             "final_loss": history.loss[-1] if history.loss else None, "time_s": total_s,
-            "positions_refined": len(subset), "stages": stages}
+            "positions_refined": len(subset), "stages": stages, **_validation_summary(history, held_out)}
+
+
+def _validation_summary(history: loop.History, held_out: np.ndarray) -> dict[str, Any]:
+    if not history.validation_loss:
+        return {}
+    v = history.validation_loss
+    best = int(np.argmin(v))
+    return {"validation_positions": len(held_out), "final_validation_loss": v[-1],
+            "best_validation_loss": v[best], "best_validation_iteration": best, "early_stop": history.early_stop}

@@ -98,21 +98,9 @@ class StoreWriter:
             self.group.attrs[key] = value
 
     # -- arrays
-    def array(
-        self,
-        name: str,
-        data: Any = None,
-        *,
-        shape: tuple[int, ...] | None = None,
-        dtype: Any = None,
-        chunks: tuple[int, ...] | None = None,
-        dims: tuple[str, ...] | None = None,
-        units: str | None = None,
-        attrs: dict[str, Any] | None = None,
-    ) -> zarr.Array:
-        """Create (and optionally fill) an array with dimension names and units."""
-        return write_array(self.group, name, data, shape=shape, dtype=dtype, chunks=chunks,
-                           dims=dims, units=units, attrs=attrs)
+    def array(self, name: str, data: Any = None, **kwargs: Any) -> zarr.Array:
+        """Create (and optionally fill) an array with dimension names and units (see write_array)."""
+        return write_array(self.group, name, data, **kwargs)
 
     # -- completion
     def finalize(self, status: str = "complete") -> Path:
@@ -155,7 +143,8 @@ def write_array(
         shape, dtype = data.shape, data.dtype
     if shape is None or dtype is None:
         raise ValueError("write_array needs data, or shape and dtype")
-    dims = dims or DIMS.get(name) or tuple(f"dim_{i}" for i in range(len(shape)))
+    base = name.rsplit("/", 1)[-1]  # checkpoint/probe has the dims of probe
+    dims = dims or DIMS.get(name) or DIMS.get(base) or tuple(f"dim_{i}" for i in range(len(shape)))
     if len(dims) != len(shape):
         raise ValueError(f"{name}: {len(dims)} dimension names for a {len(shape)}-D array")
     arr = group.create_array(
@@ -167,7 +156,7 @@ def write_array(
         dimension_names=tuple(dims),
         overwrite=True,
     )
-    arr.attrs.update({"units": units or UNITS.get(name, "1"), **(attrs or {})})
+    arr.attrs.update({"units": units or UNITS.get(name, UNITS.get(base, "1")), **(attrs or {})})
     if data is not None and data.size:
         arr[...] = data
     return arr

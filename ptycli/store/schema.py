@@ -28,6 +28,7 @@ DIMS: dict[str, tuple[str, ...]] = {
     "probe": ("probe_mode", "probe_y", "probe_x"),
     "object": ("object_mode", "slice", "y", "x"),
     "positions": ("position", "yx"),
+    "positions_initial": ("position", "yx"),
     "tilts": ("position", "yx"),
     "slice_thickness": ("slice",),
     "beam_current": ("position",),
@@ -41,6 +42,7 @@ UNITS: dict[str, str] = {
     "probe": "sqrt(counts)",
     "object": "1 (complex transmission)",
     "positions": "object pixels (y, x)",
+    "positions_initial": "object pixels (y, x)",
     "tilts": "mrad (y, x)",
     "slice_thickness": "angstrom",
     "beam_current": "1 (relative)",
@@ -70,21 +72,12 @@ class StageRecord(BaseModel):
     operations: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class RootMeta(BaseModel):
-    """The ``ptycli`` root attribute."""
+class RootMeta(StageRecord):
+    """The ``ptycli`` root attribute: this store's own stage record plus what it is."""
 
-    model_config = ConfigDict(extra="allow")
     kind: Kind
     schema_version: str = SCHEMA_VERSION
-    stage: str
     status: Status = "running"
-    ptycli_version: str
-    options: dict[str, Any] = Field(default_factory=dict)
-    options_hash: str = ""
-    inputs: list[InputRef] = Field(default_factory=list)
-    started: str = ""
-    finished: str = ""
-    operations: list[dict[str, Any]] = Field(default_factory=list)
     provenance: list[StageRecord] = Field(default_factory=list)
     fingerprint: str = ""
 

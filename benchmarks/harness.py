@@ -34,15 +34,27 @@ def available_engines() -> list[str]:
 
 @dataclass
 class IterationTimer:
-    """Loop observer: wall time of every iteration (as the loop measures it) and the loss."""
+    """Loop observer: wall time of every iteration (as the loop measures it), the loss, and
+    the engine's running count of f+∇f evaluations when it keeps one (L-BFGS)."""
 
     times_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    callback: Callable[[Any, int], None] | None = None
+    evaluations: list[float] = field(default_factory=list)
+    engines: list[Any] = field(default_factory=list)  # filled by make_run
 
     def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
         self.times_s.append(float(time_s))
         self.losses.append(float(loss))
+        ev = getattr(self.engines[-1], "ev", None) if self.engines else None
+        if ev is not None and hasattr(ev, "n_evals"):
+            self.evaluations.append(float(ev.n_evals))
+
+    def evaluations_per_iteration(self, n_warmup: int) -> float:
+        """Mean f+∇f evaluations per timed iteration (1 for engines that do not count)."""
+        if len(self.evaluations) <= n_warmup or n_warmup < 1:
+            return 1.0
+        timed = self.evaluations[n_warmup:]
+        return (timed[-1] - self.evaluations[n_warmup - 1]) / len(timed)
 
 
 def stage_params(engine: str, iterations: int, **overrides: Any) -> Any:
@@ -65,9 +77,15 @@ def make_run(engine: str, state: Any, patterns: Any, iterations: int, *, precisi
     recipe = Recipe(recipe="ptycli/1", stage=[stage])
     n_e = float(np.mean(np.sum(backend.to_numpy(patterns[: min(64, len(patterns))]), axis=(-2, -1))))
     ctx = common.make_context(state, xp, precision, stage.noise.model, stage.noise.eps, n_e=n_e)
+    made = next((o.engines for o in observers if isinstance(o, IterationTimer)), [])
+
+    def make_engine(params: Any, st: Any) -> Any:
+        made.append(ENGINES[engine].engine(params, ctx, st))
+        return made[-1]
+
     hooks = loop.RunHooks(
         read_batch=lambda idx, _stage: patterns[idx],
-        make_engine=lambda params, st: ENGINES[engine].engine(params, ctx, st),
+        make_engine=make_engine,
         apply_constraints=lambda st, _stage, _it: st,
         observers=list(observers),
     )
@@ -86,10 +104,14 @@ def time_iterations(engine: str, state: Any, patterns: Any, n_timed: int, n_warm
     wall = time.perf_counter() - t0
     timed = timer.times_s[n_warmup:]
     stage = stage_params(engine, 1, **overrides)
+    # Positions transformed in one call: the group, unless it is larger than the scan or the
+    # engine evaluates it in chunks (L-BFGS's full batch).
+    fft_group = min(int(stage.grouping.size), len(patterns), int(getattr(stage, "chunk", None) or 2**62))
     return {
         "times_s": timed, "warmup_s": timer.times_s[:n_warmup],
         "median_s": float(np.median(timed)), "wall_s": wall,
-        "group_size": int(stage.grouping.size), "grouping": stage.grouping.kind,
+        "group_size": int(stage.grouping.size), "grouping": stage.grouping.kind, "fft_group": fft_group,
+        "evaluations_per_iteration": timer.evaluations_per_iteration(n_warmup),
         "loss_first": timer.losses[0] if timer.losses else None,
         "loss_last": timer.losses[-1] if timer.losses else None,
     }

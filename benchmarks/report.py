@@ -103,7 +103,8 @@ def standard_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[A
             rows.append([*lead, None, m.get("status") or f"failed: {m.get('error', '?')[:60]}",
                          *[None] * 7])
             continue
-        rows.append([*lead, m["group_size"], m["median_s"], m["fft_bound_s"], m["ratio"], m["peak_rss_mib"],
+        group = m["group_size"] if m["group_size"] < lead[2] else "all"
+        rows.append([*lead, group, m["median_s"], m["fft_bound_s"], m["ratio"], m["peak_rss_mib"],
                      m["positions_per_s"], m["fft_library"], f"{len(m['warmup_s'])}+{len(m['times_s'])}"])
     return headers, rows
 

@@ -44,13 +44,15 @@ def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
     rss_inputs = peak_rss_mib()
     timing = harness.time_iterations(spec["engine"], state, patterns, spec["timed"], spec["warmup"])
     out = {"rss_inputs_mib": rss_inputs, "peak_rss_mib": peak_rss_mib(), "device": backend.device_name(xp), **timing}
-    out.update(fft_bound(spec["engine"], case, timing["group_size"], xp=xp))
+    out.update(fft_bound(spec["engine"], case, timing["fft_group"], xp=xp,
+                         n_eval=timing["evaluations_per_iteration"]))
     out["positions_per_s"] = case.n_positions / timing["median_s"]
     out["ratio"] = timing["median_s"] / out["fft_bound_s"]
     return out
 
 
-def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1, xp: Any = np) -> dict[str, Any]:
+def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1, xp: Any = np,
+              n_eval: float = 1.0) -> dict[str, Any]:
     """The same number and size of batched FFTs as one iteration, on the fastest library.
 
     One batched call holds a group's windows for every probe mode (group size x Np), the
@@ -60,7 +62,7 @@ def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float 
 
     batch = group_size * case.probe_modes
     n_ffts = bench.n_ffts_per_iteration(case.n_positions, engine if engine in bench.COST_MODEL_ENGINES else "lsqml",
-                                        case.slices, case.probe_modes, shifts=True)
+                                        case.slices, case.probe_modes, shifts=True, n_eval=n_eval)
     rates = bench.fft_rates(case.size, batch, "single", xp, min_time_s=min_time_s, repeats=3)
     if xp is np:
         rates["backend"] = bench.fft_rate(case.size, batch, "backend", "single", min_time_s=min_time_s, repeats=3)

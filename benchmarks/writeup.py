@@ -22,7 +22,8 @@ METHOD = """How it is measured
   phase object, raster scan with a 0.6 Å (3.33 px) step so every position uses the sub-pixel
   shift, patterns = probe diffraction x uniform(0.8, 1.2) noise. Timing does not depend on content.
 - FFT bound (physics.md §9): N_FFT = J x [2K(2S-1) + 2Np] batched M x M complex64 FFTs (sub-pixel
-  shifts included, no position refinement), batch = group size x Np. Measured in the same process
+  shifts included, no position refinement), times n_eval for L-BFGS (its f+∇f evaluations per
+  timed iteration, counted by the engine); batch = min(group size, J, L-BFGS chunk) x Np. Measured in the same process
   right after the engine: R_FFT of numpy, scipy.fft (all workers) and pyFFTW (FFTW_MEASURE plan,
   aligned buffers, execute only) at that batch; the bound is the smaller of (a) running exactly
   ceil(N_FFT / batch) calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).

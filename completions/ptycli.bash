@@ -7,14 +7,14 @@ _ptycli() {
     case "${COMP_WORDS[i]}" in -*) ;; *) cmd="${COMP_WORDS[i]}"; break ;; esac
   done
   if [[ -z "$cmd" ]]; then
-    COMPREPLY=($(compgen -W "simulate preprocess init reconstruct constrain export inspect compare validate demo watch bench --help --install-completion --quiet --show-completion --show-versions --verbose --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench --help --install-completion --quiet --show-completion --show-versions --verbose --version" -- "$cur"))
     return
   fi
   case "$cmd" in
     simulate) opts='--aberration --defocus-a --detector-size --dose --dx-a --energy-kev --help --json --overwrite --position-jitter-a --preset --probe-modes --scan-rotation-deg --scan-shape --scan-step-a --seed --semiangle-mrad --slice-thickness-a --slices --tilt-gradient-mrad --tilt-mrad' ;;
-    preprocess) opts='--bin --bin-scan --calibration --center --clip-negatives --compress-masks --crop --dataset --defocus-a --dk-inv-a --dk-mrad --dtype --energy-kev --estimate-dk --flip-kx --flip-ky --help --json --multiply --nan --output --overwrite --pad --progress --repair-pixels --scan-rotation-deg --scan-shape --scan-step-a --semiangle-mrad --shift --shift-method --transpose' ;;
+    preprocess) opts='--bin --bin-scan --calibration --center --clip-negatives --compress-masks --crop --dataset --defocus-a --dk-inv-a --dk-mrad --dtype --energy-kev --estimate-dk --flip-kx --flip-ky --help --json --multiply --nan --output --overwrite --pad --progress --repair-pixels --scan-rotation-deg --scan-shape --scan-step-a --scheduler --semiangle-mrad --shift --shift-method --transpose' ;;
     init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --output --overwrite --positions --probe-from --probe-modes --scan-flip-x --scan-flip-y --seed --slice-thickness-a --slices --strict' ;;
-    reconstruct) opts='--checkpoint-every --device --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --recipe --resume --seed --set --stream' ;;
+    reconstruct) opts='--checkpoint-every --device --early-stop-patience --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --recipe --resume --seed --set --stream --validation-fraction' ;;
     constrain) opts='--apply --counts --device --help --json --output --overwrite --pad-px --probe-modes --recipe --slice-thickness-a --slices' ;;
     export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --output --overwrite --remove-ramp --slices --unwrap --what' ;;
     inspect) opts='--dataset --figure --get --help --json --preview' ;;
@@ -22,6 +22,7 @@ _ptycli() {
     validate) opts='--help --iterations --json --print-resolved --set' ;;
     demo) opts='--help --json --overwrite --recipe --seed' ;;
     watch) opts='--help --interval --json --once --timeout' ;;
+    tune) opts='--device --help --iterations --json --objective --output --overwrite --precision --pruner --recipe --sampler --seed --space --storage --study-name --trials --validation-fraction --worker' ;;
     bench) opts='--help' ;;
     *) opts='' ;;
   esac

@@ -150,40 +150,29 @@ def set_fft_library(name: str) -> None:
 
 
 def fft_library() -> str:
-    # auto = scipy.fft (pocketfft, multithreaded): measured here faster than pyFFTW's
-    # interfaces layer for batched 64²-128² complex64 (5.4 vs 8.0 ms for 64x128x128),
-    # with no planning cost per new shape. benchmarks/ records the comparison.
-    return "scipy" if _fft_library == "auto" else _fft_library
+    # auto = FFTW objects with cached plans when pyFFTW is installed, else scipy.fft.
+    # Measured on the 2-core benchmark machine, batch of 64 complex64 128x128: planned FFTW
+    # 2.6-3.1 ms, scipy.fft (pocketfft) 6.6-8.5 ms, pyFFTW's interfaces layer ~8 ms (it
+    # copies and re-checks its cache every call). See ptycli/_fftw.py.
+    if _fft_library != "auto":
+        return _fft_library
+    from . import _fftw  # noqa: PLC0415
 
-
-_PYFFTW: Any = None
-
-
-def _pyfftw_builders() -> Any:
-    global _PYFFTW
-    if _PYFFTW is None:
-        try:
-            import pyfftw  # noqa: PLC0415
-            import pyfftw.interfaces.cache as cache  # noqa: PLC0415
-            import pyfftw.interfaces.scipy_fft as pfft  # noqa: PLC0415
-
-            pyfftw.config.NUM_THREADS = _FFT_WORKERS
-            pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"
-            cache.enable()
-            cache.set_keepalive_time(60.0)
-            _PYFFTW = pfft
-        except Exception:
-            _PYFFTW = False
-    return _PYFFTW or None
+    return "pyfftw" if _fftw.available() else "scipy"
 
 
 def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
     xp = namespace(x)
     if xp is np:
         lib = fft_library()
-        if lib == "pyfftw" and _pyfftw_builders() is not None:
-            f = _PYFFTW.ifftn if inverse else _PYFFTW.fftn
-            return f(x, axes=axes, norm="ortho", workers=_FFT_WORKERS)
+        n = len(axes)
+        trailing = x.ndim > 0 and tuple(a % x.ndim for a in axes) == tuple(range(x.ndim - n, x.ndim))
+        if lib == "pyfftw" and trailing:
+            from . import _fftw  # noqa: PLC0415
+
+            out = _fftw.transform(x, inverse, n, _FFT_WORKERS)
+            if out is not None:
+                return out
         if lib == "numpy":
             f = np.fft.ifftn if inverse else np.fft.fftn
             return f(x, axes=axes, norm="ortho")
@@ -191,6 +180,7 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
 
         f = sfft.ifftn if inverse else sfft.fftn
         return f(x, axes=axes, norm="ortho", workers=_FFT_WORKERS)
+    _cupy_setup(xp)
     f = xp.fft.ifftn if inverse else xp.fft.fftn
     return f(x, axes=axes, norm="ortho")
 
@@ -229,6 +219,32 @@ def ifftshift(x: Any, axes: tuple[int, ...] = (-2, -1)) -> Any:
     xp = namespace(x)
     shifts = tuple(-(x.shape[a] // 2) for a in axes)
     return xp.roll(x, shifts, axis=axes)
+
+
+# ----------------------------------------------------------------------------- fused elementwise
+# The engines' hottest reductions, one memory pass each on NumPy instead of the 3-4 passes
+# (conj, product, real part, sum) of the array-API spelling. Same results, same dtypes.
+def abs2(x: Any) -> Any:
+    """|x|² in the real dtype of ``x`` (no hypot, no complex temporary)."""
+    xp = namespace(x)
+    if xp is np and np.iscomplexobj(x):
+        out = np.square(x.real)
+        out += np.square(x.imag)
+        return out
+    if xp.isdtype(x.dtype, "complex floating") if hasattr(xp, "isdtype") else xp.iscomplexobj(x):
+        return xp.real(x) ** 2 + xp.imag(x) ** 2
+    return x * x
+
+
+def real_dot(u: Any, v: Any) -> Any:
+    """Re Σ conj(u)·v over every axis but the first: (B,) for (B, ...) arrays of one shape."""
+    xp = namespace(u, v)
+    if xp is np and u.shape == v.shape and u.dtype == v.dtype and np.iscomplexobj(u):
+        n = u.shape[0]
+        ur = np.ascontiguousarray(u).view(u.real.dtype).reshape(n, -1)
+        vr = np.ascontiguousarray(v).view(v.real.dtype).reshape(n, -1)
+        return np.einsum("ij,ij->i", ur, vr)
+    return xp.sum(xp.real(xp.conj(u) * v), axis=tuple(range(1, u.ndim)))
 
 
 # ----------------------------------------------------------------------------- patches
@@ -276,6 +292,127 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
         cupyx.scatter_add(target, index, vals)
         return target
     raise DeviceError(f"scatter_add_patches has no implementation for namespace {xp!r}")
+
+
+# ----------------------------------------------------------------------------- host allocator
+HEAP_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's maximum for M_MMAP_THRESHOLD on 64-bit
+HEAP_TRIM_THRESHOLD_BYTES = 512 * 2**20
+_allocator_tuned = False
+
+
+def tune_host_allocator() -> bool:
+    """Keep batch-sized NumPy temporaries on the heap (glibc only; once per process).
+
+    By default glibc serves every block above ~128 KiB-32 MiB with a fresh mmap and unmaps
+    it on free, so each temporary of an engine step (1-16 MiB) is page-faulted and zeroed
+    by the kernel again: measured 35-40 % of an LSQ-ML / gradient iteration's CPU time
+    (128² windows, groups of 16-32). Raising the mmap and trim thresholds lets freed
+    blocks be reused instead. Set PTYCLI_MALLOPT=0 to leave the allocator alone.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("PTYCLI_MALLOPT", "1") == "0":
+        return _allocator_tuned
+    _allocator_tuned = True
+    try:
+        import ctypes  # noqa: PLC0415
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, HEAP_MMAP_THRESHOLD_BYTES) == 1
+        return bool(ok and libc.mallopt(m_trim_threshold, HEAP_TRIM_THRESHOLD_BYTES) == 1)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to tune
+        return False
+
+
+# ----------------------------------------------------------------------------- CuPy setup
+CUPY_FFT_PLAN_CACHE = 64  # plans; a run uses a handful of batched shapes
+CUPY_POOL_FRACTION = 0.9  # of the device memory; leaves room for cuFFT work areas
+_cupy_ready: set[int] = set()
+
+
+def _cupy_setup(xp: ModuleType) -> None:
+    """Once per device: bound cuFFT's plan cache and the memory pool (so an oversized
+    request fails inside CuPy with OutOfMemoryError instead of starving the driver)."""
+    if getattr(xp, "__name__", "") != "cupy":
+        return
+    dev = int(xp.cuda.Device().id)
+    if dev in _cupy_ready:
+        return
+    _cupy_ready.add(dev)
+    try:
+        xp.fft.config.get_plan_cache().set_size(CUPY_FFT_PLAN_CACHE)
+        limit = os.environ.get("PTYCLI_GPU_POOL_BYTES")
+        total = int(xp.cuda.Device().mem_info[1])
+        xp.get_default_memory_pool().set_limit(size=int(limit) if limit else int(CUPY_POOL_FRACTION * total))
+    except Exception:  # an array-API "cupy" stand-in without these knobs
+        pass
+
+
+# ----------------------------------------------------------------------------- memory
+# Complex arrays of batch size alive at the peak of one group's update, per mode pair and
+# slice: the forward cache (incident wave per slice), the far field, its gradient and
+# ~3 elementwise temporaries; per object mode and slice: windows, their gradient, the
+# per-position update direction and the illumination windows.
+BUFFERS_PER_PAIR_SLICE = 2
+BUFFERS_PER_PAIR = 6
+BUFFERS_PER_OBJECT_SLICE = 4
+REAL_BUFFERS = 4  # I, data, ℓ', mask-sized temporaries (per position, M x N)
+
+
+def memory_estimate(window: tuple[int, int], *, n_probe_modes: int = 1, n_object_modes: int = 1,
+                    n_slices: int = 1, object_shape: tuple[int, int] = (0, 0), n_positions: int = 0,
+                    precision: str = "single", resident_patterns: bool = True) -> dict[str, int]:
+    """Bytes a reconstruction needs on its device.
+
+    ``per_position``: batch-sized working memory per position of a group (Np x Nq x S x
+    M x N x complex size x buffers); ``fixed``: object, its gradient/accumulators and
+    probe; ``patterns``: the resident data (0 when streamed). Group memory is
+    ``per_position x group size``.
+    """
+    real, cplx = dtypes(precision)
+    c, r = np.dtype(cplx).itemsize, np.dtype(real).itemsize
+    m, n = window
+    k, q, s = n_probe_modes * n_object_modes, n_object_modes, n_slices
+    per_pos = m * n * (c * (k * (BUFFERS_PER_PAIR_SLICE * s + BUFFERS_PER_PAIR) + BUFFERS_PER_OBJECT_SLICE * q * s)
+                       + r * REAL_BUFFERS)
+    h, w = object_shape
+    fixed = c * (4 * q * s * h * w + 4 * n_probe_modes * m * n) + r * q * s * h * w
+    patterns = r * m * n * n_positions if resident_patterns else 0
+    return {"per_position": int(per_pos), "fixed": int(fixed), "patterns": int(patterns)}
+
+
+def available_memory_bytes(xp: ModuleType) -> int:
+    """Free memory of the device of ``xp`` (host: available RAM)."""
+    if getattr(xp, "__name__", "") == "cupy":
+        free, _total = xp.cuda.Device().mem_info
+        pool = xp.get_default_memory_pool()
+        return int(free + pool.free_bytes())
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def auto_group_size(estimate: dict[str, int], budget_bytes: int, n_positions: int, *,
+                    max_group: int = 1024, min_group: int = 1) -> tuple[int, bool]:
+    """(group size, stream patterns) that fit ``budget_bytes``.
+
+    Patterns stay resident when they fit next to the fixed arrays and a group of at least
+    ``min(64, n_positions)``; otherwise they are streamed (two groups' worth in flight).
+    Raises DeviceError when not even ``min_group`` positions fit.
+    """
+    per, fixed, pats = estimate["per_position"], estimate["fixed"], estimate["patterns"]
+    stream = fixed + pats + per * min(64, max(1, n_positions)) > budget_bytes
+    frame = pats // max(1, n_positions)
+    room = budget_bytes - fixed - (0 if stream else pats)
+    group = room // max(1, per + (2 * frame if stream else 0))
+    group = int(min(group, max_group, max(1, n_positions)))
+    if group < min_group:
+        need = fixed + min_group * per
+        raise DeviceError(f"reconstruction needs about {need / 2**30:.2f} GiB for a group of {min_group} "
+                          f"but the memory budget is {budget_bytes / 2**30:.2f} GiB; use a smaller window, "
+                          "fewer modes/slices or a bigger device")
+    return group, stream
 
 
 # ----------------------------------------------------------------------------- misc

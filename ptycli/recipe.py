@@ -207,7 +207,7 @@ class LearningRates(_Model):
     thickness: Rate = Field(0.5, description="Å per step")
     aberrations: Rate = Field(0.05, description="rad of phase at the aperture edge per step")
     beam_current: Rate = Field(5e-3, description="relative intensity per step")
-    background: Rate = Field(0.1, description="counts per pixel per step")
+    background: Rate = Field(0.1, description="sqrt(counts) per pixel per step (background = b²)")
     detector_blur: Rate = Field(0.02, description="detector px per step")
 
 
@@ -230,7 +230,7 @@ class LbfgsScale(_Model):
 
     Defaults (physics.md §6.5): object 1, probe rms|P_0|, positions 1 px, tilts 1 mrad,
     thickness 1 Å, aberrations 1 rad at the aperture edge, beam current 1, background
-    N_e/(M N) counts, detector blur 1 px. A larger multiplier lets a variable move further
+    sqrt(N_e/(M N)) (it works on sqrt(background)), detector blur 1 px. A larger multiplier lets a variable move further
     per unit of the search direction.
     """
 
@@ -343,7 +343,10 @@ def check_regularisers(stage: Any, where: str) -> None:
         from .constraints.registry import validate_regularisers
 
         for k, item in cost:
-            validate_regularisers([item], where + f".{k}")
+            try:
+                validate_regularisers([item], where)
+            except RecipeError as exc:  # the registry numbers from 0; name the recipe's index
+                raise RecipeError(str(exc).replace(f"{where}.0", f"{where}.{k}")) from None
 
 
 def constraint_params(spec: Any, table: Constraint) -> Any:

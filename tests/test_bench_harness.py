@@ -7,6 +7,7 @@ benchmark results always come from ptycli's real engines.
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -32,9 +33,11 @@ class CountingEngine:
 
     def __init__(self, params, ctx, state):
         self.params = params
+        self.ev = SimpleNamespace(n_evals=0.0)  # like L-BFGS: a running count of f+∇f evaluations
 
     def update(self, state, idx, data, it):
         CountingEngine.calls.append((it, len(idx), data.shape))
+        self.ev.n_evals += 3 if it == 0 else 2  # the warm-up iteration's count must not leak in
         return 2.0 * len(idx)
 
     def state_dict(self):
@@ -94,15 +97,17 @@ def test_missing_engine_is_reported_not_fatal(monkeypatch):
 def test_time_iterations_drops_warmup_and_runs_every_group(standin):
     state = cases.synthetic_state(TINY)
     pats = cases.synthetic_patterns(state)
-    out = harness.time_iterations(standin, state, pats, n_timed=3, n_warmup=2,
+    out = harness.time_iterations(standin, state, pats, n_timed=3, n_warmup=1,
                                   overrides={"grouping": {"kind": "compact", "size": 5}})
-    assert len(out["times_s"]) == 3 and len(out["warmup_s"]) == 2
+    assert len(out["times_s"]) == 3 and len(out["warmup_s"]) == 1
     assert out["median_s"] == float(np.median(out["times_s"]))
     assert out["group_size"] == 5
-    # 16 positions in groups of <= 5 -> 4 groups per iteration, 5 iterations, every position once each
-    assert len(CountingEngine.calls) == 4 * 5
-    assert sum(n for _, n, _ in CountingEngine.calls) == 16 * 5
+    # 16 positions in groups of <= 5 -> 4 groups per iteration, 4 iterations, every position once each
+    assert len(CountingEngine.calls) == 4 * 4
+    assert sum(n for _, n, _ in CountingEngine.calls) == 16 * 4
     assert out["loss_first"] == pytest.approx(2.0)  # loss per position as the loop reports it
+    assert out["evaluations_per_iteration"] == 4 * 2  # 4 groups x 2 evaluations, warm-up excluded
+    assert out["fft_group"] == 5
 
 
 def test_fft_bound_of_a_case_uses_the_cost_model():

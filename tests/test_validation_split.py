@@ -39,7 +39,7 @@ def test_split_is_seeded_disjoint_and_sized():
     train, val = reconstruct_validation.split(subset, 0.2, seed=5)
     assert len(val) == 20 and len(train) == 80
     assert not set(train) & set(val) and set(train) | set(val) == set(subset)
-    train2, val2 = reconstruct_validation.split(subset, 0.2, seed=5)
+    _, val2 = reconstruct_validation.split(subset, 0.2, seed=5)
     np.testing.assert_array_equal(val, val2)
     assert not np.array_equal(val, reconstruct_validation.split(subset, 0.2, seed=6)[1])
     assert len(reconstruct_validation.split(np.arange(5), 0.01, 0)[1]) == 1  # never rounds to nothing
@@ -80,7 +80,6 @@ def test_validation_loss_recorded_and_positions_not_updated(small):
 
 def test_validation_loss_equals_independent_forward(small):
     """The recorded value is the amplitude loss of the final state on the held-out patterns."""
-    from ptycli import backend
     from ptycli.engines import noise
     from ptycli.physics.model import ForwardModel
     from ptycli.store.state import load_state
@@ -153,7 +152,8 @@ class SignalAt:
 
 def test_resume_with_validation_is_exact(small):
     root, data, state = small
-    kw = dict(recipe=root / "r.toml", device="cpu", seed=4, validation_fraction=0.25, early_stop_patience=2)
+    kw = {"recipe": root / "r.toml", "device": "cpu", "seed": 4, "validation_fraction": 0.25,
+          "early_stop_patience": 2}
     full = reconstruct.run(data, state, root / "full.zarr", **kw)
     with pytest.raises(Interrupted):
         reconstruct.run(data, state, root / "cut.zarr", observers=[SignalAt(8)], **kw)

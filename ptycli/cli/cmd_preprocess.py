@@ -56,6 +56,8 @@ def preprocess(
     pad: Optional[str] = _opt(None, "--pad", help="Zero-pad the detector to M or MxN (centred)."),
     dtype: str = _opt("float32", "--dtype", help="float32|uint8|uint16|uint32|int32."),
     compress_masks: Optional[str] = _opt(None, "--compress-masks", help="annular:RINGSxSEGMENTS or pca:N."),
+    scheduler: Optional[str] = _opt(None, "--scheduler", help="Run the blocks as a Dask graph: threads | processes | "
+                                     "a dask.distributed address (tcp://host:8786). Default: in-process.", panel="Run"),
     overwrite: bool = Overwrite,
     json_out: bool = Json,
     progress: str = ProgressOpt,
@@ -73,7 +75,7 @@ def preprocess(
                    compress_masks=compress_masks, estimate_dk=estimate_dk,
                    shift_px=_pair(parse_pair, shift))
     job = stage.Preprocess(read_path_arg(input), output, options=options, calibration_file=calibration,
-                           calibration=flags, overwrite=overwrite)
+                           calibration=flags, overwrite=overwrite, scheduler=scheduler)
     with Progress(job.work, "preprocess", progress) as bar:
         summary = job.run(progress=bar.update)
     if summary["compression"]:

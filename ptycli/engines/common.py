@@ -57,6 +57,8 @@ class Forward:
 def make_context(state: Any, xp: Any, precision: str, noise_model: str, eps: float | None,
                  mask: Any = None, comp_masks: Any = None, n_e: float = 1.0) -> RunContext:
     real, cplx = backend.dtypes(precision)
+    if backend.is_numpy(xp):
+        backend.tune_host_allocator()
     m, n = state.window
     ctx = RunContext(xp=xp, real_dtype=getattr(xp, real), complex_dtype=getattr(xp, cplx),
                      noise_model=noise_model, eps=eps, mask=mask, comp_masks=comp_masks, n_e=n_e)
@@ -119,10 +121,9 @@ def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple
         loss = noise_mod.compressed_loss(fwd.I, batch.data, ctx.comp_masks)
         dl = noise_mod.compressed_dloss_dI(fwd.I, batch.data, ctx.comp_masks)
         return loss, 2 * dl[:, None, None] * fwd.Psi
-    kw = {} if ctx.eps is None else {"eps": ctx.eps}
-    loss = noise_mod.loss(fwd.I, batch.data, ctx.noise_model, mask=ctx.mask, **kw)
-    grad = noise_mod.grad_farfield(fwd.Psi, fwd.I, batch.data, ctx.noise_model, mask=ctx.mask, **kw)
-    return loss, grad
+    loss, lprime = noise_mod.loss_and_dloss_dI(fwd.I, batch.data, ctx.noise_model, ctx.mask, ctx.eps)
+    lprime *= 2.0
+    return loss, noise_mod.scale_by(fwd.Psi, lprime)
 
 
 def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
@@ -140,10 +141,13 @@ def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
     return fwd.Psi * xp.astype(scale[:, None, None], fwd.Psi.dtype)
 
 
-def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext) -> tuple[Any, Any]:
-    """(∇ patches (B,Q,S,M,N), ∇ψ_1 summed over object modes (B,P,M,N))."""
-    g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, fwd.H)
-    return g_patches, g_psi1.sum(axis=2)
+def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext, grad_exit: Any = None) -> tuple[Any, Any]:
+    """(∇ patches (B,Q,S,M,N), ∇ψ_1 summed over object modes (B,P,M,N)).
+
+    ``grad_exit`` = ifft2(grad_Psi) when the caller has it already (one batched FFT saved).
+    """
+    g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, fwd.H, grad_exit=grad_exit)
+    return g_patches, (g_psi1[:, :, 0] if g_psi1.shape[2] == 1 else g_psi1.sum(axis=2))
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
@@ -154,8 +158,12 @@ def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
 
 
 def probe_gradient(g_psi1: Any, batch: Batch) -> Any:
-    """∇P (P, M, N): un-shift each position's gradient and sum over the batch."""
-    return overlap.unshift(g_psi1, batch.frac).sum(axis=0)
+    """∇P (P, M, N): un-shift each position's gradient and sum over the batch.
+
+    Summed in Fourier space (the ramps are diagonal there): one batched FFT and a single
+    inverse instead of two batched FFTs.
+    """
+    return overlap.unshift_sum(backend.fft2(g_psi1), batch.frac)
 
 
 def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:

@@ -10,6 +10,7 @@ each chunk about once per iteration when the cache holds them all).
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,13 @@ DEFAULT_BUDGET_BYTES = 2 * 2**30
 
 
 class PatternSource:
-    """Reads groups of patterns (B, M, M), unshifted, on the device of ``xp``."""
+    """Reads groups of patterns (B, M, M), unshifted, on the device of ``xp``.
+
+    Streamed sources overlap I/O with compute: ``prefetch(next_idx)`` reads and decodes
+    the next group's missing chunks in a background thread while the current group
+    computes; ``read(next_idx)`` then only moves them to the device. Results are the
+    same bytes as a synchronous read (prefetching only changes when the reading happens).
+    """
 
     def __init__(self, patterns: Any, xp: Any, dtype: str, *, stream: bool | None = None,
                  budget_bytes: int | None = None):
@@ -32,19 +39,40 @@ class PatternSource:
         chunks = getattr(patterns, "chunks", None)
         self.chunk_len = int(chunks[0]) if chunks else shape[0]
         self.max_chunks = max(2, self.budget // max(1, self.chunk_len * frame_bytes))
-        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._cache: OrderedDict[int, Any] = OrderedDict()  # touched by the calling thread only
+        self._pending: Future | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._all = None if self.stream else self._decode(np.asarray(patterns[...]))
 
+    def _host(self, block: np.ndarray) -> np.ndarray:
+        return np.fft.ifftshift(np.asarray(block, dtype=self.dtype), axes=(-2, -1))
+
     def _decode(self, block: np.ndarray) -> Any:
-        host = np.fft.ifftshift(np.asarray(block, dtype=self.dtype), axes=(-2, -1))
-        return backend.to_device(host, self.xp, dtype=self.dtype)
+        return backend.to_device(self._host(block), self.xp, dtype=self.dtype)
+
+    def _chunks_of(self, idx: np.ndarray) -> np.ndarray:
+        return np.unique(idx // self.chunk_len)
+
+    def prefetch(self, idx: np.ndarray) -> None:
+        """Start reading the chunks of ``idx`` that are not cached (no-op when resident)."""
+        if self._all is not None:
+            return
+        self._absorb_prefetched()  # one read in flight at a time
+        missing = [int(c) for c in self._chunks_of(np.asarray(idx)) if int(c) not in self._cache]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycli-prefetch")
+        self._pending = self._pool.submit(self._read_host_chunks, missing)
+
+    def _read_host_chunks(self, chunks: list[int]) -> dict[int, np.ndarray]:
+        return {c: self._host(self.array[c * self.chunk_len:(c + 1) * self.chunk_len]) for c in chunks}
 
     def read(self, idx: np.ndarray) -> Any:
         idx = np.asarray(idx)
         if self._all is not None:
             return self._all[backend.to_device(idx, self.xp)] if not backend.is_numpy(self.xp) else self._all[idx]
+        self._absorb_prefetched()
         parts, where = [], []
-        for c in np.unique(idx // self.chunk_len):
+        for c in self._chunks_of(idx):
             sel = np.flatnonzero(idx // self.chunk_len == c)
             parts.append(self._chunk(int(c))[idx[sel] - c * self.chunk_len])
             where.append(sel)
@@ -52,15 +80,40 @@ class PatternSource:
         inverse = np.argsort(np.concatenate(where), kind="stable")  # back to the order of idx
         return out[inverse] if backend.is_numpy(self.xp) else out[backend.to_device(inverse, self.xp)]
 
+    def _absorb_prefetched(self) -> None:
+        """Wait for the read in flight and cache its chunks on the device. Decoded chunks
+        are valid whatever group asked for them, so a mispredicted prefetch still helps."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            for c, block in pending.result().items():
+                self._store(c, backend.to_device(block, self.xp, dtype=self.dtype))
+
     def _chunk(self, c: int) -> Any:
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
-        block = self._decode(self.array[c * self.chunk_len:(c + 1) * self.chunk_len])
+        return self._store(c, self._decode(self.array[c * self.chunk_len:(c + 1) * self.chunk_len]))
+
+    def _store(self, c: int, block: Any) -> Any:
         self._cache[c] = block
+        self._cache.move_to_end(c)
         if len(self._cache) > self.max_chunks:
             self._cache.popitem(last=False)
         return block
+
+    def read_and_prefetch(self, idx: np.ndarray, next_idx: np.ndarray | None) -> Any:
+        """``read(idx)``, then start reading ``next_idx`` while the caller computes."""
+        out = self.read(idx)
+        if next_idx is not None:
+            self.prefetch(next_idx)
+        return out
+
+    def close(self) -> None:
+        """Stop the prefetch thread (also done at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._pending = None
 
 
 class SignalSource:

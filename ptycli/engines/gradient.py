@@ -3,7 +3,9 @@
 Learning rates are per variable and may follow schedules: ``object`` in transmission
 units (or separate ``object_amplitude`` / ``object_phase`` steps on |O| and angle(O), as
 PtyRAD has), ``probe`` relative to the starting rms|P|. Positions take the shared
-Gauss-Newton step of the loop.
+Gauss-Newton step of the loop. When a stage refines tilts, thickness, aberrations, beam
+current, background or detector blur, or has cost regularisers, each group is evaluated
+through ``variables.Evaluator`` instead and every variable takes its own optimiser step.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .. import backend
 from ..recipe import rate_value
 from . import common
 from .optimizers import make_optimizer
+from .variables import Evaluator, active_variables
 
 
 class GradientEngine(common.EngineBase):
@@ -24,8 +27,12 @@ class GradientEngine(common.EngineBase):
         self.opt = make_optimizer(params)
         xp = ctx.xp
         self.probe_scale = float(backend.to_numpy(xp.sqrt(xp.mean(xp.abs(state.probe) ** 2))))
+        self.evaluator: Evaluator | None = None
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
+        names = active_variables(self.params.refine, it)
+        if self.params.regularisers or set(names) - {"object", "probe", "positions"}:
+            return self._variables_update(state, idx, data, it, names)
         b = self.batch(state, idx, data)
         fwd = common.forward(state, b, self.ctx)
         loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
@@ -38,6 +45,30 @@ class GradientEngine(common.EngineBase):
             state.probe = self.opt.step("probe", state.probe, common.probe_gradient(g_psi1, b), rate)
         self.refine_positions(state, b, g_psi1, fwd, it)
         return loss.sum()
+
+    def _variables_update(self, state: Any, idx: np.ndarray, data: Any, it: int, names: tuple[str, ...]) -> Any:
+        """Every refined variable through the differentiable model (engines/variables.py).
+
+        Each variable takes its own optimiser step with its learning rate (recipe
+        ``learning_rate.<name>``, in the variable's unit); positions take an Adam/SGD step
+        in px here, since the Gauss-Newton step needs the engine-common forward pass.
+        """
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.params, self.ctx, state)
+        x = self.evaluator.pack(state, names)
+        data_loss, _, grads = self.evaluator.evaluate(state, x, idx, data, it)
+        lr = self.params.learning_rate
+        new = {}
+        for name in names:
+            if name == "object":
+                self._object_step(state, grads[name], it)
+                continue
+            rate = rate_value(getattr(lr, name), it) * (self.probe_scale if name == "probe" else 1.0)
+            new[name] = self.opt.step(name, x[name], grads[name], rate)
+        if "object" in names:
+            new["object"] = state.object
+        self.evaluator.unpack(state, new)
+        return data_loss
 
     def _object_step(self, state: Any, grad: Any, it: int) -> None:
         lr = self.params.learning_rate

@@ -27,13 +27,15 @@ class LsqmlEngine(common.EngineBase):
             grad_Psi = self._poisson_step(fwd, b)
         elif self.ctx.noise_model == "compressed":  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
             grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
-        g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
+        g_exit = backend.ifft2(grad_Psi)  # shared by the adjoint and the single-slice steps
+        g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        dO_j, dP_j = -0.5 * g_patches, overlap.unshift(-0.5 * g_psi1, b.frac)
+        dO_j = -0.5 * g_patches
         dO = self._object_direction(state, b, fwd, dO_j) if do_obj else None
-        dP = xp.mean(dP_j, axis=0) if do_probe else None
+        # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
+        dP = (-0.5 / len(idx)) * overlap.unshift_sum(backend.fft2(g_psi1), b.frac) if do_probe else None
         if state.n_slices == 1:
-            a_O, a_P = self._steps_single(state, b, fwd, grad_Psi, dO, dP)
+            a_O, a_P = self._steps_single(state, b, fwd, g_exit, dO, dP)
         else:
             a_O, a_P = self._steps_multi(state, b, fwd, dO_j, dO, dP, g_psi1)
         if dO is not None:
@@ -73,29 +75,32 @@ class LsqmlEngine(common.EngineBase):
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
     # ------------------------------------------------------------------ steps
-    def _steps_single(self, state: Any, b: common.Batch, fwd: common.Forward, grad_Psi: Any,
+    def _steps_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,
                       dO: Any, dP: Any) -> tuple[Any, Any]:
-        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages."""
+        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages.
+
+        ``g_exit`` = F⁻¹[∇_Ψ L]; the exit-plane update is χ = -½ g_exit, folded into the dots.
+        """
         xp = self.ctx.xp
-        chi = backend.ifft2(-0.5 * grad_Psi)  # exit-plane update (B, P, Q, M, N)
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
         bb = t * overlap.shift_probe(dP, b.frac)[:, :, None] if dP is not None else None
-        dot = lambda u, v: xp.sum(xp.real(xp.conj(u) * v), axis=(1, 2, 3, 4))
+        dot = backend.real_dot
+        dot_chi = lambda u: -0.5 * backend.real_dot(u, xp.broadcast_to(g_exit, u.shape) if u.shape != g_exit.shape else g_exit)
         if a is not None and bb is not None:
             aa, bbb, ab = dot(a, a), dot(bb, bb), dot(a, bb)
             aa = aa + 0.1 * xp.mean(aa)
             bbb = bbb + 0.1 * xp.mean(bbb)
-            ra, rb = dot(a, chi), dot(bb, chi)
+            ra, rb = dot_chi(a), dot_chi(bb)
             det = aa * bbb - ab * ab
             det = xp.where(det > 0, det, 1.0)
             return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
         if a is not None:
             aa = dot(a, a)
-            return self._combine(dot(a, chi) / (aa + 0.1 * xp.mean(aa))), 0.0
+            return self._combine(dot_chi(a) / (aa + 0.1 * xp.mean(aa))), 0.0
         bbb = dot(bb, bb)
-        return 0.0, self._combine(dot(bb, chi) / (bbb + 0.1 * xp.mean(bbb)), trim=0)
+        return 0.0, self._combine(dot_chi(bb) / (bbb + 0.1 * xp.mean(bbb)), trim=0)
 
     def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any,
                      dO: Any, dP: Any, g_psi1: Any) -> tuple[Any, Any]:
@@ -136,6 +141,7 @@ def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
     xp = backend.namespace(fwd.psi1)
     slices = []
     for psi in fwd.cache.psi:  # (B, P, Q|1, M, N)
-        w = xp.sum(xp.abs(psi) ** 2, axis=1)
+        w = backend.abs2(psi)
+        w = w[:, 0] if w.shape[1] == 1 else xp.sum(w, axis=1)
         slices.append(xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:])))
-    return xp.stack(slices, axis=2)
+    return slices[0][:, :, None] if len(slices) == 1 else xp.stack(slices, axis=2)

@@ -68,6 +68,33 @@ def dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: fl
     return _masked(d, mask)
 
 
+def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None,
+                      eps: float | None = None) -> tuple[Any, Any]:
+    """(loss (B,), m ℓ'(I) (B, M, N)) in one go: the amplitude model shares sqrt(I), sqrt(D)
+    and the residual between both (the separate calls take each square root twice)."""
+    _check(model)
+    if model != "amplitude":
+        return loss(I, D, model, mask, eps), dloss_dI(I, D, model, mask, eps)
+    xp = backend.namespace(I, D)
+    e = _eps(model, eps)
+    s_i = xp.sqrt(I)
+    diff = s_i - xp.sqrt(D)
+    pixel = diff * diff
+    # ℓ' = 1 - sqrt(D)/(sqrt(I)+ε) = (sqrt(I) - sqrt(D) + ε) / (sqrt(I) + ε)
+    s_i += e
+    lprime = (diff + e) / s_i
+    return xp.sum(_masked(pixel, mask), axis=(-2, -1)), _masked(lprime, mask)
+
+
+def scale_by(Psi: Any, factor: Any) -> Any:
+    """Ψ (B, P, Q, M, N) times a real (B, M, N) factor, in Ψ's dtype."""
+    xp = backend.namespace(Psi)
+    f = _expand(factor)
+    if backend.is_numpy(xp) and f.dtype == Psi.real.dtype:
+        return Psi * f  # complex64 x float32 stays complex64 in NumPy: no complex copy of f
+    return Psi * xp.astype(f, Psi.dtype)
+
+
 def _expand(lprime: Any) -> Any:
     """(B, M, N) -> (B, 1, 1, M, N) against Ψ (B, P, Q, M, N)."""
     return lprime[:, None, None, ...]
@@ -76,17 +103,13 @@ def _expand(lprime: Any) -> Any:
 def grad_farfield(Psi: Any, I: Any, D: Any, model: str = "amplitude", mask: Any = None,
                   eps: float | None = None) -> Any:
     """∇_Ψ L = 2 m ℓ'(I) Ψ for Ψ (B, P, Q, M, N)."""
-    xp = backend.namespace(Psi)
-    lp = dloss_dI(I, D, model, mask, eps)
-    return Psi * xp.astype(_expand(2.0 * lp), Psi.dtype)
+    return scale_by(Psi, 2.0 * dloss_dI(I, D, model, mask, eps))
 
 
 def projected(Psi: Any, I: Any, D: Any, model: str = "amplitude", mask: Any = None,
               eps: float | None = None) -> Any:
     """Ψ̂ = (1 - m ℓ') Ψ; masked pixels keep Ψ (amplitude: the classical modulus projection)."""
-    xp = backend.namespace(Psi)
-    lp = dloss_dI(I, D, model, mask, eps)
-    return Psi * xp.astype(_expand(1.0 - lp), Psi.dtype)
+    return scale_by(Psi, 1.0 - dloss_dI(I, D, model, mask, eps))
 
 
 # ----------------------------------------------------------------------------- compressed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..recipe import EpieStage, GradientStage, LsqmlStage
+from ..recipe import EpieStage, GradientStage, LbfgsStage, LsqmlStage
 
 
 @dataclass(frozen=True)
@@ -36,4 +36,6 @@ ENGINES: dict[str, EngineSpec] = {
                         "least-squares maximum likelihood (Odstrčil 2018)"),
     "gradient": EngineSpec("gradient", GradientStage, _lazy("gradient", "GradientEngine"),
                            "Wirtinger gradients with SGD/momentum/Nesterov or Adam"),
+    "lbfgs": EngineSpec("lbfgs", LbfgsStage, _lazy("lbfgs", "LbfgsEngine"),
+                        "full-batch L-BFGS, strong-Wolfe line search, every refinable variable"),
 }

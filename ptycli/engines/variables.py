@@ -10,7 +10,8 @@ share it. Variables (units):
     positions (object px, J×2), tilts (mrad, J×2, per position), tilt_global (mrad, 2),
     thickness (Å, one shared Δz), aberrations (rad of phase at the aperture edge per
     Cartesian coefficient, physics/aberration_probe.py), beam_current (J, relative),
-    background (counts per detector pixel, M×N, kept ≥ 0), detector_blur (σ, detector px).
+    background (b = sqrt(counts per detector pixel), M×N: background = b² stays ≥ 0 with
+    no projection, which would break L-BFGS pairs), detector_blur (σ, detector px).
 
 Aberrations and tilt_global are increments from the current state (both maps are groups:
 re-basing at zero each iteration changes nothing), so the state holds the absolute values.
@@ -34,6 +35,9 @@ VARIABLES = ("object", "probe", "positions", "tilts", "tilt_global", "thickness"
              "beam_current", "background", "detector_blur")
 HOST = ("positions", "tilts", "tilt_global", "thickness", "aberrations", "beam_current", "detector_blur")
 PER_POSITION = ("positions", "tilts", "beam_current")
+# A refined background starts at least at this fraction of the mean counts per pixel: its
+# square-root parametrisation has zero gradient at exactly 0.
+BACKGROUND_FLOOR = 1e-3
 MODEL_GRADS = {"object": "object", "probe": "probe", "positions": "positions", "tilts": "tilts",
                "tilt_global": "tilts", "thickness": "thickness", "aberrations": "probe",
                "beam_current": "beam_scale", "background": "background"}
@@ -69,9 +73,12 @@ class Evaluator:
             elif name == "tilt_global":
                 out[name] = np.zeros(2)
             elif name == "thickness":
-                out[name] = np.asarray(float(np.mean(backend.to_numpy(state.slice_thickness))))
+                out[name] = np.array([np.mean(backend.to_numpy(state.slice_thickness))], dtype=np.float64)
             elif name == "detector_blur":
-                out[name] = np.asarray(float(state.detector_blur_px))
+                out[name] = np.array([state.detector_blur_px], dtype=np.float64)
+            elif name == "background":  # b = sqrt(background): non-negative without a projection
+                floor = BACKGROUND_FLOOR * self.ctx.n_e / (state.window[0] * state.window[1])
+                out[name] = self.ctx.xp.sqrt(self.ctx.xp.clip(state.background, floor, None))
             elif name in HOST:
                 out[name] = np.array(backend.to_numpy(getattr(state, name)), dtype=np.float64)
             else:
@@ -88,14 +95,14 @@ class Evaluator:
             if name in x:
                 setattr(state, name, x[name])
         if "background" in x:
-            state.background = self.ctx.xp.clip(x["background"], 0, None)
+            state.background = x["background"] * x["background"]
         tilts = self.tilts_of(state, x)
         if tilts is not None:
             state.tilts = tilts
         if "thickness" in x:
-            state.slice_thickness = np.full(state.n_slices, float(x["thickness"]), dtype=np.float32)
+            state.slice_thickness = np.full(state.n_slices, x["thickness"][0], dtype=np.float32)
         if "detector_blur" in x:
-            state.detector_blur_px = float(abs(x["detector_blur"]))
+            state.detector_blur_px = float(abs(x["detector_blur"][0]))
 
     def probe_of(self, state: Any, x: dict[str, Any]) -> Any:
         ref = x.get("probe", state.probe)
@@ -112,11 +119,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: Any, x: dict[str, Any], idx: np.ndarray, data: Any, it: int,
-                 *, chunk: int | None = None, n_total: int | None = None) -> tuple[float, float, dict[str, Any]]:
+                 *, chunk: int | None = None, reg_fraction: float | None = None) -> tuple[float, float, dict[str, Any]]:
         """(data loss, total loss incl. regularisers, gradients of the names in x) on ``idx``.
 
         ``data`` holds the patterns of ``idx`` in order. Regularisers are weighted by
-        len(idx)/n_total so that one pass over all groups adds each term once.
+        ``reg_fraction`` (default len(idx)/J, so one pass over all groups adds each term once).
         """
         xp = self.ctx.xp
         probe = self.probe_of(state, x)
@@ -130,11 +137,11 @@ class Evaluator:
             loss, grads, blur_grad = self._chunk(state, x, probe, obj, sel, data[a:a + chunk], want)
             loss_total += backend.scalar(xp.sum(loss))
             sums.add(grads, sel, blur_grad)
-        n_total = n_total or len(state.positions)
-        self.n_evals += len(idx) / n_total
+        fraction = len(idx) / len(state.positions)
+        self.n_evals += fraction
         out = self._variable_grads(x, sums, probe)
         data_loss = loss_total
-        loss_total += self._regularise(state, x, probe, obj, out, it, len(idx) / n_total)
+        loss_total += self._regularise(state, x, probe, obj, out, it, fraction if reg_fraction is None else reg_fraction)
         return data_loss, loss_total, out
 
     def _chunk(self, state: Any, x: dict[str, Any], probe: Any, obj: Any, sel: np.ndarray, data: Any,
@@ -150,9 +157,9 @@ class Evaluator:
         current = x["beam_current"] if "beam_current" in x else state.beam_current
         scale = None if current is None else backend.to_device(np.asarray(backend.to_numpy(current))[sel], xp,
                                                                 dtype=ctx.real_dtype)
-        background = x.get("background", state.background)
-        dz = float(x["thickness"]) if "thickness" in x else _mean_dz(state)
-        sigma = abs(float(x["detector_blur"])) if "detector_blur" in x else float(state.detector_blur_px)
+        background = x["background"] * x["background"] if "background" in x else state.background
+        dz = float(x["thickness"][0]) if "thickness" in x else _mean_dz(state)
+        sigma = abs(float(x["detector_blur"][0])) if "detector_blur" in x else float(state.detector_blur_px)
         kw = {} if ctx.eps is None else {"eps": ctx.eps}
         objective = noise_mod.objective(data, ctx.noise_model, ctx.mask, compressed_masks=ctx.comp_masks, **kw)
         blurred = BlurredObjective(objective, sigma) if (sigma > 0 or "detector_blur" in x) else None
@@ -173,11 +180,13 @@ class Evaluator:
             elif name == "tilt_global":
                 g[name] = sums.host["tilts"].sum(axis=0)
             elif name == "thickness":
-                g[name] = np.asarray(sums.host_scalar.get("thickness", 0.0))
+                g[name] = np.array([sums.host_scalar.get("thickness", 0.0)])
             elif name == "detector_blur":
-                g[name] = np.asarray(sums.host_scalar.get("blur", 0.0)) * np.sign(float(x[name]) or 1.0)
+                g[name] = np.array([sums.host_scalar.get("blur", 0.0) * (1.0 if x[name][0] >= 0 else -1.0)])
             elif name == "beam_current":
                 g[name] = sums.host["beam_scale"]
+            elif name == "background":
+                g[name] = 2 * x[name] * sums.dev[name]
             elif name in HOST:
                 g[name] = sums.host[name]
             else:

@@ -50,22 +50,24 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
     raise AssertionError("unreachable")
 
 
-def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] | None = None) -> Any:
+def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] | None = None,
+             grad_exit: Any = None) -> Any:
     """Adjoint of ``forward``: (grad_patches (B,Q,S,M,N), grad_psi1 (B,P,Q,M,N)).
 
     ``dH`` maps names to ∂H/∂θ (shape of H); the third returned item then maps each name
     to the per-position derivative Re Σ_s Σ_k conj(G_s) ∂H/∂θ F[e_{s-1}] (B,) (physics.md
-    §5.4), which needs ``forward(..., keep_spectra=True)``.
+    §5.4), which needs ``forward(..., keep_spectra=True)``. ``grad_exit`` = ifft2(grad_Psi)
+    when the caller already has it (saves one batched FFT).
     """
     xp = backend.namespace(grad_Psi)
     patches = cache.patches
     n_slices = patches.shape[2]
     grad_patches = [None] * n_slices
     geometry = {name: 0.0 for name in (dH or {})}
-    g = backend.ifft2(grad_Psi)  # gradient w.r.t. the last exit wave
+    g = backend.ifft2(grad_Psi) if grad_exit is None else grad_exit  # w.r.t. the last exit wave
     for s in range(n_slices - 1, -1, -1):
         t = patches[:, None, :, s, ...]
-        grad_patches[s] = xp.sum(xp.conj(cache.psi[s]) * g, axis=1)  # sum over probe modes
+        grad_patches[s] = _sum_probe_modes(xp.conj(cache.psi[s]) * g)
         grad_psi = xp.conj(t) * g
         if s == 0:
             break
@@ -74,7 +76,7 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
             term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
             geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
         g = backend.ifft2(xp.conj(_h5(H)) * spectrum)
-    grad_obj = xp.stack(grad_patches, axis=2)
+    grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
     if dH is None:
         return grad_obj, grad_psi
     return grad_obj, grad_psi, geometry
@@ -83,4 +85,13 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
 def intensity(Psi: Any) -> Any:
     """I (B, M, N) = Σ_p Σ_q |Ψ|²."""
     xp = backend.namespace(Psi)
-    return xp.sum(xp.real(Psi * xp.conj(Psi)), axis=(1, 2))
+    a = backend.abs2(Psi)
+    if Psi.shape[1] * Psi.shape[2] == 1:  # one mode pair: a view, not a reduction copy
+        return xp.reshape(a, (Psi.shape[0], *Psi.shape[3:]))
+    return xp.sum(a, axis=(1, 2))
+
+
+def _sum_probe_modes(x: Any) -> Any:
+    """Σ over axis 1 of (B, P, ...), without a copy when P = 1."""
+    xp = backend.namespace(x)
+    return x[:, 0] if x.shape[1] == 1 else xp.sum(x, axis=1)

@@ -43,6 +43,9 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
     """
     spectrum = backend.fft2(probe) if probe_k is None else probe_k
     ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
+    if spectrum.shape[0] == 1 and backend.is_numpy(backend.namespace(ramp)):
+        ramp *= spectrum  # one mode: reuse the fresh ramp as the product's buffer
+        return backend.ifft2(ramp[:, None, ...])
     return backend.ifft2(spectrum[None, ...] * ramp[:, None, ...])
 
 

@@ -59,8 +59,13 @@ class Preprocess:
 
     def __init__(self, input_path: str | Path, output: str | Path, *, options: PreprocessOptions | dict | None = None,
                  calibration_file: str | Path | None = None, calibration: dict[str, Any] | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, scheduler: str | None = None):
         self.input_path, self.output, self.overwrite = Path(input_path), Path(output), overwrite
+        # None: in-process; else a Dask scheduler (threads | processes | ADDRESS), see preprocess_dask
+        self.scheduler = scheduler
+        from . import preprocess_dask  # noqa: PLC0415
+
+        preprocess_dask.check(scheduler)
         self.options = _options(options)
         self.source: RawSource = open_raw(self.input_path, dataset=self.options.dataset)
         base = {k: v for k, v in self.source.metadata.get("calibration", {}).items()
@@ -163,10 +168,15 @@ class Preprocess:
         o = self.options
         if o.center != "auto" and o.repair_threshold is None:
             return None, o.shift_px
-        total = np.zeros(self.source.frame_shape, dtype=np.float64)
-        for start, frames in self.source.chunks(self.block_in):
-            total += self._value_ops(frames, start).sum(axis=0, dtype=np.float64)
-            tick(len(frames))
+        if self.scheduler:
+            from . import preprocess_dask  # noqa: PLC0415
+
+            total = preprocess_dask.survey_sum(self, tick)
+        else:
+            total = np.zeros(self.source.frame_shape, dtype=np.float64)
+            for start, frames in self.source.chunks(self.block_in):
+                total += self._value_ops(frames, start).sum(axis=0, dtype=np.float64)
+                tick(len(frames))
         mean = total / self.source.n_frames
         bad = ops.find_bad_pixels(mean, o.repair_threshold) if o.repair_threshold is not None else None
         if bad is not None:
@@ -202,13 +212,18 @@ class Preprocess:
         n_out = int(np.prod(self.out_scan))
         patterns = writer.array("patterns", shape=(n_out, *self.out_shape), dtype=self.options.dtype,
                                 chunks=(self.block_out, *self.out_shape), dims=("position", "ky", "kx"))
-        total = np.zeros(self.out_shape, dtype=np.float64)
-        for start, frames in self.source.chunks(self.block_in):
-            out = self._transform(frames, start, bad, shift)
-            s = start // self.options.bin_scan**2
-            patterns[s : s + len(out)] = out
-            total += out.sum(axis=0, dtype=np.float64)
-            tick(len(frames))
+        if self.scheduler:
+            from . import preprocess_dask  # noqa: PLC0415
+
+            total = preprocess_dask.write_patterns(self, writer.partial, bad, shift, tick)
+        else:
+            total = np.zeros(self.out_shape, dtype=np.float64)
+            for start, frames in self.source.chunks(self.block_in):
+                out = self._transform(frames, start, bad, shift)
+                s = start // self.options.bin_scan**2
+                patterns[s : s + len(out)] = out
+                total += out.sum(axis=0, dtype=np.float64)
+                tick(len(frames))
         mean = (total / n_out).astype(np.float32)
         writer.array("mean_pattern", mean, dims=("ky", "kx"), units="counts")
         return mean
@@ -342,8 +357,12 @@ def _pad_shape(spec: str | None, shape: tuple[int, int]) -> tuple[int, int] | No
 
 def run(input_path: str | Path, output: str | Path, *, options: PreprocessOptions | dict | None = None,
         calibration_file: str | Path | None = None, calibration: dict[str, Any] | None = None,
-        overwrite: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Preprocess ``input_path`` into the data store ``output``; returns a summary dict."""
+        overwrite: bool = False, progress: ProgressFn | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """Preprocess ``input_path`` into the data store ``output``; returns a summary dict.
+
+    ``scheduler`` (threads | processes | a dask.distributed address) runs the block
+    operations as a Dask graph; None (default) runs them in this process.
+    """
     job = Preprocess(input_path, output, options=options, calibration_file=calibration_file,
-                     calibration=calibration, overwrite=overwrite)
+                     calibration=calibration, overwrite=overwrite, scheduler=scheduler)
     return job.run(progress)

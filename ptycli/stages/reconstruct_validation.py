@@ -26,7 +26,7 @@ def split(subset: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
     subset = np.asarray(subset)
     if not 0.0 <= fraction < 1.0:
         raise UsageError(f"--validation-fraction {fraction}: expected 0 <= F < 1")
-    n_val = int(round(fraction * len(subset)))
+    n_val = round(fraction * len(subset))
     if fraction > 0 and n_val == 0:
         n_val = 1
     if n_val == 0:

@@ -63,6 +63,10 @@ class SimulateOptions(BaseModel):
     dose: float | None = Field(None, gt=0, description="e/Å²; Poisson noise. None = noise-free.")
     tilt_mrad: tuple[float, float] = (0.0, 0.0)
     tilt_gradient_mrad: tuple[float, float] = Field((0.0, 0.0), description="Extra tilt at the scan edge.")
+    beam_current_fluctuation: float = Field(0.0, ge=0, lt=1, description=(
+        "Relative beam-current change per position, uniform in ±this (0.1 = ±10 %)."))
+    background_counts: float = Field(0.0, ge=0, description="Constant detector background [counts/pixel].")
+    detector_blur_px: float = Field(0.0, ge=0, description="σ of a Gaussian detector PSF [detector px].")
     margin_px: int = Field(scan.DEFAULT_MARGIN_PX, ge=0)
     seed: int = 0
 
@@ -140,7 +144,16 @@ def geometry(opts: SimulateOptions) -> dict[str, Any]:
     nominal_px = scan.to_pixels(nominal_a, opts.dx_a, origin)
     shape = scan.object_shape(nominal_px, window, margin)
     return dict(nominal_a=nominal_a, positions_a=true_a, origin=origin, object_shape=shape,
-                positions_px=scan.to_pixels(true_a, opts.dx_a, origin), tilts=tilt_field(opts, nominal_a))
+                positions_px=scan.to_pixels(true_a, opts.dx_a, origin), tilts=tilt_field(opts, nominal_a),
+                beam_current=beam_current(opts, len(nominal_a)))
+
+
+def beam_current(opts: SimulateOptions, n: int) -> np.ndarray | None:
+    """Relative beam current per position (J,), uniform in 1 ± fluctuation (own seed stream)."""
+    if not opts.beam_current_fluctuation:
+        return None
+    rng = np.random.default_rng([opts.seed, 3])
+    return 1.0 + opts.beam_current_fluctuation * rng.uniform(-1.0, 1.0, n)
 
 
 def tilt_field(opts: SimulateOptions, positions_a: np.ndarray) -> np.ndarray | None:
@@ -229,9 +242,20 @@ def _write_patterns(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: 
     for start in range(0, n, chunks[0]):
         sl = slice(start, min(start + chunks[0], n))
         h = H if tilts is None else propagator(opts, tilts[sl])
-        intensity = backend.fftshift(far_field_intensity(probe_modes, obj, geo["positions_px"][sl], h))
+        intensity = detector_response(opts, geo, sl, far_field_intensity(probe_modes, obj, geo["positions_px"][sl], h))
+        intensity = backend.fftshift(intensity)
         clean[sl] = intensity
         noisy[sl] = rng.poisson(np.maximum(intensity, 0.0)).astype(np.float32) if opts.dose else intensity
+
+
+def detector_response(opts: SimulateOptions, geo: dict, sl: slice, intensity: Any) -> Any:
+    """Beam current per position, constant background, then the detector PSF (physics/detector.py)."""
+    from ..physics.detector import blur
+
+    if geo["beam_current"] is not None:
+        intensity = intensity * geo["beam_current"][sl, None, None]
+    intensity = intensity + opts.background_counts
+    return blur(intensity, opts.detector_blur_px)
 
 
 def _write_truth(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: Any, probe_modes: Any,
@@ -245,9 +269,12 @@ def _write_truth(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: Any
                  attrs={"columns": list(specimen.ATOM_COLUMNS)})
     if geo["tilts"] is not None:
         writer.array("truth/tilts", geo["tilts"], dims=("position", "yx"), units="mrad (y, x)")
+    if geo["beam_current"] is not None:
+        writer.array("truth/beam_current", geo["beam_current"], dims=("position",), units="1 (relative)")
     writer.set_attrs(truth={
         "dx_a": opts.dx_a, "slice_thickness_a": opts.slice_thickness_a, "n_slices": opts.slices,
         "origin_px": list(geo["origin"]), "probe_modes": opts.probe_modes,
         "counts_per_frame": opts.counts_per_frame, "dose_e_per_a2": opts.dose,
         "defects": spec.defects, "energy_kev": opts.energy_kev, "aberrations": opts.polar_aberrations,
+        "background_counts": opts.background_counts, "detector_blur_px": opts.detector_blur_px,
     })

@@ -66,7 +66,7 @@ class Param(_Model):
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Param":
+    def _consistent(self) -> Param:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty 'choices' list")

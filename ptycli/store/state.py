@@ -42,6 +42,7 @@ class State:
     semiangle_mrad: float | None = None
     aberrations: dict[str, float] = field(default_factory=dict)
     iteration: int = 0
+    detector_blur_px: float = 0.0  # σ of the Gaussian detector PSF, detector pixels
 
     @property
     def n_slices(self) -> int:
@@ -63,6 +64,7 @@ class State:
             "semiangle_mrad": self.semiangle_mrad,
             "aberrations": {k: float(v) for k, v in self.aberrations.items()},
             "iteration": int(self.iteration),
+            "detector_blur_px": float(self.detector_blur_px),
             "n_probe_modes": int(self.probe.shape[0]),
             "n_object_modes": int(self.object.shape[0]),
             "n_slices": self.n_slices,
@@ -92,6 +94,7 @@ def load_state(group: zarr.Group) -> State:
         semiangle_mrad=attrs.get("semiangle_mrad"),
         aberrations=dict(attrs.get("aberrations", {})),
         iteration=int(attrs.get("iteration", 0)),
+        detector_blur_px=float(attrs.get("detector_blur_px", 0.0)),
     )
 
 

@@ -168,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(default: lsqml with --quick, every engine otherwise)")
     ap.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N for the standard and scaling sections")
     ap.add_argument("--quality-preset", default="demo", help="`simulate` preset for time to quality")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other sections of the existing RESULTS.json, replace only those run now")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report to write")
     return ap.parse_args(argv)
 
@@ -175,12 +177,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     DEVICE["name"] = args.device
+    todo = args.only or list(SECTIONS)
     available = harness.available_engines()
     engines = [e for e in (args.engines or available) if e in available]
     scaling_engines = args.scaling_engines or (["lsqml"] if args.quick and "lsqml" in engines else engines)
-    todo = args.only or list(SECTIONS)
     doc: dict[str, Any] = {"quick": args.quick, "machine": report.machine_info(),
                            "engine_status": harness.engine_status(), "engines": engines, "device": args.device}
+    previous = args.out.with_suffix(".json")
+    if args.update and previous.exists():
+        old = json.loads(previous.read_text())
+        first = old.get("first_run") or {"date": old["machine"]["date"], "elapsed_s": old.get("elapsed_s"),
+                                         "load_average": [old["machine"].get("load_average_start"),
+                                                          old["machine"].get("load_average_end")]}
+        doc = {**old, **doc, "updated_sections": todo, "first_run": first}
     steps: dict[str, Callable[[], Any]] = {
         "fft": lambda: fft_section(args.quick),
         "standard": lambda: standard_section(engines, args.quick, args.cases),

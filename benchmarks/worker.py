@@ -27,7 +27,18 @@ import harness
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
+    """Peak resident set of this process's own memory so far, in MiB.
+
+    Linux keeps ru_maxrss across fork + exec, so a worker would report its parent's peak
+    (the suite's driver) whenever that is larger; VmHWM of /proc/self/status is the high-water
+    mark of this process image only. ru_maxrss is the fallback elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 

@@ -13,7 +13,9 @@ streaming peak RSS grows < 10 % from 4096 to 16384 positions."""
 
 METHOD = """How it is measured
 - Every measurement runs in its own Python process (`benchmarks/worker.py`); peak RSS is that
-  process's `ru_maxrss` (inputs + engine), so it includes the synthetic data held in memory.
+  process's high-water mark (VmHWM; inputs + engine), so it includes the synthetic data held in
+  memory. Not `ru_maxrss`: Linux carries it across fork + exec, so a worker would report the
+  driver's peak whenever that is larger.
 - Engines run through `ptycli.engines.loop.run` with the registry's engine classes and each
   engine's default recipe parameters (group size and grouping as a minimal recipe gets them);
   data are in memory (unshifted, float32), constraints off; seconds per iteration are the
@@ -57,7 +59,13 @@ def _header(doc: dict[str, Any]) -> tuple[str, str]:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     mode = "quick (--quick: reduced scans and grids)" if doc["quick"] else "full"
     status = ", ".join(f"{k}: {v}" for k, v in doc["engine_status"].items())
-    lines = [f"Date: {m['date']}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
+    updated = ""
+    if doc.get("updated_sections"):
+        first = doc.get("first_run") or {}
+        loads = " -> ".join(_load(v) for v in first.get("load_average", []))
+        updated = (f" (re-run of {', '.join(doc['updated_sections'])}; the other sections are from the run of "
+                   f"{first.get('date', '?')}, {first.get('elapsed_s') or 0:.0f} s, load {loads})")
+    lines = [f"Date: {m['date']}{updated}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
              (f"Load average at start {_load(m.get('load_average_start'))}, at end "
               f"{_load(m.get('load_average_end'))} (a shared machine: other processes slow the measured "

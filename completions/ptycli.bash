@@ -11,10 +11,10 @@ _ptycli() {
     return
   fi
   case "$cmd" in
-    simulate) opts='--aberration --defocus-a --detector-size --dose --dx-a --energy-kev --help --json --overwrite --position-jitter-a --preset --probe-modes --scan-rotation-deg --scan-shape --scan-step-a --seed --semiangle-mrad --slice-thickness-a --slices --tilt-gradient-mrad --tilt-mrad' ;;
+    simulate) opts='--aberration --defocus-a --detector-size --dose --dx-a --energy-kev --help --json --overwrite --position-jitter-a --preset --probe-modes --scan-rotation-deg --scan-shape --scan-step-a --seed --semiangle-mrad --slice-thickness-a --slices --tilt-gradient-mrad --tilt-mrad --upsample' ;;
     preprocess) opts='--bin --bin-scan --calibration --center --clip-negatives --compress-masks --crop --dataset --defocus-a --dk-inv-a --dk-mrad --dtype --energy-kev --estimate-dk --flip-kx --flip-ky --help --json --multiply --nan --output --overwrite --pad --progress --repair-pixels --scan-rotation-deg --scan-shape --scan-step-a --scheduler --semiangle-mrad --shift --shift-method --transpose' ;;
-    init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --output --overwrite --positions --probe-from --probe-modes --scan-flip-x --scan-flip-y --seed --slice-thickness-a --slices --strict' ;;
-    reconstruct) opts='--checkpoint-every --device --early-stop-patience --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --recipe --resume --seed --set --stream --validation-fraction' ;;
+    init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --output --overwrite --positions --probe-from --probe-modes --scan-flip-x --scan-flip-y --seed --slice-thickness-a --slices --strict --subscans --upsample' ;;
+    reconstruct) opts='--checkpoint-every --device --distributed --early-stop-patience --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --recipe --resume --seed --set --stream --validation-fraction' ;;
     constrain) opts='--apply --counts --device --help --json --output --overwrite --pad-px --probe-modes --recipe --slice-thickness-a --slices' ;;
     export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --output --overwrite --remove-ramp --slices --unwrap --what' ;;
     inspect) opts='--dataset --figure --get --help --json --preview' ;;

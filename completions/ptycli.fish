@@ -22,6 +22,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l slice-thickness-
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l tilt-gradient-mrad
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l tilt-mrad
+complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l upsample
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a preprocess -d 'Turn a raw 4D-STEM file into a calibrated, chunked data store (streamed).'
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l bin
@@ -78,10 +79,13 @@ complete -c ptycli -n '__fish_seen_subcommand_from init' -l seed
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l slice-thickness-a
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l strict
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l subscans
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l upsample
 complete -c ptycli -n '__fish_seen_subcommand_from init' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a reconstruct -d 'Reconstruct object, probe and positions; survives SIGTERM (exit 75) with...'
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l checkpoint-every
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l device
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l distributed
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l early-stop-patience
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l iterations

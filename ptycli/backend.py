@@ -156,9 +156,15 @@ def fft_library() -> str:
     # copies and re-checks its cache every call). See ptycli/_fftw.py.
     if _fft_library != "auto":
         return _fft_library
-    from . import _fftw  # noqa: PLC0415
+    global _auto_library
+    if _auto_library is None:
+        from . import _fftw  # noqa: PLC0415
 
-    return "pyfftw" if _fftw.available() else "scipy"
+        _auto_library = "pyfftw" if _fftw.available() else "scipy"
+    return _auto_library
+
+
+_auto_library: str | None = None
 
 
 def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
@@ -231,20 +237,42 @@ def abs2(x: Any) -> Any:
         out = np.square(x.real)
         out += np.square(x.imag)
         return out
-    if xp.isdtype(x.dtype, "complex floating") if hasattr(xp, "isdtype") else xp.iscomplexobj(x):
+    if _is_complex(xp, x):
         return xp.real(x) ** 2 + xp.imag(x) ** 2
     return x * x
 
 
-def real_dot(u: Any, v: Any) -> Any:
-    """Re Σ conj(u)·v over every axis but the first: (B,) for (B, ...) arrays of one shape."""
+def real_dot(u: Any, v: Any, keep: tuple[int, ...] = (0,)) -> Any:
+    """Re Σ conj(u)·v over every axis not in ``keep`` (default: all but the first).
+
+    NumPy: one einsum over the float view of complex arrays (no conj, product or real-part
+    temporaries); broadcast views (stride 0) are read in place.
+    """
     xp = namespace(u, v)
-    if xp is np and u.shape == v.shape and u.dtype == v.dtype and np.iscomplexobj(u):
-        n = u.shape[0]
-        ur = np.ascontiguousarray(u).view(u.real.dtype).reshape(n, -1)
-        vr = np.ascontiguousarray(v).view(v.real.dtype).reshape(n, -1)
-        return np.einsum("ij,ij->i", ur, vr)
-    return xp.sum(xp.real(xp.conj(u) * v), axis=tuple(range(1, u.ndim)))
+    keep = tuple(k % u.ndim for k in keep)
+    if xp is np and u.shape == v.shape and u.dtype == v.dtype:
+        letters = "abcdefghijklmnop"[: u.ndim]
+        out = "".join(letters[k] for k in keep)
+        if np.iscomplexobj(u):
+            u, v = _float_view(u), _float_view(v)
+        return np.einsum(f"{letters},{letters}->{out}", u, v)
+    axes = tuple(a for a in range(u.ndim) if a not in keep)
+    prod = xp.real(xp.conj(u) * v) if _is_complex(xp, u) else u * v
+    return xp.sum(prod, axis=axes)
+
+
+def _float_view(x: np.ndarray) -> np.ndarray:
+    """(..., N) complex as (..., 2N) real without a copy when the last axis is contiguous."""
+    if x.strides[-1] != x.itemsize:
+        x = np.ascontiguousarray(x)
+    return np.lib.stride_tricks.as_strided(x.real, shape=(*x.shape[:-1], 2 * x.shape[-1]),
+                                           strides=(*x.strides[:-1], x.itemsize // 2))
+
+
+def _is_complex(xp: ModuleType, x: Any) -> bool:
+    if hasattr(xp, "isdtype"):
+        return bool(xp.isdtype(x.dtype, "complex floating"))
+    return bool(xp.iscomplexobj(x))
 
 
 # ----------------------------------------------------------------------------- patches
@@ -255,6 +283,10 @@ def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
     """
     xp = namespace(obj)
     m, n = shape
+    if xp is np and len(y0) == 1:  # sequential ePIE: a plain slice, no window view to build
+        y, x = int(np.asarray(y0)[0]), int(np.asarray(x0)[0])
+        if 0 <= y <= obj.shape[-2] - m and 0 <= x <= obj.shape[-1] - n:  # else: the general path raises
+            return obj[..., y:y + m, x:x + n][None].copy()
     if xp is np:
         # A strided view of every window, then one gather: rows are copied contiguously.
         win = np.lib.stride_tricks.sliding_window_view(obj, (m, n), axis=(-2, -1))

@@ -72,7 +72,8 @@ class Grouping(_Model):
 
 
 EXTRA_VARIABLES = ("tilts", "tilt_global", "thickness", "aberrations", "beam_current", "background",
-                   "detector_blur")  # refined by the gradient and lbfgs engines (engines/variables.py)
+                   "detector_blur", "subscan_aberrations", "tilts_before",
+                   "tilts_after")  # refined by the gradient and lbfgs engines (engines/variables.py)
 
 
 def _never() -> When:
@@ -85,8 +86,10 @@ class Refine(_Model):
     Beyond object/probe/positions (every engine): per-position ``tilts`` and a global
     ``tilt_global`` (mrad), the shared slice ``thickness`` (Å), probe ``aberrations``
     (Krivanek coefficients of ``aberration_terms``), per-position ``beam_current``, a static
-    detector ``background`` (≥ 0) and the ``detector_blur`` σ (px); these need the
-    gradient or lbfgs engine.
+    detector ``background`` (≥ 0), the ``detector_blur`` σ (px), each sub-scan's own
+    aberrations (``subscan_aberrations``, same terms) and PyPty's per-position tilts
+    ``tilts_before`` / ``tilts_after`` the specimen (mrad); these need the gradient or
+    lbfgs engine.
     """
 
     object: When = Field(default_factory=When)
@@ -99,6 +102,9 @@ class Refine(_Model):
     beam_current: When = Field(default_factory=_never)
     background: When = Field(default_factory=_never)
     detector_blur: When = Field(default_factory=_never)
+    subscan_aberrations: When = Field(default_factory=_never)
+    tilts_before: When = Field(default_factory=_never)
+    tilts_after: When = Field(default_factory=_never)
 
     @field_validator("object", "probe", "positions", *EXTRA_VARIABLES, mode="before")
     @classmethod
@@ -145,6 +151,9 @@ class _Stage(_Model):
         "cost terms (constraints.registry.REGULARISERS or a scan regulariser); gradient and lbfgs only"))
     aberration_terms: list[str] = Field(default_factory=lambda: ["C10", "C12", "C21", "C23", "C30"],
                                         description="polar Krivanek terms refined when refine.aberrations is on")
+    nearfield_defocus_a: float | list[float] | None = Field(None, description=(
+        "near-field ptychography: detector defocus z [Å] behind the exit plane, one value or one per "
+        "measurement (physics/nearfield.py); None = far field"))
     name: str | None = None
 
 
@@ -164,6 +173,13 @@ class _FixedVariablesStage(_Stage):
     def _no_cost(cls, v: list[Constraint]) -> list[Constraint]:
         if v:
             raise ValueError("cost regularisers need the gradient or lbfgs engine")
+        return v
+
+    @field_validator("nearfield_defocus_a")
+    @classmethod
+    def _far_field_only(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("near-field data need the gradient or lbfgs engine")
         return v
 
 
@@ -205,10 +221,13 @@ class LearningRates(_Model):
     tilts: Rate = Field(0.1, description="mrad per step")
     tilt_global: Rate = Field(0.1, description="mrad per step")
     thickness: Rate = Field(0.5, description="Å per step")
-    aberrations: Rate = Field(0.05, description="rad of phase at the aperture edge per step")
+    aberrations: Rate = Field(0.2, description="rad of phase at the aperture edge per step")
     beam_current: Rate = Field(5e-3, description="relative intensity per step")
     background: Rate = Field(0.1, description="sqrt(counts) per pixel per step (background = b²)")
     detector_blur: Rate = Field(0.02, description="detector px per step")
+    subscan_aberrations: Rate = Field(0.2, description="rad of phase at the aperture edge per step")
+    tilts_before: Rate = Field(0.1, description="mrad per step")
+    tilts_after: Rate = Field(0.1, description="mrad per step")
 
 
 class GradientStage(_Stage):
@@ -244,6 +263,9 @@ class LbfgsScale(_Model):
     beam_current: float = Field(1.0, gt=0)
     background: float = Field(1.0, gt=0)
     detector_blur: float = Field(1.0, gt=0)
+    subscan_aberrations: float = Field(1.0, gt=0)
+    tilts_before: float = Field(1.0, gt=0)
+    tilts_after: float = Field(1.0, gt=0)
 
 
 class LbfgsStage(_Stage):

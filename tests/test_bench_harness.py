@@ -196,3 +196,12 @@ def test_time_to_quality_scores_against_the_truth():
     assert 0 < points[1]["elapsed_s"] < points[2]["elapsed_s"]  # cumulative engine time
     assert all(-1.0 <= p["correlation"] <= 1.0 for p in points)
     assert points[2]["loss"] < points[1]["loss"]  # LSQ-ML lowers the loss on noiseless data
+
+
+def test_worker_peak_rss_is_its_own_not_the_parents():
+    # Linux carries ru_maxrss across fork + exec; the worker must not report the driver's peak.
+    ballast = np.ones(40 * 2**20 // 8 * 8)  # 320 MiB touched in this (parent) process
+    assert worker.peak_rss_mib() > 300
+    res = suite.run_worker({"kind": "engine", "engine": "nosuch", "case": TINY.to_json(), "warmup": 1, "timed": 1})
+    assert 0 < res["peak_rss_mib"] < 250, res["peak_rss_mib"]
+    del ballast

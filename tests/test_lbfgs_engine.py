@@ -103,7 +103,7 @@ def test_lbfgs_recovers_demo_and_beats_gradient_per_evaluation(demo, monkeypatch
     out = demo / "lbfgs.zarr"
     reconstruct.run(demo / "d.zarr", demo / "s.zarr", out, recipe="lbfgs", overrides=["stage.0.iterations=25"],
                     device="cpu")
-    n_evals = int(round(count["n"]))
+    n_evals = round(count["n"])
     corr = compare_stores(out, demo / "d.zarr")["correlation"]
     # full-batch Adam: one f+∇f over all positions per iteration, the same count
     adam = demo / "adam.zarr"
@@ -128,8 +128,8 @@ class SignalAt:
 
 
 def test_interrupted_lbfgs_resumes_to_the_uninterrupted_result(demo):
-    kw = dict(recipe="lbfgs", device="cpu",
-              overrides=["stage.0.iterations=8", "stage.0.refine.beam_current=3", "stage.0.history=4"])
+    kw = {"recipe": "lbfgs", "device": "cpu",
+          "overrides": ["stage.0.iterations=8", "stage.0.refine.beam_current=3", "stage.0.history=4"]}
     full = reconstruct.run(demo / "d.zarr", demo / "s.zarr", demo / "full.zarr", **kw)
     out = demo / "cut.zarr"
     with pytest.raises(Interrupted):
@@ -143,3 +143,25 @@ def test_interrupted_lbfgs_resumes_to_the_uninterrupted_result(demo):
     np.testing.assert_array_equal(a["object"][...], b["object"][...])
     np.testing.assert_array_equal(a["beam_current"][...], b["beam_current"][...])
     np.testing.assert_array_equal(a["history/loss"][...], b["history/loss"][...])
+
+
+def test_memory_is_reset_when_something_else_changed_the_variables(demo):
+    from ptycli.engines import common
+    from ptycli.recipe import LbfgsStage
+
+    st = load_state(zarr.open_group(str(demo / "s.zarr"), mode="r"))
+    patterns = np.fft.ifftshift(zarr.open_group(str(demo / "d.zarr"), mode="r")["patterns"][...], axes=(-2, -1))
+    st.probe, st.object = st.probe.astype(np.complex64), st.object.astype(np.complex64)
+    params = LbfgsStage(type="lbfgs", refine={"object": True, "probe": True})
+    engine = lbfgs.LbfgsEngine(params, common.make_context(st, np, "single", "amplitude", None), st)
+    idx = np.arange(len(st.positions))
+    data = patterns.astype(np.float32)
+    for it in range(3):
+        engine.update(st, idx, data, it)
+    mem = next(iter(engine.memory.values()))
+    assert len(mem.pairs) == 3  # one curvature pair per accepted step
+    engine.update(st, idx, data, 3)
+    assert len(next(iter(engine.memory.values())).pairs) == 4  # untouched state: memory kept
+    st.probe = st.probe * np.float32(1.01)  # e.g. fix_probe_intensity between iterations
+    engine.update(st, idx, data, 4)
+    assert len(next(iter(engine.memory.values())).pairs) <= 1  # restarted from this iteration

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ptycli import backend
-from ptycli.engines import common, loop
+from ptycli.engines import common, loop, noise
 from ptycli.engines.registry import ENGINES
 from ptycli.recipe import Recipe
 
@@ -67,19 +67,23 @@ def test_one_iteration_stays_single_precision(engine, slices, modes, monkeypatch
         monkeypatch.setattr(backend, name, lambda x, _f=orig: seen.append(x.dtype) or _f(x))
     orig_fwd, orig_grad = common.forward, common.loss_and_grad_farfield
     monkeypatch.setattr(common, "forward", lambda *a, **k: fwd_seen.append(orig_fwd(*a, **k)) or fwd_seen[-1])
-    grads = []
+    grads, lprimes = [], []
     monkeypatch.setattr(common, "loss_and_grad_farfield",
                         lambda *a, **k: grads.append(orig_grad(*a, **k)) or grads[-1])
+    orig_lp = noise.loss_and_dloss_dI
+    monkeypatch.setattr(noise, "loss_and_dloss_dI", lambda *a, **k: lprimes.append(orig_lp(*a, **k)) or lprimes[-1])
     out = _run(engine, state, patterns, refine={"probe": True, "positions": True})
     assert out.probe.dtype == np.complex64 and out.object.dtype == np.complex64
     assert seen and set(seen) == {np.dtype(np.complex64)}, set(seen)
-    assert fwd_seen and grads
+    assert fwd_seen and lprimes
     for fwd in fwd_seen:
         assert fwd.psi1.dtype == fwd.patches.dtype == fwd.Psi.dtype == np.complex64
         assert fwd.I.dtype == np.float32
         assert all(p.dtype == np.complex64 for p in fwd.cache.psi)
     for loss, g in grads:
         assert loss.dtype == np.float32 and g.dtype == np.complex64
+    for loss, lp in lprimes:
+        assert loss.dtype == np.float32 and lp.dtype == np.float32
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
@@ -200,3 +204,19 @@ def test_prefetched_streaming_reads_are_identical_and_overlap(monkeypatch):
     np.testing.assert_array_equal(other.read(np.array([35, 36])), np.fft.ifftshift(stack[[35, 36]], axes=(-2, -1)))
     assert 0 in other._cache and 7 in other._cache
     other.close()
+
+
+def test_plan_memory_from_a_state_fits_the_budget():
+    from ptycli.engines.data import plan_memory
+
+    state = _state(slices=2, modes=2)
+    est = plan_memory(state, np, budget_bytes=2**40)["estimate"]
+    assert est["per_position"] == backend.memory_estimate((32, 32), n_probe_modes=2, n_slices=2)["per_position"]
+    roomy = plan_memory(state, np, budget_bytes=est["fixed"] + est["patterns"] + 40 * est["per_position"])
+    assert roomy["group_size"] == 16 and not roomy["stream"]  # every position in one group, data resident
+    budget = est["fixed"] + est["patterns"] + 5 * est["per_position"]
+    tight = plan_memory(state, np, budget_bytes=budget)
+    frame = est["patterns"] // 16
+    assert tight["stream"] and 1 <= tight["group_size"] <= 5  # streamed, two groups of frames in flight
+    assert tight["group_size"] * (est["per_position"] + 2 * frame) + est["fixed"] <= budget
+    assert plan_memory(state, np)["group_size"] >= 1  # default budget: free host memory

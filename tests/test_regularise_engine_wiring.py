@@ -52,7 +52,7 @@ def test_engines_without_cost_terms_reject_them(engine):
 
 
 def test_inactive_regulariser_changes_nothing(demo):
-    kw = dict(device="cpu")
+    kw = {"device": "cpu"}
     reconstruct.run(demo / "d.zarr", demo / "s.zarr", demo / "plain.zarr", recipe=_recipe("lbfgs", 4), **kw)
     late = _recipe("lbfgs", 4, [{"type": "tv", "weight": 50.0, "when": {"after": 10}}])
     reconstruct.run(demo / "d.zarr", demo / "s.zarr", demo / "late.zarr", recipe=late, **kw)

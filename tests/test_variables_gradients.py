@@ -93,7 +93,7 @@ def test_chunked_evaluation_equals_one_call(problem):
 def test_scan_acceleration_gradient_and_zero_on_affine_grid(axes):
     rng = np.random.default_rng(1)
     v = rng.standard_normal((12, 2))
-    value, grad = scan_reg.acceleration(v, (3, 4), axes)
+    _, grad = scan_reg.acceleration(v, (3, 4), axes)
     d = rng.standard_normal(v.shape)
     h = 1e-6
     fd = (scan_reg.acceleration(v + h * d, (3, 4), axes)[0] - scan_reg.acceleration(v - h * d, (3, 4), axes)[0]) / (2 * h)
@@ -109,7 +109,7 @@ def test_affine_pull_gradient_and_zero_for_affine_positions():
     affine = p0 @ np.array([[1.02, 0.05], [-0.03, 0.98]]) + [3.0, -1.0]
     assert scan_reg.affine_pull(affine, p0)[0] == pytest.approx(0.0, abs=1e-20)
     p = affine + 0.1 * rng.standard_normal(p0.shape)
-    value, grad = scan_reg.affine_pull(p, p0)
+    _, grad = scan_reg.affine_pull(p, p0)
     d = rng.standard_normal(p.shape)
     h = 1e-6
     fd = (scan_reg.affine_pull(p + h * d, p0)[0] - scan_reg.affine_pull(p - h * d, p0)[0]) / (2 * h)

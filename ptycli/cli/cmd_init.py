@@ -40,6 +40,11 @@ def init(
     object_modes: int = typer.Option(1, "--object-modes", help="Object modes Q.", rich_help_panel=OBJECT),
     object_from: Path = typer.Option(None, "--object-from", help="Start from this state store's object.",
                                      rich_help_panel=OBJECT),
+    upsample: int = typer.Option(None, "--upsample", help="Far-field upsampling U for a beam wider than the "
+                                 "window: probe window U·M, U×U model pixels binned per detector pixel.",
+                                 rich_help_panel=PROBE),
+    subscans: str = typer.Option(None, "--subscans", help="Sub-scan label per position: FILE (.npy/.txt/.csv) or "
+                                 "auto (the data store's 'subscan' array).", rich_help_panel=OBJECT),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 3) on any sampling warning."),
     seed: int = Seed,
     overwrite: bool = Overwrite,

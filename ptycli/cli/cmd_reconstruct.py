@@ -55,21 +55,31 @@ def reconstruct(
                                               rich_help_panel=RUN),
     early_stop_patience: int = typer.Option(0, "--early-stop-patience", help="End a stage when the validation loss "
                                             "has not improved for N iterations (0: never).", rich_help_panel=RUN),
+    distributed: bool = typer.Option(False, "--distributed", help="Data-parallel over MPI ranks (run under "
+                                     "mpiexec -n K or srun; needs the 'mpi' extra). Rank 0 writes.",
+                                     rich_help_panel=RUN),
     device: str = Device, precision: str = Precision, seed: int = Seed,
     progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
 ) -> None:
     """Reconstruct object, probe and positions; survives SIGTERM (exit 75) with --resume."""
+    from ..errors import PtycliError
     from ..recipe import load_recipe
     from ..stages import reconstruct as stage
 
     rec = load_recipe(recipe, list(set_ or []), iterations)
-    observer = ProgressObserver(rec.total_iterations, progress)
+    root = stage.is_root(distributed)  # progress and the result come from rank 0 only
+    observer = ProgressObserver(rec.total_iterations, progress if root else "none")
     try:
         summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
                             overwrite=overwrite, observers=[observer], validation_fraction=validation_fraction,
-                            early_stop_patience=early_stop_patience)
+                            early_stop_patience=early_stop_patience, distributed_run=distributed)
+    except PtycliError as exc:  # every rank raises the same error: rank 0 alone reports it
+        if root:
+            raise
+        raise typer.Exit(int(exc.exit_code)) from None
     finally:
         observer.bar.close()
-    result(summary if as_json else summary["output"], as_json)
+    if root:
+        result(summary if as_json else summary["output"], as_json)

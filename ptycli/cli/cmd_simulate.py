@@ -62,6 +62,8 @@ def simulate(
                                             rich_help_panel=SPECIMEN),
     dose: float = typer.Option(None, "--dose", help="Dose [e/Å²] with Poisson noise (omit: noise-free).",
                                rich_help_panel=SPECIMEN),
+    upsample: int = typer.Option(None, "--upsample", help="Model the beam on a U·M window and bin U×U far-field "
+                                 "pixels per detector pixel.", rich_help_panel=OPTICS),
     seed: int = Seed,
     overwrite: bool = Overwrite,
     as_json: bool = Json,
@@ -79,7 +81,7 @@ def simulate(
         semiangle_mrad=semiangle_mrad, defocus_a=defocus_a, aberrations=aberration or None, probe_modes=probe_modes,
         tilt_mrad=_pair(tilt_mrad, float, "--tilt-mrad"), position_jitter_a=position_jitter_a, dose=dose, seed=seed,
         tilt_gradient_mrad=_pair(tilt_gradient_mrad, float, "--tilt-gradient-mrad"), slices=slices,
-        slice_thickness_a=slice_thickness_a)
+        slice_thickness_a=slice_thickness_a, upsample=upsample)
     log(f"simulate: preset {opts.preset}, {opts.scan_shape[0]}x{opts.scan_shape[1]} scan, "
         f"{opts.detector_size}² detector, {opts.counts_per_frame:.4g} counts/frame", level=1)
     path = stage.run(out, overwrite=overwrite, options=opts)

@@ -140,3 +140,22 @@ def mean_counts(patterns: Any, idx: np.ndarray | None = None) -> float:
             total += float(block.sum())
             count += int(sel.sum())
     return total / max(count, 1)
+
+
+def plan_memory(state: Any, xp: Any, precision: str = "single", *, n_positions: int | None = None,
+                budget_bytes: int | None = None, max_group: int = 1024) -> dict[str, Any]:
+    """Group size and streaming that fit the device, from ``backend.memory_estimate``.
+
+    For ``grouping.size = "auto"``: ``budget_bytes`` defaults to 80 % of the free memory
+    of the device of ``xp`` (GPU: free + pooled), so a run never starts out of memory.
+    Returns {group_size, stream, budget_bytes, estimate}; raises DeviceError when not even
+    one position fits.
+    """
+    n_probe, m, n = (int(v) for v in state.probe.shape)
+    n_obj, n_slices, h, w = (int(v) for v in state.object.shape)
+    j = int(n_positions if n_positions is not None else len(state.positions))
+    est = backend.memory_estimate((m, n), n_probe_modes=n_probe, n_object_modes=n_obj, n_slices=n_slices,
+                                  object_shape=(h, w), n_positions=j, precision=precision)
+    budget = int(budget_bytes if budget_bytes is not None else 0.8 * backend.available_memory_bytes(xp))
+    group, stream = backend.auto_group_size(est, budget, j, max_group=max_group)
+    return {"group_size": group, "stream": stream, "budget_bytes": budget, "estimate": est}

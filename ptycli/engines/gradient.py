@@ -6,6 +6,10 @@ PtyRAD has), ``probe`` relative to the starting rms|P|. Positions take the share
 Gauss-Newton step of the loop. When a stage refines tilts, thickness, aberrations, beam
 current, background or detector blur, or has cost regularisers, each group is evaluated
 through ``variables.Evaluator`` instead and every variable takes its own optimiser step.
+
+Data-parallel: gradients are sums over positions, so the ranks' partial gradients and
+losses are all-reduced before the optimiser step; every rank then takes the same step and
+keeps the same Adam/SGD state.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import numpy as np
 
 from .. import backend
 from ..recipe import rate_value
-from . import common
+from . import common, distributed
 from .optimizers import make_optimizer
-from .variables import Evaluator, active_variables
+from .variables import Evaluator, active_variables, model_features
 
 
 class GradientEngine(common.EngineBase):
@@ -31,20 +35,23 @@ class GradientEngine(common.EngineBase):
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         names = active_variables(self.params.refine, it)
-        if self.params.regularisers or set(names) - {"object", "probe", "positions"}:
+        if self.params.regularisers or set(names) - {"object", "probe", "positions"} or model_features(state):
             return self._variables_update(state, idx, data, it, names)
         b = self.batch(state, idx, data)
         fwd = common.forward(state, b, self.ctx)
         loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
         g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
         refine, lr = self.params.refine, self.params.learning_rate
+        comm = distributed.comm_of(self.ctx)
         if refine.object.active(it):
-            self._object_step(state, common.object_gradient(state, b, g_patches), it)
+            grad = comm.allreduce_sum(common.object_gradient(state, b, g_patches))
+            self._object_step(state, grad, it)
         if refine.probe.active(it):
             rate = rate_value(lr.probe, it) * self.probe_scale
-            state.probe = self.opt.step("probe", state.probe, common.probe_gradient(g_psi1, b), rate)
+            grad = comm.allreduce_sum(common.probe_gradient(g_psi1, b))
+            state.probe = self.opt.step("probe", state.probe, grad, rate)
         self.refine_positions(state, b, g_psi1, fwd, it)
-        return loss.sum()
+        return comm.allreduce_sum(loss.sum())
 
     def _variables_update(self, state: Any, idx: np.ndarray, data: Any, it: int, names: tuple[str, ...]) -> Any:
         """Every refined variable through the differentiable model (engines/variables.py).

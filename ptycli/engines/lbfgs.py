@@ -16,19 +16,21 @@ anything else changed the variables since the last step (a constraint projection
 removal, position limits), detected by a checksum of the state. The f and ∇f of the
 accepted point are kept, so an iteration costs one evaluation once the unit step is
 accepted. Memory, the kept gradient and the checksum are checkpointed, so ``--resume``
-continues exactly.
+continues exactly. Data-parallel, the Evaluator sums f and ∇f over the ranks, so every rank
+runs the same line search and keeps the same memory.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import backend
-from . import common
+from . import common, distributed
 from .variables import HOST, VARIABLES, Evaluator, active_variables
 
 SKIP_RTOL = 1e-10  # skip a pair when sᵀy ≤ SKIP_RTOL ‖s‖‖y‖
@@ -114,8 +116,8 @@ class Memory:
             return
         self.gamma = sy / yy
         self.block_gamma = {}
-        for k in s:
-            syk, yyk = dot({k: s[k]}, {k: y[k]}), dot({k: y[k]}, {k: y[k]})
+        for k, sk in s.items():
+            syk, yyk = dot({k: sk}, {k: y[k]}), dot({k: y[k]}, {k: y[k]})
             if syk > 0 and yyk > 0:
                 self.block_gamma[k] = syk / yyk
         if m > 0:
@@ -203,7 +205,7 @@ class LbfgsEngine(common.EngineBase):
         names = active_variables(self.params.refine, it)
         if not names:
             return self.ev.evaluate(state, {}, idx, data, it, chunk=self.params.chunk)[0]
-        key = f"{int(idx[0])}_{len(idx)}"
+        key = _group_key(idx, distributed.comm_of(self.ctx))
         x = self.ev.pack(state, names)
         mem = self.memory.get(key)
         if mem is None or mem.names != names or mem.g is None or not self._same(mem.checksum, state):
@@ -316,6 +318,15 @@ class LbfgsEngine(common.EngineBase):
             s, y = block(f"s{i}"), block(f"y{i}")
             mem.pairs.append((s, y, 1.0 / dot(s, y)))
         return mem
+
+
+def _group_key(idx: np.ndarray, comm: Any) -> str:
+    """The memory key of a group: first index and size of the whole group (not of this
+    rank's part), so every rank count, and a resume with another one, finds the same memory."""
+    if comm.size == 1:
+        return f"{int(idx[0])}_{len(idx)}"
+    parts = comm.allgather((int(idx.min()), len(idx)))
+    return f"{min(p[0] for p in parts)}_{sum(p[1] for p in parts)}"
 
 
 def checksum(state: Any) -> np.ndarray:

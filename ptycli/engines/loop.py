@@ -4,6 +4,11 @@ An engine only says how one group of positions updates the state (``update``). T
 owns everything around it: seeded grouping, which variables are refined when, position
 limits and drift removal, constraints, NaN/divergence checks, observer events, and the
 cursor (stage, iteration, group, RNG state) that makes checkpoints resume exactly.
+
+Data-parallel (``RunHooks.comm`` an MPI communicator, engines/distributed.py): every rank
+runs this loop with the same seeded groups and hands the engine only its spatially
+compact part of each group; the engine all-reduces its sums, the loop shares the refined
+positions and makes every stop decision collective, so all ranks keep one identical state.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import Interrupted, NumericalError
-from . import grouping
+from . import distributed, grouping
 from . import positions as pos_mod
 
 DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss counts as divergence
@@ -65,6 +70,7 @@ class RunHooks:
     checkpoint_every: int = 0  # iterations (global); 0 = only on stop
     validation: Callable[[Any, Any], float] | None = None  # (state, stage) -> held-out loss per position
     early_stop_patience: int = 0  # stop a stage after this many iterations without a better validation loss
+    comm: Any = distributed.SERIAL  # data-parallel communicator (engines/distributed.py)
 
 
 def emit(observers: list[Any], event: str, *args: Any) -> None:
@@ -104,6 +110,8 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
                hooks: RunHooks, cursor: Cursor, history: History, extra: dict[str, Any]) -> Any:
     reference = np.asarray(state.positions_initial)[subset]
     order = subset[grouping.curve_order(reference)]
+    comm = hooks.comm
+    place = distributed.curve_rank(order, len(state.positions_initial))
     first_loss = _first_stage_loss(history, si)
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
@@ -117,6 +125,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         loss_sum = cursor.loss_partial if resuming else 0.0
         rng_json = json.dumps(rng.bit_generator.state)
         groups = grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, rng)
+        distributed.check_split(groups, comm, si, stage.type)
         t0 = time.perf_counter()
         if start_group == 0 or "positions_iter_start" not in extra:
             extra["positions_iter_start"] = np.array(state.positions, copy=True)
@@ -125,11 +134,13 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         emit(hooks.observers, "on_iteration_start", si, it)
         loss_dev = 0.0
         for gi in range(start_group, len(groups)):
-            data = hooks.read_batch(groups[gi], stage)
-            loss_dev = loss_dev + engine.update(state, groups[gi], data, it)
+            mine = distributed.local_part(groups[gi], place, comm)
+            data = hooks.read_batch(mine, stage)
+            loss_dev = loss_dev + engine.update(state, mine, data, it)
+            stop = _synced_stop(state, mine, hooks, comm)
             pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
             emit(hooks.observers, "on_batch_end", si, it, gi, len(groups))
-            if hooks.stop is not None and hooks.stop.requested and gi + 1 < len(groups):
+            if stop and gi + 1 < len(groups):
                 loss_sum += backend.scalar(loss_dev)
                 _stop(state, engine, Cursor(si, it, gi + 1, rng_json, loss_sum), history, hooks, extra)
         loss_sum += backend.scalar(loss_dev)
@@ -148,9 +159,21 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         nxt = Cursor(si, it + 1, 0, json.dumps(rng.bit_generator.state))
         if hooks.checkpoint and hooks.checkpoint_every and len(history.loss) % hooks.checkpoint_every == 0:
             hooks.checkpoint(state, engine, nxt, history, extra)
-        if hooks.stop is not None and hooks.stop.requested:
+        if _synced_stop(state, None, hooks, comm):
             _stop(state, engine, nxt, history, hooks, extra)
     return state
+
+
+def _synced_stop(state: Any, mine: np.ndarray | None, hooks: RunHooks, comm: Any) -> bool:
+    """Share this rank's refined positions (``mine``) and decide a stop together: a signal
+    seen by any rank stops all of them at the same group, so their checkpoints agree."""
+    signum = hooks.stop.signum if hooks.stop is not None else None
+    if comm.size > 1:
+        idx = mine if mine is not None else np.zeros(0, dtype=np.int64)
+        signum = distributed.sync_positions(state, idx, comm, signum)
+        if signum is not None and hooks.stop is not None and not hooks.stop.requested:
+            hooks.stop.set(signum)
+    return signum is not None
 
 
 def _end_iteration(state: Any, engine: Any, stage: Any, it: int, subset: np.ndarray, hooks: RunHooks) -> Any:

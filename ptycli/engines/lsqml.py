@@ -30,14 +30,15 @@ class LsqmlEngine(common.EngineBase):
         g_exit = backend.ifft2(grad_Psi)  # shared by the adjoint and the single-slice steps
         g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        dO_j = -0.5 * g_patches
-        dO = self._object_direction(state, b, fwd, dO_j) if do_obj else None
+        # ΔO_j = -½ ∇O_j: the -½ is applied after summing (object-sized, not batch-sized)
+        illum = illumination_patches(fwd, state.object.shape[0]) if do_obj else None
+        dO = self._object_direction(state, b, g_patches, illum) if do_obj else None
         # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
         dP = (-0.5 / len(idx)) * overlap.unshift_sum(backend.fft2(g_psi1), b.frac) if do_probe else None
         if state.n_slices == 1:
             a_O, a_P = self._steps_single(state, b, fwd, g_exit, dO, dP)
         else:
-            a_O, a_P = self._steps_multi(state, b, fwd, dO_j, dO, dP, g_psi1)
+            a_O, a_P = self._steps_multi(state, b, fwd, g_patches, dO, dP, g_psi1, illum)
         if dO is not None:
             state.object = (state.object + a_O * dO).astype(state.object.dtype)
         if dP is not None:
@@ -64,13 +65,14 @@ class LsqmlEngine(common.EngineBase):
         return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None], fwd.Psi.dtype)
 
     # ------------------------------------------------------------------ directions
-    def _object_direction(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any) -> Any:
+    def _object_direction(self, state: Any, b: common.Batch, g_patches: Any, illum: Any) -> Any:
         """ΔO_s = Σ_j ΔO_{j,s} / sqrt(W_s² + (δ max W_s)²), W_s = Σ_j |ψ_{j,s}|² (§6.3.4)."""
         xp = self.ctx.xp
         num = xp.zeros_like(state.object)
-        overlap.accumulate(num, b.y0, b.x0, dO_j)
+        overlap.accumulate(num, b.y0, b.x0, g_patches)
+        num *= -0.5  # Σ_j ΔO_j
         W = xp.zeros(state.object.shape, dtype=self.ctx.real_dtype)
-        overlap.accumulate(W, b.y0, b.x0, illumination_patches(fwd, state.object.shape[0]))
+        overlap.accumulate(W, b.y0, b.x0, illum)
         w_max = xp.max(W, axis=(-2, -1), keepdims=True)
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
@@ -102,24 +104,23 @@ class LsqmlEngine(common.EngineBase):
         bbb = dot(bb, bb)
         return 0.0, self._combine(dot_chi(bb) / (bbb + 0.1 * xp.mean(bbb)), trim=0)
 
-    def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, dO_j: Any,
-                     dO: Any, dP: Any, g_psi1: Any) -> tuple[Any, Any]:
+    def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
+                     dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, Any]:
         """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S."""
         xp = self.ctx.xp
         a_O = 0.0
         if dO is not None:
             d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
-            illum = illumination_patches(fwd, state.object.shape[0])
-            num = xp.sum(xp.real(xp.conj(d) * dO_j), axis=(1, 3, 4))  # (B, S)
-            den = xp.sum(xp.abs(d) ** 2 * illum, axis=(1, 3, 4))
+            num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
+            den = backend.real_dot(backend.abs2(d), illum, keep=(0, 2))
             alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
             a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
         a_P = 0.0
         if dP is not None:
             shifted = overlap.shift_probe(dP, b.frac)  # (B, P, M, N)
-            t1 = xp.sum(xp.abs(fwd.patches[:, :, 0]) ** 2, axis=1)[:, None]  # (B, 1, M, N)
-            num = xp.sum(xp.real(xp.conj(shifted) * (-0.5 * g_psi1)), axis=(1, 2, 3))
-            den = xp.sum(xp.abs(shifted) ** 2 * t1, axis=(1, 2, 3))
+            t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
+            num = -0.5 * backend.real_dot(shifted, g_psi1)
+            den = backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape))
             a_P = self._combine(0.5 * num / (den + 0.1 * xp.mean(den)), trim=0)
         return a_O, a_P
 

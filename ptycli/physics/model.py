@@ -10,16 +10,20 @@ objective I -> (loss, ∂L/∂I) (a noise model of physics.md §5.2, built by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .. import backend
 from ..errors import InputError
-from . import grids, multislice, overlap
+from . import grids, multislice, overlap, tilt_modes
+from .detector import bin_adjoint, bin_pixels
 from .electron import wavelength_a as _wavelength_a
 from .propagation import fresnel_propagator, propagator_derivatives
 
-GRADIENTS = ("object", "probe", "positions", "tilts", "thickness", "beam_scale", "background")
+GRADIENTS = ("object", "probe", "positions", "tilts", "thickness", "beam_scale", "background", "tilts_before",
+             "tilts_after")
+BACKPROP = {"object", "probe", "positions", "tilts", "thickness", "tilts_before", "tilts_after"}
 
 
 @dataclass
@@ -34,16 +38,27 @@ class Forward:
     corners: tuple[Any, Any]
     H: Any
     tilts_mrad: Any
+    wave: Any = None  # the wave at the detector (Psi, or detector_transform.apply(Psi))
+    transform: Any = None
+    raw: Any = None  # Σ|W|² binned to the detector, before beam scale and background
+    psi1: Any = None  # the incident wave (after a before-specimen tilt)
+    tilts_before: Any = None
 
 
 @dataclass
 class ForwardModel:
-    """Geometry of a reconstruction: window (M, N), pixel dx_a, beam energy, band limit."""
+    """Geometry of a reconstruction: window (M, N), pixel dx_a, beam energy, band limit.
+
+    ``upsample`` U > 1 models a detector of (M/U, N/U) pixels: the far field of the (M, N)
+    window is binned U×U per detector pixel (physics/detector.py); intensities, data,
+    background and ∂L/∂I are then on the detector grid.
+    """
 
     shape: tuple[int, int]
     dx_a: float
     energy_ev: float
     band_limit: str = "hard"
+    upsample: int = 1
     _h_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -63,13 +78,24 @@ class ForwardModel:
         return self._h_cache[key]
 
     def forward(self, probe: Any, obj: Any, positions: Any, *, dz_a: Any = None, tilts_mrad: Any = None,
-                beam_scale: Any = None, background: Any = None, keep_spectra: bool = False) -> Forward:
-        """Far field and intensity for positions (B, 2) in object px; probe (P,M,N), obj (Q,S,H,W)."""
+                beam_scale: Any = None, background: Any = None, keep_spectra: bool = False,
+                detector_transform: Any = None, tilts_before_mrad: Any = None, tilts_after_mrad: Any = None
+                ) -> Forward:
+        """Far field and intensity for positions (B, 2) in object px; probe (P,M,N), obj (Q,S,H,W).
+
+        ``detector_transform`` (e.g. ``physics.nearfield.NearField``) maps Ψ to the wave W at
+        the detector (``.apply``, with ``.adjoint`` for gradients); the intensity is then Σ|W|².
+        ``tilts_before_mrad`` / ``tilts_after_mrad`` (B, 2) are PyPty's tilts before and after
+        the specimen (physics/tilt_modes.py); ``tilts_mrad`` is the tilt inside.
+        """
         xp = backend.namespace(probe)
         y0, x0, frac = overlap.split_positions(positions, self.shape)
         probe_k = backend.fft2(probe)
         ramp = overlap.shift_ramp(frac, self.shape, probe.dtype)
         psi1 = backend.ifft2(probe_k[None, ...] * ramp[:, None, ...])
+        if tilts_before_mrad is not None:
+            psi1 = psi1 * tilt_modes.ramp(self.shape, self.dx_a, self.wavelength_a, tilts_before_mrad,
+                                          probe.dtype)[:, None]
         patches = overlap.extract(obj, y0, x0, self.shape)
         H = None
         if obj.shape[1] > 1:
@@ -77,12 +103,18 @@ class ForwardModel:
                 raise InputError(f"object has {obj.shape[1]} slices but no slice thickness (dz_a) was given")
             H = self.propagator(_float(dz_a), tilts_mrad, xp=xp, dtype=probe.dtype)
         Psi, cache = multislice.forward(psi1, patches, H, keep_spectra=keep_spectra)
-        intensity = multislice.intensity(Psi)
+        if tilts_after_mrad is not None:
+            detector_transform = tilt_modes.AfterTilt(self.shape, self.dx_a, self.wavelength_a, tilts_after_mrad,
+                                                      probe.dtype, then=detector_transform)
+        wave = Psi if detector_transform is None else detector_transform.apply(Psi)
+        raw = bin_pixels(multislice.intensity(wave), self.upsample)
+        intensity = raw
         if beam_scale is not None:
             intensity = intensity * beam_scale[:, None, None]
         if background is not None:
             intensity = intensity + background
-        return Forward(Psi, intensity, cache, probe_k, ramp, (y0, x0), H, tilts_mrad)
+        return Forward(Psi, intensity, cache, probe_k, ramp, (y0, x0), H, tilts_mrad, wave, detector_transform,
+                       raw, psi1, tilts_before_mrad)
 
     def intensity(self, probe: Any, obj: Any, positions: Any, **kwargs: Any) -> Any:
         """Model intensity (B, M, N), unshifted."""
@@ -90,7 +122,8 @@ class ForwardModel:
 
     def loss_and_grads(self, probe: Any, obj: Any, positions: Any, objective: Callable[[Any], tuple[Any, Any]], *,
                        dz_a: Any = None, tilts_mrad: Any = None, beam_scale: Any = None, background: Any = None,
-                       want: tuple[str, ...] = ("object", "probe")) -> tuple[Any, dict[str, Any]]:
+                       want: tuple[str, ...] = ("object", "probe"), detector_transform: Any = None,
+                       tilts_before_mrad: Any = None, tilts_after_mrad: Any = None) -> tuple[Any, dict[str, Any]]:
         """Per-position loss (B,) and the gradients named in ``want`` (see docs/contracts.md).
 
         ``objective(I)`` returns (loss (B,), ∂L/∂I (B, M, N)) for the model intensity I, e.g.
@@ -103,8 +136,15 @@ class ForwardModel:
         if "tilts" in want and tilts_mrad is None:
             tilts_mrad = xp.zeros((positions.shape[0], 2), dtype=grids._dtype(xp, grids.real_dtype_name(probe.dtype)))
         geometry = "tilts" in want or "thickness" in want
+        zeros = xp.zeros((positions.shape[0], 2), dtype=grids._dtype(xp, grids.real_dtype_name(probe.dtype)))
+        if "tilts_before" in want and tilts_before_mrad is None:
+            tilts_before_mrad = zeros
+        if "tilts_after" in want and tilts_after_mrad is None:
+            tilts_after_mrad = zeros
         fw = self.forward(probe, obj, positions, dz_a=dz_a, tilts_mrad=tilts_mrad, beam_scale=beam_scale,
-                          background=background, keep_spectra=geometry and obj.shape[1] > 1)
+                          background=background, keep_spectra=geometry and obj.shape[1] > 1,
+                          detector_transform=detector_transform, tilts_before_mrad=tilts_before_mrad,
+                          tilts_after_mrad=tilts_after_mrad)
         loss, dI = objective(fw.intensity)
         return loss, self._gradients(fw, obj, positions, dI, beam_scale, dz_a, want)
 
@@ -113,21 +153,33 @@ class ForwardModel:
         xp = backend.namespace(fw.Psi)
         grads: dict[str, Any] = {}
         if "beam_scale" in want and beam_scale is not None:
-            grads["beam_scale"] = xp.sum(dI * multislice.intensity(fw.Psi), axis=(-2, -1))
+            grads["beam_scale"] = xp.sum(dI * fw.raw, axis=(-2, -1))
         if "background" in want:
             grads["background"] = xp.sum(dI, axis=0)
-        if not set(want) & {"object", "probe", "positions", "tilts", "thickness"}:
+        if not set(want) & BACKPROP:
             return grads  # loss only (validation): no back-propagation
         scale = 2.0 * dI if beam_scale is None else 2.0 * dI * beam_scale[:, None, None]
-        grad_Psi = fw.Psi * xp.astype(scale[:, None, None, ...], fw.Psi.dtype)
+        scale = bin_adjoint(scale, self.upsample)
+        grad_Psi = fw.wave * xp.astype(scale[:, None, None, ...], fw.Psi.dtype)
+        if fw.transform is not None:
+            grad_Psi = fw.transform.adjoint(grad_Psi)
+            if isinstance(fw.transform, tilt_modes.AfterTilt) and "tilts_after" in want:
+                grads["tilts_after"] = fw.transform.grad
         dH = self._dH(fw, dz_a, want)
         back = multislice.backward(grad_Psi, fw.cache, fw.H, dH=dH)
         grad_patches, grad_psi1 = back[0], back[1]
         if "object" in want:
             target = xp.zeros_like(obj)
             grads["object"] = overlap.accumulate(target, fw.corners[0], fw.corners[1], grad_patches)
-        if "probe" in want or "positions" in want:
-            grads.update(self._probe_position_grads(fw, xp.sum(grad_psi1, axis=2), want))
+        if "probe" in want or "positions" in want or "tilts_before" in want:
+            grad_psi1 = xp.sum(grad_psi1, axis=2)
+            if fw.tilts_before is not None:
+                if "tilts_before" in want:
+                    grads["tilts_before"] = tilt_modes.tilt_gradient(grad_psi1, fw.psi1, self.shape, self.dx_a,
+                                                                     self.wavelength_a, fw.tilts_before)
+                grad_psi1 = grad_psi1 * xp.conj(tilt_modes.ramp(self.shape, self.dx_a, self.wavelength_a,
+                                                                fw.tilts_before, fw.psi1.dtype))[:, None]
+            grads.update(self._probe_position_grads(fw, grad_psi1, want))
         if dH:
             grads.update(_geometry_grads(back[2], want))
         rdt = grids._dtype(xp, grids.real_dtype_name(fw.Psi.dtype))

@@ -46,7 +46,10 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
             return spectrum, cache
         if keep_spectra:
             cache.exit_k.append(spectrum)
-        psi = backend.ifft2(_h5(H) * spectrum)
+            spectrum = _h5(H) * spectrum
+        else:
+            spectrum *= _h5(H)  # a fresh FFT output nobody else holds: no new buffer
+        psi = backend.ifft2(spectrum)
     raise AssertionError("unreachable")
 
 
@@ -75,7 +78,8 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
         for name, d in (dH or {}).items():
             term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
             geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
-        g = backend.ifft2(xp.conj(_h5(H)) * spectrum)
+        spectrum *= xp.conj(_h5(H))  # fresh FFT output, read above only
+        g = backend.ifft2(spectrum)
     grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
     if dH is None:
         return grad_obj, grad_psi

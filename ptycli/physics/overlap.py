@@ -23,17 +23,37 @@ def split_positions(positions_px: Any, shape: tuple[int, int]) -> tuple[Any, Any
     return corner[:, 0] - shape[0] // 2, corner[:, 1] - shape[1] // 2, frac
 
 
-def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None) -> Any:
-    """exp(-2πi(u_y f_y + u_x f_x)) as (B, M, N): multiplying a spectrum by it shifts by +f."""
+def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None, *, conj: bool = False) -> Any:
+    """exp(-2πi(u_y f_y + u_x f_x)) as (B, M, N): multiplying a spectrum by it shifts by +f.
+
+    ``conj`` gives the conjugate ramp (the shift by -f) without a separate conj pass.
+    """
     xp = backend.namespace(frac)
     rdt = grids.real_dtype_name(dtype if dtype is not None else frac.dtype)
-    uy, ux = grids.pixel_freq_grid(shape, xp=xp, dtype=rdt)
+    uy, ux = _pixel_grid(shape, xp, rdt)
     f = xp.astype(frac, grids._dtype(xp, rdt))
     fy = xp.reshape(f[:, 0], (-1, 1, 1))
     fx = xp.reshape(f[:, 1], (-1, 1, 1))
     # Separable: cis of (B, M, 1) and (B, 1, N) then one product, instead of a
     # transcendental per pixel (B·(M+N) instead of B·M·N sin/cos).
-    return grids.cis((-2.0 * math.pi) * (uy * fy)) * grids.cis((-2.0 * math.pi) * (ux * fx))
+    sign = 2.0 * math.pi if conj else -2.0 * math.pi
+    return grids.cis(sign * (uy * fy)) * grids.cis(sign * (ux * fx))
+
+
+_GRIDS: dict[tuple, tuple[Any, Any, Any]] = {}
+
+
+def _pixel_grid(shape: tuple[int, int], xp: Any, rdt: str) -> tuple[Any, Any]:
+    """pixel_freq_grid, memoised per (shape, dtype, namespace, device): ramps are built for
+    every group (every position in sequential ePIE), the grids never change."""
+    key = (tuple(shape), rdt, id(xp), backend.device_name(xp))
+    hit = _GRIDS.get(key)
+    if hit is None or hit[0] is not xp:
+        hit = (xp, *grids.pixel_freq_grid(shape, xp=xp, dtype=rdt))
+        if len(_GRIDS) > 64:
+            _GRIDS.clear()
+        _GRIDS[key] = hit
+    return hit[1], hit[2]
 
 
 def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
@@ -51,16 +71,16 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
 
 def unshift(grad: Any, frac: Any) -> Any:
     """Adjoint of ``shift_probe`` per position: shift (B, P, M, N) by -frac (B, 2)."""
-    xp = backend.namespace(grad)
-    ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype)
-    return backend.ifft2(backend.fft2(grad) * xp.conj(ramp)[:, None, ...])
+    ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype, conj=True)
+    return backend.ifft2(backend.fft2(grad) * ramp[:, None, ...])
 
 
 def unshift_sum(grad_k: Any, frac: Any) -> Any:
     """Σ_b unshift(grad_b) from spectra ``grad_k`` = fft2(grad) (B, P, M, N): one inverse FFT."""
     xp = backend.namespace(grad_k)
-    ramp = shift_ramp(frac, tuple(grad_k.shape[-2:]), grad_k.dtype)
-    return backend.ifft2(xp.sum(grad_k * xp.conj(ramp)[:, None, ...], axis=0))
+    ramp = shift_ramp(frac, tuple(grad_k.shape[-2:]), grad_k.dtype, conj=True)
+    prod = grad_k * ramp[:, None, ...]
+    return backend.ifft2(prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0))
 
 
 def extract(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:

@@ -6,6 +6,13 @@ the aberrations) or from an existing state store; always normalised to the data'
 counts per frame (physics.md §3.4). Positions: the raster of the scan calibration or a
 positions file in Å. Object: vacuum sized to hold every window plus a margin, or taken
 from a state store (whose object frame, origin included, is then kept).
+
+``--upsample U`` models a beam wider than the detector's window M·dx: the probe window is
+U·M at the same dx and the forward model bins U×U far-field pixels per detector pixel.
+``--subscans FILE|auto`` marks which sub-scan each position belongs to (FILE: one integer
+label per position, .npy/.txt/.csv; auto: the data store's ``subscan`` array); each
+sub-scan starts with the shared probe (zero aberration offset) and can refine its own
+aberrations (``refine.subscan_aberrations``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class InitOptions(BaseModel):
     object_modes: int = Field(1, ge=1)
     object_from: Path | None = None
     margin_px: int = Field(scan.DEFAULT_MARGIN_PX, ge=0)
+    upsample: int = Field(1, ge=1, le=16, description="Far-field upsampling U: probe window U·M.")
+    subscans: str | None = Field(None, description="FILE of sub-scan labels per position, or 'auto'.")
     strict: bool = False
     seed: int = 0
 
@@ -65,6 +74,12 @@ class DataSummary:
     counts_per_frame: float  # N_e = mean_j Σ_k D_j(k)
     mean_pattern: np.ndarray  # DC-centred (M, M)
     dx_a: float
+    upsample: int = 1
+
+    @property
+    def model_window(self) -> tuple[int, int]:
+        """The probe window: the detector's times the upsampling factor (same dx)."""
+        return (self.window[0] * self.upsample, self.window[1] * self.upsample)
 
 
 def resolve_options(**options: Any) -> InitOptions:
@@ -93,7 +108,7 @@ def summarize_data(group: zarr.Group, path: Path, opts: InitOptions) -> DataSumm
         raise InputError(f"{path}: calibration lacks {', '.join(missing)}; add it with --calibration FILE.toml")
     window = tuple(int(v) for v in patterns.shape[1:])
     total, mean = _frame_stats(patterns)
-    return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])))
+    return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])), opts.upsample)
 
 
 def _frame_stats(patterns: zarr.Array) -> tuple[float, np.ndarray]:
@@ -119,14 +134,14 @@ def aberrations_of(cal: Calibration, opts: InitOptions) -> dict[str, float]:
 
 def make_probe(data: DataSummary, opts: InitOptions, aberrations: dict[str, float]) -> np.ndarray:
     """Probe modes (P, M, M) complex64, Σ|P|² = N_e."""
-    cal, m = data.calibration, data.window
+    cal, m = data.calibration, data.model_window
     n_e = data.counts_per_frame
     if not n_e > 0:
         raise InputError("data: mean counts per frame is not positive; cannot normalise the probe")
     if opts.probe_from == "aberrations":
         single = probe_lib.make_probe(m, data.dx_a, cal.energy_ev, cal.semiangle_mrad, aberrations, counts=n_e)
     elif opts.probe_from == "pacbed":
-        single = probe_lib.probe_from_pacbed(data.mean_pattern, data.dx_a, cal.energy_ev, aberrations, n_e)
+        single = probe_lib.probe_from_pacbed(_upsampled_mean(data), data.dx_a, cal.energy_ev, aberrations, n_e)
         single = single.astype(np.complex64)
     else:
         return _probe_from_state(Path(opts.probe_from), data, opts)
@@ -139,8 +154,9 @@ def make_probe(data: DataSummary, opts: InitOptions, aberrations: dict[str, floa
 def _probe_from_state(path: Path, data: DataSummary, opts: InitOptions) -> np.ndarray:
     state = _load_state_for(path, data, "--probe-from")
     modes = np.asarray(state.probe, dtype=np.complex64)
-    if tuple(modes.shape[-2:]) != data.window:
-        raise InputError(f"{path}: probe window {modes.shape[-2:]} differs from the data's {data.window}")
+    if tuple(modes.shape[-2:]) != data.model_window:
+        raise InputError(f"{path}: probe window {modes.shape[-2:]} differs from the data's {data.model_window}"
+                         + (f" (detector x upsample {data.upsample})" if data.upsample > 1 else ""))
     if opts.probe_modes and opts.probe_modes != modes.shape[0]:
         modes = probe_lib.init_modes(probe_lib.orthogonalize_modes(modes)[0], opts.probe_modes,
                                      kind=opts.mode_kind, dx_a=data.dx_a, energy_ev=data.calibration.energy_ev)
@@ -176,9 +192,9 @@ def make_object(data: DataSummary, opts: InitOptions, pos_a: np.ndarray) -> tupl
     slices = opts.slices or 1
     if slices > 1 and opts.slice_thickness_a is None:
         raise RecipeError(f"--slices {slices} needs --slice-thickness-a")
-    origin = scan.origin_px(pos_a, data.dx_a, data.window, opts.margin_px)
+    origin = scan.origin_px(pos_a, data.dx_a, data.model_window, opts.margin_px)
     pos_px = scan.to_pixels(pos_a, data.dx_a, origin)
-    shape = scan.object_shape(pos_px, data.window, opts.margin_px)
+    shape = scan.object_shape(pos_px, data.model_window, opts.margin_px)
     obj = np.ones((opts.object_modes, slices, *shape), dtype=np.complex64)
     if opts.object_modes > 1:
         rng = np.random.default_rng([opts.seed, 3])
@@ -193,9 +209,47 @@ def _object_from_state(path: Path, data: DataSummary, pos_a: np.ndarray) -> tupl
     state = _load_state_for(path, data, "--object-from")
     pos_px = scan.to_pixels(pos_a, data.dx_a, state.origin_px)
     obj = np.asarray(state.object, dtype=np.complex64)
-    if not scan.windows_fit(pos_px, data.window, tuple(obj.shape[-2:])):
+    if not scan.windows_fit(pos_px, data.model_window, tuple(obj.shape[-2:])):
         raise InputError(f"{path}: object {obj.shape[-2:]} does not hold every probe window of this scan")
     return obj, state.slice_thickness, tuple(state.origin_px), pos_px
+
+
+def _upsampled_mean(data: DataSummary) -> np.ndarray:
+    """The PACBED on the U× finer model grid: each detector pixel's counts shared by its U×U
+    model pixels (the adjoint of binning / U², so the total is kept), DC-centred."""
+    if data.upsample == 1:
+        return data.mean_pattern
+    from ..physics.detector import bin_adjoint
+
+    fine = bin_adjoint(np.fft.ifftshift(data.mean_pattern), data.upsample) / data.upsample**2
+    return np.fft.fftshift(fine)
+
+
+def subscan_labels(spec: str | None, group: zarr.Group, n_frames: int) -> np.ndarray | None:
+    """Sub-scan index per position (J,) int32, numbered 0..n-1 in order of first label, or None."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        if "subscan" not in group:
+            raise InputError("--subscans auto: the data store has no 'subscan' array; give a FILE with one "
+                             "integer label per position")
+        raw, where = np.asarray(group["subscan"][...]), "data store 'subscan'"
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise InputError(f"--subscans {spec}: no such file (expected 'auto' or a FILE of labels)")
+        try:
+            raw = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter="," if path.suffix == ".csv"
+                                                                          else None)
+        except ValueError as exc:
+            raise InputError(f"{path}: not a list of integer sub-scan labels ({exc})") from None
+        where = str(path)
+    raw = np.asarray(raw).reshape(-1)
+    if raw.size != n_frames or not np.all(np.equal(np.mod(raw, 1), 0)):
+        raise InputError(f"{where}: {raw.size} labels; expected {n_frames} integers (one per position)")
+    _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # number sub-scans by first appearance in the scan
+    return order[inverse].astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -214,7 +268,11 @@ def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: R
     state = State(probe=probe_modes, object=obj, positions=pos_px, dx_a=summary.dx_a,
                   energy_kev=float(summary.calibration.energy_kev), slice_thickness=thickness,
                   positions_initial=pos_px.copy(), origin_px=tuple(float(v) for v in origin),
-                  semiangle_mrad=summary.calibration.semiangle_mrad, aberrations=aberrations)
+                  semiangle_mrad=summary.calibration.semiangle_mrad, aberrations=aberrations,
+                  upsample=opts.upsample)
+    labels = subscan_labels(opts.subscans, group, summary.n_frames)
+    if labels is not None:
+        state.subscan, state.subscan_aberrations = labels, [{} for _ in range(int(labels.max()) + 1)]
     ref = input_ref(group, data_path)
     with StoreWriter(out, kind="state", stage="init", options=opts.model_dump(mode="json"), inputs=[ref],
                      provenance=provenance_of(group), overwrite=overwrite) as writer:

@@ -3,6 +3,10 @@
 Orchestration only: open the inputs, build the device context, run the engine loop of
 ``ptycli.engines.loop`` over the recipe's stages, write checkpoints into ``OUT.partial``
 and, at the end, the final state, history and recipe into ``OUT``.
+
+With ``distributed=True`` under ``mpiexec``/``srun`` every rank runs the loop on its part
+of each group (engines/distributed.py); rank 0 alone writes ``OUT`` and its checkpoints
+(the full state, so ``--resume`` takes any rank count) and the others wait for it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 from .. import backend
 from ..engines import checkpoint as ckpt
-from ..engines import common, loop
+from ..engines import common, distributed, loop
 from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
@@ -70,20 +74,24 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         precision: str = "single", seed: int = 0, checkpoint_every: int = 0, resume: bool = False,
         stream: bool | None = None, memory_budget_bytes: int | None = None, positions: str = "all",
         overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True,
-        validation_fraction: float = 0.0, early_stop_patience: int = 0) -> dict[str, Any]:
+        validation_fraction: float = 0.0, early_stop_patience: int = 0,
+        distributed_run: bool = False) -> dict[str, Any]:
     """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings).
 
     ``validation_fraction`` holds out a seeded share of the positions from every update and
     records their loss each iteration (``history/validation_loss``); with
     ``early_stop_patience`` N a stage ends once that loss has not improved for N iterations.
+    ``distributed_run`` splits every group over the MPI ranks (one rank: the ordinary path);
+    observers then run on rank 0 only, and every rank returns rank 0's summary.
     """
     out = Path(out)
+    comm = distributed.world(distributed_run)
     if resume and out.exists():
         return _already_complete(out)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
     rec_json = resolved(rec)
     seed = rec.seed if rec.seed is not None else seed
-    xp = backend.get_xp(device)
+    xp = backend.get_xp(distributed.select_device(device, comm))
     inputs = _Inputs(Path(data), xp, precision, stream, memory_budget_bytes)
     state_group = open_store(state, "state")
     validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
@@ -98,29 +106,63 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     st = _to_device(st, xp, precision)
     options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
                "positions": positions, "checkpoint_every": checkpoint_every, "validation": validation}
-    writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
-                         inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
-                         provenance=provenance_of(state_group), overwrite=overwrite,
-                         keep_partial_on_error=True, reuse_partial=bool(resume_from))
-    writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
+    if distributed_run:
+        options["ranks"] = comm.size
+    comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
+    writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, overwrite,
+                                                 bool(resume_from), rec_json, validation))
     flag = StopFlag()
-    monitor = _Monitor(writer.partial)
+    monitor = _Monitor(partial_path(out), comm)
     hooks = loop.RunHooks(
         read_batch=inputs.read,
-        make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e),
+        make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e, comm),
         apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
-        checkpoint=monitor.checkpoint, stop=flag, observers=list(observers),
+        checkpoint=monitor.checkpoint, stop=flag, observers=list(observers) if comm.is_root else [],
         checkpoint_every=checkpoint_every, early_stop_patience=int(early_stop_patience),
         validation=reconstruct_validation.Validator(held_out, inputs.read, xp, precision, n_e, inputs)
-        if len(held_out) else None)
+        if len(held_out) else None, comm=comm)
     cursor, history, engine_state, extra = _resume_parts(resume_from)
-    with writer, (SignalHandlers(flag) if handle_signals else _Null()):
+    with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
         try:
             st, history = loop.run(rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
         except (Interrupted, NumericalError) as exc:
-            _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
+            if writer is not None:
+                _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
             raise
-        return _finish(writer, st, history, rec, inputs, data, subset, held_out)
+        return _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, data, subset, held_out))
+
+
+def is_root(distributed_run: bool) -> bool:
+    """True on the rank that reports (rank 0; always true without ``distributed_run``)."""
+    return distributed.world(distributed_run).is_root
+
+
+def _open_writer(out: Path, options: dict, inputs: _Inputs, data: str | Path, state_group: Any,
+                 state: str | Path, overwrite: bool, reuse: bool, rec_json: dict, validation: dict) -> StoreWriter:
+    writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
+                         inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
+                         provenance=provenance_of(state_group), overwrite=overwrite,
+                         keep_partial_on_error=True, reuse_partial=reuse)
+    writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
+    return writer
+
+
+def _on_root(comm: Any, fn: Any) -> Any:
+    """Run ``fn`` on rank 0 only; its error is raised on every rank (no rank left waiting).
+    Returns fn's value on rank 0; other ranks get rank 0's value when it is a plain summary
+    dict and None otherwise (a writer lives on rank 0 only)."""
+    if comm.size == 1:
+        return fn()
+    value, error = None, None
+    if comm.is_root:
+        try:
+            value = fn()
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            error = exc
+    shared = comm.bcast((value if isinstance(value, dict) else None, error))
+    if shared[1] is not None:
+        raise error if comm.is_root else shared[1]
+    return value if comm.is_root else shared[0]
 
 
 def _mark(writer: StoreWriter, status: str) -> None:
@@ -140,21 +182,28 @@ class _Null:
 class _Monitor:
     """Checkpoint hook: convergence record + atomic checkpoint into the partial store."""
 
-    def __init__(self, root: Path):
-        self.root, self.previous = root, None
+    def __init__(self, root: Path, comm: Any = distributed.SERIAL):
+        self.root, self.previous, self.comm = root, None, comm
 
     def checkpoint(self, state: Any, engine: Any, cursor: loop.Cursor, history: loop.History, extra: dict) -> None:
+        """Rank 0 writes the full state (every rank holds it); the others wait for it."""
         record, self.previous = ckpt.convergence(self.previous, state, len(history.loss))
-        history.convergence.append(record)
-        ckpt.write(self.root, state, engine.state_dict(), cursor, history, extra.get("positions_iter_start"))
+        history.convergence.append(record)  # on every rank: histories stay identical
+        _on_root(self.comm, lambda: ckpt.write(self.root, state, engine.state_dict(), cursor, history,
+                                               extra.get("positions_iter_start")))
 
 
-def _make_engine(stage: Any, state: Any, inputs: _Inputs, xp: Any, precision: str, n_e: float) -> Any:
+def _make_engine(stage: Any, state: Any, inputs: _Inputs, xp: Any, precision: str, n_e: float,
+                 comm: Any = distributed.SERIAL) -> Any:
     noise = stage.noise.model
     if noise == "compressed" and inputs.comp_masks is None:
         raise InputError(f"{inputs.path}: noise model 'compressed' needs compressed/masks in the data store")
     ctx = common.make_context(state, xp, precision, noise, stage.noise.eps, mask=inputs.mask,
                               comp_masks=inputs.comp_masks, n_e=n_e)
+    ctx.extra["comm"] = comm  # engines sum their per-position contributions over the ranks
+    from ..engines.variables import check_engine
+
+    check_engine(stage, state)  # ePIE/LSQML refuse upsampling, sub-scan aberrations, before/after tilts
     return ENGINES[stage.type].engine(stage, ctx, state)
 
 
@@ -187,8 +236,9 @@ def _check_shapes(st: State, inputs: _Inputs, data: Path) -> None:
     j, m, n = inputs.group["patterns"].shape
     if st.positions.shape[0] != j:
         raise InputError(f"{data}: {j} patterns but the state has {st.positions.shape[0]} positions")
-    if tuple(st.probe.shape[-2:]) != (m, n):
-        raise InputError(f"{data}: patterns are {m}x{n} but the probe window is {st.probe.shape[-2:]}")
+    if tuple(st.probe.shape[-2:]) != (m * st.upsample, n * st.upsample):
+        raise InputError(f"{data}: patterns are {m}x{n} but the probe window is {st.probe.shape[-2:]}"
+                         + (f" (upsample {st.upsample})" if st.upsample > 1 else ""))
 
 
 def _resume_point(out: Path, rec_json: dict, validation: dict) -> tuple | None:

@@ -67,6 +67,12 @@ class SimulateOptions(BaseModel):
         "Relative beam-current change per position, uniform in ±this (0.1 = ±10 %)."))
     background_counts: float = Field(0.0, ge=0, description="Constant detector background [counts/pixel].")
     detector_blur_px: float = Field(0.0, ge=0, description="σ of a Gaussian detector PSF [detector px].")
+    upsample: int = Field(1, ge=1, le=16, description=(
+        "Model the beam on a U·M window (same dx) and bin U×U far-field pixels per detector pixel."))
+    subscan_defocus_a: list[float] = Field(default_factory=list, description=(
+        "Sub-scans: the scan rows split into this many contiguous blocks, block s with this extra defocus [Å]."))
+    tilts_before_mrad: tuple[float, float] = Field((0.0, 0.0), description="Beam tilt before the specimen (y, x).")
+    tilts_after_mrad: tuple[float, float] = Field((0.0, 0.0), description="Tilt after the specimen (y, x).")
     margin_px: int = Field(scan.DEFAULT_MARGIN_PX, ge=0)
     seed: int = 0
 
@@ -80,6 +86,11 @@ class SimulateOptions(BaseModel):
         if min(self.scan_shape) < 1 or min(self.scan_step_a) <= 0:
             raise ValueError(f"scan_shape {self.scan_shape} and scan_step_a {self.scan_step_a} must be positive")
         return self
+
+    @property
+    def model_window(self) -> tuple[int, int]:
+        m = self.detector_size * self.upsample
+        return (m, m)
 
     @property
     def energy_ev(self) -> float:
@@ -135,7 +146,7 @@ def _one_line(exc: ValidationError) -> str:
 def geometry(opts: SimulateOptions) -> dict[str, Any]:
     """Nominal and true positions (Å and px), origin, canvas and tilts."""
     rng = np.random.default_rng([opts.seed, 1])
-    window = (opts.detector_size, opts.detector_size)
+    window = opts.model_window
     nominal_a = scan.raster_positions_a(opts.scan_shape, opts.scan_step_a, opts.scan_rotation_deg)
     true_a = scan.jitter_positions_a(nominal_a, opts.position_jitter_a, rng)
     # The canvas is laid out from the nominal scan (what `init` sees), with room for 3σ jitter.
@@ -145,7 +156,19 @@ def geometry(opts: SimulateOptions) -> dict[str, Any]:
     shape = scan.object_shape(nominal_px, window, margin)
     return dict(nominal_a=nominal_a, positions_a=true_a, origin=origin, object_shape=shape,
                 positions_px=scan.to_pixels(true_a, opts.dx_a, origin), tilts=tilt_field(opts, nominal_a),
-                beam_current=beam_current(opts, len(nominal_a)))
+                beam_current=beam_current(opts, len(nominal_a)), subscan=subscans(opts))
+
+
+def subscans(opts: SimulateOptions) -> np.ndarray | None:
+    """Sub-scan label per position (J,): the raster rows split into len(subscan_defocus_a) blocks."""
+    n = len(opts.subscan_defocus_a)
+    if n == 0:
+        return None
+    ny, nx = opts.scan_shape
+    if n > ny:
+        raise RecipeError(f"subscan_defocus_a: {n} sub-scans but only {ny} scan rows")
+    rows = np.arange(ny) * n // ny
+    return np.repeat(rows, nx).astype(np.int32)
 
 
 def beam_current(opts: SimulateOptions, n: int) -> np.ndarray | None:
@@ -178,8 +201,7 @@ def truth_object(opts: SimulateOptions, shape: tuple[int, int]) -> tuple[Any, sp
 
 def truth_probe(opts: SimulateOptions) -> Any:
     """Probe modes (P, M, M), Σ|P|² = counts per frame; partial coherence as a defocus spread."""
-    m = opts.detector_size
-    p = probe.make_probe((m, m), opts.dx_a, opts.energy_ev, opts.semiangle_mrad, opts.polar_aberrations,
+    p = probe.make_probe(opts.model_window, opts.dx_a, opts.energy_ev, opts.semiangle_mrad, opts.polar_aberrations,
                          counts=opts.counts_per_frame)
     if opts.probe_modes == 1:
         return p[None, ...]
@@ -189,8 +211,7 @@ def truth_probe(opts: SimulateOptions) -> Any:
 def propagator(opts: SimulateOptions, tilts: np.ndarray | None) -> Any:
     if opts.slices == 1:
         return None
-    m = opts.detector_size
-    return propagation.fresnel_propagator((m, m), opts.dx_a, electron.wavelength_a(opts.energy_ev),
+    return propagation.fresnel_propagator(opts.model_window, opts.dx_a, electron.wavelength_a(opts.energy_ev),
                                           opts.slice_thickness_a, tilt_mrad=tilts, xp=np)
 
 
@@ -201,6 +222,42 @@ def far_field_intensity(probe_modes: Any, obj: Any, positions_px: np.ndarray, H:
     psi1 = overlap.shift_probe(probe_modes, frac)
     Psi, _ = multislice.forward(psi1, overlap.extract(obj, y0, x0, window), H)
     return multislice.intensity(Psi)
+
+
+def subscan_probe(opts: SimulateOptions, probe_modes: Any, s: int) -> Any:
+    """Sub-scan s's probe: the shared probe with its extra defocus (C10 = -Δf)."""
+    from ..physics import aberration_probe as abp
+
+    names = ["C10"]
+    basis, norms = abp.basis(opts.model_window, opts.dx_a, electron.wavelength_a(opts.energy_ev), names,
+                             opts.semiangle_mrad, xp=np, dtype="float64")
+    coeffs = np.array([-opts.subscan_defocus_a[s] * norms[0]])
+    return abp.apply(abp.spectrum(probe_modes), coeffs, basis).astype(probe_modes.dtype)
+
+
+def model_intensity(opts: SimulateOptions, geo: dict, probe_modes: Any, obj: Any, sl: slice, H: Any) -> Any:
+    """Intensities of positions ``sl`` on the detector grid: sub-scan probes, PyPty's tilts
+    before/after the specimen, then U×U binning (physics/model.py does the same)."""
+    if geo["subscan"] is None and not any(opts.tilts_before_mrad) and not any(opts.tilts_after_mrad) \
+            and opts.upsample == 1:
+        return far_field_intensity(probe_modes, obj, geo["positions_px"][sl], H)
+    from ..physics.model import ForwardModel
+
+    model = ForwardModel(opts.model_window, opts.dx_a, opts.energy_ev, upsample=opts.upsample)
+    pos = geo["positions_px"][sl]
+    n = len(pos)
+    labels = np.zeros(n, dtype=np.int32) if geo["subscan"] is None else geo["subscan"][sl]
+    tilts = None if geo["tilts"] is None else geo["tilts"][sl]
+    kw = {k: np.broadcast_to(np.asarray(getattr(opts, k), dtype=np.float64), (n, 2)) if any(getattr(opts, k))
+          else None for k in ("tilts_before_mrad", "tilts_after_mrad")}
+    out = np.zeros((n, opts.detector_size, opts.detector_size))
+    for s in np.unique(labels):
+        rows = np.nonzero(labels == s)[0]
+        p = probe_modes if geo["subscan"] is None else subscan_probe(opts, probe_modes, int(s))
+        out[rows] = model.intensity(p, obj, pos[rows], dz_a=opts.slice_thickness_a,
+                                    tilts_mrad=None if tilts is None else tilts[rows],
+                                    **{k: None if v is None else v[rows] for k, v in kw.items()})
+    return out
 
 
 # ----------------------------------------------------------------------------- stage
@@ -242,7 +299,7 @@ def _write_patterns(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: 
     for start in range(0, n, chunks[0]):
         sl = slice(start, min(start + chunks[0], n))
         h = H if tilts is None else propagator(opts, tilts[sl])
-        intensity = detector_response(opts, geo, sl, far_field_intensity(probe_modes, obj, geo["positions_px"][sl], h))
+        intensity = detector_response(opts, geo, sl, model_intensity(opts, geo, probe_modes, obj, sl, h))
         intensity = backend.fftshift(intensity)
         clean[sl] = intensity
         noisy[sl] = rng.poisson(np.maximum(intensity, 0.0)).astype(np.float32) if opts.dose else intensity
@@ -269,6 +326,8 @@ def _write_truth(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: Any
                  attrs={"columns": list(specimen.ATOM_COLUMNS)})
     if geo["tilts"] is not None:
         writer.array("truth/tilts", geo["tilts"], dims=("position", "yx"), units="mrad (y, x)")
+    if geo["subscan"] is not None:
+        writer.array("subscan", geo["subscan"], dims=("position",), units="1 (sub-scan index)")
     if geo["beam_current"] is not None:
         writer.array("truth/beam_current", geo["beam_current"], dims=("position",), units="1 (relative)")
     writer.set_attrs(truth={
@@ -277,4 +336,7 @@ def _write_truth(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: Any
         "counts_per_frame": opts.counts_per_frame, "dose_e_per_a2": opts.dose,
         "defects": spec.defects, "energy_kev": opts.energy_kev, "aberrations": opts.polar_aberrations,
         "background_counts": opts.background_counts, "detector_blur_px": opts.detector_blur_px,
+        "upsample": opts.upsample,
+        "subscan_aberrations": [{"C10": -d} for d in opts.subscan_defocus_a],
+        "tilts_before_mrad": list(opts.tilts_before_mrad), "tilts_after_mrad": list(opts.tilts_after_mrad),
     })

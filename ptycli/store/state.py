@@ -14,7 +14,8 @@ import zarr
 
 from .io import StoreWriter, write_array
 
-OPTIONAL_ARRAYS = ("tilts", "slice_thickness", "beam_current", "background", "positions_initial")
+OPTIONAL_ARRAYS = ("tilts", "slice_thickness", "beam_current", "background", "positions_initial", "subscan",
+                   "tilts_before", "tilts_after")
 
 
 @dataclass
@@ -26,6 +27,13 @@ class State:
     positions: (J, 2) float, probe centres in object pixels (y, x): p = r/dx + origin.
     slice_thickness: (S,) float Å (one value per slice; equal values = one shared Δz).
     tilts: (J, 2) float mrad (y, x), beam tilt per position, or None.
+    upsample: far-field upsampling U: the probe window is U x the detector (M U, M U) and
+        U x U model pixels are binned into one detector pixel (physics/detector.py).
+    subscan: (J,) int sub-scan index per position, or None (one sub-scan);
+        subscan_aberrations[s] is sub-scan s's polar aberration change relative to the
+        shared probe (its probe is the shared one with that extra phase, aberration_probe.py).
+    tilts_before / tilts_after: (J, 2) mrad, PyPty's tilts before the specimen (aperture-plane
+        shift) and after it (detector-plane shift); ``tilts`` is the tilt inside (physics/tilt_modes.py).
     """
 
     probe: Any
@@ -43,6 +51,11 @@ class State:
     aberrations: dict[str, float] = field(default_factory=dict)
     iteration: int = 0
     detector_blur_px: float = 0.0  # σ of the Gaussian detector PSF, detector pixels
+    upsample: int = 1
+    subscan: Any = None
+    subscan_aberrations: list = field(default_factory=list)
+    tilts_before: Any = None
+    tilts_after: Any = None
 
     @property
     def n_slices(self) -> int:
@@ -51,6 +64,16 @@ class State:
     @property
     def window(self) -> tuple[int, int]:
         return tuple(self.probe.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def detector_shape(self) -> tuple[int, int]:
+        """Pattern shape: the probe window divided by the upsampling factor."""
+        m, n = self.window
+        return (m // self.upsample, n // self.upsample)
+
+    @property
+    def n_subscans(self) -> int:
+        return max(len(self.subscan_aberrations), 1)
 
     def copy(self, **changes: Any) -> "State":
         return replace(self, **changes)
@@ -65,6 +88,8 @@ class State:
             "aberrations": {k: float(v) for k, v in self.aberrations.items()},
             "iteration": int(self.iteration),
             "detector_blur_px": float(self.detector_blur_px),
+            "upsample": int(self.upsample),
+            "subscan_aberrations": [{k: float(v) for k, v in d.items()} for d in self.subscan_aberrations],
             "n_probe_modes": int(self.probe.shape[0]),
             "n_object_modes": int(self.object.shape[0]),
             "n_slices": self.n_slices,
@@ -95,6 +120,11 @@ def load_state(group: zarr.Group) -> State:
         aberrations=dict(attrs.get("aberrations", {})),
         iteration=int(attrs.get("iteration", 0)),
         detector_blur_px=float(attrs.get("detector_blur_px", 0.0)),
+        upsample=int(attrs.get("upsample", 1)),
+        subscan=arrays.get("subscan"),
+        subscan_aberrations=[dict(d) for d in attrs.get("subscan_aberrations", [])],
+        tilts_before=arrays.get("tilts_before"),
+        tilts_after=arrays.get("tilts_after"),
     )
 
 

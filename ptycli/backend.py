@@ -168,7 +168,7 @@ _auto_library: str | None = None
 
 
 def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
-    xp = namespace(x)
+    xp = np if type(x) is np.ndarray else namespace(x)
     if xp is np:
         lib = fft_library()
         n = len(axes)
@@ -381,38 +381,6 @@ def _cupy_setup(xp: ModuleType) -> None:
 
 
 # ----------------------------------------------------------------------------- memory
-# Complex arrays of batch size alive at the peak of one group's update, per mode pair and
-# slice: the forward cache (incident wave per slice), the far field, its gradient and
-# ~3 elementwise temporaries; per object mode and slice: windows, their gradient, the
-# per-position update direction and the illumination windows.
-BUFFERS_PER_PAIR_SLICE = 2
-BUFFERS_PER_PAIR = 6
-BUFFERS_PER_OBJECT_SLICE = 4
-REAL_BUFFERS = 4  # I, data, ℓ', mask-sized temporaries (per position, M x N)
-
-
-def memory_estimate(window: tuple[int, int], *, n_probe_modes: int = 1, n_object_modes: int = 1,
-                    n_slices: int = 1, object_shape: tuple[int, int] = (0, 0), n_positions: int = 0,
-                    precision: str = "single", resident_patterns: bool = True) -> dict[str, int]:
-    """Bytes a reconstruction needs on its device.
-
-    ``per_position``: batch-sized working memory per position of a group (Np x Nq x S x
-    M x N x complex size x buffers); ``fixed``: object, its gradient/accumulators and
-    probe; ``patterns``: the resident data (0 when streamed). Group memory is
-    ``per_position x group size``.
-    """
-    real, cplx = dtypes(precision)
-    c, r = np.dtype(cplx).itemsize, np.dtype(real).itemsize
-    m, n = window
-    k, q, s = n_probe_modes * n_object_modes, n_object_modes, n_slices
-    per_pos = m * n * (c * (k * (BUFFERS_PER_PAIR_SLICE * s + BUFFERS_PER_PAIR) + BUFFERS_PER_OBJECT_SLICE * q * s)
-                       + r * REAL_BUFFERS)
-    h, w = object_shape
-    fixed = c * (4 * q * s * h * w + 4 * n_probe_modes * m * n) + r * q * s * h * w
-    patterns = r * m * n * n_positions if resident_patterns else 0
-    return {"per_position": int(per_pos), "fixed": int(fixed), "patterns": int(patterns)}
-
-
 def available_memory_bytes(xp: ModuleType) -> int:
     """Free memory of the device of ``xp`` (host: available RAM)."""
     if getattr(xp, "__name__", "") == "cupy":
@@ -423,28 +391,6 @@ def available_memory_bytes(xp: ModuleType) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30
-
-
-def auto_group_size(estimate: dict[str, int], budget_bytes: int, n_positions: int, *,
-                    max_group: int = 1024, min_group: int = 1) -> tuple[int, bool]:
-    """(group size, stream patterns) that fit ``budget_bytes``.
-
-    Patterns stay resident when they fit next to the fixed arrays and a group of at least
-    ``min(64, n_positions)``; otherwise they are streamed (two groups' worth in flight).
-    Raises DeviceError when not even ``min_group`` positions fit.
-    """
-    per, fixed, pats = estimate["per_position"], estimate["fixed"], estimate["patterns"]
-    stream = fixed + pats + per * min(64, max(1, n_positions)) > budget_bytes
-    frame = pats // max(1, n_positions)
-    room = budget_bytes - fixed - (0 if stream else pats)
-    group = room // max(1, per + (2 * frame if stream else 0))
-    group = int(min(group, max_group, max(1, n_positions)))
-    if group < min_group:
-        need = fixed + min_group * per
-        raise DeviceError(f"reconstruction needs about {need / 2**30:.2f} GiB for a group of {min_group} "
-                          f"but the memory budget is {budget_bytes / 2**30:.2f} GiB; use a smaller window, "
-                          "fewer modes/slices or a bigger device")
-    return group, stream
 
 
 # ----------------------------------------------------------------------------- misc

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ptycli import backend
-from ptycli.engines import common, loop, noise
+from ptycli.engines import common, data, loop, noise
 from ptycli.engines.registry import ENGINES
 from ptycli.recipe import Recipe
 
@@ -147,21 +147,21 @@ def test_fftw_plan_cache_reuses_plans_and_matches_numpy(monkeypatch):
 
 
 def test_memory_estimate_counts_modes_slices_and_picks_a_group():
-    one = backend.memory_estimate((64, 64))
-    big = backend.memory_estimate((64, 64), n_probe_modes=4, n_slices=10)
+    one = data.memory_estimate((64, 64))
+    big = data.memory_estimate((64, 64), n_probe_modes=4, n_slices=10)
     # per position: 8 bytes x M^2 x (K (2S + 6) + 4 Q S) + 4 bytes x M^2 x 4
     assert one["per_position"] == 64 * 64 * (8 * (1 * (2 + 6) + 4) + 4 * 4)
     assert big["per_position"] == 64 * 64 * (8 * (4 * (20 + 6) + 40) + 4 * 4)
-    assert backend.memory_estimate((64, 64), precision="double")["per_position"] > one["per_position"]
-    est = backend.memory_estimate((64, 64), n_probe_modes=4, n_slices=10, object_shape=(400, 400),
+    assert data.memory_estimate((64, 64), precision="double")["per_position"] > one["per_position"]
+    est = data.memory_estimate((64, 64), n_probe_modes=4, n_slices=10, object_shape=(400, 400),
                                   n_positions=4096)
     budget = est["fixed"] + est["patterns"] + 100 * est["per_position"]
-    group, stream = backend.auto_group_size(est, budget, 4096)
+    group, stream = data.auto_group_size(est, budget, 4096)
     assert not stream and group == 100
-    group, stream = backend.auto_group_size(est, est["fixed"] + 70 * est["per_position"], 4096)
+    group, stream = data.auto_group_size(est, est["fixed"] + 70 * est["per_position"], 4096)
     assert stream and 1 <= group < 70  # patterns no longer fit: streamed, in-flight frames counted
     with pytest.raises(Exception, match="memory budget"):
-        backend.auto_group_size(est, est["fixed"], 4096)
+        data.auto_group_size(est, est["fixed"], 4096)
 
 
 def test_prefetched_streaming_reads_are_identical_and_overlap(monkeypatch):
@@ -211,7 +211,7 @@ def test_plan_memory_from_a_state_fits_the_budget():
 
     state = _state(slices=2, modes=2)
     est = plan_memory(state, np, budget_bytes=2**40)["estimate"]
-    assert est["per_position"] == backend.memory_estimate((32, 32), n_probe_modes=2, n_slices=2)["per_position"]
+    assert est["per_position"] == data.memory_estimate((32, 32), n_probe_modes=2, n_slices=2)["per_position"]
     roomy = plan_memory(state, np, budget_bytes=est["fixed"] + est["patterns"] + 40 * est["per_position"])
     assert roomy["group_size"] == 16 and not roomy["stream"]  # every position in one group, data resident
     budget = est["fixed"] + est["patterns"] + 5 * est["per_position"]

@@ -84,7 +84,7 @@ def demo(
     corr = metrics.get("correlation", metrics.get("object", {}).get("correlation"))
     summary = {"png": str(outdir / "phase.png"), "tif": str(outdir / "phase.tif"),
                "correlation_with_truth": corr, "elapsed_s": round(time.monotonic() - t0, 1)}
-    log(f"phase correlation with the truth: {corr:.3f}; picture: {summary['png']} "
+    log(f"phase correlation with the truth: {corr:.4f}; picture: {summary['png']} "
         f"({summary['elapsed_s']} s)" if isinstance(corr, float) else f"picture: {summary['png']}")
     result(summary if as_json else summary["png"], as_json)
     if not isinstance(corr, float):

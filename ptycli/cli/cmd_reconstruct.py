@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -62,24 +65,48 @@ def reconstruct(
     progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
 ) -> None:
     """Reconstruct object, probe and positions; survives SIGTERM (exit 75) with --resume."""
-    from ..errors import PtycliError
     from ..recipe import load_recipe
     from ..stages import reconstruct as stage
 
     rec = load_recipe(recipe, list(set_ or []), iterations)
     root = stage.is_root(distributed)  # progress and the result come from rank 0 only
     observer = ProgressObserver(rec.total_iterations, progress if root else "none")
-    try:
+    with ranks_report_once(root, distributed, data), _closing(observer.bar):
         summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
                             overwrite=overwrite, observers=[observer], validation_fraction=validation_fraction,
                             early_stop_patience=early_stop_patience, distributed_run=distributed)
-    except PtycliError as exc:  # every rank raises the same error: rank 0 alone reports it
-        if root:
-            raise
-        raise typer.Exit(int(exc.exit_code)) from None
-    finally:
-        observer.bar.close()
     if root:
         result(summary if as_json else summary["output"], as_json)
+
+
+@contextlib.contextmanager
+def _closing(bar: Progress) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def ranks_report_once(root: bool, distributed: bool, data: str) -> Iterator[None]:
+    """Under MPI every rank raises the same library error: rank 0 alone prints it. An
+    unexpected error on one rank ends the whole job (the others would wait forever)."""
+    from ..errors import ExitCode, PtycliError, UsageError
+
+    try:
+        if distributed and data == "-":
+            raise UsageError("--distributed: give DATA as a path; '-' (stdin) reaches rank 0 only")
+        yield
+    except PtycliError as exc:
+        if root or not distributed:
+            raise
+        raise typer.Exit(int(exc.exit_code)) from None
+    except Exception:
+        if distributed:
+            from ..stages import reconstruct as stage
+
+            traceback.print_exc()
+            stage.abort_job(distributed, int(ExitCode.INTERNAL))
+        raise

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import backend
 from ..physics import electron, multislice, overlap, propagation
+from . import distributed
 from . import noise as noise_mod
 
 
@@ -201,7 +202,8 @@ def lsq_position_step(g_pos: Any, fwd: Forward, ctx: RunContext) -> Any:
     (checked: one step removes ~100 % of a 0.5 px error on noise-free data).
     """
     curv = position_curvature(fwd, ctx)
-    return -g_pos / (curv + 1e-3 * ctx.xp.mean(curv) + 1e-30)
+    # the damping uses the whole group's mean curvature (all ranks' shares when data-parallel)
+    return -g_pos / (curv + 1e-3 * distributed.global_mean(curv, distributed.comm_of(ctx)) + 1e-30)
 
 
 class EngineBase:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..errors import DeviceError
 
 DEFAULT_BUDGET_BYTES = 2 * 2**30
 
@@ -142,9 +143,65 @@ def mean_counts(patterns: Any, idx: np.ndarray | None = None) -> float:
     return total / max(count, 1)
 
 
+# ----------------------------------------------------------------------------- memory plan
+# Complex arrays of batch size alive at the peak of one group's update, per mode pair and
+# slice: the forward cache (incident wave per slice), the far field, its gradient and
+# ~3 elementwise temporaries; per object mode and slice: windows, their gradient, the
+# per-position update direction and the illumination windows.
+BUFFERS_PER_PAIR_SLICE = 2
+BUFFERS_PER_PAIR = 6
+BUFFERS_PER_OBJECT_SLICE = 4
+REAL_BUFFERS = 4  # I, data, ℓ', mask-sized temporaries (per position, M x N)
+
+
+def memory_estimate(window: tuple[int, int], *, n_probe_modes: int = 1, n_object_modes: int = 1,
+                    n_slices: int = 1, object_shape: tuple[int, int] = (0, 0), n_positions: int = 0,
+                    precision: str = "single", resident_patterns: bool = True) -> dict[str, int]:
+    """Bytes a reconstruction needs on its device.
+
+    ``per_position``: batch-sized working memory per position of a group (Np x Nq x S x
+    M x N x complex size x buffers); ``fixed``: object, its gradient/accumulators and
+    probe; ``patterns``: the resident data (0 when streamed). Group memory is
+    ``per_position x group size``.
+    """
+    real, cplx = backend.dtypes(precision)
+    c, r = np.dtype(cplx).itemsize, np.dtype(real).itemsize
+    m, n = window
+    k, q, s = n_probe_modes * n_object_modes, n_object_modes, n_slices
+    per_pos = m * n * (c * (k * (BUFFERS_PER_PAIR_SLICE * s + BUFFERS_PER_PAIR) + BUFFERS_PER_OBJECT_SLICE * q * s)
+                       + r * REAL_BUFFERS)
+    h, w = object_shape
+    fixed = c * (4 * q * s * h * w + 4 * n_probe_modes * m * n) + r * q * s * h * w
+    patterns = r * m * n * n_positions if resident_patterns else 0
+    return {"per_position": int(per_pos), "fixed": int(fixed), "patterns": int(patterns)}
+
+
+def auto_group_size(estimate: dict[str, int], budget_bytes: int, n_positions: int, *,
+                    max_group: int = 1024, min_group: int = 1) -> tuple[int, bool]:
+    """(group size, stream patterns) that fit ``budget_bytes``.
+
+    Patterns stay resident when they fit next to the fixed arrays and a group of at least
+    ``min(64, n_positions)``; otherwise they are streamed (two groups' worth in flight).
+    Raises DeviceError when not even ``min_group`` positions fit.
+    """
+    per, fixed, pats = estimate["per_position"], estimate["fixed"], estimate["patterns"]
+    stream = fixed + pats + per * min(64, max(1, n_positions)) > budget_bytes
+    frame = pats // max(1, n_positions)
+    room = budget_bytes - fixed - (0 if stream else pats)
+    group = room // max(1, per + (2 * frame if stream else 0))
+    group = int(min(group, max_group, max(1, n_positions)))
+    if group < min_group:
+        need = fixed + min_group * per
+        raise DeviceError(f"reconstruction needs about {need / 2**30:.2f} GiB for a group of {min_group} "
+                          f"but the memory budget is {budget_bytes / 2**30:.2f} GiB; use a smaller window, "
+                          "fewer modes/slices or a bigger device")
+    return group, stream
+
+
+
 def plan_memory(state: Any, xp: Any, precision: str = "single", *, n_positions: int | None = None,
                 budget_bytes: int | None = None, max_group: int = 1024) -> dict[str, Any]:
-    """Group size and streaming that fit the device, from ``backend.memory_estimate``.
+    """Group size and streaming that fit the device, from ``memory_estimate``.
 
     For ``grouping.size = "auto"``: ``budget_bytes`` defaults to 80 % of the free memory
     of the device of ``xp`` (GPU: free + pooled), so a run never starts out of memory.
@@ -154,8 +211,8 @@ def plan_memory(state: Any, xp: Any, precision: str = "single", *, n_positions: 
     n_probe, m, n = (int(v) for v in state.probe.shape)
     n_obj, n_slices, h, w = (int(v) for v in state.object.shape)
     j = int(n_positions if n_positions is not None else len(state.positions))
-    est = backend.memory_estimate((m, n), n_probe_modes=n_probe, n_object_modes=n_obj, n_slices=n_slices,
+    est = memory_estimate((m, n), n_probe_modes=n_probe, n_object_modes=n_obj, n_slices=n_slices,
                                   object_shape=(h, w), n_positions=j, precision=precision)
     budget = int(budget_bytes if budget_bytes is not None else 0.8 * backend.available_memory_bytes(xp))
-    group, stream = backend.auto_group_size(est, budget, j, max_group=max_group)
+    group, stream = auto_group_size(est, budget, j, max_group=max_group)
     return {"group_size": group, "stream": stream, "budget_bytes": budget, "estimate": est}

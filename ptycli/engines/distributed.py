@@ -127,7 +127,7 @@ def _cuda_aware(mpi: Any) -> bool:
     query = getattr(mpi, "Query_cuda_support", None)  # MPI 4.1 / MPICH, Open MPI extension
     try:
         return bool(query()) if query is not None else False
-    except Exception:  # an MPI without the query: stage through the host, always correct
+    except (NotImplementedError, RuntimeError):  # an MPI without the query: host staging, always correct
         return False
 
 
@@ -143,6 +143,13 @@ def world(distributed: bool) -> SerialComm:
                          f"(mpi4py + mpich), then run under mpiexec -n K or srun ({exc})") from exc
     comm = MPI.COMM_WORLD
     return SERIAL if comm.Get_size() == 1 else MpiComm(comm, MPI)
+
+
+def abort(comm: SerialComm, code: int) -> None:
+    """End every rank of the job (one rank's unexpected error would leave the others
+    waiting in a collective forever). No-op on one process."""
+    if isinstance(comm, MpiComm):
+        comm.comm.Abort(code)
 
 
 def comm_of(ctx: Any) -> SerialComm:
@@ -218,7 +225,7 @@ def gather_rows(x: Any, comm: SerialComm) -> Any:
 
 def global_count(n: int, comm: SerialComm) -> int:
     """Positions in the whole group from this rank's share."""
-    return n if comm.size == 1 else int(round(comm.allreduce_scalar(float(n))))
+    return n if comm.size == 1 else round(comm.allreduce_scalar(float(n)))
 
 
 def sync_positions(state: Any, idx: np.ndarray, comm: SerialComm, signum: int | None) -> int | None:

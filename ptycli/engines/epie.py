@@ -3,6 +3,9 @@
 physics.md §6.1-6.2. The ePIE rule is applied at every slice, the "probe" of slice s
 being its incident wave; probe modes and object modes update as in Thibault & Menzel
 2013. Updates of a group are summed (group size 1 is the classical sequential ePIE).
+Data-parallel (engines/distributed.py) a group's per-position updates, all computed from
+the pre-group state, are summed over the ranks before they are applied: the same update
+as one process. Sequential ePIE (group size 1) cannot be shared and is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 
 from .. import backend
 from ..physics import overlap, propagation
-from . import common
+from . import common, distributed
 from . import noise as noise_mod
 
 
@@ -40,14 +43,32 @@ class EpieEngine(common.EngineBase):
         d_psi1 = d_psi1[:, :, 0] if d_psi1.shape[2] == 1 else xp.mean(d_psi1, axis=2)
         if do_obj:
             upd = d_obj[0][:, :, None] if len(d_obj) == 1 else xp.stack(d_obj[::-1], axis=2)  # (B, Q, S, M, N)
-            overlap.accumulate(state.object, b.y0, b.x0, (p.alpha * upd).astype(state.object.dtype))
+            self._add_object(state, b, (p.alpha * upd).astype(state.object.dtype))
         if do_probe:
-            state.probe = (state.probe + xp.mean(overlap.unshift(d_psi1, b.frac), axis=0)).astype(state.probe.dtype)
+            state.probe = (state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))).astype(state.probe.dtype)
         if p.refine.positions.active(it):
             # χ at the probe plane ≈ Σ_q conj(t_1) Δe_1 = (ψ'_1 - ψ_1) max|t_1|² / β: ∇ψ_1 = -2 χ
             t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
-        return loss.sum()
+        return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+
+    def _add_object(self, state: Any, b: common.Batch, upd: Any) -> None:
+        """Add the group's summed object update; data-parallel, the ranks' sums are added first."""
+        comm = distributed.comm_of(self.ctx)
+        if comm.size == 1:
+            overlap.accumulate(state.object, b.y0, b.x0, upd)
+            return
+        delta = self.ctx.xp.zeros_like(state.object)
+        overlap.accumulate(delta, b.y0, b.x0, upd)
+        state.object = state.object + comm.allreduce_sum(delta)
+
+    def _mean_probe_update(self, d_probe: Any) -> Any:
+        """Mean over the whole group of the per-position probe updates (B, P, M, N)."""
+        xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
+        if comm.size == 1:
+            return xp.mean(d_probe, axis=0)
+        total = comm.allreduce_sum(xp.sum(d_probe, axis=0))
+        return total / distributed.global_count(d_probe.shape[0], comm)
 
     def _target_exit(self, fwd: common.Forward, b: common.Batch) -> tuple[Any, Any]:
         """Loss and the corrected exit wave e'_S = F⁻¹[Ψ̂] (projection of §5.2).

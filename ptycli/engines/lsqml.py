@@ -4,6 +4,10 @@ Per group: exit-wave updates χ = -½ ∇_Ψ L back-propagated by the exact adjo
 directions averaged with the PtychoShelves preconditioner, then optimal real steps from a
 damped 2×2 least-squares problem per position (single slice) or decoupled per-slice steps
 (multislice, divided by S), combined with a trimmed mean over the group.
+
+Data-parallel (engines/distributed.py): the object numerator and illumination, the probe
+direction and the loss are all-reduced, and the per-position step terms are gathered so
+the trimmed means see the whole group; K ranks make one process's update.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import numpy as np
 
 from .. import backend
 from ..physics import overlap
-from . import common
+from . import common, distributed
 
 
 class LsqmlEngine(common.EngineBase):
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
-        xp, p = self.ctx.xp, self.params
+        p = self.params
         b = self.batch(state, idx, data)
         fwd = common.forward(state, b, self.ctx)
         loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
@@ -34,7 +38,9 @@ class LsqmlEngine(common.EngineBase):
         illum = illumination_patches(fwd, state.object.shape[0]) if do_obj else None
         dO = self._object_direction(state, b, g_patches, illum) if do_obj else None
         # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
-        dP = (-0.5 / len(idx)) * overlap.unshift_sum(backend.fft2(g_psi1), b.frac) if do_probe else None
+        comm = distributed.comm_of(self.ctx)
+        dP = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
+            overlap.unshift_sum(backend.fft2(g_psi1), b.frac)) if do_probe else None
         if state.n_slices == 1:
             a_O, a_P = self._steps_single(state, b, fwd, g_exit, dO, dP)
         else:
@@ -44,7 +50,7 @@ class LsqmlEngine(common.EngineBase):
         if dP is not None:
             state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
         self.refine_positions(state, b, g_psi1, fwd, it)
-        return loss.sum()
+        return comm.allreduce_sum(loss.sum())
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
@@ -70,9 +76,12 @@ class LsqmlEngine(common.EngineBase):
         xp = self.ctx.xp
         num = xp.zeros_like(state.object)
         overlap.accumulate(num, b.y0, b.x0, g_patches)
+        comm = distributed.comm_of(self.ctx)
+        num = comm.allreduce_sum(num)
         num *= -0.5  # Σ_j ΔO_j
         W = xp.zeros(state.object.shape, dtype=self.ctx.real_dtype)
         overlap.accumulate(W, b.y0, b.x0, illum)
+        W = comm.allreduce_sum(W)
         w_max = xp.max(W, axis=(-2, -1), keepdims=True)
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
@@ -89,20 +98,19 @@ class LsqmlEngine(common.EngineBase):
             if dO is not None else None
         bb = t * overlap.shift_probe(dP, b.frac)[:, :, None] if dP is not None else None
         dot = backend.real_dot
-        dot_chi = lambda u: -0.5 * backend.real_dot(u, xp.broadcast_to(g_exit, u.shape) if u.shape != g_exit.shape else g_exit)
+        dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
         if a is not None and bb is not None:
-            aa, bbb, ab = dot(a, a), dot(bb, bb), dot(a, bb)
+            aa, bbb, ab, ra, rb = self._gathered(dot(a, a), dot(bb, bb), dot(a, bb), dot_chi(a), dot_chi(bb))
             aa = aa + 0.1 * xp.mean(aa)
             bbb = bbb + 0.1 * xp.mean(bbb)
-            ra, rb = dot_chi(a), dot_chi(bb)
             det = aa * bbb - ab * ab
             det = xp.where(det > 0, det, 1.0)
             return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
         if a is not None:
-            aa = dot(a, a)
-            return self._combine(dot_chi(a) / (aa + 0.1 * xp.mean(aa))), 0.0
-        bbb = dot(bb, bb)
-        return 0.0, self._combine(dot_chi(bb) / (bbb + 0.1 * xp.mean(bbb)), trim=0)
+            aa, ra = self._gathered(dot(a, a), dot_chi(a))
+            return self._combine(ra / (aa + 0.1 * xp.mean(aa))), 0.0
+        bbb, rb = self._gathered(dot(bb, bb), dot_chi(bb))
+        return 0.0, self._combine(rb / (bbb + 0.1 * xp.mean(bbb)), trim=0)
 
     def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
                      dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, Any]:
@@ -113,6 +121,7 @@ class LsqmlEngine(common.EngineBase):
             d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
             num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
             den = backend.real_dot(backend.abs2(d), illum, keep=(0, 2))
+            num, den = self._gathered(num, den)
             alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
             a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
         a_P = 0.0
@@ -121,8 +130,19 @@ class LsqmlEngine(common.EngineBase):
             t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
             den = backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape))
+            num, den = self._gathered(num, den)
             a_P = self._combine(0.5 * num / (den + 0.1 * xp.mean(den)), trim=0)
         return a_O, a_P
+
+    def _gathered(self, *per_position: Any) -> tuple[Any, ...]:
+        """Per-position step terms (B, ...) of the whole group: every rank's rows (data-parallel),
+        so the means and trimmed means below are the group's, as in one process."""
+        comm = distributed.comm_of(self.ctx)
+        if comm.size == 1:
+            return per_position
+        xp = self.ctx.xp
+        rows = distributed.gather_rows(xp.stack(per_position, axis=-1), comm)
+        return tuple(rows[..., i] for i in range(len(per_position)))
 
     def _combine(self, alpha: Any, trim: float | None = None, axis: int = 0) -> Any:
         """Clip at 0, trimmed mean over the group, times β_LSQ."""

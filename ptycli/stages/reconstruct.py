@@ -137,6 +137,11 @@ def is_root(distributed_run: bool) -> bool:
     return distributed.world(distributed_run).is_root
 
 
+def abort_job(distributed_run: bool, code: int) -> None:
+    """After an unexpected error on one rank: end every rank of the MPI job with ``code``."""
+    distributed.abort(distributed.world(distributed_run), code)
+
+
 def _open_writer(out: Path, options: dict, inputs: _Inputs, data: str | Path, state_group: Any,
                  state: str | Path, overwrite: bool, reuse: bool, rec_json: dict, validation: dict) -> StoreWriter:
     writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
@@ -157,7 +162,7 @@ def _on_root(comm: Any, fn: Any) -> Any:
     if comm.is_root:
         try:
             value = fn()
-        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+        except Exception as exc:  # noqa: BLE001 -- any error: re-raised below, after the other ranks hear of it
             error = exc
     shared = comm.bcast((value if isinstance(value, dict) else None, error))
     if shared[1] is not None:

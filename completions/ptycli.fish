@@ -87,6 +87,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l checkpoint-ev
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l device
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l distributed
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l early-stop-patience
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l group-size
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l iterations
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l json

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 HOT_ELEMENTS = 2**16  # batch x M x N at which FFTW_MEASURE pays for itself
-MAX_PLANS = 32
+MAX_PLANS = 64
 _SMALL_PRIMES = (2, 3, 5, 7)
 
 _pyfftw: Any = None
 _plans: OrderedDict[tuple, _Plan] = OrderedDict()
 _lock = threading.Lock()
+_plan_lock = threading.Lock()  # FFTW's planner is not thread-safe
 
 
 def available() -> bool:
@@ -117,10 +118,14 @@ def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int) -> np
         return None
     tail = x.shape[x.ndim - n_axes:]
     batched = x.reshape((-1, *tail))  # a view when contiguous
-    key = (batched.shape, x.dtype.str, inverse, max_threads)
+    # One-thread plans are per calling thread: a plan executes under its own lock, so
+    # parallel parts of a group (backend.map_parts) sharing one would run one at a time.
+    lane = threading.get_ident() if max_threads == 1 else 0
+    key = (batched.shape, x.dtype.str, inverse, max_threads, lane)
     plan = _plans.get(key)  # a dict read is atomic; eviction is first-in first-out
     if plan is None:
-        plan = _Plan(batched.shape, x.dtype, inverse, n_axes, max_threads)
+        with _plan_lock:
+            plan = _Plan(batched.shape, x.dtype, inverse, n_axes, max_threads)
         with _lock:
             _plans[key] = plan
             while len(_plans) > MAX_PLANS:

@@ -10,6 +10,8 @@ its calls so tests can prove an engine does not synchronise inside its loop.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 from .errors import DeviceError
 
 _FFT_WORKERS = max(1, os.cpu_count() or 1)
+_local = threading.local()  # per-thread FFT worker count while a group runs as parallel parts
 _fft_library = os.environ.get("PTYCLI_FFT", "auto")  # auto | scipy | pyfftw | numpy
 transfer_count = 0  # incremented by every to_numpy() of a device array
 
@@ -176,7 +179,7 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
         if lib == "pyfftw" and trailing:
             from . import _fftw  # noqa: PLC0415
 
-            out = _fftw.transform(x, inverse, n, _FFT_WORKERS)
+            out = _fftw.transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS))
             if out is not None:
                 return out
         if lib == "numpy":
@@ -185,10 +188,74 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
         import scipy.fft as sfft  # noqa: PLC0415
 
         f = sfft.ifftn if inverse else sfft.fftn
-        return f(x, axes=axes, norm="ortho", workers=_FFT_WORKERS)
+        return f(x, axes=axes, norm="ortho", workers=getattr(_local, "fft_workers", _FFT_WORKERS))
     _cupy_setup(xp)
     f = xp.fft.ifftn if inverse else xp.fft.fftn
     return f(x, axes=axes, norm="ortho")
+
+
+@contextmanager
+def fft_workers(n: int) -> Any:
+    """FFTs of the calling thread use ``n`` workers inside the block (parallel parts use 1
+    each: the parts already fill the cores, and one-thread plans do not contend)."""
+    old = getattr(_local, "fft_workers", None)
+    _local.fft_workers = max(1, int(n))
+    try:
+        yield
+    finally:
+        if old is None:
+            del _local.fft_workers
+        else:
+            _local.fft_workers = old
+
+
+def host_threads() -> int:
+    """Threads a group may be split over on the host: PTYCLI_THREADS, else the usable cores."""
+    env = os.environ.get("PTYCLI_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError as exc:
+            raise DeviceError(f"PTYCLI_THREADS={env!r}: expected a positive integer") from exc
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_pool: Any = None
+_pool_lock = threading.Lock()
+
+
+def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
+    """[fn(p) for p in parts], run concurrently on host threads (one per part, the caller's
+    among them), each with single-threaded FFTs; results in the order of ``parts``.
+
+    NumPy and FFTW release the GIL on large arrays, so a group split into parts uses every
+    core for the elementwise passes too, not only inside the FFTs.
+    """
+    if len(parts) <= 1:
+        return [fn(p) for p in parts]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(parts) - 1:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            _pool = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="ptycli-part")
+    futures = [_pool.submit(_run_part, fn, p) for p in parts[1:]]
+    try:
+        first = _run_part(fn, parts[0])
+    finally:
+        errors = [f.exception() for f in futures]  # waits: no part outlives the call
+    for err in errors:
+        if err is not None:
+            raise err
+    return [first, *(f.result() for f in futures)]
+
+
+def _run_part(fn: Any, part: Any) -> Any:
+    with fft_workers(1):
+        return fn(part)
 
 
 def fft2(x: Any) -> Any:

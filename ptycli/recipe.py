@@ -68,7 +68,9 @@ class Grouping(_Model):
     """How positions are split into groups (mini-batches) each iteration."""
 
     kind: Literal["random", "sparse", "compact"] = "sparse"
-    size: int = Field(32, ge=1, description="positions per group")
+    size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(32, description=(
+        "positions per group, or \"auto\": the largest group that fits the memory budget "
+        "(engines/data.py plan_memory), chosen when the run starts"))
 
 
 EXTRA_VARIABLES = ("tilts", "tilt_global", "thickness", "aberrations", "beam_current", "background",

@@ -46,12 +46,15 @@ def reconstruct(
     set_: list[str] = typer.Option(None, "--set", help="Override one recipe value: stage.0.iterations=5 (repeatable)."),
     iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
     positions: str = typer.Option("all", "--positions", help="all | sub:N | center:NYxNX | FILE of indices."),
+    group_size: str = typer.Option(None, "--group-size", metavar="auto|N", help="Positions per group for every stage: N, or 'auto' "
+                                   "(the largest group that fits --memory-gb)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every K iterations (0: on stop only).",
                                          rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of OUT.", rich_help_panel=RUN),
     stream: bool = typer.Option(None, "--stream/--no-stream", help="Read patterns per group (default: by memory budget).",
                                 rich_help_panel=RUN),
-    memory_gb: float = typer.Option(2.0, "--memory-gb", help="Memory budget for resident patterns [GB].",
+    memory_gb: float = typer.Option(2.0, "--memory-gb", help="Memory budget for resident patterns and "
+                                    "--group-size auto [GB].",
                                     rich_help_panel=RUN),
     validation_fraction: float = typer.Option(0.0, "--validation-fraction", help="Hold out this seeded share of "
                                               "positions from the updates; their loss is recorded each iteration.",
@@ -76,7 +79,8 @@ def reconstruct(
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
                             overwrite=overwrite, observers=[observer], validation_fraction=validation_fraction,
-                            early_stop_patience=early_stop_patience, distributed_run=distributed)
+                            early_stop_patience=early_stop_patience, distributed_run=distributed,
+                            group_size=group_size)
     if root:
         result(summary if as_json else summary["output"], as_json)
 

@@ -96,6 +96,43 @@ def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch
                  H=tilted_propagator(state, idx, ctx))
 
 
+# A part below this many positions is not worth a thread: per-call overheads dominate.
+MIN_PART_POSITIONS = 4
+
+
+def n_parts(ctx: RunContext, batch_size: int) -> int:
+    """How many host threads a group of ``batch_size`` positions is split over (1 on CuPy,
+    whose kernels are asynchronous already)."""
+    if not backend.is_numpy(ctx.xp):
+        return 1
+    return max(1, min(backend.host_threads(), batch_size // MIN_PART_POSITIONS))
+
+
+def split_batch(batch: Batch, n: int) -> list[Batch]:
+    """``batch`` as ``n`` contiguous parts of nearly equal size (views, no copies)."""
+    if n <= 1:
+        return [batch]
+    size = len(batch.idx)
+    bounds = [size * k // n for k in range(n + 1)]
+    per_position_H = batch.H is not None and batch.H.ndim == 3
+    return [Batch(idx=batch.idx[a:b], y0=batch.y0[a:b], x0=batch.x0[a:b], frac=batch.frac[a:b],
+                  data=batch.data[a:b], H=batch.H[a:b] if per_position_H else batch.H)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def concat_parts(xp: Any, per_part: list[Any]) -> Any:
+    """Per-position results of the parts, in the group's order."""
+    return per_part[0] if len(per_part) == 1 else xp.concatenate(per_part, axis=0)
+
+
+def sum_parts(per_part: list[Any]) -> Any:
+    """Σ of the parts' partial sums, in a fixed order (deterministic)."""
+    total = per_part[0]
+    for x in per_part[1:]:
+        total += x
+    return total
+
+
 def tilted_propagator(state: Any, idx: np.ndarray, ctx: RunContext) -> Any:
     """(B, M, N) propagators for the batch when the state has beam tilts (not refined here)."""
     if state.n_slices == 1 or state.tilts is None:
@@ -201,7 +238,15 @@ def lsq_position_step(g_pos: Any, fwd: Forward, ctx: RunContext) -> Any:
     the amplitude, about half of the linearised residual, so the full gradient is used
     (checked: one step removes ~100 % of a 0.5 px error on noise-free data).
     """
-    curv = position_curvature(fwd, ctx)
+    return lsq_step_from_terms(g_pos, position_curvature(fwd, ctx), ctx)
+
+
+def position_terms(g_psi1: Any, fwd: Forward, ctx: RunContext) -> tuple[Any, Any]:
+    """Per-position (∂L/∂f, ‖ψ ∂O/∂f‖²), each (B, 2): what a part contributes to the step."""
+    return position_gradient(g_psi1, fwd.psi1, ctx), position_curvature(fwd, ctx)
+
+
+def lsq_step_from_terms(g_pos: Any, curv: Any, ctx: RunContext) -> Any:
     # the damping uses the whole group's mean curvature (all ranks' shares when data-parallel)
     return -g_pos / (curv + 1e-3 * distributed.global_mean(curv, distributed.comm_of(ctx)) + 1e-30)
 
@@ -215,14 +260,21 @@ class EngineBase:
     def batch(self, state: Any, idx: np.ndarray, data: Any) -> Batch:
         return make_batch(state, idx, data, self.ctx)
 
+    def parts(self, batch: Batch) -> list[Batch]:
+        return split_batch(batch, n_parts(self.ctx, len(batch.idx)))
+
     def refine_positions(self, state: Any, batch: Batch, g_psi1: Any, fwd: Forward, it: int) -> None:
         """Gauss-Newton position step from ∂L/∂f (every engine uses it; limits in the loop)."""
         if not self.params.refine.positions.active(it):
             return
+        self.apply_position_terms(state, batch, position_terms(g_psi1, fwd, self.ctx))
+
+    def apply_position_terms(self, state: Any, batch: Batch, terms: tuple[Any, Any]) -> None:
+        """Apply Δf from the per-position (∂L/∂f, curvature) of the whole batch."""
         from .positions import apply_step
 
-        g = position_gradient(g_psi1, fwd.psi1, self.ctx)
-        delta = lsq_position_step(g, fwd, self.ctx) * self.params.positions.step
+        g, curv = terms
+        delta = lsq_step_from_terms(g, curv, self.ctx) * self.params.positions.step
         apply_step(state, batch.idx, backend.to_numpy(delta))
 
     def state_dict(self) -> dict[str, Any]:

@@ -38,20 +38,28 @@ class GradientEngine(common.EngineBase):
         if self.params.regularisers or set(names) - {"object", "probe", "positions"} or model_features(state):
             return self._variables_update(state, idx, data, it, names)
         b = self.batch(state, idx, data)
-        fwd = common.forward(state, b, self.ctx)
-        loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
-        g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
         refine, lr = self.params.refine, self.params.learning_rate
-        comm = distributed.comm_of(self.ctx)
-        if refine.object.active(it):
-            grad = comm.allreduce_sum(common.object_gradient(state, b, g_patches))
-            self._object_step(state, grad, it)
-        if refine.probe.active(it):
+        do_obj, do_probe, do_pos = refine.object.active(it), refine.probe.active(it), refine.positions.active(it)
+        xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
+
+        def part(pb: common.Batch) -> tuple[Any, ...]:
+            # everything per position or a partial sum: the parts of a group run concurrently
+            fwd = common.forward(state, pb, self.ctx)
+            loss, grad_Psi = common.loss_and_grad_farfield(fwd, pb, self.ctx)
+            g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
+            return (loss, common.object_gradient(state, pb, g_patches) if do_obj else None,
+                    common.probe_gradient(g_psi1, pb) if do_probe else None,
+                    common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None)
+
+        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(b)))
+        if do_obj:
+            self._object_step(state, comm.allreduce_sum(common.sum_parts(g_obj)), it)
+        if do_probe:
             rate = rate_value(lr.probe, it) * self.probe_scale
-            grad = comm.allreduce_sum(common.probe_gradient(g_psi1, b))
-            state.probe = self.opt.step("probe", state.probe, grad, rate)
-        self.refine_positions(state, b, g_psi1, fwd, it)
-        return comm.allreduce_sum(loss.sum())
+            state.probe = self.opt.step("probe", state.probe, comm.allreduce_sum(common.sum_parts(g_probe)), rate)
+        if do_pos:
+            self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
+        return comm.allreduce_sum(common.concat_parts(xp, list(loss)).sum())
 
     def _variables_update(self, state: Any, idx: np.ndarray, data: Any, it: int, names: tuple[str, ...]) -> Any:
         """Every refined variable through the differentiable model (engines/variables.py).

@@ -193,7 +193,7 @@ class LbfgsEngine(common.EngineBase):
     def __init__(self, params: Any, ctx: common.RunContext, state: Any):
         super().__init__(params, ctx, state)
         self.ev = Evaluator(params, ctx, state)
-        m, n = state.window
+        m, n = state.detector_shape  # the background lives on detector pixels, not the U·M window
         self.scales = {name: getattr(params.scale, name) for name in VARIABLES}
         self.scales["probe"] *= self.ev.probe_scale
         self.scales["background"] *= math.sqrt(max(ctx.n_e / (m * n), 1e-12))

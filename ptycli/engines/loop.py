@@ -71,6 +71,9 @@ class RunHooks:
     validation: Callable[[Any, Any], float] | None = None  # (state, stage) -> held-out loss per position
     early_stop_patience: int = 0  # stop a stage after this many iterations without a better validation loss
     comm: Any = distributed.SERIAL  # data-parallel communicator (engines/distributed.py)
+    # (indices, stage) -> None: start reading a group's data in the background while the
+    # current group computes; results do not depend on it (it only moves the reading earlier)
+    prefetch: Callable[[np.ndarray, Any], None] | None = None
 
 
 def emit(observers: list[Any], event: str, *args: Any) -> None:
@@ -136,6 +139,10 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         for gi in range(start_group, len(groups)):
             mine = distributed.local_part(groups[gi], place, comm)
             data = hooks.read_batch(mine, stage)
+            if hooks.prefetch is not None:
+                nxt_group = _next_group(groups, gi, stage, it, order, rng)
+                if nxt_group is not None:
+                    hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
             loss_dev = loss_dev + engine.update(state, mine, data, it)
             stop = _synced_stop(state, mine, hooks, comm)
             pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
@@ -162,6 +169,20 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         if _synced_stop(state, None, hooks, comm):
             _stop(state, engine, nxt, history, hooks, extra)
     return state
+
+
+def _next_group(groups: list[np.ndarray], gi: int, stage: Any, it: int, order: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray | None:
+    """The group read after group ``gi``: the next of this iteration, else the first of the
+    next iteration of this stage, drawn from a copy of the grouping RNG (whose state is
+    already the one that iteration starts from), so the real RNG does not move."""
+    if gi + 1 < len(groups):
+        return groups[gi + 1]
+    if it + 1 >= stage.iterations:
+        return None  # the next stage may group differently; its first read is synchronous
+    peek = np.random.Generator(type(rng.bit_generator)())
+    peek.bit_generator.state = rng.bit_generator.state
+    return grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, peek)[0]
 
 
 def _synced_stop(state: Any, mine: np.ndarray | None, hooks: RunHooks, comm: Any) -> bool:

@@ -23,8 +23,38 @@ from . import common, distributed
 
 class LsqmlEngine(common.EngineBase):
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
-        p = self.params
+        p, xp = self.params, self.ctx.xp
         b = self.batch(state, idx, data)
+        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        comm = distributed.comm_of(self.ctx)
+        parts = self.parts(b)
+        # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
+        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe), parts)
+        dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
+        # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
+        dP = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
+            backend.ifft2(common.sum_parts([r["probe_k"] for r in first]))) if do_probe else None
+        # phase 2, per part: the per-position step terms, then the group's steps
+        terms = backend.map_parts(lambda pr: self._part_step_terms(state, pr[0], pr[1], dO, dP),
+                                  list(zip(parts, first)))
+        terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
+        if state.n_slices == 1:
+            a_O, a_P = self._steps_single(terms, dO is not None, dP is not None)
+        else:
+            a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
+        if dO is not None:
+            state.object = (state.object + a_O * dO).astype(state.object.dtype)
+        if dP is not None:
+            state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
+        if p.refine.positions.active(it):
+            pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
+            self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
+        return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
+
+    def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool) -> dict[str, Any]:
+        """Forward model, χ and its adjoint for one part of the group, and the part's shares of
+        the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
+        xp = self.ctx.xp
         fwd = common.forward(state, b, self.ctx)
         loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
         if self.ctx.noise_model == "poisson":
@@ -33,24 +63,21 @@ class LsqmlEngine(common.EngineBase):
             grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
         g_exit = backend.ifft2(grad_Psi)  # shared by the adjoint and the single-slice steps
         g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
-        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        # ΔO_j = -½ ∇O_j: the -½ is applied after summing (object-sized, not batch-sized)
-        illum = illumination_patches(fwd, state.object.shape[0]) if do_obj else None
-        dO = self._object_direction(state, b, g_patches, illum) if do_obj else None
-        # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
-        comm = distributed.comm_of(self.ctx)
-        dP = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
-            overlap.unshift_sum(backend.fft2(g_psi1), b.frac)) if do_probe else None
+        out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": g_patches, "g_psi1": g_psi1,
+               "illum": illumination_patches(fwd, state.object.shape[0]) if do_obj else None}
+        if do_obj:
+            out["num"] = overlap.accumulate(xp.zeros_like(state.object), b.y0, b.x0, g_patches)
+            out["W"] = overlap.accumulate(xp.zeros(state.object.shape, dtype=self.ctx.real_dtype),
+                                          b.y0, b.x0, out["illum"])
+        if do_probe:
+            out["probe_k"] = overlap.unshift_sum_k(backend.fft2(g_psi1), b.frac)
+        return out
+
+    def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any, dP: Any) -> tuple[Any, ...]:
+        """Per-position terms of the step problems for one part (each (B,) or (B, S))."""
         if state.n_slices == 1:
-            a_O, a_P = self._steps_single(state, b, fwd, g_exit, dO, dP)
-        else:
-            a_O, a_P = self._steps_multi(state, b, fwd, g_patches, dO, dP, g_psi1, illum)
-        if dO is not None:
-            state.object = (state.object + a_O * dO).astype(state.object.dtype)
-        if dP is not None:
-            state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
-        self.refine_positions(state, b, g_psi1, fwd, it)
-        return comm.allreduce_sum(loss.sum())
+            return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP)
+        return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP, r["g_psi1"], r["illum"])
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
@@ -71,28 +98,25 @@ class LsqmlEngine(common.EngineBase):
         return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None], fwd.Psi.dtype)
 
     # ------------------------------------------------------------------ directions
-    def _object_direction(self, state: Any, b: common.Batch, g_patches: Any, illum: Any) -> Any:
-        """ΔO_s = Σ_j ΔO_{j,s} / sqrt(W_s² + (δ max W_s)²), W_s = Σ_j |ψ_{j,s}|² (§6.3.4)."""
+    def _object_direction(self, state: Any, nums: list[Any], Ws: list[Any]) -> Any:
+        """ΔO_s = Σ_j ΔO_{j,s} / sqrt(W_s² + (δ max W_s)²), W_s = Σ_j |ψ_{j,s}|² (§6.3.4),
+        from the parts' partial sums of Σ_j ∇O_j and W."""
         xp = self.ctx.xp
-        num = xp.zeros_like(state.object)
-        overlap.accumulate(num, b.y0, b.x0, g_patches)
         comm = distributed.comm_of(self.ctx)
-        num = comm.allreduce_sum(num)
+        num = comm.allreduce_sum(common.sum_parts(nums))
         num *= -0.5  # Σ_j ΔO_j
-        W = xp.zeros(state.object.shape, dtype=self.ctx.real_dtype)
-        overlap.accumulate(W, b.y0, b.x0, illum)
-        W = comm.allreduce_sum(W)
+        W = comm.allreduce_sum(common.sum_parts(Ws))
         w_max = xp.max(W, axis=(-2, -1), keepdims=True)
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
     # ------------------------------------------------------------------ steps
-    def _steps_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,
-                      dO: Any, dP: Any) -> tuple[Any, Any]:
-        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages.
+    def _terms_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,
+                      dO: Any, dP: Any) -> tuple[Any, ...]:
+        """Per-position dots of the damped 2×2 least squares for (α_O, α_P): (aa, bb, ab, ra, rb)
+        with both directions, (aa, ra) or (bb, rb) with one.
 
         ``g_exit`` = F⁻¹[∇_Ψ L]; the exit-plane update is χ = -½ g_exit, folded into the dots.
         """
-        xp = self.ctx.xp
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
@@ -100,37 +124,55 @@ class LsqmlEngine(common.EngineBase):
         dot = backend.real_dot
         dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
         if a is not None and bb is not None:
-            aa, bbb, ab, ra, rb = self._gathered(dot(a, a), dot(bb, bb), dot(a, bb), dot_chi(a), dot_chi(bb))
+            return dot(a, a), dot(bb, bb), dot(a, bb), dot_chi(a), dot_chi(bb)
+        if a is not None:
+            return dot(a, a), dot_chi(a)
+        return dot(bb, bb), dot_chi(bb)
+
+    def _steps_single(self, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
+        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages."""
+        xp = self.ctx.xp
+        if has_obj and has_probe:
+            aa, bbb, ab, ra, rb = self._gathered(*terms)
             aa = aa + 0.1 * xp.mean(aa)
             bbb = bbb + 0.1 * xp.mean(bbb)
             det = aa * bbb - ab * ab
             det = xp.where(det > 0, det, 1.0)
             return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
-        if a is not None:
-            aa, ra = self._gathered(dot(a, a), dot_chi(a))
+        if has_obj:
+            aa, ra = self._gathered(*terms)
             return self._combine(ra / (aa + 0.1 * xp.mean(aa))), 0.0
-        bbb, rb = self._gathered(dot(bb, bb), dot_chi(bb))
+        bbb, rb = self._gathered(*terms)
         return 0.0, self._combine(rb / (bbb + 0.1 * xp.mean(bbb)), trim=0)
 
-    def _steps_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
-                     dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, Any]:
-        """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S."""
+    def _terms_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
+                     dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, ...]:
+        """Per-position (num, den) of the decoupled per-slice object steps (B, S) and of the
+        probe step (B,), for the directions present."""
         xp = self.ctx.xp
-        a_O = 0.0
+        out: tuple[Any, ...] = ()
         if dO is not None:
             d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
             num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
-            den = backend.real_dot(backend.abs2(d), illum, keep=(0, 2))
-            num, den = self._gathered(num, den)
-            alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
-            a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
-        a_P = 0.0
+            out += (num, backend.real_dot(backend.abs2(d), illum, keep=(0, 2)))
         if dP is not None:
             shifted = overlap.shift_probe(dP, b.frac)  # (B, P, M, N)
             t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
-            den = backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape))
-            num, den = self._gathered(num, den)
+            out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))
+        return out
+
+    def _steps_multi(self, state: Any, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
+        """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S."""
+        xp = self.ctx.xp
+        a_O, a_P = 0.0, 0.0
+        if has_obj:
+            num, den = self._gathered(*terms[:2])
+            terms = terms[2:]
+            alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
+            a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
+        if has_probe:
+            num, den = self._gathered(*terms)
             a_P = self._combine(0.5 * num / (den + 0.1 * xp.mean(den)), trim=0)
         return a_O, a_P
 

@@ -77,10 +77,15 @@ def unshift(grad: Any, frac: Any) -> Any:
 
 def unshift_sum(grad_k: Any, frac: Any) -> Any:
     """Σ_b unshift(grad_b) from spectra ``grad_k`` = fft2(grad) (B, P, M, N): one inverse FFT."""
+    return backend.ifft2(unshift_sum_k(grad_k, frac))
+
+
+def unshift_sum_k(grad_k: Any, frac: Any) -> Any:
+    """The spectrum of ``unshift_sum`` (P, M, N): partial sums over parts of a batch add up."""
     xp = backend.namespace(grad_k)
     ramp = shift_ramp(frac, tuple(grad_k.shape[-2:]), grad_k.dtype, conj=True)
     prod = grad_k * ramp[:, None, ...]
-    return backend.ifft2(prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0))
+    return prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0)
 
 
 def extract(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +35,29 @@ def diagnostics(summary: Any, aberrations: dict[str, float], positions_a: np.nda
     cal = summary.calibration
     step = typical_step_a(positions_a, cal.scan_step_a)
     n_slices = 1 if thickness is None else len(thickness)
-    return sampling.sampling_diagnostics(
-        energy_ev=cal.energy_ev, semiangle_mrad=cal.semiangle_mrad, window_px=summary.window[0],
-        dx_a=summary.dx_a, step_a=step if step > 0 else None, c10_a=aberrations.get("C10", 0.0),
-        counts_per_frame=summary.counts_per_frame,
-        slice_thickness_a=None if thickness is None else float(thickness[0]), n_slices=n_slices,
-    )
+    kw = {"energy_ev": cal.energy_ev, "semiangle_mrad": cal.semiangle_mrad, "dx_a": summary.dx_a,
+          "step_a": step if step > 0 else None, "c10_a": aberrations.get("C10", 0.0),
+          "counts_per_frame": summary.counts_per_frame,
+          "slice_thickness_a": None if thickness is None else float(thickness[0]), "n_slices": n_slices}
+    diag = sampling.sampling_diagnostics(window_px=summary.window[0], **kw)
+    upsample = int(getattr(summary, "upsample", 1))
+    return diag if upsample == 1 else _upsampled(diag, sampling.sampling_diagnostics(
+        window_px=summary.window[0] * upsample, **kw))
+
+
+def _upsampled(detector: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """With ``--upsample U`` the probe lives in the U·M window (same dx) while the detector
+    keeps M pixels: the window/probe numbers come from the model window, everything the
+    detector samples (pixel angle, BF radius, R_ptych) stays on the detector grid."""
+    out = dict(detector, window_a=model["window_a"], oversampling=model["oversampling"])
+    # sampling._warnings puts the window/probe warning first, and only then.
+    warnings = list(detector["warnings"])
+    if detector["oversampling"] < sampling.MIN_OVERSAMPLING:
+        warnings = warnings[1:]
+    if model["oversampling"] < sampling.MIN_OVERSAMPLING:
+        warnings = [model["warnings"][0]] + warnings
+    out["warnings"] = warnings
+    return out
 
 
 def format_line(diag: dict[str, Any]) -> str:

@@ -35,20 +35,21 @@ from ..store.io import (
 )
 from ..store.schema import ROOT_ATTR, json_hash
 from ..store.state import State, load_state, write_state
+from . import reconstruct_group_plan as group_plan
 from . import reconstruct_positions, reconstruct_validation
 
 
 class _Inputs:
     """The opened data store and what every stage of the run reads from it."""
 
-    def __init__(self, data_path: Path, xp: Any, precision: str, stream: bool | None, budget: int | None):
+    def __init__(self, data_path: Path, xp: Any, precision: str):
         self.path = data_path
         self.group = open_store(data_path, "data")
         real, _ = backend.dtypes(precision)
         self.xp, self.real = xp, real
         if "patterns" not in self.group:
             raise InputError(f"{data_path}: data store has no 'patterns' array")
-        self.patterns = PatternSource(self.group["patterns"], xp, real, stream=stream, budget_bytes=budget)
+        self.patterns: PatternSource | None = None  # opened by load_patterns, once streaming is decided
         self.mask = self._unshifted("detector_mask")
         self.comp_masks = self._unshifted("compressed/masks")
         self.signals = SignalSource(self.group["compressed/signals"], xp, real) if "compressed/signals" in self.group else None
@@ -60,6 +61,18 @@ class _Inputs:
             return None
         host = np.fft.ifftshift(np.asarray(self.group[name][...], dtype=self.real), axes=(-2, -1))
         return backend.to_device(host, self.xp, dtype=self.real)
+
+    def load_patterns(self, stream: bool | None, budget: int | None) -> None:
+        self.patterns = PatternSource(self.group["patterns"], self.xp, self.real, stream=stream, budget_bytes=budget)
+
+    def prefetch(self, idx: np.ndarray, stage: Any) -> None:
+        """Start reading the patterns of ``idx`` in the background (compressed signals are resident)."""
+        if stage.noise.model != "compressed":
+            self.patterns.prefetch(idx)
+
+    def close(self) -> None:
+        if self.patterns is not None:
+            self.patterns.close()
 
     def read(self, idx: np.ndarray, stage: Any) -> Any:
         if stage.noise.model == "compressed":
@@ -75,7 +88,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         stream: bool | None = None, memory_budget_bytes: int | None = None, positions: str = "all",
         overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True,
         validation_fraction: float = 0.0, early_stop_patience: int = 0,
-        distributed_run: bool = False) -> dict[str, Any]:
+        distributed_run: bool = False, group_size: int | str | None = None, prefetch: bool = True) -> dict[str, Any]:
     """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings).
 
     ``validation_fraction`` holds out a seeded share of the positions from every update and
@@ -83,16 +96,21 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     ``early_stop_patience`` N a stage ends once that loss has not improved for N iterations.
     ``distributed_run`` splits every group over the MPI ranks (one rank: the ordinary path);
     observers then run on rank 0 only, and every rank returns rank 0's summary.
+    ``group_size`` (N or "auto") replaces every stage's ``grouping.size``; "auto" sizes
+    groups (and chooses streaming, unless ``stream`` is given) by ``engines.data.plan_memory``
+    within ``memory_budget_bytes``. ``prefetch`` reads the next group's streamed patterns in a
+    background thread while the current group computes (the results are the same without).
     """
     out = Path(out)
     comm = distributed.world(distributed_run)
     if resume and out.exists():
         return _already_complete(out)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
+    rec = group_plan.with_group_size(rec, group_size)
     rec_json = resolved(rec)
     seed = rec.seed if rec.seed is not None else seed
     xp = backend.get_xp(distributed.select_device(device, comm))
-    inputs = _Inputs(Path(data), xp, precision, stream, memory_budget_bytes)
+    inputs = _Inputs(Path(data), xp, precision)
     state_group = open_store(state, "state")
     validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
     if early_stop_patience and not validation_fraction:
@@ -104,13 +122,16 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
     n_e = mean_counts(inputs.group["patterns"], subset)
     st = _to_device(st, xp, precision)
+    plan = group_plan.plan(rec, st, xp, precision, memory_budget_bytes, comm,
+                           group_plan.stored(out) if resume_from else None)
+    inputs.load_patterns(stream if stream is not None or plan is None else plan["stream"], memory_budget_bytes)
     options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
                "positions": positions, "checkpoint_every": checkpoint_every, "validation": validation}
     if distributed_run:
         options["ranks"] = comm.size
     comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
     writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, overwrite,
-                                                 bool(resume_from), rec_json, validation))
+                                                 bool(resume_from), rec_json, validation, plan))
     flag = StopFlag()
     monitor = _Monitor(partial_path(out), comm)
     hooks = loop.RunHooks(
@@ -120,16 +141,20 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         checkpoint=monitor.checkpoint, stop=flag, observers=list(observers) if comm.is_root else [],
         checkpoint_every=checkpoint_every, early_stop_patience=int(early_stop_patience),
         validation=reconstruct_validation.Validator(held_out, inputs.read, xp, precision, n_e, inputs)
-        if len(held_out) else None, comm=comm)
+        if len(held_out) else None, comm=comm, prefetch=inputs.prefetch if prefetch else None)
     cursor, history, engine_state, extra = _resume_parts(resume_from)
+    run_rec = group_plan.apply(rec, plan)
     with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
         try:
-            st, history = loop.run(rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+            st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
         except (Interrupted, NumericalError) as exc:
             if writer is not None:
                 _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
             raise
-        return _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, data, subset, held_out))
+        finally:
+            inputs.close()  # stop the prefetch thread, also on a stop or an error
+        summary = _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, data, subset, held_out))
+    return summary if plan is None or summary is None else {**summary, "group_plan": group_plan.public(plan)}
 
 
 def is_root(distributed_run: bool) -> bool:
@@ -143,12 +168,15 @@ def abort_job(distributed_run: bool, code: int) -> None:
 
 
 def _open_writer(out: Path, options: dict, inputs: _Inputs, data: str | Path, state_group: Any,
-                 state: str | Path, overwrite: bool, reuse: bool, rec_json: dict, validation: dict) -> StoreWriter:
+                 state: str | Path, overwrite: bool, reuse: bool, rec_json: dict, validation: dict,
+                 plan: dict | None = None) -> StoreWriter:
     writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
                          inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
                          provenance=provenance_of(state_group), overwrite=overwrite,
                          keep_partial_on_error=True, reuse_partial=reuse)
     writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
+    if plan is not None:  # the sizes "auto" chose: --resume reuses them, so its groups stay the same
+        writer.set_attrs(group_plan=group_plan.public(plan))
     return writer
 
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
 from ..engines import common
-from ..engines import noise as noise_mod
+from ..engines.variables import Evaluator
 from ..errors import UsageError
 
 BATCH = 32  # positions per forward call; bounds the memory of the validation pass
@@ -42,8 +41,11 @@ def split(subset: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
 class Validator:
     """``(state, stage) -> mean loss per validation position`` for the loop's hook.
 
-    One forward model per batch: K(2S-1) FFTs per position (no adjoint), under the
-    stage's own noise model so it is comparable with the training loss.
+    Evaluates the engines' own model (engines/variables.py ``Evaluator``: beam current,
+    background, detector blur, upsampling, sub-scans, tilts before/after, near field)
+    under the stage's noise model, loss only (no back-propagation), so it is comparable
+    with the training loss. The context carries no communicator: every rank evaluates
+    all held-out positions from the identical state, and no rank's sum is counted twice.
     """
 
     def __init__(self, idx: np.ndarray, read: Any, xp: Any, precision: str, n_e: float, inputs: Any):
@@ -52,17 +54,13 @@ class Validator:
     def __call__(self, state: Any, stage: Any) -> float:
         ctx = common.make_context(state, self.xp, self.precision, stage.noise.model, stage.noise.eps,
                                   mask=self.inputs.mask, comp_masks=self.inputs.comp_masks, n_e=self.n_e)
+        evaluator = Evaluator(stage, ctx, state)
         total = 0.0
         for a in range(0, len(self.idx), BATCH):
-            chunk = self.idx[a:a + BATCH]
-            batch = common.make_batch(state, chunk, self.read(chunk, stage), ctx)
-            fwd = common.forward(state, batch, ctx)
-            total += backend.scalar(self.xp.sum(_loss(fwd.I, batch.data, ctx)))
+            chunk = np.asarray(self.idx[a:a + BATCH])
+            # x = {}: no variable is differentiated, so the model stops after the loss; the
+            # data loss excludes the regularisers, like the held-out loss should.
+            data_loss, _, _ = evaluator.evaluate(state, {}, chunk, self.read(chunk, stage), state.iteration,
+                                                 reg_fraction=0.0)
+            total += float(data_loss)
         return total / max(len(self.idx), 1)
-
-
-def _loss(intensity: Any, data: Any, ctx: common.RunContext) -> Any:
-    if ctx.noise_model == "compressed":
-        return noise_mod.compressed_loss(intensity, data, ctx.comp_masks)
-    kw = {} if ctx.eps is None else {"eps": ctx.eps}
-    return noise_mod.loss(intensity, data, ctx.noise_model, mask=ctx.mask, **kw)

@@ -1,0 +1,93 @@
+"""Groups split into parallel parts (backend.map_parts): the same update as one thread.
+
+Oracle: a run with PTYCLI_THREADS=1 (the whole group in one pass). Splitting only changes
+the order of float32 sums, so states agree to float32 rounding (rtol 1e-4 of the largest
+value after two iterations), and two threaded runs agree bit for bit (fixed part order).
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from ptycli import backend
+from ptycli.engines import common
+
+from test_perf_structure import _patterns, _run, _state
+
+
+def _final(engine, threads, monkeypatch, slices=1, modes=1, noise="amplitude", positions=False):
+    monkeypatch.setenv("PTYCLI_THREADS", str(threads))
+    state = _state(slices=slices, modes=modes, scan=(4, 4))
+    refine = {"object": True, "probe": True, "positions": positions}
+    out = _run(engine, state, _patterns(state), iterations=2, group=16, refine=refine, noise={"model": noise})
+    return out
+
+
+def _close(a, b, rtol=1e-4):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = float(np.max(np.abs(a)))
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("engine,slices,modes,noise,positions", [
+    ("lsqml", 1, 1, "amplitude", True),
+    ("lsqml", 2, 2, "poisson", False),
+    ("lsqml", 1, 2, "amplitude", False),
+    ("gradient", 1, 1, "amplitude", True),
+    ("gradient", 2, 2, "amplitude", False),
+])
+def test_parts_match_one_thread(engine, slices, modes, noise, positions, monkeypatch):
+    one = _final(engine, 1, monkeypatch, slices, modes, noise, positions)
+    two = _final(engine, 2, monkeypatch, slices, modes, noise, positions)
+    _close(one.object, two.object)
+    _close(one.probe, two.probe)
+    np.testing.assert_allclose(one.positions, two.positions, rtol=0, atol=1e-4)
+    if positions:  # the parts' position terms were applied: positions moved
+        assert np.abs(one.positions - one.positions_initial).max() > 0
+    again = _final(engine, 2, monkeypatch, slices, modes, noise, positions)
+    np.testing.assert_array_equal(again.object, two.object)  # deterministic for a seed
+    np.testing.assert_array_equal(again.probe, two.probe)
+
+
+def test_split_batch_covers_the_group_in_order():
+    b = common.Batch(idx=np.arange(7), y0=np.arange(7), x0=np.arange(7) * 2, frac=np.zeros((7, 2)),
+                     data=np.arange(7 * 4).reshape(7, 2, 2), H=np.ones((7, 2, 2)))
+    parts = common.split_batch(b, 3)
+    assert [len(p.idx) for p in parts] == [2, 2, 3]
+    np.testing.assert_array_equal(np.concatenate([p.x0 for p in parts]), b.x0)
+    np.testing.assert_array_equal(np.concatenate([p.data for p in parts]), b.data)
+    assert all(p.H.shape[0] == len(p.idx) for p in parts)
+
+
+def test_n_parts_follows_threads_and_part_size(monkeypatch):
+    ctx = common.RunContext(xp=np, real_dtype=np.float32, complex_dtype=np.complex64)
+    monkeypatch.setenv("PTYCLI_THREADS", "2")
+    assert common.n_parts(ctx, 32) == 2
+    assert common.n_parts(ctx, 1) == 1  # sequential ePIE never pays for a thread
+    monkeypatch.setenv("PTYCLI_THREADS", "1")
+    assert common.n_parts(ctx, 32) == 1
+
+
+def test_map_parts_runs_concurrently_in_order_and_single_threaded_ffts(monkeypatch):
+    seen = []
+
+    def fn(k):
+        seen.append((k, threading.get_ident(), getattr(backend._local, "fft_workers", None)))
+        return backend.fft2(np.full((2, 8, 8), k, dtype=np.complex64))
+
+    out = backend.map_parts(fn, [1, 2])
+    assert [float(o[0, 0, 0].real) for o in out] == [8.0, 16.0]  # unitary DC of a constant 8x8
+    assert {w for _, _, w in seen} == {1}
+    assert len({t for _, t, _ in seen}) == 2
+    assert getattr(backend._local, "fft_workers", None) is None  # restored in the caller
+
+
+def test_map_parts_raises_a_parts_error():
+    def fn(k):
+        if k == 2:
+            raise ValueError("part 2 failed")
+        return k
+
+    with pytest.raises(ValueError, match="part 2"):
+        backend.map_parts(fn, [1, 2])

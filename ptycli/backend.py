@@ -224,6 +224,7 @@ def host_threads() -> int:
 
 
 _pool: Any = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -236,12 +237,13 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
     """
     if len(parts) <= 1:
         return [fn(p) for p in parts]
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < len(parts) - 1:
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        if _pool is None or _pool_size < len(parts) - 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-            _pool = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="ptycli-part")
+            _pool_size = len(parts) - 1
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="ptycli-part")
     futures = [_pool.submit(_run_part, fn, p) for p in parts[1:]]
     try:
         first = _run_part(fn, parts[0])

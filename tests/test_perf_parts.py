@@ -9,18 +9,22 @@ import threading
 
 import numpy as np
 import pytest
+from test_perf_structure import _patterns, _run, _state
 
 from ptycli import backend
 from ptycli.engines import common
 
-from test_perf_structure import _patterns, _run, _state
-
 
 def _final(engine, threads, monkeypatch, slices=1, modes=1, noise="amplitude", positions=False):
     monkeypatch.setenv("PTYCLI_THREADS", str(threads))
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)  # split even these tiny groups
+    calls = []
+    real_map = backend.map_parts
+    monkeypatch.setattr(backend, "map_parts", lambda fn, parts: calls.append(len(parts)) or real_map(fn, parts))
     state = _state(slices=slices, modes=modes, scan=(4, 4))
     refine = {"object": True, "probe": True, "positions": positions}
     out = _run(engine, state, _patterns(state), iterations=2, group=16, refine=refine, noise={"model": noise})
+    assert calls and set(calls) == {threads}  # every group ran as ``threads`` parts
     return out
 
 
@@ -63,10 +67,12 @@ def test_split_batch_covers_the_group_in_order():
 def test_n_parts_follows_threads_and_part_size(monkeypatch):
     ctx = common.RunContext(xp=np, real_dtype=np.float32, complex_dtype=np.complex64)
     monkeypatch.setenv("PTYCLI_THREADS", "2")
-    assert common.n_parts(ctx, 32) == 2
-    assert common.n_parts(ctx, 1) == 1  # sequential ePIE never pays for a thread
+    assert common.n_parts(ctx, 32, 128 * 128) == 2  # lsqml, case A: parts of 16 x 128²
+    assert common.n_parts(ctx, 16, 128 * 128) == 1  # parts of 8 x 128² lose to 2-thread FFTW
+    assert common.n_parts(ctx, 16, 4 * 128 * 128) == 2  # 4 probe modes
+    assert common.n_parts(ctx, 1, 2**20) == 1  # sequential ePIE never pays for a thread
     monkeypatch.setenv("PTYCLI_THREADS", "1")
-    assert common.n_parts(ctx, 32) == 1
+    assert common.n_parts(ctx, 32, 128 * 128) == 1
 
 
 def test_map_parts_runs_concurrently_in_order_and_single_threaded_ffts(monkeypatch):

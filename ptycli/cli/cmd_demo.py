@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ExitCode, PtycliError
+from ..errors import ExitCode
 from .app import app
 from .options import Json, Overwrite
 from .output import handle_errors, log, result
@@ -46,8 +46,8 @@ def _run(args: list[str], overwrite: bool) -> str:
         code = app(args, prog_name="ptycli", standalone_mode=False)
     finally:
         sys.stdout = real_stdout
-    if code not in (None, 0):
-        raise PtycliError(f"demo step `ptycli {args[0]}` failed with exit code {code}")
+    if code not in (None, 0):  # the step printed its own one-line error; keep its exit code
+        raise typer.Exit(int(code))
     return captured.text
 
 

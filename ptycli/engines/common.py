@@ -6,6 +6,7 @@ own beyond the sub-pixel position derivative of physics.md §5.4.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,16 +97,21 @@ def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch
                  H=tilted_propagator(state, idx, ctx))
 
 
-# A part below this many positions is not worth a thread: per-call overheads dominate.
-MIN_PART_POSITIONS = 4
+# A part smaller than this (positions x probe modes x object modes x M x N) is not worth a
+# thread. Measured on the 2-core benchmark machine (quick case A, 128x128): a two-threaded
+# FFTW plan on a whole group of 16 is about 2.5x faster than a one-threaded plan, so
+# 2 parts of 8 positions lost (gradient 0.38 -> 0.43 s/iter) while 2 parts of 16 won
+# (lsqml 0.45 -> 0.33 s/iter) and so did every multislice/multimode group of case B.
+MIN_PART_ELEMENTS = 2**18
 
 
-def n_parts(ctx: RunContext, batch_size: int) -> int:
+def n_parts(ctx: RunContext, batch_size: int, elements_per_position: int = 1) -> int:
     """How many host threads a group of ``batch_size`` positions is split over (1 on CuPy,
     whose kernels are asynchronous already)."""
     if not backend.is_numpy(ctx.xp):
         return 1
-    return max(1, min(backend.host_threads(), batch_size // MIN_PART_POSITIONS))
+    by_size = (batch_size * elements_per_position) // MIN_PART_ELEMENTS
+    return max(1, min(backend.host_threads(), batch_size, by_size))
 
 
 def split_batch(batch: Batch, n: int) -> list[Batch]:
@@ -117,7 +123,7 @@ def split_batch(batch: Batch, n: int) -> list[Batch]:
     per_position_H = batch.H is not None and batch.H.ndim == 3
     return [Batch(idx=batch.idx[a:b], y0=batch.y0[a:b], x0=batch.x0[a:b], frac=batch.frac[a:b],
                   data=batch.data[a:b], H=batch.H[a:b] if per_position_H else batch.H)
-            for a, b in zip(bounds[:-1], bounds[1:])]
+            for a, b in itertools.pairwise(bounds)]
 
 
 def concat_parts(xp: Any, per_part: list[Any]) -> Any:
@@ -260,8 +266,11 @@ class EngineBase:
     def batch(self, state: Any, idx: np.ndarray, data: Any) -> Batch:
         return make_batch(state, idx, data, self.ctx)
 
-    def parts(self, batch: Batch) -> list[Batch]:
-        return split_batch(batch, n_parts(self.ctx, len(batch.idx)))
+    def parts(self, state: Any, batch: Batch) -> list[Batch]:
+        """The group as parts run concurrently on the host (one part on CuPy or small groups)."""
+        m, n = state.window
+        per_position = int(state.probe.shape[0]) * int(state.object.shape[0]) * m * n
+        return split_batch(batch, n_parts(self.ctx, len(batch.idx), per_position))
 
     def refine_positions(self, state: Any, batch: Batch, g_psi1: Any, fwd: Forward, it: int) -> None:
         """Gauss-Newton position step from ∂L/∂f (every engine uses it; limits in the loop)."""

@@ -35,17 +35,21 @@ class EpieEngine(common.EngineBase):
             delta = e_new - t * psi
             d_obj.append(_sum_axis1(xp.conj(psi) * delta) / self._denominator(psi))
             t_max = xp.max(backend.abs2(t), axis=(-2, -1), keepdims=True)
-            psi_new = psi + p.beta * xp.conj(t) * delta / t_max
+            # Δψ = β conj(t) δ / max|t|²: the per-position scalar first (one pass, not two)
+            d_psi = xp.conj(t) * delta
+            d_psi *= p.beta / t_max
             if s > 0:
-                e_new = propagation.propagate_adjoint(psi_new, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None])
-        d_psi1 = psi_new - psi
+                e_new = propagation.propagate_adjoint(psi + d_psi, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None])
+        d_psi1 = d_psi
         # (B, P, M, N): average over object modes
         d_psi1 = d_psi1[:, :, 0] if d_psi1.shape[2] == 1 else xp.mean(d_psi1, axis=2)
         if do_obj:
             upd = d_obj[0][:, :, None] if len(d_obj) == 1 else xp.stack(d_obj[::-1], axis=2)  # (B, Q, S, M, N)
-            self._add_object(state, b, (p.alpha * upd).astype(state.object.dtype))
+            upd = upd * p.alpha if upd.dtype == state.object.dtype else (p.alpha * upd).astype(state.object.dtype)
+            self._add_object(state, b, upd)
         if do_probe:
-            state.probe = (state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))).astype(state.probe.dtype)
+            probe = state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))
+            state.probe = probe if probe.dtype == state.probe.dtype else probe.astype(state.probe.dtype)
         if p.refine.positions.active(it):
             # χ at the probe plane ≈ Σ_q conj(t_1) Δe_1 = (ψ'_1 - ψ_1) max|t_1|² / β: ∇ψ_1 = -2 χ
             t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
@@ -65,8 +69,8 @@ class EpieEngine(common.EngineBase):
     def _mean_probe_update(self, d_probe: Any) -> Any:
         """Mean over the whole group of the per-position probe updates (B, P, M, N)."""
         xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
-        if comm.size == 1:
-            return xp.mean(d_probe, axis=0)
+        if comm.size == 1:  # sequential ePIE: the mean of one update is that update
+            return d_probe[0] if d_probe.shape[0] == 1 else xp.mean(d_probe, axis=0)
         total = comm.allreduce_sum(xp.sum(d_probe, axis=0))
         return total / distributed.global_count(d_probe.shape[0], comm)
 

@@ -51,7 +51,7 @@ class GradientEngine(common.EngineBase):
                     common.probe_gradient(g_psi1, pb) if do_probe else None,
                     common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None)
 
-        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(b)))
+        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(state, b)))
         if do_obj:
             self._object_step(state, comm.allreduce_sum(common.sum_parts(g_obj)), it)
         if do_probe:

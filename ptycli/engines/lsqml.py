@@ -27,7 +27,7 @@ class LsqmlEngine(common.EngineBase):
         b = self.batch(state, idx, data)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
         comm = distributed.comm_of(self.ctx)
-        parts = self.parts(b)
+        parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe), parts)
         dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None

@@ -23,6 +23,22 @@ def _join(re: Any, im: Any) -> Any:
     return re if im is None else re + 1j * im
 
 
+def _ema(avg: Any, x: Any, beta: float) -> Any:
+    """beta avg + (1 - beta) x, as a new array."""
+    out = beta * avg
+    out += (1 - beta) * x
+    return out
+
+
+def _ema_sq(avg: Any, x: Any, beta: float) -> Any:
+    """beta avg + (1 - beta) x x, as a new array."""
+    sq = (1 - beta) * x
+    sq *= x
+    out = beta * avg
+    out += sq
+    return out
+
+
 class Adam:
     """z <- z - lr * m_hat / (sqrt(v_hat) + eps), per real component."""
 
@@ -42,15 +58,24 @@ class Adam:
         slot["t"] += 1
         t = slot["t"]
         g_re, g_im = _split(grad)
-        slot["m"] = b1 * slot["m"] + (1 - b1) * grad
-        slot["v_re"] = b2 * slot["v_re"] + (1 - b2) * g_re * g_re
+        # Object-sized and run once per group: each line below is the textbook formula with
+        # its temporaries updated in place (same operations in the same order, so the same
+        # float32 results); the slot arrays themselves are replaced, never written into.
+        slot["m"] = _ema(slot["m"], grad, b1)
+        slot["v_re"] = _ema_sq(slot["v_re"], g_re, b2)
         if g_im is not None:
-            slot["v_im"] = b2 * slot["v_im"] + (1 - b2) * g_im * g_im
+            slot["v_im"] = _ema_sq(slot["v_im"], g_im, b2)
         m_re, m_im = _split(slot["m"] / (1 - b1**t))
-        sq = lambda v: (v / (1 - b2**t)) ** 0.5 + self.eps
-        step_re = m_re / sq(slot["v_re"])
-        step_im = None if m_im is None else m_im / sq(slot["v_im"])
-        return z - (lr * _join(step_re, step_im)).astype(z.dtype)
+
+        def sq(v: Any) -> Any:  # sqrt(v_hat) + eps
+            out = v / (1 - b2**t)
+            out **= 0.5
+            out += self.eps
+            return out
+
+        step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
+        step *= lr
+        return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
 
     def reset(self, name: str | None = None) -> None:
         self.slots.clear() if name is None else self.slots.pop(name, None)

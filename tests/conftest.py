@@ -21,6 +21,11 @@ def _has_cuda() -> bool:
 HAS_CUDA = _has_cuda()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--regen-golden", action="store_true",
+                     help="rewrite the frozen store fixtures in tests/fixtures (only on a schema release)")
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs CuPy with a CUDA device")
     for item in items:

@@ -39,7 +39,22 @@ def _ema_sq(avg: Any, x: Any, beta: float) -> Any:
     return out
 
 
-class Adam:
+class _Slotted:
+    """Per-variable optimiser state (``slots``), reset and checkpointed the same way."""
+
+    slots: dict[str, dict[str, Any]]
+
+    def reset(self, name: str | None = None) -> None:
+        self.slots.clear() if name is None else self.slots.pop(name, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _host_slots(self.slots)
+
+    def load_state_dict(self, state: dict[str, Any], xp: Any) -> None:
+        self.slots = _device_slots(state, xp)
+
+
+class Adam(_Slotted):
     """z <- z - lr * m_hat / (sqrt(v_hat) + eps), per real component."""
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
@@ -77,17 +92,8 @@ class Adam:
         step *= lr
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
 
-    def reset(self, name: str | None = None) -> None:
-        self.slots.clear() if name is None else self.slots.pop(name, None)
 
-    def state_dict(self) -> dict[str, Any]:
-        return _host_slots(self.slots)
-
-    def load_state_dict(self, state: dict[str, Any], xp: Any) -> None:
-        self.slots = _device_slots(state, xp)
-
-
-class SGD:
+class SGD(_Slotted):
     """Gradient descent with heavy-ball or Nesterov momentum (μ = 0: plain descent)."""
 
     def __init__(self, momentum: float = 0.0, nesterov: bool = False):
@@ -104,15 +110,6 @@ class SGD:
         slot["t"] += 1
         direction = grad + mu * slot["b"] if self.nesterov else slot["b"]
         return z - (lr * direction).astype(z.dtype)
-
-    def reset(self, name: str | None = None) -> None:
-        self.slots.clear() if name is None else self.slots.pop(name, None)
-
-    def state_dict(self) -> dict[str, Any]:
-        return _host_slots(self.slots)
-
-    def load_state_dict(self, state: dict[str, Any], xp: Any) -> None:
-        self.slots = _device_slots(state, xp)
 
 
 def _host_slots(slots: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,11 @@ class PatternSource:
     the next group's missing chunks in a background thread while the current group
     computes; ``read(next_idx)`` then only moves them to the device. Results are the
     same bytes as a synchronous read (prefetching only changes when the reading happens).
+
+    Host memory is bounded independently of the number of positions: cache and whole
+    prefetched chunks together hold at most ``budget`` bytes; of every other chunk it
+    decodes, a prefetch keeps only the group's frames. Without that bound a sparse group
+    touching G chunks held G decoded chunks at once on top of a full cache.
     """
 
     def __init__(self, patterns: Any, xp: Any, dtype: str, *, stream: bool | None = None,
@@ -40,6 +45,8 @@ class PatternSource:
         chunks = getattr(patterns, "chunks", None)
         self.chunk_len = int(chunks[0]) if chunks else shape[0]
         self.max_chunks = max(2, self.budget // max(1, self.chunk_len * frame_bytes))
+        self.max_whole_in_flight = max(1, self.max_chunks // 4)
+        self._rows: dict[int, tuple[np.ndarray, Any]] = {}  # prefetched frames of uncached chunks
         self._cache: OrderedDict[int, Any] = OrderedDict()  # touched by the calling thread only
         self._pending: Future | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -59,24 +66,43 @@ class PatternSource:
         if self._all is not None:
             return
         self._absorb_prefetched()  # one read in flight at a time
-        missing = [int(c) for c in self._chunks_of(np.asarray(idx)) if int(c) not in self._cache]
+        idx = np.asarray(idx)
+        missing = [int(c) for c in self._chunks_of(idx) if int(c) not in self._cache]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycli-prefetch")
-        self._pending = self._pool.submit(self._read_host_chunks, missing)
+        room = min(self.max_whole_in_flight, self.max_chunks - len(self._cache))
+        self._pending = self._pool.submit(self._read_host_chunks, missing, np.unique(idx), room)
 
-    def _read_host_chunks(self, chunks: list[int]) -> dict[int, np.ndarray]:
-        return {c: self._host(self.array[c * self.chunk_len:(c + 1) * self.chunk_len]) for c in chunks}
+    def _read_host_chunks(self, chunks: list[int], wanted: np.ndarray, room: int) -> tuple[dict, dict]:
+        """(whole chunks for the cache's free ``room``, {chunk: (positions, frames)} for the
+        rest); each chunk is cut down before the next is decoded. A full cache takes no
+        more whole chunks: with a sparse order an LRU hit rate is no better than a fixed
+        set's, and whole chunks in flight on top of a full cache are what grew with J."""
+        whole, rows = {}, {}
+        for c in chunks:
+            raw = self.array[c * self.chunk_len:(c + 1) * self.chunk_len]
+            if len(whole) < room:
+                whole[c] = self._host(raw)
+            else:  # cut before the shift: no chunk-sized shifted copy
+                pos = wanted[wanted // self.chunk_len == c]
+                rows[c] = (pos, self._host(np.asarray(raw)[pos - c * self.chunk_len]))
+        return whole, rows
 
     def read(self, idx: np.ndarray) -> Any:
         idx = np.asarray(idx)
         if self._all is not None:
             return self._all[backend.to_device(idx, self.xp)] if not backend.is_numpy(self.xp) else self._all[idx]
-        self._absorb_prefetched()
+        # Prefetched whole chunks join the cache only after this group is cut out, so their
+        # insertion cannot evict a chunk the group still needs (a second, synchronous decode).
+        fresh = self._take_prefetched()
         parts, where = [], []
         for c in self._chunks_of(idx):
             sel = np.flatnonzero(idx // self.chunk_len == c)
-            parts.append(self._chunk(int(c))[idx[sel] - c * self.chunk_len])
+            parts.append(self._frames(int(c), idx[sel], fresh))
             where.append(sel)
+        self._rows = {}  # prefetched frames serve the group they were read for only
+        for c, block in fresh.items():
+            self._store(c, block)
         out = self.xp.concatenate(parts, axis=0)
         inverse = np.argsort(np.concatenate(where), kind="stable")  # back to the order of idx
         return out[inverse] if backend.is_numpy(self.xp) else out[backend.to_device(inverse, self.xp)]
@@ -84,10 +110,27 @@ class PatternSource:
     def _absorb_prefetched(self) -> None:
         """Wait for the read in flight and cache its chunks on the device. Decoded chunks
         are valid whatever group asked for them, so a mispredicted prefetch still helps."""
+        for c, block in self._take_prefetched().items():
+            self._store(c, block)
+
+    def _take_prefetched(self) -> dict[int, Any]:
+        """Wait for the read in flight; keep its rows, return its whole chunks on the device."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            for c, block in pending.result().items():
-                self._store(c, backend.to_device(block, self.xp, dtype=self.dtype))
+        if pending is None:
+            return {}
+        whole, self._rows = pending.result()
+        return {c: backend.to_device(block, self.xp, dtype=self.dtype) for c, block in whole.items()}
+
+    def _frames(self, c: int, positions: np.ndarray, fresh: dict[int, Any]) -> Any:
+        """Frames ``positions`` (all in chunk ``c``): from the cache, the prefetch or a read."""
+        if c in fresh:
+            return fresh[c][positions - c * self.chunk_len]
+        if c not in self._cache and c in self._rows:
+            have, frames = self._rows[c]
+            at = np.searchsorted(have, positions)
+            if np.all(at < len(have)) and np.array_equal(have[np.minimum(at, len(have) - 1)], positions):
+                return backend.to_device(frames[at], self.xp, dtype=self.dtype)
+        return self._chunk(c)[positions - c * self.chunk_len]
 
     def _chunk(self, c: int) -> Any:
         if c in self._cache:

@@ -1,7 +1,5 @@
 """Held-out validation positions, their per-iteration loss, early stopping, exact resume."""
 
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import zarr
 from ptycli.engines import loop
 from ptycli.errors import Interrupted, RecipeError, UsageError
 from ptycli.stages import init, reconstruct, reconstruct_validation, simulate
+from _helpers import SigtermAtBatch
 
 RECIPE = """
 recipe = "ptycli/1"
@@ -140,15 +139,6 @@ def test_patience_without_validation_is_an_error(small):
         reconstruct.run(data, state, root / "x.zarr", recipe=root / "r.toml", device="cpu", early_stop_patience=2)
 
 
-class SignalAt:
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def on_batch_end(self, *args):
-        self.seen += 1
-        if self.seen == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-
 
 def test_resume_with_validation_is_exact(small):
     root, data, state = small
@@ -156,7 +146,7 @@ def test_resume_with_validation_is_exact(small):
           "early_stop_patience": 2}
     full = reconstruct.run(data, state, root / "full.zarr", **kw)
     with pytest.raises(Interrupted):
-        reconstruct.run(data, state, root / "cut.zarr", observers=[SignalAt(8)], **kw)
+        reconstruct.run(data, state, root / "cut.zarr", observers=[SigtermAtBatch(8)], **kw)
     with pytest.raises(RecipeError, match="validation"):
         reconstruct.run(data, state, root / "cut.zarr", resume=True, **{**kw, "validation_fraction": 0.5})
     resumed = reconstruct.run(data, state, root / "cut.zarr", resume=True, **kw)

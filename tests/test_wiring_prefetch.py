@@ -4,8 +4,6 @@ reconstruction gives bit-identical results with and without prefetching, also af
 SIGTERM + resume."""
 
 import itertools
-import os
-import signal
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +15,7 @@ from ptycli.engines import distributed, loop
 from ptycli.errors import Interrupted
 from ptycli.recipe import validate
 from ptycli.stages import init, reconstruct, simulate
+from _helpers import SigtermAtBatch
 
 J = 23
 BUDGET = 3 * 4 * 32 * 32 * 4  # bytes: 3 of the 9 chunks (4 patterns of 32x32 float32 each) fit the cache
@@ -146,15 +145,6 @@ def test_streamed_results_identical_with_and_without_prefetch(small, monkeypatch
         np.testing.assert_array_equal(on[key], off[key], err_msg=key)
 
 
-class _SignalAt:
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def on_batch_end(self, *args):
-        self.seen += 1
-        if self.seen == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-
 
 def test_prefetch_with_sigterm_and_resume_equals_uninterrupted(small):
     root, data, state = small
@@ -162,7 +152,7 @@ def test_prefetch_with_sigterm_and_resume_equals_uninterrupted(small):
     reconstruct.run(data, state, root / "full.zarr", prefetch=False, **kw)
     out = root / "cut.zarr"
     with pytest.raises(Interrupted):
-        reconstruct.run(data, state, out, observers=[_SignalAt(4)], **kw)  # 3 lsqml groups/it: in iteration 2
+        reconstruct.run(data, state, out, observers=[SigtermAtBatch(4)], **kw)  # 3 lsqml groups/it: in iteration 2
     reconstruct.run(data, state, out, resume=True, **kw)
     full, resumed = _arrays(root / "full.zarr"), _arrays(out)
     for key in ("object", "probe", "positions"):  # the same updates from the same bytes

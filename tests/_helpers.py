@@ -4,13 +4,14 @@ import os
 import signal
 
 
-class SigtermAtBatch:
-    """A loop observer that sends this process SIGTERM at the n-th group, like SLURM would."""
+class SignalAtBatch:
+    """A loop observer that sends this process ``signum`` at the n-th group (mid-iteration),
+    as SLURM (SIGTERM/SIGUSR1) or a user (SIGINT) would."""
 
-    def __init__(self, n):
-        self.n, self.seen = n, 0
+    def __init__(self, n, signum=signal.SIGTERM):
+        self.n, self.signum, self.seen = n, signum, 0
 
     def on_batch_end(self, *args):
         self.seen += 1
         if self.seen == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)

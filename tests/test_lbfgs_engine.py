@@ -9,7 +9,6 @@ interrupted and resumed run equals the uninterrupted one.
 """
 
 import math
-import os
 import signal
 
 import numpy as np
@@ -23,6 +22,7 @@ from ptycli.physics.model import ForwardModel
 from ptycli.stages import init, reconstruct, simulate
 from ptycli.stages.compare import compare_stores
 from ptycli.store.state import load_state
+from _helpers import SignalAtBatch
 
 
 def test_two_loop_with_exact_pairs_gives_the_newton_direction():
@@ -117,15 +117,6 @@ def test_lbfgs_recovers_demo_and_beats_gradient_per_evaluation(demo, monkeypatch
     assert l_lbfgs < l_adam
 
 
-class SignalAt:
-    def __init__(self, n, signum):
-        self.n, self.signum, self.seen = n, signum, 0
-
-    def on_batch_end(self, *args):
-        self.seen += 1
-        if self.seen == self.n:
-            os.kill(os.getpid(), self.signum)
-
 
 def test_interrupted_lbfgs_resumes_to_the_uninterrupted_result(demo):
     kw = {"recipe": "lbfgs", "device": "cpu",
@@ -133,7 +124,7 @@ def test_interrupted_lbfgs_resumes_to_the_uninterrupted_result(demo):
     full = reconstruct.run(demo / "d.zarr", demo / "s.zarr", demo / "full.zarr", **kw)
     out = demo / "cut.zarr"
     with pytest.raises(Interrupted):
-        reconstruct.run(demo / "d.zarr", demo / "s.zarr", out, observers=[SignalAt(5, signal.SIGTERM)], **kw)
+        reconstruct.run(demo / "d.zarr", demo / "s.zarr", out, observers=[SignalAtBatch(5, signal.SIGTERM)], **kw)
     assert not out.exists()
     ckpt = zarr.open_group(str(demo / "cut.zarr.partial" / "checkpoint" / "engine"), mode="r")
     assert any(name.startswith("mem__") for name, _ in ckpt.arrays())  # history is in the checkpoint

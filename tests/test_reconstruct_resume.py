@@ -1,7 +1,6 @@
 """Checkpoints, signals, resume, NaN handling, position subsets and streaming (numpy)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import zarr
 
 from ptycli.errors import ExitCode, Interrupted, NumericalError
 from ptycli.stages import init, reconstruct, simulate
+from _helpers import SignalAtBatch
 
 RECIPE = """
 recipe = "ptycli/1"
@@ -38,17 +38,6 @@ def small(tmp_path_factory):
     return root, data, state
 
 
-class SignalAt:
-    """Sends ``signum`` to this process after ``n`` groups (mid-iteration)."""
-
-    def __init__(self, n, signum):
-        self.n, self.signum, self.seen = n, signum, 0
-
-    def on_batch_end(self, *args):
-        self.seen += 1
-        if self.seen == self.n:
-            os.kill(os.getpid(), self.signum)
-
 
 def _object(path):
     return np.asarray(zarr.open_group(str(path), mode="r")["object"][...])
@@ -61,7 +50,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(small):
     # 3 lsqml groups/iteration x 2 + 6 gradient groups: stop inside the gradient stage
     with pytest.raises(Interrupted) as exc:
         reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3,
-                        observers=[SignalAt(9, signal.SIGTERM)])
+                        observers=[SignalAtBatch(9, signal.SIGTERM)])
     assert exc.value.exit_code == ExitCode.INTERRUPTED
     assert not out.exists() and (root / "cut.zarr.partial" / "checkpoint").exists()
     meta = zarr.open_group(str(root / "cut.zarr.partial"), mode="r").attrs["ptycli"]
@@ -78,7 +67,7 @@ def test_sigint_is_not_resumable_exit_130(small):
     root, data, state = small
     with pytest.raises(Interrupted) as exc:
         reconstruct.run(data, state, root / "int.zarr", recipe=root / "r.toml", device="cpu",
-                        observers=[SignalAt(2, signal.SIGINT)])
+                        observers=[SignalAtBatch(2, signal.SIGINT)])
     assert exc.value.exit_code == ExitCode.USER_INTERRUPT
     assert (root / "int.zarr.partial" / "checkpoint").exists()
 

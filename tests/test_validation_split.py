@@ -8,7 +8,7 @@ import zarr
 from ptycli.engines import loop
 from ptycli.errors import Interrupted, RecipeError, UsageError
 from ptycli.stages import init, reconstruct, reconstruct_validation, simulate
-from _helpers import SigtermAtBatch
+from _helpers import SignalAtBatch
 
 RECIPE = """
 recipe = "ptycli/1"
@@ -146,7 +146,7 @@ def test_resume_with_validation_is_exact(small):
           "early_stop_patience": 2}
     full = reconstruct.run(data, state, root / "full.zarr", **kw)
     with pytest.raises(Interrupted):
-        reconstruct.run(data, state, root / "cut.zarr", observers=[SigtermAtBatch(8)], **kw)
+        reconstruct.run(data, state, root / "cut.zarr", observers=[SignalAtBatch(8)], **kw)
     with pytest.raises(RecipeError, match="validation"):
         reconstruct.run(data, state, root / "cut.zarr", resume=True, **{**kw, "validation_fraction": 0.5})
     resumed = reconstruct.run(data, state, root / "cut.zarr", resume=True, **kw)

@@ -15,7 +15,7 @@ from ptycli.engines import distributed, loop
 from ptycli.errors import Interrupted
 from ptycli.recipe import validate
 from ptycli.stages import init, reconstruct, simulate
-from _helpers import SigtermAtBatch
+from _helpers import SignalAtBatch
 
 J = 23
 BUDGET = 3 * 4 * 32 * 32 * 4  # bytes: 3 of the 9 chunks (4 patterns of 32x32 float32 each) fit the cache
@@ -152,7 +152,7 @@ def test_prefetch_with_sigterm_and_resume_equals_uninterrupted(small):
     reconstruct.run(data, state, root / "full.zarr", prefetch=False, **kw)
     out = root / "cut.zarr"
     with pytest.raises(Interrupted):
-        reconstruct.run(data, state, out, observers=[SigtermAtBatch(4)], **kw)  # 3 lsqml groups/it: in iteration 2
+        reconstruct.run(data, state, out, observers=[SignalAtBatch(4)], **kw)  # 3 lsqml groups/it: in iteration 2
     reconstruct.run(data, state, out, resume=True, **kw)
     full, resumed = _arrays(root / "full.zarr"), _arrays(out)
     for key in ("object", "probe", "positions"):  # the same updates from the same bytes

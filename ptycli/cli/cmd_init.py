@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .options import Json, Output, Overwrite, Seed, read_path_arg
+from .options import Json, Output, Overwrite, Seed, aberration_option, defocus_option, read_path_arg
 from .output import handle_errors, log, result, warn
 
 PROBE = "Probe"
@@ -21,10 +21,8 @@ def init(
     out: Path = Output,
     probe_from: str = typer.Option("aberrations", "--probe-from", help="aberrations | pacbed | STATE.zarr.",
                                    rich_help_panel=PROBE),
-    defocus_a: float = typer.Option(None, "--defocus-a", help="Defocus [Å], positive = underfocus (C10 = -defocus).",
-                                    rich_help_panel=PROBE),
-    aberration: list[str] = typer.Option(None, "--aberration", help="Krivanek term, e.g. C30=1e4 or C12=20@30deg "
-                                         "(Å, angle in deg; repeatable).", rich_help_panel=PROBE),
+    defocus_a: float = defocus_option(PROBE),
+    aberration: list[str] = aberration_option(PROBE),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration TOML (overrides the data store's).",
                                      rich_help_panel=PROBE),
     probe_modes: int = typer.Option(None, "--probe-modes", help="Incoherent probe modes P.", rich_help_panel=PROBE),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .options import Json, Overwrite, Seed
+from .options import Json, Overwrite, Seed, aberration_option, defocus_option
 from .output import handle_errors, log, result
 
 GEOMETRY = "Geometry"
@@ -47,10 +47,8 @@ def simulate(
     energy_kev: float = typer.Option(None, "--energy-kev", help="Beam energy [keV].", rich_help_panel=OPTICS),
     semiangle_mrad: float = typer.Option(None, "--semiangle-mrad", help="Convergence semi-angle [mrad].",
                                          rich_help_panel=OPTICS),
-    defocus_a: float = typer.Option(None, "--defocus-a", help="Defocus [Å], positive = underfocus (C10 = -defocus).",
-                                    rich_help_panel=OPTICS),
-    aberration: list[str] = typer.Option(None, "--aberration", help="Krivanek term, e.g. C30=1e4 or C12=20@30deg "
-                                         "(Å, angle in deg; repeatable).", rich_help_panel=OPTICS),
+    defocus_a: float = defocus_option(OPTICS),
+    aberration: list[str] = aberration_option(OPTICS),
     probe_modes: int = typer.Option(None, "--probe-modes", help="Incoherent probe modes (partial coherence).",
                                     rich_help_panel=OPTICS),
     tilt_mrad: str = typer.Option(None, "--tilt-mrad", help="Beam tilt TYxTX [mrad] (multislice only).",

@@ -20,6 +20,18 @@ Precision = typer.Option("single", "--precision", help="single (float32, default
 Seed = typer.Option(0, "--seed", help="Random seed (runs are deterministic for a seed).")
 
 
+def defocus_option(panel: str):
+    """``--defocus-a`` with abTEM's sign, shared by simulate and init."""
+    return typer.Option(None, "--defocus-a", help="Defocus [Å], positive = underfocus (C10 = -defocus).",
+                        rich_help_panel=panel)
+
+
+def aberration_option(panel: str):
+    """Repeatable ``--aberration`` in Krivanek notation, shared by simulate and init."""
+    return typer.Option(None, "--aberration", help="Krivanek term, e.g. C30=1e4 or C12=20@30deg "
+                        "(Å, angle in deg; repeatable).", rich_help_panel=panel)
+
+
 def read_path_arg(value: str) -> Path:
     """An input given as '-' is read as one path from stdin, so stages pipe."""
     import sys  # noqa: PLC0415

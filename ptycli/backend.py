@@ -170,6 +170,13 @@ def fft_library() -> str:
 _auto_library: str | None = None
 
 
+def pyfftw_available() -> bool:
+    """pyFFTW importable (imported with idle OpenMP threads asleep: see _fftw.quiet_openmp)."""
+    from . import _fftw  # noqa: PLC0415
+
+    return _fftw.available()
+
+
 def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
     xp = np if type(x) is np.ndarray else namespace(x)
     if xp is np:
@@ -344,6 +351,36 @@ def _is_complex(xp: ModuleType, x: Any) -> bool:
     return bool(xp.iscomplexobj(x))
 
 
+# ----------------------------------------------------------------------------- fused kernels
+_kernels_mode = os.environ.get("PTYCLI_KERNELS", "auto")  # auto | 0 (array-API code everywhere)
+_kernels_module: Any = None
+
+
+def set_kernels(enabled: bool | str) -> None:
+    """Use the fused CPU kernels (``True``/"auto") or the array-API code (``False``/"0")."""
+    global _kernels_mode
+    _kernels_mode = "auto" if enabled in (True, "auto", "1") else "0"
+
+
+def kernels(xp: ModuleType) -> ModuleType | None:
+    """The fused CPU kernels (ptycli/_kernels.py) for NumPy arrays, else None.
+
+    None on CuPy and other namespaces, when Numba is not installed, or with
+    PTYCLI_KERNELS=0; callers then run the equivalent array-API code.
+    """
+    global _kernels_module
+    if xp is not np or _kernels_mode == "0":
+        return None
+    if _kernels_module is None:
+        try:
+            from . import _kernels  # noqa: PLC0415  (optional: needs numba)
+
+            _kernels_module = _kernels
+        except Exception:  # ImportError, or a Numba that cannot compile here
+            _kernels_module = False
+    return _kernels_module or None
+
+
 # ----------------------------------------------------------------------------- patches
 def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
     """Windows of ``obj`` (..., H, W) with top-left corners (y0[b], x0[b]).
@@ -352,6 +389,13 @@ def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
     """
     xp = namespace(obj)
     m, n = shape
+    k = kernels(xp)
+    if k is not None and obj.ndim >= 2 and _windows_inside(obj.shape, y0, x0, m, n):
+        lead = obj.shape[:-2]
+        flat = np.ascontiguousarray(obj).reshape((-1, *obj.shape[-2:]))
+        out = np.empty((len(y0), flat.shape[0], m, n), dtype=obj.dtype)
+        k.extract(flat, np.asarray(y0, dtype=np.int64), np.asarray(x0, dtype=np.int64), out)
+        return out.reshape((len(y0), *lead, m, n))
     if xp is np and len(y0) == 1:  # sequential ePIE: a plain slice, no window view to build
         y, x = int(np.asarray(y0)[0]), int(np.asarray(x0)[0])
         if 0 <= y <= obj.shape[-2] - m and 0 <= x <= obj.shape[-1] - n:  # else: the general path raises
@@ -374,6 +418,15 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
     """
     xp = namespace(target)
     m, n = patches.shape[-2:]
+    k = kernels(xp)
+    if (k is not None and target.flags.c_contiguous and patches.dtype == target.dtype
+            and _windows_inside(target.shape, y0, x0, m, n)):
+        lead = target.shape[:-2]
+        flat = target.reshape((-1, *target.shape[-2:]))
+        p = np.ascontiguousarray(np.broadcast_to(patches, (patches.shape[0], *lead, m, n)))
+        k.scatter_add(flat, np.asarray(y0, dtype=np.int64), np.asarray(x0, dtype=np.int64),
+                      p.reshape((p.shape[0], -1, m, n)))
+        return target
     if xp is np:
         # A loop of contiguous slice-adds beats np.add.at and bincount here: each add is a
         # dense m*n block, and the Python overhead per window (~1 us) is small next to it.
@@ -393,6 +446,15 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
         cupyx.scatter_add(target, index, vals)
         return target
     raise DeviceError(f"scatter_add_patches has no implementation for namespace {xp!r}")
+
+
+def _windows_inside(shape: tuple[int, ...], y0: Any, x0: Any, m: int, n: int) -> bool:
+    """Every window inside the last two axes (the kernels do not bounds-check; the NumPy
+    code raises a clear error otherwise)."""
+    if len(y0) == 0:
+        return False
+    ys, xs = np.asarray(y0), np.asarray(x0)
+    return bool(ys.min() >= 0 and xs.min() >= 0 and ys.max() + m <= shape[-2] and xs.max() + n <= shape[-1])
 
 
 # ----------------------------------------------------------------------------- host allocator

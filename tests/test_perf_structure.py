@@ -53,12 +53,17 @@ def _run(engine, state, patterns, iterations=1, group=4, observers=(), **over):
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 @pytest.mark.parametrize("slices,modes", [(1, 1), (2, 2)])
-def test_one_iteration_stays_single_precision(engine, slices, modes, monkeypatch):
-    """Every state array and every batch-sized array of the hot path is float32/complex64.
+@pytest.mark.parametrize("kernels", [True, False])
+def test_one_iteration_stays_single_precision(engine, slices, modes, kernels, monkeypatch):
+    """Every state array and every batch-sized array of the hot path is float32/complex64,
+    with the fused CPU kernels and with the array-API code (what CuPy runs).
 
     Batch-sized complex arrays all pass through the FFT, so the FFT seam sees any upcast;
     the forward cache and the far-field gradient are checked directly.
     """
+    if kernels and backend.kernels(np) is None:
+        pytest.skip("Numba is not installed")
+    monkeypatch.setattr(backend, "_kernels_mode", "auto" if kernels else "0")  # restored after the test
     state = _state(slices, modes)
     patterns = _patterns(state)
     seen, fwd_seen = [], []
@@ -70,12 +75,16 @@ def test_one_iteration_stays_single_precision(engine, slices, modes, monkeypatch
     grads, lprimes = [], []
     monkeypatch.setattr(common, "loss_and_grad_farfield",
                         lambda *a, **k: grads.append(orig_grad(*a, **k)) or grads[-1])
-    orig_lp = noise.loss_and_dloss_dI
+    orig_lp, orig_fused = noise.loss_and_dloss_dI, noise.fused_farfield
     monkeypatch.setattr(noise, "loss_and_dloss_dI", lambda *a, **k: lprimes.append(orig_lp(*a, **k)) or lprimes[-1])
+    fused = []
+    monkeypatch.setattr(noise, "fused_farfield", lambda *a, **k: fused.append(orig_fused(*a, **k)) or fused[-1])
     out = _run(engine, state, patterns, refine={"probe": True, "positions": True})
     assert out.probe.dtype == np.complex64 and out.object.dtype == np.complex64
     assert seen and set(seen) == {np.dtype(np.complex64)}, set(seen)
-    assert fwd_seen and lprimes
+    assert fwd_seen and (fused if kernels else lprimes)
+    if kernels:  # the fused far-field kernel: loss and the scaled wave
+        assert fused and all(f[0].dtype == np.float32 and f[1].dtype == np.complex64 for f in fused)
     for fwd in fwd_seen:
         assert fwd.psi1.dtype == fwd.patches.dtype == fwd.Psi.dtype == np.complex64
         assert fwd.I.dtype == np.float32

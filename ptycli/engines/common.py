@@ -6,6 +6,7 @@ own beyond the sub-pixel position derivative of physics.md §5.4.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -52,8 +53,12 @@ class Forward:
     patches: Any  # (B, Q, S, M, N)
     Psi: Any  # (B, P, Q, M, N) far field
     cache: Any
-    I: Any  # (B, M, N)
     H: Any = None  # the propagator used (adjoints must use the same)
+
+    @functools.cached_property
+    def I(self) -> Any:  # noqa: E743, N802  (the model intensity (B, M, N), physics.md notation)
+        # on demand: the fused far-field kernel computes it on the fly and most groups never ask
+        return multislice.intensity(self.Psi)
 
 
 def make_context(state: Any, xp: Any, precision: str, noise_model: str, eps: float | None,
@@ -156,7 +161,7 @@ def forward(state: Any, batch: Batch, ctx: RunContext) -> Forward:
     psi1 = overlap.shift_probe(state.probe, batch.frac)
     patches = overlap.extract(state.object, batch.y0, batch.x0, state.window)
     Psi, cache = multislice.forward(psi1, patches, batch.H)
-    return Forward(psi1, patches, Psi, cache, multislice.intensity(Psi), batch.H)
+    return Forward(psi1, patches, Psi, cache, batch.H)
 
 
 def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
@@ -165,6 +170,9 @@ def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple
         loss = noise_mod.compressed_loss(fwd.I, batch.data, ctx.comp_masks)
         dl = noise_mod.compressed_dloss_dI(fwd.I, batch.data, ctx.comp_masks)
         return loss, 2 * dl[:, None, None] * fwd.Psi
+    fused = noise_mod.fused_farfield(fwd.Psi, batch.data, ctx.noise_model, ctx.mask, ctx.eps, 0.0, 2.0)
+    if fused is not None:
+        return fused
     loss, lprime = noise_mod.loss_and_dloss_dI(fwd.I, batch.data, ctx.noise_model, ctx.mask, ctx.eps)
     lprime *= 2.0
     return loss, noise_mod.scale_by(fwd.Psi, lprime)
@@ -192,6 +200,26 @@ def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext, grad_exit: Any = None
     """
     g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, fwd.H, grad_exit=grad_exit)
     return g_patches, (g_psi1[:, :, 0] if g_psi1.shape[2] == 1 else g_psi1.sum(axis=2))
+
+
+def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, ctx: RunContext, *,
+                        numerator: bool = True, illumination: bool = False) -> tuple[Any, Any, Any] | None:
+    """Single slice, fused: (Σ_j ∇O_j on the object grid, Σ_j Σ_p |ψ_j|² on it, ∇ψ_1 (B, P, M, N)).
+
+    ``grad_exit`` = ifft2(∇_Ψ L). Returns None where no fused kernel applies (multislice,
+    CuPy, no Numba): callers then run ``backward`` and ``overlap.accumulate``. Each sum is a
+    fresh object-sized array (or None when not asked for).
+    """
+    k = backend.kernels(ctx.xp)
+    if k is None or state.n_slices != 1:
+        return None
+    obj = state.object[:, 0]
+    y0, x0 = batch.y0.astype("int64"), batch.x0.astype("int64")
+    num = ctx.xp.zeros_like(obj) if numerator else obj
+    illum = ctx.xp.zeros(obj.shape, dtype=ctx.real_dtype) if illumination else ctx.xp.zeros((1, 1, 1), ctx.real_dtype)
+    g_psi = k.empty(fwd.psi1.shape, fwd.psi1.dtype)
+    k.backward_single(obj, y0, x0, fwd.psi1, grad_exit, num, illum, numerator, illumination, g_psi)
+    return (num[:, None] if numerator else None, illum[:, None] if illumination else None, g_psi)
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:

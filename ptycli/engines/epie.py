@@ -27,6 +27,9 @@ class EpieEngine(common.EngineBase):
         fwd = common.forward(state, b, self.ctx)
         loss, target = self._target_exit(fwd, b)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        k = backend.kernels(xp)
+        if k is not None and state.n_slices == 1:
+            return self._update_fused(k, state, b, fwd, target, loss, it)
         d_obj = []  # per slice (B, Q, M, N), applied after the sweep (pre-update values)
         e_new = target
         for s in range(state.n_slices - 1, -1, -1):
@@ -52,6 +55,32 @@ class EpieEngine(common.EngineBase):
             state.probe = probe if probe.dtype == state.probe.dtype else probe.astype(state.probe.dtype)
         if p.refine.positions.active(it):
             # χ at the probe plane ≈ Σ_q conj(t_1) Δe_1 = (ψ'_1 - ψ_1) max|t_1|² / β: ∇ψ_1 = -2 χ
+            t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
+            self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
+        return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+
+    def _update_fused(self, k: Any, state: Any, b: common.Batch, fwd: common.Forward, target: Any, loss: Any,
+                      it: int) -> Any:
+        """Single slice on the CPU: δ, both updates and their denominators in one pass
+        (ptycli/_kernels.py), then the same application as the general path."""
+        p = self.params
+        obj = state.object[:, 0]
+        psi = fwd.psi1
+        r = lambda v: k.real_scalar(v, psi)  # noqa: E731
+        d_obj = k.empty((len(b.idx), obj.shape[0], *psi.shape[-2:]), psi.dtype)
+        d_psi1 = k.empty(psi.shape, psi.dtype)
+        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
+        k.epie_single(obj, b.y0.astype("int64"), b.x0.astype("int64"), psi, target, r(p.beta), r(gamma),
+                      d_obj, d_psi1)
+        if p.refine.object.active(it):
+            if p.alpha != 1.0:
+                d_obj *= r(p.alpha)
+            self._add_object(state, b, d_obj[:, :, None])
+        if p.refine.probe.active(it):
+            probe = state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))
+            state.probe = probe if probe.dtype == state.probe.dtype else probe.astype(state.probe.dtype)
+        if p.refine.positions.active(it):
+            xp = self.ctx.xp
             t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
@@ -84,6 +113,9 @@ class EpieEngine(common.EngineBase):
         if ctx.noise_model == "compressed":
             loss, _ = common.loss_and_grad_farfield(fwd, b, ctx)
             return loss, backend.ifft2(common.compressed_projection(fwd, b, ctx))
+        fused = noise_mod.fused_farfield(fwd.Psi, b.data, ctx.noise_model, ctx.mask, ctx.eps, 1.0, -1.0)
+        if fused is not None:
+            return fused[0], backend.ifft2(fused[1])
         loss, lprime = noise_mod.loss_and_dloss_dI(fwd.I, b.data, ctx.noise_model, ctx.mask, ctx.eps)
         return loss, backend.ifft2(noise_mod.scale_by(fwd.Psi, 1.0 - lprime))
 

@@ -62,13 +62,19 @@ class LsqmlEngine(common.EngineBase):
         elif self.ctx.noise_model == "compressed":  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
             grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
         g_exit = backend.ifft2(grad_Psi)  # shared by the adjoint and the single-slice steps
-        g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
-        out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": g_patches, "g_psi1": g_psi1,
-               "illum": illumination_patches(fwd, state.object.shape[0]) if do_obj else None}
-        if do_obj:
-            out["num"] = overlap.accumulate(xp.zeros_like(state.object), b.y0, b.x0, g_patches)
-            out["W"] = overlap.accumulate(xp.zeros(state.object.shape, dtype=self.ctx.real_dtype),
-                                          b.y0, b.x0, out["illum"])
+        fused = common.backward_accumulate(g_exit, fwd, state, b, self.ctx, numerator=do_obj, illumination=do_obj)
+        if fused is not None:  # single slice on the CPU: adjoint and both scatter-adds in one pass
+            out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": None, "g_psi1": fused[2],
+                   "illum": None, "num": fused[0], "W": fused[1]}
+        else:
+            g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
+            out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": g_patches, "g_psi1": g_psi1,
+                   "illum": illumination_patches(fwd, state.object.shape[0]) if do_obj else None}
+            if do_obj:
+                out["num"] = overlap.accumulate(xp.zeros_like(state.object), b.y0, b.x0, g_patches)
+                out["W"] = overlap.accumulate(xp.zeros(state.object.shape, dtype=self.ctx.real_dtype),
+                                              b.y0, b.x0, out["illum"])
+        g_psi1 = out["g_psi1"]
         if do_probe:
             out["probe_k"] = overlap.unshift_sum_k(backend.fft2(g_psi1), b.frac)
         return out
@@ -117,6 +123,15 @@ class LsqmlEngine(common.EngineBase):
 
         ``g_exit`` = F⁻¹[∇_Ψ L]; the exit-plane update is χ = -½ g_exit, folded into the dots.
         """
+        k = backend.kernels(self.ctx.xp)
+        if k is not None:  # the five dots in one pass, windows read from the object grids directly
+            obj = state.object[:, 0]
+            shifted = overlap.shift_probe(dP, b.frac) if dP is not None else fwd.psi1
+            out = k.empty((len(b.idx), 5), self.ctx.real_dtype)
+            k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
+                          fwd.psi1, shifted, g_exit, dO is not None, dP is not None, out)
+            cols = (0, 1, 2, 3, 4) if dO is not None and dP is not None else (0, 3) if dO is not None else (1, 4)
+            return tuple(out[:, i] for i in cols)
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None

@@ -86,6 +86,23 @@ def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None
     return xp.sum(_masked(pixel, mask), axis=(-2, -1)), _masked(lprime, mask)
 
 
+def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a: float,
+                   c: float) -> tuple[Any, Any] | None:
+    """(loss (B,), (a + c·m ℓ'(I)) Ψ) in one pass by the fused CPU kernel, or None where it
+    does not apply (CuPy, no Numba, compressed data): (0, 2) is ∇_Ψ L, (1, -1) Ψ̂."""
+    k = backend.kernels(backend.namespace(Psi))
+    if k is None or model not in k.NOISE_CODES or D.ndim != 3 or Psi.ndim != 5:
+        return None
+    psi4 = Psi.reshape((Psi.shape[0], Psi.shape[1] * Psi.shape[2], *Psi.shape[3:]))
+    out = k.empty(psi4.shape, Psi.dtype)
+    loss = k.empty((Psi.shape[0],), Psi.real.dtype)
+    use_mask = mask is not None
+    m = mask if use_mask else D[0]
+    r = lambda v: k.real_scalar(v, D)  # noqa: E731
+    k.farfield(psi4, D, m, use_mask, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), out, loss)
+    return loss, out.reshape(Psi.shape)
+
+
 def scale_by(Psi: Any, factor: Any) -> Any:
     """Ψ (B, P, Q, M, N) times a real (B, M, N) factor, in Ψ's dtype."""
     xp = backend.namespace(Psi)

@@ -62,6 +62,10 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
     Pass ``probe_k = fft2(probe)`` to reuse it across batches (one FFT saved per mode).
     """
     spectrum = backend.fft2(probe) if probe_k is None else probe_k
+    k = backend.kernels(backend.namespace(spectrum))
+    if k is not None and spectrum.ndim == 3:
+        out = k.ramp_product(spectrum, frac, -1.0, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
+        return backend.ifft2(out)
     ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
     if spectrum.shape[0] == 1 and backend.is_numpy(backend.namespace(ramp)):
         ramp *= spectrum  # one mode: reuse the fresh ramp as the product's buffer
@@ -71,8 +75,12 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
 
 def unshift(grad: Any, frac: Any) -> Any:
     """Adjoint of ``shift_probe`` per position: shift (B, P, M, N) by -frac (B, 2)."""
+    spectrum = backend.fft2(grad)
+    k = backend.kernels(backend.namespace(spectrum))
+    if k is not None and spectrum.ndim == 4:
+        return backend.ifft2(k.ramp_multiply(spectrum, frac, 1.0, spectrum))  # in place: a fresh FFT output
     ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype, conj=True)
-    return backend.ifft2(backend.fft2(grad) * ramp[:, None, ...])
+    return backend.ifft2(spectrum * ramp[:, None, ...])
 
 
 def unshift_sum(grad_k: Any, frac: Any) -> Any:
@@ -83,6 +91,9 @@ def unshift_sum(grad_k: Any, frac: Any) -> Any:
 def unshift_sum_k(grad_k: Any, frac: Any) -> Any:
     """The spectrum of ``unshift_sum`` (P, M, N): partial sums over parts of a batch add up."""
     xp = backend.namespace(grad_k)
+    k = backend.kernels(xp)
+    if k is not None and grad_k.ndim == 4:
+        return k.ramp_sum(grad_k, frac, 1.0, k.empty(grad_k.shape[1:], grad_k.dtype))
     ramp = shift_ramp(frac, tuple(grad_k.shape[-2:]), grad_k.dtype, conj=True)
     prod = grad_k * ramp[:, None, ...]
     return prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0)

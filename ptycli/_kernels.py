@@ -1,0 +1,359 @@
+"""Fused CPU kernels (Numba) for the engines' memory-bound passes; private to the backend seam.
+
+Why: after the FFTs, an iteration on NumPy was dominated by ~20 separate elementwise
+passes per group (ramps, |Ψ|², the noise model, conj products, window copies, scatter-adds,
+the LSQ-ML step dots), each reading and writing whole (B, M, N) complex arrays, plus their
+temporaries. Each kernel below does one of those chains in one pass over memory without
+temporaries. They are serial and release the GIL: ``backend.map_parts`` runs the parts of a
+group on separate threads, so both cores stay busy without Numba's threading layer (which
+is not safe to enter from several Python threads at once).
+
+Every kernel has an array-API twin in the compute code (used on CuPy, array_api_strict, or
+when Numba is missing or PTYCLI_KERNELS=0); tests check the two agree.
+Noise model codes: 0 amplitude, 1 intensity, 2 poisson, 3 anscombe (physics.md §5.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+# fastmath without nnan/ninf: reassociation lets LLVM vectorise the row loops and the
+# reductions, while NaN and Inf still propagate (the loop's NaN check relies on it).
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy",
+        "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
+NOISE_CODES = {"amplitude": 0, "intensity": 1, "poisson": 2, "anscombe": 3}
+ANSCOMBE_SHIFT = 0.375
+INTENSITY_WEIGHT = 1.0
+
+
+def empty(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+    """An output buffer for a kernel (callers outside the seam never import numpy)."""
+    return np.empty(shape, dtype=dtype)
+
+
+def real_scalar(value: float, like: np.ndarray) -> np.generic:
+    """``value`` in the real dtype of ``like``: kernels then stay in float32 for float32 data."""
+    return np.empty(0, dtype=like.dtype).real.dtype.type(value)
+
+
+@nb.njit(**_JIT)
+def _freq(i, n):
+    """fftfreq(n)[i] in cycles per pixel."""
+    return (i if i < (n + 1) // 2 else i - n) / n
+
+
+@nb.njit(**_JIT)
+def _ramps(frac, m, n, sign, like):
+    """Separable shift ramps exp(sign 2πi u f): (B, M) and (B, N) in the dtype of ``like``."""
+    nb_ = frac.shape[0]
+    ey = np.empty((nb_, m), dtype=like.dtype)
+    ex = np.empty((nb_, n), dtype=like.dtype)
+    for b in range(nb_):
+        fy = float(frac[b, 0])
+        fx = float(frac[b, 1])
+        for y in range(m):
+            ph = sign * 2.0 * math.pi * _freq(y, m) * fy
+            ey[b, y] = math.cos(ph) + 1j * math.sin(ph)
+        for x in range(n):
+            ph = sign * 2.0 * math.pi * _freq(x, n) * fx
+            ex[b, x] = math.cos(ph) + 1j * math.sin(ph)
+    return ey, ex
+
+
+@nb.njit(**_JIT)
+def ramp_product(spec, frac, sign, out):
+    """out[b, p] = spec[p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (P, M, N), out (B, P, M, N)."""
+    nb_, n_p, m, n = out.shape
+    ey, ex = _ramps(frac, m, n, sign, spec)
+    for b in range(nb_):
+        exb = ex[b]
+        for p in range(n_p):
+            for y in range(m):
+                cy = ey[b, y]
+                srow = spec[p, y]
+                orow = out[b, p, y]
+                for x in range(n):
+                    orow[x] = srow[x] * (cy * exb[x])
+    return out
+
+
+@nb.njit(**_JIT)
+def ramp_multiply(spec, frac, sign, out):
+    """out[b, p] = spec[b, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec, out (B, P, M, N)."""
+    nb_, n_p, m, n = out.shape
+    ey, ex = _ramps(frac, m, n, sign, spec)
+    for b in range(nb_):
+        exb = ex[b]
+        for p in range(n_p):
+            for y in range(m):
+                cy = ey[b, y]
+                srow = spec[b, p, y]
+                orow = out[b, p, y]
+                for x in range(n):
+                    orow[x] = srow[x] * (cy * exb[x])
+    return out
+
+
+@nb.njit(**_JIT)
+def ramp_sum(spec, frac, sign, out):
+    """out[p] = Σ_b spec[b, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (B, P, M, N)."""
+    nb_, n_p, m, n = spec.shape
+    ey, ex = _ramps(frac, m, n, sign, spec)
+    out[...] = 0
+    for b in range(nb_):
+        exb = ex[b]
+        for p in range(n_p):
+            for y in range(m):
+                cy = ey[b, y]
+                srow = spec[b, p, y]
+                orow = out[p, y]
+                for x in range(n):
+                    orow[x] += srow[x] * (cy * exb[x])
+    return out
+
+
+@nb.njit(**_JIT)
+def farfield(psi, data, mask, use_mask, model, eps, a, c, out, loss):
+    """Per-position loss and out = (a + c·m ℓ'(I)) Ψ with I = Σ_k |Ψ_k|², in one pass.
+
+    psi, out (B, K, M, N); data (B, M, N); mask (M, N) read when use_mask; loss (B,);
+    eps, a, c in the real dtype of psi. (a, c) = (0, 2) gives ∇_Ψ L, (1, -1) the
+    projection Ψ̂ = (1 - m ℓ') Ψ.
+    """
+    nb_, nk, m, n = psi.shape
+    zero = a * 0
+    shift = zero + ANSCOMBE_SHIFT
+    weight = zero + INTENSITY_WEIGHT
+    inten = np.empty(n, dtype=loss.dtype)
+    pix = np.empty(n, dtype=loss.dtype)
+    for b in range(nb_):
+        total = zero
+        for y in range(m):
+            drow = data[b, y]
+            mrow = mask[y]
+            inten[:] = zero
+            for k in range(nk):
+                prow = psi[b, k, y]
+                for x in range(n):
+                    v = prow[x]
+                    inten[x] += v.real * v.real + v.imag * v.imag
+            # one branch per row, not per pixel: each loop below vectorises
+            if model == 0:
+                for x in range(n):
+                    s = np.sqrt(inten[x])
+                    diff = s - np.sqrt(drow[x] + zero)
+                    pix[x] = diff * diff
+                    inten[x] = (diff + eps) / (s + eps)
+            elif model == 1:
+                for x in range(n):
+                    r = inten[x] - drow[x]
+                    pix[x] = weight * r * r
+                    inten[x] = 2 * weight * r
+            elif model == 2:
+                for x in range(n):
+                    d = drow[x] + zero
+                    dlogd = d * np.log(d) if d > 0 else zero
+                    pix[x] = inten[x] - d * np.log(inten[x] + eps) - (d - dlogd)
+                    inten[x] = 1 - d / (inten[x] + eps)
+            else:
+                for x in range(n):
+                    si = np.sqrt(inten[x] + shift)
+                    sd = np.sqrt(drow[x] + shift)
+                    pix[x] = (si - sd) * (si - sd)
+                    inten[x] = 1 - sd / si
+            if use_mask:
+                for x in range(n):
+                    total += mrow[x] * pix[x]
+                    inten[x] = a + c * (mrow[x] * inten[x])
+            else:
+                for x in range(n):
+                    total += pix[x]
+                    inten[x] = a + c * inten[x]
+            for k in range(nk):
+                prow = psi[b, k, y]
+                orow = out[b, k, y]
+                for x in range(n):
+                    orow[x] = prow[x] * inten[x]
+        loss[b] = total
+    return loss
+
+
+@nb.njit(**_JIT)
+def extract(obj, y0, x0, out):
+    """Windows of obj (L, H, W) at corners (y0[b], x0[b]) into out (B, L, M, N)."""
+    nb_, nl, m, n = out.shape
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for q in range(nl):
+            for y in range(m):
+                orow = obj[q, yb + y, xb:xb + n]
+                drow = out[b, q, y]
+                for x in range(n):
+                    drow[x] = orow[x]
+    return out
+
+
+@nb.njit(**_JIT)
+def scatter_add(target, y0, x0, patches):
+    """target (L, H, W) += windows patches (B, L, M, N) at corners (y0[b], x0[b])."""
+    nb_, nl, m, n = patches.shape
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for q in range(nl):
+            for y in range(m):
+                trow = target[q, yb + y, xb:xb + n]
+                prow = patches[b, q, y]
+                for x in range(n):
+                    trow[x] += prow[x]
+    return target
+
+
+@nb.njit(**_JIT)
+def backward_single(obj, y0, x0, psi, g, num, illum, do_num, do_illum, g_psi):
+    """Adjoint of the single-slice exit waves e = O_q ψ_p with the scatter-adds fused in.
+
+    g (B, P, Q, M, N) = ∂L/∂e*; then num (Q, H, W) += Σ_p conj(ψ) g at each window,
+    illum (Q, H, W) += Σ_p |ψ|² (when asked) and g_psi (B, P, M, N) = Σ_q conj(O_q) g.
+    """
+    nb_, n_p, nq, m, n = g.shape
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for q in range(nq):
+            for y in range(m):
+                orow = obj[q, yb + y, xb:xb + n]
+                nrow = num[q, yb + y, xb:xb + n] if do_num else num[0, 0, 0:n]
+                wrow = illum[q, yb + y, xb:xb + n] if do_illum else illum[0, 0, 0:1]
+                for p in range(n_p):
+                    prow = psi[b, p, y]
+                    grow = g[b, p, q, y]
+                    gprow = g_psi[b, p, y]
+                    if q == 0:
+                        for x in range(n):
+                            gprow[x] = orow[x].conjugate() * grow[x]
+                    else:
+                        for x in range(n):
+                            gprow[x] += orow[x].conjugate() * grow[x]
+                    if do_num:
+                        for x in range(n):
+                            nrow[x] += prow[x].conjugate() * grow[x]
+                    if do_illum:
+                        for x in range(n):
+                            v = prow[x]
+                            wrow[x] += v.real * v.real + v.imag * v.imag
+    return g_psi
+
+
+@nb.njit(**_JIT)
+def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out):
+    """Per-position dots of LSQ-ML's 2×2 step problem (single slice), out (B, 5):
+    (‖a‖², ‖b‖², Re⟨a, b⟩, Re⟨a, χ⟩, Re⟨b, χ⟩) with a = ΔO·ψ, b = O·ΔP_shifted, χ = -½ g.
+
+    d_obj, obj (Q, H, W); psi, shifted_dp (B, P, M, N); g (B, P, Q, M, N).
+    """
+    nb_, n_p, nq, m, n = g.shape
+    zero = out[0, 0] * 0
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        aa = zero
+        bb = zero
+        ab = zero
+        ra = zero
+        rb = zero
+        for p in range(n_p):
+            for q in range(nq):
+                for y in range(m):
+                    drow = d_obj[q, yb + y, xb:xb + n]
+                    orow = obj[q, yb + y, xb:xb + n]
+                    prow = psi[b, p, y]
+                    srow = shifted_dp[b, p, y]
+                    grow = g[b, p, q, y]
+                    if use_obj and use_probe:
+                        for x in range(n):
+                            va = drow[x] * prow[x]
+                            vb = orow[x] * srow[x]
+                            chi = grow[x]
+                            aa += va.real * va.real + va.imag * va.imag
+                            ra += va.real * chi.real + va.imag * chi.imag
+                            bb += vb.real * vb.real + vb.imag * vb.imag
+                            rb += vb.real * chi.real + vb.imag * chi.imag
+                            ab += va.real * vb.real + va.imag * vb.imag
+                    elif use_obj:
+                        for x in range(n):
+                            va = drow[x] * prow[x]
+                            chi = grow[x]
+                            aa += va.real * va.real + va.imag * va.imag
+                            ra += va.real * chi.real + va.imag * chi.imag
+                    else:
+                        for x in range(n):
+                            vb = orow[x] * srow[x]
+                            chi = grow[x]
+                            bb += vb.real * vb.real + vb.imag * vb.imag
+                            rb += vb.real * chi.real + vb.imag * chi.imag
+        out[b, 0] = aa
+        out[b, 1] = bb
+        out[b, 2] = ab
+        out[b, 3] = -0.5 * ra
+        out[b, 4] = -0.5 * rb
+    return out
+
+
+@nb.njit(**_JIT)
+def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
+    """ePIE/rPIE updates of one slice from the corrected exit waves (physics.md §6.1).
+
+    obj (Q, H, W); psi (B, P, M, N) incident waves; target (B, P, Q, M, N) = e'. Writes
+    d_obj (B, Q, M, N) = Σ_p conj(ψ_p) δ_pq / den and d_psi (B, P, M, N) = mean_q β conj(O_q)
+    δ_pq / max|O_q|², δ = e' - O ψ, den = max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max (rPIE,
+    gamma > 0). Both from the values before this update, as the engine applies them.
+    """
+    nb_, n_p, nq, m, n = target.shape
+    zero = beta * 0
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        w_max = zero
+        for y in range(m):
+            for x in range(n):
+                w = zero
+                for p in range(n_p):
+                    v = psi[b, p, y, x]
+                    w += v.real * v.real + v.imag * v.imag
+                w_max = max(w_max, w)
+        for q in range(nq):
+            t_max = zero
+            for y in range(m):
+                orow = obj[q, yb + y, xb:xb + n]
+                for x in range(n):
+                    v = orow[x]
+                    t_max = max(t_max, v.real * v.real + v.imag * v.imag)
+            scale = beta / (t_max * nq)
+            for y in range(m):
+                orow = obj[q, yb + y, xb:xb + n]
+                drow = d_obj[b, q, y]
+                drow[:] = 0
+                for p in range(n_p):
+                    prow = psi[b, p, y]
+                    erow = target[b, p, q, y]
+                    srow = d_psi[b, p, y]
+                    for x in range(n):
+                        delta = erow[x] - orow[x] * prow[x]
+                        drow[x] += prow[x].conjugate() * delta
+                        step = orow[x].conjugate() * delta * scale
+                        if q == 0:
+                            srow[x] = step
+                        else:
+                            srow[x] += step
+                if gamma > 0:
+                    for x in range(n):
+                        w = zero
+                        for p in range(n_p):
+                            v = psi[b, p, y, x]
+                            w += v.real * v.real + v.imag * v.imag
+                        drow[x] = drow[x] / ((1 - gamma) * w + gamma * w_max)
+                else:
+                    inv = 1 / w_max
+                    for x in range(n):
+                        drow[x] = drow[x] * inv
+    return d_obj

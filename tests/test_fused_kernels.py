@@ -1,0 +1,169 @@
+"""Fused CPU kernels (ptycli/_kernels.py) against the array-API code they replace.
+
+Oracle: the same run with ``backend.set_kernels(False)`` (the code CuPy and array_api_strict
+run). Kernels only reorder float32 sums, so results agree to float32 rounding: rtol 1e-4 of
+the largest value after two iterations; unit checks of each kernel at 1e-5 relative.
+"""
+
+import numpy as np
+import pytest
+from test_perf_structure import _patterns, _state
+
+from ptycli import backend
+from ptycli.engines import common, loop, noise
+from ptycli.engines.registry import ENGINES
+from ptycli.physics import multislice, overlap
+from ptycli.recipe import Recipe
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def kernels_off():
+    backend.set_kernels(False)
+    yield
+    backend.set_kernels(True)
+
+
+def _close(a, b, rtol=1e-4):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * float(np.max(np.abs(b))))
+
+
+def _rng_c(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def _run(engine, kernels, monkeypatch, modes=1, noise_model="amplitude", mask=False, positions=False,
+         group=4, extra=None):
+    backend.set_kernels(kernels)
+    monkeypatch.setenv("PTYCLI_THREADS", "1")
+    try:
+        state = _state(modes=modes, scan=(4, 4))
+        pats = _patterns(state)
+        det_mask = None
+        if mask:
+            det_mask = np.ones(pats.shape[-2:], np.float32)
+            det_mask[:3, :5] = 0.0
+        stage = ENGINES[engine].params(type=engine, iterations=2, grouping={"kind": "compact", "size": group},
+                                       refine={"object": True, "probe": True, "positions": positions},
+                                       noise={"model": noise_model}, **(extra or {}))
+        recipe = Recipe(recipe="ptycli/1", stage=[stage])
+        ctx = common.make_context(state, np, "single", stage.noise.model, stage.noise.eps, mask=det_mask,
+                                  n_e=float(pats.sum(axis=(-2, -1)).mean()))
+        losses = []
+
+        class Obs:
+            def on_iteration_end(self, stage_i, it, loss, t):
+                losses.append(loss)
+
+        hooks = loop.RunHooks(read_batch=lambda idx, _s: pats[idx],
+                              make_engine=lambda params, st: ENGINES[engine].engine(params, ctx, st),
+                              apply_constraints=lambda st, _s, _it: st, observers=[Obs()])
+        out = loop.run(recipe, state, np.arange(len(pats)), 0, hooks)[0]
+        return out, np.asarray(losses)
+    finally:
+        backend.set_kernels(True)
+
+
+@pytest.mark.parametrize("engine,modes,noise_model,mask,positions,group,extra", [
+    ("lsqml", 1, "amplitude", False, True, 4, None),
+    ("lsqml", 2, "poisson", True, False, 4, None),
+    ("lsqml", 1, "anscombe", False, False, 4, None),
+    ("gradient", 1, "intensity", False, False, 4, {"learning_rate": {"object": 1e-7, "probe": 1e-7}}),
+    ("gradient", 1, "anscombe", True, True, 4, None),
+    ("gradient", 2, "amplitude", False, False, 4, None),
+    ("epie", 1, "amplitude", False, True, 1, None),
+    ("epie", 2, "poisson", True, False, 1, None),
+    ("epie", 1, "amplitude", False, False, 4, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}),
+])
+def test_engines_match_the_array_api_code(engine, modes, noise_model, mask, positions, group, extra, monkeypatch):
+    fused, loss_f = _run(engine, True, monkeypatch, modes, noise_model, mask, positions, group, extra)
+    plain, loss_p = _run(engine, False, monkeypatch, modes, noise_model, mask, positions, group, extra)
+    _close(fused.object, plain.object)
+    _close(fused.probe, plain.probe)
+    np.testing.assert_allclose(loss_f, loss_p, rtol=1e-4)
+    np.testing.assert_allclose(fused.positions, plain.positions, rtol=0, atol=1e-4)
+    assert not np.array_equal(fused.object, _state(modes=modes).object)  # the engine did update
+
+
+def test_kernels_are_only_offered_for_numpy():
+    assert backend.kernels(np) is not None
+    assert backend.kernels(object()) is None
+    backend.set_kernels(False)
+    try:
+        assert backend.kernels(np) is None
+    finally:
+        backend.set_kernels(True)
+
+
+@pytest.mark.parametrize("model", ["amplitude", "intensity", "poisson", "anscombe"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_farfield_kernel_matches_the_noise_models(model, masked):
+    Psi = _rng_c((3, 2, 1, 16, 16))
+    intensity = (np.abs(Psi) ** 2).sum(axis=(1, 2))
+    D = (intensity * np.random.default_rng(2).uniform(0.5, 1.5, intensity.shape)).astype(np.float32)
+    D[0, 0, :4] = 0.0  # zero counts: the Poisson D log D term
+    mask = None
+    if masked:
+        mask = np.ones((16, 16), np.float32)
+        mask[2:5, 3:9] = 0.0
+    for a, c in ((0.0, 2.0), (1.0, -1.0)):
+        loss, out = noise.fused_farfield(Psi, D, model, mask, None, a, c)
+        ref_loss, lprime = noise.loss_and_dloss_dI(intensity.astype(np.float32), D, model, mask)
+        ref = Psi * (a + c * lprime)[:, None, None]
+        _close(loss, ref_loss, 1e-5)
+        _close(out, ref, 1e-5)
+        assert out.dtype == np.complex64 and loss.dtype == np.float32
+
+
+def test_shift_kernels_match_the_ramps():
+    probe = _rng_c((2, 16, 12))
+    frac = np.random.default_rng(3).uniform(0, 1, (5, 2)).astype(np.float32)
+    spectrum = backend.fft2(probe)
+    fused = overlap.shift_probe(probe, frac)
+    grad = _rng_c((5, 2, 16, 12), 4)
+    fused_sum = overlap.unshift_sum_k(grad, frac)
+    fused_unshift = overlap.unshift(grad, frac)
+    backend.set_kernels(False)
+    try:
+        _close(fused, overlap.shift_probe(probe, frac, spectrum), 1e-5)
+        _close(fused_sum, overlap.unshift_sum_k(grad, frac), 1e-5)
+        _close(fused_unshift, overlap.unshift(grad, frac), 1e-5)
+    finally:
+        backend.set_kernels(True)
+
+
+def test_window_kernels_match_numpy_and_refuse_windows_outside():
+    obj = _rng_c((2, 3, 20, 22))
+    y0, x0 = np.array([0, 4, 8]), np.array([10, 0, 12])
+    patches = backend.extract_patches(obj, y0, x0, (8, 10))
+    for b in range(3):
+        np.testing.assert_array_equal(patches[b], obj[..., y0[b]:y0[b] + 8, x0[b]:x0[b] + 10])
+    target = np.zeros_like(obj)
+    backend.scatter_add_patches(target, y0, x0, patches)
+    ref = np.zeros_like(obj)
+    for b in range(3):
+        ref[..., y0[b]:y0[b] + 8, x0[b]:x0[b] + 10] += patches[b]
+    np.testing.assert_allclose(target, ref, rtol=1e-6)
+    with pytest.raises(Exception):  # noqa: B017  (the NumPy path's own error, not a silent write)
+        backend.extract_patches(obj, np.array([15]), np.array([0]), (8, 10))
+
+
+def test_backward_kernel_matches_adjoint_and_scatter():
+    state = _state(modes=2)
+    rng = np.random.default_rng(5)
+    idx = np.arange(6)
+    ctx = common.make_context(state, np, "single", "amplitude", None)
+    b = common.make_batch(state, idx, rng.uniform(size=(6, 32, 32)).astype(np.float32), ctx)
+    fwd = common.forward(state, b, ctx)
+    g = _rng_c(fwd.Psi.shape, 6)
+    num, illum, g_psi = common.backward_accumulate(g, fwd, state, b, ctx, numerator=True, illumination=True)
+    g_patches, g_psi_ref = multislice.backward(backend.fft2(g), fwd.cache, None)
+    num_ref = overlap.accumulate(np.zeros_like(state.object), b.y0, b.x0, g_patches)
+    w = (np.abs(fwd.psi1) ** 2).sum(axis=1)[:, None, None]
+    illum_ref = overlap.accumulate(np.zeros(state.object.shape, np.float32), b.y0, b.x0, w)
+    _close(g_psi, g_psi_ref.sum(axis=2), 1e-5)
+    _close(num, num_ref, 1e-5)
+    _close(illum, illum_ref, 1e-5)

@@ -357,3 +357,85 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
                     for x in range(n):
                         drow[x] = drow[x] * inv
     return d_obj
+
+
+@nb.njit(**_JIT)
+def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
+    """One Adam step per real component of complex z on flat elements [lo, hi), into fresh arrays.
+
+    Same formula as engines/optimizers.Adam: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g²
+    (real and imaginary parts apart), z - lr (m c1) / (sqrt(v c2) + eps) with the bias
+    corrections c1 = 1/(1-b1^t), c2 = 1/(1-b2^t).
+    """
+    for i in range(lo, hi):
+        g = grad[i]
+        mi = b1 * m[i] + (1 - b1) * g
+        m_out[i] = mi
+        gr = g.real
+        gi = g.imag
+        vr = b2 * v_re[i] + (1 - b2) * (gr * gr)
+        vi = b2 * v_im[i] + (1 - b2) * (gi * gi)
+        v_re_out[i] = vr
+        v_im_out[i] = vi
+        sr = lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
+        si = lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)
+        z_out[i] = z[i] - (sr + 1j * si)
+    return z_out
+
+
+@nb.njit(**_JIT)
+def adam_real(z, grad, m, v, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_out):
+    """``adam`` for a real z."""
+    for i in range(lo, hi):
+        g = grad[i]
+        mi = b1 * m[i] + (1 - b1) * g
+        m_out[i] = mi
+        vi = b2 * v[i] + (1 - b2) * (g * g)
+        v_out[i] = vi
+        z_out[i] = z[i] - lr * (mi * c1) / (np.sqrt(vi * c2) + eps)
+    return z_out
+
+
+@nb.njit(**_JIT)
+def window_product(t, psi, out):
+    """Exit waves out[b, p, q] = t[b, q] ψ[b, p, q or 0] for t (B, Q, M, N), psi (B, P, Q|1, M, N)."""
+    nb_, n_p, nq, m, n = out.shape
+    shared = psi.shape[2] == 1
+    for b in range(nb_):
+        for p in range(n_p):
+            for q in range(nq):
+                qi = 0 if shared else q
+                for y in range(m):
+                    trow = t[b, q, y]
+                    prow = psi[b, p, qi, y]
+                    orow = out[b, p, q, y]
+                    for x in range(n):
+                        orow[x] = trow[x] * prow[x]
+    return out
+
+
+@nb.njit(**_JIT)
+def adjoint_products(t, psi, g, out_t, out_psi):
+    """Adjoint of ``window_product``: out_t[b, q] = Σ_p conj(ψ[b, p, q or 0]) g[b, p, q] and
+    out_psi[b, p, q] = conj(t[b, q]) g[b, p, q]."""
+    nb_, n_p, nq, m, n = g.shape
+    shared = psi.shape[2] == 1
+    for b in range(nb_):
+        for q in range(nq):
+            qi = 0 if shared else q
+            for y in range(m):
+                trow = t[b, q, y]
+                acc = out_t[b, q, y]
+                for p in range(n_p):
+                    prow = psi[b, p, qi, y]
+                    grow = g[b, p, q, y]
+                    orow = out_psi[b, p, q, y]
+                    if p == 0:
+                        for x in range(n):
+                            acc[x] = prow[x].conjugate() * grow[x]
+                    else:
+                        for x in range(n):
+                            acc[x] += prow[x].conjugate() * grow[x]
+                    for x in range(n):
+                        orow[x] = trow[x].conjugate() * grow[x]
+    return out_t

@@ -119,6 +119,22 @@ def test_fft_bound_of_a_case_uses_the_cost_model():
     assert res["fft_bound_s"] <= res["fft_bound_model_s"]
 
 
+def test_fft_counter_counts_the_engines_own_transforms():
+    """The bound's N_FFT is what the engine ran: counted at backend._fft_call, only M x M."""
+    import numpy as np
+
+    from ptycli import backend
+
+    with worker.FFTCounter(8) as counter:
+        backend.fft2(np.zeros((3, 2, 8, 8), np.complex64))  # 6 transforms
+        backend.ifft2(np.zeros((8, 8), np.complex64))  # 1
+        backend.fft2(np.zeros((4, 16, 16), np.complex64))  # other size: not counted
+    assert counter.transforms == 7
+    assert backend._fft_call is counter._orig  # restored
+    res = worker.fft_bound("lsqml", TINY, group_size=4, min_time_s=0.005, counted=80.0)
+    assert res["n_ffts"] == 80.0 and res["n_ffts_model"] == 16 * 4
+
+
 def test_worker_reports_failure_as_json():
     res = suite.run_worker({"kind": "engine", "engine": "nosuch", "case": TINY.to_json(), "warmup": 1, "timed": 1})
     assert res["ok"] is False and "nosuch" in res["error"]

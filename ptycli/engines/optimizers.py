@@ -72,6 +72,9 @@ class Adam(_Slotted):
         b1, b2 = self.beta1, self.beta2
         slot["t"] += 1
         t = slot["t"]
+        fused = _fused_adam(z, grad, slot, b1, b2, self.eps, lr, t)
+        if fused is not None:
+            return fused
         g_re, g_im = _split(grad)
         # Object-sized and run once per group: each line below is the textbook formula with
         # its temporaries updated in place (same operations in the same order, so the same
@@ -91,6 +94,38 @@ class Adam(_Slotted):
         step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
         step *= lr
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
+
+
+def _fused_adam(z: Any, grad: Any, slot: dict[str, Any], b1: float, b2: float, eps: float, lr: float,
+                t: int) -> Any:
+    """Adam in one pass per part of the array (fused CPU kernel, split over the host threads);
+    None where the kernel does not apply (CuPy, no Numba, dtypes that differ)."""
+    xp = backend.namespace(z)
+    k = backend.kernels(xp)
+    complex_z = bool(xp.iscomplexobj(z))
+    if (k is None or z.dtype != grad.dtype or z.shape != grad.shape or not z.flags.c_contiguous
+            or not grad.flags.c_contiguous or slot["m"].dtype != z.dtype or complex_z != (slot["v_im"] is not None)):
+        return None
+    flat = [a.reshape(-1) for a in (z, grad, slot["m"], slot["v_re"])]
+    out = [xp.empty_like(a) for a in (flat[0], flat[2], flat[3])]
+    r = lambda v: k.real_scalar(v, z)  # noqa: E731
+    consts = (r(b1), r(b2), r(1.0 / (1.0 - b1**t)), r(1.0 / (1.0 - b2**t)), r(eps), r(lr))
+    if complex_z:
+        v_im, v_im_out = slot["v_im"].reshape(-1), xp.empty_like(flat[3])
+        run = lambda lo, hi: k.adam(*flat, v_im, *consts, lo, hi, *out, v_im_out)  # noqa: E731
+    else:
+        run = lambda lo, hi: k.adam_real(*flat, *consts, lo, hi, *out)  # noqa: E731
+    n = flat[0].size
+    threads = min(backend.host_threads(), max(1, n // 2**16))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        run(0, n)
+    else:
+        backend.map_parts(lambda lohi: run(*lohi), list(zip(bounds[:-1], bounds[1:])))
+    slot["m"], slot["v_re"] = out[1].reshape(z.shape), out[2].reshape(z.shape)
+    if complex_z:
+        slot["v_im"] = v_im_out.reshape(z.shape)
+    return out[0].reshape(z.shape)
 
 
 class SGD(_Slotted):

@@ -38,9 +38,14 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
         raise InputError(f"multislice with {n_slices} slices needs a propagator H (got None)")
     cache = Cache(patches=patches)
     psi = psi1[:, :, None, ...]  # (B, P, 1, M, N): shared by every object mode on slice 1
+    k = backend.kernels(backend.namespace(psi1))
     for s in range(n_slices):
         cache.psi.append(psi)
-        exit_wave = patches[:, None, :, s, ...] * psi
+        if k is not None:  # one pass, no broadcast temporaries
+            b_, p_, q_ = psi.shape[0], psi.shape[1], patches.shape[1]
+            exit_wave = k.window_product(patches[:, :, s], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
+        else:
+            exit_wave = patches[:, None, :, s, ...] * psi
         spectrum = backend.fft2(exit_wave)
         if s == n_slices - 1:
             return spectrum, cache
@@ -68,10 +73,16 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
     grad_patches = [None] * n_slices
     geometry = {name: 0.0 for name in (dH or {})}
     g = backend.ifft2(grad_Psi) if grad_exit is None else grad_exit  # w.r.t. the last exit wave
+    k = backend.kernels(xp)
+    grad_obj = k.empty(patches.shape, patches.dtype) if k is not None and g.dtype == patches.dtype else None
     for s in range(n_slices - 1, -1, -1):
-        t = patches[:, None, :, s, ...]
-        grad_patches[s] = _sum_probe_modes(xp.conj(cache.psi[s]) * g)
-        grad_psi = xp.conj(t) * g
+        if grad_obj is not None:  # both products in one pass, written straight into the result
+            grad_psi = k.empty(g.shape, g.dtype)
+            k.adjoint_products(patches[:, :, s], cache.psi[s], g, grad_obj[:, :, s], grad_psi)
+        else:
+            t = patches[:, None, :, s, ...]
+            grad_patches[s] = _sum_probe_modes(xp.conj(cache.psi[s]) * g)
+            grad_psi = xp.conj(t) * g
         if s == 0:
             break
         spectrum = backend.fft2(grad_psi)  # G_s
@@ -80,7 +91,8 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
             geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
         spectrum *= xp.conj(_h5(H))  # fresh FFT output, read above only
         g = backend.ifft2(spectrum)
-    grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
+    if grad_obj is None:
+        grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
     if dH is None:
         return grad_obj, grad_psi
     return grad_obj, grad_psi, geometry

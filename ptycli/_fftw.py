@@ -5,12 +5,16 @@ Why not scipy.fft or pyFFTW's interfaces layer: on the 2-core benchmark machine 
 FFTW_MEASURE, 1 thread) against 6.6-8.5 ms for scipy.fft (pocketfft, any worker count)
 and ~8 ms for the interfaces layer (which re-checks its cache and copies every call).
 
-Plans are cached by (batch, shape, dtype, direction), oldest dropped first beyond MAX_PLANS. Only "hot" transforms (large enough
-and with sizes of small primes only) are planned with FFTW_MEASURE, and their thread count
-is chosen by timing 1 thread against all cores (on a shared 2-core machine one thread is
-often faster); everything else gets FFTW_ESTIMATE so odd or tiny shapes never pay seconds
-of planning. FFTW keeps wisdom within the process; ``export_wisdom`` / ``import_wisdom``
-(or PTYCLI_FFTW_WISDOM=path) carry it across runs.
+Plans are cached by (batch, shape, dtype, direction), oldest dropped first beyond MAX_PLANS.
+Plans use FFTW_ESTIMATE, and the thread count follows the transform's size (1 thread
+below THREADED_ELEMENTS), so a run is bit-for-bit repeatable for a seed: FFTW_MEASURE
+picks its algorithm by timing, and measured here the algorithm it picked changed from one
+process to the next (the rounding then differs, and an LSQ-ML run on an 8x8 scan ended at
+four different losses in 25 runs, once in NaN). For 64² to 256² complex64 batches ESTIMATE
+plans were as fast as MEASURE ones on the benchmark machine (within the run-to-run noise).
+PTYCLI_FFTW_PLANNER=measure opts back in (for sizes where it pays, at the cost of
+repeatability); FFTW keeps wisdom within the process, ``export_wisdom`` /
+``import_wisdom`` (or PTYCLI_FFTW_WISDOM=path) carry it across runs.
 """
 
 from __future__ import annotations
@@ -18,13 +22,12 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-import time
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-HOT_ELEMENTS = 2**14  # batch x M x N at which FFTW_MEASURE pays for itself (one 128² window)
+THREADED_ELEMENTS = 2**16  # batch x M x N from which a plan uses every allowed thread
 MAX_PLANS = 64
 _SMALL_PRIMES = (2, 3, 5, 7)
 
@@ -79,16 +82,10 @@ class _Plan:
         axes = tuple(range(-n_axes, 0))
         direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
         n_elem = int(np.prod(shape))
-        hot = n_elem >= HOT_ELEMENTS and all(_smooth(s) for s in shape[-n_axes:])
-        flags = ("FFTW_MEASURE",) if hot else ("FFTW_ESTIMATE",)
-        candidates = sorted({1, max_threads}) if hot else [1 if n_elem < 4 * HOT_ELEMENTS else max_threads]
-        best = None
-        for threads in candidates:
-            plan = pf.FFTW(self.scratch, out, axes=axes, direction=direction, flags=flags, threads=threads)
-            cost = _time_plan(plan) if len(candidates) > 1 else 0.0
-            if best is None or cost < best[0]:
-                best = (cost, plan, threads)
-        _cost, self.plan, self.threads = best
+        measure = os.environ.get("PTYCLI_FFTW_PLANNER", "estimate") == "measure"
+        flags = ("FFTW_MEASURE",) if measure and all(_smooth(s) for s in shape[-n_axes:]) else ("FFTW_ESTIMATE",)
+        self.threads = max_threads if n_elem >= THREADED_ELEMENTS else 1
+        self.plan = pf.FFTW(self.scratch, out, axes=axes, direction=direction, flags=flags, threads=self.threads)
         self.scale = 1.0 / float(np.sqrt(np.prod(shape[-n_axes:])))
         self.shape, self.dtype = shape, dtype
 
@@ -108,16 +105,6 @@ class _Plan:
             self.plan.execute()
         np.multiply(out, out.real.dtype.type(self.scale), out=out)  # unitary ("ortho")
         return out
-
-
-def _time_plan(plan: Any, repeats: int = 3) -> float:
-    plan.execute()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        plan.execute()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int) -> np.ndarray | None:

@@ -20,6 +20,45 @@ import math
 import numba as nb
 import numpy as np
 
+def _serialise_cache_saves() -> None:
+    """Make Numba's on-disk cache safe for processes compiling at the same time.
+
+    Numba picks the data file of a new cache entry by reading the index and taking the
+    first free name, then writes index and data: two processes compiling *different*
+    signatures of one kernel at once (two pytest-xdist workers, two SLURM tasks of a cold
+    install) can both take the same name, and one signature then loads the other's
+    machine code: silently wrong numbers (seen here as a NaN in the test suite). An
+    exclusive lock on the index around each save closes that window. Reads need no lock
+    (data files are replaced atomically; a missing one is a cache miss).
+    """
+    try:
+        import fcntl
+
+        from numba.core import caching
+    except ImportError:  # not POSIX, or a Numba without this class: nothing to patch
+        return
+    cls = getattr(caching, "IndexDataCacheFile", None)
+    if cls is None or getattr(cls.save, "_ptycli_locked", False):
+        return
+    unlocked = cls.save
+
+    def save(self, key, data):
+        lock_path = getattr(self, "_index_path", None)
+        if lock_path is None:
+            return unlocked(self, key, data)
+        with open(lock_path + ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                return unlocked(self, key, data)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    save._ptycli_locked = True
+    cls.save = save
+
+
+_serialise_cache_saves()
+
 # fastmath without nnan/ninf: reassociation lets LLVM vectorise the row loops and the
 # reductions, while NaN and Inf still propagate (the loop's NaN check relies on it).
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy",
@@ -116,10 +155,10 @@ def ramp_sum(spec, frac, sign, out):
 
 
 @nb.njit(**_JIT)
-def farfield(psi, data, mask, use_mask, model, eps, a, c, out, loss):
+def farfield(psi, data, mask, model, eps, a, c, out, loss):
     """Per-position loss and out = (a + c·m ℓ'(I)) Ψ with I = Σ_k |Ψ_k|², in one pass.
 
-    psi, out (B, K, M, N); data (B, M, N); mask (M, N) read when use_mask; loss (B,);
+    psi, out (B, K, M, N); data (B, M, N); mask (M, N) (ones for no mask); loss (B,);
     eps, a, c in the real dtype of psi. (a, c) = (0, 2) gives ∇_Ψ L, (1, -1) the
     projection Ψ̂ = (1 - m ℓ') Ψ.
     """
@@ -127,56 +166,55 @@ def farfield(psi, data, mask, use_mask, model, eps, a, c, out, loss):
     zero = a * 0
     shift = zero + ANSCOMBE_SHIFT
     weight = zero + INTENSITY_WEIGHT
-    inten = np.empty(n, dtype=loss.dtype)
-    pix = np.empty(n, dtype=loss.dtype)
+    f = np.empty(n, dtype=loss.dtype)
     for b in range(nb_):
         total = zero
         for y in range(m):
             drow = data[b, y]
             mrow = mask[y]
-            inten[:] = zero
-            for k in range(nk):
+            prow = psi[b, 0, y]
+            for x in range(n):
+                v = prow[x]
+                f[x] = v.real * v.real + v.imag * v.imag
+            for k in range(1, nk):
                 prow = psi[b, k, y]
                 for x in range(n):
                     v = prow[x]
-                    inten[x] += v.real * v.real + v.imag * v.imag
+                    f[x] += v.real * v.real + v.imag * v.imag
             # one branch per row, not per pixel: each loop below vectorises
             if model == 0:
                 for x in range(n):
-                    s = np.sqrt(inten[x])
-                    diff = s - np.sqrt(drow[x] + zero)
-                    pix[x] = diff * diff
-                    inten[x] = (diff + eps) / (s + eps)
+                    s = np.sqrt(f[x])
+                    diff = s - np.sqrt(drow[x])
+                    w = mrow[x]
+                    total += w * (diff * diff)
+                    f[x] = a + c * (w * ((diff + eps) / (s + eps)))
             elif model == 1:
                 for x in range(n):
-                    r = inten[x] - drow[x]
-                    pix[x] = weight * r * r
-                    inten[x] = 2 * weight * r
+                    r = f[x] - drow[x]
+                    w = mrow[x]
+                    total += w * (weight * r * r)
+                    f[x] = a + c * (w * (2 * weight * r))
             elif model == 2:
                 for x in range(n):
-                    d = drow[x] + zero
+                    d = drow[x]
+                    i = f[x]
                     dlogd = d * np.log(d) if d > 0 else zero
-                    pix[x] = inten[x] - d * np.log(inten[x] + eps) - (d - dlogd)
-                    inten[x] = 1 - d / (inten[x] + eps)
+                    w = mrow[x]
+                    total += w * (i - d * np.log(i + eps) - (d - dlogd))
+                    f[x] = a + c * (w * (1 - d / (i + eps)))
             else:
                 for x in range(n):
-                    si = np.sqrt(inten[x] + shift)
+                    si = np.sqrt(f[x] + shift)
                     sd = np.sqrt(drow[x] + shift)
-                    pix[x] = (si - sd) * (si - sd)
-                    inten[x] = 1 - sd / si
-            if use_mask:
-                for x in range(n):
-                    total += mrow[x] * pix[x]
-                    inten[x] = a + c * (mrow[x] * inten[x])
-            else:
-                for x in range(n):
-                    total += pix[x]
-                    inten[x] = a + c * inten[x]
+                    w = mrow[x]
+                    total += w * ((si - sd) * (si - sd))
+                    f[x] = a + c * (w * (1 - sd / si))
             for k in range(nk):
                 prow = psi[b, k, y]
                 orow = out[b, k, y]
                 for x in range(n):
-                    orow[x] = prow[x] * inten[x]
+                    orow[x] = prow[x] * f[x]
         loss[b] = total
     return loss
 
@@ -254,14 +292,15 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
     d_obj, obj (Q, H, W); psi, shifted_dp (B, P, M, N); g (B, P, Q, M, N).
     """
     nb_, n_p, nq, m, n = g.shape
-    zero = out[0, 0] * 0
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
-        aa = zero
-        bb = zero
-        ab = zero
-        ra = zero
-        rb = zero
+        # float64 sums (sums of squares over whole windows, in counts); never seeded from
+        # ``out``, which the caller may pass uninitialised
+        aa = 0.0
+        bb = 0.0
+        ab = 0.0
+        ra = 0.0
+        rb = 0.0
         for p in range(n_p):
             for q in range(nq):
                 for y in range(m):
@@ -439,3 +478,20 @@ def adjoint_products(t, psi, g, out_t, out_psi):
                     for x in range(n):
                         orow[x] = trow[x].conjugate() * grow[x]
     return out_t
+
+
+@nb.njit(**_JIT)
+def exit_from_object(obj, y0, x0, psi, out):
+    """Single-slice exit waves read straight from the object: out[b, p, q] = O_q(window b) ψ[b, p]."""
+    nb_, n_p, nq, m, n = out.shape
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for p in range(n_p):
+            for q in range(nq):
+                for y in range(m):
+                    orow = obj[q, yb + y, xb:xb + n]
+                    prow = psi[b, p, y]
+                    drow = out[b, p, q, y]
+                    for x in range(n):
+                        drow[x] = orow[x] * prow[x]
+    return out

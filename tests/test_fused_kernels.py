@@ -205,3 +205,28 @@ def test_adam_kernel_matches_the_textbook_steps(complex_z):
     if complex_z:
         _close(sf["v_im"], sp["v_im"])
     assert not np.shares_memory(zf, z0)  # a new array: callers may hold the old one
+
+
+@pytest.mark.parametrize("engine,group,slices,modes", [("lsqml", 4, 1, 2), ("gradient", 4, 1, 1), ("epie", 1, 1, 2),
+                                                       ("lsqml", 4, 2, 2), ("epie", 4, 1, 1)])
+def test_kernels_never_read_their_output_buffers(engine, group, slices, modes, monkeypatch):
+    """Every output buffer comes from ``_kernels.empty`` uninitialised; filled with NaN here,
+    a kernel that reads one before writing it (once seeding its sums from it, which made a
+    run NaN depending on what the allocator handed back) fails the comparison."""
+    from ptycli import _kernels
+
+    real_empty = _kernels.empty
+
+    def poisoned(shape, dtype):
+        out = real_empty(shape, dtype)
+        if np.dtype(dtype).kind in "fc":
+            out[...] = np.nan
+        return out
+
+    monkeypatch.setattr(_kernels, "empty", poisoned)
+    fused, loss_f = _run(engine, True, monkeypatch, modes=modes, group=group, slices=slices, positions=True)
+    monkeypatch.setattr(_kernels, "empty", real_empty)
+    plain, loss_p = _run(engine, False, monkeypatch, modes=modes, group=group, slices=slices, positions=True)
+    assert np.isfinite(loss_f).all() and np.isfinite(fused.object).all() and np.isfinite(fused.probe).all()
+    _close(fused.object, plain.object)
+    _close(fused.probe, plain.probe)

@@ -10,6 +10,7 @@ as one process. Sequential ePIE (group size 1) cannot be shared and is refused.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,15 @@ from . import noise as noise_mod
 
 
 class EpieEngine(common.EngineBase):
+    _probe_cache: tuple[Any, Any] | None = None  # (the probe array, its spectrum) for the lean path
+
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         xp, p = self.ctx.xp, self.params
+        k = backend.kernels(xp)
+        if k is not None and len(idx) == 1 and self._lean_applies(state, it):
+            out = self._update_one(k, state, int(idx[0]), data, it)
+            if out is not None:
+                return out
         b = self.batch(state, idx, data)
         fwd = common.forward(state, b, self.ctx)
         loss, target = self._target_exit(fwd, b)
@@ -58,6 +66,55 @@ class EpieEngine(common.EngineBase):
             t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+
+    def _lean_applies(self, state: Any, it: int) -> bool:
+        """Sequential single-slice ePIE on the CPU without position refinement or peers."""
+        return (state.n_slices == 1 and not self.params.refine.positions.active(it)
+                and self.ctx.noise_model != "compressed" and distributed.comm_of(self.ctx).size == 1)
+
+    def _update_one(self, k: Any, state: Any, j: int, data: Any, it: int) -> Any:
+        """Classical sequential ePIE for one position with the fewest calls (physics.md §6.1).
+
+        The same update as the general path: per position it costs little beyond its five
+        FFTs, since the probe's spectrum is carried over from the previous position's update
+        (F[P + ΔP] = F[P] + F[ΔP]) instead of being transformed again. Returns None when the
+        window leaves the object (the general path then reports it).
+        """
+        p = self.params
+        m, n = state.window
+        py, px = (float(v) for v in state.positions[j])
+        fy, fx = math.floor(py), math.floor(px)
+        y0, x0 = fy - m // 2, fx - n // 2
+        obj = state.object[:, 0]
+        if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
+            return None
+        cache = self._probe_cache
+        probe_k = cache[1] if cache is not None and cache[0] is state.probe else backend.fft2(state.probe)
+        frac = k.empty((1, 2), self.ctx.real_dtype)
+        frac[0, 0], frac[0, 1] = py - fy, px - fx
+        ys, xs = k.empty((1,), "int64"), k.empty((1,), "int64")
+        ys[0], xs[0] = y0, x0
+        psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.empty((1, *probe_k.shape), probe_k.dtype)))
+        exit_wave = k.empty((1, psi.shape[1], obj.shape[0], m, n), psi.dtype)
+        Psi = backend.fft2(k.exit_from_object(obj, ys, xs, psi, exit_wave))
+        loss, corrected = noise_mod.fused_farfield(Psi, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
+                                                   1.0, -1.0)
+        target = backend.ifft2(corrected)
+        r = lambda v: k.real_scalar(v, psi)  # noqa: E731
+        d_obj = k.empty((1, obj.shape[0], m, n), psi.dtype)
+        d_psi = k.empty(psi.shape, psi.dtype)
+        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
+        k.epie_single(obj, ys, xs, psi, target, r(p.beta), r(gamma), d_obj, d_psi)
+        if p.refine.object.active(it):
+            if p.alpha != 1.0:
+                d_obj *= r(p.alpha)
+            k.scatter_add(obj, ys, xs, d_obj)  # in place through the (Q, H, W) view
+        if p.refine.probe.active(it):
+            step_k = k.ramp_multiply(backend.fft2(d_psi), frac, 1.0, k.empty(d_psi.shape, d_psi.dtype))
+            probe_k = probe_k + step_k[0]
+            state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
+        self._probe_cache = (state.probe, probe_k)
+        return loss.sum()
 
     def _update_fused(self, k: Any, state: Any, b: common.Batch, fwd: common.Forward, target: Any, loss: Any,
                       it: int) -> Any:

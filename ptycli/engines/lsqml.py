@@ -145,8 +145,14 @@ class LsqmlEngine(common.EngineBase):
         return dot(bb, bb), dot_chi(bb)
 
     def _steps_single(self, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
-        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages."""
+        """Damped 2×2 least squares per position for (α_O, α_P), then batch averages.
+
+        Solved in float64: the dots are sums of squares over whole windows in counts, and in
+        float32 aa·bb can overflow and aa·bb - ab² cancel to noise, which made a step (and
+        the run) NaN.
+        """
         xp = self.ctx.xp
+        terms = tuple(xp.astype(t, xp.float64) for t in terms)
         if has_obj and has_probe:
             aa, bbb, ab, ra, rb = self._gathered(*terms)
             aa = aa + 0.1 * xp.mean(aa)
@@ -178,8 +184,10 @@ class LsqmlEngine(common.EngineBase):
         return out
 
     def _steps_multi(self, state: Any, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
-        """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S."""
+        """Decoupled per-slice steps α_O,s = ½ Re⟨ΔO_s ψ_s, χ_s⟩ / ‖ΔO_s ψ_s‖², object step / S
+        (in float64, as ``_steps_single``)."""
         xp = self.ctx.xp
+        terms = tuple(xp.astype(t, xp.float64) for t in terms)
         a_O, a_P = 0.0, 0.0
         if has_obj:
             num, den = self._gathered(*terms[:2])
@@ -211,7 +219,8 @@ class LsqmlEngine(common.EngineBase):
         if k > 0 and n - 2 * k > 0:
             alpha = xp.sort(alpha, axis=axis)
             alpha = alpha[k: n - k] if axis == 0 else alpha
-        return self.params.beta_lsq * xp.mean(alpha, axis=axis)
+        # back to the run's real dtype: a float64 step would promote the complex64 update
+        return xp.astype(self.params.beta_lsq * xp.mean(alpha, axis=axis), self.ctx.real_dtype)
 
 
 def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:

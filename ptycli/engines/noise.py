@@ -96,11 +96,24 @@ def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a
     psi4 = Psi.reshape((Psi.shape[0], Psi.shape[1] * Psi.shape[2], *Psi.shape[3:]))
     out = k.empty(psi4.shape, Psi.dtype)
     loss = k.empty((Psi.shape[0],), Psi.real.dtype)
-    use_mask = mask is not None
-    m = mask if use_mask else D[0]
+    m = mask if mask is not None else _ones(k, Psi.shape[-2:], D.dtype)
     r = lambda v: k.real_scalar(v, D)  # noqa: E731
-    k.farfield(psi4, D, m, use_mask, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), out, loss)
+    k.farfield(psi4, D, m, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), out, loss)
     return loss, out.reshape(Psi.shape)
+
+
+_ONES: dict[tuple, Any] = {}
+
+
+def _ones(k: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A cached all-ones mask (the kernel's "no mask"): one array per shape, not one per group."""
+    key = (tuple(shape), str(dtype))
+    if key not in _ONES:
+        _ONES.clear() if len(_ONES) > 8 else None
+        ones = k.empty(tuple(shape), dtype)
+        ones[...] = 1
+        _ONES[key] = ones
+    return _ONES[key]
 
 
 def scale_by(Psi: Any, factor: Any) -> Any:

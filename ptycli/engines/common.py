@@ -103,11 +103,11 @@ def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch
 
 
 # A part smaller than this (positions x probe modes x object modes x M x N) is not worth a
-# thread. Measured on the 2-core benchmark machine (quick case A, 128x128): a two-threaded
-# FFTW plan on a whole group of 16 is about 2.5x faster than a one-threaded plan, so
-# 2 parts of 8 positions lost (gradient 0.38 -> 0.43 s/iter) while 2 parts of 16 won
-# (lsqml 0.45 -> 0.33 s/iter) and so did every multislice/multimode group of case B.
-MIN_PART_ELEMENTS = 2**18
+# thread. Measured on the 2-core benchmark machine (quick case A, 128x128, fused kernels,
+# idle OpenMP threads asleep): a gradient group of 16 split into 2 parts of 8 ran at
+# 0.26-0.29 s/iter against 0.33-0.34 s as one part with two-threaded FFTs. (Before the
+# fused kernels, with spinning FFTW threads, one part had won: 2**18 was the limit then.)
+MIN_PART_ELEMENTS = 2**17
 
 
 def n_parts(ctx: RunContext, batch_size: int, elements_per_position: int = 1) -> int:

@@ -116,7 +116,7 @@ def _fused_adam(z: Any, grad: Any, slot: dict[str, Any], b1: float, b2: float, e
     else:
         run = lambda lo, hi: k.adam_real(*flat, *consts, lo, hi, *out)  # noqa: E731
     n = flat[0].size
-    threads = min(backend.host_threads(), max(1, n // 2**16))
+    threads = min(backend.host_threads(), max(1, n // 2**14))  # a thread per >= 16k elements
     bounds = [n * i // threads for i in range(threads + 1)]
     if threads == 1:
         run(0, n)

@@ -98,7 +98,7 @@ def _summary(res: dict[str, Any]) -> str:
 
 def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list]]:
     series: dict[str, dict[str, list]] = {}
-    timed = 3
+    timed = 7  # the series' points are small and fast: more iterations steady their medians
     for name, x, case in cases.scaling_cases(quick):
         for engine in engines:
             res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": 1,

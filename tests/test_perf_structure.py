@@ -155,6 +155,27 @@ def test_fftw_plan_cache_reuses_plans_and_matches_numpy(monkeypatch):
     assert backend.fft2(x.astype(np.complex128)).dtype == np.complex128
 
 
+def test_fftw_plans_are_repeatable_and_threaded_by_size(monkeypatch):
+    """Plans do not depend on timing (FFTW_ESTIMATE, threads from the size), so the same
+    input gives bit-identical output after the plan cache is rebuilt: runs repeat for a seed."""
+    pytest.importorskip("pyfftw")
+    from ptycli import _fftw
+
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    monkeypatch.delenv("PTYCLI_FFTW_PLANNER", raising=False)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(16, 64, 64)) + 1j * rng.normal(size=(16, 64, 64))).astype(np.complex64)
+    _fftw.clear_plans()
+    first = backend.fft2(x)
+    _fftw.clear_plans()
+    np.testing.assert_array_equal(backend.fft2(x), first)
+    small = backend.fft2(x[:1])
+    assert small.shape == (1, 64, 64)
+    threads = {p["shape"]: p["threads"] for p in _fftw.plan_info()}
+    assert threads[(1, 64, 64)] == 1  # 4096 elements: below THREADED_ELEMENTS
+    assert threads[(16, 64, 64)] == backend._FFT_WORKERS  # 2**16 elements: every allowed thread
+
+
 def test_memory_estimate_counts_modes_slices_and_picks_a_group():
     one = data.memory_estimate((64, 64))
     big = data.memory_estimate((64, 64), n_probe_modes=4, n_slices=10)

@@ -340,6 +340,27 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
 
 
 @nb.njit(**_JIT)
+def _row_max(row, n):
+    """max(row[:n]) of non-negative values, four independent chains (a max reduction does
+    not vectorise while NaN must propagate, but it pipelines)."""
+    m0 = row[0]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    x = 0
+    while x + 4 <= n:
+        m0 = max(m0, row[x])
+        m1 = max(m1, row[x + 1])
+        m2 = max(m2, row[x + 2])
+        m3 = max(m3, row[x + 3])
+        x += 4
+    while x < n:
+        m0 = max(m0, row[x])
+        x += 1
+    return max(max(m0, m1), max(m2, m3))
+
+
+@nb.njit(**_JIT)
 def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
     """ePIE/rPIE updates of one slice from the corrected exit waves (physics.md §6.1).
 
@@ -350,23 +371,26 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
     """
     nb_, n_p, nq, m, n = target.shape
     zero = beta * 0
+    tmp = np.empty(n, dtype=d_obj.real.dtype)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
         w_max = zero
         for y in range(m):
-            for x in range(n):
-                w = zero
-                for p in range(n_p):
-                    v = psi[b, p, y, x]
-                    w += v.real * v.real + v.imag * v.imag
-                w_max = max(w_max, w)
+            tmp[:] = zero
+            for p in range(n_p):
+                prow = psi[b, p, y]
+                for x in range(n):
+                    v = prow[x]
+                    tmp[x] += v.real * v.real + v.imag * v.imag
+            w_max = max(w_max, _row_max(tmp, n))
         for q in range(nq):
             t_max = zero
             for y in range(m):
                 orow = obj[q, yb + y, xb:xb + n]
                 for x in range(n):
                     v = orow[x]
-                    t_max = max(t_max, v.real * v.real + v.imag * v.imag)
+                    tmp[x] = v.real * v.real + v.imag * v.imag
+                t_max = max(t_max, _row_max(tmp, n))
             scale = beta / (t_max * nq)
             for y in range(m):
                 orow = obj[q, yb + y, xb:xb + n]
@@ -376,21 +400,25 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
                     prow = psi[b, p, y]
                     erow = target[b, p, q, y]
                     srow = d_psi[b, p, y]
-                    for x in range(n):
-                        delta = erow[x] - orow[x] * prow[x]
-                        drow[x] += prow[x].conjugate() * delta
-                        step = orow[x].conjugate() * delta * scale
-                        if q == 0:
-                            srow[x] = step
-                        else:
-                            srow[x] += step
+                    if q == 0:  # hoisted: no branch inside the vectorised loops
+                        for x in range(n):
+                            delta = erow[x] - orow[x] * prow[x]
+                            drow[x] += prow[x].conjugate() * delta
+                            srow[x] = orow[x].conjugate() * delta * scale
+                    else:
+                        for x in range(n):
+                            delta = erow[x] - orow[x] * prow[x]
+                            drow[x] += prow[x].conjugate() * delta
+                            srow[x] += orow[x].conjugate() * delta * scale
                 if gamma > 0:
+                    tmp[:] = zero
+                    for p in range(n_p):
+                        prow = psi[b, p, y]
+                        for x in range(n):
+                            v = prow[x]
+                            tmp[x] += v.real * v.real + v.imag * v.imag
                     for x in range(n):
-                        w = zero
-                        for p in range(n_p):
-                            v = psi[b, p, y, x]
-                            w += v.real * v.real + v.imag * v.imag
-                        drow[x] = drow[x] / ((1 - gamma) * w + gamma * w_max)
+                        drow[x] = drow[x] / ((1 - gamma) * tmp[x] + gamma * w_max)
                 else:
                     inv = 1 / w_max
                     for x in range(n):

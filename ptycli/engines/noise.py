@@ -107,7 +107,7 @@ _ONES: dict[tuple, Any] = {}
 
 def _ones(k: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     """A cached all-ones mask (the kernel's "no mask"): one array per shape, not one per group."""
-    key = (tuple(shape), str(dtype))
+    key = (tuple(shape), dtype)  # dtypes hash; str(dtype) cost more than the kernel's call
     if key not in _ONES:
         _ONES.clear() if len(_ONES) > 8 else None
         ones = k.empty(tuple(shape), dtype)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-PACKAGES = ("numpy", "scipy", "pyFFTW", "zarr", "numcodecs", "pydantic")
+PACKAGES = ("numpy", "scipy", "pyFFTW", "numba", "zarr", "numcodecs", "pydantic")
 
 
 # ----------------------------------------------------------------------------- machine

@@ -45,6 +45,26 @@ METHOD = """How it is measured
 - Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration."""
 
 
+LIMITS = """What stands between the engines and the bound on this machine (measured 2026-11-22)
+- The bound repeats FFTs on one cache-hot buffer; an engine transforms arrays a kernel has just
+  written. One-thread FFTW on a batch of 16 x 128² took 37 µs per transform on fresh arrays
+  against 30 µs on the hot buffer (the unitary scaling pass included), so the FFTs alone of an
+  iteration cost ~1.25x the bound before any other work.
+- The two cores do not double memory-bound work: a group split in two parts ran each part at
+  4.8 ms wall for 4.2 ms of CPU, and the iteration took 0.50-0.57 CPU-seconds with two parts
+  against 0.38-0.47 s on one thread (lsqml, case A). Two threads bought 1.3-1.4x; the bound's
+  two-thread FFTW gains ~1.7x on cache-resident data.
+- Sequential ePIE (group size 1) cannot split a position over threads: its 4-5 FFTs per
+  position run one-threaded (28-43 µs each) against the bound's best batch-1 rate.
+- Noise: the machine is shared. The same quick case A lsqml measured 0.308 and 0.380 s/iter in
+  two suite runs ten minutes apart, and 128² FFT rates vary by ±25 % between runs; the
+  standard cases take the median of 5 iterations, the bound the fastest of its repeats.
+- Fused kernels (ptycli/_kernels.py) made a single-threaded case-A iteration 1.4-1.6x faster
+  (lsqml 0.62 -> 0.43 s, gradient 0.55 -> 0.35 s, epie 0.68 -> 0.43 s, PTYCLI_KERNELS=0 vs 1,
+  interleaved runs); the rest of the per-iteration time is FFTs and the passes that remain.
+"""
+
+
 def render(doc: dict[str, Any]) -> tuple[str, str]:
     """(terminal text, Markdown document) of everything in ``doc``."""
     parts = [_header(doc), _targets(doc)]
@@ -53,7 +73,7 @@ def render(doc: dict[str, Any]) -> tuple[str, str]:
         if doc.get(key) is not None:
             parts.append(fn(doc[key]))
     text = "\n\n".join(t for t, _ in parts)
-    md = "\n\n".join(m for _, m in parts) + "\n\n" + METHOD + "\n"
+    md = "\n\n".join(m for _, m in parts) + "\n\n" + LIMITS + "\n" + METHOD + "\n"
     return text, md
 
 

@@ -69,7 +69,8 @@ def test_n_parts_follows_threads_and_part_size(monkeypatch):
     monkeypatch.setenv("PTYCLI_THREADS", "2")
     assert common.n_parts(ctx, 32, 128 * 128) == 2  # lsqml, case A: parts of 16 x 128²
     assert common.n_parts(ctx, 16, 128 * 128) == 2  # gradient, case A: parts of 8 x 128² (fused kernels)
-    assert common.n_parts(ctx, 16, 64 * 64) == 1  # case C: 8 x 64² per part is below the threshold
+    assert common.n_parts(ctx, 32, 64 * 64) == 2  # lsqml at 64²: parts of 16 x 64²
+    assert common.n_parts(ctx, 16, 64 * 64) == 1  # parts of 8 x 64² are below the threshold
     assert common.n_parts(ctx, 16, 4 * 128 * 128) == 2  # 4 probe modes
     assert common.n_parts(ctx, 1, 2**20) == 1  # sequential ePIE never pays for a thread
     monkeypatch.setenv("PTYCLI_THREADS", "1")

@@ -103,11 +103,12 @@ def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch
 
 
 # A part smaller than this (positions x probe modes x object modes x M x N) is not worth a
-# thread. Measured on the 2-core benchmark machine (quick case A, 128x128, fused kernels,
-# idle OpenMP threads asleep): a gradient group of 16 split into 2 parts of 8 ran at
-# 0.26-0.29 s/iter against 0.33-0.34 s as one part with two-threaded FFTs. (Before the
-# fused kernels, with spinning FFTW threads, one part had won: 2**18 was the limit then.)
-MIN_PART_ELEMENTS = 2**17
+# thread. Measured on the 2-core benchmark machine with the fused kernels and idle OpenMP
+# threads asleep: a gradient group of 16 x 128² in 2 parts ran at 0.26-0.29 s/iter against
+# 0.33-0.34 s as one part with two-threaded FFTs (quick case A), and an lsqml group of
+# 32 x 64² at 0.016 s against 0.017 s (the scaling series' base). Before the fused
+# kernels, with spinning FFTW threads, one part had won up to 2**18.
+MIN_PART_ELEMENTS = 2**16
 
 
 def n_parts(ctx: RunContext, batch_size: int, elements_per_position: int = 1) -> int:

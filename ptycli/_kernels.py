@@ -523,3 +523,26 @@ def exit_from_object(obj, y0, x0, psi, out):
                     for x in range(n):
                         drow[x] = orow[x] * prow[x]
     return out
+
+
+@nb.njit(**_JIT)
+def mode_power(psi, out):
+    """out[b, q] = Σ_p |ψ[b, p, q or 0]|² for psi (B, P, Q|1, M, N), out (B, Q, M, N)."""
+    nb_, nq, m, n = out.shape
+    n_p = psi.shape[1]
+    shared = psi.shape[2] == 1
+    for b in range(nb_):
+        for q in range(nq):
+            qi = 0 if shared else q
+            for y in range(m):
+                orow = out[b, q, y]
+                prow = psi[b, 0, qi, y]
+                for x in range(n):
+                    v = prow[x]
+                    orow[x] = v.real * v.real + v.imag * v.imag
+                for p in range(1, n_p):
+                    prow = psi[b, p, qi, y]
+                    for x in range(n):
+                        v = prow[x]
+                        orow[x] += v.real * v.real + v.imag * v.imag
+    return out

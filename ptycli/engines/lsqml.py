@@ -226,6 +226,13 @@ class LsqmlEngine(common.EngineBase):
 def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
     """Σ_p |ψ_{j,s}|² per object mode and slice, as (B, Q, S, M, N) windows."""
     xp = backend.namespace(fwd.psi1)
+    k = backend.kernels(xp)
+    if k is not None:  # every slice's mode sum written straight into the (B, Q, S, M, N) result
+        first = fwd.cache.psi[0]
+        out = k.empty((first.shape[0], n_object_modes, len(fwd.cache.psi), *first.shape[-2:]), first.real.dtype)
+        for s, psi in enumerate(fwd.cache.psi):
+            k.mode_power(psi, out[:, :, s])
+        return out
     slices = []
     for psi in fwd.cache.psi:  # (B, P, Q|1, M, N)
         w = backend.abs2(psi)

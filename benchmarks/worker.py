@@ -125,6 +125,11 @@ def profile_engine(spec: dict[str, Any]) -> dict[str, Any]:
     import cProfile
     import pstats
 
+    import os
+
+    # cProfile sees only the thread it runs in: one host thread, so a group's parts (which
+    # would otherwise run on a pool thread) are all attributed
+    os.environ["PTYCLI_THREADS"] = "1"
     case = cases.Case.from_json(spec["case"])
     state = cases.synthetic_state(case)
     patterns = cases.synthetic_patterns(state)

@@ -42,7 +42,8 @@ METHOD = """How it is measured
 - Streaming: `reconstruct.run(stream=True, memory_budget_bytes=64 MiB)` for one `lsqml`
   iteration on data written to a Zarr store, 64x64 patterns, same field of view and object for
   4096 (0.6 Å step) and 16384 (0.3 Å step) positions; `stream=False` shown for contrast (full suite).
-- Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration."""
+- Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration, with
+  PTYCLI_THREADS=1 (cProfile sees one thread; this way every part of a group is counted)."""
 
 
 LIMITS = """What stands between the engines and the bound on this machine (measured 2026-11-22)

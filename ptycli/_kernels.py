@@ -104,7 +104,10 @@ def _ramps(frac, m, n, sign, like):
 
 @nb.njit(**_JIT)
 def ramp_product(spec, frac, sign, out):
-    """out[b, p] = spec[p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (P, M, N), out (B, P, M, N)."""
+    """out[b, p] = spec[p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (P, M, N), out (B, P, M, N).
+
+    Not ``ramp_multiply`` on a broadcast spectrum: the stride-0 read-only view compiles to a
+    loop measured 3x slower (0.25 vs 0.7-0.8 ms for 32 x 128²)."""
     nb_, n_p, m, n = out.shape
     ey, ex = _ramps(frac, m, n, sign, spec)
     for b in range(nb_):

@@ -161,9 +161,7 @@ def fft_library() -> str:
         return _fft_library
     global _auto_library
     if _auto_library is None:
-        from . import _fftw  # noqa: PLC0415
-
-        _auto_library = "pyfftw" if _fftw.available() else "scipy"
+        _auto_library = "pyfftw" if _fftw_module().available() else "scipy"
     return _auto_library
 
 
@@ -172,9 +170,7 @@ _auto_library: str | None = None
 
 def pyfftw_available() -> bool:
     """pyFFTW importable (imported with idle OpenMP threads asleep: see _fftw.quiet_openmp)."""
-    from . import _fftw  # noqa: PLC0415
-
-    return _fftw.available()
+    return _fftw_module().available()
 
 
 _LAST2 = (-2, -1)
@@ -182,6 +178,7 @@ _fftw_mod: Any = None
 
 
 def _fftw_module() -> Any:
+    """ptycli/_fftw.py, imported on first use (it imports pyFFTW, which ``--help`` must not)."""
     global _fftw_mod
     if _fftw_mod is None:
         from . import _fftw  # noqa: PLC0415

@@ -10,7 +10,6 @@ as one process. Sequential ePIE (group size 1) cannot be shared and is refused.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ class EpieEngine(common.EngineBase):
         fwd = common.forward(state, b, self.ctx)
         loss, target = self._target_exit(fwd, b)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        k = backend.kernels(xp)
         if k is not None and state.n_slices == 1:
             return self._update_fused(k, state, b, fwd, target, loss, it)
         d_obj = []  # per slice (B, Q, M, N), applied after the sweep (pre-update values)
@@ -82,32 +80,21 @@ class EpieEngine(common.EngineBase):
         """
         p = self.params
         m, n = state.window
-        py, px = (float(v) for v in state.positions[j])
-        fy, fx = math.floor(py), math.floor(px)
-        y0, x0 = fy - m // 2, fx - n // 2
+        ys, xs, frac = overlap.split_positions(state.positions[j:j + 1], state.window)
         obj = state.object[:, 0]
+        y0, x0 = int(ys[0]), int(xs[0])
         if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
             return None
+        frac = self.ctx.xp.astype(frac, self.ctx.real_dtype)
         cache = self._probe_cache
         probe_k = cache[1] if cache is not None and cache[0] is state.probe else backend.fft2(state.probe)
-        frac = k.empty((1, 2), self.ctx.real_dtype)
-        frac[0, 0], frac[0, 1] = py - fy, px - fx
-        ys, xs = k.empty((1,), "int64"), k.empty((1,), "int64")
-        ys[0], xs[0] = y0, x0
         psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.empty((1, *probe_k.shape), probe_k.dtype)))
         exit_wave = k.empty((1, psi.shape[1], obj.shape[0], m, n), psi.dtype)
         Psi = backend.fft2(k.exit_from_object(obj, ys, xs, psi, exit_wave))
         loss, corrected = noise_mod.fused_farfield(Psi, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
                                                    1.0, -1.0)
-        target = backend.ifft2(corrected)
-        r = lambda v: k.real_scalar(v, psi)  # noqa: E731
-        d_obj = k.empty((1, obj.shape[0], m, n), psi.dtype)
-        d_psi = k.empty(psi.shape, psi.dtype)
-        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
-        k.epie_single(obj, ys, xs, psi, target, r(p.beta), r(gamma), d_obj, d_psi)
+        d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, backend.ifft2(corrected))
         if p.refine.object.active(it):
-            if p.alpha != 1.0:
-                d_obj *= r(p.alpha)
             k.scatter_add(obj, ys, xs, d_obj)  # in place through the (Q, H, W) view
         if p.refine.probe.active(it):
             step_k = k.ramp_multiply(backend.fft2(d_psi), frac, 1.0, k.empty(d_psi.shape, d_psi.dtype))
@@ -121,17 +108,9 @@ class EpieEngine(common.EngineBase):
         """Single slice on the CPU: δ, both updates and their denominators in one pass
         (ptycli/_kernels.py), then the same application as the general path."""
         p = self.params
-        obj = state.object[:, 0]
-        psi = fwd.psi1
-        r = lambda v: k.real_scalar(v, psi)  # noqa: E731
-        d_obj = k.empty((len(b.idx), obj.shape[0], *psi.shape[-2:]), psi.dtype)
-        d_psi1 = k.empty(psi.shape, psi.dtype)
-        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
-        k.epie_single(obj, b.y0.astype("int64"), b.x0.astype("int64"), psi, target, r(p.beta), r(gamma),
-                      d_obj, d_psi1)
+        d_obj, d_psi1 = self._kernel_updates(k, state.object[:, 0], b.y0.astype("int64"), b.x0.astype("int64"),
+                                             fwd.psi1, target)
         if p.refine.object.active(it):
-            if p.alpha != 1.0:
-                d_obj *= r(p.alpha)
             self._add_object(state, b, d_obj[:, :, None])
         if p.refine.probe.active(it):
             probe = state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))
@@ -141,6 +120,18 @@ class EpieEngine(common.EngineBase):
             t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+
+    def _kernel_updates(self, k: Any, obj: Any, ys: Any, xs: Any, psi: Any, target: Any) -> tuple[Any, Any]:
+        """(α·ΔO (B, Q, M, N), Δψ (B, P, M, N)) of one slice from the fused ePIE/rPIE kernel."""
+        p = self.params
+        r = lambda v: k.real_scalar(v, psi)  # noqa: E731
+        d_obj = k.empty((psi.shape[0], obj.shape[0], *psi.shape[-2:]), psi.dtype)
+        d_psi = k.empty(psi.shape, psi.dtype)
+        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
+        k.epie_single(obj, ys, xs, psi, target, r(p.beta), r(gamma), d_obj, d_psi)
+        if p.alpha != 1.0:
+            d_obj *= r(p.alpha)
+        return d_obj, d_psi
 
     def _add_object(self, state: Any, b: common.Batch, upd: Any) -> None:
         """Add the group's summed object update; data-parallel, the ranks' sums are added first."""

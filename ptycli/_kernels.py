@@ -75,7 +75,7 @@ def empty(shape: tuple[int, ...], dtype: object) -> np.ndarray:
 
 def real_scalar(value: float, like: np.ndarray) -> np.generic:
     """``value`` in the real dtype of ``like``: kernels then stay in float32 for float32 data."""
-    return np.empty(0, dtype=like.dtype).real.dtype.type(value)
+    return like.real.dtype.type(value)
 
 
 @nb.njit(**_JIT)

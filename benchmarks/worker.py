@@ -76,10 +76,10 @@ class FFTCounter:
 
         self._orig = backend._fft_call
 
-        def counting(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
+        def counting(x: Any, inverse: bool, axes: tuple[int, ...], *args: Any) -> Any:
             if len(axes) == 2 and x.ndim >= 2 and tuple(x.shape[-2:]) == (self.size, self.size):
                 self.transforms += int(np.prod(x.shape[:-2], dtype=np.int64))
-            return self._orig(x, inverse, axes)
+            return self._orig(x, inverse, axes, *args)
 
         backend._fft_call = counting
         return self

@@ -74,11 +74,13 @@ def _smooth(n: int) -> bool:
 class _Plan:
     """One FFTW plan and the aligned scratch input used when the caller's array is not aligned."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, inverse: bool, n_axes: int, max_threads: int):
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, inverse: bool, n_axes: int, max_threads: int,
+                 in_place: bool = False):
         pf = _pyfftw
         self.lock = threading.Lock()
         self.scratch = pf.empty_aligned(shape, dtype=dtype)
-        out = pf.empty_aligned(shape, dtype=dtype)
+        out = self.scratch if in_place else pf.empty_aligned(shape, dtype=dtype)
+        self.in_place = in_place
         axes = tuple(range(-n_axes, 0))
         direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
         n_elem = int(np.prod(shape))
@@ -89,26 +91,37 @@ class _Plan:
         self.scale = 1.0 / float(np.sqrt(np.prod(shape[-n_axes:])))
         self.shape, self.dtype = shape, dtype
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def aligned(self, x: np.ndarray) -> bool:
         # __array_interface__ rather than .ctypes: the ctypes object costs ~10 us per call
-        aligned = x.flags.c_contiguous and x.__array_interface__["data"][0] % self.plan.input_alignment == 0
-        out = _pyfftw.empty_aligned(self.shape, dtype=self.dtype)
+        return x.flags.c_contiguous and x.__array_interface__["data"][0] % self.plan.input_alignment == 0
+
+    def __call__(self, x: np.ndarray, scaled: bool = True) -> np.ndarray:
+        if self.in_place:  # the caller gave x away and checked it is aligned (``transform``)
+            out = src = x
+        else:
+            out = _pyfftw.empty_aligned(self.shape, dtype=self.dtype)
+            src = x
         with self.lock:
-            if aligned:
-                src = x
-            else:
+            if not self.aligned(src):
                 np.copyto(self.scratch, x)
                 src = self.scratch
             # Explicit arrays every call: pyFFTW's __call__ would copy misaligned input into
             # whatever array it was last given, which may be a caller's array.
             self.plan.update_arrays(src, out)
             self.plan.execute()
-        np.multiply(out, out.real.dtype.type(self.scale), out=out)  # unitary ("ortho")
+        if scaled:
+            np.multiply(out, out.real.dtype.type(self.scale), out=out)  # unitary ("ortho")
         return out
 
 
-def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int) -> np.ndarray | None:
-    """Unitary FFT over the last ``n_axes`` axes, or None when FFTW cannot take ``x``."""
+def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int, *, overwrite: bool = False,
+              scaled: bool = True) -> np.ndarray | None:
+    """Unitary FFT over the last ``n_axes`` axes, or None when FFTW cannot take ``x``.
+
+    ``overwrite``: ``x`` is the caller's scratch; the transform then runs in place in it (no
+    output allocated, and the data stay in cache between the pass that wrote them and the
+    FFT). ``scaled=False`` skips the 1/sqrt(M N) pass (a caller folding it into its own).
+    """
     if not available():
         return None
     if x.dtype in (np.float32, np.float64):
@@ -120,16 +133,19 @@ def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int) -> np
     # One-thread plans are per calling thread: a plan executes under its own lock, so
     # parallel parts of a group (backend.map_parts) sharing one would run one at a time.
     lane = threading.get_ident() if max_threads == 1 else 0
-    key = (batched.shape, x.dtype.str, inverse, max_threads, lane)
+    in_place = overwrite and x.flags.c_contiguous and x.flags.writeable
+    key = (batched.shape, x.dtype.str, inverse, max_threads, lane, in_place)
     plan = _plans.get(key)  # a dict read is atomic; eviction is first-in first-out
     if plan is None:
         with _plan_lock:
-            plan = _Plan(batched.shape, x.dtype, inverse, n_axes, max_threads)
+            plan = _Plan(batched.shape, x.dtype, inverse, n_axes, max_threads, in_place)
         with _lock:
             _plans[key] = plan
             while len(_plans) > MAX_PLANS:
                 _plans.popitem(last=False)
-    return plan(batched).reshape(x.shape)
+    if in_place and not plan.aligned(batched):  # an in-place plan cannot take a misaligned array
+        return transform(x, inverse, n_axes, max_threads, scaled=scaled)
+    return plan(batched, scaled).reshape(x.shape)
 
 
 def plan_info() -> list[dict[str, Any]]:

@@ -549,3 +549,24 @@ def mode_power(psi, out):
                         v = prow[x]
                         orow[x] += v.real * v.real + v.imag * v.imag
     return out
+
+
+@nb.njit(**_JIT)
+def spectral_multiply(x, h, scale, conj):
+    """x[b, r] *= scale · h[b or 0] (or its conjugate), in place: the product between the two
+    FFTs of a propagation, with both transforms' normalisations folded into ``scale``."""
+    nb_, nr, m, n = x.shape
+    shared = h.shape[0] == 1
+    for b in range(nb_):
+        hb = 0 if shared else b
+        for r in range(nr):
+            for y in range(m):
+                xrow = x[b, r, y]
+                hrow = h[hb, y]
+                if conj:
+                    for i in range(n):
+                        xrow[i] = xrow[i] * hrow[i].conjugate() * scale
+                else:
+                    for i in range(n):
+                        xrow[i] = xrow[i] * hrow[i] * scale
+    return x

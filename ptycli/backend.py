@@ -9,6 +9,7 @@ its calls so tests can prove an engine does not synchronise inside its loop.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -187,8 +188,14 @@ def _fftw_module() -> Any:
     return _fftw_mod
 
 
-def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
+def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...], overwrite: bool = False, scaled: bool = True) -> Any:
+    """The one FFT entry point (unitary unless ``scaled=False``: then unnormalised both ways).
+
+    ``overwrite``: the caller gives ``x`` away; the transform may run in place in it.
+    """
     xp = np if type(x) is np.ndarray else namespace(x)
+    # numpy's names: "backward" leaves the forward transform unscaled, "forward" the inverse
+    norm = "ortho" if scaled else ("forward" if inverse else "backward")
     if xp is np:
         lib = fft_library()
         n = len(axes)
@@ -196,19 +203,21 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...]) -> Any:
                                       == tuple(range(x.ndim - n, x.ndim)))
         if lib == "pyfftw" and trailing:
             # the module, not ``from . import`` per call: sequential ePIE makes ~4 calls per position
-            out = _fftw_module().transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS))
+            out = _fftw_module().transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS),
+                                           overwrite=overwrite, scaled=scaled)
             if out is not None:
                 return out
         if lib == "numpy":
             f = np.fft.ifftn if inverse else np.fft.fftn
-            return f(x, axes=axes, norm="ortho")
+            return f(x, axes=axes, norm=norm)
         import scipy.fft as sfft  # noqa: PLC0415
 
         f = sfft.ifftn if inverse else sfft.fftn
-        return f(x, axes=axes, norm="ortho", workers=getattr(_local, "fft_workers", _FFT_WORKERS))
+        return f(x, axes=axes, norm=norm, overwrite_x=overwrite,
+                 workers=getattr(_local, "fft_workers", _FFT_WORKERS))
     _cupy_setup(xp)
     f = xp.fft.ifftn if inverse else xp.fft.fftn
-    return f(x, axes=axes, norm="ortho")
+    return f(x, axes=axes, norm=norm)
 
 
 @contextmanager
@@ -277,14 +286,61 @@ def _run_part(fn: Any, part: Any) -> Any:
         return fn(part)
 
 
-def fft2(x: Any) -> Any:
-    """Unitary forward 2D FFT over the last two axes (kernel exp(-2 pi i k.r))."""
-    return _fft_call(x, False, (-2, -1))
+def fft2(x: Any, *, overwrite: bool = False, scaled: bool = True) -> Any:
+    """Unitary forward 2D FFT over the last two axes (kernel exp(-2 pi i k.r)).
+
+    ``overwrite=True``: ``x`` is a temporary the caller no longer reads; the transform may
+    run in place in it (FFTW on the host: no output allocated, data still in cache).
+    ``scaled=False``: without the factor 1/sqrt(M N), for a caller that folds it into a
+    pass of its own (or applies it to a smaller result).
+    """
+    return _fft_call(x, False, _LAST2, overwrite, scaled)
 
 
-def ifft2(x: Any) -> Any:
-    """Unitary inverse 2D FFT over the last two axes."""
-    return _fft_call(x, True, (-2, -1))
+def ifft2(x: Any, *, overwrite: bool = False, scaled: bool = True) -> Any:
+    """Unitary inverse 2D FFT over the last two axes (``overwrite``, ``scaled`` as in ``fft2``)."""
+    return _fft_call(x, True, _LAST2, overwrite, scaled)
+
+
+def unitary_scale(shape: tuple[int, ...]) -> float:
+    """1/sqrt(M N): what ``scaled=False`` leaves out of a 2D transform of ``shape``."""
+    return 1.0 / math.sqrt(shape[-2] * shape[-1])
+
+
+def fourier_multiply(x: Any, H: Any, *, conj: bool = False, overwrite: bool = False) -> Any:
+    """F⁻¹[H ⊙ F[x]] over the last two axes (conj(H) with ``conj``): a propagation, or any
+    convolution given by its transfer function. H is (M, N) or (B, 1, ..., M, N) against x.
+
+    Both transforms run unnormalised (in place where they can) and the two unitary scalings
+    become one factor 1/(M N) inside the product with H: one pass over the data between the
+    FFTs instead of three, and no output allocated.
+    """
+    xp = namespace(x)
+    spectrum = _fft_call(x, False, _LAST2, overwrite, False)
+    m, n = x.shape[-2:]
+    scale = 1.0 / (m * n)
+    k = kernels(xp)
+    h3, x4 = _spectral_operands(spectrum, H) if k is not None else (None, None)
+    if h3 is not None:
+        k.spectral_multiply(x4, h3, k.real_scalar(scale, x4), conj)
+    else:
+        spectrum *= xp.conj(H) if conj else H
+        spectrum *= scale
+    return _fft_call(spectrum, True, _LAST2, True, False)
+
+
+def _spectral_operands(spectrum: Any, H: Any) -> tuple[Any, Any]:
+    """(H as (1|B, M, N), spectrum as (1|B, R, M, N)) for the fused product, or (None, None)
+    when H's shape or dtype does not fit the kernel (the generic product is used then)."""
+    m, n = spectrum.shape[-2:]
+    lead = H.shape[:-2]
+    if H.dtype != spectrum.dtype or not spectrum.flags.c_contiguous or tuple(H.shape[-2:]) != (m, n):
+        return None, None
+    if all(d == 1 for d in lead):
+        return H.reshape(1, m, n), spectrum.reshape(1, -1, m, n)
+    if spectrum.ndim >= 3 and lead[0] == spectrum.shape[0] and all(d == 1 for d in lead[1:]):
+        return H.reshape(lead[0], m, n), spectrum.reshape(lead[0], -1, m, n)
+    return None, None
 
 
 def fftn(x: Any, axes: tuple[int, ...]) -> Any:

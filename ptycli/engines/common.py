@@ -179,6 +179,21 @@ def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple
     return loss, noise_mod.scale_by(fwd.Psi, lprime)
 
 
+def loss_and_grad_exit(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
+    """Per-position loss (B,) and F⁻¹[∇_Ψ L] (B, P, Q, M, N), the gradient at the exit plane.
+
+    With the fused far-field kernel the inverse FFT's normalisation rides on the kernel's
+    factor and the FFT runs in place in the kernel's output: no pass of its own.
+    """
+    if ctx.noise_model != "compressed":
+        scale = backend.unitary_scale(fwd.Psi.shape)
+        fused = noise_mod.fused_farfield(fwd.Psi, batch.data, ctx.noise_model, ctx.mask, ctx.eps, 0.0, 2.0 * scale)
+        if fused is not None:
+            return fused[0], backend.ifft2(fused[1], overwrite=True, scaled=False)
+    loss, grad_Psi = loss_and_grad_farfield(fwd, batch, ctx)
+    return loss, backend.ifft2(grad_Psi, overwrite=True)
+
+
 def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
     """Ψ̂ for compressed data: the smallest intensity change that matches the signals.
 
@@ -230,13 +245,13 @@ def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
     return g
 
 
-def probe_gradient(g_psi1: Any, batch: Batch) -> Any:
+def probe_gradient(g_psi1: Any, batch: Batch, *, overwrite: bool = False) -> Any:
     """∇P (P, M, N): un-shift each position's gradient and sum over the batch.
 
     Summed in Fourier space (the ramps are diagonal there): one batched FFT and a single
-    inverse instead of two batched FFTs.
+    inverse instead of two batched FFTs. ``overwrite``: g_psi1 is the caller's temporary.
     """
-    return overlap.unshift_sum(backend.fft2(g_psi1), batch.frac)
+    return backend.ifft2(overlap.unshift_sum_of(g_psi1, batch.frac, overwrite=overwrite), overwrite=True)
 
 
 def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:

@@ -45,15 +45,16 @@ class GradientEngine(common.EngineBase):
         def part(pb: common.Batch) -> tuple[Any, ...]:
             # everything per position or a partial sum: the parts of a group run concurrently
             fwd = common.forward(state, pb, self.ctx)
-            loss, grad_Psi = common.loss_and_grad_farfield(fwd, pb, self.ctx)
-            fused = common.backward_accumulate(backend.ifft2(grad_Psi), fwd, state, pb, self.ctx, numerator=do_obj)
+            loss, g_exit = common.loss_and_grad_exit(fwd, pb, self.ctx)
+            fused = common.backward_accumulate(g_exit, fwd, state, pb, self.ctx, numerator=do_obj)
             if fused is not None:  # single slice on the CPU: adjoint and scatter-add in one pass
-                return (loss, fused[0], common.probe_gradient(fused[2], pb) if do_probe else None,
-                        common.position_terms(fused[2], fwd, self.ctx) if do_pos else None)
-            g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx)
-            return (loss, common.object_gradient(state, pb, g_patches) if do_obj else None,
-                    common.probe_gradient(g_psi1, pb) if do_probe else None,
-                    common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None)
+                g_obj, g_psi1 = fused[0], fused[2]
+            else:
+                g_patches, g_psi1 = common.backward(None, fwd, self.ctx, grad_exit=g_exit)
+                g_obj = common.object_gradient(state, pb, g_patches) if do_obj else None
+            pos = common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None
+            # g_psi1 is read for the last time here: its FFT may run in place
+            return loss, g_obj, common.probe_gradient(g_psi1, pb, overwrite=True) if do_probe else None, pos
 
         loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(state, b)))
         if do_obj:

@@ -56,18 +56,22 @@ class LsqmlEngine(common.EngineBase):
         the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
         xp = self.ctx.xp
         fwd = common.forward(state, b, self.ctx)
-        loss, grad_Psi = common.loss_and_grad_farfield(fwd, b, self.ctx)
-        if self.ctx.noise_model == "poisson":
-            grad_Psi = self._poisson_step(fwd, b)
-        elif self.ctx.noise_model == "compressed":  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
-            grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
-        g_exit = backend.ifft2(grad_Psi)  # shared by the adjoint and the single-slice steps
+        # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
+        if self.ctx.noise_model in ("poisson", "compressed"):
+            loss, _ = common.loss_and_grad_farfield(fwd, b, self.ctx)
+            if self.ctx.noise_model == "poisson":
+                grad_Psi = self._poisson_step(fwd, b)
+            else:  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
+                grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
+            g_exit = backend.ifft2(grad_Psi, overwrite=True)
+        else:
+            loss, g_exit = common.loss_and_grad_exit(fwd, b, self.ctx)
         fused = common.backward_accumulate(g_exit, fwd, state, b, self.ctx, numerator=do_obj, illumination=do_obj)
         if fused is not None:  # single slice on the CPU: adjoint and both scatter-adds in one pass
             out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": None, "g_psi1": fused[2],
                    "illum": None, "num": fused[0], "W": fused[1]}
         else:
-            g_patches, g_psi1 = common.backward(grad_Psi, fwd, self.ctx, grad_exit=g_exit)
+            g_patches, g_psi1 = common.backward(None, fwd, self.ctx, grad_exit=g_exit)
             out = {"fwd": fwd, "loss": loss, "g_exit": g_exit, "g_patches": g_patches, "g_psi1": g_psi1,
                    "illum": illumination_patches(fwd, state.object.shape[0]) if do_obj else None}
             if do_obj:
@@ -76,7 +80,7 @@ class LsqmlEngine(common.EngineBase):
                                               b.y0, b.x0, out["illum"])
         g_psi1 = out["g_psi1"]
         if do_probe:
-            out["probe_k"] = overlap.unshift_sum_k(backend.fft2(g_psi1), b.frac)
+            out["probe_k"] = overlap.unshift_sum_of(g_psi1, b.frac)  # g_psi1 is read again later
         return out
 
     def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any, dP: Any) -> tuple[Any, ...]:

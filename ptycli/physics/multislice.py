@@ -46,15 +46,15 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
             exit_wave = k.window_product(patches[:, :, s], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
         else:
             exit_wave = patches[:, None, :, s, ...] * psi
-        spectrum = backend.fft2(exit_wave)
+        # exit_wave is this loop's own temporary: every transform of it may run in place
         if s == n_slices - 1:
-            return spectrum, cache
+            return backend.fft2(exit_wave, overwrite=True), cache
         if keep_spectra:
+            spectrum = backend.fft2(exit_wave, overwrite=True)
             cache.exit_k.append(spectrum)
-            spectrum = _h5(H) * spectrum
+            psi = backend.ifft2(_h5(H) * spectrum, overwrite=True)
         else:
-            spectrum *= _h5(H)  # a fresh FFT output nobody else holds: no new buffer
-        psi = backend.ifft2(spectrum)
+            psi = backend.fourier_multiply(exit_wave, _h5(H), overwrite=True)
     raise AssertionError("unreachable")
 
 
@@ -85,12 +85,16 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
             grad_psi = xp.conj(t) * g
         if s == 0:
             break
-        spectrum = backend.fft2(grad_psi)  # G_s
-        for name, d in (dH or {}).items():
-            term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
-            geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
-        spectrum *= xp.conj(_h5(H))  # fresh FFT output, read above only
-        g = backend.ifft2(spectrum)
+        # grad_psi is a temporary here (only slice 1's is returned): transforms run in place
+        if dH:
+            spectrum = backend.fft2(grad_psi, overwrite=True)  # G_s
+            for name, d in dH.items():
+                term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
+                geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
+            spectrum *= xp.conj(_h5(H))  # fresh FFT output, read above only
+            g = backend.ifft2(spectrum, overwrite=True)
+        else:
+            g = backend.fourier_multiply(grad_psi, _h5(H), conj=True, overwrite=True)
     if grad_obj is None:
         grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
     if dH is None:

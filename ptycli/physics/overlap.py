@@ -64,13 +64,15 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
     spectrum = backend.fft2(probe) if probe_k is None else probe_k
     k = backend.kernels(backend.namespace(spectrum))
     if k is not None and spectrum.ndim == 3:
-        out = k.ramp_product(spectrum, frac, -1.0, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
-        return backend.ifft2(out)
+        # the inverse FFT's normalisation goes on the (P, M, N) spectrum, not on B shifted waves
+        scaled = spectrum * k.real_scalar(backend.unitary_scale(spectrum.shape), spectrum)
+        out = k.ramp_product(scaled, frac, -1.0, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
+        return backend.ifft2(out, overwrite=True, scaled=False)
     ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
     if spectrum.shape[0] == 1 and backend.is_numpy(backend.namespace(ramp)):
         ramp *= spectrum  # one mode: reuse the fresh ramp as the product's buffer
-        return backend.ifft2(ramp[:, None, ...])
-    return backend.ifft2(spectrum[None, ...] * ramp[:, None, ...])
+        return backend.ifft2(ramp[:, None, ...], overwrite=True)
+    return backend.ifft2(spectrum[None, ...] * ramp[:, None, ...], overwrite=True)
 
 
 def unshift(grad: Any, frac: Any) -> Any:
@@ -78,14 +80,26 @@ def unshift(grad: Any, frac: Any) -> Any:
     spectrum = backend.fft2(grad)
     k = backend.kernels(backend.namespace(spectrum))
     if k is not None and spectrum.ndim == 4:
-        return backend.ifft2(k.ramp_multiply(spectrum, frac, 1.0, spectrum))  # in place: a fresh FFT output
+        # in place: a fresh FFT output
+        return backend.ifft2(k.ramp_multiply(spectrum, frac, 1.0, spectrum), overwrite=True)
     ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype, conj=True)
-    return backend.ifft2(spectrum * ramp[:, None, ...])
+    return backend.ifft2(spectrum * ramp[:, None, ...], overwrite=True)
 
 
 def unshift_sum(grad_k: Any, frac: Any) -> Any:
     """Σ_b unshift(grad_b) from spectra ``grad_k`` = fft2(grad) (B, P, M, N): one inverse FFT."""
     return backend.ifft2(unshift_sum_k(grad_k, frac))
+
+
+def unshift_sum_of(grad: Any, frac: Any, *, overwrite: bool = False) -> Any:
+    """``unshift_sum_k(fft2(grad), frac)`` (P, M, N) from the waves ``grad`` (B, P, M, N).
+
+    The FFT's normalisation is applied once to the (P, M, N) sum instead of to every
+    position's spectrum; ``overwrite``: ``grad`` is the caller's temporary (FFT in place).
+    """
+    summed = unshift_sum_k(backend.fft2(grad, overwrite=overwrite, scaled=False), frac)
+    summed *= backend.unitary_scale(grad.shape)
+    return summed
 
 
 def unshift_sum_k(grad_k: Any, frac: Any) -> Any:

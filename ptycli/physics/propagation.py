@@ -96,10 +96,9 @@ def propagator_derivatives(shape: tuple[int, int], dx_a: float, wavelength_a: fl
 
 def propagate(psi: Any, H: Any) -> Any:
     """F⁻¹[H ⊙ F[ψ]] over the last two axes."""
-    return backend.ifft2(H * backend.fft2(psi))
+    return backend.fourier_multiply(psi, H)
 
 
 def propagate_adjoint(psi: Any, H: Any) -> Any:
     """Adjoint of ``propagate``: F⁻¹[conj(H) ⊙ F[ψ]]."""
-    xp = backend.namespace(H)
-    return backend.ifft2(xp.conj(H) * backend.fft2(psi))
+    return backend.fourier_multiply(psi, H, conj=True)

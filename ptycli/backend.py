@@ -329,6 +329,22 @@ def fourier_multiply(x: Any, H: Any, *, conj: bool = False, overwrite: bool = Fa
     return _fft_call(spectrum, True, _LAST2, True, False)
 
 
+def store(dest: Any, result: Any) -> Any:
+    """Make ``dest`` hold ``result`` (a transform run with ``overwrite`` on ``dest``): no copy
+    when it ran in place, as FFTW does on the host; a copy when the library returned a new array."""
+    if not _same_buffer(dest, result):
+        dest[...] = result
+    return dest
+
+
+def _same_buffer(a: Any, b: Any) -> bool:
+    ia, ib = getattr(a, "__array_interface__", None), getattr(b, "__array_interface__", None)
+    if ia is not None and ib is not None:
+        return ia["data"][0] == ib["data"][0] and a.shape == b.shape
+    ca, cb = getattr(a, "__cuda_array_interface__", None), getattr(b, "__cuda_array_interface__", None)
+    return ca is not None and cb is not None and ca["data"][0] == cb["data"][0] and a.shape == b.shape
+
+
 def _spectral_operands(spectrum: Any, H: Any) -> tuple[Any, Any]:
     """(H as (1|B, M, N), spectrum as (1|B, R, M, N)) for the fused product, or (None, None)
     when H's shape or dtype does not fit the kernel (the generic product is used then)."""

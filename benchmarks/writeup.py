@@ -33,8 +33,8 @@ METHOD = """How it is measured
   size, J, L-BFGS chunk) x Np; the bound is the smaller of (a) running exactly ceil(N_FFT / batch)
   calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).
   `backend` is the rate through `ptycli.backend.fft2` (what the engines call), for comparison.
-- Scaling: time per iteration against one variable from a base of 16x16 positions, 64x64
-  patterns, 1 slice, 1 mode (1 warm-up, median of 7 iterations); exponent = least-squares slope
+- Scaling: time per iteration against one variable from a base of 16x16 positions, 128x128
+  patterns (the standard cases' size), 1 slice, 1 mode (1 warm-up, median of 7 iterations); exponent = least-squares slope
   of log t against log x.
 - Time to quality: `ptycli.stages.simulate` preset `demo` -> `init` -> the engine in the loop;
   after chosen iterations the state is written and scored with `compare_stores` against the

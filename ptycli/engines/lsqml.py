@@ -24,7 +24,10 @@ from . import common, distributed
 class LsqmlEngine(common.EngineBase):
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         p, xp = self.params, self.ctx.xp
-        b = self.batch(state, idx, data)
+        full_state, full_batch = state, self.batch(state, idx, data)
+        region = common.group_region(state, full_batch, self.ctx)
+        # the group's sums and steps on the object live on its region only (exact: they are zero elsewhere)
+        state, b = (region, region.batch(full_batch)) if region is not None else (state, full_batch)
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
         comm = distributed.comm_of(self.ctx)
         parts = self.parts(state, b)
@@ -43,12 +46,17 @@ class LsqmlEngine(common.EngineBase):
         else:
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
         if dO is not None:
-            state.object = (state.object + a_O * dO).astype(state.object.dtype)
+            step = xp.astype(a_O * dO, state.object.dtype)
+            if region is not None:  # only the region changes: updated in place
+                state.object[...] = state.object + step
+            else:
+                state.object = state.object + step
         if dP is not None:
-            state.probe = (state.probe + a_P * dP).astype(state.probe.dtype)
+            full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
         if p.refine.positions.active(it):
             pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
-            self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
+            self.apply_position_terms(full_state, full_batch,
+                                      tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
 
     def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool) -> dict[str, Any]:

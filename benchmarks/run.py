@@ -184,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"quick": args.quick, "machine": report.machine_info(),
                            "engine_status": harness.engine_status(), "engines": engines, "device": args.device}
     previous = args.out.with_suffix(".json")
+    this_run = {"date": doc["machine"]["date"], "git": doc["machine"].get("git_commit")}
+    doc["section_runs"] = {name: this_run for name in todo}
     if args.update and previous.exists():
         old = json.loads(previous.read_text())
-        first = old.get("first_run") or {"date": old["machine"]["date"], "elapsed_s": old.get("elapsed_s"),
-                                         "load_average": [old["machine"].get("load_average_start"),
-                                                          old["machine"].get("load_average_end")]}
-        doc = {**old, **doc, "updated_sections": todo, "first_run": first}
+        # which run each kept section comes from (older files: the file's own run)
+        old_run = {"date": old["machine"]["date"], "git": old["machine"].get("git_commit")}
+        runs = {name: old.get("section_runs", {}).get(name, old_run) for name in SECTIONS if name in old}
+        doc = {**old, **doc, "section_runs": {**runs, **doc["section_runs"]}}
+        doc.pop("updated_sections", None)
+        doc.pop("first_run", None)
     steps: dict[str, Callable[[], Any]] = {
         "fft": lambda: fft_section(args.quick),
         "standard": lambda: standard_section(engines, args.quick, args.cases),

@@ -63,6 +63,17 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
 - Fused kernels (ptycli/_kernels.py) made a single-threaded case-A iteration 1.4-1.6x faster
   (lsqml 0.62 -> 0.43 s, gradient 0.55 -> 0.35 s, epie 0.68 -> 0.43 s, PTYCLI_KERNELS=0 vs 1,
   interleaved runs); the rest of the per-iteration time is FFTs and the passes that remain.
+- Multislice (case B) runs a few positions at a time through every slice (physics/multislice.py,
+  BLOCK_ELEMENTS): a block's wave stays in L2 through the product, both in-place FFTs and the
+  propagator. With that and the FFTs in place, case B took 25-30 % less wall and CPU time per
+  iteration (gradient 0.52-0.60 -> 0.42-0.43 s, lsqml 0.65-0.69 -> 0.46-0.55 s, interleaved
+  runs against the previous commit). The same blocking of the single-slice chain (case A), tried
+  in a prototype, was within this machine's noise (±15 % between identical runs): a part of 16 x
+  128² fits the 32 MiB L3 already, and blocks of 2-4 positions add per-call FFT overhead.
+- Case A's remaining gap: per position, 4 FFTs at 35-50 µs on one core (fresh data) against the
+  bound's 17-20 µs per transform on two cores, plus ~110 µs of kernel passes (shift ramps,
+  window products, far field, adjoint with scatter-adds, ramp sums) that both cores share at
+  1.3-1.4x.
 """
 
 
@@ -84,11 +95,10 @@ def _header(doc: dict[str, Any]) -> tuple[str, str]:
     mode = "quick (--quick: reduced scans and grids)" if doc["quick"] else "full"
     status = ", ".join(f"{k}: {v}" for k, v in doc["engine_status"].items())
     updated = ""
-    if doc.get("updated_sections"):
-        first = doc.get("first_run") or {}
-        loads = " -> ".join(_load(v) for v in first.get("load_average", []))
-        updated = (f" (re-run of {', '.join(doc['updated_sections'])}; the other sections are from the run of "
-                   f"{first.get('date', '?')}, {first.get('elapsed_s') or 0:.0f} s, load {loads})")
+    runs = doc.get("section_runs") or {}
+    if len({(r.get("date"), r.get("git")) for r in runs.values()}) > 1:  # sections from several runs
+        updated = " (sections from several runs: " + "; ".join(
+            f"{name} {r.get('date', '?')}, git {r.get('git', '?')}" for name, r in runs.items()) + ")"
     lines = [f"Date: {m['date']}{updated}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
              (f"Load average at start {_load(m.get('load_average_start'))}, at end "

@@ -184,6 +184,10 @@ def test_render_writes_every_section():
     assert "| case A lsqml: s/iter / FFT bound <= 2.0 | 3 | NOT met |" in md
     assert "| scaling exponent in positions (lsqml) within 0.9-1.1 | 1 | met |" in md
     assert "| streaming peak RSS growth 4096 -> 16384 positions < 10 % | 5 | met |" in md
+    assert "several runs" not in md  # one run made every section
+    doc["section_runs"] = {"fft": {"date": "d1", "git": "a1"}, "scaling": {"date": "d2", "git": "b2"}}
+    _, md = writeup.render(json.loads(json.dumps(doc)))
+    assert "sections from several runs: fft d1, git a1; scaling d2, git b2" in md
 
 
 def test_standard_section_lists_missing_engines_without_running_them(monkeypatch):

@@ -59,7 +59,10 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
   position run one-threaded (28-43 µs each) against the bound's best batch-1 rate.
 - Noise: the machine is shared. The same quick case A lsqml measured 0.308 and 0.380 s/iter in
   two suite runs ten minutes apart, and 128² FFT rates vary by ±25 % between runs; the
-  standard cases take the median of 5 iterations, the bound the fastest of its repeats.
+  standard cases take the median of 5 iterations, the bound the fastest of its repeats. The
+  bound itself moved from 0.16 to 0.29 s for the same 10256 transforms of case B gradient
+  between runs on 2026-11-22, so a ratio near 2 is met in one run and not in the next; the
+  FFT-bound table adds the fastest iteration over the bound (best against best).
 - Fused kernels (ptycli/_kernels.py) made a single-threaded case-A iteration 1.4-1.6x faster
   (lsqml 0.62 -> 0.43 s, gradient 0.55 -> 0.35 s, epie 0.68 -> 0.43 s, PTYCLI_KERNELS=0 vs 1,
   interleaved runs); the rest of the per-iteration time is FFTs and the passes that remain.
@@ -170,7 +173,8 @@ def _standard(results: list[dict[str, Any]]) -> tuple[str, str]:
     note = ("s/iter: median of the timed iterations (iters = warm-up + timed); ratio = s/iter / FFT bound; "
             "positions/s = J / (s/iter).")
     detail = [_fft_detail(r) for r in results if r["result"].get("ok")]
-    _, md_detail = report.table(["case", "engine", "N_FFT (counted)", "N_FFT (model)", "batch", "FFT/s per library (incl. backend)", "exact work s"], detail)
+    _, md_detail = report.table(["case", "engine", "N_FFT (counted)", "N_FFT (model)", "batch",
+                                 "FFT/s per library (incl. backend)", "exact work s", "fastest iter / bound"], detail)
     return (f"Standard cases\n{text}",
             f"## Standard cases\n\n{note}\n\n{md}\n\nFFT bound details:\n\n{md_detail}")
 
@@ -178,8 +182,11 @@ def _standard(results: list[dict[str, Any]]) -> tuple[str, str]:
 def _fft_detail(r: dict[str, Any]) -> list[Any]:
     m = r["result"]
     rates = ", ".join(f"{k} {v:.3g}" for k, v in m["fft_rates_per_s"].items())
+    # best against best: the bound is the fastest of its repeats, so on a noisy machine the
+    # fastest timed iteration is its like-for-like partner (the target uses the median)
+    best = min(m["times_s"]) / m["fft_bound_s"] if m.get("times_s") and m.get("fft_bound_s") else None
     return [r["case"]["name"], r["engine"], m["n_ffts"], m.get("n_ffts_model", m["n_ffts"]), m["fft_batch"], rates,
-            m["fft_work_s"]]
+            m["fft_work_s"], best]
 
 
 def _scaling(series: dict[str, Any]) -> tuple[str, str]:

@@ -96,13 +96,11 @@ class _Plan:
         return x.flags.c_contiguous and x.__array_interface__["data"][0] % self.plan.input_alignment == 0
 
     def __call__(self, x: np.ndarray, scaled: bool = True) -> np.ndarray:
-        if self.in_place:  # the caller gave x away and checked it is aligned (``transform``)
-            out = src = x
-        else:
-            out = _pyfftw.empty_aligned(self.shape, dtype=self.dtype)
-            src = x
+        # in place: the caller gave x away and ``transform`` checked it is aligned
+        out = x if self.in_place else _pyfftw.empty_aligned(self.shape, dtype=self.dtype)
+        src = x
         with self.lock:
-            if not self.aligned(src):
+            if not self.in_place and not self.aligned(x):
                 np.copyto(self.scratch, x)
                 src = self.scratch
             # Explicit arrays every call: pyFFTW's __call__ would copy misaligned input into

@@ -332,17 +332,11 @@ def fourier_multiply(x: Any, H: Any, *, conj: bool = False, overwrite: bool = Fa
 def store(dest: Any, result: Any) -> Any:
     """Make ``dest`` hold ``result`` (a transform run with ``overwrite`` on ``dest``): no copy
     when it ran in place, as FFTW does on the host; a copy when the library returned a new array."""
-    if not _same_buffer(dest, result):
+    same = (type(dest) is np.ndarray and type(result) is np.ndarray and dest.shape == result.shape
+            and dest.__array_interface__["data"][0] == result.__array_interface__["data"][0])
+    if not same:
         dest[...] = result
     return dest
-
-
-def _same_buffer(a: Any, b: Any) -> bool:
-    ia, ib = getattr(a, "__array_interface__", None), getattr(b, "__array_interface__", None)
-    if ia is not None and ib is not None:
-        return ia["data"][0] == ib["data"][0] and a.shape == b.shape
-    ca, cb = getattr(a, "__cuda_array_interface__", None), getattr(b, "__cuda_array_interface__", None)
-    return ca is not None and cb is not None and ca["data"][0] == cb["data"][0] and a.shape == b.shape
 
 
 def _spectral_operands(spectrum: Any, H: Any) -> tuple[Any, Any]:

@@ -38,7 +38,7 @@ def test_subpixel_shift_adjoint_dot_product() -> None:
     lhs = np.vdot(y, shift_probe(x, frac))
     rhs = np.vdot(np.sum(unshift(y, frac), axis=0), x)
     assert abs(lhs - rhs) <= 1e-13 * abs(lhs)
-    np.testing.assert_allclose(unshift_sum(np.fft.fft2(y, norm="ortho"), frac), np.sum(unshift(y, frac), axis=0),
+    np.testing.assert_allclose(unshift_sum(y, frac), np.sum(unshift(y, frac), axis=0),
                                atol=1e-12)
 
 

@@ -6,6 +6,7 @@ own beyond the sub-pixel position derivative of physics.md §5.4.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -251,7 +252,7 @@ def probe_gradient(g_psi1: Any, batch: Batch, *, overwrite: bool = False) -> Any
     Summed in Fourier space (the ramps are diagonal there): one batched FFT and a single
     inverse instead of two batched FFTs. ``overwrite``: g_psi1 is the caller's temporary.
     """
-    return backend.ifft2(overlap.unshift_sum_of(g_psi1, batch.frac, overwrite=overwrite), overwrite=True)
+    return overlap.unshift_sum(g_psi1, batch.frac, overwrite=overwrite)
 
 
 def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:
@@ -325,8 +326,7 @@ class GroupRegion:
 
     def batch(self, batch: Batch) -> Batch:
         """``batch`` with window corners relative to the region."""
-        return Batch(idx=batch.idx, y0=batch.y0 - self.ys.start, x0=batch.x0 - self.xs.start, frac=batch.frac,
-                     data=batch.data, H=batch.H)
+        return dataclasses.replace(batch, y0=batch.y0 - self.ys.start, x0=batch.x0 - self.xs.start)
 
 
 def group_region(state: Any, batch: Batch, ctx: RunContext) -> GroupRegion | None:

@@ -47,8 +47,8 @@ class LsqmlEngine(common.EngineBase):
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
         if dO is not None:
             step = xp.astype(a_O * dO, state.object.dtype)
-            if region is not None:  # only the region changes: updated in place
-                state.object[...] = state.object + step
+            if region is not None:  # only the region changes: a view into the object, updated in place
+                region.object += step
             else:
                 state.object = state.object + step
         if dP is not None:

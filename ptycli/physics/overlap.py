@@ -86,9 +86,10 @@ def unshift(grad: Any, frac: Any) -> Any:
     return backend.ifft2(spectrum * ramp[:, None, ...], overwrite=True)
 
 
-def unshift_sum(grad_k: Any, frac: Any) -> Any:
-    """Σ_b unshift(grad_b) from spectra ``grad_k`` = fft2(grad) (B, P, M, N): one inverse FFT."""
-    return backend.ifft2(unshift_sum_k(grad_k, frac))
+def unshift_sum(grad: Any, frac: Any, *, overwrite: bool = False) -> Any:
+    """Σ_b unshift(grad_b) (P, M, N) for grad (B, P, M, N): summed in Fourier space, where the
+    ramps are diagonal (one batched FFT and one inverse). ``overwrite`` as in ``unshift_sum_of``."""
+    return backend.ifft2(unshift_sum_of(grad, frac, overwrite=overwrite), overwrite=True)
 
 
 def unshift_sum_of(grad: Any, frac: Any, *, overwrite: bool = False) -> Any:

@@ -15,3 +15,17 @@ class SignalAtBatch:
         self.seen += 1
         if self.seen == self.n:
             os.kill(os.getpid(), self.signum)
+
+
+def demo_stores(root, recipes=None, init_kwargs=None, **simulate_kwargs):
+    """(root, data store, initial state store) from the `demo` preset, simulated with
+    ``simulate_kwargs`` and initialised with ``init_kwargs``; each ``recipes`` entry
+    {file name: TOML text} is written into ``root``. The shared start of the pipeline tests."""
+    from ptycli.stages import init, simulate
+
+    data, state = root / "d.zarr", root / "s.zarr"
+    simulate.run(data, preset="demo", **simulate_kwargs)
+    init.run(data, state, **(init_kwargs or {}))
+    for name, text in (recipes or {}).items():
+        (root / name).write_text(text)
+    return root, data, state

@@ -28,7 +28,9 @@ pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich mpi4py)")
 
-from ptycli.stages import init, reconstruct, simulate
+from _helpers import demo_stores
+
+from ptycli.stages import reconstruct
 from ptycli.stages.compare import compare_stores
 
 LOSS_RTOL = 1e-3
@@ -70,13 +72,8 @@ refine = {probe = 1}
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mpi")
-    data, state = root / "d.zarr", root / "s.zarr"
-    simulate.run(data, preset="demo", scan_shape=(8, 8))
-    init.run(data, state)
-    (root / "all.toml").write_text(ALL_ENGINES)
-    (root / "long.toml").write_text(LONG)
-    return root, data, state
+    return demo_stores(tmp_path_factory.mktemp("mpi"), {"all.toml": ALL_ENGINES, "long.toml": LONG},
+                       scan_shape=(8, 8))
 
 
 def _env():

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from ptycli.errors import ExitCode, Interrupted, NumericalError
-from ptycli.stages import init, reconstruct, simulate
-from _helpers import SignalAtBatch
+from ptycli.stages import reconstruct
+from _helpers import SignalAtBatch, demo_stores
 
 RECIPE = """
 recipe = "ptycli/1"
@@ -30,12 +30,7 @@ refine = {probe = 1, positions = 1}
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    data, state = root / "d.zarr", root / "s.zarr"
-    simulate.run(data, preset="demo", scan_shape=(8, 8))
-    init.run(data, state)
-    (root / "r.toml").write_text(RECIPE)
-    return root, data, state
+    return demo_stores(tmp_path_factory.mktemp("resume"), {"r.toml": RECIPE}, scan_shape=(8, 8))
 
 
 

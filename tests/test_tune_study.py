@@ -10,7 +10,9 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from ptycli.stages import init, simulate, tune
+from _helpers import demo_stores
+
+from ptycli.stages import tune
 
 TRUE_DEFOCUS_A = 80.0  # the demo preset's Δf
 RECIPE = """
@@ -31,13 +33,9 @@ high = 200.0
 
 @pytest.fixture(scope="module")
 def wrong_focus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune")
-    data, state = root / "d.zarr", root / "s.zarr"
-    simulate.run(data, preset="demo", scan_shape=(8, 8))
-    init.run(data, state, defocus_a=30.0)  # 50 Å off: the search must find 80 Å
-    (root / "r.toml").write_text(RECIPE)
-    (root / "space.toml").write_text(SPACE)
-    return root, data, state
+    # initial defocus 50 Å off: the search must find 80 Å
+    return demo_stores(tmp_path_factory.mktemp("tune"), {"r.toml": RECIPE, "space.toml": SPACE},
+                       init_kwargs={"defocus_a": 30.0}, scan_shape=(8, 8))
 
 
 def test_finds_defocus_within_10_percent_in_30_trials(wrong_focus, cli):

@@ -7,8 +7,8 @@ import zarr
 
 from ptycli.engines import loop
 from ptycli.errors import Interrupted, RecipeError, UsageError
-from ptycli.stages import init, reconstruct, reconstruct_validation, simulate
-from _helpers import SignalAtBatch
+from ptycli.stages import reconstruct, reconstruct_validation
+from _helpers import SignalAtBatch, demo_stores
 
 RECIPE = """
 recipe = "ptycli/1"
@@ -25,12 +25,7 @@ grouping = {kind = "random", size = 12}
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("validation")
-    data, state = root / "d.zarr", root / "s.zarr"
-    simulate.run(data, preset="demo", scan_shape=(8, 8))
-    init.run(data, state)
-    (root / "r.toml").write_text(RECIPE)
-    return root, data, state
+    return demo_stores(tmp_path_factory.mktemp("validation"), {"r.toml": RECIPE}, scan_shape=(8, 8))
 
 
 def test_split_is_seeded_disjoint_and_sized():

@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import zarr
+from _helpers import demo_stores
 
 from ptycli import backend
 from ptycli.engines import data as data_mod
 from ptycli.errors import Interrupted, RecipeError, UsageError
 from ptycli.recipe import load_recipe
-from ptycli.stages import init, reconstruct, simulate
+from ptycli.stages import reconstruct
 from ptycli.stages import reconstruct_group_plan as group_plan
 from ptycli.store.io import open_store
 from ptycli.store.state import load_state
@@ -30,12 +31,7 @@ refine = {probe = 1}
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("auto")
-    data, state = root / "d.zarr", root / "s.zarr"
-    simulate.run(data, preset="demo", scan_shape=(6, 6), detector_size=32)
-    init.run(data, state)
-    (root / "r.toml").write_text(RECIPE)
-    return root, data, state
+    return demo_stores(tmp_path_factory.mktemp("auto"), {"r.toml": RECIPE}, scan_shape=(6, 6), detector_size=32)
 
 
 def _budget_for(state_path, group):

@@ -430,6 +430,26 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
 
 
 @nb.njit(**_JIT)
+def lsqml_direction(num, w, delta, out):
+    """LSQ-ML's object direction out[l] = -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
+    object mode and slice l, in two passes (the max, then the quotient); num, out (L, H, W)
+    complex (out may be num), w (L, H, W) real."""
+    nl, h, wd = num.shape
+    for q in range(nl):
+        w_max = w[q, 0, 0] * 0
+        for y in range(h):
+            w_max = max(w_max, _row_max(w[q, y], wd))
+        c = (delta * w_max) * (delta * w_max)
+        for y in range(h):
+            nrow = num[q, y]
+            wrow = w[q, y]
+            orow = out[q, y]
+            for x in range(wd):
+                orow[x] = nrow[x] * (-0.5 / np.sqrt(wrow[x] * wrow[x] + c))
+    return out
+
+
+@nb.njit(**_JIT)
 def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
     """One Adam step per real component of complex z on flat elements [lo, hi), into fresh arrays.
 

@@ -524,6 +524,19 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
     raise DeviceError(f"scatter_add_patches has no implementation for namespace {xp!r}")
 
 
+def window_exit_waves(obj: Any, y0: Any, x0: Any, psi: Any) -> Any:
+    """Single-slice exit waves O_q(window b) ψ[b, p] (B, P, Q, M, N) read straight from the
+    object grid obj (Q, H, W) with the fused kernel (no window copies), or None where it does
+    not apply (no kernels, or a window leaves the grid: the caller's general path reports it)."""
+    k = kernels(namespace(obj))
+    m, n = psi.shape[-2:]
+    if k is None or obj.ndim != 3 or psi.ndim != 4 or obj.dtype != psi.dtype \
+            or not _windows_inside(obj.shape, y0, x0, m, n):
+        return None
+    out = k.empty((psi.shape[0], psi.shape[1], obj.shape[0], m, n), psi.dtype)
+    return k.exit_from_object(obj, np.asarray(y0, dtype=np.int64), np.asarray(x0, dtype=np.int64), psi, out)
+
+
 def _windows_inside(shape: tuple[int, ...], y0: Any, x0: Any, m: int, n: int) -> bool:
     """Every window inside the last two axes (the kernels do not bounds-check; the NumPy
     code raises a clear error otherwise)."""

@@ -160,6 +160,31 @@ def test_window_kernels_match_numpy_and_refuse_windows_outside():
         backend.extract_patches(obj, np.array([15]), np.array([0]), (8, 10))
 
 
+def test_exit_waves_from_the_object_match_windows_times_probe():
+    state = _state(modes=2)
+    ctx = common.make_context(state, np, "single", "amplitude", None)
+    data = np.ones((5, 32, 32), np.float32)
+    b = common.make_batch(state, np.arange(5), data, ctx)
+    lean, full = common.forward(state, b, ctx, patches=False), common.forward(state, b, ctx)
+    assert lean.patches is None and full.patches is not None
+    _close(lean.Psi, full.Psi, 1e-6)
+    # a window off the grid: no fused result, so the caller's general path reports it
+    assert backend.window_exit_waves(state.object[:, 0], np.array([-1]), np.array([0]), lean.psi1[:1]) is None
+
+
+def test_lsqml_direction_kernel_matches_the_formula():
+    from ptycli import _kernels
+
+    rng = np.random.default_rng(2)
+    num = _rng_c((2, 3, 14, 17), 3)
+    w = rng.uniform(0, 5, size=num.shape).astype(np.float32)
+    delta = np.float32(0.1)
+    ref = -0.5 * num / np.sqrt(w * w + (delta * w.max(axis=(-2, -1), keepdims=True)) ** 2)
+    flat = num.reshape(-1, 14, 17).copy()
+    _kernels.lsqml_direction(flat, w.reshape(-1, 14, 17), delta, flat)  # in place, as the engine calls it
+    _close(flat.reshape(num.shape), ref, 1e-6)
+
+
 def test_backward_kernel_matches_adjoint_and_scatter():
     state = _state(modes=2)
     rng = np.random.default_rng(5)

@@ -99,3 +99,16 @@ def test_map_parts_raises_a_parts_error():
 
     with pytest.raises(ValueError, match="part 2"):
         backend.map_parts(fn, [1, 2])
+
+
+def test_parts_share_one_probe_spectrum_for_that_probe_only(monkeypatch):
+    monkeypatch.setenv("PTYCLI_THREADS", "2")
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    state = _state(scan=(4, 4))
+    ctx = common.make_context(state, np, "single", "amplitude", None)
+    engine = common.EngineBase(None, ctx, state)
+    batch = common.make_batch(state, np.arange(8), np.ones((8, 32, 32), np.float32), ctx)
+    parts = engine.parts(state, batch)
+    assert len(parts) == 2 and parts[0].probe_spectrum is parts[1].probe_spectrum
+    np.testing.assert_array_equal(parts[0].spectrum_of(state.probe), backend.fft2(state.probe))
+    assert parts[0].spectrum_of(state.probe.copy()) is None  # another array (an updated probe): no reuse

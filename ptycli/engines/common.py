@@ -46,6 +46,13 @@ class Batch:
     frac: Any  # device (B, 2)
     data: Any  # device (B, M, M) unshifted counts, or (B, K) compressed signals
     H: Any = None  # propagator of this batch: (B, M, N) with per-position tilts, else ctx.H
+    # (probe, F[probe]) computed once for the whole group: its parts share the one transform
+    probe_spectrum: tuple[Any, Any] | None = None
+
+    def spectrum_of(self, probe: Any) -> Any:
+        """F[probe] when this batch carries it for this very array, else None."""
+        known = self.probe_spectrum
+        return known[1] if known is not None and known[0] is probe else None
 
 
 @dataclass
@@ -129,7 +136,8 @@ def split_batch(batch: Batch, n: int) -> list[Batch]:
     bounds = [size * k // n for k in range(n + 1)]
     per_position_H = batch.H is not None and batch.H.ndim == 3
     return [Batch(idx=batch.idx[a:b], y0=batch.y0[a:b], x0=batch.x0[a:b], frac=batch.frac[a:b],
-                  data=batch.data[a:b], H=batch.H[a:b] if per_position_H else batch.H)
+                  data=batch.data[a:b], H=batch.H[a:b] if per_position_H else batch.H,
+                  probe_spectrum=batch.probe_spectrum)
             for a, b in itertools.pairwise(bounds)]
 
 
@@ -159,11 +167,19 @@ def tilted_propagator(state: Any, idx: np.ndarray, ctx: RunContext) -> Any:
                                           tilt_mrad=backend.to_device(tilts, ctx.xp), dtype=ctx.complex_dtype)
 
 
-def forward(state: Any, batch: Batch, ctx: RunContext) -> Forward:
-    psi1 = overlap.shift_probe(state.probe, batch.frac)
-    patches = overlap.extract(state.object, batch.y0, batch.x0, state.window)
-    Psi, cache = multislice.forward(psi1, patches, batch.H)
-    return Forward(psi1, patches, Psi, cache, batch.H)
+def forward(state: Any, batch: Batch, ctx: RunContext, *, patches: bool = True) -> Forward:
+    """Far field of the batch. ``patches=False``: the caller does not read ``fwd.patches``;
+    a single slice on the CPU then forms the exit waves straight from the object grid
+    (``fwd.patches`` is None), one pass instead of a window copy and a product."""
+    psi1 = overlap.shift_probe(state.probe, batch.frac, batch.spectrum_of(state.probe))
+    if not patches and state.n_slices == 1:
+        exit_wave = backend.window_exit_waves(state.object[:, 0], batch.y0, batch.x0, psi1)
+        if exit_wave is not None:
+            cache = multislice.Cache(patches=None, psi=[psi1[:, :, None]])
+            return Forward(psi1, None, backend.fft2(exit_wave, overwrite=True), cache, batch.H)
+    windows = overlap.extract(state.object, batch.y0, batch.x0, state.window)
+    Psi, cache = multislice.forward(psi1, windows, batch.H)
+    return Forward(psi1, windows, Psi, cache, batch.H)
 
 
 def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
@@ -244,15 +260,6 @@ def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
     g = xp.zeros_like(state.object)
     overlap.accumulate(g, batch.y0, batch.x0, g_patches)
     return g
-
-
-def probe_gradient(g_psi1: Any, batch: Batch, *, overwrite: bool = False) -> Any:
-    """∇P (P, M, N): un-shift each position's gradient and sum over the batch.
-
-    Summed in Fourier space (the ramps are diagonal there): one batched FFT and a single
-    inverse instead of two batched FFTs. ``overwrite``: g_psi1 is the caller's temporary.
-    """
-    return overlap.unshift_sum(g_psi1, batch.frac, overwrite=overwrite)
 
 
 def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:
@@ -356,7 +363,12 @@ class EngineBase:
         """The group as parts run concurrently on the host (one part on CuPy or small groups)."""
         m, n = state.window
         per_position = int(state.probe.shape[0]) * int(state.object.shape[0]) * m * n
-        return split_batch(batch, n_parts(self.ctx, len(batch.idx), per_position))
+        count = n_parts(self.ctx, len(batch.idx), per_position)
+        if count > 1 and batch.spectrum_of(state.probe) is None:
+            # one transform of the probe for the group, not one per part (a single small FFT
+            # costs several times a batched one per transform)
+            batch = dataclasses.replace(batch, probe_spectrum=(state.probe, backend.fft2(state.probe)))
+        return split_batch(batch, count)
 
     def refine_positions(self, state: Any, batch: Batch, g_psi1: Any, fwd: Forward, it: int) -> None:
         """Gauss-Newton position step from ∂L/∂f (every engine uses it; limits in the loop)."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from ..physics import overlap
 from ..recipe import rate_value
 from . import common, distributed
 from .optimizers import make_optimizer
@@ -44,7 +45,7 @@ class GradientEngine(common.EngineBase):
 
         def part(pb: common.Batch) -> tuple[Any, ...]:
             # everything per position or a partial sum: the parts of a group run concurrently
-            fwd = common.forward(state, pb, self.ctx)
+            fwd = common.forward(state, pb, self.ctx, patches=do_pos)  # only the position step reads windows
             loss, g_exit = common.loss_and_grad_exit(fwd, pb, self.ctx)
             fused = common.backward_accumulate(g_exit, fwd, state, pb, self.ctx, numerator=do_obj)
             if fused is not None:  # single slice on the CPU: adjoint and scatter-add in one pass
@@ -53,15 +54,17 @@ class GradientEngine(common.EngineBase):
                 g_patches, g_psi1 = common.backward(None, fwd, self.ctx, grad_exit=g_exit)
                 g_obj = common.object_gradient(state, pb, g_patches) if do_obj else None
             pos = common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None
-            # g_psi1 is read for the last time here: its FFT may run in place
-            return loss, g_obj, common.probe_gradient(g_psi1, pb, overwrite=True) if do_probe else None, pos
+            # g_psi1 is read for the last time here: its FFT may run in place. The parts return
+            # spectra: one inverse FFT of their sum serves the group
+            return loss, g_obj, overlap.unshift_sum_of(g_psi1, pb.frac, overwrite=True) if do_probe else None, pos
 
         loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(state, b)))
         if do_obj:
             self._object_step(state, comm.allreduce_sum(common.sum_parts(g_obj)), it)
         if do_probe:
             rate = rate_value(lr.probe, it) * self.probe_scale
-            state.probe = self.opt.step("probe", state.probe, comm.allreduce_sum(common.sum_parts(g_probe)), rate)
+            g_probe = backend.ifft2(comm.allreduce_sum(common.sum_parts(g_probe)), overwrite=True)
+            state.probe = self.opt.step("probe", state.probe, g_probe, rate)
         if do_pos:
             self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, list(loss)).sum())

@@ -12,6 +12,7 @@ the trimmed means see the whole group; K ranks make one process's update.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,13 +33,16 @@ class LsqmlEngine(common.EngineBase):
         comm = distributed.comm_of(self.ctx)
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
-        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe), parts)
+        do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
+        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
         dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
-        # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
-        dP = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
-            backend.ifft2(common.sum_parts([r["probe_k"] for r in first]))) if do_probe else None
+        dP = dP_k = None
+        if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
+            dP_k = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
+                common.sum_parts([r["probe_k"] for r in first]))
+            dP = backend.ifft2(dP_k)
         # phase 2, per part: the per-position step terms, then the group's steps
-        terms = backend.map_parts(lambda pr: self._part_step_terms(state, pr[0], pr[1], dO, dP),
+        terms = backend.map_parts(lambda pr: self._part_step_terms(state, pr[0], pr[1], dO, dP, dP_k),
                                   list(zip(parts, first)))
         terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
         if state.n_slices == 1:
@@ -46,24 +50,25 @@ class LsqmlEngine(common.EngineBase):
         else:
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
         if dO is not None:
-            step = xp.astype(a_O * dO, state.object.dtype)
+            dO *= a_O  # dO is this group's own array: the step is formed in place
             if region is not None:  # only the region changes: a view into the object, updated in place
-                region.object += step
+                region.object += dO
             else:
-                state.object = state.object + step
+                state.object = state.object + dO
         if dP is not None:
             full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
-        if p.refine.positions.active(it):
+        if do_pos:
             pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
             self.apply_position_terms(full_state, full_batch,
                                       tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
 
-    def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool) -> dict[str, Any]:
+    def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool,
+                         do_pos: bool) -> dict[str, Any]:
         """Forward model, χ and its adjoint for one part of the group, and the part's shares of
         the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
         xp = self.ctx.xp
-        fwd = common.forward(state, b, self.ctx)
+        fwd = common.forward(state, b, self.ctx, patches=do_pos)
         # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
         if self.ctx.noise_model in ("poisson", "compressed"):
             loss, _ = common.loss_and_grad_farfield(fwd, b, self.ctx)
@@ -91,8 +96,11 @@ class LsqmlEngine(common.EngineBase):
             out["probe_k"] = overlap.unshift_sum_of(g_psi1, b.frac)  # g_psi1 is read again later
         return out
 
-    def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any, dP: Any) -> tuple[Any, ...]:
-        """Per-position terms of the step problems for one part (each (B,) or (B, S))."""
+    def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any, dP: Any,
+                         dP_k: Any) -> tuple[Any, ...]:
+        """Per-position terms of the step problems for one part (each (B,) or (B, S)); ``dP_k``
+        is F[dP], which the shifts of ΔP reuse."""
+        b = dataclasses.replace(b, probe_spectrum=(dP, dP_k)) if dP is not None else b
         if state.n_slices == 1:
             return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP)
         return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP, r["g_psi1"], r["illum"])
@@ -122,8 +130,15 @@ class LsqmlEngine(common.EngineBase):
         xp = self.ctx.xp
         comm = distributed.comm_of(self.ctx)
         num = comm.allreduce_sum(common.sum_parts(nums))
-        num *= -0.5  # Σ_j ΔO_j
         W = comm.allreduce_sum(common.sum_parts(Ws))
+        k = backend.kernels(xp)
+        if k is not None and W.shape == num.shape and num.flags.c_contiguous and W.flags.c_contiguous:
+            # two passes, in place in num (the reshapes below are views)
+            flat = (-1, *num.shape[-2:])
+            k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W),
+                              num.reshape(flat))
+            return num
+        num *= -0.5  # Σ_j ΔO_j
         w_max = xp.max(W, axis=(-2, -1), keepdims=True)
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
@@ -138,7 +153,7 @@ class LsqmlEngine(common.EngineBase):
         k = backend.kernels(self.ctx.xp)
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
             obj = state.object[:, 0]
-            shifted = overlap.shift_probe(dP, b.frac) if dP is not None else fwd.psi1
+            shifted = overlap.shift_probe(dP, b.frac, b.spectrum_of(dP)) if dP is not None else fwd.psi1
             out = k.empty((len(b.idx), 5), self.ctx.real_dtype)
             k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
                           fwd.psi1, shifted, g_exit, dO is not None, dP is not None, out)
@@ -147,7 +162,7 @@ class LsqmlEngine(common.EngineBase):
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
-        bb = t * overlap.shift_probe(dP, b.frac)[:, :, None] if dP is not None else None
+        bb = t * overlap.shift_probe(dP, b.frac, b.spectrum_of(dP))[:, :, None] if dP is not None else None
         dot = backend.real_dot
         dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
         if a is not None and bb is not None:
@@ -189,7 +204,7 @@ class LsqmlEngine(common.EngineBase):
             num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
             out += (num, backend.real_dot(backend.abs2(d), illum, keep=(0, 2)))
         if dP is not None:
-            shifted = overlap.shift_probe(dP, b.frac)  # (B, P, M, N)
+            shifted = overlap.shift_probe(dP, b.frac, b.spectrum_of(dP))  # (B, P, M, N)
             t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
             out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))

@@ -91,25 +91,29 @@ class _Plan:
         self.scale = 1.0 / float(np.sqrt(np.prod(shape[-n_axes:])))
         self.shape, self.dtype = shape, dtype
 
-    def aligned(self, x: np.ndarray) -> bool:
-        # __array_interface__ rather than .ctypes: the ctypes object costs ~10 us per call
-        return x.flags.c_contiguous and x.__array_interface__["data"][0] % self.plan.input_alignment == 0
-
-    def __call__(self, x: np.ndarray, scaled: bool = True) -> np.ndarray:
-        # in place: the caller gave x away and ``transform`` checked it is aligned
+    def __call__(self, x: np.ndarray, scaled: bool = True) -> np.ndarray | None:
+        """The transform of ``x`` (in place in it for an in-place plan), or None when an
+        in-place plan cannot take ``x`` (misaligned: FFTW needs the alignment it planned for)."""
         out = x if self.in_place else _pyfftw.empty_aligned(self.shape, dtype=self.dtype)
-        src = x
         with self.lock:
-            if not self.in_place and not self.aligned(x):
-                np.copyto(self.scratch, x)
-                src = self.scratch
             # Explicit arrays every call: pyFFTW's __call__ would copy misaligned input into
-            # whatever array it was last given, which may be a caller's array.
-            self.plan.update_arrays(src, out)
+            # whatever array it was last given, which may be a caller's array. update_arrays
+            # checks alignment and strides itself (in C: cheaper than asking numpy here).
+            try:
+                self.plan.update_arrays(x, out)
+            except ValueError:
+                if self.in_place:
+                    return None
+                np.copyto(self.scratch, x)
+                self.plan.update_arrays(self.scratch, out)
             self.plan.execute()
         if scaled:
             np.multiply(out, out.real.dtype.type(self.scale), out=out)  # unitary ("ortho")
         return out
+
+
+_REAL_TO_COMPLEX = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
+_COMPLEX = (np.dtype(np.complex64), np.dtype(np.complex128))
 
 
 def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int, *, overwrite: bool = False,
@@ -119,31 +123,37 @@ def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int, *, ov
     ``overwrite``: ``x`` is the caller's scratch; the transform then runs in place in it (no
     output allocated, and the data stay in cache between the pass that wrote them and the
     FFT). ``scaled=False`` skips the 1/sqrt(M N) pass (a caller folding it into its own).
+    Sequential ePIE makes ~4 calls per position, so this path is kept lean.
     """
-    if not available():
+    if _pyfftw is None:
+        available()
+    if not _pyfftw:
         return None
-    if x.dtype in (np.float32, np.float64):
-        x = x.astype(np.complex64 if x.dtype == np.float32 else np.complex128)
-    if x.dtype not in (np.complex64, np.complex128) or x.ndim < n_axes or x.size == 0:
+    dtype = x.dtype
+    if dtype in _REAL_TO_COMPLEX:
+        x = x.astype(_REAL_TO_COMPLEX[dtype])
+        dtype = x.dtype
+    if dtype not in _COMPLEX or x.ndim < n_axes or x.size == 0:
         return None
-    tail = x.shape[x.ndim - n_axes:]
-    batched = x.reshape((-1, *tail))  # a view when contiguous
+    shape = x.shape
+    batched = x.reshape((-1, *shape[x.ndim - n_axes:]))  # a view when contiguous
     # One-thread plans are per calling thread: a plan executes under its own lock, so
     # parallel parts of a group (backend.map_parts) sharing one would run one at a time.
     lane = threading.get_ident() if max_threads == 1 else 0
     in_place = overwrite and x.flags.c_contiguous and x.flags.writeable
-    key = (batched.shape, x.dtype.str, inverse, max_threads, lane, in_place)
+    key = (batched.shape, dtype.char, inverse, max_threads, lane, in_place)
     plan = _plans.get(key)  # a dict read is atomic; eviction is first-in first-out
     if plan is None:
         with _plan_lock:
-            plan = _Plan(batched.shape, x.dtype, inverse, n_axes, max_threads, in_place)
+            plan = _Plan(batched.shape, dtype, inverse, n_axes, max_threads, in_place)
         with _lock:
             _plans[key] = plan
             while len(_plans) > MAX_PLANS:
                 _plans.popitem(last=False)
-    if in_place and not plan.aligned(batched):  # an in-place plan cannot take a misaligned array
+    out = plan(batched, scaled)
+    if out is None:  # an in-place plan cannot take a misaligned array: out of place instead
         return transform(x, inverse, n_axes, max_threads, scaled=scaled)
-    return plan(batched, scaled).reshape(x.shape)
+    return out.reshape(shape)
 
 
 def plan_info() -> list[dict[str, Any]]:

@@ -85,8 +85,9 @@ def _freq(i, n):
 
 
 @nb.njit(**_JIT)
-def _ramps(frac, m, n, sign, like):
-    """Separable shift ramps exp(sign 2πi u f): (B, M) and (B, N) in the dtype of ``like``."""
+def _ramps(frac, m, n, sign, like, scale=1.0):
+    """Separable shift ramps exp(sign 2πi u f): (B, M) and (B, N) in the dtype of ``like``,
+    the first times ``scale`` (a factor of the product for free: e.g. an FFT's 1/sqrt(MN))."""
     nb_ = frac.shape[0]
     ey = np.empty((nb_, m), dtype=like.dtype)
     ex = np.empty((nb_, n), dtype=like.dtype)
@@ -95,7 +96,7 @@ def _ramps(frac, m, n, sign, like):
         fx = float(frac[b, 1])
         for y in range(m):
             ph = sign * 2.0 * math.pi * _freq(y, m) * fy
-            ey[b, y] = math.cos(ph) + 1j * math.sin(ph)
+            ey[b, y] = scale * math.cos(ph) + 1j * (scale * math.sin(ph))
         for x in range(n):
             ph = sign * 2.0 * math.pi * _freq(x, n) * fx
             ex[b, x] = math.cos(ph) + 1j * math.sin(ph)
@@ -103,13 +104,13 @@ def _ramps(frac, m, n, sign, like):
 
 
 @nb.njit(**_JIT)
-def ramp_product(spec, frac, sign, out):
-    """out[b, p] = spec[p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (P, M, N), out (B, P, M, N).
+def ramp_product(spec, frac, sign, scale, out):
+    """out[b, p] = scale · spec[p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (P, M, N), out (B, P, M, N).
 
-    Not ``ramp_multiply`` on a broadcast spectrum: the stride-0 read-only view compiles to a
-    loop measured 3x slower (0.25 vs 0.7-0.8 ms for 32 x 128²)."""
+    A kernel of its own rather than a product with a broadcast spectrum: the stride-0
+    read-only view compiled to a loop measured 3x slower (0.25 vs 0.7-0.8 ms for 32 x 128²)."""
     nb_, n_p, m, n = out.shape
-    ey, ex = _ramps(frac, m, n, sign, spec)
+    ey, ex = _ramps(frac, m, n, sign, spec, scale)
     for b in range(nb_):
         exb = ex[b]
         for p in range(n_p):
@@ -123,20 +124,22 @@ def ramp_product(spec, frac, sign, out):
 
 
 @nb.njit(**_JIT)
-def ramp_multiply(spec, frac, sign, out):
-    """out[b, p] = spec[b, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec, out (B, P, M, N)."""
-    nb_, n_p, m, n = out.shape
-    ey, ex = _ramps(frac, m, n, sign, spec)
+def ramp_multiply(spec, frac, sign, scale):
+    """spec[b, p] *= scale · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (B, P, M, N), in place.
+
+    In place by design, not through an ``out`` that may be ``spec``: an output aliasing the
+    input fails LLVM's run-time overlap check and the loop runs scalar (measured 3x slower)."""
+    nb_, n_p, m, n = spec.shape
+    ey, ex = _ramps(frac, m, n, sign, spec, scale)
     for b in range(nb_):
         exb = ex[b]
         for p in range(n_p):
             for y in range(m):
                 cy = ey[b, y]
-                srow = spec[b, p, y]
-                orow = out[b, p, y]
+                row = spec[b, p, y]
                 for x in range(n):
-                    orow[x] = srow[x] * (cy * exb[x])
-    return out
+                    row[x] *= cy * exb[x]
+    return spec
 
 
 @nb.njit(**_JIT)
@@ -158,12 +161,13 @@ def ramp_sum(spec, frac, sign, out):
 
 
 @nb.njit(**_JIT)
-def farfield(psi, data, mask, model, eps, a, c, out, loss):
-    """Per-position loss and out = (a + c·m ℓ'(I)) Ψ with I = Σ_k |Ψ_k|², in one pass.
+def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
+    """Per-position loss and out = (a + c·m ℓ'(I)) ψ with I = s2 Σ_k |ψ_k|², in one pass.
 
     psi, out (B, K, M, N); data (B, M, N); mask (M, N) (ones for no mask); loss (B,);
-    eps, a, c in the real dtype of psi. (a, c) = (0, 2) gives ∇_Ψ L, (1, -1) the
-    projection Ψ̂ = (1 - m ℓ') Ψ.
+    eps, a, c, s2 in the real dtype of psi. For ψ = Ψ, s2 = 1: (a, c) = (0, 2) gives
+    ∇_Ψ L, (1, -1) the projection Ψ̂ = (1 - m ℓ') Ψ. ``s2`` takes an unnormalised
+    transform ψ = Ψ/s (s2 = s²) without a scaling pass of its own.
     """
     nb_, nk, m, n = psi.shape
     zero = a * 0
@@ -184,6 +188,8 @@ def farfield(psi, data, mask, model, eps, a, c, out, loss):
                 for x in range(n):
                     v = prow[x]
                     f[x] += v.real * v.real + v.imag * v.imag
+            for x in range(n):
+                f[x] *= s2
             # one branch per row, not per pixel: each loop below vectorises
             if model == 0:
                 for x in range(n):
@@ -430,10 +436,11 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
 
 
 @nb.njit(**_JIT)
-def lsqml_direction(num, w, delta, out):
-    """LSQ-ML's object direction out[l] = -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
-    object mode and slice l, in two passes (the max, then the quotient); num, out (L, H, W)
-    complex (out may be num), w (L, H, W) real."""
+def lsqml_direction(num, w, delta):
+    """LSQ-ML's object direction num[l] ← -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
+    object mode and slice l, in place in two passes (the max, then the quotient); num
+    (L, H, W) complex, w (L, H, W) real. In place, not via an ``out`` that may be ``num``
+    (an aliased output makes the loop scalar: see ``ramp_multiply``)."""
     nl, h, wd = num.shape
     for q in range(nl):
         w_max = w[q, 0, 0] * 0
@@ -443,10 +450,9 @@ def lsqml_direction(num, w, delta, out):
         for y in range(h):
             nrow = num[q, y]
             wrow = w[q, y]
-            orow = out[q, y]
             for x in range(wd):
-                orow[x] = nrow[x] * (-0.5 / np.sqrt(wrow[x] * wrow[x] + c))
-    return out
+                nrow[x] *= -0.5 / np.sqrt(wrow[x] * wrow[x] + c)
+    return num
 
 
 @nb.njit(**_JIT)

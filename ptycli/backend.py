@@ -196,28 +196,26 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...], overwrite: bool = Fa
     xp = np if type(x) is np.ndarray else namespace(x)
     # numpy's names: "backward" leaves the forward transform unscaled, "forward" the inverse
     norm = "ortho" if scaled else ("forward" if inverse else "backward")
-    if xp is np:
-        lib = fft_library()
-        n = len(axes)
-        trailing = axes == _LAST2 or (x.ndim > 0 and tuple(a % x.ndim for a in axes)
-                                      == tuple(range(x.ndim - n, x.ndim)))
-        if lib == "pyfftw" and trailing:
-            # the module, not ``from . import`` per call: sequential ePIE makes ~4 calls per position
-            out = _fftw_module().transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS),
-                                           overwrite=overwrite, scaled=scaled)
-            if out is not None:
-                return out
-        if lib == "numpy":
-            f = np.fft.ifftn if inverse else np.fft.fftn
-            return f(x, axes=axes, norm=norm)
-        import scipy.fft as sfft  # noqa: PLC0415
+    if xp is not np:
+        _cupy_setup(xp)
+        f = xp.fft.ifftn if inverse else xp.fft.fftn
+        return f(x, axes=axes, norm=norm)
+    lib = fft_library()
+    n = len(axes)
+    if lib == "pyfftw" and (axes == _LAST2 or (x.ndim > 0 and tuple(a % x.ndim for a in axes)
+                                                == tuple(range(x.ndim - n, x.ndim)))):
+        # the module, not ``from . import`` per call: sequential ePIE makes ~4 calls per position
+        out = _fftw_module().transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS),
+                                       overwrite=overwrite, scaled=scaled)
+        if out is not None:
+            return out
+    if lib == "numpy":
+        f = np.fft.ifftn if inverse else np.fft.fftn
+        return f(x, axes=axes, norm=norm)
+    import scipy.fft as sfft  # noqa: PLC0415
 
-        f = sfft.ifftn if inverse else sfft.fftn
-        return f(x, axes=axes, norm=norm, overwrite_x=overwrite,
-                 workers=getattr(_local, "fft_workers", _FFT_WORKERS))
-    _cupy_setup(xp)
-    f = xp.fft.ifftn if inverse else xp.fft.fftn
-    return f(x, axes=axes, norm=norm)
+    f = sfft.ifftn if inverse else sfft.fftn
+    return f(x, axes=axes, norm=norm, overwrite_x=overwrite, workers=getattr(_local, "fft_workers", _FFT_WORKERS))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ as one process. Sequential ePIE (group size 1) cannot be shared and is refused.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -80,24 +81,35 @@ class EpieEngine(common.EngineBase):
         """
         p = self.params
         m, n = state.window
-        ys, xs, frac = overlap.split_positions(state.positions[j:j + 1], state.window)
+        # overlap.split_positions for one host position, without array calls
+        py, px = (float(v) for v in state.positions[j])
+        fy, fx = math.floor(py), math.floor(px)
+        y0, x0 = int(fy) - m // 2, int(fx) - n // 2
         obj = state.object[:, 0]
-        y0, x0 = int(ys[0]), int(xs[0])
         if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
             return None
-        frac = self.ctx.xp.astype(frac, self.ctx.real_dtype)
+        ys, xs = np.array([y0]), np.array([x0])
+        frac = np.array([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
         cache = self._probe_cache
         probe_k = cache[1] if cache is not None and cache[0] is state.probe else backend.fft2(state.probe)
-        psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.empty((1, *probe_k.shape), probe_k.dtype)))
+        # Every transform below but the probe's runs in place on its own temporary and
+        # unnormalised; s = 1/sqrt(MN) rides on a pass that is made anyway (the ramps, the
+        # far-field kernel's factors), so no transform has a scaling pass of its own.
+        s = backend.unitary_scale(probe_k.shape)
+        psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k),
+                                           k.empty((1, *probe_k.shape), probe_k.dtype)), overwrite=True, scaled=False)
         exit_wave = k.empty((1, psi.shape[1], obj.shape[0], m, n), psi.dtype)
-        Psi = backend.fft2(k.exit_from_object(obj, ys, xs, psi, exit_wave))
-        loss, corrected = noise_mod.fused_farfield(Psi, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
-                                                   1.0, -1.0)
-        d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, backend.ifft2(corrected))
+        Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, exit_wave), overwrite=True, scaled=False)
+        # Ψ = s Ψ_raw; e' = F⁻¹[(1 - ℓ')Ψ] = s² F_raw⁻¹[(1 - ℓ')Ψ_raw]
+        loss, corrected = noise_mod.fused_farfield(Psi_raw, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
+                                                   s * s, -s * s, in_scale=s)
+        target = backend.ifft2(corrected, overwrite=True, scaled=False)
+        d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, target)
         if p.refine.object.active(it):
             k.scatter_add(obj, ys, xs, d_obj)  # in place through the (Q, H, W) view
         if p.refine.probe.active(it):
-            step_k = k.ramp_multiply(backend.fft2(d_psi), frac, 1.0, k.empty(d_psi.shape, d_psi.dtype))
+            step_k = backend.fft2(d_psi, overwrite=True, scaled=False)
+            k.ramp_multiply(step_k, frac, 1.0, k.real_scalar(s, step_k))
             probe_k = probe_k + step_k[0]
             state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
         self._probe_cache = (state.probe, probe_k)

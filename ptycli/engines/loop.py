@@ -136,6 +136,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
             extra["last_good"] = _snapshot(state)
         emit(hooks.observers, "on_iteration_start", si, it)
         loss_dev = 0.0
+        moving = stage.refine.positions.active(it)
         for gi in range(start_group, len(groups)):
             mine = distributed.local_part(groups[gi], place, comm)
             data = hooks.read_batch(mine, stage)
@@ -145,7 +146,8 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
                     hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
             loss_dev = loss_dev + engine.update(state, mine, data, it)
             stop = _synced_stop(state, mine, hooks, comm)
-            pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
+            if moving:  # positions only move when refined (sequential ePIE: one call per position saved)
+                pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
             emit(hooks.observers, "on_batch_end", si, it, gi, len(groups))
             if stop and gi + 1 < len(groups):
                 loss_sum += backend.scalar(loss_dev)

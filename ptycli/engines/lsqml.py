@@ -135,8 +135,7 @@ class LsqmlEngine(common.EngineBase):
         if k is not None and W.shape == num.shape and num.flags.c_contiguous and W.flags.c_contiguous:
             # two passes, in place in num (the reshapes below are views)
             flat = (-1, *num.shape[-2:])
-            k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W),
-                              num.reshape(flat))
+            k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W))
             return num
         num *= -0.5  # Σ_j ΔO_j
         w_max = xp.max(W, axis=(-2, -1), keepdims=True)

@@ -87,9 +87,10 @@ def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None
 
 
 def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a: float,
-                   c: float) -> tuple[Any, Any] | None:
+                   c: float, in_scale: float = 1.0) -> tuple[Any, Any] | None:
     """(loss (B,), (a + c·m ℓ'(I)) Ψ) in one pass by the fused CPU kernel, or None where it
-    does not apply (CuPy, no Numba, compressed data): (0, 2) is ∇_Ψ L, (1, -1) Ψ̂."""
+    does not apply (CuPy, no Numba, compressed data): (0, 2) is ∇_Ψ L, (1, -1) Ψ̂.
+    ``in_scale``: ``Psi`` is an unnormalised transform, the far field being in_scale·Psi."""
     k = backend.kernels(backend.namespace(Psi))
     if k is None or model not in k.NOISE_CODES or D.ndim != 3 or Psi.ndim != 5:
         return None
@@ -98,7 +99,7 @@ def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a
     loss = k.empty((Psi.shape[0],), Psi.real.dtype)
     m = mask if mask is not None else _ones(k, Psi.shape[-2:], D.dtype)
     r = lambda v: k.real_scalar(v, D)  # noqa: E731
-    k.farfield(psi4, D, m, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), out, loss)
+    k.farfield(psi4, D, m, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), r(in_scale * in_scale), out, loss)
     return loss, out.reshape(Psi.shape)
 
 

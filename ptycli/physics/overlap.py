@@ -64,9 +64,9 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
     spectrum = backend.fft2(probe) if probe_k is None else probe_k
     k = backend.kernels(backend.namespace(spectrum))
     if k is not None and spectrum.ndim == 3:
-        # the inverse FFT's normalisation goes on the (P, M, N) spectrum, not on B shifted waves
-        scaled = spectrum * k.real_scalar(backend.unitary_scale(spectrum.shape), spectrum)
-        out = k.ramp_product(scaled, frac, -1.0, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
+        # the inverse FFT's normalisation rides on the ramps, not on a pass over B shifted waves
+        scale = k.real_scalar(backend.unitary_scale(spectrum.shape), spectrum)
+        out = k.ramp_product(spectrum, frac, -1.0, scale, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
         return backend.ifft2(out, overwrite=True, scaled=False)
     ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
     if spectrum.shape[0] == 1 and backend.is_numpy(backend.namespace(ramp)):
@@ -81,7 +81,7 @@ def unshift(grad: Any, frac: Any) -> Any:
     k = backend.kernels(backend.namespace(spectrum))
     if k is not None and spectrum.ndim == 4:
         # in place: a fresh FFT output
-        return backend.ifft2(k.ramp_multiply(spectrum, frac, 1.0, spectrum), overwrite=True)
+        return backend.ifft2(k.ramp_multiply(spectrum, frac, 1.0, k.real_scalar(1.0, spectrum)), overwrite=True)
     ramp = shift_ramp(frac, tuple(grad.shape[-2:]), grad.dtype, conj=True)
     return backend.ifft2(spectrum * ramp[:, None, ...], overwrite=True)
 

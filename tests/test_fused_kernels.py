@@ -75,6 +75,7 @@ def _run(engine, kernels, monkeypatch, modes=1, noise_model="amplitude", mask=Fa
     ("gradient", 1, "anscombe", True, True, 4, None),
     ("gradient", 2, "amplitude", False, False, 4, None),
     ("epie", 1, "amplitude", False, True, 1, None),
+    ("epie", 1, "amplitude", False, False, 1, None),  # sequential ePIE's lean path, one probe mode
     ("epie", 2, "poisson", True, False, 1, None),
     ("epie", 1, "amplitude", False, False, 4, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}),
 ])

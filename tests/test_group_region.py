@@ -1,5 +1,6 @@
-"""LSQ-ML computes a group's object sums and step on the group's region of the object grid:
-the run must equal the one on the whole grid (the sums are zero outside the windows)."""
+"""LSQ-ML (sums and step) and the gradient engine (object gradient) work on the group's region
+of the object grid: the run must equal the one on the whole grid (the sums are zero outside
+the windows; the gradient engine's optimiser still steps the whole grid)."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ from test_fused_kernels import _close, _run
 from ptycli.engines import common
 
 
-@pytest.mark.parametrize("kernels,slices,positions", [(True, 1, True), (False, 1, False), (True, 2, False)])
-def test_lsqml_on_group_regions_equals_the_whole_grid(kernels, slices, positions, monkeypatch):
+@pytest.mark.parametrize("engine,kernels,slices,positions", [
+    ("lsqml", True, 1, True), ("lsqml", False, 1, False), ("lsqml", True, 2, False),
+    ("gradient", True, 1, True), ("gradient", False, 2, False),
+])
+def test_group_regions_equal_the_whole_grid(engine, kernels, slices, positions, monkeypatch):
     taken = []
     real = common.group_region
 
@@ -20,11 +24,11 @@ def test_lsqml_on_group_regions_equals_the_whole_grid(kernels, slices, positions
 
     monkeypatch.setattr(common, "group_region", spy)
     monkeypatch.setattr(common, "REGION_FRACTION", 1.0)  # crop every group that is not the whole grid
-    cropped, loss_c = _run("lsqml", kernels, monkeypatch, modes=2, group=2, slices=slices, positions=positions)
+    cropped, loss_c = _run(engine, kernels, monkeypatch, modes=2, group=2, slices=slices, positions=positions)
     assert any(taken)
     monkeypatch.setattr(common, "REGION_FRACTION", 0.0)  # never crop
     taken.clear()
-    whole, loss_w = _run("lsqml", kernels, monkeypatch, modes=2, group=2, slices=slices, positions=positions)
+    whole, loss_w = _run(engine, kernels, monkeypatch, modes=2, group=2, slices=slices, positions=positions)
     assert not any(taken)
     _close(cropped.object, whole.object, 1e-5)
     _close(cropped.probe, whole.probe, 1e-5)

@@ -317,7 +317,8 @@ class GroupRegion:
     """``state`` seen through the part of the object grid a group's windows cover.
 
     Per-group sums and directions on the object (LSQ-ML's Σ_j ∇O_j, the illumination, the
-    preconditioned direction and the step) are zero outside the group's windows, so they
+    preconditioned direction and the step; the gradient engine's object gradient, which only
+    its optimiser step takes to the whole grid) are zero outside the group's windows, so they
     are computed on this region and not on the whole object: with compact groups their
     cost then follows the group, not the scan (on the whole grid, the object-sized passes
     of each group made an iteration grow as positions², fitted exponent 1.13-1.17).
@@ -330,6 +331,12 @@ class GroupRegion:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._state, name)
+
+    def embed(self, values: Any) -> Any:
+        """``values`` on the region as an object-sized array, zero elsewhere."""
+        full = backend.namespace(values).zeros_like(self._state.object)
+        full[..., self.ys, self.xs] = values
+        return full
 
     def batch(self, batch: Batch) -> Batch:
         """``batch`` with window corners relative to the region."""

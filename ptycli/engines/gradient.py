@@ -42,25 +42,30 @@ class GradientEngine(common.EngineBase):
         refine, lr = self.params.refine, self.params.learning_rate
         do_obj, do_probe, do_pos = refine.object.active(it), refine.probe.active(it), refine.positions.active(it)
         xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
+        # The parts' object gradients are zero outside the group's windows: they are summed on
+        # that region, and only the optimiser step (Adam moves every pixel) sees the whole grid.
+        region = common.group_region(state, b, self.ctx)
+        view, vb = (region, region.batch(b)) if region is not None else (state, b)
 
         def part(pb: common.Batch) -> tuple[Any, ...]:
             # everything per position or a partial sum: the parts of a group run concurrently
-            fwd = common.forward(state, pb, self.ctx, patches=do_pos)  # only the position step reads windows
+            fwd = common.forward(view, pb, self.ctx, patches=do_pos)  # only the position step reads windows
             loss, g_exit = common.loss_and_grad_exit(fwd, pb, self.ctx)
-            fused = common.backward_accumulate(g_exit, fwd, state, pb, self.ctx, numerator=do_obj)
+            fused = common.backward_accumulate(g_exit, fwd, view, pb, self.ctx, numerator=do_obj)
             if fused is not None:  # single slice on the CPU: adjoint and scatter-add in one pass
                 g_obj, g_psi1 = fused[0], fused[2]
             else:
                 g_patches, g_psi1 = common.backward(None, fwd, self.ctx, grad_exit=g_exit)
-                g_obj = common.object_gradient(state, pb, g_patches) if do_obj else None
+                g_obj = common.object_gradient(view, pb, g_patches) if do_obj else None
             pos = common.position_terms(g_psi1, fwd, self.ctx) if do_pos else None
             # g_psi1 is read for the last time here: its FFT may run in place. The parts return
             # spectra: one inverse FFT of their sum serves the group
             return loss, g_obj, overlap.unshift_sum_of(g_psi1, pb.frac, overwrite=True) if do_probe else None, pos
 
-        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(state, b)))
+        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(view, vb)))
         if do_obj:
-            self._object_step(state, comm.allreduce_sum(common.sum_parts(g_obj)), it)
+            g = comm.allreduce_sum(common.sum_parts(g_obj))
+            self._object_step(state, region.embed(g) if region is not None else g, it)
         if do_probe:
             rate = rate_value(lr.probe, it) * self.probe_scale
             g_probe = backend.ifft2(comm.allreduce_sum(common.sum_parts(g_probe)), overwrite=True)

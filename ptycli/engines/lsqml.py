@@ -153,7 +153,7 @@ class LsqmlEngine(common.EngineBase):
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
             obj = state.object[:, 0]
             shifted = overlap.shift_probe(dP, b.frac, b.spectrum_of(dP)) if dP is not None else fwd.psi1
-            out = k.empty((len(b.idx), 5), self.ctx.real_dtype)
+            out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
             k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
                           fwd.psi1, shifted, g_exit, dO is not None, dP is not None, out)
             cols = (0, 1, 2, 3, 4) if dO is not None and dP is not None else (0, 3) if dO is not None else (1, 4)
@@ -178,19 +178,20 @@ class LsqmlEngine(common.EngineBase):
         the run) NaN.
         """
         xp = self.ctx.xp
-        terms = tuple(xp.astype(t, xp.float64) for t in terms)
+        terms = tuple(t if t.dtype == xp.float64 else xp.astype(t, xp.float64) for t in terms)
+        mean = lambda t: xp.sum(t) / t.shape[0]  # noqa: E731  (xp.mean's wrapper costs more than the sum here)
         if has_obj and has_probe:
             aa, bbb, ab, ra, rb = self._gathered(*terms)
-            aa = aa + 0.1 * xp.mean(aa)
-            bbb = bbb + 0.1 * xp.mean(bbb)
+            aa = aa + 0.1 * mean(aa)
+            bbb = bbb + 0.1 * mean(bbb)
             det = aa * bbb - ab * ab
             det = xp.where(det > 0, det, 1.0)
             return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
         if has_obj:
             aa, ra = self._gathered(*terms)
-            return self._combine(ra / (aa + 0.1 * xp.mean(aa))), 0.0
+            return self._combine(ra / (aa + 0.1 * mean(aa))), 0.0
         bbb, rb = self._gathered(*terms)
-        return 0.0, self._combine(rb / (bbb + 0.1 * xp.mean(bbb)), trim=0)
+        return 0.0, self._combine(rb / (bbb + 0.1 * mean(bbb)), trim=0)
 
     def _terms_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
                      dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, ...]:
@@ -246,7 +247,7 @@ class LsqmlEngine(common.EngineBase):
             alpha = xp.sort(alpha, axis=axis)
             alpha = alpha[k: n - k] if axis == 0 else alpha
         # back to the run's real dtype: a float64 step would promote the complex64 update
-        return xp.astype(self.params.beta_lsq * xp.mean(alpha, axis=axis), self.ctx.real_dtype)
+        return xp.astype(self.params.beta_lsq * xp.sum(alpha, axis=axis) / alpha.shape[axis], self.ctx.real_dtype)
 
 
 def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:

@@ -112,3 +112,24 @@ def test_parts_share_one_probe_spectrum_for_that_probe_only(monkeypatch):
     assert len(parts) == 2 and parts[0].probe_spectrum is parts[1].probe_spectrum
     np.testing.assert_array_equal(parts[0].spectrum_of(state.probe), backend.fft2(state.probe))
     assert parts[0].spectrum_of(state.probe.copy()) is None  # another array (an updated probe): no reuse
+
+
+def test_lsqml_carries_the_probe_spectrum_between_groups(monkeypatch):
+    """The spectrum carried from group to group (F[P] + α F[ΔP]) stays the probe's FFT."""
+    from ptycli.engines import lsqml
+
+    monkeypatch.setenv("PTYCLI_THREADS", "2")
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    made = []
+    real_init = lsqml.LsqmlEngine.__init__
+    monkeypatch.setattr(lsqml.LsqmlEngine, "__init__", lambda self, *a: made.append(self) or real_init(self, *a))
+    state = _state(scan=(4, 4))
+    patterns = _patterns(state)
+    computed = []
+    real_fft2 = backend.fft2
+    monkeypatch.setattr(backend, "fft2", lambda x, **kw: computed.append(x.shape) or real_fft2(x, **kw))
+    out = _run("lsqml", state, patterns, iterations=2, group=4, refine={"object": True, "probe": True})
+    assert computed.count(out.probe.shape) == 2  # the probe's own transform: once per iteration, not per group
+    probe, spectrum, it = made[0]._carried
+    assert probe is out.probe and it == 1
+    np.testing.assert_allclose(spectrum, real_fft2(out.probe), rtol=0, atol=1e-4 * float(np.abs(spectrum).max()))

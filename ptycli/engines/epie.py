@@ -88,8 +88,8 @@ class EpieEngine(common.EngineBase):
         obj = state.object[:, 0]
         if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
             return None
-        ys, xs = np.array([y0]), np.array([x0])
-        frac = np.array([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
+        ys, xs = np.asarray([y0]), np.asarray([x0])  # host bookkeeping: this path runs on the CPU only
+        frac = np.asarray([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
         cache = self._probe_cache
         probe_k = cache[1] if cache is not None and cache[0] is state.probe else backend.fft2(state.probe)
         # Every transform below but the probe's runs in place on its own temporary and

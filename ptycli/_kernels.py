@@ -484,6 +484,45 @@ def lsqml_direction(num, w, delta):
 
 
 @nb.njit(**_JIT)
+def _trimmed_mean(a, frac):
+    """Mean of a clipped at 0, without the int(frac n) smallest and largest values
+    (the whole set when that would leave nothing)."""
+    n = a.shape[0]
+    v = np.maximum(a, 0.0)
+    k = int(frac * n)
+    if k > 0 and n - 2 * k > 0:
+        v = np.sort(v)[k:n - k]
+    return v.sum() / v.shape[0]
+
+
+@nb.njit(**_JIT)
+def lsqml_steps(aa, bb, ab, ra, rb, mode, trim, beta, out):
+    """LSQ-ML's single-slice steps from the per-position dots (B,) of the group, in float64:
+    the damped 2×2 least squares per position, clipped at 0, trimmed means (``trim`` for the
+    object, none for the probe) times β. mode 0: both directions, 1: object only, 2: probe
+    only. out (2,) = (α_O, α_P) in the run's real dtype. One call instead of ~40 NumPy calls
+    on 32-element arrays, which took 4 % of a case-A iteration on the caller's thread."""
+    n = aa.shape[0]
+    a_o = np.zeros(n)
+    a_p = np.zeros(n)
+    if mode == 0:
+        aa_d = aa + 0.1 * (aa.sum() / n)
+        bb_d = bb + 0.1 * (bb.sum() / n)
+        for j in range(n):
+            det = aa_d[j] * bb_d[j] - ab[j] * ab[j]
+            det = det if det > 0 else 1.0
+            a_o[j] = (bb_d[j] * ra[j] - ab[j] * rb[j]) / det
+            a_p[j] = (aa_d[j] * rb[j] - ab[j] * ra[j]) / det
+    elif mode == 1:
+        a_o = ra / (aa + 0.1 * (aa.sum() / n))
+    else:
+        a_p = rb / (bb + 0.1 * (bb.sum() / n))
+    out[0] = beta * _trimmed_mean(a_o, trim) if mode != 2 else 0.0
+    out[1] = beta * _trimmed_mean(a_p, 0.0) if mode != 1 else 0.0
+    return out
+
+
+@nb.njit(**_JIT)
 def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
     """One Adam step per real component of complex z on flat elements [lo, hi), into fresh arrays.
 

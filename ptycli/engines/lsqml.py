@@ -194,6 +194,14 @@ class LsqmlEngine(common.EngineBase):
         """
         xp = self.ctx.xp
         terms = tuple(t if t.dtype == xp.float64 else xp.astype(t, xp.float64) for t in terms)
+        k = backend.kernels(xp)
+        if k is not None:  # the same formulas in one host call
+            cols = self._gathered(*terms)
+            full = cols if has_obj and has_probe else (cols[0], cols[0], cols[0], cols[1], cols[1])
+            out = k.empty((2,), self.ctx.real_dtype)
+            k.lsqml_steps(*full, 0 if has_obj and has_probe else 1 if has_obj else 2, float(self.params.trim),
+                          float(self.params.beta_lsq), out)
+            return out[0], out[1]
         mean = lambda t: xp.sum(t) / t.shape[0]  # noqa: E731  (xp.mean's wrapper costs more than the sum here)
         if has_obj and has_probe:
             aa, bbb, ab, ra, rb = self._gathered(*terms)

@@ -23,6 +23,7 @@ from . import noise as noise_mod
 
 class EpieEngine(common.EngineBase):
     _probe_cache: tuple[Any, Any] | None = None  # (the probe array, its spectrum) for the lean path
+    _buffers: tuple[tuple, dict[str, Any]] | None = None  # the lean path's work arrays
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         xp, p = self.ctx.xp, self.params
@@ -96,24 +97,37 @@ class EpieEngine(common.EngineBase):
         # unnormalised; s = 1/sqrt(MN) rides on a pass that is made anyway (the ramps, the
         # far-field kernel's factors), so no transform has a scaling pass of its own.
         s = backend.unitary_scale(probe_k.shape)
-        psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k),
-                                           k.empty((1, *probe_k.shape), probe_k.dtype)), overwrite=True, scaled=False)
-        exit_wave = k.empty((1, psi.shape[1], obj.shape[0], m, n), psi.dtype)
-        Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, exit_wave), overwrite=True, scaled=False)
+        buf = self._lean_buffers(k, probe_k, obj.shape[0])
+        psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k), buf["psi"]),
+                            overwrite=True, scaled=False)
+        Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, buf["exit"]), overwrite=True, scaled=False)
         # Ψ = s Ψ_raw; e' = F⁻¹[(1 - ℓ')Ψ] = s² F_raw⁻¹[(1 - ℓ')Ψ_raw]
         loss, corrected = noise_mod.fused_farfield(Psi_raw, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
-                                                   s * s, -s * s, in_scale=s)
+                                                   s * s, -s * s, in_scale=s, out=buf["corrected"], loss=buf["loss"])
         target = backend.ifft2(corrected, overwrite=True, scaled=False)
-        d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, target)
+        d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, target, out=(buf["d_obj"], buf["d_psi"]))
         if p.refine.object.active(it):
             k.scatter_add(obj, ys, xs, d_obj)  # in place through the (Q, H, W) view
         if p.refine.probe.active(it):
             step_k = backend.fft2(d_psi, overwrite=True, scaled=False)
             k.ramp_multiply(step_k, frac, 1.0, k.real_scalar(s, step_k))
-            probe_k = probe_k + step_k[0]
+            probe_k += step_k[0]  # this engine's own array (the cache's), never the caller's
             state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
         self._probe_cache = (state.probe, probe_k)
         return loss.sum()
+
+    def _lean_buffers(self, k: Any, probe_k: Any, n_obj_modes: int) -> dict[str, Any]:
+        """Work arrays of the sequential path, made once and reused for every position: no
+        allocation per position, and the FFTs run in place on buffers that stay in cache."""
+        n_p, m, n = probe_k.shape
+        key = (n_p, n_obj_modes, m, n, probe_k.dtype)
+        if self._buffers is None or self._buffers[0] != key:
+            c = probe_k.dtype
+            self._buffers = (key, {
+                "psi": k.empty((1, n_p, m, n), c), "exit": k.empty((1, n_p, n_obj_modes, m, n), c),
+                "corrected": k.empty((1, n_p * n_obj_modes, m, n), c), "loss": k.empty((1,), self.ctx.real_dtype),
+                "d_obj": k.empty((1, n_obj_modes, m, n), c), "d_psi": k.empty((1, n_p, m, n), c)})
+        return self._buffers[1]
 
     def _update_fused(self, k: Any, state: Any, b: common.Batch, fwd: common.Forward, target: Any, loss: Any,
                       it: int) -> Any:
@@ -133,12 +147,14 @@ class EpieEngine(common.EngineBase):
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
 
-    def _kernel_updates(self, k: Any, obj: Any, ys: Any, xs: Any, psi: Any, target: Any) -> tuple[Any, Any]:
-        """(α·ΔO (B, Q, M, N), Δψ (B, P, M, N)) of one slice from the fused ePIE/rPIE kernel."""
+    def _kernel_updates(self, k: Any, obj: Any, ys: Any, xs: Any, psi: Any, target: Any,
+                        out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+        """(α·ΔO (B, Q, M, N), Δψ (B, P, M, N)) of one slice from the fused ePIE/rPIE kernel
+        (into ``out`` when given)."""
         p = self.params
         r = lambda v: k.real_scalar(v, psi)  # noqa: E731
-        d_obj = k.empty((psi.shape[0], obj.shape[0], *psi.shape[-2:]), psi.dtype)
-        d_psi = k.empty(psi.shape, psi.dtype)
+        d_obj, d_psi = out if out is not None else (
+            k.empty((psi.shape[0], obj.shape[0], *psi.shape[-2:]), psi.dtype), k.empty(psi.shape, psi.dtype))
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
         k.epie_single(obj, ys, xs, psi, target, r(p.beta), r(gamma), d_obj, d_psi)
         if p.alpha != 1.0:

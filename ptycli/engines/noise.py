@@ -87,16 +87,17 @@ def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None
 
 
 def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a: float,
-                   c: float, in_scale: float = 1.0) -> tuple[Any, Any] | None:
+                   c: float, in_scale: float = 1.0, out: Any = None, loss: Any = None) -> tuple[Any, Any] | None:
     """(loss (B,), (a + c·m ℓ'(I)) Ψ) in one pass by the fused CPU kernel, or None where it
     does not apply (CuPy, no Numba, compressed data): (0, 2) is ∇_Ψ L, (1, -1) Ψ̂.
-    ``in_scale``: ``Psi`` is an unnormalised transform, the far field being in_scale·Psi."""
+    ``in_scale``: ``Psi`` is an unnormalised transform, the far field being in_scale·Psi.
+    ``out`` (B, P·Q, M, N) and ``loss`` (B,): buffers to write into (else new arrays)."""
     k = backend.kernels(backend.namespace(Psi))
     if k is None or model not in k.NOISE_CODES or D.ndim != 3 or Psi.ndim != 5:
         return None
     psi4 = Psi.reshape((Psi.shape[0], Psi.shape[1] * Psi.shape[2], *Psi.shape[3:]))
-    out = k.empty(psi4.shape, Psi.dtype)
-    loss = k.empty((Psi.shape[0],), Psi.real.dtype)
+    out = k.empty(psi4.shape, Psi.dtype) if out is None else out
+    loss = k.empty((Psi.shape[0],), Psi.real.dtype) if loss is None else loss
     m = mask if mask is not None else _ones(k, Psi.shape[-2:], D.dtype)
     r = lambda v: k.real_scalar(v, D)  # noqa: E731
     k.farfield(psi4, D, m, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), r(in_scale * in_scale), out, loss)

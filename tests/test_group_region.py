@@ -47,7 +47,12 @@ def test_random_groups_and_shared_groups_use_the_whole_grid():
     near = common.Batch(idx=np.arange(2), y0=np.array([4, 6]), x0=np.array([10, 12]), frac=None, data=None)
     assert common.group_region(state, spread, ctx) is None  # most of the object
     region = common.group_region(state, near, ctx)
-    assert region.object.shape == (1, 1, 10, 10) and np.shares_memory(region.object, state.object)
+    assert region.object.shape == (1, 1, 10, 10) and region.object.flags.c_contiguous
+    state.object[...] = np.arange(1600).reshape(40, 40)
+    region = common.group_region(state, near, ctx)
+    np.testing.assert_array_equal(region.object, state.object[..., 4:14, 10:20])
+    region.add_to_object(np.ones((1, 1, 10, 10), np.complex64))  # writes reach the state's grid
+    assert state.object[0, 0, 4, 10] == 4 * 40 + 10 + 1 and state.object[0, 0, 3, 10] == 3 * 40 + 10
     shifted = region.batch(near)
     assert list(shifted.y0) == [0, 2] and list(shifted.x0) == [0, 2]
 

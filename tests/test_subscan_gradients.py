@@ -3,6 +3,8 @@ phase. Oracles: the directional derivative of the probe, the shared aberrations 
 per-sub-scan aberrations equals the central difference (float64, rtol 1e-5); a sub-scan's
 probe equals the probe made directly with the summed aberrations (rtol 1e-6 of max |P|)."""
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,8 @@ def test_subscan_probe_equals_probe_with_summed_aberrations(problem):
     (("probe", "aberrations", "subscan_aberrations"), 1e-5), (("object", "positions"), 1e-5),
 ])
 def test_subscan_gradients_match_central_difference(problem, names, h):
-    state, ev, data, rng = problem
+    state, ev, data, _ = problem
+    rng = np.random.default_rng(zlib.crc32(",".join(names).encode()))  # a direction per case, whatever ran before
     x = ev.pack(state, names)
     for k in ("aberrations", "subscan_aberrations"):
         if k in x:

@@ -6,6 +6,8 @@ same map (1e-10); with two slices they differ; every gradient matches the centra
 (rtol 1e-5) through ``Evaluator``.
 """
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,11 @@ def problem():
     (("probe", "positions", "tilts_before"), 1e-5), (("object", "tilts_after"), 1e-5),
 ])
 def test_tilt_mode_gradients_match_central_difference(problem, names, h):
-    state, ev, data, rng = problem
+    state, ev, data, _ = problem
+    # a direction of its own per case: drawn from the module's shared generator it depended on
+    # which tests of the module ran before on the same worker (pytest-xdist), and one order
+    # drew a direction where the central difference's own error exceeded the tolerance
+    rng = np.random.default_rng(zlib.crc32(",".join(names).encode()))
     x = ev.pack(state, names)
     d = {k: rng.standard_normal(np.shape(v)) + (1j * rng.standard_normal(np.shape(v)) if np.iscomplexobj(v) else 0)
          for k, v in x.items()}

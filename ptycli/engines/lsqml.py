@@ -59,8 +59,8 @@ class LsqmlEngine(common.EngineBase):
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
         if dO is not None:
             dO *= a_O  # dO is this group's own array: the step is formed in place
-            if region is not None:  # only the region changes: a view into the object, updated in place
-                region.object += dO
+            if region is not None:  # only the region changes, in place in the object grid
+                region.add_to_object(dO)
             else:
                 state.object = state.object + dO
         if dP is not None:

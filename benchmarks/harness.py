@@ -93,24 +93,31 @@ def make_run(engine: str, state: Any, patterns: Any, iterations: int, *, precisi
     return lambda: loop.run(recipe, state, subset, seed, hooks)[0]
 
 
+def fft_group(engine: str, n_positions: int, overrides: dict[str, Any] | None = None) -> int:
+    """Positions transformed in one call: the group, unless it is larger than the scan or the
+    engine evaluates it in chunks (L-BFGS's full batch)."""
+    stage = stage_params(engine, 1, **(overrides or {}))
+    return min(int(stage.grouping.size), n_positions, int(getattr(stage, "chunk", None) or 2**62))
+
+
 def time_iterations(engine: str, state: Any, patterns: Any, n_timed: int, n_warmup: int = 1,
-                    overrides: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-    """Seconds of each iteration; the first ``n_warmup`` are dropped (plans, caches, pages)."""
+                    overrides: dict[str, Any] | None = None, observers: tuple[Any, ...] = (),
+                    **kw: Any) -> dict[str, Any]:
+    """Seconds of each iteration; the first ``n_warmup`` are dropped (plans, caches, pages).
+    ``observers`` see every iteration's end after the timer (their work is not timed)."""
     timer = IterationTimer()
     overrides = overrides or {}
-    run = make_run(engine, state, patterns, n_warmup + n_timed, observers=[timer], **kw, **overrides)
+    run = make_run(engine, state, patterns, n_warmup + n_timed, observers=[timer, *observers], **kw, **overrides)
     t0 = time.perf_counter()
     run()
     wall = time.perf_counter() - t0
     timed = timer.times_s[n_warmup:]
     stage = stage_params(engine, 1, **overrides)
-    # Positions transformed in one call: the group, unless it is larger than the scan or the
-    # engine evaluates it in chunks (L-BFGS's full batch).
-    fft_group = min(int(stage.grouping.size), len(patterns), int(getattr(stage, "chunk", None) or 2**62))
+    group = fft_group(engine, len(patterns), overrides)
     return {
         "times_s": timed, "warmup_s": timer.times_s[:n_warmup],
         "median_s": float(np.median(timed)), "wall_s": wall,
-        "group_size": int(stage.grouping.size), "grouping": stage.grouping.kind, "fft_group": fft_group,
+        "group_size": int(stage.grouping.size), "grouping": stage.grouping.kind, "fft_group": group,
         "evaluations_per_iteration": timer.evaluations_per_iteration(n_warmup),
         "loss_first": timer.losses[0] if timer.losses else None,
         "loss_last": timer.losses[-1] if timer.losses else None,

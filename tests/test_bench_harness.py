@@ -135,6 +135,29 @@ def test_fft_counter_counts_the_engines_own_transforms():
     assert res["n_ffts"] == 80.0 and res["n_ffts_model"] == 16 * 4
 
 
+def test_each_iteration_is_paired_with_its_own_fft_work(monkeypatch):
+    """The ratio is the median of iteration / the FFT work timed right after it, that work
+    being exactly the transforms the engine ran in that iteration."""
+    res = worker.measure_engine({"engine": "lsqml", "case": TINY.to_json(), "warmup": 1, "timed": 3})
+    bounds = res["fft_bound_paired_s"]
+    assert len(bounds) == len(res["times_s"]) == 3 and all(b > 0 for b in bounds)
+    assert res["ratio"] == pytest.approx(float(np.median([t / b for t, b in zip(res["times_s"], bounds)])))
+    assert res["fft_bound_s"] == pytest.approx(float(np.median(bounds)))
+    assert res["ratio_separate"] > 0
+
+    from ptycli.stages import bench
+
+    counter = SimpleNamespace(transforms=0)
+    asked = []
+    monkeypatch.setattr(bench, "time_fft_work", lambda n, *a, **k: asked.append(n) or 1.0)
+    paired = worker.PairedBound(counter, 16, 4, "numpy", 1, np)
+    for total in (12, 12, 30):
+        counter.transforms = total
+        paired.on_iteration_end(0, 0, 0.0, 0.1)
+    assert asked == [12, 18]  # each iteration's new transforms; none: nothing timed
+    assert paired.seconds == [1.0, 0.0, 1.0]
+
+
 def test_worker_reports_failure_as_json():
     res = suite.run_worker({"kind": "engine", "engine": "nosuch", "case": TINY.to_json(), "warmup": 1, "timed": 1})
     assert res["ok"] is False and "nosuch" in res["error"]

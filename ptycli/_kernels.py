@@ -204,7 +204,7 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     shift = _like(ANSCOMBE_SHIFT, f)
     weight = _like(INTENSITY_WEIGHT, f)
     for b in range(nb_):
-        total = 0.0  # the window's loss summed in float64
+        total = 0.0  # the window's loss: float64 over float32 row sums
         for y in range(m):
             drow = data[b, y]
             mrow = mask[y]
@@ -220,18 +220,19 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
             for x in range(n):
                 f[x] *= s2
             # one branch per row, not per pixel: each loop below vectorises
+            row = zero
             if model == 0:
                 for x in range(n):
                     s = np.sqrt(f[x])
                     diff = s - np.sqrt(drow[x])
                     w = mrow[x]
-                    total += w * (diff * diff)
+                    row += w * (diff * diff)
                     f[x] = a + c * (w * ((diff + eps) / (s + eps)))
             elif model == 1:
                 for x in range(n):
                     r = f[x] - drow[x]
                     w = mrow[x]
-                    total += w * (weight * r * r)
+                    row += w * (weight * r * r)
                     f[x] = a + c * (w * (two * weight * r))
             elif model == 2:
                 for x in range(n):
@@ -239,15 +240,16 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
                     i = f[x]
                     dlogd = d * np.log(d) if d > 0 else zero
                     w = mrow[x]
-                    total += w * (i - d * np.log(i + eps) - (d - dlogd))
+                    row += w * (i - d * np.log(i + eps) - (d - dlogd))
                     f[x] = a + c * (w * (one - d / (i + eps)))
             else:
                 for x in range(n):
                     si = np.sqrt(f[x] + shift)
                     sd = np.sqrt(drow[x] + shift)
                     w = mrow[x]
-                    total += w * ((si - sd) * (si - sd))
+                    row += w * ((si - sd) * (si - sd))
                     f[x] = a + c * (w * (one - sd / si))
+            total += row
             for k in range(nk):
                 prow = psi[b, k, y]
                 orow = out[b, k, y]
@@ -330,10 +332,12 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
     d_obj, obj (Q, H, W); psi, shifted_dp (B, P, M, N); g (B, P, Q, M, N).
     """
     nb_, n_p, nq, m, n = g.shape
+    zero = _like(0, psi[0, 0, 0].real)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
-        # float64 sums (sums of squares over whole windows, in counts); never seeded from
-        # ``out``, which the caller may pass uninitialised
+        # float64 sums over the window (sums of squares in counts) of float32 row sums (a
+        # row's 128 terms summed in float32 vectorise; summing every term in float64 did not);
+        # never seeded from ``out``, which the caller may pass uninitialised
         aa = 0.0
         bb = 0.0
         ab = 0.0
@@ -347,28 +351,38 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
                     prow = psi[b, p, y]
                     srow = shifted_dp[b, p, y]
                     grow = g[b, p, q, y]
+                    raa = zero
+                    rbb = zero
+                    rab = zero
+                    rra = zero
+                    rrb = zero
                     if use_obj and use_probe:
                         for x in range(n):
                             va = drow[x] * prow[x]
                             vb = orow[x] * srow[x]
                             chi = grow[x]
-                            aa += va.real * va.real + va.imag * va.imag
-                            ra += va.real * chi.real + va.imag * chi.imag
-                            bb += vb.real * vb.real + vb.imag * vb.imag
-                            rb += vb.real * chi.real + vb.imag * chi.imag
-                            ab += va.real * vb.real + va.imag * vb.imag
+                            raa += va.real * va.real + va.imag * va.imag
+                            rra += va.real * chi.real + va.imag * chi.imag
+                            rbb += vb.real * vb.real + vb.imag * vb.imag
+                            rrb += vb.real * chi.real + vb.imag * chi.imag
+                            rab += va.real * vb.real + va.imag * vb.imag
                     elif use_obj:
                         for x in range(n):
                             va = drow[x] * prow[x]
                             chi = grow[x]
-                            aa += va.real * va.real + va.imag * va.imag
-                            ra += va.real * chi.real + va.imag * chi.imag
+                            raa += va.real * va.real + va.imag * va.imag
+                            rra += va.real * chi.real + va.imag * chi.imag
                     else:
                         for x in range(n):
                             vb = orow[x] * srow[x]
                             chi = grow[x]
-                            bb += vb.real * vb.real + vb.imag * vb.imag
-                            rb += vb.real * chi.real + vb.imag * chi.imag
+                            rbb += vb.real * vb.real + vb.imag * vb.imag
+                            rrb += vb.real * chi.real + vb.imag * chi.imag
+                    aa += raa
+                    bb += rbb
+                    ab += rab
+                    ra += rra
+                    rb += rrb
         out[b, 0] = aa
         out[b, 1] = bb
         out[b, 2] = ab

@@ -601,6 +601,56 @@ def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, 
 
 
 @nb.njit(**_JIT)
+def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
+    """``adam`` on rows [lo, hi) of z (L, H, W) (rows of all L planes in turn) for a gradient
+    that is g (L, h, w) on rows y0.., columns x0.. and zero elsewhere: the step a group's
+    gradient makes on the whole grid, without an object-sized gradient of zeros to read.
+    Outside the region m ← b1 m, v ← b2 v, exactly as ``adam`` does with g = 0."""
+    n_rows, wd = z.shape[1], z.shape[2]
+    gh, gw = g.shape[1], g.shape[2]
+    one = _like(1, v_re_out)
+    unit_i = _like(1j, z_out)
+    for r in range(lo, hi):
+        q = r // n_rows
+        y = r - q * n_rows
+        zr, mr, vr_, vi_ = z[q, y], m[q, y], v_re[q, y], v_im[q, y]
+        zo, mo, vro, vio = z_out[q, y], m_out[q, y], v_re_out[q, y], v_im_out[q, y]
+        inside = y0 <= y < y0 + gh
+        for x in range(x0 if inside else wd):  # no gradient: only the moments' decay moves z
+            mi = b1 * mr[x]
+            vr = b2 * vr_[x]
+            vi = b2 * vi_[x]
+            mo[x] = mi
+            vro[x] = vr
+            vio[x] = vi
+            zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
+                             + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+        if inside:
+            grow = g[q, y - y0]
+            for j in range(gw):
+                x = x0 + j
+                gv = grow[j]
+                mi = b1 * mr[x] + (one - b1) * gv
+                vr = b2 * vr_[x] + (one - b2) * (gv.real * gv.real)
+                vi = b2 * vi_[x] + (one - b2) * (gv.imag * gv.imag)
+                mo[x] = mi
+                vro[x] = vr
+                vio[x] = vi
+                zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
+                                 + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+            for x in range(x0 + gw, wd):
+                mi = b1 * mr[x]
+                vr = b2 * vr_[x]
+                vi = b2 * vi_[x]
+                mo[x] = mi
+                vro[x] = vr
+                vio[x] = vi
+                zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
+                                 + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+    return z_out
+
+
+@nb.njit(**_JIT)
 def adam_real(z, grad, m, v, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_out):
     """``adam`` for a real z."""
     one = _like(1, v_out)

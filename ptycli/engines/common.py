@@ -340,12 +340,6 @@ class GroupRegion:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._state, name)
 
-    def embed(self, values: Any) -> Any:
-        """``values`` on the region as an object-sized array, zero elsewhere."""
-        full = backend.namespace(values).zeros_like(self._state.object)
-        full[..., self.ys, self.xs] = values
-        return full
-
     def batch(self, batch: Batch) -> Batch:
         """``batch`` with window corners relative to the region."""
         return dataclasses.replace(batch, y0=batch.y0 - self.ys.start, x0=batch.x0 - self.xs.start)

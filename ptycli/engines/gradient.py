@@ -22,7 +22,7 @@ from .. import backend
 from ..physics import overlap
 from ..recipe import rate_value
 from . import common, distributed
-from .optimizers import make_optimizer
+from .optimizers import embed, make_optimizer
 from .variables import Evaluator, active_variables, model_features
 
 
@@ -65,7 +65,7 @@ class GradientEngine(common.EngineBase):
         loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(view, vb)))
         if do_obj:
             g = comm.allreduce_sum(common.sum_parts(g_obj))
-            self._object_step(state, region.embed(g) if region is not None else g, it)
+            self._object_step(state, g, it, None if region is None else (region.ys, region.xs))
         if do_probe:
             rate = rate_value(lr.probe, it) * self.probe_scale
             g_probe = backend.ifft2(comm.allreduce_sum(common.sum_parts(g_probe)), overwrite=True)
@@ -98,11 +98,14 @@ class GradientEngine(common.EngineBase):
         self.evaluator.unpack(state, new)
         return data_loss
 
-    def _object_step(self, state: Any, grad: Any, it: int) -> None:
+    def _object_step(self, state: Any, grad: Any, it: int, region: tuple[slice, slice] | None = None) -> None:
+        """The optimiser's step on the object; ``grad`` is given on ``region`` only when set."""
         lr = self.params.learning_rate
         if lr.object_amplitude is None and lr.object_phase is None:
-            state.object = self.opt.step("object", state.object, grad, rate_value(lr.object, it))
+            state.object = self.opt.step("object", state.object, grad, rate_value(lr.object, it), region=region)
             return
+        if region is not None:
+            grad = embed(state.object, grad, region)
         xp = self.ctx.xp
         amp, phase = xp.abs(state.object), xp.angle(state.object)
         g_obj = xp.conj(state.object) * grad

@@ -61,17 +61,25 @@ class Adam(_Slotted):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.slots: dict[str, dict[str, Any]] = {}
 
-    def step(self, name: str, z: Any, grad: Any, lr: float) -> Any:
+    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None) -> Any:
+        """One step of ``z`` for ``grad``; with ``region`` = (rows, columns) of z's last two
+        axes, ``grad`` holds the gradient there only and is zero elsewhere."""
         slot = self.slots.get(name)
         if slot is None:
             xp = backend.namespace(z)
             g_re, g_im = _split(grad)
-            slot = {"t": 0, "m": xp.zeros_like(grad), "v_re": xp.zeros_like(g_re),
-                    "v_im": None if g_im is None else xp.zeros_like(g_im)}
+            like = z if z.dtype == grad.dtype else grad
+            slot = {"t": 0, "m": xp.zeros(z.shape, dtype=like.dtype), "v_re": xp.zeros(z.shape, dtype=g_re.dtype),
+                    "v_im": None if g_im is None else xp.zeros(z.shape, dtype=g_im.dtype)}
             self.slots[name] = slot
         b1, b2 = self.beta1, self.beta2
         slot["t"] += 1
         t = slot["t"]
+        if region is not None:
+            fused = _fused_adam_region(z, grad, region, slot, b1, b2, self.eps, lr, t)
+            if fused is not None:
+                return fused
+            grad = embed(z, grad, region)
         fused = _fused_adam(z, grad, slot, b1, b2, self.eps, lr, t)
         if fused is not None:
             return fused
@@ -94,6 +102,42 @@ class Adam(_Slotted):
         step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
         step *= lr
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
+
+
+def embed(z: Any, grad: Any, region: tuple[slice, slice]) -> Any:
+    """``grad`` on ``region`` of z's last two axes as a z-shaped array, zero elsewhere."""
+    full = backend.namespace(grad).zeros(z.shape, dtype=grad.dtype)
+    full[..., region[0], region[1]] = grad
+    return full
+
+
+def _fused_adam_region(z: Any, grad: Any, region: tuple[slice, slice], slot: dict[str, Any], b1: float, b2: float,
+                       eps: float, lr: float, t: int) -> Any:
+    """``_fused_adam`` for a gradient given on a region only (complex z on the CPU), or None."""
+    xp = backend.namespace(z)
+    k = backend.kernels(xp)
+    if (k is None or not xp.iscomplexobj(z) or z.dtype != grad.dtype or slot["m"].dtype != z.dtype
+            or slot["v_im"] is None or not z.flags.c_contiguous or not grad.flags.c_contiguous
+            or grad.shape[:-2] != z.shape[:-2]):
+        return None
+    h, w = z.shape[-2:]
+    planes = (-1, h, w)
+    views = [z.reshape(planes), grad.reshape((-1, *grad.shape[-2:])),
+             *(slot[key].reshape(planes) for key in ("m", "v_re", "v_im"))]
+    out = [xp.empty_like(a) for a in (views[0], views[2], views[3], views[4])]
+    r = lambda v: k.real_scalar(v, z)  # noqa: E731
+    consts = (r(b1), r(b2), r(1.0 / (1.0 - b1**t)), r(1.0 / (1.0 - b2**t)), r(eps), r(lr))
+    y0, x0 = int(region[0].start), int(region[1].start)
+    rows = views[0].shape[0] * h
+
+    def run(lohi: tuple[int, int]) -> Any:
+        return k.adam_region(*views, y0, x0, *consts, lohi[0], lohi[1], *out)
+
+    threads = min(backend.host_threads(), max(1, z.size // 2**14))  # a thread per >= 16k elements
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    backend.map_parts(run, list(zip(bounds[:-1], bounds[1:])))
+    slot["m"], slot["v_re"], slot["v_im"] = (a.reshape(z.shape) for a in out[1:])
+    return out[0].reshape(z.shape)
 
 
 def _fused_adam(z: Any, grad: Any, slot: dict[str, Any], b1: float, b2: float, eps: float, lr: float,
@@ -135,7 +179,9 @@ class SGD(_Slotted):
         self.momentum, self.nesterov = momentum, nesterov
         self.slots: dict[str, dict[str, Any]] = {}
 
-    def step(self, name: str, z: Any, grad: Any, lr: float) -> Any:
+    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None) -> Any:
+        if region is not None:  # a gradient given on a region of z only
+            grad = embed(z, grad, region)
         mu = self.momentum
         if mu == 0:
             return z - (lr * grad).astype(z.dtype)

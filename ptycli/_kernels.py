@@ -600,6 +600,21 @@ def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, 
     return z_out
 
 
+@nb.njit(inline="always", **_JIT)  # inlined in Numba's IR: as a call the row loops ran 7 % slower
+def _adam_decay(zr, mr, vr_, vi_, zo, mo, vro, vio, lo, hi, b1, b2, c1, c2, eps, lr, unit_i):
+    """``adam_region`` on row elements [lo, hi) where the gradient is zero: only the moments'
+    decay moves z (m ← b1 m, v ← b2 v)."""
+    for x in range(lo, hi):
+        mi = b1 * mr[x]
+        vr = b2 * vr_[x]
+        vi = b2 * vi_[x]
+        mo[x] = mi
+        vro[x] = vr
+        vio[x] = vi
+        zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
+                         + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+
+
 @nb.njit(**_JIT)
 def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
     """``adam`` on rows [lo, hi) of z (L, H, W) (rows of all L planes in turn) for a gradient
@@ -616,15 +631,7 @@ def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_
         zr, mr, vr_, vi_ = z[q, y], m[q, y], v_re[q, y], v_im[q, y]
         zo, mo, vro, vio = z_out[q, y], m_out[q, y], v_re_out[q, y], v_im_out[q, y]
         inside = y0 <= y < y0 + gh
-        for x in range(x0 if inside else wd):  # no gradient: only the moments' decay moves z
-            mi = b1 * mr[x]
-            vr = b2 * vr_[x]
-            vi = b2 * vi_[x]
-            mo[x] = mi
-            vro[x] = vr
-            vio[x] = vi
-            zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
-                             + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+        _adam_decay(zr, mr, vr_, vi_, zo, mo, vro, vio, 0, x0 if inside else wd, b1, b2, c1, c2, eps, lr, unit_i)
         if inside:
             grow = g[q, y - y0]
             for j in range(gw):
@@ -638,15 +645,7 @@ def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_
                 vio[x] = vi
                 zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
                                  + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
-            for x in range(x0 + gw, wd):
-                mi = b1 * mr[x]
-                vr = b2 * vr_[x]
-                vi = b2 * vi_[x]
-                mo[x] = mi
-                vro[x] = vr
-                vio[x] = vi
-                zo[x] = zr[x] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
-                                 + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
+            _adam_decay(zr, mr, vr_, vi_, zo, mo, vro, vio, x0 + gw, wd, b1, b2, c1, c2, eps, lr, unit_i)
     return z_out
 
 

@@ -68,8 +68,7 @@ class Adam(_Slotted):
         if slot is None:
             xp = backend.namespace(z)
             g_re, g_im = _split(grad)
-            like = z if z.dtype == grad.dtype else grad
-            slot = {"t": 0, "m": xp.zeros(z.shape, dtype=like.dtype), "v_re": xp.zeros(z.shape, dtype=g_re.dtype),
+            slot = {"t": 0, "m": xp.zeros(z.shape, dtype=grad.dtype), "v_re": xp.zeros(z.shape, dtype=g_re.dtype),
                     "v_im": None if g_im is None else xp.zeros(z.shape, dtype=g_im.dtype)}
             self.slots[name] = slot
         b1, b2 = self.beta1, self.beta2
@@ -104,6 +103,23 @@ class Adam(_Slotted):
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
 
 
+def _adam_constants(k: Any, z: Any, b1: float, b2: float, eps: float, lr: float, t: int) -> tuple[Any, ...]:
+    """(b1, b2, bias corrections 1/(1-b1^t) and 1/(1-b2^t), eps, lr) in z's real dtype."""
+    r = lambda v: k.real_scalar(v, z)  # noqa: E731
+    return r(b1), r(b2), r(1.0 / (1.0 - b1**t)), r(1.0 / (1.0 - b2**t)), r(eps), r(lr)
+
+
+def _in_threads(run: Any, units: int, elements: int) -> None:
+    """run(lo, hi) over [0, units) split across the host threads, a thread per >= 16k of the
+    ``elements`` the units hold (one call on the caller's thread when that is one)."""
+    threads = min(backend.host_threads(), max(1, elements // 2**14))
+    if threads == 1:
+        run(0, units)
+        return
+    bounds = [units * i // threads for i in range(threads + 1)]
+    backend.map_parts(lambda lohi: run(*lohi), list(zip(bounds[:-1], bounds[1:])))
+
+
 def embed(z: Any, grad: Any, region: tuple[slice, slice]) -> Any:
     """``grad`` on ``region`` of z's last two axes as a z-shaped array, zero elsewhere."""
     full = backend.namespace(grad).zeros(z.shape, dtype=grad.dtype)
@@ -125,17 +141,9 @@ def _fused_adam_region(z: Any, grad: Any, region: tuple[slice, slice], slot: dic
     views = [z.reshape(planes), grad.reshape((-1, *grad.shape[-2:])),
              *(slot[key].reshape(planes) for key in ("m", "v_re", "v_im"))]
     out = [xp.empty_like(a) for a in (views[0], views[2], views[3], views[4])]
-    r = lambda v: k.real_scalar(v, z)  # noqa: E731
-    consts = (r(b1), r(b2), r(1.0 / (1.0 - b1**t)), r(1.0 / (1.0 - b2**t)), r(eps), r(lr))
+    consts = _adam_constants(k, z, b1, b2, eps, lr, t)
     y0, x0 = int(region[0].start), int(region[1].start)
-    rows = views[0].shape[0] * h
-
-    def run(lohi: tuple[int, int]) -> Any:
-        return k.adam_region(*views, y0, x0, *consts, lohi[0], lohi[1], *out)
-
-    threads = min(backend.host_threads(), max(1, z.size // 2**14))  # a thread per >= 16k elements
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    backend.map_parts(run, list(zip(bounds[:-1], bounds[1:])))
+    _in_threads(lambda lo, hi: k.adam_region(*views, y0, x0, *consts, lo, hi, *out), views[0].shape[0] * h, z.size)
     slot["m"], slot["v_re"], slot["v_im"] = (a.reshape(z.shape) for a in out[1:])
     return out[0].reshape(z.shape)
 
@@ -152,20 +160,13 @@ def _fused_adam(z: Any, grad: Any, slot: dict[str, Any], b1: float, b2: float, e
         return None
     flat = [a.reshape(-1) for a in (z, grad, slot["m"], slot["v_re"])]
     out = [xp.empty_like(a) for a in (flat[0], flat[2], flat[3])]
-    r = lambda v: k.real_scalar(v, z)  # noqa: E731
-    consts = (r(b1), r(b2), r(1.0 / (1.0 - b1**t)), r(1.0 / (1.0 - b2**t)), r(eps), r(lr))
+    consts = _adam_constants(k, z, b1, b2, eps, lr, t)
     if complex_z:
         v_im, v_im_out = slot["v_im"].reshape(-1), xp.empty_like(flat[3])
         run = lambda lo, hi: k.adam(*flat, v_im, *consts, lo, hi, *out, v_im_out)  # noqa: E731
     else:
         run = lambda lo, hi: k.adam_real(*flat, *consts, lo, hi, *out)  # noqa: E731
-    n = flat[0].size
-    threads = min(backend.host_threads(), max(1, n // 2**14))  # a thread per >= 16k elements
-    bounds = [n * i // threads for i in range(threads + 1)]
-    if threads == 1:
-        run(0, n)
-    else:
-        backend.map_parts(lambda lohi: run(*lohi), list(zip(bounds[:-1], bounds[1:])))
+    _in_threads(run, flat[0].size, flat[0].size)
     slot["m"], slot["v_re"] = out[1].reshape(z.shape), out[2].reshape(z.shape)
     if complex_z:
         slot["v_im"] = v_im_out.reshape(z.shape)

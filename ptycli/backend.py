@@ -250,6 +250,7 @@ def host_threads() -> int:
 _pool: Any = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+_PART_THREAD = "ptycli-part"
 
 
 def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
@@ -259,7 +260,9 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
     NumPy and FFTW release the GIL on large arrays, so a group split into parts uses every
     core for the elementwise passes too, not only inside the FFTs.
     """
-    if len(parts) <= 1:
+    if len(parts) <= 1 or threading.current_thread().name.startswith(_PART_THREAD):
+        # a part that maps parts again runs them itself: the pool's threads may all be busy
+        # with the outer parts, and waiting on them from one of them would never end
         return [fn(p) for p in parts]
     global _pool, _pool_size
     with _pool_lock:
@@ -267,7 +270,7 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
             from concurrent.futures import ThreadPoolExecutor
 
             _pool_size = len(parts) - 1
-            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="ptycli-part")
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix=_PART_THREAD)
     futures = [_pool.submit(_run_part, fn, p) for p in parts[1:]]
     try:
         first = _run_part(fn, parts[0])

@@ -133,3 +133,20 @@ def test_lsqml_carries_the_probe_spectrum_between_groups(monkeypatch):
     probe, spectrum, it = made[0]._carried
     assert probe is out.probe and it == 1
     np.testing.assert_allclose(spectrum, real_fft2(out.probe), rtol=0, atol=1e-4 * float(np.abs(spectrum).max()))
+
+
+def test_gradient_engine_keeps_the_probe_spectrum_while_the_probe_stays(monkeypatch):
+    """Before the probe is refined, every group of an iteration shifts the same probe: its
+    transform is made once per iteration, not once per group; once refined, once per group."""
+    monkeypatch.setenv("PTYCLI_THREADS", "2")
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    state = _state(scan=(4, 4))
+    patterns = _patterns(state)
+    computed = []
+    real_fft2 = backend.fft2
+    monkeypatch.setattr(backend, "fft2", lambda x, **kw: computed.append(x.shape) or real_fft2(x, **kw))
+    _run("gradient", state, patterns, iterations=2, group=4, refine={"object": True, "probe": False})
+    assert computed.count(state.probe.shape) == 2
+    computed.clear()
+    _run("gradient", state, patterns, iterations=2, group=4, refine={"object": True, "probe": True})
+    assert computed.count(state.probe.shape) == 2 * 4

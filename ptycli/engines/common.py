@@ -362,11 +362,25 @@ def group_region(state: Any, batch: Batch, ctx: RunContext) -> GroupRegion | Non
 class EngineBase:
     """Shared engine plumbing: batches, position steps, (empty) checkpoint state."""
 
+    # (probe, F[probe], iteration): a spectrum made by one group's update for the next group's
+    # shifts. Scoped to the iteration: constraints between iterations may change the probe.
+    _carried: tuple[Any, Any, int] | None = None
+
     def __init__(self, params: Any, ctx: RunContext, state: Any):
         self.params, self.ctx = params, ctx
 
-    def batch(self, state: Any, idx: np.ndarray, data: Any) -> Batch:
-        return make_batch(state, idx, data, self.ctx)
+    def batch(self, state: Any, idx: np.ndarray, data: Any, it: int | None = None) -> Batch:
+        """The group's batch; with ``it``, carrying the spectrum of ``state.probe`` when an
+        earlier group of this iteration left it (``carry_spectrum``)."""
+        batch = make_batch(state, idx, data, self.ctx)
+        carried = self._carried
+        if it is not None and carried is not None and carried[0] is state.probe and carried[2] == it:
+            batch = dataclasses.replace(batch, probe_spectrum=carried[:2])
+        return batch
+
+    def carry_spectrum(self, probe: Any, spectrum: Any, it: int) -> None:
+        """Keep F[probe] = ``spectrum`` for the next groups of iteration ``it`` (None: forget)."""
+        self._carried = None if spectrum is None else (probe, spectrum, it)
 
     def parts(self, state: Any, batch: Batch) -> list[Batch]:
         """The group as parts run concurrently on the host (one part on CuPy or small groups)."""

@@ -38,8 +38,8 @@ class GradientEngine(common.EngineBase):
         names = active_variables(self.params.refine, it)
         if self.params.regularisers or set(names) - {"object", "probe", "positions"} or model_features(state):
             return self._variables_update(state, idx, data, it, names)
-        b = self.batch(state, idx, data)
-        refine, lr = self.params.refine, self.params.learning_rate
+        b = self.batch(state, idx, data, it)
+        refine = self.params.refine
         do_obj, do_probe, do_pos = refine.object.active(it), refine.probe.active(it), refine.positions.active(it)
         xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
         # The parts' object gradients are zero outside the group's windows: they are summed on
@@ -62,14 +62,17 @@ class GradientEngine(common.EngineBase):
             # spectra: one inverse FFT of their sum serves the group
             return loss, g_obj, overlap.unshift_sum_of(g_psi1, pb.frac, overwrite=True) if do_probe else None, pos
 
-        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, self.parts(view, vb)))
+        parts = self.parts(view, vb)
+        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts))
         if do_obj:
             g = comm.allreduce_sum(common.sum_parts(g_obj))
             self._object_step(state, g, it, None if region is None else (region.ys, region.xs))
         if do_probe:
-            rate = rate_value(lr.probe, it) * self.probe_scale
+            rate = rate_value(self.params.learning_rate.probe, it) * self.probe_scale
             g_probe = backend.ifft2(comm.allreduce_sum(common.sum_parts(g_probe)), overwrite=True)
             state.probe = self.opt.step("probe", state.probe, g_probe, rate)
+        else:  # the probe stays, and so does its spectrum for the next group's parts
+            self.carry_spectrum(state.probe, parts[0].spectrum_of(state.probe), it)
         if do_pos:
             self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, list(loss)).sum())

@@ -12,7 +12,6 @@ the trimmed means see the whole group; K ranks make one process's update.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -23,17 +22,9 @@ from . import common, distributed
 
 
 class LsqmlEngine(common.EngineBase):
-    # (probe, its spectrum, iteration): the spectrum carried from one group's probe update to
-    # the next group (F[P + αΔP] = F[P] + αF[ΔP]), recomputed each iteration so rounding
-    # cannot build up over a run
-    _carried: tuple[Any, Any, int] | None = None
-
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         p, xp = self.params, self.ctx.xp
-        full_state, full_batch = state, self.batch(state, idx, data)
-        carried = self._carried
-        if carried is not None and carried[0] is state.probe and carried[2] == it:
-            full_batch = dataclasses.replace(full_batch, probe_spectrum=carried[:2])
+        full_state, full_batch = state, self.batch(state, idx, data, it)
         region = common.group_region(state, full_batch, self.ctx)
         # the group's sums and steps on the object live on its region only (exact: they are zero elsewhere)
         state, b = (region, region.batch(full_batch)) if region is not None else (state, full_batch)
@@ -48,15 +39,23 @@ class LsqmlEngine(common.EngineBase):
         if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
             dP_k = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
                 common.sum_parts([r["probe_k"] for r in first]))
-            dP = backend.ifft2(dP_k)
+
+        def step_terms(pr: tuple[common.Batch, dict[str, Any], bool]) -> tuple[Any, ...]:
+            terms = self._part_step_terms(state, pr[0], pr[1], dO, dP_k)
+            if pr[2] and dP_k is not None:
+                # ΔP itself is read only by the probe's update: its inverse FFT runs in the
+                # calling thread's part, which ends first (the others start later)
+                nonlocal dP
+                dP = backend.ifft2(dP_k)
+            return terms
+
         # phase 2, per part: the per-position step terms, then the group's steps
-        terms = backend.map_parts(lambda pr: self._part_step_terms(state, pr[0], pr[1], dO, dP, dP_k),
-                                  list(zip(parts, first)))
+        terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
         terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
         if state.n_slices == 1:
-            a_O, a_P = self._steps_single(terms, dO is not None, dP is not None)
+            a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
         else:
-            a_O, a_P = self._steps_multi(state, terms, dO is not None, dP is not None)
+            a_O, a_P = self._steps_multi(state, terms, dO is not None, dP_k is not None)
         if dO is not None:
             dO *= a_O  # dO is this group's own array: the step is formed in place
             if region is not None:  # only the region changes, in place in the object grid
@@ -66,7 +65,9 @@ class LsqmlEngine(common.EngineBase):
         if dP is not None:
             probe_k = parts[0].spectrum_of(full_state.probe)
             full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
-            self._carried = (full_state.probe, probe_k + a_P * dP_k, it) if probe_k is not None else None
+            # the spectrum goes on to the next group: F[P + αΔP] = F[P] + αF[ΔP] (carried within
+            # an iteration only, so rounding cannot build up over a run)
+            self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
         if do_pos:
             pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
             self.apply_position_terms(full_state, full_batch,
@@ -111,14 +112,13 @@ class LsqmlEngine(common.EngineBase):
                 out["g_psi1"] = None
         return out
 
-    def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any, dP: Any,
+    def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any,
                          dP_k: Any) -> tuple[Any, ...]:
-        """Per-position terms of the step problems for one part (each (B,) or (B, S)); ``dP_k``
-        is F[dP], which the shifts of ΔP reuse."""
-        b = dataclasses.replace(b, probe_spectrum=(dP, dP_k)) if dP is not None else b
+        """Per-position terms of the step problems for one part (each (B,) or (B, S)); ΔP is
+        given by its spectrum ``dP_k``, which is all its shifts read."""
         if state.n_slices == 1:
-            return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP)
-        return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP, r["g_psi1"], r["illum"])
+            return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP_k)
+        return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP_k, r["g_psi1"], r["illum"])
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
@@ -158,7 +158,7 @@ class LsqmlEngine(common.EngineBase):
 
     # ------------------------------------------------------------------ steps
     def _terms_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,
-                      dO: Any, dP: Any) -> tuple[Any, ...]:
+                      dO: Any, dP_k: Any) -> tuple[Any, ...]:
         """Per-position dots of the damped 2×2 least squares for (α_O, α_P): (aa, bb, ab, ra, rb)
         with both directions, (aa, ra) or (bb, rb) with one.
 
@@ -167,16 +167,16 @@ class LsqmlEngine(common.EngineBase):
         k = backend.kernels(self.ctx.xp)
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
             obj = state.object[:, 0]
-            shifted = overlap.shift_probe(dP, b.frac, b.spectrum_of(dP)) if dP is not None else fwd.psi1
+            shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
             out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
             k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
-                          fwd.psi1, shifted, g_exit, dO is not None, dP is not None, out)
-            cols = (0, 1, 2, 3, 4) if dO is not None and dP is not None else (0, 3) if dO is not None else (1, 4)
+                          fwd.psi1, shifted, g_exit, dO is not None, dP_k is not None, out)
+            cols = (0, 1, 2, 3, 4) if dO is not None and dP_k is not None else (0, 3) if dO is not None else (1, 4)
             return tuple(out[:, i] for i in cols)
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
-        bb = t * overlap.shift_probe(dP, b.frac, b.spectrum_of(dP))[:, :, None] if dP is not None else None
+        bb = t * overlap.shift_spectrum(dP_k, b.frac)[:, :, None] if dP_k is not None else None
         dot = backend.real_dot
         dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
         if a is not None and bb is not None:
@@ -217,7 +217,7 @@ class LsqmlEngine(common.EngineBase):
         return 0.0, self._combine(rb / (bbb + 0.1 * mean(bbb)), trim=0)
 
     def _terms_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
-                     dO: Any, dP: Any, g_psi1: Any, illum: Any) -> tuple[Any, ...]:
+                     dO: Any, dP_k: Any, g_psi1: Any, illum: Any) -> tuple[Any, ...]:
         """Per-position (num, den) of the decoupled per-slice object steps (B, S) and of the
         probe step (B,), for the directions present."""
         xp = self.ctx.xp
@@ -226,8 +226,8 @@ class LsqmlEngine(common.EngineBase):
             d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
             num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
             out += (num, backend.real_dot(backend.abs2(d), illum, keep=(0, 2)))
-        if dP is not None:
-            shifted = overlap.shift_probe(dP, b.frac, b.spectrum_of(dP))  # (B, P, M, N)
+        if dP_k is not None:
+            shifted = overlap.shift_spectrum(dP_k, b.frac)  # (B, P, M, N)
             t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
             out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))

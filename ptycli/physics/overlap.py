@@ -61,14 +61,18 @@ def shift_probe(probe: Any, frac: Any, probe_k: Any = None) -> Any:
 
     Pass ``probe_k = fft2(probe)`` to reuse it across batches (one FFT saved per mode).
     """
-    spectrum = backend.fft2(probe) if probe_k is None else probe_k
+    return shift_spectrum(backend.fft2(probe) if probe_k is None else probe_k, frac)
+
+
+def shift_spectrum(spectrum: Any, frac: Any) -> Any:
+    """``shift_probe`` of the modes whose spectrum F[probe] (P, M, N) is ``spectrum``."""
     k = backend.kernels(backend.namespace(spectrum))
     if k is not None and spectrum.ndim == 3:
         # the inverse FFT's normalisation rides on the ramps, not on a pass over B shifted waves
         scale = k.real_scalar(backend.unitary_scale(spectrum.shape), spectrum)
         out = k.ramp_product(spectrum, frac, -1.0, scale, k.empty((frac.shape[0], *spectrum.shape), spectrum.dtype))
         return backend.ifft2(out, overwrite=True, scaled=False)
-    ramp = shift_ramp(frac, tuple(probe.shape[-2:]), probe.dtype)
+    ramp = shift_ramp(frac, tuple(spectrum.shape[-2:]), spectrum.dtype)
     if spectrum.shape[0] == 1 and backend.is_numpy(backend.namespace(ramp)):
         ramp *= spectrum  # one mode: reuse the fresh ramp as the product's buffer
         return backend.ifft2(ramp[:, None, ...], overwrite=True)

@@ -7,6 +7,8 @@ import pytest
 os.environ.setdefault("NO_COLOR", "1")
 # FFTW_MEASURE planning costs seconds per new shape; tests use scipy.fft unless they ask.
 os.environ.setdefault("PTYCLI_FFT", "scipy")
+# nor keep FFTW wisdom in the user's cache (tests/test_fftw_wisdom.py sets its own files)
+os.environ.setdefault("PTYCLI_FFTW_WISDOM", "off")
 
 
 def _has_cuda() -> bool:

@@ -91,6 +91,25 @@ def test_map_parts_runs_concurrently_in_order_and_single_threaded_ffts(monkeypat
     assert getattr(backend._local, "fft_workers", None) is None  # restored in the caller
 
 
+def test_parts_that_map_parts_again_run_the_inner_parts_themselves():
+    """Every pool thread is busy with an outer part: an inner map that waited on the pool
+    from inside one of them would never return (run with a timeout to fail, not hang)."""
+    import concurrent.futures
+
+    inner_threads = []
+
+    def inner(q):
+        inner_threads.append(threading.current_thread().name)
+        return q * 10
+
+    def outer(k):
+        return sum(backend.map_parts(inner, [k, k + 1]))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as guard:
+        assert guard.submit(backend.map_parts, outer, [1, 2]).result(timeout=30) == [30, 50]
+    assert len(inner_threads) == 4
+
+
 def test_map_parts_raises_a_parts_error():
     def fn(k):
         if k == 2:

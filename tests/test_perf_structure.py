@@ -155,8 +155,9 @@ def test_fftw_plan_cache_reuses_plans_and_matches_numpy(monkeypatch):
 
 
 def test_fftw_plans_are_repeatable_and_threaded_by_size(monkeypatch):
-    """Plans do not depend on timing (FFTW_ESTIMATE, threads from the size), so the same
-    input gives bit-identical output after the plan cache is rebuilt: runs repeat for a seed."""
+    """A plan made again in the same process takes FFTW's recorded choice (wisdom), not a new
+    timing, so the same input gives bit-identical output after the plan cache is rebuilt;
+    threads follow the size."""
     pytest.importorskip("pyfftw")
     from ptycli import _fftw
 

@@ -105,8 +105,11 @@ def test_parts_that_map_parts_again_run_the_inner_parts_themselves():
     def outer(k):
         return sum(backend.map_parts(inner, [k, k + 1]))
 
-    with concurrent.futures.ThreadPoolExecutor(1) as guard:
+    guard = concurrent.futures.ThreadPoolExecutor(1)
+    try:
         assert guard.submit(backend.map_parts, outer, [1, 2]).result(timeout=30) == [30, 50]
+    finally:
+        guard.shutdown(wait=False)  # a hung map must fail the test, not hang it
     assert len(inner_threads) == 4
 
 

@@ -6,9 +6,9 @@ FFTW_MEASURE, 1 thread) against 6.6-8.5 ms for scipy.fft (pocketfft, any worker 
 and ~8 ms for the interfaces layer (which re-checks its cache and copies every call).
 
 Plans are cached by (batch, shape, dtype, direction), oldest dropped first beyond MAX_PLANS,
-and made with FFTW_MEASURE: on one thread (the engines' parallel parts) FFTW_ESTIMATE plans
-measured 1.1x slower for batches of 128² transforms, 1.7x for a single 128² transform and
-5x for 256² (1.56 vs 0.32 ms per transform, complex64, in place). MEASURE picks its
+and made with FFTW_MEASURE: on one thread (the engines' parallel parts) an FFTW_ESTIMATE
+plan took 1.5-1.7 ms per 256² complex64 transform against 0.24-0.27 ms measured (64² and
+128²: equal within the noise, three alternating runs each). MEASURE picks its
 algorithm by timing, which may differ from one process to the next, and with it the
 rounding: so the wisdom (FFTW's record of its choices) is kept in a file and read back by
 the next process, which then makes the same plans and a run repeats bit for bit for a seed

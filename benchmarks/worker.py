@@ -103,8 +103,9 @@ class PairedBound:
 
 
 class FFTCounter:
-    """Counts the M x M 2D transforms the engine asks the backend for (every FFT of an
-    engine goes through ``backend._fft_call``), so the bound is the engine's own FFT work."""
+    """Counts the M x M 2D transforms the engine asks the backend for (``backend._fft_call``)
+    and those compiled kernels run themselves (reported through ``backend.kernel_ffts``),
+    so the bound is the engine's own FFT work."""
 
     def __init__(self, size: int):
         self.size, self.transforms = size, 0
@@ -119,13 +120,20 @@ class FFTCounter:
                 self.transforms += int(np.prod(x.shape[:-2], dtype=np.int64))
             return self._orig(x, inverse, axes, *args)
 
+        def kernel_counting(shape: tuple[int, int], count: int) -> None:
+            if tuple(shape) == (self.size, self.size):
+                self.transforms += int(count)
+
         backend._fft_call = counting
+        self._orig_kernel = backend.kernel_ffts
+        backend.kernel_ffts = kernel_counting
         return self
 
     def __exit__(self, *exc: Any) -> None:
         from ptycli import backend
 
         backend._fft_call = self._orig
+        backend.kernel_ffts = self._orig_kernel
 
 
 def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1, xp: Any = np,

@@ -22,6 +22,7 @@ follows the transform's size (1 thread below THREADED_ELEMENTS).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import pickle
@@ -233,3 +234,73 @@ def export_wisdom(path: str) -> None:
 def import_wisdom(path: str) -> None:
     with open(path, "rb") as fh:
         _pyfftw.import_wisdom(pickle.load(fh))
+
+
+# ------------------------------------------------------------------ FFTW for compiled kernels
+# Kernels that run a whole sequence of passes and transforms in one call (_kernels.epie_position)
+# execute plans of pyFFTW's own single-precision FFTW library: the process's one FFTW, so
+# its wisdom and this module's planner lock cover these plans too.
+_FFTW_FORWARD, _FFTW_BACKWARD = -1, 1
+_FFTW_MEASURE, _FFTW_ESTIMATE = 0, 1 << 6
+_native_lib: Any = None
+_native_plans: dict[tuple[int, int, bool], tuple[int, np.ndarray]] = {}
+
+
+def _loaded_single_precision_fftw() -> str | None:
+    """Path of the libfftw3f this process loaded with pyFFTW (Linux: from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if name.startswith("libfftw3f") and "_omp" not in name and "_threads" not in name:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def native() -> Any:
+    """The ctypes handle of pyFFTW's libfftw3f with its planner functions typed, or None
+    (no pyFFTW, not Linux, or a build without the symbols): kernels then are not used."""
+    global _native_lib
+    if _native_lib is None:
+        _native_lib = False
+        path = _loaded_single_precision_fftw() if available() else None
+        if path:
+            try:
+                lib = ctypes.CDLL(path)
+                lib.fftwf_plan_dft_2d.restype = ctypes.c_void_p
+                lib.fftwf_plan_dft_2d.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                                  ctypes.c_int, ctypes.c_uint]
+                lib.execute_address = ctypes.cast(lib.fftwf_execute_dft, ctypes.c_void_p).value
+                _native_lib = lib
+            except (OSError, AttributeError):
+                pass
+    return _native_lib or None
+
+
+def native_plan(m: int, n: int, inverse: bool) -> int | None:
+    """An in-place single-plane (m, n) complex64 plan for kernels (its address), or None.
+
+    Planned on a 64-byte-aligned plane (FFTW_MEASURE as ``_Plan``): the kernels execute it
+    on planes of buffers aligned the same way."""
+    key = (m, n, inverse)
+    hit = _native_plans.get(key)
+    if hit is not None:
+        return hit[0]
+    lib = native()
+    if lib is None:
+        return None
+    scratch = _pyfftw.empty_aligned((m, n), dtype=np.complex64, n=64)
+    measured = os.environ.get("PTYCLI_FFTW_PLANNER", "measure") != "estimate" and _smooth(m) and _smooth(n)
+    with _plan_lock:
+        plan = lib.fftwf_plan_dft_2d(m, n, scratch.ctypes.data, scratch.ctypes.data,
+                                     _FFTW_BACKWARD if inverse else _FFTW_FORWARD,
+                                     _FFTW_MEASURE if measured else _FFTW_ESTIMATE)
+        if plan and measured:
+            _write_wisdom(wisdom_path())
+    if not plan:
+        return None
+    _native_plans[key] = (plan, scratch)
+    return plan

@@ -19,6 +19,9 @@ import math
 
 import numba as nb
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import types as nb_types
+from numba.extending import intrinsic
 
 def _serialise_cache_saves() -> None:
     """Make Numba's on-disk cache safe for processes compiling at the same time.
@@ -72,17 +75,17 @@ ALIGN_BYTES = 64
 _ALIGN_FROM_BYTES = 2**16
 
 
-def empty(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+def empty(shape: tuple[int, ...], dtype: object, aligned: bool = False) -> np.ndarray:
     """An output buffer for a kernel (callers outside the seam never import numpy).
 
-    Large buffers start on a 64-byte boundary: most are transformed in place next, and
-    FFTW ran 6 % slower on the 16-byte-aligned blocks malloc hands out (32 vs 34 us per
-    128² complex64 transform, measured).
+    Large buffers (any, with ``aligned``) start on a 64-byte boundary: most are transformed
+    in place next, and FFTW ran 6 % slower on the 16-byte-aligned blocks malloc hands out
+    (32 vs 34 us per 128² complex64 transform, measured).
     """
     dt = np.dtype(dtype)
     n = math.prod(shape)
     nbytes = n * dt.itemsize
-    if nbytes < _ALIGN_FROM_BYTES:
+    if nbytes < _ALIGN_FROM_BYTES and not aligned:
         return np.empty(shape, dtype=dt)
     raw = np.empty(nbytes + ALIGN_BYTES, dtype=np.uint8)
     start = -raw.__array_interface__["data"][0] % ALIGN_BYTES
@@ -758,3 +761,77 @@ def spectral_multiply(x, h, scale, conj):
                     for i in range(n):
                         xrow[i] = xrow[i] * hrow[i] * scale
     return x
+
+
+# ----------------------------------------------------------------------------- FFTW in kernels
+@intrinsic
+def _fftw_execute(typingctx, fn, plan, src, dst):
+    """fftwf_execute_dft(plan, src, dst) through its address ``fn`` (all four 64-bit ints).
+
+    An address passed in, not a ctypes function object, so the calling kernels stay in
+    Numba's on-disk cache (a ctypes global makes a function uncacheable)."""
+    if not all(isinstance(t, nb_types.Integer) for t in (fn, plan, src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = llvm_ir.IntType(8).as_pointer()
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [ptr, ptr, ptr])
+        callee = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(callee, [builder.inttoptr(a, ptr) for a in args[1:]])
+        return context.get_dummy_value()
+
+    return nb_types.void(fn, plan, src, dst), codegen
+
+
+@nb.njit(inline="always", **_JIT)
+def _fft_planes(execute, plan, a):
+    """The 2D transform ``plan`` in place on every (M, N) plane of the C-contiguous ``a``."""
+    planes = a.reshape((-1, a.shape[-2], a.shape[-1]))
+    for i in range(planes.shape[0]):
+        _fftw_execute(execute, plan, planes[i].ctypes.data, planes[i].ctypes.data)
+
+
+@nb.njit(**_JIT)
+def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma,
+                  alpha, do_obj, do_probe, psi, exit_wave, corrected, loss, d_obj, d_psi, probe_out):
+    """One position of sequential single-slice ePIE/rPIE, FFTs included, in one call.
+
+    The same steps as engines/epie.EpieEngine._update_one's array code (which runs them as
+    ~25 Python-level calls per position): ψ = F⁻¹[s·ramp·F[P]], Ψ = F[O ψ] (unnormalised,
+    s = 1/sqrt(MN)), the far-field correction, e' = F⁻¹[...], the ePIE/rPIE updates, then
+    F[P] += s·ramp*·F[Δψ] and probe_out = s·F⁻¹[F[P]]. FFTW runs through ``execute`` (the
+    address of fftwf_execute_dft) with in-place plans ``plan_f``/``plan_b`` for one (M, N)
+    plane; every buffer is C-contiguous with 64-byte-aligned planes, as planned.
+    psi, d_psi (1, P, M, N); exit_wave, corrected (1, P, Q, M, N); d_obj (1, Q, M, N);
+    probe_k, probe_out (P, M, N); data (1, M, N); loss (1,).
+    """
+    s2 = s * s
+    ramp_product(probe_k, frac, -1.0, s, psi)
+    _fft_planes(execute, plan_b, psi)
+    exit_from_object(obj, y0, x0, psi, exit_wave)
+    _fft_planes(execute, plan_f, exit_wave)
+    nb_, n_p, nq, m, n = exit_wave.shape
+    farfield(exit_wave.reshape((nb_, n_p * nq, m, n)), data, mask, model, eps, s2, -s2, s2,
+             corrected.reshape((nb_, n_p * nq, m, n)), loss)
+    _fft_planes(execute, plan_b, corrected)
+    epie_single(obj, y0, x0, psi, corrected, beta, gamma, d_obj, d_psi)
+    if alpha != 1:
+        flat = d_obj.reshape(-1)
+        for i in range(flat.shape[0]):
+            flat[i] *= alpha
+    if do_obj:
+        scatter_add(obj, y0, x0, d_obj)
+    if do_probe:
+        _fft_planes(execute, plan_f, d_psi)
+        ramp_multiply(d_psi, frac, 1.0, s)
+        step = d_psi.reshape(probe_k.shape)
+        pk = probe_k.reshape(-1)
+        po = probe_out.reshape(-1)
+        st = step.reshape(-1)
+        for i in range(pk.shape[0]):
+            pk[i] += st[i]
+            po[i] = pk[i]
+        _fft_planes(execute, plan_b, probe_out)
+        for i in range(po.shape[0]):
+            po[i] *= s
+    return loss

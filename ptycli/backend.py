@@ -218,6 +218,26 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...], overwrite: bool = Fa
     return f(x, axes=axes, norm=norm, overwrite_x=overwrite, workers=getattr(_local, "fft_workers", _FFT_WORKERS))
 
 
+def kernel_fft_plans(m: int, n: int) -> tuple[int, int, int] | None:
+    """(address of fftwf_execute_dft, forward plan, inverse plan) for compiled kernels that
+    transform complex64 (m, n) planes in place themselves, or None: FFTs then stay out here.
+
+    Only when the host FFTs are FFTW's (``fft_library()``), so PTYCLI_FFT=scipy still means
+    no FFTW anywhere."""
+    if fft_library() != "pyfftw":
+        return None
+    fftw = _fftw_module()
+    lib = fftw.native()
+    forward = fftw.native_plan(m, n, False) if lib is not None else None
+    inverse = fftw.native_plan(m, n, True) if forward is not None else None
+    return None if inverse is None else (lib.execute_address, forward, inverse)
+
+
+def kernel_ffts(shape: tuple[int, int], count: int) -> None:
+    """Report ``count`` (M, N) transforms run inside a compiled kernel (not through
+    ``_fft_call``): a no-op that FFT counters (the benchmark's bound) replace."""
+
+
 @contextmanager
 def fft_workers(n: int) -> Any:
     """FFTs of the calling thread use ``n`` workers inside the block (parallel parts use 1

@@ -129,8 +129,10 @@ def test_fft_counter_counts_the_engines_own_transforms():
         backend.fft2(np.zeros((3, 2, 8, 8), np.complex64))  # 6 transforms
         backend.ifft2(np.zeros((8, 8), np.complex64))  # 1
         backend.fft2(np.zeros((4, 16, 16), np.complex64))  # other size: not counted
-    assert counter.transforms == 7
-    assert backend._fft_call is counter._orig  # restored
+        backend.kernel_ffts((8, 8), 5)  # run inside a compiled kernel
+        backend.kernel_ffts((16, 16), 3)  # other size
+    assert counter.transforms == 12
+    assert backend._fft_call is counter._orig and backend.kernel_ffts is counter._orig_kernel  # restored
     res = worker.fft_bound("lsqml", TINY, group_size=4, min_time_s=0.005, counted=80.0)
     assert res["n_ffts"] == 80.0 and res["n_ffts_model"] == 16 * 4
 

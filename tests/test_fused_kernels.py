@@ -48,9 +48,10 @@ def _run(engine, kernels, monkeypatch, modes=1, noise_model="amplitude", mask=Fa
         if mask:
             det_mask = np.ones(pats.shape[-2:], np.float32)
             det_mask[:3, :5] = 0.0
+        extra = dict(extra or {})
+        refine = extra.pop("refine", {"object": True, "probe": True, "positions": positions})
         stage = ENGINES[engine].params(type=engine, iterations=2, grouping={"kind": "compact", "size": group},
-                                       refine={"object": True, "probe": True, "positions": positions},
-                                       noise={"model": noise_model}, **(extra or {}))
+                                       refine=refine, noise={"model": noise_model}, **extra)
         recipe = Recipe(recipe="ptycli/1", stage=[stage])
         ctx = common.make_context(state, np, "single", stage.noise.model, stage.noise.eps, mask=det_mask,
                                   n_e=float(pats.sum(axis=(-2, -1)).mean()))
@@ -392,3 +393,41 @@ def test_adam_on_a_region_equals_adam_on_the_embedded_gradient():
         np.testing.assert_allclose(sparse.slots["object"][key], dense.slots["object"][key], rtol=0, atol=1e-7)
     # the last step's gradient is zero on the first region: momentum alone still moved it
     assert np.abs(z_s - before)[..., :4, :9].min() > 0
+
+
+@pytest.mark.parametrize("modes,noise_model,mask,extra", [
+    (1, "amplitude", False, None),
+    (2, "poisson", True, None),
+    (1, "anscombe", False, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}),
+    (1, "amplitude", False, {"refine": {"object": True, "probe": False}}),
+])
+def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, extra, monkeypatch):
+    """Sequential ePIE's whole position in one compiled call (FFTW executed from the kernel)
+    against the same path as array calls, both on FFTW: the same states to float32 rounding
+    (the two use different FFTW plans), and the same number of transforms counted."""
+    pytest.importorskip("pyfftw")
+    from ptycli.engines import epie
+
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    if backend.kernel_fft_plans(32, 32) is None:
+        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    counted = {}
+    real_call = backend._fft_call
+
+    def counting(x, *a, **kw):
+        counted["calls"] = counted.get("calls", 0) + int(np.prod(x.shape[:-2]))
+        return real_call(x, *a, **kw)
+
+    monkeypatch.setattr(backend, "_fft_call", counting)
+    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra)
+    n_native = counted.get("calls", 0) + counted.get("kernel", 0)
+    assert counted.get("kernel", 0) > 0  # the compiled path ran
+    counted.clear()
+    monkeypatch.setattr(epie.EpieEngine, "_native_plans", lambda self, probe_k: None)
+    plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra)
+    assert "kernel" not in counted and counted["calls"] == n_native
+    _close(native.object, plain.object)
+    _close(native.probe, plain.probe)
+    np.testing.assert_allclose(loss_n, loss_p, rtol=1e-4)
+    assert not np.array_equal(native.object, _state(modes=modes).object)

@@ -24,6 +24,7 @@ from . import noise as noise_mod
 class EpieEngine(common.EngineBase):
     _probe_cache: tuple[Any, Any] | None = None  # (the probe array, its spectrum) for the lean path
     _buffers: tuple[tuple, dict[str, Any]] | None = None  # the lean path's work arrays
+    _native: tuple[tuple[int, int], Any] | None = None  # ((M, N), plans of the compiled path or None)
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         xp, p = self.ctx.xp, self.params
@@ -98,6 +99,9 @@ class EpieEngine(common.EngineBase):
         # far-field kernel's factors), so no transform has a scaling pass of its own.
         s = backend.unitary_scale(probe_k.shape)
         buf = self._lean_buffers(k, probe_k, obj.shape[0])
+        native = self._native_plans(probe_k)
+        if native is not None:
+            return self._kernel_position(k, native, state, probe_k, frac, s, obj, ys, xs, data, buf, it)
         psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k), buf["psi"]),
                             overwrite=True, scaled=False)
         Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, buf["exit"]), overwrite=True, scaled=False)
@@ -118,16 +122,55 @@ class EpieEngine(common.EngineBase):
 
     def _lean_buffers(self, k: Any, probe_k: Any, n_obj_modes: int) -> dict[str, Any]:
         """Work arrays of the sequential path, made once and reused for every position: no
-        allocation per position, and the FFTs run in place on buffers that stay in cache."""
+        allocation per position, and the FFTs run in place on buffers that stay in cache.
+        Aligned to 64 bytes at any size: the compiled path's FFTW plans need it."""
         n_p, m, n = probe_k.shape
         key = (n_p, n_obj_modes, m, n, probe_k.dtype)
         if self._buffers is None or self._buffers[0] != key:
             c = probe_k.dtype
+            e = lambda *shape: k.empty(shape, c, aligned=True)  # noqa: E731
             self._buffers = (key, {
-                "psi": k.empty((1, n_p, m, n), c), "exit": k.empty((1, n_p, n_obj_modes, m, n), c),
-                "corrected": k.empty((1, n_p * n_obj_modes, m, n), c), "loss": k.empty((1,), self.ctx.real_dtype),
-                "d_obj": k.empty((1, n_obj_modes, m, n), c), "d_psi": k.empty((1, n_p, m, n), c)})
+                "psi": e(1, n_p, m, n), "exit": e(1, n_p, n_obj_modes, m, n),
+                "corrected": e(1, n_p * n_obj_modes, m, n), "loss": k.empty((1,), self.ctx.real_dtype),
+                "d_obj": e(1, n_obj_modes, m, n), "d_psi": e(1, n_p, m, n)})
         return self._buffers[1]
+
+    def _native_plans(self, probe_k: Any) -> tuple[int, int, int] | None:
+        """FFTW plans for ``_kernels.epie_position`` (the whole position in one call), or None
+        where it does not apply: no FFTW, complex128, or (M, N) planes whose size is not a
+        multiple of 64 bytes (the planes of the buffers would not all be aligned as planned)."""
+        m, n = probe_k.shape[-2:]
+        if probe_k.dtype.char != "F" or (m * n * probe_k.itemsize) % 64:  # complex64 only
+            return None
+        if self._native is None or self._native[0] != (m, n):
+            self._native = ((m, n), backend.kernel_fft_plans(m, n))
+        return self._native[1]
+
+    def _kernel_position(self, k: Any, native: tuple[int, int, int], state: Any, probe_k: Any, frac: Any,
+                         s: float, obj: Any, ys: Any, xs: Any, data: Any, buf: dict[str, Any], it: int) -> Any:
+        """``_update_one``'s position as one compiled call (transforms included): the same
+        steps without its ~25 Python-level calls."""
+        p = self.params
+        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        if probe_k.ctypes.data % 64:  # the spectrum from backend.fft2: into an aligned array of our own
+            aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
+            aligned[...] = probe_k
+            probe_k = aligned
+        probe_out = k.empty(probe_k.shape, probe_k.dtype, aligned=True) if do_probe else state.probe
+        r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
+        mask = self.ctx.mask if self.ctx.mask is not None else noise_mod._ones(k, probe_k.shape[-2:], data.dtype)
+        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
+        loss = k.epie_position(*native, probe_k, frac, r(s), obj, ys, xs, data, mask,
+                               k.NOISE_CODES[self.ctx.noise_model], r(noise_mod._eps(self.ctx.noise_model, self.ctx.eps)),
+                               r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["psi"], buf["exit"],
+                               buf["corrected"].reshape(buf["exit"].shape), buf["loss"], buf["d_obj"], buf["d_psi"],
+                               probe_out)
+        n_p, n_q = buf["exit"].shape[1:3]
+        backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if do_probe else 0))
+        if do_probe:
+            state.probe = probe_out
+        self._probe_cache = (state.probe, probe_k)
+        return loss.sum()
 
     def _update_fused(self, k: Any, state: Any, b: common.Batch, fwd: common.Forward, target: Any, loss: Any,
                       it: int) -> Any:

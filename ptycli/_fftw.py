@@ -246,18 +246,23 @@ _native_lib: Any = None
 _native_plans: dict[tuple[int, int, bool], tuple[int, np.ndarray]] = {}
 
 
-def _loaded_single_precision_fftw() -> str | None:
-    """Path of the libfftw3f this process loaded with pyFFTW (Linux: from /proc/self/maps)."""
+def _loaded_single_precision_fftw() -> tuple[str | None, str | None]:
+    """Paths of the libfftw3f and its threads library this process loaded with pyFFTW
+    (Linux: from /proc/self/maps)."""
+    main = threads = None
     try:
         with open("/proc/self/maps") as fh:
             for line in fh:
                 path = line.split()[-1]
                 name = os.path.basename(path)
-                if name.startswith("libfftw3f") and "_omp" not in name and "_threads" not in name:
-                    return path
+                if name.startswith("libfftw3f"):
+                    if "_omp" in name or "_threads" in name:
+                        threads = threads or path
+                    else:
+                        main = main or path
     except OSError:
         pass
-    return None
+    return main, threads
 
 
 def native() -> Any:
@@ -266,7 +271,7 @@ def native() -> Any:
     global _native_lib
     if _native_lib is None:
         _native_lib = False
-        path = _loaded_single_precision_fftw() if available() else None
+        path, threads = _loaded_single_precision_fftw() if available() else (None, None)
         if path:
             try:
                 lib = ctypes.CDLL(path)
@@ -274,6 +279,10 @@ def native() -> Any:
                 lib.fftwf_plan_dft_2d.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                                   ctypes.c_int, ctypes.c_uint]
                 lib.execute_address = ctypes.cast(lib.fftwf_execute_dft, ctypes.c_void_p).value
+                # FFTW's planner makes plans for as many threads as the last plan_with_nthreads
+                # asked (pyFFTW's, for its 2-thread batched plans): a kernel's one-plane plan
+                # must be one-threaded (measured: a 2-thread plan made ePIE 2x slower)
+                lib.one_thread = ctypes.CDLL(threads).fftwf_plan_with_nthreads if threads else None
                 _native_lib = lib
             except (OSError, AttributeError):
                 pass
@@ -295,6 +304,8 @@ def native_plan(m: int, n: int, inverse: bool) -> int | None:
     scratch = _pyfftw.empty_aligned((m, n), dtype=np.complex64, n=64)
     measured = os.environ.get("PTYCLI_FFTW_PLANNER", "measure") != "estimate" and _smooth(m) and _smooth(n)
     with _plan_lock:
+        if lib.one_thread is not None:
+            lib.one_thread(1)
         plan = lib.fftwf_plan_dft_2d(m, n, scratch.ctypes.data, scratch.ctypes.data,
                                      _FFTW_BACKWARD if inverse else _FFTW_FORWARD,
                                      _FFTW_MEASURE if measured else _FFTW_ESTIMATE)

@@ -835,3 +835,46 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
         for i in range(po.shape[0]):
             po[i] *= s
     return loss
+
+
+@nb.njit(**_JIT)
+def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps,
+                      do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss):
+    """A part of a single-slice group, position by position with FFTs, in one call: the
+    forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
+    and the probe gradient's spectrum.
+
+    The same quantities as engines/common.forward → loss_and_grad_exit → backward_accumulate
+    → overlap.unshift_sum_of on the whole part, made one window at a time so that each
+    window's waves stay in cache through its transforms. Per position b:
+    ψ_b = F⁻¹[s·ramp_b·F[P]] into psi[b] (B, P, M, N); Ψ = F[O ψ] (unnormalised, s = 1/sqrt(MN));
+    g_exit[b] (B, P, Q, M, N) = F⁻¹[2ℓ'Ψ] (unitary), loss[b]; num (Q, H, W) += Σ_p conj(ψ) g,
+    illum += Σ_p |ψ|² (when asked); with ``do_probe``, probe_grad_k (P, M, N) += s·ramp_b*·F[Σ_q conj(O) g]
+    (it is zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch (the far
+    field's output goes to another array than its input: aliased, its loop would not
+    vectorise). Buffers C-contiguous with 64-byte-aligned planes, as the plans were made.
+    """
+    nb_, n_p, nq, m, n = g_exit.shape
+    s2 = s * s
+    zero = _like(0, loss)
+    if do_probe:
+        probe_grad_k[...] = 0
+    for b in range(nb_):
+        fb, yb, xb = frac[b:b + 1], y0[b:b + 1], x0[b:b + 1]
+        pb, gb = psi[b:b + 1], g_exit[b:b + 1]
+        ramp_product(probe_k, fb, -1.0, s, pb)
+        _fft_planes(execute, plan_b, pb)
+        exit_from_object(obj, yb, xb, pb, wave)
+        _fft_planes(execute, plan_f, wave)
+        farfield(wave.reshape((1, n_p * nq, m, n)), data[b:b + 1], mask, model, eps, zero, 2 * s2, s2,
+                 gb.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
+        _fft_planes(execute, plan_b, gb)
+        backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, g_psi)
+        if do_probe:
+            _fft_planes(execute, plan_f, g_psi)
+            ramp_multiply(g_psi, fb, 1.0, s)
+            acc = probe_grad_k.reshape(-1)
+            add = g_psi.reshape(-1)
+            for i in range(acc.shape[0]):
+                acc[i] += add[i]
+    return loss

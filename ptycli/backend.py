@@ -487,7 +487,7 @@ def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
     xp = namespace(obj)
     m, n = shape
     k = kernels(xp)
-    if k is not None and obj.ndim >= 2 and _windows_inside(obj.shape, y0, x0, m, n):
+    if k is not None and obj.ndim >= 2 and windows_inside(obj.shape, y0, x0, m, n):
         lead = obj.shape[:-2]
         flat = np.ascontiguousarray(obj).reshape((-1, *obj.shape[-2:]))
         out = np.empty((len(y0), flat.shape[0], m, n), dtype=obj.dtype)
@@ -517,7 +517,7 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
     m, n = patches.shape[-2:]
     k = kernels(xp)
     if (k is not None and target.flags.c_contiguous and patches.dtype == target.dtype
-            and _windows_inside(target.shape, y0, x0, m, n)):
+            and windows_inside(target.shape, y0, x0, m, n)):
         lead = target.shape[:-2]
         flat = target.reshape((-1, *target.shape[-2:]))
         p = np.ascontiguousarray(np.broadcast_to(patches, (patches.shape[0], *lead, m, n)))
@@ -552,13 +552,13 @@ def window_exit_waves(obj: Any, y0: Any, x0: Any, psi: Any) -> Any:
     k = kernels(namespace(obj))
     m, n = psi.shape[-2:]
     if k is None or obj.ndim != 3 or psi.ndim != 4 or obj.dtype != psi.dtype \
-            or not _windows_inside(obj.shape, y0, x0, m, n):
+            or not windows_inside(obj.shape, y0, x0, m, n):
         return None
     out = k.empty((psi.shape[0], psi.shape[1], obj.shape[0], m, n), psi.dtype)
     return k.exit_from_object(obj, np.asarray(y0, dtype=np.int64), np.asarray(x0, dtype=np.int64), psi, out)
 
 
-def _windows_inside(shape: tuple[int, ...], y0: Any, x0: Any, m: int, n: int) -> bool:
+def windows_inside(shape: tuple[int, ...], y0: Any, x0: Any, m: int, n: int) -> bool:
     """Every window inside the last two axes (the kernels do not bounds-check; the NumPy
     code raises a clear error otherwise)."""
     if len(y0) == 0:

@@ -431,3 +431,46 @@ def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, e
     _close(native.probe, plain.probe)
     np.testing.assert_allclose(loss_n, loss_p, rtol=1e-4)
     assert not np.array_equal(native.object, _state(modes=modes).object)
+
+
+@pytest.mark.parametrize("engine,modes,noise_model,mask,extra", [
+    ("lsqml", 1, "amplitude", False, None),
+    ("lsqml", 2, "anscombe", True, None),
+    ("lsqml", 1, "amplitude", False, {"refine": {"object": False, "probe": True}}),
+    ("gradient", 1, "amplitude", False, None),
+    ("gradient", 2, "intensity", True, {"learning_rate": {"object": 1e-7, "probe": 1e-7}}),
+    ("gradient", 1, "anscombe", False, {"refine": {"object": True, "probe": False}}),
+])
+def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_model, mask, extra, monkeypatch):
+    """A single-slice part in one compiled call (window by window, FFTW executed from the
+    kernel) against the same part as array calls on FFTW: the same states to float32
+    rounding and the same number of transforms, with the group split into two parts."""
+    pytest.importorskip("pyfftw")
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    if backend.kernel_fft_plans(32, 32) is None:
+        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    counted = {}
+    real_call = backend._fft_call
+
+    def counting(x, *a, **kw):
+        counted["calls"] = counted.get("calls", 0) + int(np.prod(x.shape[:-2]))
+        return real_call(x, *a, **kw)
+
+    monkeypatch.setattr(backend, "_fft_call", counting)
+    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    real_part = common.part_by_kernel
+    parts_seen = []
+    monkeypatch.setattr(common, "part_by_kernel", lambda *a, **kw: parts_seen.append(1) or real_part(*a, **kw))
+    threads = []
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: threads.append(2) or min(2, b))
+    kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
+    assert counted.get("kernel", 0) > 0 and parts_seen  # the compiled parts ran
+    n_kernel = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(common, "part_by_kernel", lambda *a, **kw: None)
+    plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
+    assert "kernel" not in counted and counted["calls"] == n_kernel
+    _close(kernel.object, plain.object)
+    _close(kernel.probe, plain.probe)
+    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)

@@ -255,6 +255,56 @@ def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, 
     return (num[:, None] if numerator else None, illum[:, None] if illumination else None, g_psi)
 
 
+@dataclass
+class KernelPart:
+    """What ``part_by_kernel`` made for a part of a single-slice group."""
+
+    loss: Any  # (B,)
+    fwd: Forward  # psi1 (B, P, M, N) only: the exit waves and far fields were never kept
+    g_exit: Any  # F⁻¹[∇_Ψ L] (B, P, Q, M, N)
+    num: Any  # Σ_j ∇O_j (Q, 1, H, W), or None
+    illum: Any  # Σ_j Σ_p |ψ_j|² (Q, 1, H, W), or None
+    probe_k: Any  # Σ_j unshift_k(F[∇ψ_j]) (P, M, N) as ``overlap.unshift_sum_of``, or None
+
+
+def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
+                   probe: bool) -> KernelPart | None:
+    """``forward`` → ``loss_and_grad_exit`` → ``backward_accumulate`` → ``unshift_sum_of`` for a
+    single-slice part in one compiled call that runs its FFTs itself, window by window
+    (``_kernels.single_slice_part``), or None where it does not apply: no kernels or FFTW,
+    multislice, compressed data, complex128, planes that would not all be 64-byte aligned, or
+    a window outside the grid. Two parts then run without taking Python's lock at all."""
+    k = backend.kernels(ctx.xp)
+    m, n = state.window
+    if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
+            or state.probe.dtype.char != "F" or state.object.dtype.char != "F" or (m * n * 8) % 64
+            or batch.data.ndim != 3 or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
+        return None
+    plans = backend.kernel_fft_plans(m, n)
+    if plans is None:
+        return None
+    obj = state.object[:, 0]
+    n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
+    spectrum = batch.spectrum_of(state.probe)
+    spectrum = backend.fft2(state.probe) if spectrum is None else spectrum
+    c, r = state.probe.dtype, ctx.real_dtype
+    psi, g_exit = k.empty((n_b, n_p, m, n), c, aligned=True), k.empty((n_b, n_p, n_q, m, n), c, aligned=True)
+    wave, g_psi = k.empty((1, n_p, n_q, m, n), c, aligned=True), k.empty((1, n_p, m, n), c, aligned=True)
+    num = ctx.xp.zeros_like(obj) if numerator else obj
+    illum = ctx.xp.zeros(obj.shape, dtype=r) if illumination else ctx.xp.zeros((1, 1, 1), r)
+    probe_k = k.empty(spectrum.shape, c) if probe else spectrum
+    loss = k.empty((n_b,), r)
+    mask = ctx.mask if ctx.mask is not None else noise_mod._ones(k, (m, n), batch.data.dtype)
+    real = lambda v: k.real_scalar(v, batch.data)  # noqa: E731
+    k.single_slice_part(*plans, spectrum, batch.frac, real(backend.unitary_scale((m, n))), obj,
+                        batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data, mask,
+                        k.NOISE_CODES[ctx.noise_model], real(noise_mod._eps(ctx.noise_model, ctx.eps)),
+                        numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
+    backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
+    return KernelPart(loss, Forward(psi, None, None, None, batch.H), g_exit, num[:, None] if numerator else None,
+                      illum[:, None] if illumination else None, probe_k if probe else None)
+
+
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
     xp = backend.namespace(state.object)
     g = xp.zeros_like(state.object)

@@ -49,6 +49,10 @@ class GradientEngine(common.EngineBase):
 
         def part(pb: common.Batch) -> tuple[Any, ...]:
             # everything per position or a partial sum: the parts of a group run concurrently
+            kp = None if do_pos else common.part_by_kernel(view, pb, self.ctx, numerator=do_obj,
+                                                           illumination=False, probe=do_probe)
+            if kp is not None:  # the whole part in one compiled call
+                return kp.loss, kp.num, kp.probe_k, None
             fwd = common.forward(view, pb, self.ctx, patches=do_pos)  # only the position step reads windows
             loss, g_exit = common.loss_and_grad_exit(fwd, pb, self.ctx)
             fused = common.backward_accumulate(g_exit, fwd, view, pb, self.ctx, numerator=do_obj)

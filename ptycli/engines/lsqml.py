@@ -79,6 +79,11 @@ class LsqmlEngine(common.EngineBase):
         """Forward model, χ and its adjoint for one part of the group, and the part's shares of
         the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
         xp = self.ctx.xp
+        if not do_pos and self.ctx.noise_model != "poisson":  # Poisson: its own χ (_poisson_step)
+            kp = common.part_by_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe)
+            if kp is not None:  # the whole part in one compiled call
+                return {"fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None,
+                        "illum": None, "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k}
         fwd = common.forward(state, b, self.ctx, patches=do_pos)
         # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
         if self.ctx.noise_model in ("poisson", "compressed"):

@@ -860,13 +860,16 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     if do_probe:
         probe_grad_k[...] = 0
     for b in range(nb_):
-        fb, yb, xb = frac[b:b + 1], y0[b:b + 1], x0[b:b + 1]
-        pb, gb = psi[b:b + 1], g_exit[b:b + 1]
+        # one position's arrays by an integer index and a reshape, not a slice b:b+1: Numba
+        # types a slice of a C array as any-layout, and the kernels' loops on it stayed scalar
+        # (measured 278 against 199 us per 128² position)
+        fb, yb, xb = frac[b].reshape((1, 2)), y0[b:b + 1], x0[b:b + 1]
+        pb, gb = psi[b].reshape((1, n_p, m, n)), g_exit[b].reshape((1, n_p, nq, m, n))
         ramp_product(probe_k, fb, -1.0, s, pb)
         _fft_planes(execute, plan_b, pb)
         exit_from_object(obj, yb, xb, pb, wave)
         _fft_planes(execute, plan_f, wave)
-        farfield(wave.reshape((1, n_p * nq, m, n)), data[b:b + 1], mask, model, eps, zero, 2 * s2, s2,
+        farfield(wave.reshape((1, n_p * nq, m, n)), data[b].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
                  gb.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
         _fft_planes(execute, plan_b, gb)
         backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, g_psi)

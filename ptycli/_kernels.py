@@ -848,15 +848,20 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     → overlap.unshift_sum_of on the whole part, made one window at a time so that each
     window's waves stay in cache through its transforms. Per position b:
     ψ_b = F⁻¹[s·ramp_b·F[P]] into psi[b] (B, P, M, N); Ψ = F[O ψ] (unnormalised, s = 1/sqrt(MN));
-    g_exit[b] (B, P, Q, M, N) = F⁻¹[2ℓ'Ψ] (unitary), loss[b]; num (Q, H, W) += Σ_p conj(ψ) g,
-    illum += Σ_p |ψ|² (when asked); with ``do_probe``, probe_grad_k (P, M, N) += s·ramp_b*·F[Σ_q conj(O) g]
-    (it is zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch (the far
+    g_exit[b] (B, P, Q, M, N) = F⁻¹[2ℓ'Ψ] (unitary), loss[b]; num (Q, H, W) = Σ_b Σ_p conj(ψ) g,
+    illum = Σ_b Σ_p |ψ|² (when asked); with ``do_probe``, probe_grad_k (P, M, N) = Σ_b s·ramp_b*·F[Σ_q conj(O) g]
+    (the three sums are zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch (the far
     field's output goes to another array than its input: aliased, its loop would not
     vectorise). Buffers C-contiguous with 64-byte-aligned planes, as the plans were made.
     """
     nb_, n_p, nq, m, n = g_exit.shape
     s2 = s * s
     zero = _like(0, loss)
+    # the sums start from zero here, not in np.zeros: a zero-fill there holds Python's lock
+    if do_num:
+        num[...] = 0
+    if do_illum:
+        illum[...] = 0
     if do_probe:
         probe_grad_k[...] = 0
     for b in range(nb_):

@@ -290,8 +290,8 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
     c, r = state.probe.dtype, ctx.real_dtype
     psi, g_exit = k.empty((n_b, n_p, m, n), c, aligned=True), k.empty((n_b, n_p, n_q, m, n), c, aligned=True)
     wave, g_psi = k.empty((1, n_p, n_q, m, n), c, aligned=True), k.empty((1, n_p, m, n), c, aligned=True)
-    num = ctx.xp.zeros_like(obj) if numerator else obj
-    illum = ctx.xp.zeros(obj.shape, dtype=r) if illumination else ctx.xp.zeros((1, 1, 1), r)
+    num = k.empty(obj.shape, c) if numerator else obj  # the kernel zeroes the sums it is asked for
+    illum = k.empty(obj.shape, r) if illumination else k.empty((1, 1, 1), r)
     probe_k = k.empty(spectrum.shape, c) if probe else spectrum
     loss = k.empty((n_b,), r)
     mask = ctx.mask if ctx.mask is not None else noise_mod._ones(k, (m, n), batch.data.dtype)

@@ -294,11 +294,9 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
     illum = k.empty(obj.shape, r) if illumination else k.empty((1, 1, 1), r)
     probe_k = k.empty(spectrum.shape, c) if probe else spectrum
     loss = k.empty((n_b,), r)
-    mask = ctx.mask if ctx.mask is not None else noise_mod._ones(k, (m, n), batch.data.dtype)
-    real = lambda v: k.real_scalar(v, batch.data)  # noqa: E731
-    k.single_slice_part(*plans, spectrum, batch.frac, real(backend.unitary_scale((m, n))), obj,
-                        batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data, mask,
-                        k.NOISE_CODES[ctx.noise_model], real(noise_mod._eps(ctx.noise_model, ctx.eps)),
+    k.single_slice_part(*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
+                        batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
+                        *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),
                         numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
     backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
     return KernelPart(loss, Forward(psi, None, None, None, batch.H), g_exit, num[:, None] if numerator else None,

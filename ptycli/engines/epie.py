@@ -158,10 +158,9 @@ class EpieEngine(common.EngineBase):
             probe_k = aligned
         probe_out = k.empty(probe_k.shape, probe_k.dtype, aligned=True) if do_probe else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
-        mask = self.ctx.mask if self.ctx.mask is not None else noise_mod._ones(k, probe_k.shape[-2:], data.dtype)
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
-        loss = k.epie_position(*native, probe_k, frac, r(s), obj, ys, xs, data, mask,
-                               k.NOISE_CODES[self.ctx.noise_model], r(noise_mod._eps(self.ctx.noise_model, self.ctx.eps)),
+        loss = k.epie_position(*native, probe_k, frac, r(s), obj, ys, xs, data,
+                               *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
                                r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["psi"], buf["exit"],
                                buf["corrected"].reshape(buf["exit"].shape), buf["loss"], buf["d_obj"], buf["d_psi"],
                                probe_out)

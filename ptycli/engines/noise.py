@@ -98,10 +98,16 @@ def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a
     psi4 = Psi.reshape((Psi.shape[0], Psi.shape[1] * Psi.shape[2], *Psi.shape[3:]))
     out = k.empty(psi4.shape, Psi.dtype) if out is None else out
     loss = k.empty((Psi.shape[0],), Psi.real.dtype) if loss is None else loss
-    m = mask if mask is not None else _ones(k, Psi.shape[-2:], D.dtype)
     r = lambda v: k.real_scalar(v, D)  # noqa: E731
-    k.farfield(psi4, D, m, k.NOISE_CODES[model], r(_eps(model, eps)), r(a), r(c), r(in_scale * in_scale), out, loss)
+    k.farfield(psi4, D, *kernel_model(k, model, mask, eps, D), r(a), r(c), r(in_scale * in_scale), out, loss)
     return loss, out.reshape(Psi.shape)
+
+
+def kernel_model(k: Any, model: str, mask: Any, eps: float | None, data: Any) -> tuple[Any, int, Any]:
+    """(mask, model code, ε) as the far-field kernel takes them (``_kernels.farfield`` and the
+    compiled paths that call it): a cached all-ones mask for none, ε in the data's dtype."""
+    m = mask if mask is not None else _ones(k, data.shape[-2:], data.dtype)
+    return m, k.NOISE_CODES[model], k.real_scalar(_eps(model, eps), data)
 
 
 _ONES: dict[tuple, Any] = {}

@@ -582,77 +582,78 @@ def lsqml_steps(aa, bb, ab, ra, rb, mode, trim, beta, out):
 # Adam step ran at 4.8 ns per element with no packed instruction). The Adam kernels slice
 # their spans first and loop over range(len): the same arithmetic, vectorised.
 @nb.njit(inline="always", **_JIT)
-def _adam_span(z, g, m, v_re, v_im, z_out, m_out, v_re_out, v_im_out, b1, b2, c1, c2, eps, lr, one, unit_i):
-    """One Adam step on the 1-D spans (complex z, real moments v_re, v_im); g None: zero gradient."""
+def _adam_span(z, g, g2, m, v_re, v_im, z_out, b1, b2, c1, c2, eps, lr, one, unit_i):
+    """One Adam step on the 1-D spans (complex z, real moments v_re, v_im), the moments in
+    place; the gradient is g + g2 (g2 None: g alone; g None: zero, the moments only decay)."""
     for i in range(z.shape[0]):
         if g is None:  # resolved at compile time: the decay-only loop has no gradient load
             mi = b1 * m[i]
             vr = b2 * v_re[i]
             vi = b2 * v_im[i]
         else:
-            gv = g[i]
+            gv = g[i] if g2 is None else g[i] + g2[i]
             mi = b1 * m[i] + (one - b1) * gv
             vr = b2 * v_re[i] + (one - b2) * (gv.real * gv.real)
             vi = b2 * v_im[i] + (one - b2) * (gv.imag * gv.imag)
-        m_out[i] = mi
-        v_re_out[i] = vr
-        v_im_out[i] = vi
+        m[i] = mi
+        v_re[i] = vr
+        v_im[i] = vi
         z_out[i] = z[i] - (lr * (mi.real * c1) / (np.sqrt(vr * c2) + eps)
                            + unit_i * (lr * (mi.imag * c1) / (np.sqrt(vi * c2) + eps)))
 
 
 @nb.njit(**_JIT)
-def adam(z, grad, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
-    """One Adam step per real component of complex z on flat elements [lo, hi), into fresh arrays.
+def adam(z, grad, grad2, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out):
+    """One Adam step per real component of complex z on flat elements [lo, hi): z_out a fresh
+    array, the moments m, v_re, v_im updated in place; the gradient is grad + grad2 (the
+    parts of a group, summed here instead of in a pass of their own; grad2 may be None).
 
     Same formula as engines/optimizers.Adam: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g²
     (real and imaginary parts apart), z - lr (m c1) / (sqrt(v c2) + eps) with the bias
     corrections c1 = 1/(1-b1^t), c2 = 1/(1-b2^t).
     """
-    _adam_span(z[lo:hi], grad[lo:hi], m[lo:hi], v_re[lo:hi], v_im[lo:hi], z_out[lo:hi], m_out[lo:hi],
-               v_re_out[lo:hi], v_im_out[lo:hi], b1, b2, c1, c2, eps, lr, _like(1, v_re_out), _like(1j, z_out))
+    g2 = None if grad2 is None else grad2[lo:hi]
+    _adam_span(z[lo:hi], grad[lo:hi], g2, m[lo:hi], v_re[lo:hi], v_im[lo:hi], z_out[lo:hi],
+               b1, b2, c1, c2, eps, lr, _like(1, v_re), _like(1j, z_out))
     return z_out
 
 
 @nb.njit(**_JIT)
-def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_re_out, v_im_out):
+def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_out):
     """``adam`` on rows [lo, hi) of z (L, H, W) (rows of all L planes in turn) for a gradient
     that is g (L, h, w) on rows y0.., columns x0.. and zero elsewhere: the step a group's
     gradient makes on the whole grid, without an object-sized gradient of zeros to read.
     Outside the region m ← b1 m, v ← b2 v, exactly as ``adam`` does with g = 0."""
-    n_rows, wd = z.shape[1], z.shape[2]
+    n_rows = z.shape[1]
     gh, gw = g.shape[1], g.shape[2]
-    one = _like(1, v_re_out)
+    one = _like(1, v_re)
     unit_i = _like(1j, z_out)
     for r in range(lo, hi):
         q = r // n_rows
         y = r - q * n_rows
-        zr, mr, vr_, vi_ = z[q, y], m[q, y], v_re[q, y], v_im[q, y]
-        zo, mo, vro, vio = z_out[q, y], m_out[q, y], v_re_out[q, y], v_im_out[q, y]
+        zr, mr, vr_, vi_, zo = z[q, y], m[q, y], v_re[q, y], v_im[q, y], z_out[q, y]
         if not y0 <= y < y0 + gh:
-            _adam_span(zr, None, mr, vr_, vi_, zo, mo, vro, vio, b1, b2, c1, c2, eps, lr, one, unit_i)
+            _adam_span(zr, None, None, mr, vr_, vi_, zo, b1, b2, c1, c2, eps, lr, one, unit_i)
             continue
         a, b = x0, x0 + gw
-        _adam_span(zr[:a], None, mr[:a], vr_[:a], vi_[:a], zo[:a], mo[:a], vro[:a], vio[:a],
+        _adam_span(zr[:a], None, None, mr[:a], vr_[:a], vi_[:a], zo[:a], b1, b2, c1, c2, eps, lr, one, unit_i)
+        _adam_span(zr[a:b], g[q, y - y0], None, mr[a:b], vr_[a:b], vi_[a:b], zo[a:b],
                    b1, b2, c1, c2, eps, lr, one, unit_i)
-        _adam_span(zr[a:b], g[q, y - y0], mr[a:b], vr_[a:b], vi_[a:b], zo[a:b], mo[a:b], vro[a:b], vio[a:b],
-                   b1, b2, c1, c2, eps, lr, one, unit_i)
-        _adam_span(zr[b:], None, mr[b:], vr_[b:], vi_[b:], zo[b:], mo[b:], vro[b:], vio[b:],
-                   b1, b2, c1, c2, eps, lr, one, unit_i)
+        _adam_span(zr[b:], None, None, mr[b:], vr_[b:], vi_[b:], zo[b:], b1, b2, c1, c2, eps, lr, one, unit_i)
     return z_out
 
 
 @nb.njit(**_JIT)
-def adam_real(z, grad, m, v, b1, b2, c1, c2, eps, lr, lo, hi, z_out, m_out, v_out):
+def adam_real(z, grad, m, v, b1, b2, c1, c2, eps, lr, lo, hi, z_out):
     """``adam`` for a real z (flat elements [lo, hi), sliced first: see ``_adam_span``)."""
-    one = _like(1, v_out)
-    z, grad, m, v, z_out, m_out, v_out = z[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], z_out[lo:hi], m_out[lo:hi], v_out[lo:hi]
+    one = _like(1, v)
+    z, grad, m, v, z_out = z[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], z_out[lo:hi]
     for i in range(z.shape[0]):
         g = grad[i]
         mi = b1 * m[i] + (one - b1) * g
-        m_out[i] = mi
+        m[i] = mi
         vi = b2 * v[i] + (one - b2) * (g * g)
-        v_out[i] = vi
+        v[i] = vi
         z_out[i] = z[i] - lr * (mi * c1) / (np.sqrt(vi * c2) + eps)
     return z_out
 

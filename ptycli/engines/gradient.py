@@ -69,8 +69,11 @@ class GradientEngine(common.EngineBase):
         parts = self.parts(view, vb)
         loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts))
         if do_obj:
-            g = comm.allreduce_sum(common.sum_parts(g_obj))
-            self._object_step(state, g, it, None if region is None else (region.ys, region.xs))
+            on_region = None if region is None else (region.ys, region.xs)
+            if comm.size == 1 and len(g_obj) == 2:  # Adam adds the two parts as it reads them
+                self._object_step(state, g_obj[0], it, on_region, more=g_obj[1])
+            else:
+                self._object_step(state, comm.allreduce_sum(common.sum_parts(g_obj)), it, on_region)
         if do_probe:
             rate = rate_value(self.params.learning_rate.probe, it) * self.probe_scale
             g_probe = backend.ifft2(comm.allreduce_sum(common.sum_parts(g_probe)), overwrite=True)
@@ -105,12 +108,17 @@ class GradientEngine(common.EngineBase):
         self.evaluator.unpack(state, new)
         return data_loss
 
-    def _object_step(self, state: Any, grad: Any, it: int, region: tuple[slice, slice] | None = None) -> None:
-        """The optimiser's step on the object; ``grad`` is given on ``region`` only when set."""
+    def _object_step(self, state: Any, grad: Any, it: int, region: tuple[slice, slice] | None = None,
+                     more: Any = None) -> None:
+        """The optimiser's step on the object; ``grad`` is given on ``region`` only when set;
+        ``more``: a second partial gradient to add."""
         lr = self.params.learning_rate
         if lr.object_amplitude is None and lr.object_phase is None:
-            state.object = self.opt.step("object", state.object, grad, rate_value(lr.object, it), region=region)
+            state.object = self.opt.step("object", state.object, grad, rate_value(lr.object, it), region=region,
+                                         more=more)
             return
+        if more is not None:
+            grad = grad + more
         if region is not None:
             grad = embed(state.object, grad, region)
         xp = self.ctx.xp

@@ -61,9 +61,14 @@ class Adam(_Slotted):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.slots: dict[str, dict[str, Any]] = {}
 
-    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None) -> Any:
+    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None,
+             more: Any = None) -> Any:
         """One step of ``z`` for ``grad``; with ``region`` = (rows, columns) of z's last two
-        axes, ``grad`` holds the gradient there only and is zero elsewhere."""
+        axes, ``grad`` holds the gradient there only and is zero elsewhere. ``more``: a second
+        partial gradient (another part of the group), added to ``grad``; the fused kernel
+        reads both instead of a sum made first."""
+        if more is not None and (region is not None or not _fused_applies(z, more, self.slots.get(name))):
+            grad, more = grad + more, None
         slot = self.slots.get(name)
         if slot is None:
             xp = backend.namespace(z)
@@ -79,9 +84,11 @@ class Adam(_Slotted):
             if fused is not None:
                 return fused
             grad = embed(z, grad, region)
-        fused = _fused_adam(z, grad, slot, b1, b2, self.eps, lr, t)
+        fused = _fused_adam(z, grad, more, slot, b1, b2, self.eps, lr, t)
         if fused is not None:
             return fused
+        if more is not None:
+            grad = grad + more
         g_re, g_im = _split(grad)
         # Object-sized and run once per group: each line below is the textbook formula with
         # its temporaries updated in place (same operations in the same order, so the same
@@ -144,37 +151,44 @@ def _fused_adam_region(z: Any, grad: Any, region: tuple[slice, slice], slot: dic
     planes = (-1, h, w)
     views = [z.reshape(planes), grad.reshape((-1, *grad.shape[-2:])),
              *(slot[key].reshape(planes) for key in ("m", "v_re", "v_im"))]
-    out = [xp.empty_like(a) for a in (views[0], views[2], views[3], views[4])]
+    out = xp.empty_like(views[0])
     consts = _adam_constants(k, z, b1, b2, eps, lr, t)
     y0, x0 = int(region[0].start), int(region[1].start)
-    _in_threads(lambda lo, hi: k.adam_region(*views, y0, x0, *consts, lo, hi, *out), views[0].shape[0] * h, z.size)
-    slot["m"], slot["v_re"], slot["v_im"] = (a.reshape(z.shape) for a in out[1:])
-    return out[0].reshape(z.shape)
+    _in_threads(lambda lo, hi: k.adam_region(*views, y0, x0, *consts, lo, hi, out), views[0].shape[0] * h, z.size)
+    return out.reshape(z.shape)
 
 
-def _fused_adam(z: Any, grad: Any, slot: dict[str, Any], b1: float, b2: float, eps: float, lr: float,
+def _fused_applies(z: Any, grad: Any, slot: dict[str, Any] | None) -> bool:
+    """The fused CPU kernel can take this step (NumPy with Numba, one dtype, C-contiguous,
+    moments of z's dtype; they are updated in place)."""
+    xp = backend.namespace(z)
+    return (backend.kernels(xp) is not None and z.dtype == grad.dtype and z.shape == grad.shape
+            and z.flags.c_contiguous and grad.flags.c_contiguous
+            and (slot is None or (slot["m"].dtype == z.dtype and slot["m"].flags.writeable
+                                  and bool(xp.iscomplexobj(z)) == (slot["v_im"] is not None))))
+
+
+def _fused_adam(z: Any, grad: Any, more: Any, slot: dict[str, Any], b1: float, b2: float, eps: float, lr: float,
                 t: int) -> Any:
-    """Adam in one pass per part of the array (fused CPU kernel, split over the host threads);
-    None where the kernel does not apply (CuPy, no Numba, dtypes that differ)."""
+    """Adam in one pass per part of the array (fused CPU kernel, split over the host threads),
+    the moments in place and z new (callers may hold the old z); None where the kernel does not
+    apply. ``more``: a second gradient added on the fly (complex z only)."""
+    if not _fused_applies(z, grad, slot) or (more is not None and not _fused_applies(z, more, slot)):
+        return None
     xp = backend.namespace(z)
     k = backend.kernels(xp)
-    complex_z = bool(xp.iscomplexobj(z))
-    if (k is None or z.dtype != grad.dtype or z.shape != grad.shape or not z.flags.c_contiguous
-            or not grad.flags.c_contiguous or slot["m"].dtype != z.dtype or complex_z != (slot["v_im"] is not None)):
-        return None
     flat = [a.reshape(-1) for a in (z, grad, slot["m"], slot["v_re"])]
-    out = [xp.empty_like(a) for a in (flat[0], flat[2], flat[3])]
+    out = xp.empty_like(flat[0])
     consts = _adam_constants(k, z, b1, b2, eps, lr, t)
-    if complex_z:
-        v_im, v_im_out = slot["v_im"].reshape(-1), xp.empty_like(flat[3])
-        run = lambda lo, hi: k.adam(*flat, v_im, *consts, lo, hi, *out, v_im_out)  # noqa: E731
+    if xp.iscomplexobj(z):
+        v_im, g2 = slot["v_im"].reshape(-1), None if more is None else more.reshape(-1)
+        run = lambda lo, hi: k.adam(flat[0], flat[1], g2, flat[2], flat[3], v_im, *consts, lo, hi, out)  # noqa: E731
+    elif more is None:
+        run = lambda lo, hi: k.adam_real(*flat, *consts, lo, hi, out)  # noqa: E731
     else:
-        run = lambda lo, hi: k.adam_real(*flat, *consts, lo, hi, *out)  # noqa: E731
+        return None
     _in_threads(run, flat[0].size, flat[0].size)
-    slot["m"], slot["v_re"] = out[1].reshape(z.shape), out[2].reshape(z.shape)
-    if complex_z:
-        slot["v_im"] = v_im_out.reshape(z.shape)
-    return out[0].reshape(z.shape)
+    return out.reshape(z.shape)
 
 
 class SGD(_Slotted):
@@ -184,7 +198,10 @@ class SGD(_Slotted):
         self.momentum, self.nesterov = momentum, nesterov
         self.slots: dict[str, dict[str, Any]] = {}
 
-    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None) -> Any:
+    def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None,
+             more: Any = None) -> Any:
+        if more is not None:  # a second partial gradient (``Adam.step``)
+            grad = grad + more
         if region is not None:  # a gradient given on a region of z only
             grad = embed(z, grad, region)
         mu = self.momentum
@@ -204,7 +221,8 @@ def _host_slots(slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for key, value in slot.items():
             if value is None:
                 continue
-            out[f"{name}/{key}"] = value if isinstance(value, int) else backend.to_numpy(value)
+            # copies: the fused kernels update the moments in place after this is taken
+            out[f"{name}/{key}"] = value if isinstance(value, int) else backend.to_numpy(value).copy()
     return out
 
 
@@ -213,7 +231,8 @@ def _device_slots(state: dict[str, Any], xp: Any) -> dict[str, dict[str, Any]]:
     for full, value in state.items():
         name, key = full.rsplit("/", 1)
         slot = slots.setdefault(name, {"v_im": None})
-        slot[key] = int(value) if key == "t" else backend.to_device(value, xp)
+        # own writable copies: the fused kernels update the moments in place
+        slot[key] = int(value) if key == "t" else backend.to_device(value, xp).copy()
     for slot in slots.values():
         if "v_re" not in slot:
             slot.pop("v_im", None)

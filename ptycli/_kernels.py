@@ -887,3 +887,23 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
             for i in range(acc.shape[0]):
                 acc[i] += add[i]
     return loss
+
+
+@nb.njit(**_JIT)
+def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted, out):
+    """``lsqml_terms`` for a part, position by position, with ΔP shifted to each window here:
+    shifted (1, P, M, N) = F⁻¹[s·ramp_b·F[ΔP]] (scratch, a plane-aligned buffer as planned)
+    is read by the dots while it is in cache. dp_k (P, M, N) = F[ΔP]; the rest as
+    ``lsqml_terms``."""
+    nb_, n_p, nq, m, n = g.shape
+    for b in range(nb_):
+        pb = psi[b].reshape((1, n_p, m, n))
+        if use_probe:
+            ramp_product(dp_k, frac[b].reshape((1, 2)), -1.0, s, shifted)
+            _fft_planes(execute, plan_b, shifted)
+            sb = shifted
+        else:
+            sb = pb
+        lsqml_terms(d_obj, obj, y0[b:b + 1], x0[b:b + 1], pb, sb, g[b].reshape((1, n_p, nq, m, n)),
+                    use_obj, use_probe, out[b:b + 1])
+    return out

@@ -218,13 +218,14 @@ def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...], overwrite: bool = Fa
     return f(x, axes=axes, norm=norm, overwrite_x=overwrite, workers=getattr(_local, "fft_workers", _FFT_WORKERS))
 
 
-def kernel_fft_plans(m: int, n: int) -> tuple[int, int, int] | None:
+def kernel_fft_plans(m: int, n: int, dtype: Any) -> tuple[int, int, int] | None:
     """(address of fftwf_execute_dft, forward plan, inverse plan) for compiled kernels that
     transform complex64 (m, n) planes in place themselves, or None: FFTs then stay out here.
 
     Only when the host FFTs are FFTW's (``fft_library()``), so PTYCLI_FFT=scipy still means
-    no FFTW anywhere."""
-    if fft_library() != "pyfftw":
+    no FFTW anywhere; only for complex64 and planes whose byte size is a multiple of 64 (the
+    kernels' buffers start on 64 bytes, so every plane is then aligned as the plans were made)."""
+    if fft_library() != "pyfftw" or np.dtype(dtype) != np.complex64 or (m * n * 8) % 64:
         return None
     fftw = _fftw_module()
     lib = fftw.native()

@@ -408,7 +408,7 @@ def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, e
     from ptycli.engines import epie
 
     monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32) is None:
+    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     counted = {}
     real_call = backend._fft_call
@@ -447,7 +447,7 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     transforms, with the group split into two parts."""
     pytest.importorskip("pyfftw")
     monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32) is None:
+    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     counted = {}
@@ -468,7 +468,7 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     assert counted.get("kernel", 0) > 0 and parts_seen  # the compiled parts ran
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n: None)  # every compiled path off
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
     assert "kernel" not in counted and counted["calls"] == n_kernel
     _close(kernel.object, plain.object)
@@ -484,7 +484,7 @@ def test_compiled_paths_call_the_kernels_with_single_precision_scalars(monkeypat
     from ptycli import _kernels
 
     monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32) is None:
+    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     _run("gradient", True, monkeypatch, group=4)
@@ -522,3 +522,18 @@ def test_optimiser_step_with_a_second_part_equals_the_step_with_their_sum(kernel
             np.testing.assert_array_equal(saved["object/m"], m_saved)
     finally:
         backend.set_kernels(True)
+
+
+def test_kernel_fft_plans_only_for_fftw_complex64_and_aligned_planes(monkeypatch):
+    """Compiled kernels get FFTW plans only where every plane of their buffers is aligned as
+    planned and the host FFTs are FFTW's; elsewhere the array code runs (None)."""
+    pytest.importorskip("pyfftw")
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    plans = backend.kernel_fft_plans(32, 32, np.complex64)
+    if plans is None:
+        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    assert all(isinstance(v, int) and v for v in plans) and plans[1] != plans[2]
+    assert backend.kernel_fft_plans(32, 32, np.complex128) is None
+    assert backend.kernel_fft_plans(33, 33, np.complex64) is None  # 33² x 8 bytes: planes not 64-byte aligned
+    monkeypatch.setattr(backend, "_fft_library", "scipy")
+    assert backend.kernel_fft_plans(32, 32, np.complex64) is None

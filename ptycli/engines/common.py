@@ -271,16 +271,16 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
                    probe: bool) -> KernelPart | None:
     """``forward`` → ``loss_and_grad_exit`` → ``backward_accumulate`` → ``unshift_sum_of`` for a
     single-slice part in one compiled call that runs its FFTs itself, window by window
-    (``_kernels.single_slice_part``), or None where it does not apply: no kernels or FFTW,
-    multislice, compressed data, complex128, planes that would not all be 64-byte aligned, or
-    a window outside the grid. Two parts then run without taking Python's lock at all."""
+    (``_kernels.single_slice_part``), or None where it does not apply: no kernels or kernel
+    FFT plans (``backend.kernel_fft_plans``), multislice, compressed data, or a window
+    outside the grid. Two parts then run without taking Python's lock at all."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
-            or state.probe.dtype.char != "F" or state.object.dtype.char != "F" or (m * n * 8) % 64
-            or batch.data.ndim != 3 or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
+            or state.object.dtype != state.probe.dtype or batch.data.ndim != 3
+            or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
         return None
-    plans = backend.kernel_fft_plans(m, n)
+    plans = backend.kernel_fft_plans(m, n, state.probe.dtype)
     if plans is None:
         return None
     obj = state.object[:, 0]

@@ -24,7 +24,7 @@ from . import noise as noise_mod
 class EpieEngine(common.EngineBase):
     _probe_cache: tuple[Any, Any] | None = None  # (the probe array, its spectrum) for the lean path
     _buffers: tuple[tuple, dict[str, Any]] | None = None  # the lean path's work arrays
-    _native: tuple[tuple[int, int], Any] | None = None  # ((M, N), plans of the compiled path or None)
+    _native: tuple[tuple, Any] | None = None  # ((M, N, dtype), plans of the compiled path or None)
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         xp, p = self.ctx.xp, self.params
@@ -137,13 +137,10 @@ class EpieEngine(common.EngineBase):
 
     def _native_plans(self, probe_k: Any) -> tuple[int, int, int] | None:
         """FFTW plans for ``_kernels.epie_position`` (the whole position in one call), or None
-        where it does not apply: no FFTW, complex128, or (M, N) planes whose size is not a
-        multiple of 64 bytes (the planes of the buffers would not all be aligned as planned)."""
-        m, n = probe_k.shape[-2:]
-        if probe_k.dtype.char != "F" or (m * n * probe_k.itemsize) % 64:  # complex64 only
-            return None
-        if self._native is None or self._native[0] != (m, n):
-            self._native = ((m, n), backend.kernel_fft_plans(m, n))
+        where it does not apply (``backend.kernel_fft_plans``)."""
+        key = (*probe_k.shape[-2:], probe_k.dtype)
+        if self._native is None or self._native[0] != key:
+            self._native = (key, backend.kernel_fft_plans(*key))
         return self._native[1]
 
     def _kernel_position(self, k: Any, native: tuple[int, int, int], state: Any, probe_k: Any, frac: Any,

@@ -173,20 +173,18 @@ class LsqmlEngine(common.EngineBase):
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
             obj = state.object[:, 0]
             out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
-            args = (dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"), fwd.psi1,
-                    g_exit, dO is not None, dP_k is not None)
+            d_obj, y0, x0 = dO[:, 0] if dO is not None else obj, b.y0.astype("int64"), b.x0.astype("int64")
+            flags = (dO is not None, dP_k is not None)
             m, n = state.window
-            plans = backend.kernel_fft_plans(m, n) if (m * n * 8) % 64 == 0 and obj.dtype.char == "F" else None
+            plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype) if dP_k is not None else None
             if plans is not None:  # ΔP shifted window by window in the same compiled call
                 shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-                spectrum = dP_k if dP_k is not None else k.empty(fwd.psi1.shape[1:], fwd.psi1.dtype)
-                k.lsqml_terms_part(plans[0], plans[2], spectrum, b.frac,
-                                   k.real_scalar(backend.unitary_scale((m, n)), obj), *args[:6], *args[6:], shifted, out)
-                if dP_k is not None:
-                    backend.kernel_ffts((m, n), fwd.psi1.shape[0] * fwd.psi1.shape[1])
+                k.lsqml_terms_part(plans[0], plans[2], dP_k, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj),
+                                   d_obj, obj, y0, x0, fwd.psi1, g_exit, *flags, shifted, out)
+                backend.kernel_ffts((m, n), fwd.psi1.shape[0] * fwd.psi1.shape[1])
             else:
                 shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
-                k.lsqml_terms(*args[:5], shifted, *args[5:], out)
+                k.lsqml_terms(d_obj, obj, y0, x0, fwd.psi1, shifted, g_exit, *flags, out)
             cols = (0, 1, 2, 3, 4) if dO is not None and dP_k is not None else (0, 3) if dO is not None else (1, 4)
             return tuple(out[:, i] for i in cols)
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)

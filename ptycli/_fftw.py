@@ -126,6 +126,12 @@ def _smooth(n: int) -> bool:
     return n == 1
 
 
+def _measured(axes: tuple[int, ...]) -> bool:
+    """Plan these transform axes with FFTW_MEASURE (else ESTIMATE): unless the user chose
+    timing-free plans, for sizes without a prime factor above 7."""
+    return os.environ.get("PTYCLI_FFTW_PLANNER", "measure") != "estimate" and all(_smooth(a) for a in axes)
+
+
 class _Plan:
     """One FFTW plan and the aligned scratch input used when the caller's array is not aligned."""
 
@@ -139,8 +145,7 @@ class _Plan:
         axes = tuple(range(-n_axes, 0))
         direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
         n_elem = int(np.prod(shape))
-        measure = os.environ.get("PTYCLI_FFTW_PLANNER", "measure") != "estimate"
-        self.measured = measure and all(_smooth(s) for s in shape[-n_axes:])
+        self.measured = _measured(shape[-n_axes:])
         flags = ("FFTW_MEASURE",) if self.measured else ("FFTW_ESTIMATE",)
         self.threads = max_threads if n_elem >= THREADED_ELEMENTS else 1
         self.plan = pf.FFTW(self.scratch, out, axes=axes, direction=direction, flags=flags, threads=self.threads)
@@ -302,7 +307,7 @@ def native_plan(m: int, n: int, inverse: bool) -> int | None:
     if lib is None:
         return None
     scratch = _pyfftw.empty_aligned((m, n), dtype=np.complex64, n=64)
-    measured = os.environ.get("PTYCLI_FFTW_PLANNER", "measure") != "estimate" and _smooth(m) and _smooth(n)
+    measured = _measured((m, n))
     with _plan_lock:
         if lib.one_thread is not None:
             lib.one_thread(1)

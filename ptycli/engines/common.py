@@ -273,7 +273,7 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
     single-slice part in one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``), or None where it does not apply: no kernels or kernel
     FFT plans (``backend.kernel_fft_plans``), multislice, compressed data, or a window
-    outside the grid. Two parts then run without taking Python's lock at all."""
+    outside the grid. Two parts then hold Python's lock only to start their calls."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES

@@ -394,6 +394,28 @@ def test_adam_on_a_region_equals_adam_on_the_embedded_gradient():
     assert np.abs(z_s - before)[..., :4, :9].min() > 0
 
 
+def _on_fftw_kernels(monkeypatch):
+    """FFTW as the host FFT, with plans for compiled kernels (else the test skips)."""
+    pytest.importorskip("pyfftw")
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
+        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+
+
+def _count_transforms(monkeypatch):
+    """{"calls": transforms through backend._fft_call, "kernel": those compiled kernels report}."""
+    counted = {}
+    real_call = backend._fft_call
+
+    def counting(x, *a, **kw):
+        counted["calls"] = counted.get("calls", 0) + int(np.prod(x.shape[:-2]))
+        return real_call(x, *a, **kw)
+
+    monkeypatch.setattr(backend, "_fft_call", counting)
+    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    return counted
+
+
 @pytest.mark.parametrize("modes,noise_model,mask,extra", [
     (1, "amplitude", False, None),
     (2, "poisson", True, None),
@@ -404,21 +426,10 @@ def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, e
     """Sequential ePIE's whole position in one compiled call (FFTW executed from the kernel)
     against the same path as array calls, both on FFTW: the same states to float32 rounding
     (the two use different FFTW plans), and the same number of transforms counted."""
-    pytest.importorskip("pyfftw")
+    _on_fftw_kernels(monkeypatch)
     from ptycli.engines import epie
 
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
-        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
-    counted = {}
-    real_call = backend._fft_call
-
-    def counting(x, *a, **kw):
-        counted["calls"] = counted.get("calls", 0) + int(np.prod(x.shape[:-2]))
-        return real_call(x, *a, **kw)
-
-    monkeypatch.setattr(backend, "_fft_call", counting)
-    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    counted = _count_transforms(monkeypatch)
     native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra)
     n_native = counted.get("calls", 0) + counted.get("kernel", 0)
     assert counted.get("kernel", 0) > 0  # the compiled path ran
@@ -445,25 +456,13 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     kernel; for LSQ-ML also its step terms, ``lsqml_terms_part``) against the same part as
     array calls on FFTW: the same states to float32 rounding and the same number of
     transforms, with the group split into two parts."""
-    pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
-        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    _on_fftw_kernels(monkeypatch)
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
-    counted = {}
-    real_call = backend._fft_call
-
-    def counting(x, *a, **kw):
-        counted["calls"] = counted.get("calls", 0) + int(np.prod(x.shape[:-2]))
-        return real_call(x, *a, **kw)
-
-    monkeypatch.setattr(backend, "_fft_call", counting)
-    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    counted = _count_transforms(monkeypatch)
     real_part = common.part_by_kernel
     parts_seen = []
     monkeypatch.setattr(common, "part_by_kernel", lambda *a, **kw: parts_seen.append(1) or real_part(*a, **kw))
-    threads = []
-    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: threads.append(2) or min(2, b))
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
     assert counted.get("kernel", 0) > 0 and parts_seen  # the compiled parts ran
     n_kernel = counted.get("calls", 0) + counted["kernel"]
@@ -480,12 +479,9 @@ def test_compiled_paths_call_the_kernels_with_single_precision_scalars(monkeypat
     """A scalar like ``2 * s2`` in a kernel that calls another is float64 in Numba: the far
     field then ran in double precision inside the compiled part (283 vs 192 us per 128²
     position). Every compiled signature of the called kernels keeps float32 scalars."""
-    pytest.importorskip("pyfftw")
+    _on_fftw_kernels(monkeypatch)
     from ptycli import _kernels
 
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
-        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     _run("gradient", True, monkeypatch, group=4)
     _run("epie", True, monkeypatch, group=1)

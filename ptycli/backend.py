@@ -272,19 +272,36 @@ _pool: Any = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _PART_THREAD = "ptycli-part"
+_pool_module: Any = None  # ptycli/_pool.py once map_parts has used it
+# PTYCLI_SPIN_WAIT=0: idle part threads sleep at once instead of spinning for a few ms
+# (for nodes shared with other jobs, where a spinning thread takes a core from them)
+_spin_wait = os.environ.get("PTYCLI_SPIN_WAIT", "1") != "0"
 
 
-def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
+def map_parts(fn: Any, parts: list[Any], staggered: bool = False) -> list[Any]:
     """[fn(p) for p in parts], run concurrently on host threads (one per part, the caller's
     among them), each with single-threaded FFTs; results in the order of ``parts``.
 
     NumPy and FFTW release the GIL on large arrays, so a group split into parts uses every
-    core for the elementwise passes too, not only inside the FFTs.
+    core for the elementwise passes too, not only inside the FFTs. ``staggered``: each part
+    runs some Python and then one compiled kernel, calling ``entering_kernel()`` right
+    before it; the caller's part then starts once the others have reached their kernels
+    (Python runs one thread at a time: otherwise they wait for the caller's).
     """
     if len(parts) <= 1 or threading.current_thread().name.startswith(_PART_THREAD):
         # a part that maps parts again runs them itself: the pool's threads may all be busy
         # with the outer parts, and waiting on them from one of them would never end
         return [fn(p) for p in parts]
+    k = kernels(np) if _spin_wait else None
+    if k is not None:  # workers that wait spinning: a part starts within microseconds
+        global _pool_module
+        from . import _pool as spin
+
+        _pool_module = spin
+        out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts, staggered)
+        if out is not None:
+            return out
+        return [fn(p) for p in parts]  # another thread's parts hold the pool
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < len(parts) - 1:
@@ -301,6 +318,13 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
         if err is not None:
             raise err
     return [first, *(f.result() for f in futures)]
+
+
+def entering_kernel() -> None:
+    """Called by a part of ``map_parts(..., staggered=True)`` right before its compiled
+    kernel (which lets go of Python's lock)."""
+    if _pool_module is not None:
+        _pool_module.entering()
 
 
 def _run_part(fn: Any, part: Any) -> Any:

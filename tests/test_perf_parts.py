@@ -20,7 +20,8 @@ def _final(engine, threads, monkeypatch, slices=1, modes=1, noise="amplitude", p
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)  # split even these tiny groups
     calls = []
     real_map = backend.map_parts
-    monkeypatch.setattr(backend, "map_parts", lambda fn, parts: calls.append(len(parts)) or real_map(fn, parts))
+    monkeypatch.setattr(backend, "map_parts",
+                        lambda fn, parts, **kw: calls.append(len(parts)) or real_map(fn, parts, **kw))
     state = _state(slices=slices, modes=modes, scan=(4, 4))
     refine = {"object": True, "probe": True, "positions": positions}
     out = _run(engine, state, _patterns(state), iterations=2, group=16, refine=refine, noise={"model": noise})

@@ -294,6 +294,7 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
     illum = k.empty(obj.shape, r) if illumination else k.empty((1, 1, 1), r)
     probe_k = k.empty(spectrum.shape, c) if probe else spectrum
     loss = k.empty((n_b,), r)
+    backend.entering_kernel()
     k.single_slice_part(*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
                         batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
                         *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),

@@ -67,7 +67,7 @@ class GradientEngine(common.EngineBase):
             return loss, g_obj, overlap.unshift_sum_of(g_psi1, pb.frac, overwrite=True) if do_probe else None, pos
 
         parts = self.parts(view, vb)
-        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts))
+        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts, staggered=True))
         if do_obj:
             on_region = None if region is None else (region.ys, region.xs)
             if comm.size == 1 and len(g_obj) == 2:  # Adam adds the two parts as it reads them

@@ -33,7 +33,8 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
+        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts,
+                                  staggered=True)
         dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
         dP = dP_k = None
         if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
@@ -50,7 +51,8 @@ class LsqmlEngine(common.EngineBase):
             return terms
 
         # phase 2, per part: the per-position step terms, then the group's steps
-        terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
+        terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))],
+                                  staggered=True)
         terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
         if state.n_slices == 1:
             a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
@@ -179,11 +181,13 @@ class LsqmlEngine(common.EngineBase):
             plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype) if dP_k is not None else None
             if plans is not None:  # ΔP shifted window by window in the same compiled call
                 shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
+                backend.entering_kernel()
                 k.lsqml_terms_part(plans[0], plans[2], dP_k, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj),
                                    d_obj, obj, y0, x0, fwd.psi1, g_exit, *flags, shifted, out)
                 backend.kernel_ffts((m, n), fwd.psi1.shape[0] * fwd.psi1.shape[1])
             else:
                 shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
+                backend.entering_kernel()
                 k.lsqml_terms(d_obj, obj, y0, x0, fwd.psi1, shifted, g_exit, *flags, out)
             cols = (0, 1, 2, 3, 4) if dO is not None and dP_k is not None else (0, 3) if dO is not None else (1, 4)
             return tuple(out[:, i] for i in cols)

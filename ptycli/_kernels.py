@@ -841,7 +841,8 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 
 @nb.njit(**_JIT)
 def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps,
-                      do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss):
+                      do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss,
+                      signal_addr, signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
     forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
     and the probe gradient's spectrum.
@@ -855,8 +856,15 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     (the three sums are zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch (the far
     field's output goes to another array than its input: aliased, its loop would not
     vectorise). Buffers C-contiguous with 64-byte-aligned planes, as the plans were made.
+    psi and g_exit may hold one position instead of B: scratch reused window after window,
+    for callers that do not read them (they then stay in cache). ``signal_addr`` (not 0):
+    *signal_addr = signal_value as the call starts, without Python's lock (ptycli/_pool.py).
     """
-    nb_, n_p, nq, m, n = g_exit.shape
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    nb_ = frac.shape[0]
+    n_p, nq, m, n = g_exit.shape[1:]
+    keep = psi.shape[0] == nb_
     s2 = s * s
     zero = _like(0, loss)
     # the sums start from zero here, not in np.zeros: a zero-fill there holds Python's lock
@@ -871,7 +879,8 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
         # types a slice of a C array as any-layout, and the kernels' loops on it stayed scalar
         # (measured 278 against 199 us per 128² position)
         fb, yb, xb = frac[b].reshape((1, 2)), y0[b:b + 1], x0[b:b + 1]
-        pb, gb = psi[b].reshape((1, n_p, m, n)), g_exit[b].reshape((1, n_p, nq, m, n))
+        kb = b if keep else 0
+        pb, gb = psi[kb].reshape((1, n_p, m, n)), g_exit[kb].reshape((1, n_p, nq, m, n))
         ramp_product(probe_k, fb, -1.0, s, pb)
         _fft_planes(execute, plan_b, pb)
         exit_from_object(obj, yb, xb, pb, wave)
@@ -891,11 +900,16 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
 
 
 @nb.njit(**_JIT)
-def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted, out):
+def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted, out,
+                     dp_out, signal_addr, signal_value):
     """``lsqml_terms`` for a part, position by position, with ΔP shifted to each window here:
     shifted (1, P, M, N) = F⁻¹[s·ramp_b·F[ΔP]] (scratch, a plane-aligned buffer as planned)
     is read by the dots while it is in cache. dp_k (P, M, N) = F[ΔP]; the rest as
-    ``lsqml_terms``."""
+    ``lsqml_terms``. Then, unless dp_out is empty, dp_out (P, M, N) = ΔP = s·F⁻¹[dp_k] (aligned
+    planes): one part of the group makes it while the others finish. ``signal_*`` as
+    ``single_slice_part``."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
     nb_, n_p, nq, m, n = g.shape
     for b in range(nb_):
         pb = psi[b].reshape((1, n_p, m, n))
@@ -907,6 +921,12 @@ def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g,
             sb = pb
         lsqml_terms(d_obj, obj, y0[b:b + 1], x0[b:b + 1], pb, sb, g[b].reshape((1, n_p, nq, m, n)),
                     use_obj, use_probe, out[b:b + 1])
+    if dp_out.shape[0] > 0:
+        dp_out[...] = dp_k
+        _fft_planes(execute, plan_b, dp_out)
+        flat = dp_out.reshape(-1)
+        for i in range(flat.shape[0]):
+            flat[i] *= s
     return out
 
 

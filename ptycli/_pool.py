@@ -6,16 +6,17 @@ group in every engine, and a gradient-engine group lasts ~3 ms. With a
 one's and the results came back ~100 us after the last kernel ended (measured on the
 benchmark machine). Two causes: a thread asleep (on a queue, or on Python's lock while
 another thread holds it) wakes ~85 us after it is signalled there; and every part first runs
-~40 us of Python, during which the other threads cannot.
+~40-120 us of Python, during which the other threads cannot.
 
 So here:
 - an idle worker waits by spinning on a flag in compiled code without Python's lock, for a
   few milliseconds (the serial work between two parallel phases), and only then sleeps;
 - every flag a waiting thread watches is written from compiled code, i.e. after the writer
   has let go of Python's lock: the waiter then takes the lock at once;
-- with ``staggered``, the caller lets the workers run their Python first: it waits until each
-  has called ``entering()`` (just before its kernel, which releases the lock), then runs its
-  own part. The parts' kernels then start within ~50 us of each other.
+- ``run_kernels`` takes parts whose Python was done beforehand on the calling thread (each
+  part is then one kernel call): a worker's kernel stores its "entered" flag as it starts,
+  and only then does the caller start its own, so the kernels start within ~20 us of each
+  other and no thread waits for another's Python.
 """
 
 from __future__ import annotations
@@ -30,22 +31,11 @@ import numpy as np
 #: how long an idle thread spins before it sleeps: covers the serial work between the
 #: parallel phases of a group (optimiser steps, Python) in every engine
 SPIN_S = 0.003
-#: with ``staggered``: the longest the caller waits for a worker to reach its kernel (a
-#: part without a kernel never does), and the margin it then leaves for the worker's
-#: call into the kernel to let go of Python's lock
+#: ``run_kernels``: the longest the caller waits for a worker's kernel to start before it
+#: starts its own (a worker that had fallen asleep takes ~100 us to wake)
 ENTER_WAIT_S = 0.0003
-ENTER_MARGIN_S = 0.00001
 
 _LINE = 8  # int64 per 64-byte cache line: each flag on a line of its own
-_local = threading.local()
-
-
-def entering() -> None:
-    """Called by a part right before its compiled kernel: tells a caller waiting with
-    ``staggered`` that this worker is about to let go of Python's lock."""
-    hook = getattr(_local, "entering", None)
-    if hook is not None:
-        hook()
 
 
 class SpinPool:
@@ -64,12 +54,8 @@ class SpinPool:
         self._sleepers = 0  # workers asleep on the condition
         self._caller_sleeps = False
         self._busy = threading.Lock()
-        # did the workers' parts call entering() in the last staggered run? A part that has
-        # no kernel never does, and waiting for it would only cost time
-        self._entries_seen = True
         self.spins = _spins_for(kernels, SPIN_S)
         self.enter_spins = max(1, int(self.spins * ENTER_WAIT_S / SPIN_S))
-        self.margin_spins = max(1, int(self.spins * ENTER_MARGIN_S / SPIN_S))
         for i in range(workers):
             threading.Thread(target=self._serve, args=(i,), name=f"{name}-{i}", daemon=True).start()
 
@@ -83,10 +69,6 @@ class SpinPool:
     def _serve(self, i: int) -> None:
         seen, done_addr = 0, 0
         entered, done = 1 + i, 1 + self.n + i
-
-        def enter() -> None:
-            self._flags[entered * _LINE] = seen
-
         while True:
             # the previous task's done flag is stored in here, after Python's lock is released
             if not self.k.spin_until(self._addr(0), seen + 1, self.spins, done_addr, seen):
@@ -100,54 +82,63 @@ class SpinPool:
             done_addr = self._addr(done)
             if task is None:  # this generation has fewer parts than workers
                 continue
-            fn, arg = task
-            _local.entering = enter
+            fn, arg, signalled = task
             try:
-                self._results[i] = (True, fn(arg))
+                # a kernel stores ``seen`` in the entered flag as it starts (``run_kernels``)
+                out = fn(*arg, self._addr(entered), seen) if signalled else fn(arg)
+                self._results[i] = (True, out)
             except BaseException as err:  # handed to the caller, which raises it
                 self._results[i] = (False, err)
-            finally:
-                _local.entering = None
             if self._caller_sleeps:  # it waits on the condition: store and wake it here
                 with self._cond:
                     self._flags[done * _LINE] = seen
                     self._cond.notify_all()
 
-    def run(self, fn: Callable[[Any], Any], args: list[Any], staggered: bool = False) -> list[Any] | None:
+    def run(self, fn: Callable[[Any], Any], args: list[Any]) -> list[Any] | None:
         """[fn(a) for a in args], the first on the calling thread and the others on workers;
         None when the pool is busy with another caller's parts (the caller runs them itself)."""
-        if len(args) - 1 > self.n or not self._busy.acquire(blocking=False):
+        return self._run([(fn, a, False) for a in args], lambda: fn(args[0]))
+
+    def run_kernels(self, calls: list[tuple[Any, tuple[Any, ...]]]) -> list[Any] | None:
+        """[kernel(*args, signal_addr, signal_value) for kernel, args in calls], concurrently:
+        compiled kernels that store signal_value at signal_addr as they start (0: no store)
+        and release Python's lock. The calling thread runs the first once the workers'
+        kernels have started. None when the pool is busy (as ``run``)."""
+        kernel, args = calls[0]
+        return self._run([(f, a, True) for f, a in calls], lambda: kernel(*args, 0, 0), wait_entered=True)
+
+    def _run(self, tasks: list[tuple[Any, Any, bool]], first: Callable[[], Any],
+             wait_entered: bool = False) -> list[Any] | None:
+        if len(tasks) - 1 > self.n or not self._busy.acquire(blocking=False):
             return None
         try:
-            rest = args[1:]
+            rest = tasks[1:]
             for i in range(self.n):
-                self._tasks[i] = (fn, rest[i]) if i < len(rest) else None
+                self._tasks[i] = rest[i] if i < len(rest) else None
             self._gen += 1
             gen = self._gen
             k = self.k
+            wait = self.enter_spins if wait_entered and rest else 0
             # go is stored in compiled code: a spinning worker then finds Python's lock free
-            staggered = staggered and bool(rest)
-            first_wait = self.enter_spins if staggered and self._entries_seen else 0
-            k.spin_until(self._addr(1), gen, first_wait, self._addr(0), gen)
+            entered = k.spin_until(self._addr(1), gen, wait, self._addr(0), gen)
             if self._sleepers:
                 with self._cond:  # after the store: a worker going to sleep sees go or is woken
                     self._cond.notify_all()
-            if staggered and self._entries_seen:
+                if wait and not entered:
+                    k.spin_until(self._addr(1), gen, wait, 0, 0)
+            if wait:
                 for i in range(1, len(rest)):
-                    k.spin_until(self._addr(1 + i), gen, self.enter_spins, 0, 0)
-                k.spin_until(self._addr(0), gen + 1, self.margin_spins, 0, 0)  # never true: a pause
+                    k.spin_until(self._addr(1 + i), gen, wait, 0, 0)
             try:
-                first = fn(args[0])
+                out0 = first()
             finally:  # no part outlives the call, also when the first one raised
                 for i in range(len(rest)):
                     self._wait_done(1 + self.n + i, gen)
                 results, self._results = self._results[:len(rest)], [None] * self.n
-                if staggered:
-                    self._entries_seen = all(self._get(1 + i) >= gen for i in range(len(rest)))
             for ok, value in results:
                 if not ok:
                     raise value
-            return [first, *(value for _, value in results)]
+            return [out0, *(value for _, value in results)]
         finally:
             self._busy.release()
 

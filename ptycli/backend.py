@@ -13,8 +13,9 @@ import math
 import os
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -272,21 +273,18 @@ _pool: Any = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _PART_THREAD = "ptycli-part"
-_pool_module: Any = None  # ptycli/_pool.py once map_parts has used it
 # PTYCLI_SPIN_WAIT=0: idle part threads sleep at once instead of spinning for a few ms
 # (for nodes shared with other jobs, where a spinning thread takes a core from them)
 _spin_wait = os.environ.get("PTYCLI_SPIN_WAIT", "1") != "0"
 
 
-def map_parts(fn: Any, parts: list[Any], staggered: bool = False) -> list[Any]:
+def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
     """[fn(p) for p in parts], run concurrently on host threads (one per part, the caller's
     among them), each with single-threaded FFTs; results in the order of ``parts``.
 
     NumPy and FFTW release the GIL on large arrays, so a group split into parts uses every
-    core for the elementwise passes too, not only inside the FFTs. ``staggered``: each part
-    runs some Python and then one compiled kernel, calling ``entering_kernel()`` right
-    before it; the caller's part then starts once the others have reached their kernels
-    (Python runs one thread at a time: otherwise they wait for the caller's).
+    core for the elementwise passes too, not only inside the FFTs. Parts that are each one
+    compiled kernel call go through ``map_launches`` instead.
     """
     if len(parts) <= 1 or threading.current_thread().name.startswith(_PART_THREAD):
         # a part that maps parts again runs them itself: the pool's threads may all be busy
@@ -294,11 +292,8 @@ def map_parts(fn: Any, parts: list[Any], staggered: bool = False) -> list[Any]:
         return [fn(p) for p in parts]
     k = kernels(np) if _spin_wait else None
     if k is not None:  # workers that wait spinning: a part starts within microseconds
-        global _pool_module
         from . import _pool as spin
-
-        _pool_module = spin
-        out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts, staggered)
+        out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts)
         if out is not None:
             return out
         return [fn(p) for p in parts]  # another thread's parts hold the pool
@@ -320,11 +315,41 @@ def map_parts(fn: Any, parts: list[Any], staggered: bool = False) -> list[Any]:
     return [first, *(f.result() for f in futures)]
 
 
-def entering_kernel() -> None:
-    """Called by a part of ``map_parts(..., staggered=True)`` right before its compiled
-    kernel (which lets go of Python's lock)."""
-    if _pool_module is not None:
-        _pool_module.entering()
+@dataclass
+class Launch:
+    """One part's compiled call with its Python done beforehand: ``kernel(*args, signal_addr,
+    signal_value)`` (a kernel that stores signal_value at signal_addr as it starts, 0 for
+    none, and releases Python's lock), then ``finish`` of its return value."""
+
+    kernel: Any
+    args: tuple[Any, ...]
+    finish: Callable[[Any], Any]
+
+    def run(self) -> Any:
+        """On the calling thread."""
+        return self.finish(self.kernel(*self.args, 0, 0))
+
+    def then(self, after: Callable[[Any], Any]) -> Launch:
+        return Launch(self.kernel, self.args, lambda raw: after(self.finish(raw)))
+
+
+def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any]) -> list[Any] | None:
+    """``map_parts`` for parts that are each one kernel call: every part's Python
+    (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
+    concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``
+    gives None for any part: the caller then runs its general path."""
+    launches = [prepare(p) for p in parts]
+    if any(launch is None for launch in launches):
+        return None
+    raw = None
+    k = kernels(np) if _spin_wait else None
+    if len(launches) > 1 and k is not None and not threading.current_thread().name.startswith(_PART_THREAD):
+        from . import _pool as spin
+
+        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels([(ln.kernel, ln.args) for ln in launches])
+    if raw is None:  # one part, no pool, or the pool busy: as map_parts does
+        raw = map_parts(lambda ln: ln.kernel(*ln.args, 0, 0), launches)
+    return [ln.finish(r) for ln, r in zip(launches, raw)]
 
 
 def _run_part(fn: Any, part: Any) -> Any:

@@ -9,9 +9,10 @@ PKG = Path(__file__).resolve().parents[1] / "ptycli"
 
 ALLOWED = {
     "errors": set(),
-    "backend": {"errors", "_fftw", "_kernels"},
+    "backend": {"errors", "_fftw", "_kernels", "_pool"},
     "_fftw": set(),  # the backend's FFTW plan cache (private to the backend seam)
     "_kernels": set(),  # the backend's fused CPU kernels (Numba; private to the backend seam)
+    "_pool": set(),  # the backend's host threads for a group's parts (private to the backend seam)
     "physics": {"backend", "errors", "physics"},
     "store": {"errors", "store", "__init__"},
     "readers": {"errors", "readers", "store", "backend"},

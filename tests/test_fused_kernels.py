@@ -459,9 +459,9 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     _on_fftw_kernels(monkeypatch)
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     counted = _count_transforms(monkeypatch)
-    real_part = common.part_by_kernel
+    real_part = common.prepare_part_kernel
     parts_seen = []
-    monkeypatch.setattr(common, "part_by_kernel", lambda *a, **kw: parts_seen.append(1) or real_part(*a, **kw))
+    monkeypatch.setattr(common, "prepare_part_kernel", lambda *a, **kw: parts_seen.append(1) or real_part(*a, **kw))
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
     assert counted.get("kernel", 0) > 0 and parts_seen  # the compiled parts ran

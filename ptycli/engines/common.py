@@ -257,7 +257,7 @@ def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, 
 
 @dataclass
 class KernelPart:
-    """What ``part_by_kernel`` made for a part of a single-slice group."""
+    """What ``prepare_part_kernel``'s call made for a part of a single-slice group."""
 
     loss: Any  # (B,)
     fwd: Forward  # psi1 (B, P, M, N) only: the exit waves and far fields were never kept
@@ -267,13 +267,14 @@ class KernelPart:
     probe_k: Any  # Σ_j unshift_k(F[∇ψ_j]) (P, M, N) as ``overlap.unshift_sum_of``, or None
 
 
-def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
-                   probe: bool) -> KernelPart | None:
-    """``forward`` → ``loss_and_grad_exit`` → ``backward_accumulate`` → ``unshift_sum_of`` for a
-    single-slice part in one compiled call that runs its FFTs itself, window by window
-    (``_kernels.single_slice_part``), or None where it does not apply: no kernels or kernel
-    FFT plans (``backend.kernel_fft_plans``), multislice, compressed data, or a window
-    outside the grid. Two parts then hold Python's lock only to start their calls."""
+def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
+                        probe: bool, keep_waves: bool = True) -> backend.Launch | None:
+    """The single-slice part as one compiled call that runs its FFTs itself, window by window
+    (``_kernels.single_slice_part``), ready to start (``backend.map_launches``); it finishes
+    as a ``KernelPart``. None where it does not apply: no kernels or kernel FFT plans
+    (``backend.kernel_fft_plans``), multislice, compressed data, or a window outside the grid.
+    ``keep_waves=False``: the ψ and F⁻¹[∇_Ψ L] of the windows are not kept (the KernelPart's
+    ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
@@ -288,20 +289,25 @@ def part_by_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool
     spectrum = batch.spectrum_of(state.probe)
     spectrum = backend.fft2(state.probe) if spectrum is None else spectrum
     c, r = state.probe.dtype, ctx.real_dtype
-    psi, g_exit = k.empty((n_b, n_p, m, n), c, aligned=True), k.empty((n_b, n_p, n_q, m, n), c, aligned=True)
+    kept = n_b if keep_waves else 1
+    psi, g_exit = k.empty((kept, n_p, m, n), c, aligned=True), k.empty((kept, n_p, n_q, m, n), c, aligned=True)
     wave, g_psi = k.empty((1, n_p, n_q, m, n), c, aligned=True), k.empty((1, n_p, m, n), c, aligned=True)
     num = k.empty(obj.shape, c) if numerator else obj  # the kernel zeroes the sums it is asked for
     illum = k.empty(obj.shape, r) if illumination else k.empty((1, 1, 1), r)
     probe_k = k.empty(spectrum.shape, c) if probe else spectrum
     loss = k.empty((n_b,), r)
-    backend.entering_kernel()
-    k.single_slice_part(*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
-                        batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
-                        *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),
-                        numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
-    backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
-    return KernelPart(loss, Forward(psi, None, None, None, batch.H), g_exit, num[:, None] if numerator else None,
-                      illum[:, None] if illumination else None, probe_k if probe else None)
+    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
+            batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
+            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),
+            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
+
+    def finish(_: Any) -> KernelPart:
+        backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
+        return KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
+                          g_exit if keep_waves else None, num[:, None] if numerator else None,
+                          illum[:, None] if illumination else None, probe_k if probe else None)
+
+    return backend.Launch(k.single_slice_part, args, finish)
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:

@@ -49,10 +49,6 @@ class GradientEngine(common.EngineBase):
 
         def part(pb: common.Batch) -> tuple[Any, ...]:
             # everything per position or a partial sum: the parts of a group run concurrently
-            kp = None if do_pos else common.part_by_kernel(view, pb, self.ctx, numerator=do_obj,
-                                                           illumination=False, probe=do_probe)
-            if kp is not None:  # the whole part in one compiled call
-                return kp.loss, kp.num, kp.probe_k, None
             fwd = common.forward(view, pb, self.ctx, patches=do_pos)  # only the position step reads windows
             loss, g_exit = common.loss_and_grad_exit(fwd, pb, self.ctx)
             fused = common.backward_accumulate(g_exit, fwd, view, pb, self.ctx, numerator=do_obj)
@@ -67,7 +63,15 @@ class GradientEngine(common.EngineBase):
             return loss, g_obj, overlap.unshift_sum_of(g_psi1, pb.frac, overwrite=True) if do_probe else None, pos
 
         parts = self.parts(view, vb)
-        loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts, staggered=True))
+        # each part as one compiled call (single slice on the CPU), else the array code
+        kernel_parts = None if do_pos else backend.map_launches(
+            lambda pb: common.prepare_part_kernel(view, pb, self.ctx, numerator=do_obj, illumination=False,
+                                                  probe=do_probe, keep_waves=False), parts)
+        if kernel_parts is not None:
+            loss, g_obj, g_probe = zip(*((kp.loss, kp.num, kp.probe_k) for kp in kernel_parts))
+            pos = None
+        else:
+            loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts))
         if do_obj:
             on_region = None if region is None else (region.ys, region.xs)
             if comm.size == 1 and len(g_obj) == 2:  # Adam adds the two parts as it reads them

@@ -33,8 +33,11 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts,
-                                  staggered=True)
+        first = None
+        if not do_pos and self.ctx.noise_model != "poisson":  # Poisson: its own χ (_poisson_step)
+            first = backend.map_launches(lambda pb: self._kernel_directions(state, pb, do_obj, do_probe), parts)
+        if first is None:
+            first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
         dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
         dP = dP_k = None
         if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
@@ -51,8 +54,14 @@ class LsqmlEngine(common.EngineBase):
             return terms
 
         # phase 2, per part: the per-position step terms, then the group's steps
-        terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))],
-                                  staggered=True)
+        # phase 2 as one compiled call per part where it can (the first part also makes ΔP)
+        terms = backend.map_launches(lambda pr: self._kernel_terms(state, *pr, dO, dP_k),
+                                     [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
+        if terms is not None:
+            terms, dPs = [t[0] for t in terms], [t[1] for t in terms]
+            dP = dPs[0]
+        else:
+            terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
         terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
         if state.n_slices == 1:
             a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
@@ -81,11 +90,6 @@ class LsqmlEngine(common.EngineBase):
         """Forward model, χ and its adjoint for one part of the group, and the part's shares of
         the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
         xp = self.ctx.xp
-        if not do_pos and self.ctx.noise_model != "poisson":  # Poisson: its own χ (_poisson_step)
-            kp = common.part_by_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe)
-            if kp is not None:  # the whole part in one compiled call
-                return {"fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None,
-                        "illum": None, "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k}
         fwd = common.forward(state, b, self.ctx, patches=do_pos)
         # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
         if self.ctx.noise_model in ("poisson", "compressed"):
@@ -118,6 +122,45 @@ class LsqmlEngine(common.EngineBase):
             if last_read:
                 out["g_psi1"] = None
         return out
+
+    def _kernel_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool) -> backend.Launch | None:
+        """``_part_directions`` as one compiled call (``common.prepare_part_kernel``), or None."""
+        launch = common.prepare_part_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe)
+        return None if launch is None else launch.then(lambda kp: {
+            "fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None, "illum": None,
+            "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k})
+
+    def _kernel_terms(self, state: Any, b: common.Batch, r: dict[str, Any], makes_dp: bool, dO: Any,
+                      dP_k: Any) -> backend.Launch | None:
+        """``_terms_single`` as one compiled call (``_kernels.lsqml_terms_part``), finishing as
+        (terms, ΔP or None): the part with ``makes_dp`` also transforms ΔP back, in its call.
+        None where it does not apply (multislice, no kernels or kernel FFT plans, a part
+        without the single-slice kernel's waves)."""
+        k = backend.kernels(self.ctx.xp)
+        m, n = state.window
+        fwd = r["fwd"]
+        if k is None or state.n_slices != 1 or fwd.psi1 is None or r["g_exit"] is None:
+            return None
+        plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype)
+        if plans is None:
+            return None
+        obj = state.object[:, 0]
+        out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
+        d_obj = dO[:, 0] if dO is not None else obj
+        use_probe = dP_k is not None
+        spectrum = dP_k if use_probe else fwd.psi1[0]  # read only with use_probe
+        shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
+        dp = k.empty(dP_k.shape if use_probe and makes_dp else (0, m, n), fwd.psi1.dtype, aligned=True)
+        args = (plans[0], plans[2], spectrum, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj), d_obj, obj,
+                b.y0.astype("int64"), b.x0.astype("int64"), fwd.psi1, r["g_exit"], dO is not None, use_probe,
+                shifted, out, dp)
+        cols = (0, 1, 2, 3, 4) if dO is not None and use_probe else (0, 3) if dO is not None else (1, 4)
+
+        def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
+            backend.kernel_ffts((m, n), (fwd.psi1.shape[0] * fwd.psi1.shape[1] if use_probe else 0) + len(dp))
+            return tuple(out[:, i] for i in cols), dp if len(dp) else None
+
+        return backend.Launch(k.lsqml_terms_part, args, finish)
 
     def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any,
                          dP_k: Any) -> tuple[Any, ...]:
@@ -181,13 +224,12 @@ class LsqmlEngine(common.EngineBase):
             plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype) if dP_k is not None else None
             if plans is not None:  # ΔP shifted window by window in the same compiled call
                 shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-                backend.entering_kernel()
                 k.lsqml_terms_part(plans[0], plans[2], dP_k, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj),
-                                   d_obj, obj, y0, x0, fwd.psi1, g_exit, *flags, shifted, out)
+                                   d_obj, obj, y0, x0, fwd.psi1, g_exit, *flags, shifted, out,
+                                   k.empty((0, m, n), fwd.psi1.dtype), 0, 0)
                 backend.kernel_ffts((m, n), fwd.psi1.shape[0] * fwd.psi1.shape[1])
             else:
                 shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
-                backend.entering_kernel()
                 k.lsqml_terms(d_obj, obj, y0, x0, fwd.psi1, shifted, g_exit, *flags, out)
             cols = (0, 1, 2, 3, 4) if dO is not None and dP_k is not None else (0, 3) if dO is not None else (1, 4)
             return tuple(out[:, i] for i in cols)

@@ -207,6 +207,9 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     transform ψ = Ψ/s (s2 = s²) without a scaling pass of its own.
     """
     nb_, nk, m, n = psi.shape
+    # out may be psi itself: then the last loop is written on one array (an output aliasing
+    # its input fails LLVM's run-time overlap check and that loop would run scalar)
+    in_place = out.ctypes.data == psi.ctypes.data
     f = np.empty(n, dtype=loss.dtype)
     zero = _like(0, f)
     one = _like(1, f)
@@ -262,9 +265,13 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
             total += row
             for k in range(nk):
                 prow = psi[b, k, y]
-                orow = out[b, k, y]
-                for x in range(n):
-                    orow[x] = prow[x] * f[x]
+                if in_place:
+                    for x in range(n):
+                        prow[x] = prow[x] * f[x]
+                else:
+                    orow = out[b, k, y]
+                    for x in range(n):
+                        orow[x] = prow[x] * f[x]
         loss[b] = total
     return loss
 
@@ -332,6 +339,36 @@ def backward_single(obj, y0, x0, psi, g, num, illum, do_num, do_illum, g_psi):
                             v = prow[x]
                             wrow[x] += v.real * v.real + v.imag * v.imag
     return g_psi
+
+
+@nb.njit(**_JIT)
+def backward_single_in_place(obj, y0, x0, psi, g, num, illum, do_num, do_illum):
+    """``backward_single`` for one object mode with g_psi written over g: g (B, P, M, N) =
+    ∂L/∂e* on entry and Σ_q conj(O_q) g on return (the numerator and illumination sums as
+    there). One buffer less per window: the compiled parts keep theirs in L2."""
+    nb_, n_p, m, n = g.shape
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for y in range(m):
+            orow = obj[0, yb + y, xb:xb + n]
+            nrow = num[0, yb + y, xb:xb + n] if do_num else num[0, 0, 0:n]
+            wrow = illum[0, yb + y, xb:xb + n] if do_illum else illum[0, 0, 0:1]
+            for p in range(n_p):
+                prow = psi[b, p, y]
+                grow = g[b, p, y]
+                if do_num:
+                    for x in range(n):
+                        gv = grow[x]
+                        nrow[x] += prow[x].conjugate() * gv
+                        grow[x] = orow[x].conjugate() * gv
+                else:
+                    for x in range(n):
+                        grow[x] = orow[x].conjugate() * grow[x]
+                if do_illum:
+                    for x in range(n):
+                        v = prow[x]
+                        wrow[x] += v.real * v.real + v.imag * v.imag
+    return g
 
 
 @nb.njit(**_JIT)
@@ -865,6 +902,7 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     nb_ = frac.shape[0]
     n_p, nq, m, n = g_exit.shape[1:]
     keep = psi.shape[0] == nb_
+    in_place = not keep and nq == 1
     s2 = s * s
     zero = _like(0, loss)
     # the sums start from zero here, not in np.zeros: a zero-fill there holds Python's lock
@@ -885,15 +923,23 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
         _fft_planes(execute, plan_b, pb)
         exit_from_object(obj, yb, xb, pb, wave)
         _fft_planes(execute, plan_f, wave)
+        # without kept waves and with one object mode, the far field, its inverse FFT and the
+        # adjoint all work in ``wave`` (two buffers fewer to keep in cache per window)
+        gw = wave if in_place else gb
         farfield(wave.reshape((1, n_p * nq, m, n)), data[b].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
-                 gb.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
-        _fft_planes(execute, plan_b, gb)
-        backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, g_psi)
+                 gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
+        _fft_planes(execute, plan_b, gw)
+        if in_place:
+            gp = wave.reshape((1, n_p, m, n))
+            backward_single_in_place(obj, yb, xb, pb, gp, num, illum, do_num, do_illum)
+        else:  # ∇ψ goes to ``wave`` too when it has room (dead after the far field)
+            gp = wave.reshape((1, n_p, m, n)) if nq == 1 else g_psi
+            backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, gp)
         if do_probe:
-            _fft_planes(execute, plan_f, g_psi)
-            ramp_multiply(g_psi, fb, 1.0, s)
+            _fft_planes(execute, plan_f, gp)
+            ramp_multiply(gp, fb, 1.0, s)
             acc = probe_grad_k.reshape(-1)
-            add = g_psi.reshape(-1)
+            add = gp.reshape(-1)
             for i in range(acc.shape[0]):
                 acc[i] += add[i]
     return loss

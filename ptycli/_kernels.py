@@ -93,6 +93,11 @@ def empty(shape: tuple[int, ...], dtype: object, aligned: bool = False) -> np.nd
     return raw[start:start + nbytes].view(dt).reshape(shape)
 
 
+def counters(n: int) -> np.ndarray:
+    """n int64 zeros on the host, for compiled code to count and signal through (atomics)."""
+    return np.zeros(n, dtype=np.int64)
+
+
 def real_scalar(value: float, like: np.ndarray) -> np.generic:
     """``value`` in the real dtype of ``like``: kernels then stay in float32 for float32 data."""
     return like.real.dtype.type(value)
@@ -879,7 +884,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 @nb.njit(**_JIT)
 def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps,
                       do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss,
-                      signal_addr, signal_value):
+                      done_addr, signal_addr, signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
     forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
     and the probe gradient's spectrum.
@@ -942,6 +947,8 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
             add = gp.reshape(-1)
             for i in range(acc.shape[0]):
                 acc[i] += add[i]
+    if done_addr != 0:  # one more part of the group done (``probe_tail`` waits for them all)
+        _atomic_add(done_addr, 1)
     return loss
 
 
@@ -976,6 +983,43 @@ def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g,
     return out
 
 
+@nb.njit(**_JIT)
+def probe_tail(wait_addr, parts, done_addr, execute, plan_f, plan_b, grads_k, s, z, m, v_re, v_im, b1, b2, c1, c2,
+               eps, lr, z_out, spectrum_out):
+    """The gradient engine's probe step for a group, run by a worker while the caller steps
+    the object: once ``parts`` part kernels have counted themselves done at ``wait_addr``
+    (``single_slice_part``'s done_addr; a count above ``parts`` cancels: nothing is done),
+    g = s·F⁻¹[Σ_i grads_k[i]] (the parts' probe-gradient spectra, (K, P, M, N); the sum is
+    made in grads_k[0]), one Adam step z_out = adam(z, g) (moments in place, as ``adam``),
+    and spectrum_out = s·F[z_out], the spectrum the next group's shifts read. At the end,
+    *done_addr = 1 (2 when cancelled). Planes 64-byte aligned as planned."""
+    while _load_acquire(wait_addr) < parts:
+        _cpu_relax()
+    if _load_acquire(wait_addr) > parts:
+        _store_release(done_addr, 2)
+        return False
+    g = grads_k[0]
+    flat = g.reshape(-1)
+    for i in range(1, grads_k.shape[0]):
+        other = grads_k[i].reshape(-1)
+        for j in range(flat.shape[0]):
+            flat[j] += other[j]
+    _fft_planes(execute, plan_b, g)
+    for j in range(flat.shape[0]):
+        flat[j] *= s
+    out = z_out.reshape(-1)
+    _adam_span(z.reshape(-1), flat, None, m.reshape(-1), v_re.reshape(-1), v_im.reshape(-1), out,
+               b1, b2, c1, c2, eps, lr, _like(1, v_re), _like(1j, z_out))
+    spec = spectrum_out.reshape(-1)
+    for j in range(spec.shape[0]):
+        spec[j] = out[j]
+    _fft_planes(execute, plan_f, spectrum_out)
+    for j in range(spec.shape[0]):
+        spec[j] *= s
+    _store_release(done_addr, 1)
+    return True
+
+
 # ----------------------------------------------------------------------------- waiting for work
 _X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
@@ -1004,6 +1048,21 @@ def _store_release(typingctx, addr, value):
         ptr = builder.inttoptr(args[0], llvm_ir.IntType(64).as_pointer())
         val = context.cast(builder, args[1], signature.args[1], nb_types.int64)
         builder.store_atomic(val, ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+
+    return nb_types.void(addr, value), codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, addr, value):
+    """*addr += value (int64), atomically (acquire-release): a count several threads add to."""
+    if not (isinstance(addr, nb_types.Integer) and isinstance(value, nb_types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], llvm_ir.IntType(64).as_pointer())
+        val = context.cast(builder, args[1], signature.args[1], nb_types.int64)
+        builder.atomic_rmw("add", ptr, val, "acq_rel")
         return context.get_dummy_value()
 
     return nb_types.void(addr, value), codegen

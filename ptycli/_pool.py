@@ -82,10 +82,12 @@ class SpinPool:
             done_addr = self._addr(done)
             if task is None:  # this generation has fewer parts than workers
                 continue
-            fn, arg, signalled = task
+            fn, arg, signalled, after = task
             try:
                 # a kernel stores ``seen`` in the entered flag as it starts (``run_kernels``)
                 out = fn(*arg, self._addr(entered), seen) if signalled else fn(arg)
+                for kernel, args in after:
+                    kernel(*args)
                 self._results[i] = (True, out)
             except BaseException as err:  # handed to the caller, which raises it
                 self._results[i] = (False, err)
@@ -97,18 +99,27 @@ class SpinPool:
     def run(self, fn: Callable[[Any], Any], args: list[Any]) -> list[Any] | None:
         """[fn(a) for a in args], the first on the calling thread and the others on workers;
         None when the pool is busy with another caller's parts (the caller runs them itself)."""
-        return self._run([(fn, a, False) for a in args], lambda: fn(args[0]))
+        return self._run([(fn, a, False, ()) for a in args], lambda: fn(args[0]))
 
-    def run_kernels(self, calls: list[tuple[Any, tuple[Any, ...]]]) -> list[Any] | None:
+    def run_kernels(self, calls: list[tuple[Any, tuple[Any, ...]]], after: tuple[tuple[Any, Any], ...] = (),
+                    cancel: Callable[[], None] | None = None) -> list[Any] | None:
         """[kernel(*args, signal_addr, signal_value) for kernel, args in calls], concurrently:
         compiled kernels that store signal_value at signal_addr as they start (0: no store)
         and release Python's lock. The calling thread runs the first once the workers'
-        kernels have started. None when the pool is busy (as ``run``)."""
-        kernel, args = calls[0]
-        return self._run([(f, a, True) for f, a in calls], lambda: kernel(*args, 0, 0), wait_entered=True)
+        kernels have started. None when the pool is busy (as ``run``).
 
-    def _run(self, tasks: list[tuple[Any, Any, bool]], first: Callable[[], Any],
-             wait_entered: bool = False) -> list[Any] | None:
+        ``after``: kernels the last call's worker runs next, which may wait for the other
+        kernels. The call then returns without waiting for that worker (its result is None):
+        the caller learns from the kernels themselves when they are done. ``cancel``, called
+        when the caller's own kernel call fails, must release whatever waits for it."""
+        kernel, args = calls[0]
+        last = len(calls) - 1
+        return self._run([(f, a, True, after if i == last else ()) for i, (f, a) in enumerate(calls)],
+                         lambda: kernel(*args, 0, 0), wait_entered=True, cancel=cancel,
+                         detach_last=bool(after) and last > 0)
+
+    def _run(self, tasks: list[tuple[Any, Any, bool, Any]], first: Callable[[], Any], wait_entered: bool = False,
+             cancel: Callable[[], None] | None = None, detach_last: bool = False) -> list[Any] | None:
         if len(tasks) - 1 > self.n or not self._busy.acquire(blocking=False):
             return None
         try:
@@ -131,10 +142,16 @@ class SpinPool:
                     k.spin_until(self._addr(1 + i), gen, wait, 0, 0)
             try:
                 out0 = first()
-            finally:  # no part outlives the call, also when the first one raised
-                for i in range(len(rest)):
+            except BaseException:
+                if cancel is not None:
+                    cancel()
+                raise
+            finally:  # no part outlives the call (but a detached one), also when the first one raised
+                waited = len(rest) - 1 if detach_last else len(rest)
+                for i in range(waited):
                     self._wait_done(1 + self.n + i, gen)
-                results, self._results = self._results[:len(rest)], [None] * self.n
+                results = self._results[:waited] + [(True, None)] * (len(rest) - waited)
+                self._results = [None] * self.n
             for ok, value in results:
                 if not ok:
                     raise value

@@ -333,22 +333,49 @@ class Launch:
         return Launch(self.kernel, self.args, lambda raw: after(self.finish(raw)))
 
 
-def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any]) -> list[Any] | None:
+def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
+                 tail: Callable[[], tuple[tuple[Any, tuple[Any, ...]], Callable[[], None]] | None] | None = None,
+                 ) -> list[Any] | None:
     """``map_parts`` for parts that are each one kernel call: every part's Python
     (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
     concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``
-    gives None for any part: the caller then runs its general path."""
+    gives None for any part: the caller then runs its general path.
+
+    ``tail()``: ((kernel, args), cancel, parts_done) or None, prepared after the parts: a
+    kernel run right after the last part's, on its thread, that waits for every part's kernel
+    and may still run when this returns (its caller learns from it when it is done);
+    ``cancel()`` releases it when a part fails before its kernel ran, and ``parts_done()``
+    returns once every part's kernel has (their outputs are read here then).
+    """
     launches = [prepare(p) for p in parts]
     if any(launch is None for launch in launches):
         return None
+    after, cancel, parts_done = (tail() if tail is not None else None) or (None, None, None)
+    after_calls = (after,) if after is not None else ()
+
+    def guarded(ln: Launch, last: bool) -> Any:
+        try:
+            out = ln.kernel(*ln.args, 0, 0)
+        except BaseException:
+            if cancel is not None:
+                cancel()
+            raise
+        for kernel, args in after_calls if last else ():
+            kernel(*args)
+        return out
+
     raw = None
     k = kernels(np) if _spin_wait else None
     if len(launches) > 1 and k is not None and not threading.current_thread().name.startswith(_PART_THREAD):
         from . import _pool as spin
 
-        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels([(ln.kernel, ln.args) for ln in launches])
+        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
+            [(ln.kernel, ln.args) for ln in launches], after_calls, cancel)
+        if raw is not None and after_calls:
+            parts_done()  # the last part's worker goes on with the tail
     if raw is None:  # one part, no pool, or the pool busy: as map_parts does
-        raw = map_parts(lambda ln: ln.kernel(*ln.args, 0, 0), launches)
+        n = len(launches)
+        raw = map_parts(lambda il: guarded(il[1], il[0] == n - 1), list(enumerate(launches)))
     return [ln.finish(r) for ln, r in zip(launches, raw)]
 
 

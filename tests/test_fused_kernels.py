@@ -469,7 +469,10 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     counted.clear()
     monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
-    assert "kernel" not in counted and counted["calls"] == n_kernel
+    # the gradient engine's probe step in a kernel (``_ProbeTail``) also transforms the last
+    # group's new probe for a next group; a next iteration transforms it afresh (2 iterations)
+    tail_extra = 2 * modes if engine == "gradient" and (extra or {}).get("refine", {}).get("probe", True) else 0
+    assert "kernel" not in counted and counted["calls"] + tail_extra == n_kernel
     _close(kernel.object, plain.object)
     _close(kernel.probe, plain.probe)
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)

@@ -85,3 +85,72 @@ def test_map_launches_finishes_every_part_on_the_caller_or_gives_way():
     assert [g[:2] for g in got] == [(2, 4.0), (3, 9.0)]
     assert {g[2] for g in got} == {threading.current_thread().name}  # finish runs on the caller
     assert backend.map_launches(prepare, [2, None]) is None  # a part without a launch: the caller's general path
+
+
+def test_a_failing_part_cancels_the_tail_that_waits_for_it():
+    """The caller's own part fails before its kernel ran: ``cancel`` must release the tail on
+    the worker (which waits for every part), or the call would never return."""
+    import concurrent.futures
+
+    count = k.counters(16)
+
+    def part(x, addr, value):
+        if x == "bad":
+            raise ValueError("part bad failed")
+        count[0] += 1
+        return x
+
+    def tail_kernel():
+        while not k.spin_until(count.ctypes.data, 2, 10_000, 0, 0):
+            pass
+        count[8] = 2 if count[0] > 2 else 1
+
+    def prepare(x):
+        return backend.Launch(part, (x,), lambda r: r)
+
+    def cancel():
+        count[0] = 3
+
+    def tail():
+        return (tail_kernel, ()), cancel, lambda: k.spin_until(count.ctypes.data + 64, 1, 10**9, 0, 0)
+
+    guard = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        with pytest.raises(ValueError, match="part bad"):
+            guard.submit(backend.map_launches, prepare, ["bad", "good"], tail).result(timeout=30)
+    finally:
+        guard.shutdown(wait=False)
+    deadline = time.time() + 10
+    while count[8] == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert count[8] == 2  # the tail saw the cancel and did nothing
+
+
+def test_probe_tail_steps_the_summed_gradient_or_does_nothing_when_cancelled(monkeypatch):
+    from ptycli.engines.optimizers import Adam
+
+    pytest.importorskip("pyfftw")
+    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    plans = backend.kernel_fft_plans(8, 8, np.complex64)
+    if plans is None:
+        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((1, 8, 8)) + 1j * rng.standard_normal((1, 8, 8))).astype(np.complex64)
+    grads_k = k.empty((2, 1, 8, 8), np.complex64, aligned=True)
+    grads_k[...] = rng.standard_normal(grads_k.shape) + 1j * rng.standard_normal(grads_k.shape)
+    g = backend.ifft2(grads_k[0] + grads_k[1])  # the gradient the tail forms
+    expect = Adam().step("probe", z, g, 1e-2)
+    opt = Adam()
+    args, commit = opt.kernel_step("probe", z, 1e-2)
+    count, spectrum = k.counters(16), k.empty(z.shape, z.dtype, aligned=True)
+    s = k.real_scalar(backend.unitary_scale((8, 8)), z)
+    count[0] = 3  # cancelled (above the 2 parts)
+    before = grads_k.copy()
+    assert not k.probe_tail(count.ctypes.data, 2, count.ctypes.data + 64, *plans, grads_k, s, *args, spectrum)
+    assert count[8] == 2 and np.array_equal(grads_k, before) and not opt.slots  # nothing moved
+    count[0] = 2  # both parts done
+    assert k.probe_tail(count.ctypes.data, 2, count.ctypes.data + 64, *plans, grads_k, s, *args, spectrum)
+    commit()
+    assert count[8] == 1 and opt.slots["probe"]["t"] == 1
+    np.testing.assert_allclose(args[-1], expect, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(spectrum, backend.fft2(args[-1]), rtol=0, atol=1e-5)

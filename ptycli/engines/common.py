@@ -268,13 +268,16 @@ class KernelPart:
 
 
 def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
-                        probe: bool, keep_waves: bool = True) -> backend.Launch | None:
+                        probe: bool, keep_waves: bool = True, probe_k: Any = None,
+                        done_addr: int = 0) -> backend.Launch | None:
     """The single-slice part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``), ready to start (``backend.map_launches``); it finishes
     as a ``KernelPart``. None where it does not apply: no kernels or kernel FFT plans
     (``backend.kernel_fft_plans``), multislice, compressed data, or a window outside the grid.
     ``keep_waves=False``: the ψ and F⁻¹[∇_Ψ L] of the windows are not kept (the KernelPart's
-    ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers."""
+    ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers.
+    ``probe_k``: where the probe gradient's spectrum goes (an aligned (P, M, N) buffer);
+    ``done_addr``: an int64 the kernel adds 1 to when it is done (``_kernels.probe_tail``)."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
@@ -294,12 +297,13 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     wave, g_psi = k.empty((1, n_p, n_q, m, n), c, aligned=True), k.empty((1, n_p, m, n), c, aligned=True)
     num = k.empty(obj.shape, c) if numerator else obj  # the kernel zeroes the sums it is asked for
     illum = k.empty(obj.shape, r) if illumination else k.empty((1, 1, 1), r)
-    probe_k = k.empty(spectrum.shape, c) if probe else spectrum
+    if probe_k is None:
+        probe_k = k.empty(spectrum.shape, c) if probe else spectrum
     loss = k.empty((n_b,), r)
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
             batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),
-            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
+            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, done_addr)
 
     def finish(_: Any) -> KernelPart:
         backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))

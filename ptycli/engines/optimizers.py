@@ -7,7 +7,7 @@ move that state to and from the host for checkpoints.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .. import backend
 
@@ -61,6 +61,14 @@ class Adam(_Slotted):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.slots: dict[str, dict[str, Any]] = {}
 
+    def kernel_step(self, name: str, z: Any, lr: float) -> tuple[tuple[Any, ...], Callable[[], None]] | None:
+        """The step of ``z`` as arguments for a compiled kernel that makes the gradient itself
+        and steps with ``_kernels.adam``'s formula (``_kernels.probe_tail``): (z, m, v_re,
+        v_im, b1, b2, c1, c2, eps, lr, z_out), and ``commit`` to call once the kernel has
+        run (it counts the step; the kernel updated the moments in place). None where the
+        fused kernel does not apply: the caller then takes ``step``."""
+        return _adam_kernel_step(self, name, z, lr)
+
     def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None,
              more: Any = None) -> Any:
         """One step of ``z`` for ``grad``; with ``region`` = (rows, columns) of z's last two
@@ -108,6 +116,28 @@ class Adam(_Slotted):
         step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
         step *= lr
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
+
+
+def _adam_kernel_step(opt: Adam, name: str, z: Any, lr: float) -> tuple[tuple[Any, ...], Callable[[], None]] | None:
+    """``Adam.kernel_step``."""
+    xp = backend.namespace(z)
+    k = backend.kernels(xp)
+    if k is None or not xp.iscomplexobj(z) or not z.flags.c_contiguous:
+        return None
+    slot = opt.slots.get(name)
+    if slot is None:
+        slot = {"t": 0, "m": xp.zeros(z.shape, dtype=z.dtype), "v_re": xp.zeros(z.shape, dtype=z.real.dtype),
+                "v_im": xp.zeros(z.shape, dtype=z.real.dtype)}
+    if not _fused_applies(z, z, slot):
+        return None
+    t = slot["t"] + 1
+    consts = _adam_constants(k, z, opt.beta1, opt.beta2, opt.eps, lr, t)
+
+    def commit() -> None:
+        slot["t"] = t
+        opt.slots[name] = slot
+
+    return (z, slot["m"], slot["v_re"], slot["v_im"], *consts, k.empty(z.shape, z.dtype, aligned=True)), commit
 
 
 def _adam_constants(k: Any, z: Any, b1: float, b2: float, eps: float, lr: float, t: int) -> tuple[Any, ...]:

@@ -561,23 +561,35 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
 
 
 @nb.njit(**_JIT)
-def lsqml_direction(num, w, delta):
+def lsqml_direction(num, w, delta, num2=None, w2=None):
     """LSQ-ML's object direction num[l] ← -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
     object mode and slice l, in place in two passes (the max, then the quotient); num
     (L, H, W) complex, w (L, H, W) real. In place, not via an ``out`` that may be ``num``
-    (an aliased output makes the loop scalar: see ``ramp_multiply``)."""
+    (an aliased output makes the loop scalar: see ``ramp_multiply``). With a second part's
+    sums num2, w2 (shaped as num, w), they are added on the way (into num and w): no pass
+    of their own."""
     nl, h, wd = num.shape
     minus_half = _like(-0.5, w)
     for q in range(nl):
         w_max = _like(0, w)
         for y in range(h):
+            if w2 is not None:
+                wrow = w[q, y]
+                orow = w2[q, y]
+                for x in range(wd):
+                    wrow[x] += orow[x]
             w_max = max(w_max, _row_max(w[q, y], wd))
         c = (delta * w_max) * (delta * w_max)
         for y in range(h):
             nrow = num[q, y]
             wrow = w[q, y]
-            for x in range(wd):
-                nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+            if num2 is not None:
+                orow2 = num2[q, y]
+                for x in range(wd):
+                    nrow[x] = (nrow[x] + orow2[x]) * (minus_half / np.sqrt(wrow[x] * wrow[x] + c))
+            else:
+                for x in range(wd):
+                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
     return num
 
 

@@ -194,12 +194,18 @@ class LsqmlEngine(common.EngineBase):
         from the parts' partial sums of Σ_j ∇O_j and W."""
         xp = self.ctx.xp
         comm = distributed.comm_of(self.ctx)
+        k = backend.kernels(xp)
+        flat = (-1, *nums[0].shape[-2:])
+        if (k is not None and comm.size == 1 and len(nums) == 2 and nums[0].shape == Ws[0].shape
+                and all(a.flags.c_contiguous for a in (*nums, *Ws))):
+            # the two parts' sums added inside the kernel's two passes, in place in nums[0]
+            k.lsqml_direction(nums[0].reshape(flat), Ws[0].reshape(flat), k.real_scalar(self.params.delta, Ws[0]),
+                              nums[1].reshape(flat), Ws[1].reshape(flat))
+            return nums[0]
         num = comm.allreduce_sum(common.sum_parts(nums))
         W = comm.allreduce_sum(common.sum_parts(Ws))
-        k = backend.kernels(xp)
         if k is not None and W.shape == num.shape and num.flags.c_contiguous and W.flags.c_contiguous:
             # two passes, in place in num (the reshapes below are views)
-            flat = (-1, *num.shape[-2:])
             k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W))
             return num
         num *= -0.5  # Σ_j ΔO_j

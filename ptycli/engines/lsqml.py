@@ -67,7 +67,14 @@ class LsqmlEngine(common.EngineBase):
             a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
         else:
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP_k is not None)
-        if dO is not None:
+        k = backend.kernels(xp)
+        if (dO is not None and region is None and k is not None and state.n_slices == 1
+                and dO.shape == state.object.shape and dO.dtype == state.object.dtype
+                and state.object.flags.c_contiguous and state.object.flags.writeable):
+            # one pass in place (with random or sparse groups the region is the whole grid):
+            # no object-sized sum allocated per group
+            k.add_scaled(state.object, dO, k.real_scalar(float(a_O), dO))
+        elif dO is not None:
             dO *= a_O  # dO is this group's own array: the step is formed in place
             if region is not None:  # only the region changes, in place in the object grid
                 region.add_to_object(dO)

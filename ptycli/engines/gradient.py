@@ -67,11 +67,12 @@ class GradientEngine(common.EngineBase):
         # each part as one compiled call (single slice on the CPU), else the array code; the
         # probe's step may follow on the last part's thread while this one steps the object
         tail = _ProbeTail(self, state, parts, it) if do_probe and not do_pos and comm.size == 1 else None
+        scratch = self.scratch()
         kernel_parts = None if do_pos else backend.map_launches(
-            lambda pb: common.prepare_part_kernel(view, pb, self.ctx, numerator=do_obj, illumination=False,
-                                                  probe=do_probe, keep_waves=False,
-                                                  **(tail.part_args(pb) if tail is not None else {})),
-            parts, tail=tail.prepare if tail is not None else None)
+            lambda ipb: common.prepare_part_kernel(view, ipb[1], self.ctx, numerator=do_obj, illumination=False,
+                                                   probe=do_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
+                                                   **(tail.part_args(ipb[1]) if tail is not None else {})),
+            list(enumerate(parts)), tail=tail.prepare if tail is not None else None)
         if kernel_parts is not None:
             loss, g_obj, g_probe = zip(*((kp.loss, kp.num, kp.probe_k) for kp in kernel_parts))
             pos = None

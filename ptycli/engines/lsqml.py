@@ -35,7 +35,8 @@ class LsqmlEngine(common.EngineBase):
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
         first = None
         if not do_pos and self.ctx.noise_model != "poisson":  # Poisson: its own χ (_poisson_step)
-            first = backend.map_launches(lambda pb: self._kernel_directions(state, pb, do_obj, do_probe), parts)
+            first = backend.map_launches(lambda ipb: self._kernel_directions(state, *ipb, do_obj, do_probe),
+                                         list(enumerate(parts)))
         if first is None:
             first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
         dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
@@ -56,7 +57,7 @@ class LsqmlEngine(common.EngineBase):
         # phase 2, per part: the per-position step terms, then the group's steps
         # phase 2 as one compiled call per part where it can (the first part also makes ΔP)
         terms = backend.map_launches(lambda pr: self._kernel_terms(state, *pr, dO, dP_k),
-                                     [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
+                                     [(i, pb, r) for i, (pb, r) in enumerate(zip(parts, first))])
         if terms is not None:
             terms, dPs = [t[0] for t in terms], [t[1] for t in terms]
             dP = dPs[0]
@@ -130,17 +131,19 @@ class LsqmlEngine(common.EngineBase):
                 out["g_psi1"] = None
         return out
 
-    def _kernel_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool) -> backend.Launch | None:
-        """``_part_directions`` as one compiled call (``common.prepare_part_kernel``), or None."""
-        launch = common.prepare_part_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe)
+    def _kernel_directions(self, state: Any, i: int, b: common.Batch, do_obj: bool,
+                           do_probe: bool) -> backend.Launch | None:
+        """``_part_directions`` of part ``i`` as one compiled call (``common.prepare_part_kernel``), or None."""
+        launch = common.prepare_part_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe,
+                                            scratch=self.scratch(), slot=i)
         return None if launch is None else launch.then(lambda kp: {
             "fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None, "illum": None,
             "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k})
 
-    def _kernel_terms(self, state: Any, b: common.Batch, r: dict[str, Any], makes_dp: bool, dO: Any,
+    def _kernel_terms(self, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
                       dP_k: Any) -> backend.Launch | None:
-        """``_terms_single`` as one compiled call (``_kernels.lsqml_terms_part``), finishing as
-        (terms, ΔP or None): the part with ``makes_dp`` also transforms ΔP back, in its call.
+        """``_terms_single`` of part ``i`` as one compiled call (``_kernels.lsqml_terms_part``),
+        finishing as (terms, ΔP or None): part 0 also transforms ΔP back, in its call.
         None where it does not apply (multislice, no kernels or kernel FFT plans, a part
         without the single-slice kernel's waves)."""
         k = backend.kernels(self.ctx.xp)
@@ -152,12 +155,14 @@ class LsqmlEngine(common.EngineBase):
         if plans is None:
             return None
         obj = state.object[:, 0]
-        out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
+        scratch = self.scratch()
+        out = scratch.get(("terms", i, "out"), (len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
         d_obj = dO[:, 0] if dO is not None else obj
         use_probe = dP_k is not None
         spectrum = dP_k if use_probe else fwd.psi1[0]  # read only with use_probe
-        shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-        dp = k.empty(dP_k.shape if use_probe and makes_dp else (0, m, n), fwd.psi1.dtype, aligned=True)
+        shifted = scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
+        dp = scratch.get(("terms", i, "dp"), dP_k.shape if use_probe and i == 0 else (0, m, n), fwd.psi1.dtype,
+                         aligned=True)
         args = (plans[0], plans[2], spectrum, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj), d_obj, obj,
                 b.y0.astype("int64"), b.x0.astype("int64"), fwd.psi1, r["g_exit"], dO is not None, use_probe,
                 shifted, out, dp)

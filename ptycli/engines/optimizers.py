@@ -240,9 +240,9 @@ class SGD(_Slotted):
         mu = self.momentum
         if mu == 0:
             return z - (lr * grad).astype(z.dtype)
-        slot = self.slots.setdefault(name, {"t": 0, "b": grad})
-        if slot["t"] > 0:
-            slot["b"] = mu * slot["b"] + grad
+        slot = self.slots.setdefault(name, {"t": 0, "b": None})
+        # a copy to start from: the caller's gradient may be a buffer its next group reuses
+        slot["b"] = mu * slot["b"] + grad if slot["t"] > 0 else grad.copy()
         slot["t"] += 1
         direction = grad + mu * slot["b"] if self.nesterov else slot["b"]
         return z - (lr * direction).astype(z.dtype)

@@ -293,6 +293,7 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
     k = kernels(np) if _spin_wait else None
     if k is not None:  # workers that wait spinning: a part starts within microseconds
         from . import _pool as spin
+
         out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts)
         if out is not None:
             return out
@@ -334,8 +335,7 @@ class Launch:
 
 
 def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
-                 tail: Callable[[], tuple[tuple[Any, tuple[Any, ...]], Callable[[], None]] | None] | None = None,
-                 ) -> list[Any] | None:
+                 tail: Callable[[], tuple[Any, Any, Any] | None] | None = None) -> list[Any] | None:
     """``map_parts`` for parts that are each one kernel call: every part's Python
     (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
     concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``

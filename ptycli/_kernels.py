@@ -857,6 +857,15 @@ def _fft_planes(execute, plan, a):
         _fftw_execute(execute, plan, planes[i].ctypes.data, planes[i].ctypes.data)
 
 
+@nb.njit(inline="always", **_JIT)
+def _fft_planes_scaled(execute, plan, a, s):
+    """``_fft_planes``, then every element times ``s`` (the unitary scale the plans leave out)."""
+    _fft_planes(execute, plan, a)
+    flat = a.reshape(-1)
+    for i in range(flat.shape[0]):
+        flat[i] *= s
+
+
 @nb.njit(**_JIT)
 def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma,
                   alpha, do_obj, do_probe, psi, exit_wave, corrected, loss, d_obj, d_psi, probe_out):
@@ -897,9 +906,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
         for i in range(pk.shape[0]):
             pk[i] += st[i]
             po[i] = pk[i]
-        _fft_planes(execute, plan_b, probe_out)
-        for i in range(po.shape[0]):
-            po[i] *= s
+        _fft_planes_scaled(execute, plan_b, probe_out, s)
     return loss
 
 
@@ -917,9 +924,9 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     ψ_b = F⁻¹[s·ramp_b·F[P]] into psi[b] (B, P, M, N); Ψ = F[O ψ] (unnormalised, s = 1/sqrt(MN));
     g_exit[b] (B, P, Q, M, N) = F⁻¹[2ℓ'Ψ] (unitary), loss[b]; num (Q, H, W) = Σ_b Σ_p conj(ψ) g,
     illum = Σ_b Σ_p |ψ|² (when asked); with ``do_probe``, probe_grad_k (P, M, N) = Σ_b s·ramp_b*·F[Σ_q conj(O) g]
-    (the three sums are zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch (the far
-    field's output goes to another array than its input: aliased, its loop would not
-    vectorise). Buffers C-contiguous with 64-byte-aligned planes, as the plans were made.
+    (the three sums are zeroed first). wave (1, P, Q, M, N) and g_psi (1, P, M, N) are scratch
+    (g_psi is used with several object modes only: see the loop). Buffers C-contiguous with
+    64-byte-aligned planes, as the plans were made.
     psi and g_exit may hold one position instead of B: scratch reused window after window,
     for callers that do not read them (they then stay in cache). ``signal_addr`` (not 0):
     *signal_addr = signal_value as the call starts, without Python's lock (ptycli/_pool.py).
@@ -1001,10 +1008,7 @@ def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g,
                     use_obj, use_probe, out[b:b + 1])
     if dp_out.shape[0] > 0:
         dp_out[...] = dp_k
-        _fft_planes(execute, plan_b, dp_out)
-        flat = dp_out.reshape(-1)
-        for i in range(flat.shape[0]):
-            flat[i] *= s
+        _fft_planes_scaled(execute, plan_b, dp_out, s)
     return out
 
 
@@ -1029,24 +1033,23 @@ def probe_tail(wait_addr, parts, done_addr, execute, plan_f, plan_b, grads_k, s,
         other = grads_k[i].reshape(-1)
         for j in range(flat.shape[0]):
             flat[j] += other[j]
-    _fft_planes(execute, plan_b, g)
-    for j in range(flat.shape[0]):
-        flat[j] *= s
+    _fft_planes_scaled(execute, plan_b, g, s)
     out = z_out.reshape(-1)
     _adam_span(z.reshape(-1), flat, None, m.reshape(-1), v_re.reshape(-1), v_im.reshape(-1), out,
                b1, b2, c1, c2, eps, lr, _like(1, v_re), _like(1j, z_out))
-    spec = spectrum_out.reshape(-1)
-    for j in range(spec.shape[0]):
-        spec[j] = out[j]
-    _fft_planes(execute, plan_f, spectrum_out)
-    for j in range(spec.shape[0]):
-        spec[j] *= s
+    spectrum_out.reshape(-1)[:] = out
+    _fft_planes_scaled(execute, plan_f, spectrum_out, s)
     _store_release(done_addr, 1)
     return True
 
 
 # ----------------------------------------------------------------------------- waiting for work
 _X86 = __import__("platform").machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def _int64_at(builder, addr):
+    """The address value ``addr`` as an int64 pointer (for the intrinsics below)."""
+    return builder.inttoptr(addr, llvm_ir.IntType(64).as_pointer())
 
 
 @intrinsic
@@ -1057,8 +1060,7 @@ def _load_acquire(typingctx, addr):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], llvm_ir.IntType(64).as_pointer())
-        return builder.load_atomic(ptr, ordering="acquire", align=8)
+        return builder.load_atomic(_int64_at(builder, args[0]), ordering="acquire", align=8)
 
     return nb_types.int64(addr), codegen
 
@@ -1070,9 +1072,8 @@ def _store_release(typingctx, addr, value):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], llvm_ir.IntType(64).as_pointer())
         val = context.cast(builder, args[1], signature.args[1], nb_types.int64)
-        builder.store_atomic(val, ptr, ordering="release", align=8)
+        builder.store_atomic(val, _int64_at(builder, args[0]), ordering="release", align=8)
         return context.get_dummy_value()
 
     return nb_types.void(addr, value), codegen
@@ -1085,9 +1086,8 @@ def _atomic_add(typingctx, addr, value):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], llvm_ir.IntType(64).as_pointer())
         val = context.cast(builder, args[1], signature.args[1], nb_types.int64)
-        builder.atomic_rmw("add", ptr, val, "acq_rel")
+        builder.atomic_rmw("add", _int64_at(builder, args[0]), val, "acq_rel")
         return context.get_dummy_value()
 
     return nb_types.void(addr, value), codegen

@@ -454,6 +454,7 @@ class EngineBase:
     # (probe, F[probe], iteration): a spectrum made by one group's update for the next group's
     # shifts. Scoped to the iteration: constraints between iterations may change the probe.
     _carried: tuple[Any, Any, int] | None = None
+    _scratch: Scratch | None = None  # made on first use (``scratch``)
 
     def __init__(self, params: Any, ctx: RunContext, state: Any):
         self.params, self.ctx = params, ctx
@@ -469,7 +470,7 @@ class EngineBase:
 
     def scratch(self) -> Scratch | None:
         """This engine's reused part buffers (``Scratch``), or None without kernels."""
-        if getattr(self, "_scratch", None) is None:
+        if self._scratch is None:
             k = backend.kernels(self.ctx.xp)
             self._scratch = Scratch(k) if k is not None else None
         return self._scratch

@@ -166,11 +166,9 @@ class LsqmlEngine(common.EngineBase):
         args = (plans[0], plans[2], spectrum, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj), d_obj, obj,
                 b.y0.astype("int64"), b.x0.astype("int64"), fwd.psi1, r["g_exit"], dO is not None, use_probe,
                 shifted, out, dp)
-        cols = (0, 1, 2, 3, 4) if dO is not None and use_probe else (0, 3) if dO is not None else (1, 4)
-
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
             backend.kernel_ffts((m, n), (fwd.psi1.shape[0] * fwd.psi1.shape[1] if use_probe else 0) + len(dp))
-            return tuple(out[:, i] for i in cols), dp if len(dp) else None
+            return tuple(out[:, c] for c in _term_columns(dO is not None, use_probe)), dp if len(dp) else None
 
         return backend.Launch(k.lsqml_terms_part, args, finish)
 
@@ -235,22 +233,12 @@ class LsqmlEngine(common.EngineBase):
         k = backend.kernels(self.ctx.xp)
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
             obj = state.object[:, 0]
+            # (with kernel FFT plans, ``_kernel_terms`` runs the part instead, ΔP shifted inside)
+            shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
             out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
-            d_obj, y0, x0 = dO[:, 0] if dO is not None else obj, b.y0.astype("int64"), b.x0.astype("int64")
-            flags = (dO is not None, dP_k is not None)
-            m, n = state.window
-            plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype) if dP_k is not None else None
-            if plans is not None:  # ΔP shifted window by window in the same compiled call
-                shifted = k.empty((1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-                k.lsqml_terms_part(plans[0], plans[2], dP_k, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj),
-                                   d_obj, obj, y0, x0, fwd.psi1, g_exit, *flags, shifted, out,
-                                   k.empty((0, m, n), fwd.psi1.dtype), 0, 0)
-                backend.kernel_ffts((m, n), fwd.psi1.shape[0] * fwd.psi1.shape[1])
-            else:
-                shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
-                k.lsqml_terms(d_obj, obj, y0, x0, fwd.psi1, shifted, g_exit, *flags, out)
-            cols = (0, 1, 2, 3, 4) if dO is not None and dP_k is not None else (0, 3) if dO is not None else (1, 4)
-            return tuple(out[:, i] for i in cols)
+            k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
+                          fwd.psi1, shifted, g_exit, dO is not None, dP_k is not None, out)
+            return tuple(out[:, i] for i in _term_columns(dO is not None, dP_k is not None))
         t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
             if dO is not None else None
@@ -367,3 +355,9 @@ def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
         w = w[:, 0] if w.shape[1] == 1 else xp.sum(w, axis=1)
         slices.append(xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:])))
     return slices[0][:, :, None] if len(slices) == 1 else xp.stack(slices, axis=2)
+
+
+def _term_columns(has_obj: bool, has_probe: bool) -> tuple[int, ...]:
+    """The columns of the single-slice terms kernels' (B, 5) output that the steps read:
+    (aa, bb, ab, ra, rb) with both directions, (aa, ra) or (bb, rb) with one."""
+    return (0, 1, 2, 3, 4) if has_obj and has_probe else (0, 3) if has_obj else (1, 4)

@@ -67,7 +67,21 @@ class Adam(_Slotted):
         v_im, b1, b2, c1, c2, eps, lr, z_out), and ``commit`` to call once the kernel has
         run (it counts the step; the kernel updated the moments in place). None where the
         fused kernel does not apply: the caller then takes ``step``."""
-        return _adam_kernel_step(self, name, z, lr)
+        xp = backend.namespace(z)
+        k = backend.kernels(xp)
+        if k is None or not xp.iscomplexobj(z) or not z.flags.c_contiguous:
+            return None
+        slot = self.slots.get(name) or _new_slot(z, z)  # the gradient will have z's dtype
+        if not _fused_applies(z, z, slot):
+            return None
+        t = slot["t"] + 1
+        consts = _adam_constants(k, z, self.beta1, self.beta2, self.eps, lr, t)
+
+        def commit() -> None:
+            slot["t"] = t
+            self.slots[name] = slot
+
+        return (z, slot["m"], slot["v_re"], slot["v_im"], *consts, k.empty(z.shape, z.dtype, aligned=True)), commit
 
     def step(self, name: str, z: Any, grad: Any, lr: float, region: tuple[slice, slice] | None = None,
              more: Any = None) -> Any:
@@ -79,11 +93,7 @@ class Adam(_Slotted):
             grad, more = grad + more, None
         slot = self.slots.get(name)
         if slot is None:
-            xp = backend.namespace(z)
-            g_re, g_im = _split(grad)
-            slot = {"t": 0, "m": xp.zeros(z.shape, dtype=grad.dtype), "v_re": xp.zeros(z.shape, dtype=g_re.dtype),
-                    "v_im": None if g_im is None else xp.zeros(z.shape, dtype=g_im.dtype)}
-            self.slots[name] = slot
+            slot = self.slots[name] = _new_slot(z, grad)
         b1, b2 = self.beta1, self.beta2
         slot["t"] += 1
         t = slot["t"]
@@ -118,26 +128,12 @@ class Adam(_Slotted):
         return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
 
 
-def _adam_kernel_step(opt: Adam, name: str, z: Any, lr: float) -> tuple[tuple[Any, ...], Callable[[], None]] | None:
-    """``Adam.kernel_step``."""
+def _new_slot(z: Any, grad: Any) -> dict[str, Any]:
+    """Adam's zero moments for ``z`` with gradients like ``grad`` (v per real component)."""
     xp = backend.namespace(z)
-    k = backend.kernels(xp)
-    if k is None or not xp.iscomplexobj(z) or not z.flags.c_contiguous:
-        return None
-    slot = opt.slots.get(name)
-    if slot is None:
-        slot = {"t": 0, "m": xp.zeros(z.shape, dtype=z.dtype), "v_re": xp.zeros(z.shape, dtype=z.real.dtype),
-                "v_im": xp.zeros(z.shape, dtype=z.real.dtype)}
-    if not _fused_applies(z, z, slot):
-        return None
-    t = slot["t"] + 1
-    consts = _adam_constants(k, z, opt.beta1, opt.beta2, opt.eps, lr, t)
-
-    def commit() -> None:
-        slot["t"] = t
-        opt.slots[name] = slot
-
-    return (z, slot["m"], slot["v_re"], slot["v_im"], *consts, k.empty(z.shape, z.dtype, aligned=True)), commit
+    g_re, g_im = _split(grad)
+    return {"t": 0, "m": xp.zeros(z.shape, dtype=grad.dtype), "v_re": xp.zeros(z.shape, dtype=g_re.dtype),
+            "v_im": None if g_im is None else xp.zeros(z.shape, dtype=g_im.dtype)}
 
 
 def _adam_constants(k: Any, z: Any, b1: float, b2: float, eps: float, lr: float, t: int) -> tuple[Any, ...]:

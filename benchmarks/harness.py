@@ -69,6 +69,7 @@ def make_run(engine: str, state: Any, patterns: Any, iterations: int, *, precisi
     """A zero-argument call running ``iterations`` of ``engine`` on ``state`` (changed in place)."""
     from ptycli import backend
     from ptycli.engines import common, loop
+    from ptycli.engines.data import Rows
     from ptycli.engines.registry import ENGINES
     from ptycli.recipe import Recipe
 
@@ -85,6 +86,8 @@ def make_run(engine: str, state: Any, patterns: Any, iterations: int, *, precisi
 
     hooks = loop.RunHooks(
         read_batch=lambda idx, _stage: patterns[idx],
+        # resident host patterns reach the engines as the product's do (PatternSource.read_rows)
+        read_rows=(lambda idx, _stage: Rows(patterns, idx)) if isinstance(patterns, np.ndarray) else None,
         make_engine=make_engine,
         apply_constraints=lambda st, _stage, _it: st,
         observers=list(observers),

@@ -911,7 +911,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 
 
 @nb.njit(**_JIT)
-def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps,
+def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps,
                       do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss,
                       done_addr, signal_addr, signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
@@ -920,7 +920,9 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
 
     The same quantities as engines/common.forward → loss_and_grad_exit → backward_accumulate
     → overlap.unshift_sum_of on the whole part, made one window at a time so that each
-    window's waves stay in cache through its transforms. Per position b:
+    window's waves stay in cache through its transforms. Position b's pattern is
+    data[rows[b]] (data (J, M, N): the resident set read in place, or the group's own with
+    rows = 0..B-1). Per position b:
     ψ_b = F⁻¹[s·ramp_b·F[P]] into psi[b] (B, P, M, N); Ψ = F[O ψ] (unnormalised, s = 1/sqrt(MN));
     g_exit[b] (B, P, Q, M, N) = F⁻¹[2ℓ'Ψ] (unitary), loss[b]; num (Q, H, W) = Σ_b Σ_p conj(ψ) g,
     illum = Σ_b Σ_p |ψ|² (when asked); with ``do_probe``, probe_grad_k (P, M, N) = Σ_b s·ramp_b*·F[Σ_q conj(O) g]
@@ -963,7 +965,7 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
         gw = wave if in_place else gb
         exit_from_object(obj, yb, xb, pb, ew)
         _fft_planes(execute, plan_f, ew)
-        farfield(ew.reshape((1, n_p * nq, m, n)), data[b].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
+        farfield(ew.reshape((1, n_p * nq, m, n)), data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
                  gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
         _fft_planes(execute, plan_b, gw)
         if in_place:

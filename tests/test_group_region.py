@@ -43,8 +43,8 @@ def test_random_groups_and_shared_groups_use_the_whole_grid():
 
     state = SimpleNamespace(window=(8, 8), object=np.zeros((1, 1, 40, 40), np.complex64))
     ctx = SimpleNamespace(extra={})
-    spread = common.Batch(idx=np.arange(2), y0=np.array([0, 32]), x0=np.array([0, 32]), frac=None, data=None)
-    near = common.Batch(idx=np.arange(2), y0=np.array([4, 6]), x0=np.array([10, 12]), frac=None, data=None)
+    spread = common.Batch(idx=np.arange(2), y0=np.array([0, 32]), x0=np.array([0, 32]), frac=None, source=None)
+    near = common.Batch(idx=np.arange(2), y0=np.array([4, 6]), x0=np.array([10, 12]), frac=None, source=None)
     assert common.group_region(state, spread, ctx) is None  # most of the object
     region = common.group_region(state, near, ctx)
     assert region.object.shape == (1, 1, 10, 10) and region.object.flags.c_contiguous

@@ -57,7 +57,7 @@ def test_parts_match_one_thread(engine, slices, modes, noise, positions, monkeyp
 
 def test_split_batch_covers_the_group_in_order():
     b = common.Batch(idx=np.arange(7), y0=np.arange(7), x0=np.arange(7) * 2, frac=np.zeros((7, 2)),
-                     data=np.arange(7 * 4).reshape(7, 2, 2), H=np.ones((7, 2, 2)))
+                     source=np.arange(7 * 4).reshape(7, 2, 2), H=np.ones((7, 2, 2)))
     parts = common.split_batch(b, 3)
     assert [len(p.idx) for p in parts] == [2, 2, 3]
     np.testing.assert_array_equal(np.concatenate([p.x0 for p in parts]), b.x0)

@@ -19,6 +19,7 @@ from .. import backend
 from ..physics import electron, multislice, overlap, propagation
 from . import distributed
 from . import noise as noise_mod
+from .data import Rows, frames_and_rows
 
 
 @dataclass
@@ -44,10 +45,23 @@ class Batch:
     y0: np.ndarray
     x0: np.ndarray
     frac: Any  # device (B, 2)
-    data: Any  # device (B, M, M) unshifted counts, or (B, K) compressed signals
+    # device (B, M, M) unshifted counts, (B, K) compressed signals, or the counts as
+    # data.Rows of the resident set (read through ``data``, or in place by the kernels)
+    source: Any
     H: Any = None  # propagator of this batch: (B, M, N) with per-position tilts, else ctx.H
     # (probe, F[probe]) computed once for the whole group: its parts share the one transform
     probe_spectrum: tuple[Any, Any] | None = None
+
+    @property
+    def data(self) -> Any:
+        """The batch's data as an array (``source``, gathered on first use when it is Rows)."""
+        if isinstance(self.source, Rows):
+            self.source = self.source.gather()
+        return self.source
+
+    def frames_and_rows(self) -> tuple[Any, np.ndarray]:
+        """(frames, rows): data[b] is frames[rows[b]], without a gather (compiled kernels)."""
+        return frames_and_rows(self.source)
 
     def spectrum_of(self, probe: Any) -> Any:
         """F[probe] when this batch carries it for this very array, else None."""
@@ -106,7 +120,7 @@ def make_batch(state: Any, idx: np.ndarray, data: Any, ctx: RunContext) -> Batch
     pos = np.asarray(state.positions)[idx]
     y0, x0, frac = overlap.split_positions(pos, state.window)
     frac_d = backend.to_device(np.asarray(frac), ctx.xp, dtype=ctx.real_dtype)
-    return Batch(idx=idx, y0=np.asarray(y0), x0=np.asarray(x0), frac=frac_d, data=data,
+    return Batch(idx=idx, y0=np.asarray(y0), x0=np.asarray(x0), frac=frac_d, source=data,
                  H=tilted_propagator(state, idx, ctx))
 
 
@@ -136,7 +150,7 @@ def split_batch(batch: Batch, n: int) -> list[Batch]:
     bounds = [size * k // n for k in range(n + 1)]
     per_position_H = batch.H is not None and batch.H.ndim == 3
     return [Batch(idx=batch.idx[a:b], y0=batch.y0[a:b], x0=batch.x0[a:b], frac=batch.frac[a:b],
-                  data=batch.data[a:b], H=batch.H[a:b] if per_position_H else batch.H,
+                  source=batch.source[a:b], H=batch.H[a:b] if per_position_H else batch.H,
                   probe_spectrum=batch.probe_spectrum)
             for a, b in itertools.pairwise(bounds)]
 
@@ -305,7 +319,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
-            or state.object.dtype != state.probe.dtype or batch.data.ndim != 3
+            or state.object.dtype != state.probe.dtype or batch.source.ndim != 3
             or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
         return None
     plans = backend.kernel_fft_plans(m, n, state.probe.dtype)
@@ -330,9 +344,10 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if probe_k is None:
         probe_k = buf("probe_k", spectrum.shape, c) if probe else spectrum
     loss = buf("loss", (n_b,), r)
-    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), batch.data), obj,
-            batch.y0.astype("int64"), batch.x0.astype("int64"), batch.data,
-            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, batch.data),
+    frames, rows = batch.frames_and_rows()  # read in place by index: no gathered copy
+    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
+            batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
+            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
             numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, done_addr)
 
     def finish(_: Any) -> KernelPart:
@@ -455,6 +470,9 @@ class EngineBase:
     # shifts. Scoped to the iteration: constraints between iterations may change the probe.
     _carried: tuple[Any, Any, int] | None = None
     _scratch: Scratch | None = None  # made on first use (``scratch``)
+    # the loop may hand ``update`` its data as data.Rows (RunHooks.read_rows): the engine
+    # reads it through ``batch`` (Batch.data gathers it when an array path needs it)
+    reads_rows = False
 
     def __init__(self, params: Any, ctx: RunContext, state: Any):
         self.params, self.ctx = params, ctx

@@ -21,6 +21,56 @@ from ..errors import DeviceError
 DEFAULT_BUDGET_BYTES = 2 * 2**30
 
 
+class Rows:
+    """A group's patterns as rows of the resident set, ``frames[rows]``, without the copy.
+
+    Why: gathering a group's frames copied ~2 MB per LSQ-ML group of benchmark case A
+    (~250 us, 3-4 % of the group) that the compiled kernels then read once more; they read
+    ``frames[rows[b]]`` in place instead. Array code gets the gathered copy (``gathered``,
+    or ``Batch.data``), made when first asked for. Slicing with a slice gives the rows of a
+    part of the group (views, as an array's slices)."""
+
+    __slots__ = ("frames", "rows")
+
+    def __init__(self, frames: Any, rows: np.ndarray):
+        self.frames, self.rows = frames, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.frames.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.frames.ndim
+
+    @property
+    def dtype(self) -> Any:
+        return self.frames.dtype
+
+    def __getitem__(self, part: slice) -> Rows:
+        if not isinstance(part, slice):
+            raise TypeError("Rows takes slices only; gather() the frames for other indexing")
+        return Rows(self.frames, self.rows[part])
+
+    def gather(self) -> Any:
+        return self.frames[self.rows]
+
+
+def gathered(data: Any) -> Any:
+    """``data`` as an array: a ``Rows``' frames gathered, an array unchanged."""
+    return data.gather() if isinstance(data, Rows) else data
+
+
+def frames_and_rows(data: Any) -> tuple[Any, np.ndarray]:
+    """(frames, rows) with data[b] = frames[rows[b]]: a ``Rows``' own, else (data, 0..B-1)."""
+    if isinstance(data, Rows):
+        return data.frames, data.rows
+    return data, np.arange(len(data), dtype=np.int64)
+
+
 class PatternSource:
     """Reads groups of patterns (B, M, M), unshifted, on the device of ``xp``.
 
@@ -106,6 +156,13 @@ class PatternSource:
         out = self.xp.concatenate(parts, axis=0)
         inverse = np.argsort(np.concatenate(where), kind="stable")  # back to the order of idx
         return out[inverse] if backend.is_numpy(self.xp) else out[backend.to_device(inverse, self.xp)]
+
+    def read_rows(self, idx: np.ndarray) -> Any:
+        """``read(idx)``, as ``Rows`` of the resident set on the host (no copy; for engines
+        whose kernels read frames by index), else as ``read``."""
+        if self._all is not None and backend.is_numpy(self.xp):
+            return Rows(self._all, idx)
+        return self.read(idx)
 
     def _absorb_prefetched(self) -> None:
         """Wait for the read in flight and cache its chunks on the device. Decoded chunks

@@ -19,6 +19,7 @@ from .. import backend
 from ..physics import overlap, propagation
 from . import common, distributed
 from . import noise as noise_mod
+from .data import Rows
 
 
 class EpieEngine(common.EngineBase):
@@ -26,11 +27,15 @@ class EpieEngine(common.EngineBase):
     _buffers: tuple[tuple, dict[str, Any]] | None = None  # the lean path's work arrays
     _native: tuple[tuple, Any] | None = None  # ((M, N, dtype), plans of the compiled path or None)
 
+    reads_rows = True  # data may come as data.Rows (common.EngineBase)
+
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         xp, p = self.ctx.xp, self.params
         k = backend.kernels(xp)
         if k is not None and len(idx) == 1 and self._lean_applies(state, it):
-            out = self._update_one(k, state, int(idx[0]), data, it)
+            # the position's frame: a view of the resident set when it comes as rows of it
+            frame = data.frames[data.rows[0]][None] if isinstance(data, Rows) else data
+            out = self._update_one(k, state, int(idx[0]), frame, it)
             if out is not None:
                 return out
         b = self.batch(state, idx, data)

@@ -23,11 +23,14 @@ from .. import backend
 from ..physics import overlap
 from ..recipe import rate_value
 from . import common, distributed
+from .data import gathered
 from .optimizers import embed, make_optimizer
 from .variables import Evaluator, active_variables, model_features
 
 
 class GradientEngine(common.EngineBase):
+    reads_rows = True  # data may come as data.Rows (common.EngineBase)
+
     def __init__(self, params: Any, ctx: common.RunContext, state: Any):
         super().__init__(params, ctx, state)
         self.opt = make_optimizer(params)
@@ -38,7 +41,7 @@ class GradientEngine(common.EngineBase):
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         names = active_variables(self.params.refine, it)
         if self.params.regularisers or set(names) - {"object", "probe", "positions"} or model_features(state):
-            return self._variables_update(state, idx, data, it, names)
+            return self._variables_update(state, idx, gathered(data), it, names)
         b = self.batch(state, idx, data, it)
         refine = self.params.refine
         do_obj, do_probe, do_pos = refine.object.active(it), refine.probe.active(it), refine.positions.active(it)

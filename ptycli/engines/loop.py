@@ -74,6 +74,9 @@ class RunHooks:
     # (indices, stage) -> None: start reading a group's data in the background while the
     # current group computes; results do not depend on it (it only moves the reading earlier)
     prefetch: Callable[[np.ndarray, Any], None] | None = None
+    # (indices, stage) -> the data as read_batch's, or as data.Rows of a resident set, for
+    # engines whose kernels read the frames in place (``reads_rows``): no gathered copy
+    read_rows: Callable[[np.ndarray, Any], Any] | None = None
 
 
 def emit(observers: list[Any], event: str, *args: Any) -> None:
@@ -116,6 +119,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     comm = hooks.comm
     place = distributed.curve_rank(order, len(state.positions_initial))
     first_loss = _first_stage_loss(history, si)
+    read = hooks.read_rows if hooks.read_rows is not None and getattr(engine, "reads_rows", False) else hooks.read_batch
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
         # at the stopping iteration stops at the same place and records it once.
@@ -139,7 +143,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         moving = stage.refine.positions.active(it)
         for gi in range(start_group, len(groups)):
             mine = distributed.local_part(groups[gi], place, comm)
-            data = hooks.read_batch(mine, stage)
+            data = read(mine, stage)
             if hooks.prefetch is not None:
                 nxt_group = _next_group(groups, gi, stage, it, order, rng)
                 if nxt_group is not None:

@@ -22,6 +22,8 @@ from . import common, distributed
 
 
 class LsqmlEngine(common.EngineBase):
+    reads_rows = True  # data may come as data.Rows (common.EngineBase)
+
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         p, xp = self.params, self.ctx.xp
         full_state, full_batch = state, self.batch(state, idx, data, it)

@@ -81,6 +81,12 @@ class _Inputs:
             return self.signals.read(idx)
         return self.patterns.read(idx)
 
+    def read_rows(self, idx: np.ndarray, stage: Any) -> Any:
+        """``read``, with resident patterns as data.Rows (engines that read frames in place)."""
+        if stage.noise.model == "compressed":
+            return self.read(idx, stage)
+        return self.patterns.read_rows(idx)
+
 
 def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | Path | Recipe = "quick",
         overrides: Iterable[str] = (), iterations: int | None = None, device: str = "auto",
@@ -135,7 +141,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     flag = StopFlag()
     monitor = _Monitor(partial_path(out), comm)
     hooks = loop.RunHooks(
-        read_batch=inputs.read,
+        read_batch=inputs.read, read_rows=inputs.read_rows,
         make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e, comm),
         apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
         checkpoint=monitor.checkpoint, stop=flag, observers=list(observers) if comm.is_root else [],

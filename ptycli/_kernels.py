@@ -1014,6 +1014,87 @@ def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g,
     return out
 
 
+@nb.njit(inline="always", **_JIT)
+def _barrier(addr, target):
+    """Wait until every thread of a ``lsqml_tail_part`` launch has counted itself in at
+    ``addr`` (an int64 that only grows: the k-th barrier of n threads waits for k·n; a
+    cancelled launch sets it past every target)."""
+    _atomic_add(addr, 1)
+    while _load_acquire(addr) < target:
+        _cpu_relax()
+
+
+@nb.njit(**_JIT)
+def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0, x0,
+                    psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step,
+                    signal_addr, signal_value):
+    """LSQ-ML's group after its parts' sums, as thread ``t`` of ``n_threads`` run together
+    (``backend.map_launches(..., together=True)``): the object direction on this thread's
+    rows of the grid, the step terms of its own part, then the group's steps, and the object
+    step on its rows. The serial passes between the parallel phases ran on one thread with
+    Python between them (direction, steps, object step: ~0.5 ms of a ~7 ms group, case A).
+
+    nums, ws: the parts' sums Σ∇O (L, H, W) and W (L, H, W); the direction
+    nums[0] ← -½ Σ_k nums[k] / sqrt((Σ_k ws[k])² + (δ max)²) is made in place (as
+    ``lsqml_direction``; ws[0] takes the sum). Then this part's rows first:first+B of the
+    group's out (B_all, 5), as ``lsqml_terms_part`` (d_obj = nums[0]; thread 0's dp_out
+    takes ΔP); then steps (2,) = (α_O, α_P) as ``lsqml_steps`` (mode, trim, beta; every
+    thread solves the same numbers, each into its own steps) and, with ``apply_step``,
+    obj += α_O·ΔO on this thread's rows. maxes (n_threads, L) is scratch. The same values as
+    the serial calls, bit for bit: each pixel and position is computed as there."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    nl, h, wd = nums[0].shape
+    r0 = h * t // n_threads
+    r1 = h * (t + 1) // n_threads
+    dir_obj = nums[0]
+    w0 = ws[0]
+    if use_obj:
+        for q in range(nl):
+            w_max = _like(0, w0)
+            for y in range(r0, r1):
+                wrow = w0[q, y]
+                for k in range(1, len(ws)):
+                    orow = ws[k][q, y]
+                    for x in range(wd):
+                        wrow[x] += orow[x]
+                w_max = max(w_max, _row_max(wrow, wd))
+            maxes[t, q] = w_max
+        _barrier(bar_addr, n_threads)
+        minus_half = _like(-0.5, w0)
+        for q in range(nl):
+            w_max = maxes[0, q]  # the max of each object mode over the whole grid
+            for i in range(1, n_threads):
+                w_max = max(w_max, maxes[i, q])
+            c = (delta * w_max) * (delta * w_max)
+            for y in range(r0, r1):
+                nrow = dir_obj[q, y]
+                wrow = w0[q, y]
+                for k in range(1, len(nums)):
+                    orow = nums[k][q, y]
+                    for x in range(wd):
+                        nrow[x] += orow[x]
+                for x in range(wd):
+                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+        _barrier(bar_addr, 2 * n_threads)
+        passed = 2
+    else:
+        passed = 0
+    lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
+                     out[first:first + frac.shape[0]], dp_out, 0, 0)
+    _barrier(bar_addr, (passed + 1) * n_threads)
+    lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
+    if apply_step and use_obj:
+        a = steps[0]
+        for q in range(obj.shape[0]):
+            for y in range(r0, r1):
+                orow = obj[q, y]
+                drow = dir_obj[q, y]
+                for x in range(wd):
+                    orow[x] += a * drow[x]
+    return steps
+
+
 @nb.njit(**_JIT)
 def probe_tail(wait_addr, parts, done_addr, execute, plan_f, plan_b, grads_k, s, z, m, v_re, v_im, b1, b2, c1, c2,
                eps, lr, z_out, spectrum_out):

@@ -335,7 +335,8 @@ class Launch:
 
 
 def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
-                 tail: Callable[[], tuple[Any, Any, Any] | None] | None = None) -> list[Any] | None:
+                 tail: Callable[[], tuple[Any, Any, Any] | None] | None = None, *, together: bool = False,
+                 release: Callable[[], None] | None = None) -> list[Any] | None:
     """``map_parts`` for parts that are each one kernel call: every part's Python
     (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
     concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``
@@ -346,10 +347,24 @@ def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
     and may still run when this returns (its caller learns from it when it is done);
     ``cancel()`` releases it when a part fails before its kernel ran, and ``parts_done()``
     returns once every part's kernel has (their outputs are read here then).
+
+    ``together``: the kernels wait for one another inside (barriers), so they must all run
+    at once: on the spinning pool only, and None (no kernel run) when it cannot take them
+    (nested in a part, ``PTYCLI_SPIN_WAIT=0``, the pool busy). ``release()`` then lets the
+    others' barriers pass if the calling thread's kernel call fails.
     """
     launches = [prepare(p) for p in parts]
     if any(launch is None for launch in launches):
         return None
+    if together and len(launches) > 1:
+        k = kernels(np) if _spin_wait else None
+        if k is None or threading.current_thread().name.startswith(_PART_THREAD):
+            return None
+        from . import _pool as spin
+
+        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
+            [(ln.kernel, ln.args) for ln in launches], (), release)
+        return None if raw is None else [ln.finish(r) for ln, r in zip(launches, raw)]
     after, cancel, parts_done = (tail() if tail is not None else None) or (None, None, None)
     after_calls = (after,) if after is not None else ()
 

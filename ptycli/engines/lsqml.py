@@ -12,6 +12,7 @@ the trimmed means see the whole group; K ranks make one process's update.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -41,11 +42,38 @@ class LsqmlEngine(common.EngineBase):
                                          list(enumerate(parts)))
         if first is None:
             first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
-        dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
-        dP = dP_k = None
+        dO = dP = dP_k = None
         if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
             dP_k = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
                 common.sum_parts([r["probe_k"] for r in first]))
+        # the rest of the group in one launch where it can: direction, step terms, steps and
+        # the object step, each split over the parts' threads
+        tail = self._kernel_tail(state, parts, first, do_obj, dP_k, region is None)
+        if tail is not None:
+            a_O, a_P, dO, dP, stepped = tail
+        else:
+            dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
+            a_O, a_P, dP = self._steps(state, parts, first, dO, dP_k)
+            stepped = False
+        if dO is not None and not stepped:
+            self._step_object(state, region, dO, a_O)
+        if dP is not None:
+            probe_k = parts[0].spectrum_of(full_state.probe)
+            full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
+            # the spectrum goes on to the next group: F[P + αΔP] = F[P] + αF[ΔP] (carried within
+            # an iteration only, so rounding cannot build up over a run)
+            self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
+        if do_pos:
+            pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
+            self.apply_position_terms(full_state, full_batch,
+                                      tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
+        return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
+
+    def _steps(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], dO: Any,
+               dP_k: Any) -> tuple[Any, Any, Any]:
+        """(α_O, α_P, ΔP) from the per-position step terms of the parts (phase 2)."""
+        xp = self.ctx.xp
+        dP = None
 
         def step_terms(pr: tuple[common.Batch, dict[str, Any], bool]) -> tuple[Any, ...]:
             terms = self._part_step_terms(state, pr[0], pr[1], dO, dP_k)
@@ -56,8 +84,7 @@ class LsqmlEngine(common.EngineBase):
                 dP = backend.ifft2(dP_k)
             return terms
 
-        # phase 2, per part: the per-position step terms, then the group's steps
-        # phase 2 as one compiled call per part where it can (the first part also makes ΔP)
+        # one compiled call per part where it can (the first part also makes ΔP)
         terms = backend.map_launches(lambda pr: self._kernel_terms(state, *pr, dO, dP_k),
                                      [(i, pb, r) for i, (pb, r) in enumerate(zip(parts, first))])
         if terms is not None:
@@ -70,30 +97,86 @@ class LsqmlEngine(common.EngineBase):
             a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
         else:
             a_O, a_P = self._steps_multi(state, terms, dO is not None, dP_k is not None)
-        k = backend.kernels(xp)
-        if (dO is not None and region is None and k is not None and state.n_slices == 1
-                and dO.shape == state.object.shape and dO.dtype == state.object.dtype
-                and state.object.flags.c_contiguous and state.object.flags.writeable):
+        return a_O, a_P, dP
+
+    def _step_object(self, state: Any, region: Any, dO: Any, a_O: Any) -> None:
+        """O += α_O ΔO (on the group's region when it has one)."""
+        k = backend.kernels(self.ctx.xp)
+        if region is None and k is not None and self._steps_in_place(state, dO):
             # one pass in place (with random or sparse groups the region is the whole grid):
             # no object-sized sum allocated per group
             k.add_scaled(state.object, dO, k.real_scalar(float(a_O), dO))
-        elif dO is not None:
-            dO *= a_O  # dO is this group's own array: the step is formed in place
-            if region is not None:  # only the region changes, in place in the object grid
-                region.add_to_object(dO)
-            else:
-                state.object = state.object + dO
-        if dP is not None:
-            probe_k = parts[0].spectrum_of(full_state.probe)
-            full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
-            # the spectrum goes on to the next group: F[P + αΔP] = F[P] + αF[ΔP] (carried within
-            # an iteration only, so rounding cannot build up over a run)
-            self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
-        if do_pos:
-            pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
-            self.apply_position_terms(full_state, full_batch,
-                                      tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
-        return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
+            return
+        dO *= a_O  # dO is this group's own array: the step is formed in place
+        if region is not None:  # only the region changes, in place in the object grid
+            region.add_to_object(dO)
+        else:
+            state.object = state.object + dO
+
+    @staticmethod
+    def _steps_in_place(state: Any, dO: Any) -> bool:
+        return (state.n_slices == 1 and dO.shape == state.object.shape and dO.dtype == state.object.dtype
+                and state.object.flags.c_contiguous and state.object.flags.writeable)
+
+    def _kernel_tail(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
+                     dP_k: Any, whole_grid: bool) -> tuple[Any, Any, Any, Any, bool] | None:
+        """The group after phase 1 as one compiled call per part, run together
+        (``_kernels.lsqml_tail_part``): (α_O, α_P, ΔO, ΔP, whether the object step was made).
+        None where it does not apply (multislice, no kernel FFT plans, ranks, parts from the
+        array code, the pool unable to run the parts at once): the caller then runs it step by
+        step, to the same numbers."""
+        k = backend.kernels(self.ctx.xp)
+        m, n = state.window
+        use_probe = dP_k is not None
+        if (k is None or state.n_slices != 1 or distributed.comm_of(self.ctx).size != 1 or not (do_obj or use_probe)
+                or any(r["fwd"].psi1 is None or r["g_exit"] is None for r in first)):
+            return None
+        plans = backend.kernel_fft_plans(m, n, first[0]["fwd"].psi1.dtype)
+        if plans is None:
+            return None
+        obj = state.object[:, 0]
+        if do_obj:
+            nums, ws = tuple(r["num"][:, 0] for r in first), tuple(r["W"][:, 0] for r in first)
+            if any(a.shape != obj.shape or not a.flags.c_contiguous for a in (*nums, *ws)):
+                return None
+        scratch = self.scratch()
+        n_t = len(parts)
+        real = self.ctx.real_dtype
+        nums, ws = (nums, ws) if do_obj else ((obj,), (scratch.get(("tail", "w"), (1, 1, 1), real),))
+        out = scratch.get(("tail", "out"), (sum(len(pb.idx) for pb in parts), 5), "float64")
+        maxes = scratch.get(("tail", "maxes"), (n_t, obj.shape[0]), real)
+        bar = scratch.get(("tail", "bar"), (1,), "int64")
+        bar[0] = 0
+        apply_step = do_obj and whole_grid and self._steps_in_place(state, first[0]["num"])
+        mode = 0 if do_obj and use_probe else 1 if do_obj else 2
+        delta, scale = k.real_scalar(self.params.delta, ws[0]), k.real_scalar(backend.unitary_scale((m, n)), obj)
+        starts = list(itertools.accumulate((len(pb.idx) for pb in parts), initial=0))  # each part's first row
+
+        def launch(i: int) -> backend.Launch:
+            pb, fwd, g = parts[i], first[i]["fwd"], first[i]["g_exit"]
+            shifted = scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
+            dp = scratch.get(("terms", i, "dp"), dP_k.shape if use_probe and i == 0 else (0, m, n), fwd.psi1.dtype,
+                             aligned=True)
+            steps = scratch.get(("tail", i, "steps"), (2,), real)
+            args = (bar.ctypes.data, i, n_t, maxes, nums, ws, delta, plans[0], plans[2],
+                    dP_k if use_probe else fwd.psi1[0], pb.frac, scale, obj, pb.y0.astype("int64"),
+                    pb.x0.astype("int64"), fwd.psi1, g, do_obj, use_probe, shifted, out, starts[i], dp, mode,
+                    float(self.params.trim), float(self.params.beta_lsq), steps, apply_step)
+
+            def finish(_: Any) -> tuple[Any, Any]:
+                backend.kernel_ffts((m, n), (fwd.psi1.shape[0] * fwd.psi1.shape[1] if use_probe else 0) + len(dp))
+                return steps, dp if len(dp) else None
+
+            return backend.Launch(k.lsqml_tail_part, args, finish)
+
+        def release() -> None:  # the caller's call failed: the other threads' barriers pass
+            bar[0] = 1 << 40
+
+        done = backend.map_launches(launch, list(range(n_t)), together=True, release=release)
+        if done is None:
+            return None
+        steps, dP = done[0]
+        return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, apply_step
 
     def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool,
                          do_pos: bool) -> dict[str, Any]:

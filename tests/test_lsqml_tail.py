@@ -1,0 +1,71 @@
+"""LSQ-ML's group after phase 1 as one launch of threads that wait for each other
+(``_kernels.lsqml_tail_part``: direction, step terms, steps, object step).
+
+Oracle: the same run step by step (``_kernel_tail`` off: the direction, the terms kernels,
+the steps and the object step as separate calls). Every pixel and position is computed as
+there, so the states must agree bit for bit.
+"""
+
+import numpy as np
+import pytest
+from test_fused_kernels import _on_fftw_kernels
+from test_perf_structure import _patterns, _state
+
+from ptycli import backend
+from ptycli.engines import common, loop, lsqml
+from ptycli.engines.registry import ENGINES
+from ptycli.recipe import Recipe
+
+pytest.importorskip("numba")
+
+
+def _run(kind, refine, modes=1):
+    state = _state(modes=modes, scan=(5, 5))
+    pats = _patterns(state)
+    stage = ENGINES["lsqml"].params(type="lsqml", iterations=2, grouping={"kind": kind, "size": 9}, refine=refine)
+    recipe = Recipe(recipe="ptycli/1", stage=[stage])
+    ctx = common.make_context(state, np, "single", stage.noise.model, stage.noise.eps,
+                              n_e=float(pats.sum(axis=(-2, -1)).mean()))
+    hooks = loop.RunHooks(read_batch=lambda idx, _s: pats[idx],
+                          make_engine=lambda params, st: ENGINES["lsqml"].engine(params, ctx, st),
+                          apply_constraints=lambda st, _s, _it: st)
+    return loop.run(recipe, state, np.arange(len(pats)), 0, hooks)[0]
+
+
+@pytest.mark.parametrize("kind,refine,modes,parts", [
+    ("sparse", {"object": True, "probe": True}, 1, 2),  # the object step in the launch (whole grid)
+    ("compact", {"object": True, "probe": True}, 1, 2),  # a region: the step after it, in Python
+    ("sparse", {"object": True, "probe": False}, 1, 2),
+    ("sparse", {"object": False, "probe": True}, 1, 2),
+    ("sparse", {"object": True, "probe": True}, 2, 3),  # two probe modes, three threads
+    ("sparse", {"object": True, "probe": True}, 1, 1),  # one thread: its barriers pass at once
+])
+def test_tail_launch_matches_the_step_by_step_path(kind, refine, modes, parts, monkeypatch):
+    _on_fftw_kernels(monkeypatch)
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(parts, b))
+    k = backend.kernels(np)
+    launched = []
+    real_tail = k.lsqml_tail_part
+    monkeypatch.setattr(k, "lsqml_tail_part", lambda *a: launched.append(a[1]) or real_tail(*a))
+    fused = _run(kind, refine, modes)
+    assert sorted(set(launched)) == list(range(parts))  # every thread ran its share
+    monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_tail", lambda self, *a: None)
+    steps = _run(kind, refine, modes)
+    np.testing.assert_array_equal(fused.object, steps.object)
+    np.testing.assert_array_equal(fused.probe, steps.probe)
+    assert not np.array_equal(fused.object if refine["object"] else fused.probe,
+                              _state(modes=modes).object if refine["object"] else _state(modes=modes).probe)
+
+
+def test_tail_is_not_launched_where_its_threads_could_not_run_together(monkeypatch):
+    """With workers that sleep (PTYCLI_SPIN_WAIT=0) the parts may not all run at once: the
+    step-by-step path runs instead (threads waiting at a barrier would wait forever)."""
+    _on_fftw_kernels(monkeypatch)
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
+    monkeypatch.setattr(backend, "_spin_wait", False)
+    k = backend.kernels(np)
+    launched = []
+    real_tail = k.lsqml_tail_part
+    monkeypatch.setattr(k, "lsqml_tail_part", lambda *a: launched.append(a[1]) or real_tail(*a))
+    _run("sparse", {"object": True, "probe": True})
+    assert not launched

@@ -1024,6 +1024,59 @@ def _barrier(addr, target):
         _cpu_relax()
 
 
+@nb.njit(inline="always", **_JIT)
+def _lsqml_tail(bar_addr, passed, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0, x0,
+                psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step):
+    """``lsqml_tail_part``'s work after ``passed`` barriers of the launch."""
+    nl, h, wd = nums[0].shape
+    r0 = h * t // n_threads
+    r1 = h * (t + 1) // n_threads
+    dir_obj = nums[0]
+    w0 = ws[0]
+    if use_obj:
+        for q in range(nl):
+            w_max = _like(0, w0)
+            for y in range(r0, r1):
+                wrow = w0[q, y]
+                for k in range(1, len(ws)):
+                    orow = ws[k][q, y]
+                    for x in range(wd):
+                        wrow[x] += orow[x]
+                w_max = max(w_max, _row_max(wrow, wd))
+            maxes[t, q] = w_max
+        _barrier(bar_addr, (passed + 1) * n_threads)
+        minus_half = _like(-0.5, w0)
+        for q in range(nl):
+            w_max = maxes[0, q]  # the max of each object mode over the whole grid
+            for i in range(1, n_threads):
+                w_max = max(w_max, maxes[i, q])
+            c = (delta * w_max) * (delta * w_max)
+            for y in range(r0, r1):
+                nrow = dir_obj[q, y]
+                wrow = w0[q, y]
+                for k in range(1, len(nums)):
+                    orow = nums[k][q, y]
+                    for x in range(wd):
+                        nrow[x] += orow[x]
+                for x in range(wd):
+                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+        _barrier(bar_addr, (passed + 2) * n_threads)
+        passed += 2
+    lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
+                     out[first:first + frac.shape[0]], dp_out, 0, 0)
+    _barrier(bar_addr, (passed + 1) * n_threads)
+    lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
+    if apply_step and use_obj:
+        a = steps[0]
+        for q in range(obj.shape[0]):
+            for y in range(r0, r1):
+                orow = obj[q, y]
+                drow = dir_obj[q, y]
+                for x in range(wd):
+                    orow[x] += a * drow[x]
+    return steps
+
+
 @nb.njit(**_JIT)
 def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0, x0,
                     psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step,
@@ -1044,55 +1097,41 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
     the serial calls, bit for bit: each pixel and position is computed as there."""
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
-    nl, h, wd = nums[0].shape
-    r0 = h * t // n_threads
-    r1 = h * (t + 1) // n_threads
-    dir_obj = nums[0]
-    w0 = ws[0]
-    if use_obj:
-        for q in range(nl):
-            w_max = _like(0, w0)
-            for y in range(r0, r1):
-                wrow = w0[q, y]
-                for k in range(1, len(ws)):
-                    orow = ws[k][q, y]
-                    for x in range(wd):
-                        wrow[x] += orow[x]
-                w_max = max(w_max, _row_max(wrow, wd))
-            maxes[t, q] = w_max
-        _barrier(bar_addr, n_threads)
-        minus_half = _like(-0.5, w0)
-        for q in range(nl):
-            w_max = maxes[0, q]  # the max of each object mode over the whole grid
-            for i in range(1, n_threads):
-                w_max = max(w_max, maxes[i, q])
-            c = (delta * w_max) * (delta * w_max)
-            for y in range(r0, r1):
-                nrow = dir_obj[q, y]
-                wrow = w0[q, y]
-                for k in range(1, len(nums)):
-                    orow = nums[k][q, y]
-                    for x in range(wd):
-                        nrow[x] += orow[x]
-                for x in range(wd):
-                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
-        _barrier(bar_addr, 2 * n_threads)
-        passed = 2
-    else:
-        passed = 0
-    lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
-                     out[first:first + frac.shape[0]], dp_out, 0, 0)
-    _barrier(bar_addr, (passed + 1) * n_threads)
-    lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
-    if apply_step and use_obj:
-        a = steps[0]
-        for q in range(obj.shape[0]):
-            for y in range(r0, r1):
-                orow = obj[q, y]
-                drow = dir_obj[q, y]
-                for x in range(wd):
-                    orow[x] += a * drow[x]
-    return steps
+    return _lsqml_tail(bar_addr, 0, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0,
+                       x0, psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step)
+
+
+@nb.njit(**_JIT)
+def lsqml_group_part(bar_addr, t, n_threads, maxes, nums, ws, probe_ks, dp_k, dp_scale, delta, shifted, out, first,
+                     dp_out, mode, trim, beta, steps, apply_step, execute, plan_f, plan_b, probe_k, frac, s, obj, y0,
+                     x0, data, rows, mask, model, eps, do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi,
+                     probe_grad_k, loss, done_addr, signal_addr, signal_value):
+    """A whole LSQ-ML group (single slice) as thread ``t`` of ``n_threads`` run together: this
+    thread's part as ``single_slice_part`` (arguments from ``execute`` on), a barrier, then
+    ΔP's spectrum dp_k = dp_scale·Σ_k probe_ks[k] (the parts' probe-gradient spectra, summed
+    in order: every thread makes the same numbers in its own dp_k) and the rest as
+    ``lsqml_tail_part`` (d_obj = nums[0], ψ and F⁻¹[∇_Ψ L] of this part's positions). One
+    launch per group instead of two, and no Python between its phases."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps, do_num,
+                      do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss, done_addr, 0, 0)
+    _barrier(bar_addr, n_threads)
+    use_probe = do_probe
+    if use_probe:
+        acc = dp_k.reshape(-1)
+        acc[:] = probe_ks[0].reshape(-1)
+        for k in range(1, len(probe_ks)):
+            add = probe_ks[k].reshape(-1)
+            for i in range(acc.shape[0]):
+                acc[i] += add[i]
+        for i in range(acc.shape[0]):
+            acc[i] *= dp_scale
+    spectrum = dp_k if use_probe else psi[0]  # read only with use_probe
+    _lsqml_tail(bar_addr, 1, t, n_threads, maxes, nums, ws, delta, execute, plan_b, spectrum, frac, s, obj,
+                y0, x0, psi, g_exit, do_num, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps,
+                apply_step)
+    return loss
 
 
 @nb.njit(**_JIT)

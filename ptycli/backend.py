@@ -325,13 +325,14 @@ class Launch:
     kernel: Any
     args: tuple[Any, ...]
     finish: Callable[[Any], Any]
+    made: Any = None  # what the call fills in, for callers that compose launches (read after it ran)
 
     def run(self) -> Any:
         """On the calling thread."""
         return self.finish(self.kernel(*self.args, 0, 0))
 
     def then(self, after: Callable[[Any], Any]) -> Launch:
-        return Launch(self.kernel, self.args, lambda raw: after(self.finish(raw)))
+        return Launch(self.kernel, self.args, lambda raw: after(self.finish(raw)), self.made)
 
 
 def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],

@@ -350,13 +350,15 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
             numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, done_addr)
 
+    made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
+                      g_exit if keep_waves else None, num[:, None] if numerator else None,
+                      illum[:, None] if illumination else None, probe_k if probe else None)
+
     def finish(_: Any) -> KernelPart:
         backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
-        return KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
-                          g_exit if keep_waves else None, num[:, None] if numerator else None,
-                          illum[:, None] if illumination else None, probe_k if probe else None)
+        return made
 
-    return backend.Launch(k.single_slice_part, args, finish)
+    return backend.Launch(k.single_slice_part, args, finish, made)
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:

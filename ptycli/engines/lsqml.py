@@ -36,25 +36,21 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        first = None
-        if not do_pos and self.ctx.noise_model != "poisson":  # Poisson: its own χ (_poisson_step)
-            first = backend.map_launches(lambda ipb: self._kernel_directions(state, *ipb, do_obj, do_probe),
-                                         list(enumerate(parts)))
-        if first is None:
-            first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
-        dO = dP = dP_k = None
-        if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
-            dP_k = (-0.5 / distributed.global_count(len(idx), comm)) * comm.allreduce_sum(
-                common.sum_parts([r["probe_k"] for r in first]))
-        # the rest of the group in one launch where it can: direction, step terms, steps and
-        # the object step, each split over the parts' threads
-        tail = self._kernel_tail(state, parts, first, do_obj, dP_k, region is None)
-        if tail is not None:
-            a_O, a_P, dO, dP, stepped = tail
+        compiled = not do_pos and self.ctx.noise_model != "poisson"  # Poisson: its own χ (_poisson_step)
+        # the whole group as one launch of threads that wait for each other where it can
+        group = self._kernel_group(state, parts, do_obj, do_probe, region is None, len(idx)) if compiled else None
+        if group is not None:
+            first, (a_O, a_P, dO, dP, dP_k, stepped) = group
         else:
-            dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
-            a_O, a_P, dP = self._steps(state, parts, first, dO, dP_k)
-            stepped = False
+            first = None
+            if compiled:
+                first = backend.map_launches(lambda ipb: self._kernel_directions(state, *ipb, do_obj, do_probe),
+                                             list(enumerate(parts)))
+            if first is None:
+                first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
+                                          parts)
+            a_O, a_P, dO, dP, dP_k, stepped = self._after_directions(state, parts, first, do_obj, do_probe,
+                                                                     region is None, len(idx))
         if dO is not None and not stepped:
             self._step_object(state, region, dO, a_O)
         if dP is not None:
@@ -68,6 +64,23 @@ class LsqmlEngine(common.EngineBase):
             self.apply_position_terms(full_state, full_batch,
                                       tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
+
+    def _after_directions(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
+                          do_probe: bool, whole_grid: bool, n_idx: int) -> tuple[Any, ...]:
+        """(α_O, α_P, ΔO, ΔP, F[ΔP], whether the object step was made) from the parts'
+        phase-1 results: in one launch where it can (``_kernel_tail``), else step by step."""
+        comm = distributed.comm_of(self.ctx)
+        dP_k = None
+        if do_probe:  # mean_j unshift(-½∇ψ_j), summed in Fourier space: one inverse FFT for the group
+            dP_k = (-0.5 / distributed.global_count(n_idx, comm)) * comm.allreduce_sum(
+                common.sum_parts([r["probe_k"] for r in first]))
+        tail = self._kernel_tail(state, parts, first, do_obj, dP_k, whole_grid)
+        if tail is not None:
+            a_O, a_P, dO, dP, stepped = tail
+            return a_O, a_P, dO, dP, dP_k, stepped
+        dO = self._object_direction(state, [r["num"] for r in first], [r["W"] for r in first]) if do_obj else None
+        a_O, a_P, dP = self._steps(state, parts, first, dO, dP_k)
+        return a_O, a_P, dO, dP, dP_k, False
 
     def _steps(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], dO: Any,
                dP_k: Any) -> tuple[Any, Any, Any]:
@@ -125,9 +138,77 @@ class LsqmlEngine(common.EngineBase):
         None where it does not apply (multislice, no kernel FFT plans, ranks, parts from the
         array code, the pool unable to run the parts at once): the caller then runs it step by
         step, to the same numbers."""
+        use_probe = dP_k is not None
+        tail = self._tail_arguments(state, parts, first, do_obj, use_probe, whole_grid)
+        if tail is None:
+            return None
+        k, m, n = tail.k, *state.window
+
+        def launch(i: int) -> backend.Launch:
+            fwd = first[i]["fwd"]
+            args, steps, dp = tail.thread(i, dP_k if use_probe else fwd.psi1[0])
+
+            def finish(_: Any) -> tuple[Any, Any]:
+                tail.count_ffts(i)
+                return steps, dp if len(dp) else None
+
+            return backend.Launch(k.lsqml_tail_part, args, finish)
+
+        done = backend.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
+        if done is None:
+            return None
+        steps, dP = done[0]
+        return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, tail.apply_step
+
+    def _kernel_group(self, state: Any, parts: list[common.Batch], do_obj: bool, do_probe: bool, whole_grid: bool,
+                      n_total: int) -> tuple[list[dict[str, Any]], tuple[Any, ...]] | None:
+        """The whole group as one compiled call per part, run together
+        (``_kernels.lsqml_group_part``: phase 1, then ``lsqml_tail_part``'s work): (the parts'
+        phase-1 results as ``_kernel_directions``', (α_O, α_P, ΔO, ΔP, F[ΔP], whether the object
+        step was made)). None where it does not apply (as ``_kernel_tail``, and where phase 1
+        has no compiled part): the caller then runs the phases one by one, to the same numbers."""
+        k = backend.kernels(self.ctx.xp)
+        if k is None or not (do_obj or do_probe):
+            return None
+        scratch = self.scratch()
+        parts_launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
+                                                     probe=do_probe, scratch=scratch, slot=i)
+                          for i, pb in enumerate(parts)]
+        if any(ln is None for ln in parts_launches):
+            return None
+        first = [_directions_of(ln.made) for ln in parts_launches]
+        tail = self._tail_arguments(state, parts, first, do_obj, do_probe, whole_grid)
+        if tail is None:
+            return None
+        probe_ks = tuple(r["probe_k"] for r in first) if do_probe else (first[0]["fwd"].psi1[0],)
+        dp_scale = k.real_scalar(-0.5 / n_total, first[0]["loss"])
+
+        def launch(i: int) -> backend.Launch:
+            part = parts_launches[i]
+            dp_k = scratch.get(("group", i, "dp_k"), probe_ks[0].shape, probe_ks[0].dtype, aligned=True)
+            args, steps, dp = tail.thread(i, None)
+            # lsqml_group_part takes the tail's arguments but the terms' spectrum (its own dp_k),
+            # then ΔP's scale and the part's (single_slice_part's) own
+            args = (*args[:6], probe_ks, dp_k, dp_scale, args[6], *args[19:], *part.args)
+
+            def finish(raw: Any) -> tuple[Any, Any, Any]:
+                part.finish(raw)
+                tail.count_ffts(i)
+                return steps, dp if len(dp) else None, dp_k
+
+            return backend.Launch(k.lsqml_group_part, args, finish)
+
+        done = backend.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
+        if done is None:
+            return None
+        steps, dP, dP_k = done[0]
+        return first, (steps[0], steps[1], first[0]["num"] if do_obj else None, dP, dP_k if do_probe else None,
+                       tail.apply_step)
+
+    def _tail_arguments(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
+                        use_probe: bool, whole_grid: bool) -> _TailArguments | None:
         k = backend.kernels(self.ctx.xp)
         m, n = state.window
-        use_probe = dP_k is not None
         if (k is None or state.n_slices != 1 or distributed.comm_of(self.ctx).size != 1 or not (do_obj or use_probe)
                 or any(r["fwd"].psi1 is None or r["g_exit"] is None for r in first)):
             return None
@@ -135,48 +216,16 @@ class LsqmlEngine(common.EngineBase):
         if plans is None:
             return None
         obj = state.object[:, 0]
+        scratch = self.scratch()
+        real = self.ctx.real_dtype
         if do_obj:
             nums, ws = tuple(r["num"][:, 0] for r in first), tuple(r["W"][:, 0] for r in first)
             if any(a.shape != obj.shape or not a.flags.c_contiguous for a in (*nums, *ws)):
                 return None
-        scratch = self.scratch()
-        n_t = len(parts)
-        real = self.ctx.real_dtype
-        nums, ws = (nums, ws) if do_obj else ((obj,), (scratch.get(("tail", "w"), (1, 1, 1), real),))
-        out = scratch.get(("tail", "out"), (sum(len(pb.idx) for pb in parts), 5), "float64")
-        maxes = scratch.get(("tail", "maxes"), (n_t, obj.shape[0]), real)
-        bar = scratch.get(("tail", "bar"), (1,), "int64")
-        bar[0] = 0
-        apply_step = do_obj and whole_grid and self._steps_in_place(state, first[0]["num"])
-        mode = 0 if do_obj and use_probe else 1 if do_obj else 2
-        delta, scale = k.real_scalar(self.params.delta, ws[0]), k.real_scalar(backend.unitary_scale((m, n)), obj)
-        starts = list(itertools.accumulate((len(pb.idx) for pb in parts), initial=0))  # each part's first row
-
-        def launch(i: int) -> backend.Launch:
-            pb, fwd, g = parts[i], first[i]["fwd"], first[i]["g_exit"]
-            shifted = scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-            dp = scratch.get(("terms", i, "dp"), dP_k.shape if use_probe and i == 0 else (0, m, n), fwd.psi1.dtype,
-                             aligned=True)
-            steps = scratch.get(("tail", i, "steps"), (2,), real)
-            args = (bar.ctypes.data, i, n_t, maxes, nums, ws, delta, plans[0], plans[2],
-                    dP_k if use_probe else fwd.psi1[0], pb.frac, scale, obj, pb.y0.astype("int64"),
-                    pb.x0.astype("int64"), fwd.psi1, g, do_obj, use_probe, shifted, out, starts[i], dp, mode,
-                    float(self.params.trim), float(self.params.beta_lsq), steps, apply_step)
-
-            def finish(_: Any) -> tuple[Any, Any]:
-                backend.kernel_ffts((m, n), (fwd.psi1.shape[0] * fwd.psi1.shape[1] if use_probe else 0) + len(dp))
-                return steps, dp if len(dp) else None
-
-            return backend.Launch(k.lsqml_tail_part, args, finish)
-
-        def release() -> None:  # the caller's call failed: the other threads' barriers pass
-            bar[0] = 1 << 40
-
-        done = backend.map_launches(launch, list(range(n_t)), together=True, release=release)
-        if done is None:
-            return None
-        steps, dP = done[0]
-        return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, apply_step
+        else:
+            nums, ws = (obj,), (scratch.get(("tail", "w"), (1, 1, 1), real),)
+        return _TailArguments(self, k, plans, state, parts, first, nums, ws, do_obj, use_probe,
+                              do_obj and whole_grid and self._steps_in_place(state, first[0]["num"]))
 
     def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool,
                          do_pos: bool) -> dict[str, Any]:
@@ -221,9 +270,7 @@ class LsqmlEngine(common.EngineBase):
         """``_part_directions`` of part ``i`` as one compiled call (``common.prepare_part_kernel``), or None."""
         launch = common.prepare_part_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe,
                                             scratch=self.scratch(), slot=i)
-        return None if launch is None else launch.then(lambda kp: {
-            "fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None, "illum": None,
-            "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k})
+        return None if launch is None else launch.then(_directions_of)
 
     def _kernel_terms(self, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
                       dP_k: Any) -> backend.Launch | None:
@@ -446,3 +493,61 @@ def _term_columns(has_obj: bool, has_probe: bool) -> tuple[int, ...]:
     """The columns of the single-slice terms kernels' (B, 5) output that the steps read:
     (aa, bb, ab, ra, rb) with both directions, (aa, ra) or (bb, rb) with one."""
     return (0, 1, 2, 3, 4) if has_obj and has_probe else (0, 3) if has_obj else (1, 4)
+
+
+def _directions_of(kp: common.KernelPart) -> dict[str, Any]:
+    """A compiled part's phase-1 results in the form ``_part_directions`` gives them."""
+    return {"fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None, "illum": None,
+            "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k}
+
+
+class _TailArguments:
+    """The arguments ``lsqml_tail_part`` and ``lsqml_group_part`` share, for a group's threads."""
+
+    def __init__(self, engine: LsqmlEngine, k: Any, plans: tuple[int, int, int], state: Any,
+                 parts: list[common.Batch], first: list[dict[str, Any]], nums: tuple[Any, ...], ws: tuple[Any, ...],
+                 do_obj: bool, use_probe: bool, apply_step: bool):
+        self.k, self.plans, self.parts, self.first, self.use_probe = k, plans, parts, first, use_probe
+        self.apply_step = apply_step
+        self.window = state.window
+        self.obj = state.object[:, 0]
+        self.nums, self.ws, self.do_obj = nums, ws, do_obj
+        scratch = self.scratch = engine.scratch()
+        real = engine.ctx.real_dtype
+        n_t = len(parts)
+        self.out = scratch.get(("tail", "out"), (sum(len(pb.idx) for pb in parts), 5), "float64")
+        self.maxes = scratch.get(("tail", "maxes"), (n_t, self.obj.shape[0]), real)
+        self.bar = scratch.get(("tail", "bar"), (1,), "int64")
+        self.bar[0] = 0
+        self.mode = 0 if do_obj and use_probe else 1 if do_obj else 2
+        self.delta = k.real_scalar(engine.params.delta, ws[0])
+        self.scale = k.real_scalar(backend.unitary_scale(state.window), self.obj)
+        self.trim, self.beta = float(engine.params.trim), float(engine.params.beta_lsq)
+        self.starts = list(itertools.accumulate((len(pb.idx) for pb in parts), initial=0))  # each part's first row
+        self.real = real
+
+    def thread(self, i: int, spectrum: Any) -> tuple[tuple[Any, ...], Any, Any]:
+        """(``lsqml_tail_part``'s arguments for thread i with the terms' ``spectrum``, its
+        steps, its ΔP buffer)."""
+        m, n = self.window
+        pb, fwd, g = self.parts[i], self.first[i]["fwd"], self.first[i]["g_exit"]
+        c = fwd.psi1.dtype
+        shifted = self.scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), c, aligned=True)
+        dp = self.scratch.get(("terms", i, "dp"), (fwd.psi1.shape[1], m, n) if self.use_probe and i == 0
+                              else (0, m, n), c, aligned=True)
+        steps = self.scratch.get(("tail", i, "steps"), (2,), self.real)
+        args = (self.bar.ctypes.data, i, len(self.parts), self.maxes, self.nums, self.ws, self.delta,
+                self.plans[0], self.plans[2], spectrum, pb.frac, self.scale, self.obj, pb.y0.astype("int64"),
+                pb.x0.astype("int64"), fwd.psi1, g, self.do_obj, self.use_probe, shifted, self.out, self.starts[i],
+                dp, self.mode, self.trim, self.beta, steps, self.apply_step)
+        return args, steps, dp
+
+    def count_ffts(self, i: int) -> None:
+        """Report thread i's transforms of the terms (one per window and probe mode, ΔP's)."""
+        psi = self.first[i]["fwd"].psi1
+        dp_planes = psi.shape[1] if self.use_probe and i == 0 else 0
+        backend.kernel_ffts(self.window, (psi.shape[0] * psi.shape[1] if self.use_probe else 0) + dp_planes)
+
+    def release(self) -> None:
+        """The caller's call failed: the other threads' barriers pass."""
+        self.bar[0] = 1 << 40

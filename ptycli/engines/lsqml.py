@@ -142,11 +142,11 @@ class LsqmlEngine(common.EngineBase):
         tail = self._tail_arguments(state, parts, first, do_obj, use_probe, whole_grid)
         if tail is None:
             return None
-        k, m, n = tail.k, *state.window
+        k = tail.k
 
         def launch(i: int) -> backend.Launch:
             fwd = first[i]["fwd"]
-            args, steps, dp = tail.thread(i, dP_k if use_probe else fwd.psi1[0])
+            args, steps, dp = tail.tail_args(i, dP_k if use_probe else fwd.psi1[0])
 
             def finish(_: Any) -> tuple[Any, Any]:
                 tail.count_ffts(i)
@@ -186,10 +186,7 @@ class LsqmlEngine(common.EngineBase):
         def launch(i: int) -> backend.Launch:
             part = parts_launches[i]
             dp_k = scratch.get(("group", i, "dp_k"), probe_ks[0].shape, probe_ks[0].dtype, aligned=True)
-            args, steps, dp = tail.thread(i, None)
-            # lsqml_group_part takes the tail's arguments but the terms' spectrum (its own dp_k),
-            # then ΔP's scale and the part's (single_slice_part's) own
-            args = (*args[:6], probe_ks, dp_k, dp_scale, args[6], *args[19:], *part.args)
+            args, steps, dp = tail.group_args(i, probe_ks, dp_k, dp_scale, part)
 
             def finish(raw: Any) -> tuple[Any, Any, Any]:
                 part.finish(raw)
@@ -526,20 +523,34 @@ class _TailArguments:
         self.starts = list(itertools.accumulate((len(pb.idx) for pb in parts), initial=0))  # each part's first row
         self.real = real
 
-    def thread(self, i: int, spectrum: Any) -> tuple[tuple[Any, ...], Any, Any]:
-        """(``lsqml_tail_part``'s arguments for thread i with the terms' ``spectrum``, its
-        steps, its ΔP buffer)."""
+    def buffers(self, i: int) -> tuple[Any, Any, Any]:
+        """Thread i's (shifted ΔP window, ΔP (thread 0 with the probe; else empty), steps)."""
         m, n = self.window
-        pb, fwd, g = self.parts[i], self.first[i]["fwd"], self.first[i]["g_exit"]
-        c = fwd.psi1.dtype
-        shifted = self.scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), c, aligned=True)
-        dp = self.scratch.get(("terms", i, "dp"), (fwd.psi1.shape[1], m, n) if self.use_probe and i == 0
-                              else (0, m, n), c, aligned=True)
-        steps = self.scratch.get(("tail", i, "steps"), (2,), self.real)
+        psi1 = self.first[i]["fwd"].psi1
+        shifted = self.scratch.get(("terms", i, "shifted"), (1, *psi1.shape[1:]), psi1.dtype, aligned=True)
+        dp = self.scratch.get(("terms", i, "dp"), (psi1.shape[1], m, n) if self.use_probe and i == 0 else (0, m, n),
+                              psi1.dtype, aligned=True)
+        return shifted, dp, self.scratch.get(("tail", i, "steps"), (2,), self.real)
+
+    def tail_args(self, i: int, spectrum: Any) -> tuple[tuple[Any, ...], Any, Any]:
+        """(``lsqml_tail_part``'s arguments for thread i, the terms reading ``spectrum`` as
+        F[ΔP], its steps, its ΔP)."""
+        pb, fwd = self.parts[i], self.first[i]["fwd"]
+        shifted, dp, steps = self.buffers(i)
         args = (self.bar.ctypes.data, i, len(self.parts), self.maxes, self.nums, self.ws, self.delta,
                 self.plans[0], self.plans[2], spectrum, pb.frac, self.scale, self.obj, pb.y0.astype("int64"),
-                pb.x0.astype("int64"), fwd.psi1, g, self.do_obj, self.use_probe, shifted, self.out, self.starts[i],
-                dp, self.mode, self.trim, self.beta, steps, self.apply_step)
+                pb.x0.astype("int64"), fwd.psi1, self.first[i]["g_exit"], self.do_obj, self.use_probe, shifted,
+                self.out, self.starts[i], dp, self.mode, self.trim, self.beta, steps, self.apply_step)
+        return args, steps, dp
+
+    def group_args(self, i: int, probe_ks: tuple[Any, ...], dp_k: Any, dp_scale: Any,
+                   part: backend.Launch) -> tuple[tuple[Any, ...], Any, Any]:
+        """(``lsqml_group_part``'s arguments for thread i: the tail's, ΔP's spectrum made from
+        the parts' ``probe_ks`` into ``dp_k``, then the ``part``'s own; its steps, its ΔP)."""
+        shifted, dp, steps = self.buffers(i)
+        args = (self.bar.ctypes.data, i, len(self.parts), self.maxes, self.nums, self.ws, probe_ks, dp_k, dp_scale,
+                self.delta, shifted, self.out, self.starts[i], dp, self.mode, self.trim, self.beta, steps,
+                self.apply_step, *part.args)
         return args, steps, dp
 
     def count_ffts(self, i: int) -> None:

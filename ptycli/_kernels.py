@@ -560,37 +560,61 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
     return d_obj
 
 
+@nb.njit(inline="always", **_JIT)
+def _sum_rows_max(ws, q, r0, r1):
+    """ws[0][q, r0:r1] += Σ_k≥1 ws[k][q, r0:r1] (the parts' sums, in order), and the max of
+    those rows afterwards (0 for no rows)."""
+    w0 = ws[0]
+    wd = w0.shape[2]
+    w_max = _like(0, w0)
+    for y in range(r0, r1):
+        wrow = w0[q, y]
+        for k in range(1, len(ws)):
+            orow = ws[k][q, y]
+            for x in range(wd):
+                wrow[x] += orow[x]
+        w_max = max(w_max, _row_max(wrow, wd))
+    return w_max
+
+
+@nb.njit(inline="always", **_JIT)
+def _direction_rows(nums, w, q, r0, r1, c):
+    """nums[0][q, r0:r1] ← -½ Σ_k nums[k] / sqrt(w² + c) on those rows (the parts' sums added
+    in order first), in place: not via an ``out`` that may be nums[0] (an aliased output
+    makes the loop scalar: see ``ramp_multiply``)."""
+    n0 = nums[0]
+    wd = n0.shape[2]
+    minus_half = _like(-0.5, w)
+    for y in range(r0, r1):
+        nrow = n0[q, y]
+        wrow = w[q, y]
+        for k in range(1, len(nums)):
+            orow = nums[k][q, y]
+            for x in range(wd):
+                nrow[x] += orow[x]
+        for x in range(wd):
+            nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+
+
 @nb.njit(**_JIT)
 def lsqml_direction(num, w, delta, num2=None, w2=None):
     """LSQ-ML's object direction num[l] ← -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
     object mode and slice l, in place in two passes (the max, then the quotient); num
-    (L, H, W) complex, w (L, H, W) real. In place, not via an ``out`` that may be ``num``
-    (an aliased output makes the loop scalar: see ``ramp_multiply``). With a second part's
-    sums num2, w2 (shaped as num, w), they are added on the way (into num and w): no pass
-    of their own."""
-    nl, h, wd = num.shape
-    minus_half = _like(-0.5, w)
-    for q in range(nl):
-        w_max = _like(0, w)
-        for y in range(h):
-            if w2 is not None:
-                wrow = w[q, y]
-                orow = w2[q, y]
-                for x in range(wd):
-                    wrow[x] += orow[x]
-            w_max = max(w_max, _row_max(w[q, y], wd))
-        c = (delta * w_max) * (delta * w_max)
-        for y in range(h):
-            nrow = num[q, y]
-            wrow = w[q, y]
-            if num2 is not None:
-                orow2 = num2[q, y]
-                for x in range(wd):
-                    nrow[x] = (nrow[x] + orow2[x]) * (minus_half / np.sqrt(wrow[x] * wrow[x] + c))
-            else:
-                for x in range(wd):
-                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+    (L, H, W) complex, w (L, H, W) real. With a second part's sums num2, w2 (shaped as num,
+    w), they are added on the way (into num and w): no pass of their own."""
+    if num2 is None:
+        _direction_passes((num,), (w,), delta)
+    else:
+        _direction_passes((num, num2), (w, w2), delta)
     return num
+
+
+@nb.njit(inline="always", **_JIT)
+def _direction_passes(nums, ws, delta):
+    h = nums[0].shape[1]
+    for q in range(nums[0].shape[0]):
+        w_max = _sum_rows_max(ws, q, 0, h)
+        _direction_rows(nums, ws[0], q, 0, h, (delta * w_max) * (delta * w_max))
 
 
 @nb.njit(**_JIT)
@@ -1032,34 +1056,15 @@ def _lsqml_tail(bar_addr, passed, t, n_threads, maxes, nums, ws, delta, execute,
     r0 = h * t // n_threads
     r1 = h * (t + 1) // n_threads
     dir_obj = nums[0]
-    w0 = ws[0]
-    if use_obj:
+    if use_obj:  # ``lsqml_direction``'s two passes, on this thread's rows
         for q in range(nl):
-            w_max = _like(0, w0)
-            for y in range(r0, r1):
-                wrow = w0[q, y]
-                for k in range(1, len(ws)):
-                    orow = ws[k][q, y]
-                    for x in range(wd):
-                        wrow[x] += orow[x]
-                w_max = max(w_max, _row_max(wrow, wd))
-            maxes[t, q] = w_max
+            maxes[t, q] = _sum_rows_max(ws, q, r0, r1)
         _barrier(bar_addr, (passed + 1) * n_threads)
-        minus_half = _like(-0.5, w0)
         for q in range(nl):
             w_max = maxes[0, q]  # the max of each object mode over the whole grid
             for i in range(1, n_threads):
                 w_max = max(w_max, maxes[i, q])
-            c = (delta * w_max) * (delta * w_max)
-            for y in range(r0, r1):
-                nrow = dir_obj[q, y]
-                wrow = w0[q, y]
-                for k in range(1, len(nums)):
-                    orow = nums[k][q, y]
-                    for x in range(wd):
-                        nrow[x] += orow[x]
-                for x in range(wd):
-                    nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+            _direction_rows(nums, ws[0], q, r0, r1, (delta * w_max) * (delta * w_max))
         _barrier(bar_addr, (passed + 2) * n_threads)
         passed += 2
     lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,

@@ -36,16 +36,18 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        compiled = not do_pos and self.ctx.noise_model != "poisson"  # Poisson: its own χ (_poisson_step)
-        # the whole group as one launch of threads that wait for each other where it can
-        group = self._kernel_group(state, parts, do_obj, do_probe, region is None, len(idx)) if compiled else None
+        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step)
+        launches = (self._part_launches(state, parts, do_obj, do_probe)
+                    if not do_pos and self.ctx.noise_model != "poisson" else None)
+        # with them, the whole group as one launch of threads that wait for each other where it can
+        group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
+            if launches is not None else None
         if group is not None:
             first, (a_O, a_P, dO, dP, dP_k, stepped) = group
         else:
             first = None
-            if compiled:
-                first = backend.map_launches(lambda ipb: self._kernel_directions(state, *ipb, do_obj, do_probe),
-                                             list(enumerate(parts)))
+            if launches is not None:
+                first = backend.map_launches(lambda ln: ln.then(_directions_of), launches)
             if first is None:
                 first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
                                           parts)
@@ -149,7 +151,7 @@ class LsqmlEngine(common.EngineBase):
             args, steps, dp = tail.tail_args(i, dP_k if use_probe else fwd.psi1[0])
 
             def finish(_: Any) -> tuple[Any, Any]:
-                tail.count_ffts(i)
+                _count_terms_ffts(fwd.psi1, use_probe, dp)
                 return steps, dp if len(dp) else None
 
             return backend.Launch(k.lsqml_tail_part, args, finish)
@@ -160,22 +162,28 @@ class LsqmlEngine(common.EngineBase):
         steps, dP = done[0]
         return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, tail.apply_step
 
-    def _kernel_group(self, state: Any, parts: list[common.Batch], do_obj: bool, do_probe: bool, whole_grid: bool,
+    def _part_launches(self, state: Any, parts: list[common.Batch], do_obj: bool,
+                       do_probe: bool) -> list[backend.Launch] | None:
+        """``_part_directions`` of every part as one compiled call each
+        (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none."""
+        scratch = self.scratch()
+        launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
+                                               probe=do_probe, scratch=scratch, slot=i) for i, pb in enumerate(parts)]
+        return None if any(ln is None for ln in launches) else launches
+
+    def _kernel_group(self, state: Any, parts: list[common.Batch], parts_launches: list[backend.Launch],
+                      do_obj: bool, do_probe: bool, whole_grid: bool,
                       n_total: int) -> tuple[list[dict[str, Any]], tuple[Any, ...]] | None:
         """The whole group as one compiled call per part, run together
-        (``_kernels.lsqml_group_part``: phase 1, then ``lsqml_tail_part``'s work): (the parts'
-        phase-1 results as ``_kernel_directions``', (α_O, α_P, ΔO, ΔP, F[ΔP], whether the object
-        step was made)). None where it does not apply (as ``_kernel_tail``, and where phase 1
-        has no compiled part): the caller then runs the phases one by one, to the same numbers."""
+        (``_kernels.lsqml_group_part``: the part's ``parts_launches`` call, then
+        ``lsqml_tail_part``'s work): (the parts' phase-1 results as ``_part_directions`` gives
+        them, (α_O, α_P, ΔO, ΔP, F[ΔP], whether the object step was made)). None where it does
+        not apply (as ``_kernel_tail``): nothing has run, and the caller runs the prepared parts
+        and then the rest step by step, to the same numbers."""
         k = backend.kernels(self.ctx.xp)
         if k is None or not (do_obj or do_probe):
             return None
         scratch = self.scratch()
-        parts_launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
-                                                     probe=do_probe, scratch=scratch, slot=i)
-                          for i, pb in enumerate(parts)]
-        if any(ln is None for ln in parts_launches):
-            return None
         first = [_directions_of(ln.made) for ln in parts_launches]
         tail = self._tail_arguments(state, parts, first, do_obj, do_probe, whole_grid)
         if tail is None:
@@ -190,7 +198,7 @@ class LsqmlEngine(common.EngineBase):
 
             def finish(raw: Any) -> tuple[Any, Any, Any]:
                 part.finish(raw)
-                tail.count_ffts(i)
+                _count_terms_ffts(first[i]["fwd"].psi1, do_probe, dp)
                 return steps, dp if len(dp) else None, dp_k
 
             return backend.Launch(k.lsqml_group_part, args, finish)
@@ -262,13 +270,6 @@ class LsqmlEngine(common.EngineBase):
                 out["g_psi1"] = None
         return out
 
-    def _kernel_directions(self, state: Any, i: int, b: common.Batch, do_obj: bool,
-                           do_probe: bool) -> backend.Launch | None:
-        """``_part_directions`` of part ``i`` as one compiled call (``common.prepare_part_kernel``), or None."""
-        launch = common.prepare_part_kernel(state, b, self.ctx, numerator=do_obj, illumination=do_obj, probe=do_probe,
-                                            scratch=self.scratch(), slot=i)
-        return None if launch is None else launch.then(_directions_of)
-
     def _kernel_terms(self, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
                       dP_k: Any) -> backend.Launch | None:
         """``_terms_single`` of part ``i`` as one compiled call (``_kernels.lsqml_terms_part``),
@@ -289,14 +290,13 @@ class LsqmlEngine(common.EngineBase):
         d_obj = dO[:, 0] if dO is not None else obj
         use_probe = dP_k is not None
         spectrum = dP_k if use_probe else fwd.psi1[0]  # read only with use_probe
-        shifted = scratch.get(("terms", i, "shifted"), (1, *fwd.psi1.shape[1:]), fwd.psi1.dtype, aligned=True)
-        dp = scratch.get(("terms", i, "dp"), dP_k.shape if use_probe and i == 0 else (0, m, n), fwd.psi1.dtype,
-                         aligned=True)
+        shifted, dp = _terms_buffers(scratch, i, fwd.psi1, use_probe)
         args = (plans[0], plans[2], spectrum, b.frac, k.real_scalar(backend.unitary_scale((m, n)), obj), d_obj, obj,
                 b.y0.astype("int64"), b.x0.astype("int64"), fwd.psi1, r["g_exit"], dO is not None, use_probe,
                 shifted, out, dp)
+
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
-            backend.kernel_ffts((m, n), (fwd.psi1.shape[0] * fwd.psi1.shape[1] if use_probe else 0) + len(dp))
+            _count_terms_ffts(fwd.psi1, use_probe, dp)
             return tuple(out[:, c] for c in _term_columns(dO is not None, use_probe)), dp if len(dp) else None
 
         return backend.Launch(k.lsqml_terms_part, args, finish)
@@ -506,7 +506,6 @@ class _TailArguments:
                  do_obj: bool, use_probe: bool, apply_step: bool):
         self.k, self.plans, self.parts, self.first, self.use_probe = k, plans, parts, first, use_probe
         self.apply_step = apply_step
-        self.window = state.window
         self.obj = state.object[:, 0]
         self.nums, self.ws, self.do_obj = nums, ws, do_obj
         scratch = self.scratch = engine.scratch()
@@ -525,11 +524,7 @@ class _TailArguments:
 
     def buffers(self, i: int) -> tuple[Any, Any, Any]:
         """Thread i's (shifted ΔP window, ΔP (thread 0 with the probe; else empty), steps)."""
-        m, n = self.window
-        psi1 = self.first[i]["fwd"].psi1
-        shifted = self.scratch.get(("terms", i, "shifted"), (1, *psi1.shape[1:]), psi1.dtype, aligned=True)
-        dp = self.scratch.get(("terms", i, "dp"), (psi1.shape[1], m, n) if self.use_probe and i == 0 else (0, m, n),
-                              psi1.dtype, aligned=True)
+        shifted, dp = _terms_buffers(self.scratch, i, self.first[i]["fwd"].psi1, self.use_probe)
         return shifted, dp, self.scratch.get(("tail", i, "steps"), (2,), self.real)
 
     def tail_args(self, i: int, spectrum: Any) -> tuple[tuple[Any, ...], Any, Any]:
@@ -553,12 +548,21 @@ class _TailArguments:
                 self.apply_step, *part.args)
         return args, steps, dp
 
-    def count_ffts(self, i: int) -> None:
-        """Report thread i's transforms of the terms (one per window and probe mode, ΔP's)."""
-        psi = self.first[i]["fwd"].psi1
-        dp_planes = psi.shape[1] if self.use_probe and i == 0 else 0
-        backend.kernel_ffts(self.window, (psi.shape[0] * psi.shape[1] if self.use_probe else 0) + dp_planes)
-
     def release(self) -> None:
         """The caller's call failed: the other threads' barriers pass."""
         self.bar[0] = 1 << 40
+
+
+def _terms_buffers(scratch: common.Scratch, i: int, psi1: Any, use_probe: bool) -> tuple[Any, Any]:
+    """Part i's buffers for the step terms' kernels: the shifted ΔP of one window and ΔP
+    itself (part 0 with the probe refined; else empty), planes aligned as the FFT plans."""
+    n_p, m, n = psi1.shape[1:]
+    shifted = scratch.get(("terms", i, "shifted"), (1, n_p, m, n), psi1.dtype, aligned=True)
+    dp = scratch.get(("terms", i, "dp"), (n_p, m, n) if use_probe and i == 0 else (0, m, n), psi1.dtype, aligned=True)
+    return shifted, dp
+
+
+def _count_terms_ffts(psi1: Any, use_probe: bool, dp: Any) -> None:
+    """Report a part's transforms in the terms' kernels: one per window and probe mode with
+    the probe refined, and ΔP's own (``dp``'s planes)."""
+    backend.kernel_ffts(psi1.shape[-2:], (psi1.shape[0] * psi1.shape[1] if use_probe else 0) + len(dp))

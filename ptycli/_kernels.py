@@ -1098,8 +1098,9 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
     group's out (B_all, 5), as ``lsqml_terms_part`` (d_obj = nums[0]; thread 0's dp_out
     takes ΔP); then steps (2,) = (α_O, α_P) as ``lsqml_steps`` (mode, trim, beta; every
     thread solves the same numbers, each into its own steps) and, with ``apply_step``,
-    obj += α_O·ΔO on this thread's rows. maxes (n_threads, L) is scratch. The same values as
-    the serial calls, bit for bit: each pixel and position is computed as there."""
+    obj += α_O·ΔO on this thread's rows. maxes (n_threads, L) is scratch. The same operations as
+    the serial calls for each pixel and position (the same values to float32 rounding: the
+    compiler may order a sum's terms differently here)."""
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     return _lsqml_tail(bar_addr, 0, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0,

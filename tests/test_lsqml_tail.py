@@ -3,13 +3,17 @@ group (``_kernels.lsqml_group_part``) or what follows phase 1 (``lsqml_tail_part
 direction, step terms, steps, object step).
 
 Oracle: the same run step by step (both off: phase 1, the direction, the terms kernels, the
-steps and the object step as separate calls). Every pixel and position is computed as
-there, so the states must agree bit for bit.
+steps and the object step as separate calls). Every pixel and position goes through the
+same operations, but not through the same machine code: the kernels are compiled with
+reassociation allowed, and LLVM may order a sum's terms differently where a kernel is
+called from another one. With a cold Numba cache under pytest-xdist the states differed
+in the last bit (2.4e-7 relative after two iterations), so they are compared to 1e-5 of
+the largest value, not bit for bit.
 """
 
 import numpy as np
 import pytest
-from test_fused_kernels import _on_fftw_kernels
+from test_fused_kernels import _close, _on_fftw_kernels
 from test_perf_structure import _patterns, _state
 
 from ptycli import backend
@@ -57,8 +61,8 @@ def test_barrier_launches_match_the_step_by_step_path(kind, refine, modes, parts
     monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_group", lambda self, *a: None)
     monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_tail", lambda self, *a: None)
     steps = _run(kind, refine, modes)
-    np.testing.assert_array_equal(fused.object, steps.object)
-    np.testing.assert_array_equal(fused.probe, steps.probe)
+    _close(fused.object, steps.object, rtol=1e-5)
+    _close(fused.probe, steps.probe, rtol=1e-5)
     assert not np.array_equal(fused.object if refine["object"] else fused.probe,
                               _state(modes=modes).object if refine["object"] else _state(modes=modes).probe)
 

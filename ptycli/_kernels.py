@@ -1250,3 +1250,7 @@ def spin_until(addr, value, spins, store_addr, store_value):
             return True
         _cpu_relax()
     return _load_acquire(addr) >= value
+
+
+# the multislice part lives in its own module (it builds on the helpers above)
+from ._kernels_multislice import lsqml_terms_multi_part, multislice_part  # noqa: E402, F401

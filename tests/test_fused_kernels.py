@@ -38,12 +38,17 @@ def _rng_c(shape, seed=0):
 
 
 def _run(engine, kernels, monkeypatch, modes=1, noise_model="amplitude", mask=False, positions=False,
-         group=4, extra=None, slices=1):
+         group=4, extra=None, slices=1, object_modes=1, tilts=False):
     backend.set_kernels(kernels)
     monkeypatch.setenv("PTYCLI_THREADS", "1")
     try:
         state = _state(slices=slices, modes=modes, scan=(4, 4))
         pats = _patterns(state)
+        if object_modes > 1:  # further object modes: the first with another weak phase
+            more = [state.object * np.exp(0.2j * k).astype(np.complex64) * 0.5 for k in range(1, object_modes)]
+            state.object = np.concatenate([state.object, *more], axis=0)
+        if tilts:  # small per-position beam tilts: a propagator per position
+            state.tilts = np.random.default_rng(5).uniform(-2, 2, (len(pats), 2)).astype(np.float32)
         det_mask = None
         if mask:
             det_mask = np.ones(pats.shape[-2:], np.float32)
@@ -477,6 +482,48 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     _close(kernel.object, plain.object)
     _close(kernel.probe, plain.probe)
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine,modes,object_modes,noise_model,mask,tilts,extra", [
+    ("lsqml", 1, 1, "amplitude", False, False, None),
+    ("lsqml", 2, 2, "anscombe", True, True, None),
+    ("lsqml", 2, 1, "amplitude", True, False, {"refine": {"object": False, "probe": True}}),
+    ("lsqml", 1, 2, "amplitude", False, False, {"refine": {"object": True, "probe": False}}),
+    ("gradient", 1, 1, "amplitude", False, False, None),
+    ("gradient", 2, 2, "intensity", True, True, {"learning_rate": {"object": 1e-7, "probe": 1e-7}}),
+    ("gradient", 1, 1, "anscombe", False, False, {"refine": {"object": True, "probe": False}}),
+])
+def test_multislice_part_kernel_matches_the_array_path(engine, modes, object_modes, noise_model, mask, tilts, extra,
+                                                       monkeypatch):
+    """A multislice part in one compiled call (``multislice_part``: every slice forward and
+    back window by window, FFTW executed from the kernel) against the same part as array
+    calls on FFTW: the same states to float32 rounding and the same number of transforms,
+    with the group split into two parts; 3 slices, probe and object modes, per-position tilts."""
+    _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
+
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    counted = _count_transforms(monkeypatch)
+    called = []
+    for name in ("multislice_part", "lsqml_terms_multi_part"):
+        real = getattr(_kernels, name)
+        monkeypatch.setattr(_kernels, name, lambda *a, _n=name, _k=real: called.append(_n) or _k(*a))
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
+    run = dict(slices=3, object_modes=object_modes, tilts=tilts)
+    kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra, **run)
+    # the compiled parts ran (for LSQ-ML, its step terms too)
+    assert counted.get("kernel", 0) > 0 and "multislice_part" in called
+    assert ("lsqml_terms_multi_part" in called) == (engine == "lsqml")
+    n_kernel = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra, **run)
+    tail = engine == "gradient" and (extra or {}).get("refine", {}).get("probe", True)  # as the single-slice test
+    assert "kernel" not in counted and counted["calls"] + (2 * modes if tail else 0) == n_kernel
+    _close(kernel.object, plain.object)
+    _close(kernel.probe, plain.probe)
+    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
+    assert not np.array_equal(kernel.object, plain.object * 0)  # a real run
 
 
 @pytest.mark.parametrize("parts", [1, 2])

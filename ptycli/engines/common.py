@@ -279,6 +279,11 @@ class KernelPart:
     num: Any  # Σ_j ∇O_j (Q, 1, H, W), or None
     illum: Any  # Σ_j Σ_p |ψ_j|² (Q, 1, H, W), or None
     probe_k: Any  # Σ_j unshift_k(F[∇ψ_j]) (P, M, N) as ``overlap.unshift_sum_of``, or None
+    # multislice with kept waves (what LSQ-ML's per-slice step terms read), else None:
+    g_patches: Any = None  # ∇O_j windows (B, Q, S, M, N), with the numerator
+    illum_patches: Any = None  # Σ_p |ψ_{j,s}|² windows (B, Q, S, M, N), with the illumination
+    g_psi1: Any = None  # ∇ψ_1 (B, P, M, N), with the probe
+    probe_weight: Any = None  # Σ_q |O_{q,1}|² windows (B, 1, M, N), with the probe
 
 
 class Scratch:
@@ -306,36 +311,43 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
                         slot: int = 0) -> backend.Launch | None:
-    """The single-slice part as one compiled call that runs its FFTs itself, window by window
-    (``_kernels.single_slice_part``), ready to start (``backend.map_launches``); it finishes
-    as a ``KernelPart``. None where it does not apply: no kernels or kernel FFT plans
-    (``backend.kernel_fft_plans``), multislice, compressed data, or a window outside the grid.
+    """The part as one compiled call that runs its FFTs itself, window by window
+    (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
+    start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
+    apply: no kernels or kernel FFT plans (``backend.kernel_fft_plans``), compressed data, or
+    a window outside the grid.
     ``keep_waves=False``: the ψ and F⁻¹[∇_Ψ L] of the windows are not kept (the KernelPart's
-    ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers.
+    ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers; with
+    several slices, ``keep_waves`` keeps the KernelPart's multislice fields instead.
     ``probe_k``: where the probe gradient's spectrum goes (an aligned (P, M, N) buffer);
     ``done_addr``: an int64 the kernel adds 1 to when it is done (``_kernels.probe_tail``).
     ``scratch``: the buffers come from it, under keys of part ``slot`` (the KernelPart's
     arrays are then valid until the next group's parts are prepared)."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
-    if (k is None or state.n_slices != 1 or ctx.noise_model not in k.NOISE_CODES
+    if (k is None or ctx.noise_model not in k.NOISE_CODES
             or state.object.dtype != state.probe.dtype or batch.source.ndim != 3
             or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
         return None
     plans = backend.kernel_fft_plans(m, n, state.probe.dtype)
     if plans is None:
         return None
-    obj = state.object[:, 0]
-    n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     spectrum = batch.spectrum_of(state.probe)
     spectrum = backend.fft2(state.probe) if spectrum is None else spectrum
-    c, r = state.probe.dtype, ctx.real_dtype
-    kept = n_b if keep_waves else 1
 
     def buf(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         if scratch is None:
             return k.empty(shape, dtype, aligned=True)
         return scratch.get(("part", slot, name), shape, dtype, aligned=True)
+
+    if state.n_slices > 1:
+        return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
+                                   illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
+                                   done_addr=done_addr)
+    obj = state.object[:, 0]
+    n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
+    c, r = state.probe.dtype, ctx.real_dtype
+    kept = n_b if keep_waves else 1
 
     psi, g_exit = buf("psi", (kept, n_p, m, n), c), buf("g_exit", (kept, n_p, n_q, m, n), c)
     wave, g_psi = buf("wave", (1, n_p, n_q, m, n), c), buf("g_psi", (1, n_p, m, n), c)
@@ -359,6 +371,52 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
         return made
 
     return backend.Launch(k.single_slice_part, args, finish, made)
+
+
+def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
+                        ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
+                        probe_k: Any, done_addr: int) -> backend.Launch | None:
+    """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
+    H = batch.H
+    if H is None or H.dtype != state.probe.dtype:
+        return None
+    obj = state.object
+    m, n = state.window
+    n_b, n_p = len(batch.idx), state.probe.shape[0]
+    n_q, n_s = obj.shape[:2]
+    c, r = state.probe.dtype, ctx.real_dtype
+    keep_obj = keep and (numerator or illumination)
+    keep_probe = keep and probe
+    first, far = buf("first", (n_p, 1, m, n), c), buf("far", (n_p, n_q, m, n), c)
+    waves, g_sum = buf("waves", (max(n_s - 1, 1), n_p, n_q, m, n), c), buf("g_sum", (n_p, m, n), c)
+    num = buf("num", obj.shape, c) if numerator else obj
+    illum = buf("illum", obj.shape, r) if illumination else buf("illum", (1, 1, 1, 1), r)
+    if probe_k is None:
+        probe_k = buf("probe_k", spectrum.shape, c) if probe else spectrum
+    loss = buf("loss", (n_b,), r)
+    # per position, slice by slice (B, S, Q, M, N): each window the kernel writes is one C block
+    g_patches = buf("g_patches", (n_b, n_s, n_q, m, n), c) if keep_obj and numerator else far[None, None]
+    w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_obj and illumination else illum[None]
+    g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
+    t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
+    frames, rows = batch.frames_and_rows()
+    h = H if H.ndim == 3 else H[None]
+    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
+            batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
+            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
+            numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
+            g_patches, w_patches, g_psi1, t1, done_addr)
+    made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
+                      illum if illumination else None, probe_k if probe else None,
+                      g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_obj and numerator else None,
+                      illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_obj and illumination else None,
+                      g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None)
+
+    def finish(_: Any) -> KernelPart:
+        backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0)))
+        return made
+
+    return backend.Launch(k.multislice_part, args, finish, made)
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:

@@ -279,6 +279,8 @@ class LsqmlEngine(common.EngineBase):
         k = backend.kernels(self.ctx.xp)
         m, n = state.window
         fwd = r["fwd"]
+        if k is not None and state.n_slices > 1:
+            return self._kernel_terms_multi(k, state, i, b, r, dO, dP_k)
         if k is None or state.n_slices != 1 or fwd.psi1 is None or r["g_exit"] is None:
             return None
         plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype)
@@ -301,13 +303,53 @@ class LsqmlEngine(common.EngineBase):
 
         return backend.Launch(k.lsqml_terms_part, args, finish)
 
+    def _kernel_terms_multi(self, k: Any, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
+                            dP_k: Any) -> backend.Launch | None:
+        """``_terms_multi`` of part ``i`` as one compiled call (``_kernels.lsqml_terms_multi_part``,
+        reading the windows ``multislice_part`` kept), finishing as ``_kernel_terms`` does.
+        None where it does not apply (a part from the array code, no kernel FFT plans)."""
+        m, n = state.window
+        use_obj, use_probe = dO is not None, dP_k is not None
+        if ("probe_weight" not in r  # not from the compiled part
+                or (use_probe and (r["probe_weight"] is None or r["g_psi1"] is None))
+                or (use_obj and (r["g_patches"] is None or r["illum"] is None or not dO.flags.c_contiguous))):
+            return None
+        plans = backend.kernel_fft_plans(m, n, state.object.dtype)
+        if plans is None:
+            return None
+        scratch = self.scratch()
+        n_b, n_p = len(b.idx), state.probe.shape[0]
+        n_s = state.n_slices
+        c, real = state.object.dtype, self.ctx.real_dtype
+        out_obj = scratch.get(("terms", i, "obj"), (n_b, n_s, 2), "float64")
+        out_probe = scratch.get(("terms", i, "probe"), (n_b, 2), "float64")
+        shifted = scratch.get(("terms", i, "shifted"), (1, n_p, m, n), c, aligned=True)
+        dp = scratch.get(("terms", i, "dp"), (n_p, m, n) if use_probe and i == 0 else (0, m, n), c, aligned=True)
+        # the kept windows in the kernel's layout (B, S, Q, M, N); stand-ins of the right kind when unused
+        g_patches = r["g_patches"].transpose(0, 2, 1, 3, 4) if use_obj else shifted[None]
+        w_patches = r["illum"].transpose(0, 2, 1, 3, 4) if use_obj else scratch.get(("terms", "w"), (1,) * 5, real)
+        g_psi1 = r["g_psi1"] if use_probe else shifted
+        t1 = r["probe_weight"][:, 0] if use_probe else w_patches[0, 0]
+        args = (plans[2], dP_k if use_probe else shifted[0], b.frac, k.real_scalar(backend.unitary_scale((m, n)), state.object),
+                dO if use_obj else state.object, b.y0.astype("int64"), b.x0.astype("int64"), g_patches, w_patches,
+                g_psi1, t1, use_obj, use_probe, shifted, out_obj, out_probe, dp)
+
+        def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
+            backend.kernel_ffts((m, n), (n_b * n_p if use_probe else 0) + len(dp))
+            terms = (out_obj[..., 0], out_obj[..., 1]) if use_obj else ()
+            terms += (out_probe[:, 0], out_probe[:, 1]) if use_probe else ()
+            return terms, dp if len(dp) else None
+
+        return backend.Launch(k.lsqml_terms_multi_part, (plans[0], *args), finish)
+
     def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any,
                          dP_k: Any) -> tuple[Any, ...]:
         """Per-position terms of the step problems for one part (each (B,) or (B, S)); ΔP is
         given by its spectrum ``dP_k``, which is all its shifts read."""
         if state.n_slices == 1:
             return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP_k)
-        return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP_k, r["g_psi1"], r["illum"])
+        return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP_k, r["g_psi1"], r["illum"],
+                                 r.get("probe_weight"))
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
@@ -412,9 +454,10 @@ class LsqmlEngine(common.EngineBase):
         return 0.0, self._combine(rb / (bbb + 0.1 * mean(bbb)), trim=0)
 
     def _terms_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
-                     dO: Any, dP_k: Any, g_psi1: Any, illum: Any) -> tuple[Any, ...]:
+                     dO: Any, dP_k: Any, g_psi1: Any, illum: Any, probe_weight: Any = None) -> tuple[Any, ...]:
         """Per-position (num, den) of the decoupled per-slice object steps (B, S) and of the
-        probe step (B,), for the directions present."""
+        probe step (B,), for the directions present. ``probe_weight``: Σ_q |O_{q,1}|² windows
+        (B, 1, M, N) when the compiled part made them (else from ``fwd.patches``)."""
         xp = self.ctx.xp
         out: tuple[Any, ...] = ()
         if dO is not None:
@@ -423,7 +466,8 @@ class LsqmlEngine(common.EngineBase):
             out += (num, backend.real_dot(backend.abs2(d), illum, keep=(0, 2)))
         if dP_k is not None:
             shifted = overlap.shift_spectrum(dP_k, b.frac)  # (B, P, M, N)
-            t1 = xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
+            t1 = probe_weight if probe_weight is not None else \
+                xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
             out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))
         return out
@@ -494,8 +538,9 @@ def _term_columns(has_obj: bool, has_probe: bool) -> tuple[int, ...]:
 
 def _directions_of(kp: common.KernelPart) -> dict[str, Any]:
     """A compiled part's phase-1 results in the form ``_part_directions`` gives them."""
-    return {"fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": None, "g_psi1": None, "illum": None,
-            "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k}
+    return {"fwd": kp.fwd, "loss": kp.loss, "g_exit": kp.g_exit, "g_patches": kp.g_patches, "g_psi1": kp.g_psi1,
+            "illum": kp.illum_patches, "num": kp.num, "W": kp.illum, "probe_k": kp.probe_k,
+            "probe_weight": kp.probe_weight}
 
 
 class _TailArguments:

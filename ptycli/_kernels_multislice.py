@@ -1,0 +1,272 @@
+"""The compiled multislice part: forward model, loss and exact adjoint of a group's part,
+window by window, FFTs included (the multislice twin of ``_kernels.single_slice_part``).
+
+Why: the array path (physics/multislice.py) runs each slice's product, transforms,
+propagator and adjoint as separate passes over blocks of positions, ~10 Python-level calls
+per slice and block; with one probe mode that was 2.5-3x the FFT bound per iteration
+against 1.4-1.7x for one slice (the compiled path), and the slices scaling exponent was
+1.15-1.23. Here one position's waves go through every slice and back while they are in
+cache, with no Python in between.
+
+Shapes as in physics/multislice.py: probe modes P, object modes Q, slices S, windows
+(M, N). The object is (Q, S, H, W); the propagator h (1 or B, M, N), per position with
+beam tilts. No propagation follows the last slice. Part of the backend seam: imported by
+ptycli/_kernels.py, which the engines reach through ``backend.kernels``.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+
+from ._kernels import (_JIT, _atomic_add, _fft_planes, _fft_planes_scaled, _like, _store_release, farfield,
+                       ramp_multiply, ramp_product, spectral_multiply)
+
+
+@nb.njit(**_JIT)
+def _slice_product(obj, sl, yb, xb, src, dest):
+    """dest[p, q] = O_{q,sl}(window at yb, xb) · src[p, q or 0] (src (P, Q|1, M, N))."""
+    n_p, nq, m, n = dest.shape
+    shared = src.shape[1] == 1
+    for p in range(n_p):
+        for q in range(nq):
+            qi = 0 if shared else q
+            for y in range(m):
+                orow = obj[q, sl, yb + y, xb:xb + n]
+                prow = src[p, qi, y]
+                drow = dest[p, q, y]
+                for x in range(n):
+                    drow[x] = orow[x] * prow[x]
+
+
+@nb.njit(**_JIT)
+def _slice_adjoint(obj, sl, yb, xb, psi, g, num, illum, do_num, do_illum, keep, g_keep, w_keep):
+    """Adjoint of ``_slice_product`` for slice ``sl``, in place: g (P, Q, M, N) = ∂L/∂e* on
+    entry and conj(O_q) g (∂L/∂ψ* of each mode pair) on return. On the way:
+    num[q, sl] += Σ_p conj(ψ) g and illum[q, sl] += Σ_p |ψ|² at the window (when asked),
+    and with ``keep`` the same two windows into g_keep, w_keep (Q, M, N)."""
+    n_p, nq, m, n = g.shape
+    shared = psi.shape[1] == 1
+    for q in range(nq):
+        qi = 0 if shared else q
+        for y in range(m):
+            orow = obj[q, sl, yb + y, xb:xb + n]
+            nrow = num[q, sl, yb + y, xb:xb + n] if do_num else num[0, 0, 0, 0:n]
+            wrow = illum[q, sl, yb + y, xb:xb + n] if do_illum else illum[0, 0, 0, 0:1]
+            krow = g_keep[q, y] if keep else g_keep[0, 0, 0:n]
+            vrow = w_keep[q, y] if keep else w_keep[0, 0, 0:1]
+            for p in range(n_p):
+                prow = psi[p, qi, y]
+                grow = g[p, q, y]
+                if keep:
+                    if p == 0:
+                        for x in range(n):
+                            krow[x] = prow[x].conjugate() * grow[x]
+                    else:
+                        for x in range(n):
+                            krow[x] += prow[x].conjugate() * grow[x]
+                    if do_illum:
+                        if p == 0:
+                            for x in range(n):
+                                v = prow[x]
+                                vrow[x] = v.real * v.real + v.imag * v.imag
+                        else:
+                            for x in range(n):
+                                v = prow[x]
+                                vrow[x] += v.real * v.real + v.imag * v.imag
+                if do_num:
+                    for x in range(n):
+                        gv = grow[x]
+                        nrow[x] += prow[x].conjugate() * gv
+                        grow[x] = orow[x].conjugate() * gv
+                else:
+                    for x in range(n):
+                        grow[x] = orow[x].conjugate() * grow[x]
+                if do_illum:
+                    for x in range(n):
+                        v = prow[x]
+                        wrow[x] += v.real * v.real + v.imag * v.imag
+
+
+@nb.njit(**_JIT)
+def _propagate(execute, plan_f, plan_b, wave, h, scale, conj):
+    """wave (P, Q, M, N) ← F⁻¹[h (or conj h) · F[wave]] in place (``scale`` = s², both
+    transforms' normalisation)."""
+    n_p, nq, m, n = wave.shape
+    _fft_planes(execute, plan_f, wave)
+    spectral_multiply(wave.reshape((1, n_p * nq, m, n)), h, scale, conj)
+    _fft_planes(execute, plan_b, wave)
+
+
+@nb.njit(**_JIT)
+def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
+                    do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
+                    g_patches, w_patches, g_psi1, t1, done_addr, signal_addr, signal_value):
+    """A part of a multislice group, position by position with FFTs, in one call: the forward
+    model through every slice, the loss and its gradient at the last exit plane, the exact
+    adjoint back through the slices with its scatter-adds, and the probe gradient's spectrum.
+
+    The same quantities as engines/common.forward → loss_and_grad_exit → backward →
+    overlap.accumulate (and lsqml.illumination_patches) → overlap.unshift_sum_of. Per
+    position b (pattern data[rows[b]]): ψ_1 = F⁻¹[s·ramp_b·F[P]] into ``first`` (shared by
+    the object modes); e_s = O_s ψ_s; ψ_{s+1} = F⁻¹[h F[e_s]] (unitary: s² between the
+    unnormalised plans) into waves[s - 1]; Ψ = F[e_S] and F⁻¹[2ℓ'Ψ] in ``far``; then back:
+    num (Q, S, H, W) = Σ_b Σ_p conj(ψ_s) g_s, illum (Q, S, H, W) = Σ_b Σ_p |ψ_s|² (when
+    asked), g_{s-1} = F⁻¹[conj(h) F[conj(O_s) g_s]]; with ``do_probe``, probe_grad_k
+    (P, M, N) = Σ_b s·ramp_b*·F[∇ψ_1], ∇ψ_1 = Σ_q conj(O_1) g_1. The sums are zeroed first.
+
+    With ``keep`` (what LSQ-ML's per-slice step terms read): g_patches, w_patches
+    (B, S, Q, M, N: each position's slice a C block) the windows of the numerator and illumination per position (when
+    do_num / do_illum), g_psi1 (B, P, M, N) ∇ψ_1 and t1 (B, M, N) Σ_q |O_{q,1}|² (with
+    do_probe); else these may be any arrays of the right rank (not written).
+    first (P, 1, M, N), waves (max(S - 1, 1), P, Q, M, N), far (P, Q, M, N), g_sum (P, M, N): scratch, C-contiguous with
+    64-byte-aligned planes as the plans were made. ``done_addr``, ``signal_addr`` as in
+    ``single_slice_part``.
+    """
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    nb_ = frac.shape[0]
+    n_slices = obj.shape[1]
+    n_p, nq, m, n = far.shape
+    s2 = s * s
+    zero = _like(0, loss)
+    per_position_h = h.shape[0] > 1
+    if do_num:
+        num[...] = 0
+    if do_illum:
+        illum[...] = 0
+    if do_probe:
+        probe_grad_k[...] = 0
+    keep_obj = keep and (do_num or do_illum)
+    keep_probe = keep and do_probe
+    for b in range(nb_):
+        fb = frac[b].reshape((1, 2))
+        yb, xb = y0[b], x0[b]
+        hb = h[b if per_position_h else 0].reshape((1, m, n))
+        ramp_product(probe_k, fb, -1.0, s, first.reshape((1, n_p, m, n)))
+        _fft_planes(execute, plan_b, first)
+        for sl in range(n_slices):
+            src = first if sl == 0 else waves[sl - 1]
+            if sl == n_slices - 1:
+                _slice_product(obj, sl, yb, xb, src, far)
+                _fft_planes(execute, plan_f, far)
+                flat = far.reshape((1, n_p * nq, m, n))
+                farfield(flat, data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2, flat,
+                         loss[b:b + 1])
+                _fft_planes(execute, plan_b, far)
+            else:
+                _slice_product(obj, sl, yb, xb, src, waves[sl])
+                _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+        for sl in range(n_slices - 1, -1, -1):
+            src = first if sl == 0 else waves[sl - 1]
+            gk = g_patches[b, sl] if keep_obj else g_patches[0, 0]
+            wk = w_patches[b, sl] if keep_obj else w_patches[0, 0]
+            _slice_adjoint(obj, sl, yb, xb, src, far, num, illum, do_num, do_illum, keep_obj, gk, wk)
+            if sl > 0:
+                _propagate(execute, plan_f, plan_b, far, hb, s2, True)
+        if keep_probe:
+            tb = t1[b]
+            for y in range(m):
+                trow = tb[y]
+                for x in range(n):
+                    trow[x] = 0
+                for q in range(nq):
+                    orow = obj[q, 0, yb + y, xb:xb + n]
+                    for x in range(n):
+                        v = orow[x]
+                        trow[x] += v.real * v.real + v.imag * v.imag
+        if not do_probe:
+            continue
+        # ∇ψ_1 = Σ_q conj(O_{q,1}) g_1: with one object mode that is ``far`` itself
+        if nq == 1:
+            gp = far.reshape((1, n_p, m, n))
+        else:
+            gp = g_sum.reshape((1, n_p, m, n))
+            for p in range(n_p):
+                acc = gp[0, p]
+                for y in range(m):
+                    arow = acc[y]
+                    for x in range(n):
+                        arow[x] = far[p, 0, y, x]
+                    for q in range(1, nq):
+                        frow = far[p, q, y]
+                        for x in range(n):
+                            arow[x] += frow[x]
+        if keep_probe:
+            kept = g_psi1[b].reshape(-1)
+            src_flat = gp.reshape(-1)
+            for i in range(kept.shape[0]):
+                kept[i] = src_flat[i]
+        _fft_planes(execute, plan_f, gp)
+        ramp_multiply(gp, fb, 1.0, s)
+        acc = probe_grad_k.reshape(-1)
+        add = gp.reshape(-1)
+        for i in range(acc.shape[0]):
+            acc[i] += add[i]
+    if done_addr != 0:
+        _atomic_add(done_addr, 1)
+    return loss
+
+
+@nb.njit(**_JIT)
+def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patches, w_patches, g_psi1, t1,
+                           use_obj, use_probe, shifted, out_obj, out_probe, dp_out, signal_addr, signal_value):
+    """LSQ-ML's per-position terms of the decoupled multislice steps (physics.md §6.3, 6) for a
+    part, reading ``multislice_part``'s kept windows: out_obj (B, S, 2) = (-½ Re⟨ΔO_s, ∇O_s⟩,
+    ⟨|ΔO_s|², W_s⟩) per slice with the windows of d_obj (Q, S, H, W) read in place, and
+    out_probe (B, 2) = (-½ Re⟨ΔP_b, ∇ψ_1⟩, ⟨|ΔP_b|², Σ_q|O_{q,1}|²⟩) with ΔP_b = F⁻¹[s·ramp_b·dp_k]
+    made in ``shifted`` (1, P, M, N). Sums in float64 over float32 row sums (as
+    ``lsqml_terms``). Then, unless dp_out is empty, dp_out = ΔP = s·F⁻¹[dp_k]. ``signal_*``
+    as ``single_slice_part``."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    nb_ = frac.shape[0]
+    n_slices, nq, m, n = g_patches.shape[1:]
+    n_p = shifted.shape[1]
+    zero = _like(0, t1[0, 0])
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        if use_obj:
+            for sl in range(n_slices):
+                num = 0.0
+                den = 0.0
+                for q in range(nq):
+                    for y in range(m):
+                        drow = d_obj[q, sl, yb + y, xb:xb + n]
+                        grow = g_patches[b, sl, q, y]
+                        wrow = w_patches[b, sl, q, y]
+                        rn = zero
+                        rd = zero
+                        for x in range(n):
+                            d = drow[x]
+                            g = grow[x]
+                            rn += d.real * g.real + d.imag * g.imag
+                            rd += (d.real * d.real + d.imag * d.imag) * wrow[x]
+                        num += rn
+                        den += rd
+                out_obj[b, sl, 0] = -0.5 * num
+                out_obj[b, sl, 1] = den
+        if use_probe:
+            ramp_product(dp_k, frac[b].reshape((1, 2)), -1.0, s, shifted)
+            _fft_planes(execute, plan_b, shifted)
+            num = 0.0
+            den = 0.0
+            for p in range(n_p):
+                for y in range(m):
+                    srow = shifted[0, p, y]
+                    grow = g_psi1[b, p, y]
+                    trow = t1[b, y]
+                    rn = zero
+                    rd = zero
+                    for x in range(n):
+                        v = srow[x]
+                        g = grow[x]
+                        rn += v.real * g.real + v.imag * g.imag
+                        rd += (v.real * v.real + v.imag * v.imag) * trow[x]
+                    num += rn
+                    den += rd
+            out_probe[b, 0] = -0.5 * num
+            out_probe[b, 1] = den
+    if dp_out.shape[0] > 0:
+        dp_out[...] = dp_k
+        _fft_planes_scaled(execute, plan_b, dp_out, s)
+    return out_obj

@@ -20,6 +20,7 @@ import numpy as np
 from .. import backend
 from ..physics import overlap
 from . import common, distributed
+from . import noise as noise_mod
 
 
 class LsqmlEngine(common.EngineBase):
@@ -38,7 +39,7 @@ class LsqmlEngine(common.EngineBase):
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
         # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step)
         launches = (self._part_launches(state, parts, do_obj, do_probe)
-                    if not do_pos and self.ctx.noise_model != "poisson" else None)
+                    if not do_pos and self.ctx.noise_model not in _OWN_CHI else None)
         # with them, the whole group as one launch of threads that wait for each other where it can
         group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
             if launches is not None else None
@@ -239,10 +240,12 @@ class LsqmlEngine(common.EngineBase):
         xp = self.ctx.xp
         fwd = common.forward(state, b, self.ctx, patches=do_pos)
         # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
-        if self.ctx.noise_model in ("poisson", "compressed"):
+        if self.ctx.noise_model in _OWN_CHI:
             loss, _ = common.loss_and_grad_farfield(fwd, b, self.ctx)
             if self.ctx.noise_model == "poisson":
                 grad_Psi = self._poisson_step(fwd, b)
+            elif self.ctx.noise_model == "intensity":
+                grad_Psi = self._projection_step(fwd, b)
             else:  # χ = Ψ̂ - Ψ: the loss scale is counts², not a step
                 grad_Psi = -2.0 * (common.compressed_projection(fwd, b, self.ctx) - fwd.Psi)
             g_exit = backend.ifft2(grad_Psi, overwrite=True)
@@ -350,6 +353,15 @@ class LsqmlEngine(common.EngineBase):
             return self._terms_single(state, b, r["fwd"], r["g_exit"], dO, dP_k)
         return self._terms_multi(state, b, r["fwd"], r["g_patches"], dO, dP_k, r["g_psi1"], r["illum"],
                                  r.get("probe_weight"))
+
+    def _projection_step(self, fwd: common.Forward, b: common.Batch) -> Any:
+        """-2 χ with χ = Ψ̂ - Ψ, Ψ̂ = sqrt(D/I) Ψ the projection on the measured intensities
+        (masked pixels kept): the amplitude model's χ, used for the intensity model too.
+        Why: -½∇ of the intensity loss, 2(I - D)Ψ, is not an exit-wave step (it scales with the
+        counts), and the 2×2 steps of §6.3 then overshot to NaN in the first iteration; the
+        projection is where the intensity loss is smallest pixel by pixel, as for amplitude."""
+        _, lprime = noise_mod.loss_and_dloss_dI(fwd.I, b.data, "amplitude", self.ctx.mask, None)
+        return noise_mod.scale_by(fwd.Psi, 2.0 * lprime)
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
@@ -510,6 +522,10 @@ class LsqmlEngine(common.EngineBase):
             alpha = alpha[k: n - k] if axis == 0 else alpha
         # back to the run's real dtype: a float64 step would promote the complex64 update
         return xp.astype(self.params.beta_lsq * xp.sum(alpha, axis=axis) / alpha.shape[axis], self.ctx.real_dtype)
+
+
+# noise models whose exit-wave update χ is not -½ ∇_Ψ L (``_part_directions``): no compiled parts
+_OWN_CHI = ("poisson", "intensity", "compressed")
 
 
 def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:

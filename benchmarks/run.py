@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -96,17 +98,33 @@ def _summary(res: dict[str, Any]) -> str:
             f"peak RSS {res['peak_rss_mib']:.0f} MiB")
 
 
+# Each scaling point is measured in this many rounds, interleaved (every point of the suite,
+# then all again), and its time is the median of the rounds' medians. Why: the machine is
+# shared and slows by up to ~35 % for minutes at a time; in one pass, such a spell over one
+# point (the same 1-slice, 1-mode case measured 0.036 s/iter in one series and 0.049 s in
+# the next, bound 22 % slower too) moved a fitted exponent by ~0.1.
+SCALING_ROUNDS = 3
+
+
 def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list]]:
-    series: dict[str, dict[str, list]] = {}
-    timed = 7  # the series' points are small and fast: more iterations steady their medians
-    for name, x, case in cases.scaling_cases(quick):
-        for engine in engines:
+    timed = 5  # per round: with 3 rounds each point is the median of 3 medians of 5 iterations
+    points = [(name, x, case, engine) for name, x, case in cases.scaling_cases(quick) for engine in engines]
+    times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(points))}
+    for r in range(SCALING_ROUNDS):
+        for i, (name, x, case, engine) in enumerate(points):
             res = run_worker({"kind": "engine", "engine": engine, "case": case.to_json(), "warmup": 1,
                               "timed": timed, "device": DEVICE["name"]})
+            if res.get("ok"):
+                times[i].append((res["median_s"], res["fft_bound_s"]))
             t = res["median_s"] if res.get("ok") else None
-            bound = res["fft_bound_s"] if res.get("ok") else None
-            log(f"scaling {name}={x:g} {engine}: {t if t is None else f'{t:.3g} s/iter'}")
-            series.setdefault(name, {}).setdefault(engine, []).append((x, t, bound))
+            log(f"scaling round {r + 1}/{SCALING_ROUNDS} {name}={x:g} {engine}: "
+                f"{t if t is None else f'{t:.3g} s/iter'}")
+    series: dict[str, dict[str, list]] = {}
+    for i, (name, x, _case, engine) in enumerate(points):
+        got = times[i]
+        t = float(np.median([a for a, _ in got])) if got else None
+        bound = float(np.median([b for _, b in got])) if got else None
+        series.setdefault(name, {}).setdefault(engine, []).append((x, t, bound))
     return series
 
 

@@ -231,6 +231,25 @@ def test_standard_section_lists_missing_engines_without_running_them(monkeypatch
     assert (specs[0]["warmup"], specs[0]["timed"]) == (1, 5)  # median of >= 5 after a warm-up
 
 
+def test_scaling_points_are_medians_of_interleaved_rounds(monkeypatch):
+    """Every point of the series runs once per round, all points before any runs again, and
+    reports the median of its rounds (a slow spell of the machine over one round's point
+    does not move it)."""
+    monkeypatch.setattr(cases, "scaling_cases", lambda quick: [("slices", 1.0, TINY), ("slices", 2.0, TINY)])
+    calls = []
+    slow = {1: 10.0}  # the second call (point 2.0, round 1) hit a slow spell
+
+    def fake(spec):
+        calls.append(len(calls))
+        t = slow.get(len(calls) - 1, 1.0) * (1 + (len(calls) - 1) % 2)
+        return {"ok": True, "median_s": t, "fft_bound_s": t / 2}
+
+    monkeypatch.setattr(suite, "run_worker", fake)
+    out = suite.scaling_section(["lsqml"], quick=True)
+    assert len(calls) == 2 * suite.SCALING_ROUNDS
+    assert out["slices"]["lsqml"] == [(1.0, 1.0, 0.5), (2.0, 2.0, 1.0)]
+
+
 def test_time_to_quality_scores_against_the_truth():
     spec = {"kind": "quality", "engine": "lsqml", "preset": "demo", "checkpoints": [1, 2],
             "overrides": {"scan_shape": (6, 6)}}

@@ -28,8 +28,10 @@ METHOD = """How it is measured
   LSQ-ML's shifted probe direction or ePIE's per-position probe update, is compared with that work,
   and one that saves FFTs is not credited for transforms it never ran); the cost model of physics.md
   §9, J x [2K(2S-1) + 2Np] (x n_eval for L-BFGS), is shown beside it (`model`). Measured in the same
-  process right after the engine: R_FFT of numpy, scipy.fft (all workers) and pyFFTW (FFTW_MEASURE
-  plan, aligned buffers, execute only, 1 or all threads, whichever is faster) at batch = min(group
+  process right after the engine: R_FFT of numpy, scipy.fft (all workers), pyFFTW (FFTW_MEASURE
+  plan, aligned buffers, execute only, 1 or all threads, whichever is faster) and pyfftw-planes
+  (FFTW's one-plane in-place plans run from compiled code, one plane per core at a time, up to
+  batch planes at once: how the compiled parts transform) at batch = min(group
   size, J, L-BFGS chunk) x Np; the separate bound is the smaller of (a) running exactly
   ceil(N_FFT / batch) calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).
 - Ratio (the targets): each timed iteration is paired with its own FFT work, the transforms
@@ -81,6 +83,11 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
   runs against the previous commit). The same blocking of the single-slice chain (case A), tried
   in a prototype, was within this machine's noise (±15 % between identical runs): a part of 16 x
   128² fits the 32 MiB L3 already, and blocks of 2-4 positions add per-call FFT overhead.
+- Until 2026-11-22 the bound had batched transforms only. The compiled parts transform one plane
+  at a time while it is in L2, which ran 5-25 % faster than batched pyFFTW at 128² and ~1.7x at
+  64² (a batch streams through memory), and case B LSQ-ML measured 0.90x "the bound". With
+  pyfftw-planes among the libraries, the quick case ratios rose: A lsqml 1.77 -> 1.94, gradient
+  1.88 -> 1.99, B lsqml 0.90 -> 1.55, gradient 0.97 -> 1.41 (runs 15 minutes apart).
 - Case A's remaining gap: per position, 4 FFTs at 35-50 µs on one core (fresh data) against the
   bound's 17-20 µs per transform on two cores, plus ~110 µs of kernel passes (shift ramps,
   window products, far field, adjoint with scatter-adds, ramp sums) that both cores share at

@@ -226,7 +226,13 @@ def kernel_fft_plans(m: int, n: int, dtype: Any) -> tuple[int, int, int] | None:
     Only when the host FFTs are FFTW's (``fft_library()``), so PTYCLI_FFT=scipy still means
     no FFTW anywhere; only for complex64 and planes whose byte size is a multiple of 64 (the
     kernels' buffers start on 64 bytes, so every plane is then aligned as the plans were made)."""
-    if fft_library() != "pyfftw" or np.dtype(dtype) != np.complex64 or (m * n * 8) % 64:
+    return fftw_plane_plans(m, n, dtype) if fft_library() == "pyfftw" else None
+
+
+def fftw_plane_plans(m: int, n: int, dtype: Any) -> tuple[int, int, int] | None:
+    """``kernel_fft_plans`` whatever the host FFT library is (the benchmark's bound measures
+    every library installed), or None without pyFFTW's FFTW, for other dtypes or sizes."""
+    if np.dtype(dtype) != np.complex64 or (m * n * 8) % 64 or not pyfftw_available():
         return None
     fftw = _fftw_module()
     lib = fftw.native()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from ptycli import backend
 from ptycli.errors import RecipeError, UsageError
 from ptycli.stages import bench
 
@@ -113,3 +114,44 @@ def test_cli_bench_fft_unknown_library_is_usage_error(cli):
     r = cli("bench", "fft", "--size", "8", "--library", "nosuch")
     assert r.exit_code == 2
     assert "nosuch" in r.stderr and r.stdout == ""
+
+
+def _planes_or_skip():
+    if bench.PLANES not in bench.available_libraries():
+        pytest.skip("no FFTW plans for compiled kernels here")
+
+
+def test_plane_work_kernel_runs_forward_and_inverse_transforms_in_place():
+    """The bound's pyfftw-planes work is real transforms: forward, then inverse, by turns, and
+    the plane starts from its source again every 8 (values stay finite)."""
+    _planes_or_skip()
+    from ptycli import _kernels
+
+    plans = backend.fftw_plane_plans(16, 16, np.complex64)
+    src = _kernels.empty((16, 16), np.complex64, aligned=True)
+    src[...] = np.random.default_rng(0).standard_normal((16, 16)) + 1j
+    work = _kernels.empty((16, 16), np.complex64, aligned=True)
+    for count, expected in ((1, np.fft.fft2(src)), (2, 256 * src), (9, np.fft.fft2(src))):
+        _kernels.fft_plane_work(*plans, src, work, count)
+        np.testing.assert_allclose(work, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    _kernels.fft_plane_work(*plans, src, work, 1000)
+    assert np.isfinite(work).all()
+
+
+def test_planes_use_no_more_threads_than_planes_available_at_once(monkeypatch):
+    """A batch of 1 (sequential ePIE's positions depend on each other) gets one core."""
+    _planes_or_skip()
+    assert bench.fft_rate_detail(16, 1, bench.PLANES, min_time_s=0.005, repeats=1)[1] == 1
+    seen = []
+    real = bench._plane_runner
+    monkeypatch.setattr(bench, "_plane_runner", lambda size, precision, w: seen.append(w) or real(size, precision, w))
+    assert bench.time_fft_work(10, 16, 1, bench.PLANES, workers=2) > 0
+    assert bench.time_fft_work(10, 16, 8, bench.PLANES, workers=2) > 0
+    assert seen == [1, min(2, 8)]
+
+
+def test_planes_are_skipped_where_kernels_have_no_plans():
+    _planes_or_skip()
+    assert bench.PLANES not in bench.fft_rates(16, 2, "double", np, min_time_s=0.002, repeats=1)
+    with pytest.raises(UsageError, match="pyfftw-planes"):
+        bench.time_fft_work(4, 16, 2, bench.PLANES, "double")

@@ -12,7 +12,7 @@ bench_app = typer.Typer(help="Measure this machine: FFT throughput (the FFT-boun
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-Library = typer.Option(None, "--library", help="numpy|scipy|pyfftw|backend (repeatable; default: all installed).")
+Library = typer.Option(None, "--library", help="numpy|scipy|pyfftw|pyfftw-planes|backend (repeatable; default: all installed).")
 
 
 @bench_app.command("fft")

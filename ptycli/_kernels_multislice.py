@@ -39,11 +39,11 @@ def _slice_product(obj, sl, yb, xb, src, dest):
 
 
 @nb.njit(**_JIT)
-def _slice_adjoint(obj, sl, yb, xb, psi, g, num, illum, do_num, do_illum, keep, g_keep, w_keep):
+def _slice_adjoint(obj, sl, yb, xb, psi, g, num, illum, do_num, do_illum, keep_num, keep_illum, g_keep, w_keep):
     """Adjoint of ``_slice_product`` for slice ``sl``, in place: g (P, Q, M, N) = ∂L/∂e* on
     entry and conj(O_q) g (∂L/∂ψ* of each mode pair) on return. On the way:
     num[q, sl] += Σ_p conj(ψ) g and illum[q, sl] += Σ_p |ψ|² at the window (when asked),
-    and with ``keep`` the same two windows into g_keep, w_keep (Q, M, N)."""
+    and the same windows into g_keep, w_keep (Q, M, N) with ``keep_num``, ``keep_illum``."""
     n_p, nq, m, n = g.shape
     shared = psi.shape[1] == 1
     for q in range(nq):
@@ -52,27 +52,27 @@ def _slice_adjoint(obj, sl, yb, xb, psi, g, num, illum, do_num, do_illum, keep, 
             orow = obj[q, sl, yb + y, xb:xb + n]
             nrow = num[q, sl, yb + y, xb:xb + n] if do_num else num[0, 0, 0, 0:n]
             wrow = illum[q, sl, yb + y, xb:xb + n] if do_illum else illum[0, 0, 0, 0:1]
-            krow = g_keep[q, y] if keep else g_keep[0, 0, 0:n]
-            vrow = w_keep[q, y] if keep else w_keep[0, 0, 0:1]
+            krow = g_keep[q, y] if keep_num else g_keep[0, 0, 0:n]
+            vrow = w_keep[q, y] if keep_illum else w_keep[0, 0, 0:1]
             for p in range(n_p):
                 prow = psi[p, qi, y]
                 grow = g[p, q, y]
-                if keep:
+                if keep_num:
                     if p == 0:
                         for x in range(n):
                             krow[x] = prow[x].conjugate() * grow[x]
                     else:
                         for x in range(n):
                             krow[x] += prow[x].conjugate() * grow[x]
-                    if do_illum:
-                        if p == 0:
-                            for x in range(n):
-                                v = prow[x]
-                                vrow[x] = v.real * v.real + v.imag * v.imag
-                        else:
-                            for x in range(n):
-                                v = prow[x]
-                                vrow[x] += v.real * v.real + v.imag * v.imag
+                if keep_illum:
+                    if p == 0:
+                        for x in range(n):
+                            v = prow[x]
+                            vrow[x] = v.real * v.real + v.imag * v.imag
+                    else:
+                        for x in range(n):
+                            v = prow[x]
+                            vrow[x] += v.real * v.real + v.imag * v.imag
                 if do_num:
                     for x in range(n):
                         gv = grow[x]
@@ -136,7 +136,8 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
         illum[...] = 0
     if do_probe:
         probe_grad_k[...] = 0
-    keep_obj = keep and (do_num or do_illum)
+    keep_num = keep and do_num
+    keep_illum = keep and do_illum
     keep_probe = keep and do_probe
     for b in range(nb_):
         fb = frac[b].reshape((1, 2))
@@ -158,9 +159,9 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
                 _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
         for sl in range(n_slices - 1, -1, -1):
             src = first if sl == 0 else waves[sl - 1]
-            gk = g_patches[b, sl] if keep_obj else g_patches[0, 0]
-            wk = w_patches[b, sl] if keep_obj else w_patches[0, 0]
-            _slice_adjoint(obj, sl, yb, xb, src, far, num, illum, do_num, do_illum, keep_obj, gk, wk)
+            gk = g_patches[b, sl] if keep_num else g_patches[0, 0]
+            wk = w_patches[b, sl] if keep_illum else w_patches[0, 0]
+            _slice_adjoint(obj, sl, yb, xb, src, far, num, illum, do_num, do_illum, keep_num, keep_illum, gk, wk)
             if sl > 0:
                 _propagate(execute, plan_f, plan_b, far, hb, s2, True)
         if keep_probe:

@@ -385,8 +385,7 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     n_b, n_p = len(batch.idx), state.probe.shape[0]
     n_q, n_s = obj.shape[:2]
     c, r = state.probe.dtype, ctx.real_dtype
-    keep_obj = keep and (numerator or illumination)
-    keep_probe = keep and probe
+    keep_num, keep_illum, keep_probe = keep and numerator, keep and illumination, keep and probe
     first, far = buf("first", (n_p, 1, m, n), c), buf("far", (n_p, n_q, m, n), c)
     waves, g_sum = buf("waves", (max(n_s - 1, 1), n_p, n_q, m, n), c), buf("g_sum", (n_p, m, n), c)
     num = buf("num", obj.shape, c) if numerator else obj
@@ -395,8 +394,8 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
         probe_k = buf("probe_k", spectrum.shape, c) if probe else spectrum
     loss = buf("loss", (n_b,), r)
     # per position, slice by slice (B, S, Q, M, N): each window the kernel writes is one C block
-    g_patches = buf("g_patches", (n_b, n_s, n_q, m, n), c) if keep_obj and numerator else far[None, None]
-    w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_obj and illumination else illum[None]
+    g_patches = buf("g_patches", (n_b, n_s, n_q, m, n), c) if keep_num else far[None]
+    w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_illum else illum[None]
     g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
     t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
     frames, rows = batch.frames_and_rows()
@@ -408,8 +407,8 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
             g_patches, w_patches, g_psi1, t1, done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
                       illum if illumination else None, probe_k if probe else None,
-                      g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_obj and numerator else None,
-                      illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_obj and illumination else None,
+                      g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
+                      illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_illum else None,
                       g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None)
 
     def finish(_: Any) -> KernelPart:

@@ -1267,4 +1267,4 @@ def spin_until(addr, value, spins, store_addr, store_value):
 
 
 # the multislice part lives in its own module (it builds on the helpers above)
-from ._kernels_multislice import lsqml_terms_multi_part, multislice_part  # noqa: E402, F401
+from ._kernels_multislice import epie_multislice_position, lsqml_terms_multi_part, multislice_part  # noqa: E402, F401

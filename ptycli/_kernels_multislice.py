@@ -17,8 +17,9 @@ ptycli/_kernels.py, which the engines reach through ``backend.kernels``.
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
-from ._kernels import (_JIT, _atomic_add, _fft_planes, _fft_planes_scaled, _like, _store_release, farfield,
+from ._kernels import (_JIT, _atomic_add, _fft_planes, _fft_planes_scaled, _like, _row_max, _store_release, farfield,
                        ramp_multiply, ramp_product, spectral_multiply)
 
 
@@ -271,3 +272,157 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
         dp_out[...] = dp_k
         _fft_planes_scaled(execute, plan_b, dp_out, s)
     return out_obj
+
+
+@nb.njit(**_JIT)
+def _window_max_power(obj, q, sl, yb, xb, m, n, tmp):
+    """max over the window of |O_{q,sl}|²."""
+    best = _like(0, tmp)
+    for y in range(m):
+        orow = obj[q, sl, yb + y, xb:xb + n]
+        for x in range(n):
+            v = orow[x]
+            tmp[x] = v.real * v.real + v.imag * v.imag
+        best = max(best, _row_max(tmp, n))
+    return best
+
+
+@nb.njit(**_JIT)
+def _mode_power_row(psi, qi, y, tmp):
+    """tmp = Σ_p |ψ[p, qi, y]|² (one row)."""
+    n_p, n = psi.shape[0], tmp.shape[0]
+    prow = psi[0, qi, y]
+    for x in range(n):
+        v = prow[x]
+        tmp[x] = v.real * v.real + v.imag * v.imag
+    for p in range(1, n_p):
+        prow = psi[p, qi, y]
+        for x in range(n):
+            v = prow[x]
+            tmp[x] += v.real * v.real + v.imag * v.imag
+
+
+@nb.njit(**_JIT)
+def _slice_epie(obj, sl, yb, xb, psi, e, beta, gamma, d_obj, to_wave, tmp):
+    """3PIE's updates at slice ``sl`` (physics.md §6.2), from the values before the position's
+    update: δ = e - O ψ, d_obj (Q, M, N) = Σ_p conj(ψ) δ / den (den = max Σ_p|ψ|² for ePIE,
+    (1-γ)Σ_p|ψ|² + γ max with gamma > 0 for rPIE) and Δψ = β conj(O) δ / max|O|², both per
+    object mode; e (P, Q, M, N) becomes ψ + Δψ (``to_wave``: the wave the slice before must
+    have made) or Δψ itself (the first slice: the probe's update). psi (P, Q|1, M, N)."""
+    n_p, nq, m, n = e.shape
+    shared = psi.shape[1] == 1
+    one = _like(1, tmp)
+    for q in range(nq):
+        qi = 0 if shared else q
+        w_max = _like(0, tmp)
+        for y in range(m):
+            _mode_power_row(psi, qi, y, tmp)
+            w_max = max(w_max, _row_max(tmp, n))
+        scale = beta / _window_max_power(obj, q, sl, yb, xb, m, n, tmp)
+        for y in range(m):
+            orow = obj[q, sl, yb + y, xb:xb + n]
+            drow = d_obj[q, y]
+            for p in range(n_p):
+                prow = psi[p, qi, y]
+                erow = e[p, q, y]
+                if p == 0:
+                    for x in range(n):
+                        drow[x] = 0
+                # one branch per row: each loop below vectorises
+                if to_wave:
+                    for x in range(n):
+                        pv = prow[x]
+                        delta = erow[x] - orow[x] * pv
+                        drow[x] += pv.conjugate() * delta
+                        erow[x] = pv + orow[x].conjugate() * delta * scale
+                else:
+                    for x in range(n):
+                        pv = prow[x]
+                        delta = erow[x] - orow[x] * pv
+                        drow[x] += pv.conjugate() * delta
+                        erow[x] = orow[x].conjugate() * delta * scale
+            if gamma > 0:
+                _mode_power_row(psi, qi, y, tmp)
+                for x in range(n):
+                    drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
+            else:
+                inv = one / w_max
+                for x in range(n):
+                    drow[x] = drow[x] * inv
+
+
+@nb.njit(**_JIT)
+def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, mask, model, eps,
+                             beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj, g_sum, loss, probe_out):
+    """One position of sequential multislice ePIE (3PIE, Maiden 2012; rPIE with gamma > 0),
+    FFTs included, in one call: the same steps as engines/epie.EpieEngine.update's general
+    path for a group of one, which ran ~10 array calls per slice.
+
+    ψ_1 = F⁻¹[s·ramp·F[P]] (``first``, P, 1, M, N); forward through the slices as
+    ``multislice_part`` (incident waves kept in waves[s - 1]); e'_S = F⁻¹[(1 - m ℓ')Ψ] (the
+    projection) in ``far`` (P, Q, M, N), loss (1,); then from the last slice to the first,
+    ``_slice_epie`` and e' of the slice before = F⁻¹[conj(h) F[ψ + Δψ]]. After the sweep:
+    obj[:, s] += α d_obj[s] at the window (do_obj; d_obj (S, Q, M, N)), and with do_probe
+    F[P] += s·ramp*·F[mean_q Δψ_1] (probe_k, in place) and probe_out = s·F⁻¹[F[P]].
+    h (1, M, N) the propagator (the position's own with a tilt); g_sum (P, M, N) scratch;
+    data (1, M, N). Planes 64-byte aligned as planned."""
+    n_slices = obj.shape[1]
+    n_p, nq, m, n = far.shape
+    s2 = s * s
+    fb = frac[0].reshape((1, 2))
+    yb, xb = y0[0], x0[0]
+    hb = h[0].reshape((1, m, n))
+    tmp = np.empty(n, dtype=loss.dtype)
+    ramp_product(probe_k, fb, -1.0, s, first.reshape((1, n_p, m, n)))
+    _fft_planes(execute, plan_b, first)
+    for sl in range(n_slices):
+        src = first if sl == 0 else waves[sl - 1]
+        if sl == n_slices - 1:
+            _slice_product(obj, sl, yb, xb, src, far)
+            _fft_planes(execute, plan_f, far)
+            flat = far.reshape((1, n_p * nq, m, n))
+            farfield(flat, data, mask, model, eps, s2, -s2, s2, flat, loss)
+            _fft_planes(execute, plan_b, far)
+        else:
+            _slice_product(obj, sl, yb, xb, src, waves[sl])
+            _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+    for sl in range(n_slices - 1, -1, -1):
+        src = first if sl == 0 else waves[sl - 1]
+        _slice_epie(obj, sl, yb, xb, src, far, beta, gamma, d_obj[sl], sl > 0, tmp)
+        if sl > 0:
+            _propagate(execute, plan_f, plan_b, far, hb, s2, True)
+    if do_obj:
+        for sl in range(n_slices):
+            for q in range(nq):
+                for y in range(m):
+                    trow = obj[q, sl, yb + y, xb:xb + n]
+                    drow = d_obj[sl, q, y]
+                    for x in range(n):
+                        trow[x] += alpha * drow[x]
+    if do_probe:
+        if nq == 1:
+            step = far.reshape((1, n_p, m, n))
+        else:  # the probe's update: the mean over the object modes
+            step = g_sum.reshape((1, n_p, m, n))
+            inv_q = _like(1.0 / nq, tmp)
+            for p in range(n_p):
+                for y in range(m):
+                    arow = step[0, p, y]
+                    for x in range(n):
+                        arow[x] = far[p, 0, y, x]
+                    for q in range(1, nq):
+                        frow = far[p, q, y]
+                        for x in range(n):
+                            arow[x] += frow[x]
+                    for x in range(n):
+                        arow[x] *= inv_q
+        _fft_planes(execute, plan_f, step)
+        ramp_multiply(step, fb, 1.0, s)
+        pk = probe_k.reshape(-1)
+        po = probe_out.reshape(-1)
+        st = step.reshape(-1)
+        for i in range(pk.shape[0]):
+            pk[i] += st[i]
+            po[i] = pk[i]
+        _fft_planes_scaled(execute, plan_b, probe_out, s)
+    return loss

@@ -484,6 +484,46 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
+@pytest.mark.parametrize("modes,object_modes,noise_model,mask,tilts,extra", [
+    (1, 1, "amplitude", False, False, None),
+    (2, 2, "poisson", True, True, None),
+    (1, 2, "anscombe", False, False, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}),
+    (2, 1, "amplitude", False, False, {"refine": {"object": True, "probe": False}}),
+    (1, 1, "amplitude", True, False, {"refine": {"object": False, "probe": True}}),
+])
+def test_epie_multislice_position_kernel_matches_the_array_path(modes, object_modes, noise_model, mask, tilts, extra,
+                                                                monkeypatch):
+    """Sequential 3PIE's whole position in one compiled call (``epie_multislice_position``)
+    against the general array path: the same states to float32 rounding, every transform
+    counted (the compiled path carries the probe's spectrum from position to position, the
+    array path transforms the probe at each: P fewer per position)."""
+    _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
+
+    counted = _count_transforms(monkeypatch)
+    called = []
+    real = _kernels.epie_multislice_position
+    monkeypatch.setattr(_kernels, "epie_multislice_position", lambda *a: called.append(1) or real(*a))
+    run = dict(slices=3, object_modes=object_modes, tilts=tilts)
+    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, **run)
+    n_pos, iters, s, q = 16, 2, 3, object_modes
+    probe = (extra or {}).get("refine", {}).get("probe", True)
+    per_position = modes + modes * q * (4 * s - 2) + (2 * modes if probe else 0)
+    assert len(called) == n_pos * iters and counted["kernel"] == n_pos * iters * per_position
+    n_native = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # the general array path
+    plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, **run)
+    # the array path also transforms the probe at every position but the first (the compiled
+    # path transformed it once and carried its spectrum)
+    assert "kernel" not in counted and counted["calls"] == n_native + modes * (n_pos * iters - 1)
+    _close(native.object, plain.object)
+    _close(native.probe, plain.probe)
+    np.testing.assert_allclose(loss_n, loss_p, rtol=1e-4)
+    assert not np.array_equal(native.object if (extra or {}).get("refine", {}).get("object", True) else native.probe,
+                              plain.object * 0)
+
+
 @pytest.mark.parametrize("engine,modes,object_modes,noise_model,mask,tilts,extra", [
     ("lsqml", 1, 1, "amplitude", False, False, None),
     ("lsqml", 2, 2, "anscombe", True, True, None),

@@ -74,8 +74,9 @@ class EpieEngine(common.EngineBase):
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
 
     def _lean_applies(self, state: Any, it: int) -> bool:
-        """Sequential single-slice ePIE on the CPU without position refinement or peers."""
-        return (state.n_slices == 1 and not self.params.refine.positions.active(it)
+        """Sequential ePIE on the CPU without position refinement or peers (multislice only
+        through the compiled position: ``_update_one``)."""
+        return (not self.params.refine.positions.active(it)
                 and self.ctx.noise_model != "compressed" and distributed.comm_of(self.ctx).size == 1)
 
     def _update_one(self, k: Any, state: Any, j: int, data: Any, it: int) -> Any:
@@ -95,6 +96,8 @@ class EpieEngine(common.EngineBase):
         obj = state.object[:, 0]
         if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
             return None
+        if state.n_slices > 1 and self._native_plans(state.probe) is None:
+            return None  # 3PIE runs compiled or not at all here (before the probe's FFT below)
         ys, xs = np.asarray([y0]), np.asarray([x0])  # host bookkeeping: this path runs on the CPU only
         frac = np.asarray([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
         cache = self._probe_cache
@@ -103,8 +106,10 @@ class EpieEngine(common.EngineBase):
         # unnormalised; s = 1/sqrt(MN) rides on a pass that is made anyway (the ramps, the
         # far-field kernel's factors), so no transform has a scaling pass of its own.
         s = backend.unitary_scale(probe_k.shape)
-        buf = self._lean_buffers(k, probe_k, obj.shape[0])
         native = self._native_plans(probe_k)
+        if state.n_slices > 1:  # 3PIE: the compiled position (``native`` is known to exist)
+            return self._kernel_multislice(k, native, state, j, probe_k, frac, s, ys, xs, data, it)
+        buf = self._lean_buffers(k, probe_k, obj.shape[0])
         if native is not None:
             return self._kernel_position(k, native, state, probe_k, frac, s, obj, ys, xs, data, buf, it)
         psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k), buf["psi"]),
@@ -168,6 +173,45 @@ class EpieEngine(common.EngineBase):
                                probe_out)
         n_p, n_q = buf["exit"].shape[1:3]
         backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if do_probe else 0))
+        if do_probe:
+            state.probe = probe_out
+        self._probe_cache = (state.probe, probe_k)
+        return loss.sum()
+
+    def _kernel_multislice(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any,
+                           frac: Any, s: float, ys: Any, xs: Any, data: Any, it: int) -> Any:
+        """One position of sequential multislice ePIE (3PIE) as one compiled call
+        (``_kernels.epie_multislice_position``): the general path's steps for a group of one,
+        without its ~10 array calls per slice. The probe's spectrum is carried to the next
+        position as in ``_update_one``."""
+        p = self.params
+        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        H = common.tilted_propagator(state, np.asarray([j]), self.ctx)
+        if H is None or H.dtype != probe_k.dtype or state.object.dtype != probe_k.dtype:
+            return None
+        if probe_k.ctypes.data % 64:  # the spectrum from backend.fft2: into an aligned array of our own
+            aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
+            aligned[...] = probe_k
+            probe_k = aligned
+        n_p, m, n = probe_k.shape
+        n_q, n_s = state.object.shape[:2]
+        c = probe_k.dtype
+        key = ("multislice", n_p, n_q, n_s, m, n, c)
+        if self._buffers is None or self._buffers[0] != key:
+            e = lambda *shape: k.empty(shape, c, aligned=True)  # noqa: E731
+            self._buffers = (key, {"first": e(n_p, 1, m, n), "waves": e(max(n_s - 1, 1), n_p, n_q, m, n),
+                                   "far": e(n_p, n_q, m, n), "d_obj": e(n_s, n_q, m, n), "g_sum": e(n_p, m, n),
+                                   "loss": k.empty((1,), self.ctx.real_dtype)})
+        buf = self._buffers[1]
+        probe_out = k.empty(probe_k.shape, c, aligned=True) if do_probe else state.probe
+        r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
+        gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
+        loss = k.epie_multislice_position(
+            *native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
+            *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
+            r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
+            buf["d_obj"], buf["g_sum"], buf["loss"], probe_out)
+        backend.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0))
         if do_probe:
             state.probe = probe_out
         self._probe_cache = (state.probe, probe_k)

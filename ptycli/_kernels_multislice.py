@@ -19,8 +19,19 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._kernels import (_JIT, _atomic_add, _fft_planes, _fft_planes_scaled, _like, _row_max, _store_release, farfield,
-                       ramp_multiply, ramp_product, spectral_multiply)
+from ._kernels import (
+    _JIT,
+    _atomic_add,
+    _fft_planes,
+    _fft_planes_scaled,
+    _like,
+    _row_max,
+    _store_release,
+    farfield,
+    ramp_multiply,
+    ramp_product,
+    spectral_multiply,
+)
 
 
 @nb.njit(**_JIT)
@@ -215,8 +226,8 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
     """LSQ-ML's per-position terms of the decoupled multislice steps (physics.md §6.3, 6) for a
     part, reading ``multislice_part``'s kept windows: out_obj (B, S, 2) = (-½ Re⟨ΔO_s, ∇O_s⟩,
     ⟨|ΔO_s|², W_s⟩) per slice with the windows of d_obj (Q, S, H, W) read in place, and
-    out_probe (B, 2) = (-½ Re⟨ΔP_b, ∇ψ_1⟩, ⟨|ΔP_b|², Σ_q|O_{q,1}|²⟩) with ΔP_b = F⁻¹[s·ramp_b·dp_k]
-    made in ``shifted`` (1, P, M, N). Sums in float64 over float32 row sums (as
+    out_probe (B, 2) = (-½ Re⟨ΔP_b, ∇ψ_1⟩, ⟨|ΔP_b|², Σ_q|O_{q,1}|²⟩) with
+    ΔP_b = F⁻¹[s·ramp_b·dp_k] made in ``shifted`` (1, P, M, N). Sums in float64 over float32 row sums (as
     ``lsqml_terms``). Then, unless dp_out is empty, dp_out = ΔP = s·F⁻¹[dp_k]. ``signal_*``
     as ``single_slice_part``."""
     if signal_addr != 0:

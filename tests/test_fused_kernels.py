@@ -504,7 +504,7 @@ def test_epie_multislice_position_kernel_matches_the_array_path(modes, object_mo
     called = []
     real = _kernels.epie_multislice_position
     monkeypatch.setattr(_kernels, "epie_multislice_position", lambda *a: called.append(1) or real(*a))
-    run = dict(slices=3, object_modes=object_modes, tilts=tilts)
+    run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
     native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, **run)
     n_pos, iters, s, q = 16, 2, 3, object_modes
     probe = (extra or {}).get("refine", {}).get("probe", True)
@@ -549,7 +549,7 @@ def test_multislice_part_kernel_matches_the_array_path(engine, modes, object_mod
         real = getattr(_kernels, name)
         monkeypatch.setattr(_kernels, name, lambda *a, _n=name, _k=real: called.append(_n) or _k(*a))
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
-    run = dict(slices=3, object_modes=object_modes, tilts=tilts)
+    run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
     kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra, **run)
     # the compiled parts ran (for LSQ-ML, its step terms too)
     assert counted.get("kernel", 0) > 0 and "multislice_part" in called

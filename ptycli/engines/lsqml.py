@@ -333,9 +333,10 @@ class LsqmlEngine(common.EngineBase):
         w_patches = r["illum"].transpose(0, 2, 1, 3, 4) if use_obj else scratch.get(("terms", "w"), (1,) * 5, real)
         g_psi1 = r["g_psi1"] if use_probe else shifted
         t1 = r["probe_weight"][:, 0] if use_probe else w_patches[0, 0]
-        args = (plans[2], dP_k if use_probe else shifted[0], b.frac, k.real_scalar(backend.unitary_scale((m, n)), state.object),
-                dO if use_obj else state.object, b.y0.astype("int64"), b.x0.astype("int64"), g_patches, w_patches,
-                g_psi1, t1, use_obj, use_probe, shifted, out_obj, out_probe, dp)
+        scale = k.real_scalar(backend.unitary_scale((m, n)), state.object)
+        args = (plans[2], dP_k if use_probe else shifted[0], b.frac, scale, dO if use_obj else state.object,
+                b.y0.astype("int64"), b.x0.astype("int64"), g_patches, w_patches, g_psi1, t1, use_obj, use_probe,
+                shifted, out_obj, out_probe, dp)
 
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
             backend.kernel_ffts((m, n), (n_b * n_p if use_probe else 0) + len(dp))

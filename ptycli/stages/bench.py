@@ -220,7 +220,8 @@ def fft_rates(size: int = 128, batch: int = 64, precision: str = "single", xp: M
               libraries: list[str] | None = None, **kw: Any) -> dict[str, float]:
     """R_FFT for every available library (or those named), in FFTs per second."""
     libs = libraries or available_libraries(xp)
-    if libraries is None and PLANES in libs and _plane_runner(size, precision, 1) is None:
+    planes = backend.fftw_plane_plans(size, size, backend.dtypes(precision)[1]) if PLANES in libs else None
+    if libraries is None and PLANES in libs and planes is None:
         libs = [lib for lib in libs if lib != PLANES]  # no compiled plans for this size or precision
     return {lib: fft_rate(size, batch, lib, precision, xp, **kw) for lib in libs}
 

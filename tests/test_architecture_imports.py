@@ -11,7 +11,10 @@ ALLOWED = {
     "errors": set(),
     "backend": {"errors", "_fftw", "_kernels", "_pool"},
     "_fftw": set(),  # the backend's FFTW plan cache (private to the backend seam)
-    "_kernels": set(),  # the backend's fused CPU kernels (Numba; private to the backend seam)
+    # the backend's fused CPU kernels (Numba; private to the backend seam), in two files:
+    # _kernels re-exports the multislice ones, which build on its helpers
+    "_kernels": {"_kernels_multislice"},
+    "_kernels_multislice": {"_kernels"},
     "_pool": set(),  # the backend's host threads for a group's parts (private to the backend seam)
     "physics": {"backend", "errors", "physics"},
     "store": {"errors", "store", "__init__"},

@@ -66,14 +66,15 @@ SCALING_FULL = {
     "probe_modes": [1, 2, 4, 8],
     "size": [64, 128, 256],
 }
-# Quick series still span 16x in positions and slices and 8x in modes: over 256-1024 alone,
-# one point taken while the shared machine was slow moved the fitted exponent by 0.2-0.3.
-# Slices up to 16, not 8: an iteration transforms 4S+1 windows per position (LSQ-ML), whose
-# fitted exponent is 0.91 over 1-8 slices (the FFT bound measured 0.87) and 0.95 over 1-16,
-# so over 1-8 an engine at a constant ratio to the bound sat at the target's lower edge.
+# Quick series still span 16x in positions and 8x in modes: over 256-1024 alone, one point
+# taken while the shared machine was slow moved the fitted exponent by 0.2-0.3. Slices keep
+# the full 1-32 (cheap at 256 positions): an iteration transforms 4S+1 windows per
+# position (LSQ-ML), an affine work whose own fitted exponent is 0.91 over 1-8 slices and
+# 0.94 over 1-32, and over 1-8 and 1-16 the measured FFT bound itself fitted 0.86-0.87 (below
+# the target's 0.9), so those grids could not tell a linear engine from a slow one.
 SCALING_QUICK = {
     "positions": [256, 1024, 4096],
-    "slices": [1, 2, 4, 8, 16],
+    "slices": [1, 2, 4, 8, 16, 32],
     "probe_modes": [1, 2, 4, 8],
     "size": [64, 128, 256],
 }

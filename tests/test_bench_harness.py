@@ -232,22 +232,28 @@ def test_standard_section_lists_missing_engines_without_running_them(monkeypatch
 
 
 def test_scaling_points_are_medians_of_interleaved_rounds(monkeypatch):
-    """Every point of the series runs once per round, all points before any runs again, and
-    reports the median of its rounds (a slow spell of the machine over one round's point
-    does not move it)."""
-    monkeypatch.setattr(cases, "scaling_cases", lambda quick: [("slices", 1.0, TINY), ("slices", 2.0, TINY)])
+    """Every point of the series runs once per round, all points before any runs again (in
+    each round's own order), and reports the median of its rounds: a slow spell of the
+    machine over one round's point does not move it."""
+    from dataclasses import replace
+
+    points = [("slices", float(s), replace(TINY, slices=s)) for s in (1, 2, 3)]
+    monkeypatch.setattr(cases, "scaling_cases", lambda quick: points)
     calls = []
-    slow = {1: 10.0}  # the second call (point 2.0, round 1) hit a slow spell
 
     def fake(spec):
-        calls.append(len(calls))
-        t = slow.get(len(calls) - 1, 1.0) * (1 + (len(calls) - 1) % 2)
+        calls.append(spec["case"]["slices"])
+        slow = 10.0 if len(calls) == 2 else 1.0  # the second call hit a slow spell
+        t = slow * spec["case"]["slices"]
         return {"ok": True, "median_s": t, "fft_bound_s": t / 2}
 
     monkeypatch.setattr(suite, "run_worker", fake)
     out = suite.scaling_section(["lsqml"], quick=True)
-    assert len(calls) == 2 * suite.SCALING_ROUNDS
-    assert out["slices"]["lsqml"] == [(1.0, 1.0, 0.5), (2.0, 2.0, 1.0)]
+    n = len(points)
+    assert len(calls) == n * suite.SCALING_ROUNDS
+    assert all(sorted(calls[r * n:(r + 1) * n]) == [1, 2, 3] for r in range(suite.SCALING_ROUNDS))
+    assert len({tuple(calls[r * n:(r + 1) * n]) for r in range(suite.SCALING_ROUNDS)}) > 1  # orders differ
+    assert out["slices"]["lsqml"] == [(1.0, 1.0, 0.5), (2.0, 2.0, 1.0), (3.0, 3.0, 1.5)]
 
 
 def test_time_to_quality_scores_against_the_truth():

@@ -1,5 +1,8 @@
-"""The compiled multislice part: forward model, loss and exact adjoint of a group's part,
-window by window, FFTs included (the multislice twin of ``_kernels.single_slice_part``).
+"""Compiled multislice kernels, FFTs included: a group's part for LSQ-ML and the gradient
+engine (``multislice_part``: forward model, loss and exact adjoint window by window, the
+twin of ``_kernels.single_slice_part``), LSQ-ML's per-slice step terms
+(``lsqml_terms_multi_part``) and one sequential 3PIE position (``epie_multislice_position``,
+the twin of ``_kernels.epie_position``).
 
 Why: the array path (physics/multislice.py) runs each slice's product, transforms,
 propagator and adjoint as separate passes over blocks of positions, ~10 Python-level calls

@@ -346,6 +346,25 @@ def backward_single(obj, y0, x0, psi, g, num, illum, do_num, do_illum, g_psi):
     return g_psi
 
 
+@nb.njit(inline="always", **_JIT)
+def _adjoint_row(orow, prow, grow, nrow, wrow, do_num, do_illum):
+    """One row of one mode pair's adjoint, in place: nrow += conj(ψ) g (do_num), g ← conj(O) g,
+    wrow += |ψ|² (do_illum). Shared by the single-slice and the multislice kernels."""
+    n = grow.shape[0]
+    if do_num:
+        for x in range(n):
+            gv = grow[x]
+            nrow[x] += prow[x].conjugate() * gv
+            grow[x] = orow[x].conjugate() * gv
+    else:
+        for x in range(n):
+            grow[x] = orow[x].conjugate() * grow[x]
+    if do_illum:
+        for x in range(n):
+            v = prow[x]
+            wrow[x] += v.real * v.real + v.imag * v.imag
+
+
 @nb.njit(**_JIT)
 def backward_single_in_place(obj, y0, x0, psi, g, num, illum, do_num, do_illum):
     """``backward_single`` for one object mode with g_psi written over g: g (B, P, M, N) =
@@ -359,20 +378,7 @@ def backward_single_in_place(obj, y0, x0, psi, g, num, illum, do_num, do_illum):
             nrow = num[0, yb + y, xb:xb + n] if do_num else num[0, 0, 0:n]
             wrow = illum[0, yb + y, xb:xb + n] if do_illum else illum[0, 0, 0:1]
             for p in range(n_p):
-                prow = psi[b, p, y]
-                grow = g[b, p, y]
-                if do_num:
-                    for x in range(n):
-                        gv = grow[x]
-                        nrow[x] += prow[x].conjugate() * gv
-                        grow[x] = orow[x].conjugate() * gv
-                else:
-                    for x in range(n):
-                        grow[x] = orow[x].conjugate() * grow[x]
-                if do_illum:
-                    for x in range(n):
-                        v = prow[x]
-                        wrow[x] += v.real * v.real + v.imag * v.imag
+                _adjoint_row(orow, psi[b, p, y], g[b, p, y], nrow, wrow, do_num, do_illum)
     return g
 
 
@@ -904,6 +910,21 @@ def fft_plane_work(execute, plan_f, plan_b, src, work, count):
     return count
 
 
+@nb.njit(inline="always", **_JIT)
+def _probe_step(execute, plan_f, plan_b, probe_k, step, frac, s, probe_out):
+    """ePIE's probe update through its spectrum: F[P] += s·ramp*·F[Δψ] (probe_k in place;
+    ``step`` (1, P, M, N) holds Δψ and is transformed in place), probe_out = s·F⁻¹[F[P]]."""
+    _fft_planes(execute, plan_f, step)
+    ramp_multiply(step, frac, 1.0, s)
+    pk = probe_k.reshape(-1)
+    po = probe_out.reshape(-1)
+    st = step.reshape(-1)
+    for i in range(pk.shape[0]):
+        pk[i] += st[i]
+        po[i] = pk[i]
+    _fft_planes_scaled(execute, plan_b, probe_out, s)
+
+
 @nb.njit(**_JIT)
 def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma,
                   alpha, do_obj, do_probe, psi, exit_wave, corrected, loss, d_obj, d_psi, probe_out):
@@ -935,16 +956,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
     if do_obj:
         scatter_add(obj, y0, x0, d_obj)
     if do_probe:
-        _fft_planes(execute, plan_f, d_psi)
-        ramp_multiply(d_psi, frac, 1.0, s)
-        step = d_psi.reshape(probe_k.shape)
-        pk = probe_k.reshape(-1)
-        po = probe_out.reshape(-1)
-        st = step.reshape(-1)
-        for i in range(pk.shape[0]):
-            pk[i] += st[i]
-            po[i] = pk[i]
-        _fft_planes_scaled(execute, plan_b, probe_out, s)
+        _probe_step(execute, plan_f, plan_b, probe_k, d_psi, frac, s, probe_out)
     return loss
 
 
@@ -1266,5 +1278,9 @@ def spin_until(addr, value, spins, store_addr, store_value):
     return _load_acquire(addr) >= value
 
 
-# the multislice part lives in its own module (it builds on the helpers above)
-from ._kernels_multislice import epie_multislice_position, lsqml_terms_multi_part, multislice_part  # noqa: E402, F401
+# the multislice kernels live in their own module (they build on the helpers above)
+from ._kernels_multislice import (  # noqa: E402, F401
+    epie_multislice_position,
+    lsqml_terms_multi_part,
+    multislice_part,
+)

@@ -24,10 +24,12 @@ import numpy as np
 
 from ._kernels import (
     _JIT,
+    _adjoint_row,
     _atomic_add,
     _fft_planes,
     _fft_planes_scaled,
     _like,
+    _probe_step,
     _row_max,
     _store_release,
     farfield,
@@ -88,18 +90,38 @@ def _slice_adjoint(obj, sl, yb, xb, psi, g, num, illum, do_num, do_illum, keep_n
                         for x in range(n):
                             v = prow[x]
                             vrow[x] += v.real * v.real + v.imag * v.imag
-                if do_num:
-                    for x in range(n):
-                        gv = grow[x]
-                        nrow[x] += prow[x].conjugate() * gv
-                        grow[x] = orow[x].conjugate() * gv
-                else:
-                    for x in range(n):
-                        grow[x] = orow[x].conjugate() * grow[x]
-                if do_illum:
-                    for x in range(n):
-                        v = prow[x]
-                        wrow[x] += v.real * v.real + v.imag * v.imag
+                _adjoint_row(orow, prow, grow, nrow, wrow, do_num, do_illum)
+
+
+@nb.njit(**_JIT)
+def _sum_object_modes(far, out, scale):
+    """out (P, M, N) = scale · Σ_q far[p, q] (scale 1: the sum; 1/Q: the mean)."""
+    n_p, nq, m, n = far.shape
+    for p in range(n_p):
+        for y in range(m):
+            arow = out[p, y]
+            for x in range(n):
+                arow[x] = far[p, 0, y, x]
+            for q in range(1, nq):
+                frow = far[p, q, y]
+                for x in range(n):
+                    arow[x] += frow[x]
+            if scale != 1:
+                for x in range(n):
+                    arow[x] *= scale
+
+
+@nb.njit(inline="always", **_JIT)
+def _row_terms(u, g, w, zero):
+    """(Re Σ conj(u) g, Σ |u|² w) over one row, summed in the rows' float32 (as ``lsqml_terms``)."""
+    rn = zero
+    rd = zero
+    for x in range(u.shape[0]):
+        v = u[x]
+        gv = g[x]
+        rn += v.real * gv.real + v.imag * gv.imag
+        rd += (v.real * v.real + v.imag * v.imag) * w[x]
+    return rn, rd
 
 
 @nb.njit(**_JIT)
@@ -196,17 +218,8 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
         if nq == 1:
             gp = far.reshape((1, n_p, m, n))
         else:
+            _sum_object_modes(far, g_sum, _like(1, loss))
             gp = g_sum.reshape((1, n_p, m, n))
-            for p in range(n_p):
-                acc = gp[0, p]
-                for y in range(m):
-                    arow = acc[y]
-                    for x in range(n):
-                        arow[x] = far[p, 0, y, x]
-                    for q in range(1, nq):
-                        frow = far[p, q, y]
-                        for x in range(n):
-                            arow[x] += frow[x]
         if keep_probe:
             kept = g_psi1[b].reshape(-1)
             src_flat = gp.reshape(-1)
@@ -247,16 +260,8 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
                 den = 0.0
                 for q in range(nq):
                     for y in range(m):
-                        drow = d_obj[q, sl, yb + y, xb:xb + n]
-                        grow = g_patches[b, sl, q, y]
-                        wrow = w_patches[b, sl, q, y]
-                        rn = zero
-                        rd = zero
-                        for x in range(n):
-                            d = drow[x]
-                            g = grow[x]
-                            rn += d.real * g.real + d.imag * g.imag
-                            rd += (d.real * d.real + d.imag * d.imag) * wrow[x]
+                        rn, rd = _row_terms(d_obj[q, sl, yb + y, xb:xb + n], g_patches[b, sl, q, y],
+                                            w_patches[b, sl, q, y], zero)
                         num += rn
                         den += rd
                 out_obj[b, sl, 0] = -0.5 * num
@@ -268,16 +273,7 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
             den = 0.0
             for p in range(n_p):
                 for y in range(m):
-                    srow = shifted[0, p, y]
-                    grow = g_psi1[b, p, y]
-                    trow = t1[b, y]
-                    rn = zero
-                    rd = zero
-                    for x in range(n):
-                        v = srow[x]
-                        g = grow[x]
-                        rn += v.real * g.real + v.imag * g.imag
-                        rd += (v.real * v.real + v.imag * v.imag) * trow[x]
+                    rn, rd = _row_terms(shifted[0, p, y], g_psi1[b, p, y], t1[b, y], zero)
                     num += rn
                     den += rd
             out_probe[b, 0] = -0.5 * num
@@ -417,26 +413,7 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
         if nq == 1:
             step = far.reshape((1, n_p, m, n))
         else:  # the probe's update: the mean over the object modes
+            _sum_object_modes(far, g_sum, _like(1.0 / nq, tmp))
             step = g_sum.reshape((1, n_p, m, n))
-            inv_q = _like(1.0 / nq, tmp)
-            for p in range(n_p):
-                for y in range(m):
-                    arow = step[0, p, y]
-                    for x in range(n):
-                        arow[x] = far[p, 0, y, x]
-                    for q in range(1, nq):
-                        frow = far[p, q, y]
-                        for x in range(n):
-                            arow[x] += frow[x]
-                    for x in range(n):
-                        arow[x] *= inv_q
-        _fft_planes(execute, plan_f, step)
-        ramp_multiply(step, fb, 1.0, s)
-        pk = probe_k.reshape(-1)
-        po = probe_out.reshape(-1)
-        st = step.reshape(-1)
-        for i in range(pk.shape[0]):
-            pk[i] += st[i]
-            po[i] = pk[i]
-        _fft_planes_scaled(execute, plan_b, probe_out, s)
+        _probe_step(execute, plan_f, plan_b, probe_k, step, fb, s, probe_out)
     return loss

@@ -107,6 +107,12 @@ class EpieEngine(common.EngineBase):
         # far-field kernel's factors), so no transform has a scaling pass of its own.
         s = backend.unitary_scale(probe_k.shape)
         native = self._native_plans(probe_k)
+        if native is not None and probe_k.ctypes.data % 64:
+            # the compiled positions' plans need 64-byte-aligned planes: the spectrum from
+            # backend.fft2 into an aligned array of our own (then carried from position to position)
+            aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
+            aligned[...] = probe_k
+            probe_k = aligned
         if state.n_slices > 1:  # 3PIE: the compiled position (``native`` is known to exist)
             return self._kernel_multislice(k, native, state, j, probe_k, frac, s, ys, xs, data, it)
         buf = self._lean_buffers(k, probe_k, obj.shape[0])
@@ -159,10 +165,6 @@ class EpieEngine(common.EngineBase):
         steps without its ~25 Python-level calls."""
         p = self.params
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        if probe_k.ctypes.data % 64:  # the spectrum from backend.fft2: into an aligned array of our own
-            aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
-            aligned[...] = probe_k
-            probe_k = aligned
         probe_out = k.empty(probe_k.shape, probe_k.dtype, aligned=True) if do_probe else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
@@ -189,10 +191,6 @@ class EpieEngine(common.EngineBase):
         H = common.tilted_propagator(state, np.asarray([j]), self.ctx)
         if H is None or H.dtype != probe_k.dtype or state.object.dtype != probe_k.dtype:
             return None
-        if probe_k.ctypes.data % 64:  # the spectrum from backend.fft2: into an aligned array of our own
-            aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
-            aligned[...] = probe_k
-            probe_k = aligned
         n_p, m, n = probe_k.shape
         n_q, n_s = state.object.shape[:2]
         c = probe_k.dtype

@@ -323,11 +323,10 @@ class LsqmlEngine(common.EngineBase):
         scratch = self.scratch()
         n_b, n_p = len(b.idx), state.probe.shape[0]
         n_s = state.n_slices
-        c, real = state.object.dtype, self.ctx.real_dtype
+        real = self.ctx.real_dtype
         out_obj = scratch.get(("terms", i, "obj"), (n_b, n_s, 2), "float64")
         out_probe = scratch.get(("terms", i, "probe"), (n_b, 2), "float64")
-        shifted = scratch.get(("terms", i, "shifted"), (1, n_p, m, n), c, aligned=True)
-        dp = scratch.get(("terms", i, "dp"), (n_p, m, n) if use_probe and i == 0 else (0, m, n), c, aligned=True)
+        shifted, dp = _terms_buffers(scratch, i, state.probe[None], use_probe)  # as the single-slice terms'
         # the kept windows in the kernel's layout (B, S, Q, M, N); stand-ins of the right kind when unused
         g_patches = r["g_patches"].transpose(0, 2, 1, 3, 4) if use_obj else shifted[None]
         w_patches = r["illum"].transpose(0, 2, 1, 3, 4) if use_obj else scratch.get(("terms", "w"), (1,) * 5, real)

@@ -81,12 +81,11 @@ def _plane_runner(size: int, precision: str, workers: int) -> Callable[[int], No
     its own aligned plane from compiled code (``_kernels.fft_plane_work``); None where the
     compiled transforms do not exist (no FFTW for kernels, double precision)."""
     _, cdtype = backend.dtypes(precision)
-    plans = backend.fftw_plane_plans(size, size, cdtype)
-    if plans is None or backend.kernels(np) is None:
+    plans, k = backend.fftw_plane_plans(size, size, cdtype), backend.kernels(np)
+    if plans is None or k is None:
         return None
     import threading
 
-    k = backend.kernels(np)
     rng = np.random.default_rng(0)
     planes = []
     for _ in range(workers):
@@ -220,8 +219,8 @@ def fft_rates(size: int = 128, batch: int = 64, precision: str = "single", xp: M
               libraries: list[str] | None = None, **kw: Any) -> dict[str, float]:
     """R_FFT for every available library (or those named), in FFTs per second."""
     libs = libraries or available_libraries(xp)
-    planes = backend.fftw_plane_plans(size, size, backend.dtypes(precision)[1]) if PLANES in libs else None
-    if libraries is None and PLANES in libs and planes is None:
+    if (libraries is None and PLANES in libs
+            and backend.fftw_plane_plans(size, size, backend.dtypes(precision)[1]) is None):
         libs = [lib for lib in libs if lib != PLANES]  # no compiled plans for this size or precision
     return {lib: fft_rate(size, batch, lib, precision, xp, **kw) for lib in libs}
 

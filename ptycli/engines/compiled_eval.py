@@ -1,0 +1,84 @@
+"""The Evaluator's loss and object/probe gradients through the compiled part kernels.
+
+L-BFGS evaluates f and ∇f over every position of its group. When only the object and the
+probe are refined, on the plain far-field model, that is exactly what the gradient engine's
+compiled parts make (``common.prepare_part_kernel``: shift, exit wave, far field, loss and
+adjoint window by window with the FFTs inside, the scatter-adds fused), so the Evaluator
+runs them instead of the array model: the array model keeps (B, P, Q, M, N) waves of the
+whole chunk alive and went through memory ~10 times per transform (quick case A: L-BFGS at
+6.4x the FFT bound, the gradient engine's same work at 1.6x). physics/model.py stays the
+reference (a test compares the two) and the path for every other variable and model
+feature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from . import common
+
+PLAIN = frozenset({"object", "probe"})
+
+
+def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
+    """Whether ``kernel_chunk`` models what ``Evaluator._chunk`` would for these variables."""
+    from .variables import model_features
+
+    ctx = ev.ctx
+    if not x or not set(x) <= PLAIN or backend.kernels(ctx.xp) is None or ctx.comp_masks is not None:
+        return False
+    if ev.params.nearfield_defocus_a is not None or float(state.detector_blur_px) != 0 or model_features(state):
+        return False
+    if state.background is not None and backend.scalar(ctx.xp.max(ctx.xp.abs(state.background))) != 0:
+        return False
+    current = state.beam_current
+    return current is None or bool(np.all(np.asarray(backend.to_numpy(current)) == 1))
+
+
+def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, sel: np.ndarray,
+                 data: Any) -> tuple[float, dict[str, Any]] | None:
+    """(Σ loss, {"object": ∇_O L, "probe": ∇_P L} for the names in x) on positions ``sel``
+    whose patterns are ``data``, as ``Evaluator._chunk`` gives them; None where the compiled
+    parts do not apply (the caller then runs the array model)."""
+    ctx = ev.ctx
+    view = state.copy(object=obj, probe=probe)
+    batch = common.make_batch(view, sel, data, ctx)
+    # one transform of the probe for every part
+    batch = dataclasses.replace(batch, probe_spectrum=(probe, backend.fft2(probe)))
+    m, n = state.window
+    per_position = int(probe.shape[0]) * int(obj.shape[0]) * m * n
+    parts = common.split_batch(batch, common.n_parts(ctx, len(sel), per_position))
+    want_obj, want_probe = "object" in x, "probe" in x
+    scratch = _scratch(ev)
+    done = backend.map_launches(
+        lambda ipb: common.prepare_part_kernel(view, ipb[1], ctx, numerator=want_obj, illumination=False,
+                                               probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0]),
+        list(enumerate(parts)))
+    if done is None:
+        return None
+    loss = sum(float(np.sum(kp.loss, dtype=np.float64)) for kp in done)
+    grads: dict[str, Any] = {}
+    if want_obj:  # a fresh array: the parts' sums live in scratch reused by the next evaluation
+        g = done[0].num.copy()
+        for kp in done[1:]:
+            g += kp.num
+        grads["object"] = g.reshape(obj.shape)
+    if want_probe:
+        spec = done[0].probe_k.copy()
+        for kp in done[1:]:
+            spec += kp.probe_k
+        grads["probe"] = backend.ifft2(spec, overwrite=True)
+    return loss, grads
+
+
+def _scratch(ev: Any) -> common.Scratch | None:
+    """The evaluator's reused part buffers (made on first use)."""
+    have = getattr(ev, "_kernel_scratch", None)
+    if have is None:
+        k = backend.kernels(ev.ctx.xp)
+        have = ev._kernel_scratch = common.Scratch(k) if k is not None else None
+    return have

@@ -99,7 +99,11 @@ def _summary(res: dict[str, Any]) -> str:
 
 
 # Each scaling point is measured in this many rounds, interleaved (every point of the suite,
-# then all again), and its time is the median of the rounds' medians. Why: the machine is
+# then all again), and its time is the fastest of the rounds' medians (each round a fresh
+# process). The fastest, not the median: a neighbour's load or a slow process only ever adds
+# time (the 1-slice, 1-mode point measured 0.034-0.038 s/iter in seven fresh processes and
+# 0.047 s in an eighth, 2026-11-22), and with the median two slow rounds of three made a
+# slow point; the modes exponent then fitted 0.82 in one run and 0.94 in the next. The machine is
 # shared and slows by up to ~35 % for minutes at a time; in one pass, such a spell over one
 # point (the same 1-slice, 1-mode case measured 0.036 s/iter in one series and 0.049 s in
 # the next, bound 22 % slower too) moved a fitted exponent by ~0.1. Each round takes the
@@ -110,7 +114,7 @@ SCALING_ROUNDS = 3
 
 
 def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list]]:
-    timed = 5  # per round: with 3 rounds each point is the median of 3 medians of 5 iterations
+    timed = 5  # per round: with 3 rounds each point is the fastest of 3 medians of 5 iterations
     points = [(name, x, case, engine) for name, x, case in cases.scaling_cases(quick) for engine in engines]
     times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(points))}
     for r in range(SCALING_ROUNDS):
@@ -126,8 +130,8 @@ def scaling_section(engines: list[str], quick: bool) -> dict[str, dict[str, list
     series: dict[str, dict[str, list]] = {}
     for i, (name, x, _case, engine) in enumerate(points):
         got = times[i]
-        t = float(np.median([a for a, _ in got])) if got else None
-        bound = float(np.median([b for _, b in got])) if got else None
+        t = float(np.min([a for a, _ in got])) if got else None
+        bound = float(np.min([b for _, b in got])) if got else None
         series.setdefault(name, {}).setdefault(engine, []).append((x, t, bound))
     return series
 

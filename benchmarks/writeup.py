@@ -90,6 +90,11 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
   64² (a batch streams through memory), and case B LSQ-ML measured 0.90x "the bound". With
   pyfftw-planes among the libraries, the quick case ratios rose: A lsqml 1.77 -> 1.94, gradient
   1.88 -> 1.99, B lsqml 0.90 -> 1.55, gradient 0.97 -> 1.41 (runs 15 minutes apart).
+- L-BFGS evaluates f and ∇f over the whole batch with the same compiled parts (object and probe
+  on the plain model, engines/compiled_eval.py): no per-group steps or Python between groups, so
+  per evaluation it is the engine closest to the bound; its iteration counts every line-search
+  evaluation (1.6 per iteration in quick case A). Through the array model it had run at
+  4.9-6.4x the bound (quick cases A-C, 2026-11-22), now 1.3-1.6x.
 - Case A's remaining gap: per position, 4 FFTs at 35-50 µs on one core (fresh data) against the
   bound's 17-20 µs per transform on two cores, plus ~110 µs of kernel passes (shift ramps,
   window products, far field, adjoint with scatter-adds, ramp sums) that both cores share at

@@ -91,6 +91,18 @@ def standard_section(engines: list[str], quick: bool, only: list[str] | None = N
     return results
 
 
+def merge_standard(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The standard entries of ``new`` and those of ``old`` for (case, engine) pairs not run
+    again, in the cases' and engines' order; and whether any old entry was kept."""
+    key = lambda e: (e["case"]["name"], e["engine"])  # noqa: E731
+    fresh = {key(e) for e in new}
+    keep = [e for e in old if key(e) not in fresh]
+    engines = list(harness.engine_status())
+    order = lambda e: (sorted(cases.STANDARD).index(e["case"]["name"]) if e["case"]["name"] in cases.STANDARD  # noqa: E731
+                       else len(cases.STANDARD), engines.index(e["engine"]) if e["engine"] in engines else len(engines))
+    return sorted(new + keep, key=order), bool(keep)
+
+
 def _summary(res: dict[str, Any]) -> str:
     if not res.get("ok"):
         return f"  failed: {res.get('error')}"
@@ -195,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N for the standard and scaling sections")
     ap.add_argument("--quality-preset", default="demo", help="`simulate` preset for time to quality")
     ap.add_argument("--update", action="store_true",
-                    help="keep the other sections of the existing RESULTS.json, replace only those run now")
+                    help="keep the other sections of the existing RESULTS.json, replace only those run now "
+                    "(in the standard cases, only the (case, engine) entries run now)")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown report to write")
     return ap.parse_args(argv)
 
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = args.out.with_suffix(".json")
     this_run = {"date": doc["machine"]["date"], "git": doc["machine"].get("git_commit")}
     doc["section_runs"] = {name: this_run for name in todo}
+    runs: dict[str, Any] = {}
     if args.update and previous.exists():
         old = json.loads(previous.read_text())
         # which run each kept section comes from (older files: the file's own run)
@@ -228,12 +242,17 @@ def main(argv: list[str] | None = None) -> int:
         "streaming": lambda: streaming_section("lsqml" if "lsqml" in engines else engines[0], args.quick),
         "profile": lambda: profile_section(engines, args.quick),
     }
+    kept = doc.get("standard") if args.update and "standard" in todo else None
     t0 = time.perf_counter()
     for name in todo:
         if name != "fft" and not engines:
             doc[name] = None
             continue
         doc[name] = steps[name]()
+    if kept:  # --update of some cases or engines: the other standard entries stay
+        doc["standard"], merged = merge_standard(kept, doc["standard"])
+        if merged:
+            doc["section_runs"]["standard"] = {**this_run, "merged_with": runs.get("standard")}
     doc["machine"]["load_average_end"] = list(os.getloadavg())
     doc["elapsed_s"] = time.perf_counter() - t0
     text, markdown = writeup.render(doc)

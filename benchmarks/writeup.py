@@ -102,6 +102,13 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
 """
 
 
+def _run(r: dict[str, Any]) -> str:
+    """A run's date and commit; a section merged from two runs names both."""
+    own = f"{r.get('date', '?')}, git {r.get('git', '?')}"
+    other = r.get("merged_with")
+    return own if not other else f"{own}, its other entries {_run(other)}"
+
+
 def render(doc: dict[str, Any]) -> tuple[str, str]:
     """(terminal text, Markdown document) of everything in ``doc``."""
     parts = [_header(doc), _targets(doc)]
@@ -123,7 +130,7 @@ def _header(doc: dict[str, Any]) -> tuple[str, str]:
     runs = doc.get("section_runs") or {}
     if len({(r.get("date"), r.get("git")) for r in runs.values()}) > 1:  # sections from several runs
         updated = " (sections from several runs: " + "; ".join(
-            f"{name} {r.get('date', '?')}, git {r.get('git', '?')}" for name, r in runs.items()) + ")"
+            f"{name} {_run(r)}" for name, r in runs.items()) + ")"
     lines = [f"Date: {m['date']}{updated}; git {m['git_commit']}; mode: {mode}; suite time {doc.get('elapsed_s', 0):.0f} s",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
              (f"Load average at start {_load(m.get('load_average_start'))}, at end "

@@ -231,29 +231,42 @@ def test_standard_section_lists_missing_engines_without_running_them(monkeypatch
     assert (specs[0]["warmup"], specs[0]["timed"]) == (1, 5)  # median of >= 5 after a warm-up
 
 
-def test_scaling_points_are_medians_of_interleaved_rounds(monkeypatch):
+def test_scaling_points_are_the_fastest_of_interleaved_rounds(monkeypatch):
     """Every point of the series runs once per round, all points before any runs again (in
-    each round's own order), and reports the median of its rounds: a slow spell of the
-    machine over one round's point does not move it."""
+    each round's own order), and reports the fastest of its rounds: a slow spell of the
+    machine over one round's point does not move it, and a fast round is the point's figure."""
     from dataclasses import replace
 
     points = [("slices", float(s), replace(TINY, slices=s)) for s in (1, 2, 3)]
     monkeypatch.setattr(cases, "scaling_cases", lambda quick: points)
     calls = []
+    n = len(points)
 
     def fake(spec):
         calls.append(spec["case"]["slices"])
-        slow = 10.0 if len(calls) == 2 else 1.0  # the second call hit a slow spell
-        t = slow * spec["case"]["slices"]
+        # the second call hit a slow spell; the first call of the last round ran fastest
+        speed = 10.0 if len(calls) == 2 else 0.8 if len(calls) == 2 * n + 1 else 1.0
+        t = speed * spec["case"]["slices"]
         return {"ok": True, "median_s": t, "fft_bound_s": t / 2}
 
     monkeypatch.setattr(suite, "run_worker", fake)
     out = suite.scaling_section(["lsqml"], quick=True)
-    n = len(points)
     assert len(calls) == n * suite.SCALING_ROUNDS
     assert all(sorted(calls[r * n:(r + 1) * n]) == [1, 2, 3] for r in range(suite.SCALING_ROUNDS))
     assert len({tuple(calls[r * n:(r + 1) * n]) for r in range(suite.SCALING_ROUNDS)}) > 1  # orders differ
-    assert out["slices"]["lsqml"] == [(1.0, 1.0, 0.5), (2.0, 2.0, 1.0), (3.0, 3.0, 1.5)]
+    fast = calls[2 * n]
+    assert out["slices"]["lsqml"] == [(float(s), (0.8 if s == fast else 1.0) * s, (0.4 if s == fast else 0.5) * s)
+                                      for s in (1, 2, 3)]
+
+
+def test_update_of_some_standard_entries_keeps_the_others():
+    entry = lambda case, engine, t: {"case": {"name": case}, "engine": engine, "result": {"median_s": t}}  # noqa: E731
+    old = [entry("A", "epie", 1.0), entry("A", "lsqml", 2.0), entry("B", "lsqml", 3.0), entry("B", "lbfgs", 4.0)]
+    merged, kept = suite.merge_standard(old, [entry("B", "lbfgs", 5.0), entry("A", "lbfgs", 6.0)])
+    assert kept
+    assert [(e["case"]["name"], e["engine"], e["result"]["median_s"]) for e in merged] == [
+        ("A", "epie", 1.0), ("A", "lsqml", 2.0), ("A", "lbfgs", 6.0), ("B", "lsqml", 3.0), ("B", "lbfgs", 5.0)]
+    assert suite.merge_standard(old[:1], [entry("A", "epie", 7.0)]) == ([entry("A", "epie", 7.0)], False)
 
 
 def test_time_to_quality_scores_against_the_truth():

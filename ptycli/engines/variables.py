@@ -40,6 +40,7 @@ from ..physics.detector import BlurredObjective
 from ..physics.model import ForwardModel
 from ..physics.nearfield import NearField
 from . import compiled_eval, distributed
+from .data import gathered
 from . import noise as noise_mod
 from . import scan_regularisers as scan_reg
 
@@ -215,14 +216,16 @@ class Evaluator:
         for a in range(0, len(idx), chunk):
             sel, block = idx[a:a + chunk], data[a:a + chunk]
             for s, local in self.subscans_of(state, sel):
-                part = block if len(local) == len(sel) else xp.take(block, backend.to_device(local, xp), axis=0)
+                # the compiled path reads data.Rows in place; the array model takes the gathered frames
+                part = block if len(local) == len(sel) else xp.take(gathered(block), backend.to_device(local, xp),
+                                                                     axis=0)
                 probe_s = probe if s is None else self.probe_of(state, x, s)
                 got = compiled_eval.kernel_chunk(self, state, x, probe_s, obj, sel[local], part) if compiled else None
                 if got is not None:  # the plain model's object/probe gradients, compiled
                     loss_total += got[0]
                     sums.add(got[1], sel[local], None, subscan=s)
                     continue
-                loss, grads, blur_grad = self._chunk(state, x, probe_s, obj, sel[local], part, want)
+                loss, grads, blur_grad = self._chunk(state, x, probe_s, obj, sel[local], gathered(part), want)
                 loss_total += backend.scalar(xp.sum(loss))
                 sums.add(grads, sel[local], blur_grad, subscan=s)
         # Data-parallel seam: sum the ranks' parts of the group before any gradient is

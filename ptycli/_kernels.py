@@ -1280,6 +1280,7 @@ def spin_until(addr, value, spins, store_addr, store_value):
 
 # the multislice kernels live in their own module (they build on the helpers above)
 from ._kernels_multislice import (  # noqa: E402, F401
+    epie_multislice_part,
     epie_multislice_position,
     lsqml_terms_multi_part,
     multislice_part,

@@ -2,7 +2,7 @@
 engine (``multislice_part``: forward model, loss and exact adjoint window by window, the
 twin of ``_kernels.single_slice_part``), LSQ-ML's per-slice step terms
 (``lsqml_terms_multi_part``) and one sequential 3PIE position (``epie_multislice_position``,
-the twin of ``_kernels.epie_position``).
+the twin of ``_kernels.epie_position``; ``epie_multislice_part`` runs it on several threads).
 
 Why: the array path (physics/multislice.py) runs each slice's product, transforms,
 propagator and adjoint as separate passes over blocks of positions, ~10 Python-level calls
@@ -26,6 +26,7 @@ from ._kernels import (
     _JIT,
     _adjoint_row,
     _atomic_add,
+    _barrier,
     _fft_planes,
     _fft_planes_scaled,
     _like,
@@ -285,19 +286,6 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
 
 
 @nb.njit(**_JIT)
-def _window_max_power(obj, q, sl, yb, xb, m, n, tmp):
-    """max over the window of |O_{q,sl}|²."""
-    best = _like(0, tmp)
-    for y in range(m):
-        orow = obj[q, sl, yb + y, xb:xb + n]
-        for x in range(n):
-            v = orow[x]
-            tmp[x] = v.real * v.real + v.imag * v.imag
-        best = max(best, _row_max(tmp, n))
-    return best
-
-
-@nb.njit(**_JIT)
 def _mode_power_row(psi, qi, y, tmp):
     """tmp = Σ_p |ψ[p, qi, y]|² (one row)."""
     n_p, n = psi.shape[0], tmp.shape[0]
@@ -319,46 +307,68 @@ def _slice_epie(obj, sl, yb, xb, psi, e, beta, gamma, d_obj, to_wave, tmp):
     (1-γ)Σ_p|ψ|² + γ max with gamma > 0 for rPIE) and Δψ = β conj(O) δ / max|O|², both per
     object mode; e (P, Q, M, N) becomes ψ + Δψ (``to_wave``: the wave the slice before must
     have made) or Δψ itself (the first slice: the probe's update). psi (P, Q|1, M, N)."""
-    n_p, nq, m, n = e.shape
-    shared = psi.shape[1] == 1
-    one = _like(1, tmp)
+    nq, m = e.shape[1], e.shape[2]
     for q in range(nq):
-        qi = 0 if shared else q
-        w_max = _like(0, tmp)
-        for y in range(m):
-            _mode_power_row(psi, qi, y, tmp)
-            w_max = max(w_max, _row_max(tmp, n))
-        scale = beta / _window_max_power(obj, q, sl, yb, xb, m, n, tmp)
-        for y in range(m):
-            orow = obj[q, sl, yb + y, xb:xb + n]
-            drow = d_obj[q, y]
-            for p in range(n_p):
-                prow = psi[p, qi, y]
-                erow = e[p, q, y]
-                if p == 0:
-                    for x in range(n):
-                        drow[x] = 0
-                # one branch per row: each loop below vectorises
-                if to_wave:
-                    for x in range(n):
-                        pv = prow[x]
-                        delta = erow[x] - orow[x] * pv
-                        drow[x] += pv.conjugate() * delta
-                        erow[x] = pv + orow[x].conjugate() * delta * scale
-                else:
-                    for x in range(n):
-                        pv = prow[x]
-                        delta = erow[x] - orow[x] * pv
-                        drow[x] += pv.conjugate() * delta
-                        erow[x] = orow[x].conjugate() * delta * scale
-            if gamma > 0:
-                _mode_power_row(psi, qi, y, tmp)
+        w_max, t_max = _slice_epie_maxes(obj, sl, yb, xb, psi, q, 0, m, tmp)
+        _slice_epie_rows(obj, sl, yb, xb, psi, e, q, beta / t_max, gamma, w_max, d_obj, to_wave, tmp, 0, m)
+
+
+@nb.njit(inline="always", **_JIT)
+def _slice_epie_maxes(obj, sl, yb, xb, psi, q, r0, r1, tmp):
+    """(max Σ_p|ψ_{p,q}|², max |O_{q,sl}|²) over rows r0:r1 of the window: ``_slice_epie``'s
+    two denominators, taken over part of the rows (a thread's share; 0 for no rows)."""
+    n = tmp.shape[0]
+    qi = 0 if psi.shape[1] == 1 else q
+    w_max = _like(0, tmp)
+    t_max = _like(0, tmp)
+    for y in range(r0, r1):
+        _mode_power_row(psi, qi, y, tmp)
+        w_max = max(w_max, _row_max(tmp, n))
+        orow = obj[q, sl, yb + y, xb:xb + n]
+        for x in range(n):
+            v = orow[x]
+            tmp[x] = v.real * v.real + v.imag * v.imag
+        t_max = max(t_max, _row_max(tmp, n))
+    return w_max, t_max
+
+
+@nb.njit(inline="always", **_JIT)
+def _slice_epie_rows(obj, sl, yb, xb, psi, e, q, scale, gamma, w_max, d_obj, to_wave, tmp, r0, r1):
+    """``_slice_epie`` for object mode q on rows r0:r1, given the window's w_max = max Σ_p|ψ|²
+    and scale = β / max|O|²."""
+    n_p, n = e.shape[0], e.shape[3]
+    qi = 0 if psi.shape[1] == 1 else q
+    one = _like(1, tmp)
+    for y in range(r0, r1):
+        orow = obj[q, sl, yb + y, xb:xb + n]
+        drow = d_obj[q, y]
+        for p in range(n_p):
+            prow = psi[p, qi, y]
+            erow = e[p, q, y]
+            if p == 0:
                 for x in range(n):
-                    drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
+                    drow[x] = 0
+            # one branch per row: each loop below vectorises
+            if to_wave:
+                for x in range(n):
+                    pv = prow[x]
+                    delta = erow[x] - orow[x] * pv
+                    drow[x] += pv.conjugate() * delta
+                    erow[x] = pv + orow[x].conjugate() * delta * scale
             else:
-                inv = one / w_max
                 for x in range(n):
-                    drow[x] = drow[x] * inv
+                    pv = prow[x]
+                    delta = erow[x] - orow[x] * pv
+                    drow[x] += pv.conjugate() * delta
+                    erow[x] = orow[x].conjugate() * delta * scale
+        if gamma > 0:
+            _mode_power_row(psi, qi, y, tmp)
+            for x in range(n):
+                drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
+        else:
+            inv = one / w_max
+            for x in range(n):
+                drow[x] = drow[x] * inv
 
 
 @nb.njit(**_JIT)
@@ -416,4 +426,132 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
             _sum_object_modes(far, g_sum, _like(1.0 / nq, tmp))
             step = g_sum.reshape((1, n_p, m, n))
         _probe_step(execute, plan_f, plan_b, probe_k, step, fb, s, probe_out)
+    return loss
+
+
+@nb.njit(inline="always", **_JIT)
+def _pair(a, p, q):
+    """Plane (p, q) of a (P, Q, M, N) array as (1, 1, M, N), C-contiguous (integer indices:
+    a slice would be typed any-layout and the loops on it stay scalar)."""
+    return a[p, q].reshape((1, 1, a.shape[2], a.shape[3]))
+
+
+@nb.njit(inline="always", **_JIT)
+def _pair_product(obj, q, sl, yb, xb, src, dest):
+    """dest (M, N) = O_{q,sl}(window at yb, xb) · src (M, N)."""
+    m, n = dest.shape
+    for y in range(m):
+        orow = obj[q, sl, yb + y, xb:xb + n]
+        prow = src[y]
+        drow = dest[y]
+        for x in range(n):
+            drow[x] = orow[x] * prow[x]
+
+
+@nb.njit(**_JIT)
+def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0,
+                         data, mask, model, eps, beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj,
+                         g_sum, loss, probe_out, signal_addr, signal_value):
+    """``epie_multislice_position`` as thread ``t`` of ``n_threads`` run together
+    (``backend.map_launches(..., together=True)``): one 3PIE position on several cores.
+
+    The transforms go by wave: thread t takes probe modes p = t, t + n_threads, ... for ψ_1
+    and the probe's step, and mode pairs k = p·Q + q likewise for every slice's product and
+    propagation (each pair's waves form their own chain through the slices). The far field
+    (every mode's intensity at a pixel) runs on thread 0; each slice's updates split the
+    window's rows, their two maxima shared through ``maxes`` (n_threads, Q, 2). Threads meet
+    at barriers on ``bar_addr`` (an int64, zero at the start) between these phases. The same
+    operations as the single-threaded kernel on every pixel and mode, so the same numbers.
+    Why: one position's work is a chain of small transforms that a group-of-one engine
+    cannot batch; with two or more wave chains (modes) they can run side by side."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    n_slices = obj.shape[1]
+    n_p, nq, m, n = far.shape
+    s2 = s * s
+    fb = frac[0].reshape((1, 2))
+    yb, xb = y0[0], x0[0]
+    hb = h[0].reshape((1, m, n))
+    tmp = np.empty(n, dtype=loss.dtype)
+    r0 = m * t // n_threads
+    r1 = m * (t + 1) // n_threads
+    passed = 0
+    for p in range(t, n_p, n_threads):
+        fp = first[p].reshape((1, 1, m, n))
+        ramp_product(probe_k[p].reshape((1, m, n)), fb, -1.0, s, fp)
+        _fft_planes(execute, plan_b, fp)
+    passed += 1
+    _barrier(bar_addr, passed * n_threads)
+    for k in range(t, n_p * nq, n_threads):
+        p, q = k // nq, k % nq
+        for sl in range(n_slices):
+            src = first[p, 0] if sl == 0 else waves[sl - 1][p, q]
+            if sl == n_slices - 1:
+                _pair_product(obj, q, sl, yb, xb, src, far[p, q])
+                _fft_planes(execute, plan_f, _pair(far, p, q))
+            else:
+                _pair_product(obj, q, sl, yb, xb, src, waves[sl][p, q])
+                _propagate(execute, plan_f, plan_b, _pair(waves[sl], p, q), hb, s2, False)
+    passed += 1
+    _barrier(bar_addr, passed * n_threads)
+    if t == 0:
+        flat = far.reshape((1, n_p * nq, m, n))
+        farfield(flat, data, mask, model, eps, s2, -s2, s2, flat, loss)
+    passed += 1
+    _barrier(bar_addr, passed * n_threads)
+    for k in range(t, n_p * nq, n_threads):
+        _fft_planes(execute, plan_b, _pair(far, k // nq, k % nq))
+    passed += 1
+    _barrier(bar_addr, passed * n_threads)
+    for sl in range(n_slices - 1, -1, -1):
+        src = first if sl == 0 else waves[sl - 1]
+        for q in range(nq):
+            w_part, t_part = _slice_epie_maxes(obj, sl, yb, xb, src, q, r0, r1, tmp)
+            maxes[t, q, 0] = w_part
+            maxes[t, q, 1] = t_part
+        passed += 1
+        _barrier(bar_addr, passed * n_threads)
+        for q in range(nq):
+            w_max = maxes[0, q, 0]
+            t_max = maxes[0, q, 1]
+            for i in range(1, n_threads):
+                w_max = max(w_max, maxes[i, q, 0])
+                t_max = max(t_max, maxes[i, q, 1])
+            _slice_epie_rows(obj, sl, yb, xb, src, far, q, beta / t_max, gamma, w_max, d_obj[sl], sl > 0, tmp,
+                             r0, r1)
+        passed += 1
+        _barrier(bar_addr, passed * n_threads)
+        if sl > 0:
+            for k in range(t, n_p * nq, n_threads):
+                _propagate(execute, plan_f, plan_b, _pair(far, k // nq, k % nq), hb, s2, True)
+            passed += 1
+            _barrier(bar_addr, passed * n_threads)
+    if do_obj:  # every slice's update has read the object: this thread's rows of the window
+        for sl in range(n_slices):
+            for q in range(nq):
+                for y in range(r0, r1):
+                    trow = obj[q, sl, yb + y, xb:xb + n]
+                    drow = d_obj[sl, q, y]
+                    for x in range(n):
+                        trow[x] += alpha * drow[x]
+    if do_probe:
+        for p in range(t, n_p, n_threads):
+            if nq == 1:
+                step = _pair(far, p, 0)
+            else:  # the mean over the object modes
+                step = g_sum[p].reshape((1, 1, m, n))
+                acc = step[0, 0]
+                scale = _like(1.0 / nq, tmp)
+                for y in range(m):
+                    arow = acc[y]
+                    for x in range(n):
+                        arow[x] = far[p, 0, y, x]
+                    for q in range(1, nq):
+                        frow = far[p, q, y]
+                        for x in range(n):
+                            arow[x] += frow[x]
+                    for x in range(n):
+                        arow[x] *= scale
+            _probe_step(execute, plan_f, plan_b, probe_k[p].reshape((1, m, n)), step, fb, s,
+                        probe_out[p].reshape((1, m, n)))
     return loss

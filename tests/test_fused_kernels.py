@@ -38,9 +38,9 @@ def _rng_c(shape, seed=0):
 
 
 def _run(engine, kernels, monkeypatch, modes=1, noise_model="amplitude", mask=False, positions=False,
-         group=4, extra=None, slices=1, object_modes=1, tilts=False):
+         group=4, extra=None, slices=1, object_modes=1, tilts=False, threads=1):
     backend.set_kernels(kernels)
-    monkeypatch.setenv("PTYCLI_THREADS", "1")
+    monkeypatch.setenv("PTYCLI_THREADS", str(threads))
     try:
         state = _state(slices=slices, modes=modes, scan=(4, 4))
         pats = _patterns(state)
@@ -502,14 +502,18 @@ def test_epie_multislice_position_kernel_matches_the_array_path(modes, object_mo
 
     counted = _count_transforms(monkeypatch)
     called = []
-    real = _kernels.epie_multislice_position
+    real, threaded = _kernels.epie_multislice_position, _kernels.epie_multislice_part
     monkeypatch.setattr(_kernels, "epie_multislice_position", lambda *a: called.append(1) or real(*a))
+    # thread t of a threaded position counts itself as 1 / n_threads of a position
+    monkeypatch.setattr(_kernels, "epie_multislice_part", lambda *a: called.append(1 / a[2]) or threaded(*a))
     run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
-    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, **run)
+    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, threads=2, **run)
     n_pos, iters, s, q = 16, 2, 3, object_modes
     probe = (extra or {}).get("refine", {}).get("probe", True)
     per_position = modes + modes * q * (4 * s - 2) + (2 * modes if probe else 0)
-    assert len(called) == n_pos * iters and counted["kernel"] == n_pos * iters * per_position
+    assert sum(called) == pytest.approx(n_pos * iters) and counted["kernel"] == n_pos * iters * per_position
+    # two wave chains or more (probe x object modes) run on two host threads together
+    assert all(c == 0.5 for c in called) == (modes * q > 1) and all(c in (0.5, 1) for c in called)
     n_native = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
     monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # the general array path

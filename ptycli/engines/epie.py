@@ -26,6 +26,7 @@ class EpieEngine(common.EngineBase):
     _probe_cache: tuple[Any, Any] | None = None  # (the probe array, its spectrum) for the lean path
     _buffers: tuple[tuple, dict[str, Any]] | None = None  # the lean path's work arrays
     _native: tuple[tuple, Any] | None = None  # ((M, N, dtype), plans of the compiled path or None)
+    _sync: tuple[tuple, dict[str, Any]] | None = None  # the threaded 3PIE position's barrier and maxima
 
     reads_rows = True  # data may come as data.Rows (common.EngineBase)
 
@@ -204,16 +205,33 @@ class EpieEngine(common.EngineBase):
         probe_out = k.empty(probe_k.shape, c, aligned=True) if do_probe else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
-        loss = k.epie_multislice_position(
-            *native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
-            *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
-            r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
-            buf["d_obj"], buf["g_sum"], buf["loss"], probe_out)
+        args = (*native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
+                *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
+                r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
+                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out)
+        # two or more wave chains (probe x object modes): the position on several threads
+        threads = min(backend.host_threads(), n_p * n_q)
+        together = None
+        if threads > 1:
+            sync = self._sync_buffers(k, threads, n_q)
+            sync["bar"][0] = 0
+            together = backend.map_launches(
+                lambda t: backend.Launch(k.epie_multislice_part, (sync["bar"].ctypes.data, t, threads,
+                                                                  sync["maxes"], *args), lambda out: out),
+                list(range(threads)), together=True, release=lambda: sync["bar"].fill(1 << 40))
+        loss = together[0] if together is not None else k.epie_multislice_position(*args)
         backend.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0))
         if do_probe:
             state.probe = probe_out
         self._probe_cache = (state.probe, probe_k)
         return loss.sum()
+
+    def _sync_buffers(self, k: Any, threads: int, n_q: int) -> dict[str, Any]:
+        """The barrier count and the shared maxima of ``epie_multislice_part`` (made once)."""
+        key = (threads, n_q)
+        if self._sync is None or self._sync[0] != key:
+            self._sync = (key, {"bar": k.counters(8), "maxes": k.empty((threads, n_q, 2), self.ctx.real_dtype)})
+        return self._sync[1]
 
     def _update_fused(self, k: Any, state: Any, b: common.Batch, fwd: common.Forward, target: Any, loss: Any,
                       it: int) -> Any:

@@ -57,7 +57,7 @@ def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
 
     # the fastest library and thread count for the engine's batch, chosen before the run so
     # that every iteration can be paired with its own FFT work
-    batch = harness.fft_group(spec["engine"], case.n_positions) * case.probe_modes
+    batch = bound_batch(harness.fft_group(spec["engine"], case.n_positions), case.probe_modes)
     lib = max((k for k in bench.available_libraries(xp)), key=lambda k: bench.fft_rate(
         case.size, batch, k, "single", xp, min_time_s=0.05, repeats=2))
     _, workers = bench.fft_rate_detail(case.size, batch, lib, "single", xp, min_time_s=0.05, repeats=2)
@@ -136,6 +136,19 @@ class FFTCounter:
         backend.kernel_ffts = self._orig_kernel
 
 
+# The bound's batches hold at most this many planes. FFT rates plateau well before it (128²
+# complex64, 2026-11-22: pyFFTW 4.84e4 / 5.36e4 / 4.84e4 FFT/s at batches of 64 / 256 / 1024,
+# planes 5.58e4 / 6.11e4 / 6.06e4), while L-BFGS's whole-batch group made batches of 1024
+# planes whose buffers (and numpy's complex128 probe of them) set the worker's peak RSS: case
+# B's 1.23 GiB against ~0.66 for the engine itself.
+MAX_BOUND_BATCH = 256
+
+
+def bound_batch(group_size: int, probe_modes: int) -> int:
+    """Planes per batched call of the FFT bound: a group's windows for every probe mode."""
+    return max(1, min(group_size * probe_modes, MAX_BOUND_BATCH))
+
+
 def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float = 0.1, xp: Any = np,
               n_eval: float = 1.0, counted: float | None = None) -> dict[str, Any]:
     """The same number and size of batched FFTs as one iteration, on the fastest library.
@@ -146,7 +159,7 @@ def fft_bound(engine: str, case: cases.Case, group_size: int, min_time_s: float 
     """
     from ptycli.stages import bench
 
-    batch = group_size * case.probe_modes
+    batch = bound_batch(group_size, case.probe_modes)
     n_model = bench.n_ffts_per_iteration(case.n_positions, engine if engine in bench.COST_MODEL_ENGINES else "lsqml",
                                          case.slices, case.probe_modes, shifts=True, n_eval=n_eval)
     n_ffts = counted if counted else n_model

@@ -32,7 +32,8 @@ METHOD = """How it is measured
   plan, aligned buffers, execute only, 1 or all threads, whichever is faster) and pyfftw-planes
   (FFTW's one-plane in-place plans run from compiled code, one plane per core at a time, up to
   batch planes at once: how the compiled parts transform) at batch = min(group
-  size, J, L-BFGS chunk) x Np; the separate bound is the smaller of (a) running exactly
+  size, J, L-BFGS chunk) x Np, at most 256 planes (rates plateau there; larger batches only
+  added their buffers to the worker's peak RSS); the separate bound is the smaller of (a) running exactly
   ceil(N_FFT / batch) calls of the fastest library and (b) N_FFT / R_FFT(best of 3 repeats).
 - Ratio (the targets): each timed iteration is paired with its own FFT work, the transforms
   counted during that iteration run in batches on the fastest library right after it (an

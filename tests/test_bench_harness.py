@@ -267,6 +267,10 @@ def test_update_of_some_standard_entries_keeps_the_others():
     assert [(e["case"]["name"], e["engine"], e["result"]["median_s"]) for e in merged] == [
         ("A", "epie", 1.0), ("A", "lsqml", 2.0), ("A", "lbfgs", 6.0), ("B", "lsqml", 3.0), ("B", "lbfgs", 5.0)]
     assert suite.merge_standard(old[:1], [entry("A", "epie", 7.0)]) == ([entry("A", "epie", 7.0)], False)
+    # the report's header names every run the entries come from, nested (older files) or listed
+    nested = {"date": "d3", "git": "g3", "merged_with": {"date": "d2", "git": "g2", "merged_with": {"date": "d1"}}}
+    listed = {"date": "d3", "git": "g3", "merged_with": [{"date": "d2", "git": "g2"}, {"date": "d1"}]}
+    assert writeup._run(nested) == writeup._run(listed) == "d3, git g3 and entries from d2, git g2, d1, git ?"
 
 
 def test_time_to_quality_scores_against_the_truth():

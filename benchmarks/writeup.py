@@ -68,8 +68,10 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
   4.8 ms wall for 4.2 ms of CPU, and the iteration took 0.50-0.57 CPU-seconds with two parts
   against 0.38-0.47 s on one thread (lsqml, case A). Two threads bought 1.3-1.4x; the bound's
   two-thread FFTW gains ~1.7x on cache-resident data.
-- Sequential ePIE (group size 1) cannot split a position over threads: its 4-5 FFTs per
-  position run one-threaded (28-43 µs each) against the bound's best batch-1 rate.
+- Sequential ePIE (group size 1) cannot split a one-mode position over threads: its 4-5 FFTs
+  per position run one-threaded (28-43 µs each) against the bound's best batch-1 rate. A 3PIE
+  position with two or more wave chains (probe x object modes) runs them on both cores
+  (case B: 0.44 -> 0.24 s/iteration quick, 29.1 -> 21.9 s full).
 - Noise: the machine is shared (a VM: neighbours' load moves our times and the FFT rates by
   ±25-30 % within minutes). The same quick case A lsqml measured 0.308 and 0.380 s/iter in
   two suite runs ten minutes apart, and the separate bound moved from 0.16 to 0.29 s for the

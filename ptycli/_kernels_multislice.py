@@ -540,18 +540,7 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
                 step = _pair(far, p, 0)
             else:  # the mean over the object modes
                 step = g_sum[p].reshape((1, 1, m, n))
-                acc = step[0, 0]
-                scale = _like(1.0 / nq, tmp)
-                for y in range(m):
-                    arow = acc[y]
-                    for x in range(n):
-                        arow[x] = far[p, 0, y, x]
-                    for q in range(1, nq):
-                        frow = far[p, q, y]
-                        for x in range(n):
-                            arow[x] += frow[x]
-                    for x in range(n):
-                        arow[x] *= scale
+                _sum_object_modes(far[p].reshape((1, nq, m, n)), step[0], _like(1.0 / nq, tmp))
             _probe_step(execute, plan_f, plan_b, probe_k[p].reshape((1, m, n)), step, fb, s,
                         probe_out[p].reshape((1, m, n)))
     return loss

@@ -432,12 +432,17 @@ def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, e
     against the same path as array calls, both on FFTW: the same states to float32 rounding
     (the two use different FFTW plans), and the same number of transforms counted."""
     _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
     from ptycli.engines import epie
 
     counted = _count_transforms(monkeypatch)
-    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra)
+    threaded, real = [], _kernels.epie_multislice_part
+    monkeypatch.setattr(_kernels, "epie_multislice_part", lambda *a: threaded.append(1) or real(*a))
+    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, threads=2)
     n_native = counted.get("calls", 0) + counted.get("kernel", 0)
     assert counted.get("kernel", 0) > 0  # the compiled path ran
+    # several probe modes: each position on two threads, as a one-slice threaded 3PIE position
+    assert (len(threaded) == 2 * 16 * 2) == (modes > 1) and (not threaded) == (modes == 1)
     counted.clear()
     monkeypatch.setattr(epie.EpieEngine, "_native_plans", lambda self, probe_k: None)
     plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra)

@@ -114,7 +114,9 @@ class EpieEngine(common.EngineBase):
             aligned = k.empty(probe_k.shape, probe_k.dtype, aligned=True)
             aligned[...] = probe_k
             probe_k = aligned
-        if state.n_slices > 1:  # 3PIE: the compiled position (``native`` is known to exist)
+        if state.n_slices > 1 or (native is not None and _threads(probe_k.shape[0], obj.shape[0]) > 1):
+            # 3PIE (``native`` is known to exist), or one slice with several wave chains (probe x
+            # object modes), which the threaded multislice position runs side by side
             return self._kernel_multislice(k, native, state, j, probe_k, frac, s, ys, xs, data, it)
         buf = self._lean_buffers(k, probe_k, obj.shape[0])
         if native is not None:
@@ -185,13 +187,12 @@ class EpieEngine(common.EngineBase):
                            frac: Any, s: float, ys: Any, xs: Any, data: Any, it: int) -> Any:
         """One position of sequential multislice ePIE (3PIE) as one compiled call
         (``_kernels.epie_multislice_position``): the general path's steps for a group of one,
-        without its ~10 array calls per slice. The probe's spectrum is carried to the next
-        position as in ``_update_one``."""
+        without its ~10 array calls per slice; with two or more wave chains (probe x object
+        modes), on the host threads together (``epie_multislice_part``), one slice included
+        (then the same steps as ``_kernel_position``). The probe's spectrum is carried to the
+        next position as in ``_update_one``."""
         p = self.params
         do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        H = common.tilted_propagator(state, np.asarray([j]), self.ctx)
-        if H is None or H.dtype != probe_k.dtype or state.object.dtype != probe_k.dtype:
-            return None
         n_p, m, n = probe_k.shape
         n_q, n_s = state.object.shape[:2]
         c = probe_k.dtype
@@ -200,8 +201,12 @@ class EpieEngine(common.EngineBase):
             e = lambda *shape: k.empty(shape, c, aligned=True)  # noqa: E731
             self._buffers = (key, {"first": e(n_p, 1, m, n), "waves": e(max(n_s - 1, 1), n_p, n_q, m, n),
                                    "far": e(n_p, n_q, m, n), "d_obj": e(n_s, n_q, m, n), "g_sum": e(n_p, m, n),
-                                   "loss": k.empty((1,), self.ctx.real_dtype)})
+                                   "loss": k.empty((1,), self.ctx.real_dtype), "unused_h": e(1, m, n)})
         buf = self._buffers[1]
+        # one slice: no propagation follows the last slice, so the propagator is never read
+        H = common.tilted_propagator(state, np.asarray([j]), self.ctx) if n_s > 1 else buf["unused_h"]
+        if H is None or H.dtype != probe_k.dtype or state.object.dtype != probe_k.dtype:
+            return None
         probe_out = k.empty(probe_k.shape, c, aligned=True) if do_probe else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
@@ -210,7 +215,7 @@ class EpieEngine(common.EngineBase):
                 r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
                 buf["d_obj"], buf["g_sum"], buf["loss"], probe_out)
         # two or more wave chains (probe x object modes): the position on several threads
-        threads = min(backend.host_threads(), n_p * n_q)
+        threads = _threads(n_p, n_q)
         together = None
         if threads > 1:
             sync = self._sync_buffers(k, threads, n_q)
@@ -306,6 +311,11 @@ class EpieEngine(common.EngineBase):
         w_max = xp.max(w, axis=(-2, -1), keepdims=True)
         gamma = self.params.rpie_gamma
         return w_max if gamma is None else (1 - gamma) * w + gamma * w_max
+
+
+def _threads(n_p: int, n_q: int) -> int:
+    """Host threads a compiled position runs on: one per wave chain (probe x object modes)."""
+    return min(backend.host_threads(), n_p * n_q)
 
 
 def _sum_axis1(x: Any) -> Any:

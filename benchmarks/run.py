@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if kept:  # --update of some cases or engines: the other standard entries stay
         doc["standard"], merged = merge_standard(kept, doc["standard"])
         if merged:  # the runs the kept entries come from, flattened
-            before = runs.get("standard") or {}
-            earlier = [{k: v for k, v in before.items() if k != "merged_with"}, *before.get("merged_with", [])]
-            doc["section_runs"]["standard"] = {**this_run, "merged_with": earlier}
+            doc["section_runs"]["standard"] = {**this_run, "merged_with": writeup.flat_runs(runs.get("standard"))}
     doc["machine"]["load_average_end"] = list(os.getloadavg())
     doc["elapsed_s"] = time.perf_counter() - t0
     text, markdown = writeup.render(doc)

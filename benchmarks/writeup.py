@@ -108,17 +108,18 @@ LIMITS = """What stands between the engines and the bound on this machine (measu
 def _run(r: dict[str, Any]) -> str:
     """A run's date and commit; a section merged from several runs names them all."""
     own = f"{r.get('date', '?')}, git {r.get('git', '?')}"
-    other = _flat(r.get("merged_with"))
+    other = flat_runs(r.get("merged_with"))
     return own if not other else own + " and entries from " + ", ".join(_run(o) for o in other)
 
 
-def _flat(merged: Any) -> list[dict[str, Any]]:
-    """``merged_with`` as a list of runs (files before 2026-11-22 17:40 nested them)."""
+def flat_runs(merged: Any) -> list[dict[str, Any]]:
+    """A run (with the runs it was merged with) or a list of runs, as a flat list of runs
+    (``merged_with`` of files before 2026-11-22 17:40 nested them)."""
     if not merged:
         return []
     if isinstance(merged, list):
-        return merged
-    return [{k: v for k, v in merged.items() if k != "merged_with"}, *_flat(merged.get("merged_with"))]
+        return [run for item in merged for run in flat_runs(item)]
+    return [{k: v for k, v in merged.items() if k != "merged_with"}, *flat_runs(merged.get("merged_with"))]
 
 
 def render(doc: dict[str, Any]) -> tuple[str, str]:

@@ -271,6 +271,7 @@ def test_update_of_some_standard_entries_keeps_the_others():
     nested = {"date": "d3", "git": "g3", "merged_with": {"date": "d2", "git": "g2", "merged_with": {"date": "d1"}}}
     listed = {"date": "d3", "git": "g3", "merged_with": [{"date": "d2", "git": "g2"}, {"date": "d1"}]}
     assert writeup._run(nested) == writeup._run(listed) == "d3, git g3 and entries from d2, git g2, d1, git ?"
+    assert writeup.flat_runs(nested) == writeup.flat_runs(listed) == [{"date": "d3", "git": "g3"}, *listed["merged_with"]]
 
 
 def test_time_to_quality_scores_against_the_truth():

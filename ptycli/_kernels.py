@@ -1037,6 +1037,105 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
 
 
 @nb.njit(**_JIT)
+def position_terms_part(execute, plan_f, plan_b, s, obj, y0, x0, psi, g_exit, uy, ux, g_k, psi_k, win, tmp, power,
+                        out, signal_addr, signal_value):
+    """``engines/common.position_terms`` of a single-slice part, position by position, FFTs
+    included: out[b] = (∂L/∂f_y, ∂L/∂f_x, ‖ψ ∂O/∂y‖², ‖ψ ∂O/∂x‖²) in px.
+
+    ∂L/∂f = Σ_p Re(conj(F[∇ψ_p]) F[ψ_p] (-2πi u)) with ∇ψ_p = Σ_q conj(O_q) g_exit[b, p, q];
+    the curvature Σ_q Σ |F⁻¹[F[O_q] 2πi u]|² Σ_p|ψ_p|², as ``position_gradient`` and
+    ``position_curvature`` (unitary transforms: s = 1/sqrt(MN) on the unnormalised plans).
+    obj (Q, H, W); psi (B, P, M, N) and g_exit (B, P, Q, M, N) the part's kept waves; uy (M,),
+    ux (N,) fftfreq; g_k, psi_k (1, P, M, N), win, tmp (1, 1, M, N) scratch, planes aligned
+    as planned, and power (M, N) real scratch; out (B, 4) float64."""
+    if signal_addr != 0:
+        _store_release(signal_addr, signal_value)
+    nb_, n_p, nq, m, n = g_exit.shape
+    two_pi = 2.0 * math.pi
+    s2 = float(s) * float(s)
+    for b in range(nb_):
+        yb, xb = y0[b], x0[b]
+        for p in range(n_p):
+            for y in range(m):
+                grow = g_k[0, p, y]
+                prow = psi_k[0, p, y]
+                srow = psi[b, p, y]
+                for x in range(n):
+                    grow[x] = 0
+                    prow[x] = srow[x]
+                for q in range(nq):
+                    orow = obj[q, yb + y, xb:xb + n]
+                    erow = g_exit[b, p, q, y]
+                    for x in range(n):
+                        grow[x] += orow[x].conjugate() * erow[x]
+        _fft_planes(execute, plan_f, g_k)
+        _fft_planes(execute, plan_f, psi_k)
+        gy = 0.0
+        gx = 0.0
+        for p in range(n_p):
+            for y in range(m):
+                grow = g_k[0, p, y]
+                prow = psi_k[0, p, y]
+                ry = _like(0, ux)
+                rx = _like(0, ux)
+                for x in range(n):  # float32 row sums (they vectorise), float64 over rows
+                    im = (grow[x].conjugate() * prow[x]).imag  # Re(-2πi u z) = 2π u Im z
+                    ry += im
+                    rx += ux[x] * im
+                gy += uy[y] * ry
+                gx += rx
+        for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
+            wrow = power[y]
+            for x in range(n):
+                wrow[x] = 0
+            for p in range(n_p):
+                prow = psi[b, p, y]
+                for x in range(n):
+                    v = prow[x]
+                    wrow[x] += v.real * v.real + v.imag * v.imag
+        cy = 0.0
+        cx = 0.0
+        for q in range(nq):
+            w0 = win[0, 0]
+            for y in range(m):
+                orow = obj[q, yb + y, xb:xb + n]
+                wrow = w0[y]
+                for x in range(n):
+                    wrow[x] = orow[x]
+            _fft_planes(execute, plan_f, win)
+            for axis in range(2):
+                t0 = tmp[0, 0]
+                for y in range(m):
+                    krow = w0[y]
+                    trow = t0[y]
+                    if axis == 0:
+                        for x in range(n):
+                            trow[x] = krow[x] * uy[y]
+                    else:
+                        for x in range(n):
+                            trow[x] = krow[x] * ux[x]
+                _fft_planes(execute, plan_b, tmp)
+                acc = 0.0
+                for y in range(m):
+                    trow = t0[y]
+                    wrow = power[y]
+                    row = _like(0, wrow)
+                    for x in range(n):
+                        d = trow[x]
+                        row += (d.real * d.real + d.imag * d.imag) * wrow[x]
+                    acc += row
+                if axis == 0:
+                    cy += acc
+                else:
+                    cx += acc
+        out[b, 0] = two_pi * s2 * gy
+        out[b, 1] = two_pi * s2 * gx
+        out[b, 2] = two_pi * two_pi * s2 * s2 * cy
+        out[b, 3] = two_pi * two_pi * s2 * s2 * cx
+    return out
+
+
+@nb.njit(**_JIT)
 def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted, out,
                      dp_out, signal_addr, signal_value):
     """``lsqml_terms`` for a part, position by position, with ΔP shifted to each window here:

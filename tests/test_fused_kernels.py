@@ -489,6 +489,36 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
+@pytest.mark.parametrize("modes,noise_model,mask", [(1, "amplitude", False), (2, "poisson", True)])
+def test_gradient_parts_with_position_refinement_match_the_array_path(modes, noise_model, mask, monkeypatch):
+    """The gradient engine refining positions keeps its compiled parts (their windows' waves
+    kept) and makes the position terms in a compiled call (``_kernels.position_terms_part``):
+    the same object, probe and positions as the array path to float32 rounding, and the
+    same number of transforms."""
+    _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
+
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
+    counted = _count_transforms(monkeypatch)
+    real_terms = _kernels.position_terms_part
+    terms_seen = []
+    monkeypatch.setattr(_kernels, "position_terms_part", lambda *a: terms_seen.append(1) or real_terms(*a))
+    extra = {"learning_rate": {"object": 1e-3, "probe": 1e-3}}
+    kernel, loss_k = _run("gradient", True, monkeypatch, modes, noise_model, mask, True, 4, extra)
+    assert len(terms_seen) == 2 * 4 * 2  # parts x groups x iterations
+    n_kernel = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    plain, loss_p = _run("gradient", True, monkeypatch, modes, noise_model, mask, True, 4, extra)
+    assert "kernel" not in counted and counted["calls"] == n_kernel
+    _close(kernel.object, plain.object)
+    _close(kernel.probe, plain.probe)
+    np.testing.assert_allclose(kernel.positions, plain.positions, rtol=0, atol=1e-4)
+    assert not np.allclose(kernel.positions, _state(modes=modes).positions)  # the positions moved
+    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
+
+
 @pytest.mark.parametrize("modes,object_modes,noise_model,mask,tilts,extra", [
     (1, 1, "amplitude", False, False, None),
     (2, 2, "poisson", True, True, None),

@@ -418,6 +418,43 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     return backend.Launch(k.multislice_part, args, finish, made)
 
 
+def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunContext, scratch: Scratch | None = None,
+                          slot: int = 0) -> backend.Launch | None:
+    """``position_terms`` of a single-slice part as one compiled call
+    (``_kernels.position_terms_part``) from what the part's own call kept
+    (``prepare_part_kernel(..., keep_waves=True)``: ψ_1 and F⁻¹[∇_Ψ L] of every window), with
+    the object as the part saw it; None where it does not apply. Why: with position
+    refinement the whole group ran the array path, and its terms alone were 5 batched
+    transforms and ~15 passes per window (gradient quick case A: 0.12 -> 0.36-0.40
+    s/iteration)."""
+    k = backend.kernels(ctx.xp)
+    m, n = state.window
+    psi, g_exit = made.fwd.psi1, made.g_exit
+    plans = backend.kernel_fft_plans(m, n, state.probe.dtype) if k is not None else None
+    if plans is None or state.n_slices != 1 or psi is None or g_exit is None:
+        return None
+    n_b, n_p, n_q = g_exit.shape[:3]
+    c, r = state.probe.dtype, ctx.real_dtype
+
+    def buf(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        if scratch is None:
+            return k.empty(shape, dtype, aligned=True)
+        return scratch.get(("position", slot, name), shape, dtype, aligned=True)
+
+    out = buf("out", (n_b, 4), "float64")
+    uy, ux = (ctx.xp.ascontiguousarray(u.reshape(-1), dtype=r) for u in ctx.u)
+    args = (*plans, k.real_scalar(backend.unitary_scale((m, n)), psi), state.object[:, 0],
+            batch.y0.astype("int64"), batch.x0.astype("int64"), psi, g_exit, uy, ux, buf("g_k", (1, n_p, m, n), c),
+            buf("psi_k", (1, n_p, m, n), c), buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c),
+            buf("power", (m, n), r), out)
+
+    def finish(_: Any) -> tuple[Any, Any]:
+        backend.kernel_ffts((m, n), n_b * (2 * n_p + 3 * n_q))
+        return out[:, :2].astype(r), out[:, 2:].astype(r)
+
+    return backend.Launch(k.position_terms_part, args, finish)
+
+
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
     xp = backend.namespace(state.object)
     g = xp.zeros_like(state.object)

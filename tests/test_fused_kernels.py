@@ -489,12 +489,14 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
-@pytest.mark.parametrize("modes,noise_model,mask", [(1, "amplitude", False), (2, "poisson", True)])
-def test_gradient_parts_with_position_refinement_match_the_array_path(modes, noise_model, mask, monkeypatch):
-    """The gradient engine refining positions keeps its compiled parts (their windows' waves
-    kept) and makes the position terms in a compiled call (``_kernels.position_terms_part``):
-    the same object, probe and positions as the array path to float32 rounding, and the
-    same number of transforms."""
+@pytest.mark.parametrize("engine,modes,noise_model,mask", [
+    ("gradient", 1, "amplitude", False), ("gradient", 2, "poisson", True),
+    ("lsqml", 1, "amplitude", False), ("lsqml", 2, "anscombe", True)])
+def test_parts_with_position_refinement_match_the_array_path(engine, modes, noise_model, mask, monkeypatch):
+    """Refining positions, the gradient and LSQ-ML engines keep their compiled parts (their
+    windows' waves kept) and make the position terms in a compiled call
+    (``_kernels.position_terms_part``): the same object, probe and positions as the array
+    path to float32 rounding, and the same number of transforms."""
     _on_fftw_kernels(monkeypatch)
     from ptycli import _kernels
 
@@ -504,13 +506,13 @@ def test_gradient_parts_with_position_refinement_match_the_array_path(modes, noi
     real_terms = _kernels.position_terms_part
     terms_seen = []
     monkeypatch.setattr(_kernels, "position_terms_part", lambda *a: terms_seen.append(1) or real_terms(*a))
-    extra = {"learning_rate": {"object": 1e-3, "probe": 1e-3}}
-    kernel, loss_k = _run("gradient", True, monkeypatch, modes, noise_model, mask, True, 4, extra)
+    extra = {"learning_rate": {"object": 1e-3, "probe": 1e-3}} if engine == "gradient" else None
+    kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra)
     assert len(terms_seen) == 2 * 4 * 2  # parts x groups x iterations
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
     monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
-    plain, loss_p = _run("gradient", True, monkeypatch, modes, noise_model, mask, True, 4, extra)
+    plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra)
     assert "kernel" not in counted and counted["calls"] == n_kernel
     _close(kernel.object, plain.object)
     _close(kernel.probe, plain.probe)

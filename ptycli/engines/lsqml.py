@@ -37,18 +37,26 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step)
+        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step;
+        # with position refinement one slice only: the terms then come from a compiled call too)
         launches = (self._part_launches(state, parts, do_obj, do_probe)
-                    if not do_pos and self.ctx.noise_model not in _OWN_CHI else None)
+                    if (not do_pos or state.n_slices == 1) and self.ctx.noise_model not in _OWN_CHI else None)
         # with them, the whole group as one launch of threads that wait for each other where it can
         group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
-            if launches is not None else None
+            if launches is not None and not do_pos else None
+        pos = None
         if group is not None:
             first, (a_O, a_P, dO, dP, dP_k, stepped) = group
         else:
             first = None
             if launches is not None:
                 first = backend.map_launches(lambda ln: ln.then(_directions_of), launches)
+            if first is not None and do_pos:  # before any step: the windows the parts saw
+                scratch = self.scratch()
+                pos = backend.map_launches(
+                    lambda i: common.kernel_position_terms(state, parts[i], launches[i].made, self.ctx, scratch, i),
+                    list(range(len(parts))))
+                first = first if pos is not None else None  # else the array path, from the start
             if first is None:
                 first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
                                           parts)
@@ -63,7 +71,8 @@ class LsqmlEngine(common.EngineBase):
             # an iteration only, so rounding cannot build up over a run)
             self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
         if do_pos:
-            pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
+            if pos is None:
+                pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
             self.apply_position_terms(full_state, full_batch,
                                       tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())

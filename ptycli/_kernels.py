@@ -1051,88 +1051,128 @@ def position_terms_part(execute, plan_f, plan_b, s, obj, y0, x0, psi, g_exit, uy
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_, n_p, nq, m, n = g_exit.shape
-    two_pi = 2.0 * math.pi
-    s2 = float(s) * float(s)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
         for p in range(n_p):
             for y in range(m):
                 grow = g_k[0, p, y]
-                prow = psi_k[0, p, y]
-                srow = psi[b, p, y]
                 for x in range(n):
                     grow[x] = 0
-                    prow[x] = srow[x]
                 for q in range(nq):
                     orow = obj[q, yb + y, xb:xb + n]
                     erow = g_exit[b, p, q, y]
                     for x in range(n):
                         grow[x] += orow[x].conjugate() * erow[x]
-        _fft_planes(execute, plan_f, g_k)
-        _fft_planes(execute, plan_f, psi_k)
-        gy = 0.0
-        gx = 0.0
-        for p in range(n_p):
-            for y in range(m):
-                grow = g_k[0, p, y]
-                prow = psi_k[0, p, y]
-                ry = _like(0, ux)
-                rx = _like(0, ux)
-                for x in range(n):  # float32 row sums (they vectorise), float64 over rows
-                    im = (grow[x].conjugate() * prow[x]).imag  # Re(-2πi u z) = 2π u Im z
-                    ry += im
-                    rx += ux[x] * im
-                gy += uy[y] * ry
-                gx += rx
-        for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
-            wrow = power[y]
-            for x in range(n):
-                wrow[x] = 0
-            for p in range(n_p):
-                prow = psi[b, p, y]
-                for x in range(n):
-                    v = prow[x]
-                    wrow[x] += v.real * v.real + v.imag * v.imag
-        cy = 0.0
-        cx = 0.0
-        for q in range(nq):
-            w0 = win[0, 0]
-            for y in range(m):
-                orow = obj[q, yb + y, xb:xb + n]
-                wrow = w0[y]
-                for x in range(n):
-                    wrow[x] = orow[x]
-            _fft_planes(execute, plan_f, win)
-            for axis in range(2):
-                t0 = tmp[0, 0]
-                for y in range(m):
-                    krow = w0[y]
-                    trow = t0[y]
-                    if axis == 0:
-                        for x in range(n):
-                            trow[x] = krow[x] * uy[y]
-                    else:
-                        for x in range(n):
-                            trow[x] = krow[x] * ux[x]
-                _fft_planes(execute, plan_b, tmp)
-                acc = 0.0
-                for y in range(m):
-                    trow = t0[y]
-                    wrow = power[y]
-                    row = _like(0, wrow)
-                    for x in range(n):
-                        d = trow[x]
-                        row += (d.real * d.real + d.imag * d.imag) * wrow[x]
-                    acc += row
-                if axis == 0:
-                    cy += acc
-                else:
-                    cx += acc
-        out[b, 0] = two_pi * s2 * gy
-        out[b, 1] = two_pi * s2 * gx
-        out[b, 2] = two_pi * two_pi * s2 * s2 * cy
-        out[b, 3] = two_pi * two_pi * s2 * s2 * cx
+        _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi[b], uy, ux, g_k, psi_k, win, tmp, power,
+                               out[b])
     return out
+
+
+@nb.njit(**_JIT)
+def position_terms_epie(execute, plan_f, plan_b, s, obj, y0, x0, psi, d_psi, beta, uy, ux, g_k, psi_k, win, tmp,
+                        power, out):
+    """``position_terms_part`` for one sequential ePIE position, whose ∇ψ_1 is
+    -2 Δψ max|O|² / β (Δψ (1, P, M, N) its probe-plane update, max over the window of every
+    object mode, before the object's update), as ``EpieEngine``'s general path has it."""
+    m, n = d_psi.shape[2], d_psi.shape[3]
+    yb, xb = y0[0], x0[0]
+    t_max = _like(0, power)
+    for q in range(obj.shape[0]):
+        for y in range(m):
+            orow = obj[q, yb + y, xb:xb + n]
+            for x in range(n):
+                v = orow[x]
+                t_max = max(t_max, v.real * v.real + v.imag * v.imag)
+    scale = _like(-2.0, power) * t_max / beta
+    for p in range(d_psi.shape[1]):
+        for y in range(m):
+            grow = g_k[0, p, y]
+            drow = d_psi[0, p, y]
+            for x in range(n):
+                grow[x] = drow[x] * scale
+    _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi[0], uy, ux, g_k, psi_k, win, tmp, power,
+                           out[0])
+    return out
+
+
+@nb.njit(inline="always", **_JIT)
+def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, ux, g_k, psi_k, win, tmp, power, out_b):
+    """The position terms of one window from ∇ψ_1 in g_k (1, P, M, N, real space; transformed
+    here) and ψ_1 = psi_b (P, M, N): out_b (4,) as ``position_terms_part``."""
+    n_p, m, n = psi_b.shape
+    nq = obj.shape[0]
+    two_pi = 2.0 * math.pi
+    s2 = float(s) * float(s)
+    for p in range(n_p):
+        for y in range(m):
+            prow = psi_k[0, p, y]
+            srow = psi_b[p, y]
+            for x in range(n):
+                prow[x] = srow[x]
+    _fft_planes(execute, plan_f, g_k)
+    _fft_planes(execute, plan_f, psi_k)
+    gy = 0.0
+    gx = 0.0
+    for p in range(n_p):
+        for y in range(m):
+            grow = g_k[0, p, y]
+            prow = psi_k[0, p, y]
+            ry = _like(0, ux)
+            rx = _like(0, ux)
+            for x in range(n):  # float32 row sums (they vectorise), float64 over rows
+                im = (grow[x].conjugate() * prow[x]).imag  # Re(-2πi u z) = 2π u Im z
+                ry += im
+                rx += ux[x] * im
+            gy += uy[y] * ry
+            gx += rx
+    for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
+        wrow = power[y]
+        for x in range(n):
+            wrow[x] = 0
+        for p in range(n_p):
+            prow = psi_b[p, y]
+            for x in range(n):
+                v = prow[x]
+                wrow[x] += v.real * v.real + v.imag * v.imag
+    cy = 0.0
+    cx = 0.0
+    w0 = win[0, 0]
+    t0 = tmp[0, 0]
+    for q in range(nq):
+        for y in range(m):
+            orow = obj[q, yb + y, xb:xb + n]
+            wrow = w0[y]
+            for x in range(n):
+                wrow[x] = orow[x]
+        _fft_planes(execute, plan_f, win)
+        for axis in range(2):
+            for y in range(m):
+                krow = w0[y]
+                trow = t0[y]
+                if axis == 0:
+                    for x in range(n):
+                        trow[x] = krow[x] * uy[y]
+                else:
+                    for x in range(n):
+                        trow[x] = krow[x] * ux[x]
+            _fft_planes(execute, plan_b, tmp)
+            acc = 0.0
+            for y in range(m):
+                trow = t0[y]
+                wrow = power[y]
+                row = _like(0, wrow)
+                for x in range(n):
+                    d = trow[x]
+                    row += (d.real * d.real + d.imag * d.imag) * wrow[x]
+                acc += row
+            if axis == 0:
+                cy += acc
+            else:
+                cx += acc
+    out_b[0] = two_pi * s2 * gy
+    out_b[1] = two_pi * s2 * gx
+    out_b[2] = two_pi * two_pi * s2 * s2 * cy
+    out_b[3] = two_pi * two_pi * s2 * s2 * cx
 
 
 @nb.njit(**_JIT)

@@ -521,6 +521,35 @@ def test_parts_with_position_refinement_match_the_array_path(engine, modes, nois
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
+@pytest.mark.parametrize("noise_model,mask,extra", [("amplitude", False, None),
+                                                    ("poisson", True, {"rpie_gamma": 0.3, "alpha": 0.7})])
+def test_epie_position_kernel_with_position_refinement_matches_the_array_path(noise_model, mask, extra, monkeypatch):
+    """Sequential ePIE refining positions runs its compiled position and the position terms
+    as a compiled call (``_kernels.position_terms_epie``, before the object's step): the same
+    object, probe and positions as the general array path to float32 rounding."""
+    _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
+
+    counted = _count_transforms(monkeypatch)
+    real_terms = _kernels.position_terms_epie
+    terms_seen = []
+    monkeypatch.setattr(_kernels, "position_terms_epie", lambda *a: terms_seen.append(1) or real_terms(*a))
+    kernel, loss_k = _run("epie", True, monkeypatch, 1, noise_model, mask, True, 1, extra)
+    assert len(terms_seen) == 16 * 2  # positions x iterations
+    n_kernel = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    plain, loss_p = _run("epie", True, monkeypatch, 1, noise_model, mask, True, 1, extra)
+    # the array path also transforms the probe at every position but the first (the compiled
+    # path carries its spectrum from position to position)
+    assert "kernel" not in counted and counted["calls"] == n_kernel + (16 * 2 - 1)
+    _close(kernel.object, plain.object)
+    _close(kernel.probe, plain.probe)
+    np.testing.assert_allclose(kernel.positions, plain.positions, rtol=0, atol=1e-4)
+    assert not np.allclose(kernel.positions, _state().positions)  # the positions moved
+    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
+
+
 @pytest.mark.parametrize("modes,object_modes,noise_model,mask,tilts,extra", [
     (1, 1, "amplitude", False, False, None),
     (2, 2, "poisson", True, True, None),

@@ -418,6 +418,11 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     return backend.Launch(k.multislice_part, args, finish, made)
 
 
+def frequency_lines(ctx: RunContext) -> tuple[Any, Any]:
+    """fftfreq of the window's rows (M,) and columns (N,), contiguous, in the real dtype."""
+    return tuple(ctx.xp.ascontiguousarray(u.reshape(-1), dtype=ctx.real_dtype) for u in ctx.u)
+
+
 def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunContext, scratch: Scratch | None = None,
                           slot: int = 0) -> backend.Launch | None:
     """``position_terms`` of a single-slice part as one compiled call
@@ -442,7 +447,7 @@ def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunCo
         return scratch.get(("position", slot, name), shape, dtype, aligned=True)
 
     out = buf("out", (n_b, 4), "float64")
-    uy, ux = (ctx.xp.ascontiguousarray(u.reshape(-1), dtype=r) for u in ctx.u)
+    uy, ux = frequency_lines(ctx)
     args = (*plans, k.real_scalar(backend.unitary_scale((m, n)), psi), state.object[:, 0],
             batch.y0.astype("int64"), batch.x0.astype("int64"), psi, g_exit, uy, ux, buf("g_k", (1, n_p, m, n), c),
             buf("psi_k", (1, n_p, m, n), c), buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c),
@@ -612,11 +617,15 @@ class EngineBase:
 
     def apply_position_terms(self, state: Any, batch: Batch, terms: tuple[Any, Any]) -> None:
         """Apply Δf from the per-position (∂L/∂f, curvature) of the whole batch."""
+        self.apply_position_step(state, batch.idx, terms)
+
+    def apply_position_step(self, state: Any, idx: np.ndarray, terms: tuple[Any, Any]) -> None:
+        """``apply_position_terms`` for the positions ``idx``."""
         from .positions import apply_step
 
         g, curv = terms
         delta = lsq_step_from_terms(g, curv, self.ctx) * self.params.positions.step
-        apply_step(state, batch.idx, backend.to_numpy(delta))
+        apply_step(state, idx, backend.to_numpy(delta))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -75,10 +75,9 @@ class EpieEngine(common.EngineBase):
         return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
 
     def _lean_applies(self, state: Any, it: int) -> bool:
-        """Sequential ePIE on the CPU without position refinement or peers (multislice only
-        through the compiled position: ``_update_one``)."""
-        return (not self.params.refine.positions.active(it)
-                and self.ctx.noise_model != "compressed" and distributed.comm_of(self.ctx).size == 1)
+        """Sequential ePIE on the CPU without peers (multislice, and position refinement, only
+        through the compiled positions: ``_update_one``)."""
+        return self.ctx.noise_model != "compressed" and distributed.comm_of(self.ctx).size == 1
 
     def _update_one(self, k: Any, state: Any, j: int, data: Any, it: int) -> Any:
         """Classical sequential ePIE for one position with the fewest calls (physics.md §6.1).
@@ -99,6 +98,9 @@ class EpieEngine(common.EngineBase):
             return None
         if state.n_slices > 1 and self._native_plans(state.probe) is None:
             return None  # 3PIE runs compiled or not at all here (before the probe's FFT below)
+        if p.refine.positions.active(it) and (state.n_slices > 1 or self._native_plans(state.probe) is None
+                                              or _threads(state.probe.shape[0], obj.shape[0]) > 1):
+            return None  # position terms: the one-thread compiled position only (``_kernel_position``)
         ys, xs = np.asarray([y0]), np.asarray([x0])  # host bookkeeping: this path runs on the CPU only
         frac = np.asarray([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
         cache = self._probe_cache
@@ -120,7 +122,7 @@ class EpieEngine(common.EngineBase):
             return self._kernel_multislice(k, native, state, j, probe_k, frac, s, ys, xs, data, it)
         buf = self._lean_buffers(k, probe_k, obj.shape[0])
         if native is not None:
-            return self._kernel_position(k, native, state, probe_k, frac, s, obj, ys, xs, data, buf, it)
+            return self._kernel_position(k, native, state, j, probe_k, frac, s, obj, ys, xs, data, buf, it)
         psi = backend.ifft2(k.ramp_product(probe_k, frac, -1.0, k.real_scalar(s, probe_k), buf["psi"]),
                             overwrite=True, scaled=False)
         Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, buf["exit"]), overwrite=True, scaled=False)
@@ -162,26 +164,56 @@ class EpieEngine(common.EngineBase):
             self._native = (key, backend.kernel_fft_plans(*key))
         return self._native[1]
 
-    def _kernel_position(self, k: Any, native: tuple[int, int, int], state: Any, probe_k: Any, frac: Any,
+    def _kernel_position(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any, frac: Any,
                          s: float, obj: Any, ys: Any, xs: Any, data: Any, buf: dict[str, Any], it: int) -> Any:
         """``_update_one``'s position as one compiled call (transforms included): the same
         steps without its ~25 Python-level calls."""
         p = self.params
-        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
-        probe_out = k.empty(probe_k.shape, probe_k.dtype, aligned=True) if do_probe else state.probe
+        do_obj, do_probe, do_pos = (p.refine.object.active(it), p.refine.probe.active(it),
+                                    p.refine.positions.active(it))
+        # refining positions, the kernel stops before both steps: the position terms read the
+        # window and Δψ as the update saw them (the steps then follow here)
+        obj_in, probe_in = do_obj and not do_pos, do_probe and not do_pos
+        probe_out = k.empty(probe_k.shape, probe_k.dtype, aligned=True) if probe_in else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
         loss = k.epie_position(*native, probe_k, frac, r(s), obj, ys, xs, data,
                                *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
-                               r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["psi"], buf["exit"],
+                               r(p.beta), r(gamma), r(p.alpha), obj_in, probe_in, buf["psi"], buf["exit"],
                                buf["corrected"].reshape(buf["exit"].shape), buf["loss"], buf["d_obj"], buf["d_psi"],
                                probe_out)
         n_p, n_q = buf["exit"].shape[1:3]
-        backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if do_probe else 0))
-        if do_probe:
+        backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if probe_in else 0))
+        if do_pos:
+            terms = self._position_terms(k, native, state, obj, ys, xs, buf, r(s), r(p.beta))
+            if do_obj:
+                k.scatter_add(obj, ys, xs, buf["d_obj"])  # α is in d_obj already
+            if do_probe:  # as the lean path's step: F[P] += s·ramp*·F[Δψ]
+                step_k = backend.fft2(buf["d_psi"], overwrite=True, scaled=False)
+                k.ramp_multiply(step_k, frac, 1.0, r(s))
+                probe_k += step_k[0]
+                state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
+            self.apply_position_step(state, np.asarray([j]), terms)
+        elif do_probe:
             state.probe = probe_out
         self._probe_cache = (state.probe, probe_k)
         return loss.sum()
+
+    def _position_terms(self, k: Any, native: tuple[int, int, int], state: Any, obj: Any, ys: Any, xs: Any,
+                        buf: dict[str, Any], s: Any, beta: Any) -> tuple[Any, Any]:
+        """The position's (∂L/∂f, curvature) as one compiled call (``_kernels.position_terms_epie``)
+        from its ψ_1 and Δψ, before the object's step, as the general path's ``refine_positions``."""
+        m, n = state.window
+        n_p, n_q = state.probe.shape[0], obj.shape[0]
+        c, real = state.probe.dtype, self.ctx.real_dtype
+        get = lambda name, shape, dtype: self.scratch().get(("position", name), shape, dtype, aligned=True)  # noqa: E731
+        out = get("out", (1, 4), "float64")
+        uy, ux = common.frequency_lines(self.ctx)
+        k.position_terms_epie(*native, s, obj, ys, xs, buf["psi"], buf["d_psi"], beta, uy, ux,
+                              get("g_k", (1, n_p, m, n), c), get("psi_k", (1, n_p, m, n), c),
+                              get("win", (1, 1, m, n), c), get("tmp", (1, 1, m, n), c), get("power", (m, n), real), out)
+        backend.kernel_ffts((m, n), 2 * n_p + 3 * n_q)
+        return out[:, :2].astype(real), out[:, 2:].astype(real)
 
     def _kernel_multislice(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any,
                            frac: Any, s: float, ys: Any, xs: Any, data: Any, it: int) -> Any:

@@ -202,6 +202,21 @@ def ramp_sum(spec, frac, sign, out):
     return out
 
 
+@nb.njit(inline="always", **_JIT)
+def _power_row(planes, y, out):
+    """out = Σ_k |planes[k, y]|² (one row; planes (K, M, N), C-contiguous)."""
+    n = out.shape[0]
+    prow = planes[0, y]
+    for x in range(n):
+        v = prow[x]
+        out[x] = v.real * v.real + v.imag * v.imag
+    for k in range(1, planes.shape[0]):
+        prow = planes[k, y]
+        for x in range(n):
+            v = prow[x]
+            out[x] += v.real * v.real + v.imag * v.imag
+
+
 @nb.njit(**_JIT)
 def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     """Per-position loss and out = (a + c·m ℓ'(I)) ψ with I = s2 Σ_k |ψ_k|², in one pass.
@@ -226,15 +241,7 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
         for y in range(m):
             drow = data[b, y]
             mrow = mask[y]
-            prow = psi[b, 0, y]
-            for x in range(n):
-                v = prow[x]
-                f[x] = v.real * v.real + v.imag * v.imag
-            for k in range(1, nk):
-                prow = psi[b, k, y]
-                for x in range(n):
-                    v = prow[x]
-                    f[x] += v.real * v.real + v.imag * v.imag
+            _power_row(psi[b], y, f)
             for x in range(n):
                 f[x] *= s2
             # one branch per row, not per pixel: each loop below vectorises
@@ -488,15 +495,7 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
         yb, xb = y0[b], x0[b]
         w_max = zero
         for y in range(m):
-            prow = psi[b, 0, y]
-            for x in range(n):
-                v = prow[x]
-                tmp[x] = v.real * v.real + v.imag * v.imag
-            for p in range(1, n_p):
-                prow = psi[b, p, y]
-                for x in range(n):
-                    v = prow[x]
-                    tmp[x] += v.real * v.real + v.imag * v.imag
+            _power_row(psi[b], y, tmp)
             w_max = max(w_max, _row_max(tmp, n))
         for q in range(nq):
             t_max = zero
@@ -551,12 +550,7 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
                             drow[x] += prow[x].conjugate() * delta
                             srow[x] += orow[x].conjugate() * delta * scale
                 if gamma > 0:
-                    tmp[:] = zero
-                    for p in range(n_p):
-                        prow = psi[b, p, y]
-                        for x in range(n):
-                            v = prow[x]
-                            tmp[x] += v.real * v.real + v.imag * v.imag
+                    _power_row(psi[b], y, tmp)
                     for x in range(n):
                         drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
                 else:
@@ -1126,14 +1120,7 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
             gy += uy[y] * ry
             gx += rx
     for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
-        wrow = power[y]
-        for x in range(n):
-            wrow[x] = 0
-        for p in range(n_p):
-            prow = psi_b[p, y]
-            for x in range(n):
-                v = prow[x]
-                wrow[x] += v.real * v.real + v.imag * v.imag
+        _power_row(psi_b, y, power[y])
     cy = 0.0
     cx = 0.0
     w0 = win[0, 0]

@@ -135,6 +135,31 @@ def _propagate(execute, plan_f, plan_b, wave, h, scale, conj):
     _fft_planes(execute, plan_b, wave)
 
 
+@nb.njit(inline="always", **_JIT)
+def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far, data_b, mask, model,
+                    eps, a, c, loss_b):
+    """One window through every slice and back to the exit plane: ψ_1 = F⁻¹[s·ramp·F[P]] into
+    ``first``; e_s = O_s ψ_s and ψ_{s+1} = F⁻¹[h F[e_s]] (waves[s - 1]); Ψ = F[e_S], then
+    ``far`` = F⁻¹[(a + c·m ℓ')Ψ] (``farfield`` with s² for the unnormalised plans) and
+    loss_b (1,): the forward half that ``multislice_part`` and the 3PIE position share."""
+    n_p, nq, m, n = far.shape
+    n_slices = obj.shape[1]
+    s2 = s * s
+    ramp_product(probe_k, fb, -1.0, s, first.reshape((1, n_p, m, n)))
+    _fft_planes(execute, plan_b, first)
+    for sl in range(n_slices):
+        src = first if sl == 0 else waves[sl - 1]
+        if sl == n_slices - 1:
+            _slice_product(obj, sl, yb, xb, src, far)
+            _fft_planes(execute, plan_f, far)
+            flat = far.reshape((1, n_p * nq, m, n))
+            farfield(flat, data_b, mask, model, eps, a, c, s2, flat, loss_b)
+            _fft_planes(execute, plan_b, far)
+        else:
+            _slice_product(obj, sl, yb, xb, src, waves[sl])
+            _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+
+
 @nb.njit(**_JIT)
 def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
                     do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
@@ -181,20 +206,8 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
         fb = frac[b].reshape((1, 2))
         yb, xb = y0[b], x0[b]
         hb = h[b if per_position_h else 0].reshape((1, m, n))
-        ramp_product(probe_k, fb, -1.0, s, first.reshape((1, n_p, m, n)))
-        _fft_planes(execute, plan_b, first)
-        for sl in range(n_slices):
-            src = first if sl == 0 else waves[sl - 1]
-            if sl == n_slices - 1:
-                _slice_product(obj, sl, yb, xb, src, far)
-                _fft_planes(execute, plan_f, far)
-                flat = far.reshape((1, n_p * nq, m, n))
-                farfield(flat, data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2, flat,
-                         loss[b:b + 1])
-                _fft_planes(execute, plan_b, far)
-            else:
-                _slice_product(obj, sl, yb, xb, src, waves[sl])
-                _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+        _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far,
+                        data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1])
         for sl in range(n_slices - 1, -1, -1):
             src = first if sl == 0 else waves[sl - 1]
             gk = g_patches[b, sl] if keep_num else g_patches[0, 0]
@@ -393,19 +406,8 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
     yb, xb = y0[0], x0[0]
     hb = h[0].reshape((1, m, n))
     tmp = np.empty(n, dtype=loss.dtype)
-    ramp_product(probe_k, fb, -1.0, s, first.reshape((1, n_p, m, n)))
-    _fft_planes(execute, plan_b, first)
-    for sl in range(n_slices):
-        src = first if sl == 0 else waves[sl - 1]
-        if sl == n_slices - 1:
-            _slice_product(obj, sl, yb, xb, src, far)
-            _fft_planes(execute, plan_f, far)
-            flat = far.reshape((1, n_p * nq, m, n))
-            farfield(flat, data, mask, model, eps, s2, -s2, s2, flat, loss)
-            _fft_planes(execute, plan_b, far)
-        else:
-            _slice_product(obj, sl, yb, xb, src, waves[sl])
-            _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+    _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far, data, mask, model,
+                    eps, s2, -s2, loss)
     for sl in range(n_slices - 1, -1, -1):
         src = first if sl == 0 else waves[sl - 1]
         _slice_epie(obj, sl, yb, xb, src, far, beta, gamma, d_obj[sl], sl > 0, tmp)

@@ -439,25 +439,33 @@ def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunCo
     if plans is None or state.n_slices != 1 or psi is None or g_exit is None:
         return None
     n_b, n_p, n_q = g_exit.shape[:3]
-    c, r = state.probe.dtype, ctx.real_dtype
-
-    def buf(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-        if scratch is None:
-            return k.empty(shape, dtype, aligned=True)
-        return scratch.get(("position", slot, name), shape, dtype, aligned=True)
-
-    out = buf("out", (n_b, 4), "float64")
-    uy, ux = frequency_lines(ctx)
+    tail, out = position_kernel_tail(k, ctx, scratch, slot, n_b, n_p, state.window, state.probe.dtype)
     args = (*plans, k.real_scalar(backend.unitary_scale((m, n)), psi), state.object[:, 0],
-            batch.y0.astype("int64"), batch.x0.astype("int64"), psi, g_exit, uy, ux, buf("g_k", (1, n_p, m, n), c),
-            buf("psi_k", (1, n_p, m, n), c), buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c),
-            buf("power", (m, n), r), out)
+            batch.y0.astype("int64"), batch.x0.astype("int64"), psi, g_exit, *tail)
 
     def finish(_: Any) -> tuple[Any, Any]:
         backend.kernel_ffts((m, n), n_b * (2 * n_p + 3 * n_q))
-        return out[:, :2].astype(r), out[:, 2:].astype(r)
+        return out[:, :2].astype(ctx.real_dtype), out[:, 2:].astype(ctx.real_dtype)
 
     return backend.Launch(k.position_terms_part, args, finish)
+
+
+def position_kernel_tail(k: Any, ctx: RunContext, scratch: Scratch | None, slot: Any, n_b: int, n_p: int,
+                         window: tuple[int, int], dtype: Any) -> tuple[tuple[Any, ...], Any]:
+    """The arguments the compiled position terms (``_kernels.position_terms_part`` and
+    ``position_terms_epie``) take after their own: (uy, ux, g_k, psi_k, win, tmp, power, out)
+    with their scratch from ``scratch`` under ``slot``; and out (B, 4), the terms to read."""
+    m, n = window
+
+    def buf(name: str, shape: tuple[int, ...], kind: Any) -> Any:
+        if scratch is None:
+            return k.empty(shape, kind, aligned=True)
+        return scratch.get(("position", slot, name), shape, kind, aligned=True)
+
+    out = buf("out", (n_b, 4), "float64")
+    return (*frequency_lines(ctx), buf("g_k", (1, n_p, m, n), dtype), buf("psi_k", (1, n_p, m, n), dtype),
+            buf("win", (1, 1, m, n), dtype), buf("tmp", (1, 1, m, n), dtype), buf("power", (m, n), ctx.real_dtype),
+            out), out
 
 
 def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:

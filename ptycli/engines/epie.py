@@ -131,15 +131,24 @@ class EpieEngine(common.EngineBase):
                                                    s * s, -s * s, in_scale=s, out=buf["corrected"], loss=buf["loss"])
         target = backend.ifft2(corrected, overwrite=True, scaled=False)
         d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, target, out=(buf["d_obj"], buf["d_psi"]))
-        if p.refine.object.active(it):
-            k.scatter_add(obj, ys, xs, d_obj)  # in place through the (Q, H, W) view
-        if p.refine.probe.active(it):
-            step_k = backend.fft2(d_psi, overwrite=True, scaled=False)
-            k.ramp_multiply(step_k, frac, 1.0, k.real_scalar(s, step_k))
-            probe_k += step_k[0]  # this engine's own array (the cache's), never the caller's
-            state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
+        self._host_steps(k, state, obj, ys, xs, d_obj, d_psi, probe_k, frac, s, p.refine.object.active(it),
+                         p.refine.probe.active(it))
         self._probe_cache = (state.probe, probe_k)
         return loss.sum()
+
+    @staticmethod
+    def _host_steps(k: Any, state: Any, obj: Any, ys: Any, xs: Any, d_obj: Any, d_psi: Any, probe_k: Any, frac: Any,
+                    s: float, do_obj: bool, do_probe: bool) -> None:
+        """One position's object step (α·ΔO, scattered in place through the (Q, H, W) view) and
+        probe step through the carried spectrum, F[P] += s·ramp*·F[Δψ]: ``d_psi`` is
+        transformed in place and ``probe_k`` is this engine's own array, never the caller's."""
+        if do_obj:
+            k.scatter_add(obj, ys, xs, d_obj)
+        if do_probe:
+            step_k = backend.fft2(d_psi, overwrite=True, scaled=False)
+            k.ramp_multiply(step_k, frac, 1.0, k.real_scalar(s, step_k))
+            probe_k += step_k[0]
+            state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
 
     def _lean_buffers(self, k: Any, probe_k: Any, n_obj_modes: int) -> dict[str, Any]:
         """Work arrays of the sequential path, made once and reused for every position: no
@@ -186,13 +195,8 @@ class EpieEngine(common.EngineBase):
         backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if probe_in else 0))
         if do_pos:
             terms = self._position_terms(k, native, state, obj, ys, xs, buf, r(s), r(p.beta))
-            if do_obj:
-                k.scatter_add(obj, ys, xs, buf["d_obj"])  # α is in d_obj already
-            if do_probe:  # as the lean path's step: F[P] += s·ramp*·F[Δψ]
-                step_k = backend.fft2(buf["d_psi"], overwrite=True, scaled=False)
-                k.ramp_multiply(step_k, frac, 1.0, r(s))
-                probe_k += step_k[0]
-                state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
+            # α is in d_obj already
+            self._host_steps(k, state, obj, ys, xs, buf["d_obj"], buf["d_psi"], probe_k, frac, s, do_obj, do_probe)
             self.apply_position_step(state, np.asarray([j]), terms)
         elif do_probe:
             state.probe = probe_out
@@ -203,16 +207,12 @@ class EpieEngine(common.EngineBase):
                         buf: dict[str, Any], s: Any, beta: Any) -> tuple[Any, Any]:
         """The position's (∂L/∂f, curvature) as one compiled call (``_kernels.position_terms_epie``)
         from its ψ_1 and Δψ, before the object's step, as the general path's ``refine_positions``."""
-        m, n = state.window
         n_p, n_q = state.probe.shape[0], obj.shape[0]
-        c, real = state.probe.dtype, self.ctx.real_dtype
-        get = lambda name, shape, dtype: self.scratch().get(("position", name), shape, dtype, aligned=True)  # noqa: E731
-        out = get("out", (1, 4), "float64")
-        uy, ux = common.frequency_lines(self.ctx)
-        k.position_terms_epie(*native, s, obj, ys, xs, buf["psi"], buf["d_psi"], beta, uy, ux,
-                              get("g_k", (1, n_p, m, n), c), get("psi_k", (1, n_p, m, n), c),
-                              get("win", (1, 1, m, n), c), get("tmp", (1, 1, m, n), c), get("power", (m, n), real), out)
-        backend.kernel_ffts((m, n), 2 * n_p + 3 * n_q)
+        tail, out = common.position_kernel_tail(k, self.ctx, self.scratch(), "epie", 1, n_p, state.window,
+                                                state.probe.dtype)
+        k.position_terms_epie(*native, s, obj, ys, xs, buf["psi"], buf["d_psi"], beta, *tail)
+        backend.kernel_ffts(state.window, 2 * n_p + 3 * n_q)
+        real = self.ctx.real_dtype
         return out[:, :2].astype(real), out[:, 2:].astype(real)
 
     def _kernel_multislice(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any,

@@ -8,6 +8,7 @@ float32 rounding; everywhere else the Evaluator must fall back to it.
 
 import numpy as np
 import pytest
+from test_fused_kernels import _on_fftw_kernels
 
 from ptycli import backend
 from ptycli.engines import common, compiled_eval
@@ -22,10 +23,7 @@ pytestmark = pytest.mark.skipif(backend.kernels(np) is None, reason="compiled ke
 @pytest.fixture(autouse=True)
 def _fftw_kernels(monkeypatch):
     """FFTW as the host FFT (the kernels run their FFTs through its plans), else skip."""
-    pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
-        pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
+    _on_fftw_kernels(monkeypatch)
 
 
 def _state(rng, slices, modes, tilts=False):

@@ -1041,7 +1041,7 @@ def position_terms_part(execute, plan_f, plan_b, s, obj, y0, x0, psi, g_exit, uy
     ``position_curvature`` (unitary transforms: s = 1/sqrt(MN) on the unnormalised plans).
     obj (Q, H, W); psi (B, P, M, N) and g_exit (B, P, Q, M, N) the part's kept waves; uy (M,),
     ux (N,) fftfreq; g_k, psi_k (1, P, M, N), win, tmp (1, 1, M, N) scratch, planes aligned
-    as planned, and power (M, N) real scratch; out (B, 4) float64."""
+    as planned, and power (1, M, N) real scratch; out (B, 4) float64."""
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_, n_p, nq, m, n = g_exit.shape
@@ -1094,9 +1094,6 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
     """The position terms of one window from ∇ψ_1 in g_k (1, P, M, N, real space; transformed
     here) and ψ_1 = psi_b (P, M, N): out_b (4,) as ``position_terms_part``."""
     n_p, m, n = psi_b.shape
-    nq = obj.shape[0]
-    two_pi = 2.0 * math.pi
-    s2 = float(s) * float(s)
     for p in range(n_p):
         for y in range(m):
             prow = psi_k[0, p, y]
@@ -1105,6 +1102,18 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
                 prow[x] = srow[x]
     _fft_planes(execute, plan_f, g_k)
     _fft_planes(execute, plan_f, psi_k)
+    gy, gx = _position_gradient_sums(g_k, psi_k, uy, ux)
+    for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
+        _power_row(psi_b, y, power[0, y])
+    cy, cx = _position_curvature_sums(execute, plan_f, plan_b, obj, yb, xb, power, uy, ux, win, tmp)
+    position_out(out_b, s, gy, gx, cy, cx)
+
+
+@nb.njit(inline="always", **_JIT)
+def _position_gradient_sums(g_k, psi_k, uy, ux):
+    """(Σ u_y Im(conj(G) Ψ), Σ u_x Im(conj(G) Ψ)) over the unnormalised spectra G = F[∇ψ_1]
+    and Ψ = F[ψ_1] (1, P, M, N): ∂L/∂f up to ``position_out``'s 2π s²."""
+    n_p, m, n = g_k.shape[1], g_k.shape[2], g_k.shape[3]
     gy = 0.0
     gx = 0.0
     for p in range(n_p):
@@ -1119,13 +1128,23 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
                 rx += ux[x] * im
             gy += uy[y] * ry
             gx += rx
-    for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
-        _power_row(psi_b, y, power[y])
+    return gy, gx
+
+
+@nb.njit(**_JIT)
+def _position_curvature_sums(execute, plan_f, plan_b, obj, yb, xb, power, uy, ux, win, tmp):
+    """Σ_q Σ |F⁻¹[F[O_q] u_y]|² w_q and the same with u_x, over the window at (yb, xb) of obj
+    (Q, H, W): the curvature up to ``position_out``'s (2π s²)². power (Q or 1, M, N) holds
+    w_q = Σ_p |ψ_{p,q}|² (one plane shared by every object mode); win, tmp (1, 1, M, N)
+    scratch, planes aligned as planned."""
+    nq = obj.shape[0]
+    m, n = win.shape[2], win.shape[3]
     cy = 0.0
     cx = 0.0
     w0 = win[0, 0]
     t0 = tmp[0, 0]
     for q in range(nq):
+        pw = power[0 if power.shape[0] == 1 else q]
         for y in range(m):
             orow = obj[q, yb + y, xb:xb + n]
             wrow = w0[y]
@@ -1146,7 +1165,7 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
             acc = 0.0
             for y in range(m):
                 trow = t0[y]
-                wrow = power[y]
+                wrow = pw[y]
                 row = _like(0, wrow)
                 for x in range(n):
                     d = trow[x]
@@ -1156,6 +1175,15 @@ def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, u
                 cy += acc
             else:
                 cx += acc
+    return cy, cx
+
+
+@nb.njit(inline="always", **_JIT)
+def position_out(out_b, s, gy, gx, cy, cx):
+    """out_b (4,) = (∂L/∂f_y, ∂L/∂f_x, curvature y, x) from the raw sums (unitary transforms:
+    s = 1/sqrt(MN) on the unnormalised plans)."""
+    two_pi = 2.0 * math.pi
+    s2 = float(s) * float(s)
     out_b[0] = two_pi * s2 * gy
     out_b[1] = two_pi * s2 * gx
     out_b[2] = two_pi * two_pi * s2 * s2 * cy

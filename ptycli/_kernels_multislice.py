@@ -30,10 +30,13 @@ from ._kernels import (
     _fft_planes,
     _fft_planes_scaled,
     _like,
+    _position_curvature_sums,
+    _position_gradient_sums,
     _probe_step,
     _row_max,
     _store_release,
     farfield,
+    position_out,
     ramp_multiply,
     ramp_product,
     spectral_multiply,
@@ -163,7 +166,8 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
 @nb.njit(**_JIT)
 def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
                     do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
-                    g_patches, w_patches, g_psi1, t1, done_addr, signal_addr, signal_value):
+                    g_patches, w_patches, g_psi1, t1, do_pos, uy, ux, pos_k, win, tmp, power, pos_out, done_addr,
+                    signal_addr, signal_value):
     """A part of a multislice group, position by position with FFTs, in one call: the forward
     model through every slice, the loss and its gradient at the last exit plane, the exact
     adjoint back through the slices with its scatter-adds, and the probe gradient's spectrum.
@@ -181,6 +185,10 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
     (B, S, Q, M, N: each position's slice a C block) the windows of the numerator and illumination per position (when
     do_num / do_illum), g_psi1 (B, P, M, N) ∇ψ_1 and t1 (B, M, N) Σ_q |O_{q,1}|² (with
     do_probe); else these may be any arrays of the right rank (not written).
+    With ``do_pos``, pos_out (B, 4) = the position terms of ``engines/common.position_terms``
+    (∂L/∂f_y, ∂L/∂f_x and ‖ψ_s ∂O_s/∂f‖² summed over slices and modes, in px) from the waves
+    while they are in cache: uy (M,), ux (N,) fftfreq, pos_k (1, P, M, N), win, tmp
+    (1, 1, M, N) complex and power (Q, M, N) real scratch (any arrays of the right rank else).
     first (P, 1, M, N), waves (max(S - 1, 1), P, Q, M, N), far (P, Q, M, N), g_sum (P, M, N): scratch, C-contiguous with
     64-byte-aligned planes as the plans were made. ``done_addr``, ``signal_addr`` as in
     ``single_slice_part``.
@@ -215,6 +223,18 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
             _slice_adjoint(obj, sl, yb, xb, src, far, num, illum, do_num, do_illum, keep_num, keep_illum, gk, wk)
             if sl > 0:
                 _propagate(execute, plan_f, plan_b, far, hb, s2, True)
+        cy = 0.0
+        cx = 0.0
+        if do_pos:  # the curvature, slice by slice, from the waves that entered each slice
+            for sl in range(n_slices):
+                src = first if sl == 0 else waves[sl - 1]
+                for qi in range(src.shape[1]):
+                    for y in range(m):
+                        _mode_power_row(src, qi, y, power[qi, y])
+                ry, rx = _position_curvature_sums(execute, plan_f, plan_b, obj[:, sl], yb, xb,
+                                                  power[:src.shape[1]], uy, ux, win, tmp)
+                cy += ry
+                cx += rx
         if keep_probe:
             tb = t1[b]
             for y in range(m):
@@ -226,7 +246,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
                     for x in range(n):
                         v = orow[x]
                         trow[x] += v.real * v.real + v.imag * v.imag
-        if not do_probe:
+        if not (do_probe or do_pos):
             continue
         # ∇ψ_1 = Σ_q conj(O_{q,1}) g_1: with one object mode that is ``far`` itself
         if nq == 1:
@@ -240,6 +260,16 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
             for i in range(kept.shape[0]):
                 kept[i] = src_flat[i]
         _fft_planes(execute, plan_f, gp)
+        if do_pos:  # ∂L/∂f from F[∇ψ_1] (the probe gradient's own transform) and F[ψ_1]
+            to = pos_k.reshape(-1)
+            fr = first.reshape(-1)
+            for i in range(to.shape[0]):
+                to[i] = fr[i]
+            _fft_planes(execute, plan_f, pos_k)
+            gy, gx = _position_gradient_sums(gp, pos_k, uy, ux)
+            position_out(pos_out[b], s, gy, gx, cy, cx)
+        if not do_probe:
+            continue
         ramp_multiply(gp, fb, 1.0, s)
         acc = probe_grad_k.reshape(-1)
         add = gp.reshape(-1)

@@ -521,6 +521,47 @@ def test_parts_with_position_refinement_match_the_array_path(engine, modes, nois
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
+@pytest.mark.parametrize("engine,modes,object_modes,noise_model,mask,tilts,probe", [
+    ("gradient", 1, 1, "amplitude", False, False, True),
+    ("gradient", 2, 1, "poisson", True, False, False),
+    ("lsqml", 2, 2, "anscombe", True, True, True),
+    ("lsqml", 1, 1, "amplitude", False, False, False),
+])
+def test_multislice_parts_with_position_refinement_match_the_array_path(engine, modes, object_modes, noise_model,
+                                                                         mask, tilts, probe, monkeypatch):
+    """Refining positions with several slices, the compiled multislice parts make the position
+    terms in the same call (``multislice_part`` with ``do_pos``: ∂L/∂f from F[∇ψ_1] and
+    F[ψ_1], the curvature slice by slice from the waves kept for the adjoint): the same object,
+    probe and positions as the array path to float32 rounding. Transforms: the array path's
+    plus, with the probe refined, none for F[∇ψ_1] (the probe gradient's own serves)."""
+    _on_fftw_kernels(monkeypatch)
+    from ptycli import _kernels
+
+    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
+    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
+    counted = _count_transforms(monkeypatch)
+    real_part = _kernels.multislice_part
+    with_terms = []
+    monkeypatch.setattr(_kernels, "multislice_part", lambda *a: with_terms.append(a[-11]) or real_part(*a))
+    extra = {"refine": {"object": True, "probe": probe, "positions": True}}
+    if engine == "gradient":
+        extra["learning_rate"] = {"object": 1e-3, "probe": 1e-3}
+    run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
+    kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra, **run)
+    assert with_terms == [True] * (2 * 4 * 2)  # parts x groups x iterations, every one with its terms
+    n_kernel = counted.get("calls", 0) + counted["kernel"]
+    counted.clear()
+    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra, **run)
+    shared = 16 * 2 * modes if probe else 0  # positions x iterations x probe modes
+    assert "kernel" not in counted and counted["calls"] == n_kernel + shared
+    _close(kernel.object, plain.object)
+    _close(kernel.probe, plain.probe)
+    np.testing.assert_allclose(kernel.positions, plain.positions, rtol=0, atol=1e-4)
+    assert not np.allclose(kernel.positions, _state(slices=3, modes=modes).positions)  # the positions moved
+    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
+
+
 @pytest.mark.parametrize("noise_model,mask,extra", [("amplitude", False, None),
                                                     ("poisson", True, {"rpie_gamma": 0.3, "alpha": 0.7})])
 def test_epie_position_kernel_with_position_refinement_matches_the_array_path(noise_model, mask, extra, monkeypatch):

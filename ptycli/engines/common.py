@@ -284,6 +284,7 @@ class KernelPart:
     illum_patches: Any = None  # Σ_p |ψ_{j,s}|² windows (B, Q, S, M, N), with the illumination
     g_psi1: Any = None  # ∇ψ_1 (B, P, M, N), with the probe
     probe_weight: Any = None  # Σ_q |O_{q,1}|² windows (B, 1, M, N), with the probe
+    position_terms: Any = None  # multislice with positions: (∂L/∂f, curvature) per position, (B, 4) float64
 
 
 class Scratch:
@@ -310,7 +311,7 @@ class Scratch:
 def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
-                        slot: int = 0) -> backend.Launch | None:
+                        slot: int = 0, positions: bool = False) -> backend.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
     start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
@@ -322,7 +323,9 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     ``probe_k``: where the probe gradient's spectrum goes (an aligned (P, M, N) buffer);
     ``done_addr``: an int64 the kernel adds 1 to when it is done (``_kernels.probe_tail``).
     ``scratch``: the buffers come from it, under keys of part ``slot`` (the KernelPart's
-    arrays are then valid until the next group's parts are prepared)."""
+    arrays are then valid until the next group's parts are prepared).
+    ``positions``: the part's position terms are wanted (``parts_position_terms``): one slice
+    keeps its windows' waves for them; several slices make them in the same call."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -343,7 +346,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if state.n_slices > 1:
         return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
-                                   done_addr=done_addr)
+                                   done_addr=done_addr, positions=positions)
+    keep_waves = keep_waves or positions
     obj = state.object[:, 0]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
@@ -375,7 +379,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
-                        probe_k: Any, done_addr: int) -> backend.Launch | None:
+                        probe_k: Any, done_addr: int, positions: bool) -> backend.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -398,21 +402,30 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_illum else illum[None]
     g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
     t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
+    # the position terms' scratch (else arrays of the same types, not written)
+    pos_k = buf("pos_k", (1, n_p, m, n), c) if positions else g_sum[None]
+    win, tmp = (buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c)) if positions else (first, first)
+    power = buf("power", (n_q, m, n), r) if positions else t1
+    pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
     frames, rows = batch.frames_and_rows()
     h = H if H.ndim == 3 else H[None]
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
             numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
-            g_patches, w_patches, g_psi1, t1, done_addr)
+            g_patches, w_patches, g_psi1, t1, positions, *frequency_lines(ctx), pos_k, win, tmp, power, pos_out,
+            done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
                       illum if illumination else None, probe_k if probe else None,
                       g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
                       illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_illum else None,
-                      g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None)
+                      g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None,
+                      position_terms=pos_out if positions else None)
 
     def finish(_: Any) -> KernelPart:
-        backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0)))
+        # the position terms: F[ψ_1], F[∇ψ_1] (unless the probe's made it) and 3 per slice and object mode
+        extra = n_p + (0 if probe else n_p) + 3 * n_q * n_s if positions else 0
+        backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0) + extra))
         return made
 
     return backend.Launch(k.multislice_part, args, finish, made)
@@ -421,6 +434,22 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
 def frequency_lines(ctx: RunContext) -> tuple[Any, Any]:
     """fftfreq of the window's rows (M,) and columns (N,), contiguous, in the real dtype."""
     return tuple(ctx.xp.ascontiguousarray(u.reshape(-1), dtype=ctx.real_dtype) for u in ctx.u)
+
+
+def parts_position_terms(state: Any, parts: list[Batch], made: list[KernelPart], ctx: RunContext,
+                         scratch: Scratch | None = None) -> list[tuple[Any, Any]] | None:
+    """``position_terms`` of every part from its compiled call (``prepare_part_kernel(...,
+    positions=True)``): read where the multislice call made them, else one more compiled call
+    per part (``kernel_position_terms``) on the host threads; None where they do not apply."""
+    if all(kp.position_terms is not None for kp in made):
+        return [_terms_of(kp.position_terms, ctx) for kp in made]
+    return backend.map_launches(lambda i: kernel_position_terms(state, parts[i], made[i], ctx, scratch, i),
+                                list(range(len(parts))))
+
+
+def _terms_of(out: Any, ctx: RunContext) -> tuple[Any, Any]:
+    """(∂L/∂f, curvature), each (B, 2) in the real dtype, from the compiled calls' (B, 4)."""
+    return out[:, :2].astype(ctx.real_dtype), out[:, 2:].astype(ctx.real_dtype)
 
 
 def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunContext, scratch: Scratch | None = None,
@@ -445,7 +474,7 @@ def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunCo
 
     def finish(_: Any) -> tuple[Any, Any]:
         backend.kernel_ffts((m, n), n_b * (2 * n_p + 3 * n_q))
-        return out[:, :2].astype(ctx.real_dtype), out[:, 2:].astype(ctx.real_dtype)
+        return _terms_of(out, ctx)
 
     return backend.Launch(k.position_terms_part, args, finish)
 
@@ -464,7 +493,7 @@ def position_kernel_tail(k: Any, ctx: RunContext, scratch: Scratch | None, slot:
 
     out = buf("out", (n_b, 4), "float64")
     return (*frequency_lines(ctx), buf("g_k", (1, n_p, m, n), dtype), buf("psi_k", (1, n_p, m, n), dtype),
-            buf("win", (1, 1, m, n), dtype), buf("tmp", (1, 1, m, n), dtype), buf("power", (m, n), ctx.real_dtype),
+            buf("win", (1, 1, m, n), dtype), buf("tmp", (1, 1, m, n), dtype), buf("power", (1, m, n), ctx.real_dtype),
             out), out
 
 

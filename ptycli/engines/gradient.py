@@ -71,17 +71,15 @@ class GradientEngine(common.EngineBase):
         # probe's step may follow on the last part's thread while this one steps the object
         tail = _ProbeTail(self, state, parts, it) if do_probe and not do_pos and comm.size == 1 else None
         scratch = self.scratch()
-        # with position refinement (one slice) the parts keep their windows' waves for the terms
-        kernel_parts = None if do_pos and view.n_slices > 1 else backend.map_launches(
+        kernel_parts = backend.map_launches(
             lambda ipb: common.prepare_part_kernel(view, ipb[1], self.ctx, numerator=do_obj, illumination=False,
-                                                   probe=do_probe, keep_waves=do_pos, scratch=scratch, slot=ipb[0],
+                                                   probe=do_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
+                                                   positions=do_pos,
                                                    **(tail.part_args(ipb[1]) if tail is not None else {})),
             list(enumerate(parts)), tail=tail.prepare if tail is not None else None)
         pos = None
         if kernel_parts is not None and do_pos:  # before the object's step: the windows the parts saw
-            pos = backend.map_launches(
-                lambda i: common.kernel_position_terms(view, parts[i], kernel_parts[i], self.ctx, scratch, i),
-                list(range(len(parts))))
+            pos = common.parts_position_terms(view, parts, kernel_parts, self.ctx, scratch)
             kernel_parts = kernel_parts if pos is not None else None  # else the array path, from the start
         if kernel_parts is not None:
             loss, g_obj, g_probe = zip(*((kp.loss, kp.num, kp.probe_k) for kp in kernel_parts))

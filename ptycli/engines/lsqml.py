@@ -37,10 +37,10 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step;
-        # with position refinement one slice only: the terms then come from a compiled call too)
-        launches = (self._part_launches(state, parts, do_obj, do_probe)
-                    if (not do_pos or state.n_slices == 1) and self.ctx.noise_model not in _OWN_CHI else None)
+        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step);
+        # with position refinement the terms come from compiled calls too
+        launches = (self._part_launches(state, parts, do_obj, do_probe, do_pos)
+                    if self.ctx.noise_model not in _OWN_CHI else None)
         # with them, the whole group as one launch of threads that wait for each other where it can
         group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
             if launches is not None and not do_pos else None
@@ -52,10 +52,8 @@ class LsqmlEngine(common.EngineBase):
             if launches is not None:
                 first = backend.map_launches(lambda ln: ln.then(_directions_of), launches)
             if first is not None and do_pos:  # before any step: the windows the parts saw
-                scratch = self.scratch()
-                pos = backend.map_launches(
-                    lambda i: common.kernel_position_terms(state, parts[i], launches[i].made, self.ctx, scratch, i),
-                    list(range(len(parts))))
+                pos = common.parts_position_terms(state, parts, [ln.made for ln in launches], self.ctx,
+                                                  self.scratch())
                 first = first if pos is not None else None  # else the array path, from the start
             if first is None:
                 first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
@@ -172,13 +170,14 @@ class LsqmlEngine(common.EngineBase):
         steps, dP = done[0]
         return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, tail.apply_step
 
-    def _part_launches(self, state: Any, parts: list[common.Batch], do_obj: bool,
-                       do_probe: bool) -> list[backend.Launch] | None:
+    def _part_launches(self, state: Any, parts: list[common.Batch], do_obj: bool, do_probe: bool,
+                       do_pos: bool = False) -> list[backend.Launch] | None:
         """``_part_directions`` of every part as one compiled call each
         (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none."""
         scratch = self.scratch()
         launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
-                                               probe=do_probe, scratch=scratch, slot=i) for i, pb in enumerate(parts)]
+                                               probe=do_probe, scratch=scratch, slot=i, positions=do_pos)
+                    for i, pb in enumerate(parts)]
         return None if any(ln is None for ln in launches) else launches
 
     def _kernel_group(self, state: Any, parts: list[common.Batch], parts_launches: list[backend.Launch],

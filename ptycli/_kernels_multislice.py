@@ -227,12 +227,8 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
         cx = 0.0
         if do_pos:  # the curvature, slice by slice, from the waves that entered each slice
             for sl in range(n_slices):
-                src = first if sl == 0 else waves[sl - 1]
-                for qi in range(src.shape[1]):
-                    for y in range(m):
-                        _mode_power_row(src, qi, y, power[qi, y])
-                ry, rx = _position_curvature_sums(execute, plan_f, plan_b, obj[:, sl], yb, xb,
-                                                  power[:src.shape[1]], uy, ux, win, tmp)
+                ry, rx = _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win, tmp,
+                                          power)
                 cy += ry
                 cx += rx
         if keep_probe:
@@ -415,8 +411,59 @@ def _slice_epie_rows(obj, sl, yb, xb, psi, e, q, scale, gamma, w_max, d_obj, to_
 
 
 @nb.njit(**_JIT)
+def _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win, tmp, power):
+    """Slice ``sl``'s share of the position curvature (``_position_curvature_sums``): its
+    object window's derivatives weighted by Σ_p |ψ|² of the wave that entered the slice
+    (``first`` for the first slice, else waves[sl - 1]); power (Q, M, N) real scratch."""
+    src = first if sl == 0 else waves[sl - 1]
+    for qi in range(src.shape[1]):
+        for y in range(src.shape[2]):
+            _mode_power_row(src, qi, y, power[qi, y])
+    return _position_curvature_sums(execute, plan_f, plan_b, obj[:, sl], yb, xb, power[:src.shape[1]], uy, ux, win,
+                                    tmp)
+
+
+@nb.njit(**_JIT)
+def _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, g_k, psi_k):
+    """∂L/∂f's raw sums (``_position_gradient_sums``) of a 3PIE position after its sweep, as
+    the general path has them: ∇ψ_1 = -2 max|O_1|² mean_q Δψ_{1,q} / β, with ``far`` (P, Q,
+    M, N) holding Δψ_1 of every mode pair and the first slice's windows not yet updated;
+    ψ_1 = first (P, 1, M, N). g_k, psi_k (1, P, M, N) scratch, planes aligned as planned."""
+    n_p, nq, m, n = far.shape
+    t_max = _like(0, uy)
+    for q in range(nq):
+        for y in range(m):
+            orow = obj[q, 0, yb + y, xb:xb + n]
+            for x in range(n):
+                v = orow[x]
+                t_max = max(t_max, v.real * v.real + v.imag * v.imag)
+    scale = _like(-2.0, uy) * t_max / beta
+    inv_q = _like(1.0 / nq, uy)
+    for p in range(n_p):
+        for y in range(m):
+            grow = g_k[0, p, y]
+            frow = far[p, 0, y]
+            for x in range(n):
+                grow[x] = frow[x]
+            for q in range(1, nq):
+                frow = far[p, q, y]
+                for x in range(n):
+                    grow[x] += frow[x]
+            for x in range(n):
+                grow[x] = grow[x] * inv_q * scale
+            prow = psi_k[0, p, y]
+            srow = first[p, 0, y]
+            for x in range(n):
+                prow[x] = srow[x]
+    _fft_planes(execute, plan_f, g_k)
+    _fft_planes(execute, plan_f, psi_k)
+    return _position_gradient_sums(g_k, psi_k, uy, ux)
+
+
+@nb.njit(**_JIT)
 def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, mask, model, eps,
-                             beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj, g_sum, loss, probe_out):
+                             beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj, g_sum, loss, probe_out,
+                             do_pos, uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out):
     """One position of sequential multislice ePIE (3PIE, Maiden 2012; rPIE with gamma > 0),
     FFTs included, in one call: the same steps as engines/epie.EpieEngine.update's general
     path for a group of one, which ran ~10 array calls per slice.
@@ -428,7 +475,13 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
     obj[:, s] += α d_obj[s] at the window (do_obj; d_obj (S, Q, M, N)), and with do_probe
     F[P] += s·ramp*·F[mean_q Δψ_1] (probe_k, in place) and probe_out = s·F⁻¹[F[P]].
     h (1, M, N) the propagator (the position's own with a tilt); g_sum (P, M, N) scratch;
-    data (1, M, N). Planes 64-byte aligned as planned."""
+    data (1, M, N). Planes 64-byte aligned as planned.
+    With ``do_pos``, before both steps (the windows and waves as the update saw them):
+    pos_out (1, 4) = the position terms of ``engines/common.position_terms`` (∂L/∂f_y,
+    ∂L/∂f_x, curvature y, x), with ∇ψ_1 as the general path's (``_epie_gradient_sums``).
+    uy (M,), ux (N,) fftfreq; g_k, psi_k (1, P, M, N), win, pos_tmp (T, 1, 1, M, N) complex,
+    power (T, Q, M, N) real and pos_parts (T, 4) float64 scratch (T ≥ 1; the threaded
+    kernel's shapes: index 0 here)."""
     n_slices = obj.shape[1]
     n_p, nq, m, n = far.shape
     s2 = s * s
@@ -443,6 +496,16 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
         _slice_epie(obj, sl, yb, xb, src, far, beta, gamma, d_obj[sl], sl > 0, tmp)
         if sl > 0:
             _propagate(execute, plan_f, plan_b, far, hb, s2, True)
+    if do_pos:
+        cy = 0.0
+        cx = 0.0
+        for sl in range(n_slices):
+            ry, rx = _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win[0],
+                                      pos_tmp[0], power[0])
+            cy += ry
+            cx += rx
+        gy, gx = _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, g_k, psi_k)
+        position_out(pos_out[0], s, gy, gx, cy, cx)
     if do_obj:
         for sl in range(n_slices):
             for q in range(nq):
@@ -483,7 +546,8 @@ def _pair_product(obj, q, sl, yb, xb, src, dest):
 @nb.njit(**_JIT)
 def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0,
                          data, mask, model, eps, beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj,
-                         g_sum, loss, probe_out, signal_addr, signal_value):
+                         g_sum, loss, probe_out, do_pos, uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out,
+                         signal_addr, signal_value):
     """``epie_multislice_position`` as thread ``t`` of ``n_threads`` run together
     (``backend.map_launches(..., together=True)``): one 3PIE position on several cores.
 
@@ -494,6 +558,9 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
     window's rows, their two maxima shared through ``maxes`` (n_threads, Q, 2). Threads meet
     at barriers on ``bar_addr`` (an int64, zero at the start) between these phases. The same
     operations as the single-threaded kernel on every pixel and mode, so the same numbers.
+    The position terms (``do_pos``) go by slice: thread t the curvature of slices t,
+    t + n_threads, ... in its own scratch (win[t], pos_tmp[t], power[t]), the thread with the
+    fewest slices ∂L/∂f too, each its partial sums into pos_parts[t]; thread 0 adds them.
     Why: one position's work is a chain of small transforms that a group-of-one engine
     cannot batch; with two or more wave chains (modes) they can run side by side."""
     if signal_addr != 0:
@@ -558,6 +625,31 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
                 _propagate(execute, plan_f, plan_b, _pair(far, k // nq, k % nq), hb, s2, True)
             passed += 1
             _barrier(bar_addr, passed * n_threads)
+    if do_pos:  # before any step: every thread's reading of the windows ends at the barrier
+        cy = 0.0
+        cx = 0.0
+        for sl in range(t, n_slices, n_threads):
+            ry, rx = _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win[t],
+                                      pos_tmp[t], power[t])
+            cy += ry
+            cx += rx
+        gy = 0.0
+        gx = 0.0
+        if t == n_slices % n_threads:
+            gy, gx = _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, g_k, psi_k)
+        pos_parts[t, 0] = gy
+        pos_parts[t, 1] = gx
+        pos_parts[t, 2] = cy
+        pos_parts[t, 3] = cx
+        passed += 1
+        _barrier(bar_addr, passed * n_threads)
+        if t == 0:
+            for i in range(1, n_threads):
+                gy += pos_parts[i, 0]
+                gx += pos_parts[i, 1]
+                cy += pos_parts[i, 2]
+                cx += pos_parts[i, 3]
+            position_out(pos_out[0], s, gy, gx, cy, cx)
     if do_obj:  # every slice's update has read the object: this thread's rows of the window
         for sl in range(n_slices):
             for q in range(nq):

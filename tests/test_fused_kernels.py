@@ -591,19 +591,26 @@ def test_epie_position_kernel_with_position_refinement_matches_the_array_path(no
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
-@pytest.mark.parametrize("modes,object_modes,noise_model,mask,tilts,extra", [
-    (1, 1, "amplitude", False, False, None),
-    (2, 2, "poisson", True, True, None),
-    (1, 2, "anscombe", False, False, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}),
-    (2, 1, "amplitude", False, False, {"refine": {"object": True, "probe": False}}),
-    (1, 1, "amplitude", True, False, {"refine": {"object": False, "probe": True}}),
+@pytest.mark.parametrize("slices,modes,object_modes,noise_model,mask,tilts,extra,positions", [
+    (3, 1, 1, "amplitude", False, False, None, False),
+    (3, 2, 2, "poisson", True, True, None, False),
+    (3, 1, 2, "anscombe", False, False, {"rpie_gamma": 0.3, "alpha": 0.7, "beta": 0.5}, False),
+    (3, 2, 1, "amplitude", False, False, {"refine": {"object": True, "probe": False}}, False),
+    (3, 1, 1, "amplitude", True, False, {"refine": {"object": False, "probe": True}}, False),
+    # refining positions: the terms in the same call, one thread or several
+    (3, 1, 1, "amplitude", False, False, None, True),
+    (3, 2, 2, "poisson", True, True, None, True),
+    (1, 2, 1, "anscombe", False, False, {"rpie_gamma": 0.3, "alpha": 0.7}, True),
+    (3, 1, 2, "amplitude", False, False, {"refine": {"object": True, "probe": False, "positions": True}}, True),
 ])
-def test_epie_multislice_position_kernel_matches_the_array_path(modes, object_modes, noise_model, mask, tilts, extra,
-                                                                monkeypatch):
+def test_epie_multislice_position_kernel_matches_the_array_path(slices, modes, object_modes, noise_model, mask, tilts,
+                                                                extra, positions, monkeypatch):
     """Sequential 3PIE's whole position in one compiled call (``epie_multislice_position``)
     against the general array path: the same states to float32 rounding, every transform
     counted (the compiled path carries the probe's spectrum from position to position, the
-    array path transforms the probe at each: P fewer per position)."""
+    array path transforms the probe at each: P fewer per position). Refining positions, the
+    call makes the position terms before its steps (the threaded call splits their slices):
+    the same positions too."""
     _on_fftw_kernels(monkeypatch)
     from ptycli import _kernels
 
@@ -613,24 +620,28 @@ def test_epie_multislice_position_kernel_matches_the_array_path(modes, object_mo
     monkeypatch.setattr(_kernels, "epie_multislice_position", lambda *a: called.append(1) or real(*a))
     # thread t of a threaded position counts itself as 1 / n_threads of a position
     monkeypatch.setattr(_kernels, "epie_multislice_part", lambda *a: called.append(1 / a[2]) or threaded(*a))
-    run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
-    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, threads=2, **run)
-    n_pos, iters, s, q = 16, 2, 3, object_modes
+    run = {"slices": slices, "object_modes": object_modes, "tilts": tilts}
+    native, loss_n = _run("epie", True, monkeypatch, modes, noise_model, mask, positions, 1, extra, threads=2, **run)
+    n_pos, iters, s, q = 16, 2, slices, object_modes
     probe = (extra or {}).get("refine", {}).get("probe", True)
-    per_position = modes + modes * q * (4 * s - 2) + (2 * modes if probe else 0)
+    per_position = (modes + modes * q * (4 * s - 2) + (2 * modes if probe else 0)
+                    + (2 * modes + 3 * q * s if positions else 0))
     assert sum(called) == pytest.approx(n_pos * iters) and counted["kernel"] == n_pos * iters * per_position
     # two wave chains or more (probe x object modes) run on two host threads together
     assert all(c == 0.5 for c in called) == (modes * q > 1) and all(c in (0.5, 1) for c in called)
     n_native = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
     monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # the general array path
-    plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, False, 1, extra, **run)
+    plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, positions, 1, extra, **run)
     # the array path also transforms the probe at every position but the first (the compiled
     # path transformed it once and carried its spectrum)
     assert "kernel" not in counted and counted["calls"] == n_native + modes * (n_pos * iters - 1)
     _close(native.object, plain.object)
     _close(native.probe, plain.probe)
     np.testing.assert_allclose(loss_n, loss_p, rtol=1e-4)
+    np.testing.assert_allclose(native.positions, plain.positions, rtol=0, atol=1e-4)
+    moved = not np.allclose(native.positions, _state(slices=slices, modes=modes).positions)
+    assert moved == positions
     assert not np.array_equal(native.object if (extra or {}).get("refine", {}).get("object", True) else native.probe,
                               plain.object * 0)
 

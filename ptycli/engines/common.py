@@ -442,12 +442,12 @@ def parts_position_terms(state: Any, parts: list[Batch], made: list[KernelPart],
     positions=True)``): read where the multislice call made them, else one more compiled call
     per part (``kernel_position_terms``) on the host threads; None where they do not apply."""
     if all(kp.position_terms is not None for kp in made):
-        return [_terms_of(kp.position_terms, ctx) for kp in made]
+        return [terms_of(kp.position_terms, ctx) for kp in made]
     return backend.map_launches(lambda i: kernel_position_terms(state, parts[i], made[i], ctx, scratch, i),
                                 list(range(len(parts))))
 
 
-def _terms_of(out: Any, ctx: RunContext) -> tuple[Any, Any]:
+def terms_of(out: Any, ctx: RunContext) -> tuple[Any, Any]:
     """(∂L/∂f, curvature), each (B, 2) in the real dtype, from the compiled calls' (B, 4)."""
     return out[:, :2].astype(ctx.real_dtype), out[:, 2:].astype(ctx.real_dtype)
 
@@ -474,7 +474,7 @@ def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunCo
 
     def finish(_: Any) -> tuple[Any, Any]:
         backend.kernel_ffts((m, n), n_b * (2 * n_p + 3 * n_q))
-        return _terms_of(out, ctx)
+        return terms_of(out, ctx)
 
     return backend.Launch(k.position_terms_part, args, finish)
 

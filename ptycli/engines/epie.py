@@ -98,9 +98,8 @@ class EpieEngine(common.EngineBase):
             return None
         if state.n_slices > 1 and self._native_plans(state.probe) is None:
             return None  # 3PIE runs compiled or not at all here (before the probe's FFT below)
-        if p.refine.positions.active(it) and (state.n_slices > 1 or self._native_plans(state.probe) is None
-                                              or _threads(state.probe.shape[0], obj.shape[0]) > 1):
-            return None  # position terms: the one-thread compiled position only (``_kernel_position``)
+        if p.refine.positions.active(it) and self._native_plans(state.probe) is None:
+            return None  # position terms: the compiled positions only
         ys, xs = np.asarray([y0]), np.asarray([x0])  # host bookkeeping: this path runs on the CPU only
         frac = np.asarray([[py - fy, px - fx]], dtype=self.ctx.real_dtype)
         cache = self._probe_cache
@@ -212,8 +211,7 @@ class EpieEngine(common.EngineBase):
                                                 state.probe.dtype)
         k.position_terms_epie(*native, s, obj, ys, xs, buf["psi"], buf["d_psi"], beta, *tail)
         backend.kernel_ffts(state.window, 2 * n_p + 3 * n_q)
-        real = self.ctx.real_dtype
-        return out[:, :2].astype(real), out[:, 2:].astype(real)
+        return common.terms_of(out, self.ctx)
 
     def _kernel_multislice(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any,
                            frac: Any, s: float, ys: Any, xs: Any, data: Any, it: int) -> Any:
@@ -222,18 +220,27 @@ class EpieEngine(common.EngineBase):
         without its ~10 array calls per slice; with two or more wave chains (probe x object
         modes), on the host threads together (``epie_multislice_part``), one slice included
         (then the same steps as ``_kernel_position``). The probe's spectrum is carried to the
-        next position as in ``_update_one``."""
+        next position as in ``_update_one``. Refining positions, the call makes the position
+        terms before its steps; the position's step follows here."""
         p = self.params
-        do_obj, do_probe = p.refine.object.active(it), p.refine.probe.active(it)
+        do_obj, do_probe, do_pos = (p.refine.object.active(it), p.refine.probe.active(it),
+                                    p.refine.positions.active(it))
         n_p, m, n = probe_k.shape
         n_q, n_s = state.object.shape[:2]
         c = probe_k.dtype
-        key = ("multislice", n_p, n_q, n_s, m, n, c)
+        threads = _threads(n_p, n_q)
+        key = ("multislice", n_p, n_q, n_s, m, n, c, threads)
         if self._buffers is None or self._buffers[0] != key:
             e = lambda *shape: k.empty(shape, c, aligned=True)  # noqa: E731
+            real = self.ctx.real_dtype
             self._buffers = (key, {"first": e(n_p, 1, m, n), "waves": e(max(n_s - 1, 1), n_p, n_q, m, n),
                                    "far": e(n_p, n_q, m, n), "d_obj": e(n_s, n_q, m, n), "g_sum": e(n_p, m, n),
-                                   "loss": k.empty((1,), self.ctx.real_dtype), "unused_h": e(1, m, n)})
+                                   "loss": k.empty((1,), real), "unused_h": e(1, m, n),
+                                   # the position terms' (one set per thread where a thread has its own)
+                                   "g_k": e(1, n_p, m, n), "psi_k": e(1, n_p, m, n),
+                                   "win": e(threads, 1, 1, m, n), "tmp": e(threads, 1, 1, m, n),
+                                   "power": k.empty((threads, n_q, m, n), real),
+                                   "parts": k.empty((threads, 4), np.float64), "out": k.empty((1, 4), np.float64)})
         buf = self._buffers[1]
         # one slice: no propagation follows the last slice, so the propagator is never read
         H = common.tilted_propagator(state, np.asarray([j]), self.ctx) if n_s > 1 else buf["unused_h"]
@@ -245,9 +252,9 @@ class EpieEngine(common.EngineBase):
         args = (*native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
                 *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
                 r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
-                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out)
+                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out, do_pos, *common.frequency_lines(self.ctx),
+                buf["g_k"], buf["psi_k"], buf["win"], buf["tmp"], buf["power"], buf["parts"], buf["out"])
         # two or more wave chains (probe x object modes): the position on several threads
-        threads = _threads(n_p, n_q)
         together = None
         if threads > 1:
             sync = self._sync_buffers(k, threads, n_q)
@@ -257,9 +264,12 @@ class EpieEngine(common.EngineBase):
                                                                   sync["maxes"], *args), lambda out: out),
                 list(range(threads)), together=True, release=lambda: sync["bar"].fill(1 << 40))
         loss = together[0] if together is not None else k.epie_multislice_position(*args)
-        backend.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0))
+        backend.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0)
+                            + (2 * n_p + 3 * n_q * n_s if do_pos else 0))
         if do_probe:
             state.probe = probe_out
+        if do_pos:  # after both steps, as the general path
+            self.apply_position_step(state, np.asarray([j]), common.terms_of(buf["out"], self.ctx))
         self._probe_cache = (state.probe, probe_k)
         return loss.sum()
 

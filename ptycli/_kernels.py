@@ -185,6 +185,30 @@ def ramp_multiply(spec, frac, sign, scale):
 
 
 @nb.njit(**_JIT)
+def ramp_accumulate(spec, frac, sign, scale, acc, copy_to):
+    """acc[p] += scale · spec[0, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for one position's
+    spectrum spec (1, P, M, N) and acc (P, M, N); with ``copy_to`` of acc's size (else empty),
+    copy_to = the new acc in the same pass. ``ramp_multiply`` and a sum fused: one pass over
+    the planes instead of two (the products and their rounding are the same)."""
+    n_p, m, n = acc.shape
+    ey, ex = _ramps(frac, m, n, sign, spec, scale)
+    exb = ex[0]
+    copy = copy_to.shape[0] > 0
+    for p in range(n_p):
+        for y in range(m):
+            cy = ey[0, y]
+            srow = spec[0, p, y]
+            arow = acc[p, y]
+            for x in range(n):
+                arow[x] += srow[x] * (cy * exb[x])
+            if copy:
+                crow = copy_to[p, y]
+                for x in range(n):
+                    crow[x] = arow[x]
+    return acc
+
+
+@nb.njit(**_JIT)
 def ramp_sum(spec, frac, sign, out):
     """out[p] = Σ_b spec[b, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (B, P, M, N)."""
     nb_, n_p, m, n = spec.shape
@@ -909,13 +933,7 @@ def _probe_step(execute, plan_f, plan_b, probe_k, step, frac, s, probe_out):
     """ePIE's probe update through its spectrum: F[P] += s·ramp*·F[Δψ] (probe_k in place;
     ``step`` (1, P, M, N) holds Δψ and is transformed in place), probe_out = s·F⁻¹[F[P]]."""
     _fft_planes(execute, plan_f, step)
-    ramp_multiply(step, frac, 1.0, s)
-    pk = probe_k.reshape(-1)
-    po = probe_out.reshape(-1)
-    st = step.reshape(-1)
-    for i in range(pk.shape[0]):
-        pk[i] += st[i]
-        po[i] = pk[i]
+    ramp_accumulate(step, frac, 1.0, s, probe_k, probe_out)
     _fft_planes_scaled(execute, plan_b, probe_out, s)
 
 
@@ -1020,11 +1038,7 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
             backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, gp)
         if do_probe:
             _fft_planes(execute, plan_f, gp)
-            ramp_multiply(gp, fb, 1.0, s)
-            acc = probe_grad_k.reshape(-1)
-            add = gp.reshape(-1)
-            for i in range(acc.shape[0]):
-                acc[i] += add[i]
+            ramp_accumulate(gp, fb, 1.0, s, probe_grad_k, probe_grad_k[:0])
     if done_addr != 0:  # one more part of the group done (``probe_tail`` waits for them all)
         _atomic_add(done_addr, 1)
     return loss

@@ -37,7 +37,7 @@ from ._kernels import (
     _store_release,
     farfield,
     position_out,
-    ramp_multiply,
+    ramp_accumulate,
     ramp_product,
     spectral_multiply,
 )
@@ -266,11 +266,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
             position_out(pos_out[b], s, gy, gx, cy, cx)
         if not do_probe:
             continue
-        ramp_multiply(gp, fb, 1.0, s)
-        acc = probe_grad_k.reshape(-1)
-        add = gp.reshape(-1)
-        for i in range(acc.shape[0]):
-            acc[i] += add[i]
+        ramp_accumulate(gp, fb, 1.0, s, probe_grad_k, probe_grad_k[:0])
     if done_addr != 0:
         _atomic_add(done_addr, 1)
     return loss

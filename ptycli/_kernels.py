@@ -975,7 +975,8 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 @nb.njit(**_JIT)
 def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps,
                       do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss,
-                      done_addr, signal_addr, signal_value):
+                      do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, signal_addr,
+                      signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
     forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
     and the probe gradient's spectrum.
@@ -994,6 +995,11 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     psi and g_exit may hold one position instead of B: scratch reused window after window,
     for callers that do not read them (they then stay in cache). ``signal_addr`` (not 0):
     *signal_addr = signal_value as the call starts, without Python's lock (ptycli/_pool.py).
+    With ``do_pos``, pos_out (B, 4) = the position terms of ``engines/common.position_terms``
+    (∂L/∂f_y, ∂L/∂f_x, ‖ψ ∂O/∂f‖² y, x in px; the curvature only with ``pos_curvature``, else
+    0) while the window's waves are in cache, ∂L/∂f from the probe gradient's own F[∇ψ]:
+    uy (M,), ux (N,) fftfreq; pos_k (1, P, M, N), win, tmp (1, 1, M, N) complex and power
+    (1, M, N) real scratch (any arrays of the right rank else).
     """
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
@@ -1036,7 +1042,24 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
         else:  # ∇ψ goes to ``wave`` too when it has room (dead after the far field)
             gp = wave.reshape((1, n_p, m, n)) if nq == 1 else g_psi
             backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, gp)
-        if do_probe:
+        if do_pos:
+            cy = 0.0
+            cx = 0.0
+            if pos_curvature:  # before F[∇ψ] below: ``wave`` may hold ∇ψ, ``pb`` still ψ
+                for y in range(m):
+                    _power_row(pb[0], y, power[0, y])
+                cy, cx = _position_curvature_sums(execute, plan_f, plan_b, obj, yb[0], xb[0], power, uy, ux, win, tmp)
+            to = pos_k.reshape(-1)
+            fr = pb.reshape(-1)
+            for i in range(to.shape[0]):
+                to[i] = fr[i]
+            _fft_planes(execute, plan_f, pos_k)
+            _fft_planes(execute, plan_f, gp)
+            gy, gx = _position_gradient_sums(gp, pos_k, uy, ux)
+            position_out(pos_out[b], s, gy, gx, cy, cx)
+            if do_probe:
+                ramp_accumulate(gp, fb, 1.0, s, probe_grad_k, probe_grad_k[:0])
+        elif do_probe:
             _fft_planes(execute, plan_f, gp)
             ramp_accumulate(gp, fb, 1.0, s, probe_grad_k, probe_grad_k[:0])
     if done_addr != 0:  # one more part of the group done (``probe_tail`` waits for them all)
@@ -1045,43 +1068,14 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
 
 
 @nb.njit(**_JIT)
-def position_terms_part(execute, plan_f, plan_b, s, obj, y0, x0, psi, g_exit, uy, ux, g_k, psi_k, win, tmp, power,
-                        out, signal_addr, signal_value):
-    """``engines/common.position_terms`` of a single-slice part, position by position, FFTs
-    included: out[b] = (∂L/∂f_y, ∂L/∂f_x, ‖ψ ∂O/∂y‖², ‖ψ ∂O/∂x‖²) in px.
-
-    ∂L/∂f = Σ_p Re(conj(F[∇ψ_p]) F[ψ_p] (-2πi u)) with ∇ψ_p = Σ_q conj(O_q) g_exit[b, p, q];
-    the curvature Σ_q Σ |F⁻¹[F[O_q] 2πi u]|² Σ_p|ψ_p|², as ``position_gradient`` and
-    ``position_curvature`` (unitary transforms: s = 1/sqrt(MN) on the unnormalised plans).
-    obj (Q, H, W); psi (B, P, M, N) and g_exit (B, P, Q, M, N) the part's kept waves; uy (M,),
-    ux (N,) fftfreq; g_k, psi_k (1, P, M, N), win, tmp (1, 1, M, N) scratch, planes aligned
-    as planned, and power (1, M, N) real scratch; out (B, 4) float64."""
-    if signal_addr != 0:
-        _store_release(signal_addr, signal_value)
-    nb_, n_p, nq, m, n = g_exit.shape
-    for b in range(nb_):
-        yb, xb = y0[b], x0[b]
-        for p in range(n_p):
-            for y in range(m):
-                grow = g_k[0, p, y]
-                for x in range(n):
-                    grow[x] = 0
-                for q in range(nq):
-                    orow = obj[q, yb + y, xb:xb + n]
-                    erow = g_exit[b, p, q, y]
-                    for x in range(n):
-                        grow[x] += orow[x].conjugate() * erow[x]
-        _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi[b], uy, ux, g_k, psi_k, win, tmp, power,
-                               out[b])
-    return out
-
-
-@nb.njit(**_JIT)
 def position_terms_epie(execute, plan_f, plan_b, s, obj, y0, x0, psi, d_psi, beta, uy, ux, g_k, psi_k, win, tmp,
                         power, out):
-    """``position_terms_part`` for one sequential ePIE position, whose ∇ψ_1 is
+    """``engines/common.position_terms`` of one sequential single-slice ePIE position, FFTs
+    included: out (1, 4) = (∂L/∂f_y, ∂L/∂f_x, ‖ψ ∂O/∂y‖², ‖ψ ∂O/∂x‖²) in px, with ∇ψ_1 =
     -2 Δψ max|O|² / β (Δψ (1, P, M, N) its probe-plane update, max over the window of every
-    object mode, before the object's update), as ``EpieEngine``'s general path has it."""
+    object mode, before the object's update), as ``EpieEngine``'s general path has it.
+    obj (Q, H, W); psi (1, P, M, N) ψ_1; uy (M,), ux (N,) fftfreq; g_k, psi_k (1, P, M, N),
+    win, tmp (1, 1, M, N) scratch, planes aligned as planned, power (1, M, N) real scratch."""
     m, n = d_psi.shape[2], d_psi.shape[3]
     yb, xb = y0[0], x0[0]
     t_max = _like(0, power)
@@ -1096,31 +1090,19 @@ def position_terms_epie(execute, plan_f, plan_b, s, obj, y0, x0, psi, d_psi, bet
         for y in range(m):
             grow = g_k[0, p, y]
             drow = d_psi[0, p, y]
+            prow = psi_k[0, p, y]
+            srow = psi[0, p, y]
             for x in range(n):
                 grow[x] = drow[x] * scale
-    _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi[0], uy, ux, g_k, psi_k, win, tmp, power,
-                           out[0])
-    return out
-
-
-@nb.njit(inline="always", **_JIT)
-def _position_terms_window(execute, plan_f, plan_b, s, obj, yb, xb, psi_b, uy, ux, g_k, psi_k, win, tmp, power, out_b):
-    """The position terms of one window from ∇ψ_1 in g_k (1, P, M, N, real space; transformed
-    here) and ψ_1 = psi_b (P, M, N): out_b (4,) as ``position_terms_part``."""
-    n_p, m, n = psi_b.shape
-    for p in range(n_p):
-        for y in range(m):
-            prow = psi_k[0, p, y]
-            srow = psi_b[p, y]
-            for x in range(n):
                 prow[x] = srow[x]
     _fft_planes(execute, plan_f, g_k)
     _fft_planes(execute, plan_f, psi_k)
     gy, gx = _position_gradient_sums(g_k, psi_k, uy, ux)
     for y in range(m):  # Σ_p |ψ_p|², shared by every object mode
-        _power_row(psi_b, y, power[0, y])
+        _power_row(psi[0], y, power[0, y])
     cy, cx = _position_curvature_sums(execute, plan_f, plan_b, obj, yb, xb, power, uy, ux, win, tmp)
-    position_out(out_b, s, gy, gx, cy, cx)
+    position_out(out[0], s, gy, gx, cy, cx)
+    return out
 
 
 @nb.njit(inline="always", **_JIT)
@@ -1305,7 +1287,8 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
 def lsqml_group_part(bar_addr, t, n_threads, maxes, nums, ws, probe_ks, dp_k, dp_scale, delta, shifted, out, first,
                      dp_out, mode, trim, beta, steps, apply_step, execute, plan_f, plan_b, probe_k, frac, s, obj, y0,
                      x0, data, rows, mask, model, eps, do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi,
-                     probe_grad_k, loss, done_addr, signal_addr, signal_value):
+                     probe_grad_k, loss, do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr,
+                     signal_addr, signal_value):
     """A whole LSQ-ML group (single slice) as thread ``t`` of ``n_threads`` run together: this
     thread's part as ``single_slice_part`` (arguments from ``execute`` on), a barrier, then
     ΔP's spectrum dp_k = dp_scale·Σ_k probe_ks[k] (the parts' probe-gradient spectra, summed
@@ -1315,7 +1298,8 @@ def lsqml_group_part(bar_addr, t, n_threads, maxes, nums, ws, probe_ks, dp_k, dp
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps, do_num,
-                      do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss, done_addr, 0, 0)
+                      do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss, do_pos,
+                      pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, 0, 0)
     _barrier(bar_addr, n_threads)
     use_probe = do_probe
     if use_probe:

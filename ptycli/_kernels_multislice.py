@@ -166,8 +166,8 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
 @nb.njit(**_JIT)
 def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
                     do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
-                    g_patches, w_patches, g_psi1, t1, do_pos, uy, ux, pos_k, win, tmp, power, pos_out, done_addr,
-                    signal_addr, signal_value):
+                    g_patches, w_patches, g_psi1, t1, do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out,
+                    done_addr, signal_addr, signal_value):
     """A part of a multislice group, position by position with FFTs, in one call: the forward
     model through every slice, the loss and its gradient at the last exit plane, the exact
     adjoint back through the slices with its scatter-adds, and the probe gradient's spectrum.
@@ -188,7 +188,8 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
     With ``do_pos``, pos_out (B, 4) = the position terms of ``engines/common.position_terms``
     (∂L/∂f_y, ∂L/∂f_x and ‖ψ_s ∂O_s/∂f‖² summed over slices and modes, in px) from the waves
     while they are in cache: uy (M,), ux (N,) fftfreq, pos_k (1, P, M, N), win, tmp
-    (1, 1, M, N) complex and power (Q, M, N) real scratch (any arrays of the right rank else).
+    (1, 1, M, N) complex and power (Q, M, N) real scratch (any arrays of the right rank else);
+    without ``pos_curvature`` (L-BFGS reads ∂L/∂f only) pos_out[:, 2:] = 0, its transforms saved.
     first (P, 1, M, N), waves (max(S - 1, 1), P, Q, M, N), far (P, Q, M, N), g_sum (P, M, N): scratch, C-contiguous with
     64-byte-aligned planes as the plans were made. ``done_addr``, ``signal_addr`` as in
     ``single_slice_part``.
@@ -225,7 +226,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
                 _propagate(execute, plan_f, plan_b, far, hb, s2, True)
         cy = 0.0
         cx = 0.0
-        if do_pos:  # the curvature, slice by slice, from the waves that entered each slice
+        if do_pos and pos_curvature:  # slice by slice, from the waves that entered each slice
             for sl in range(n_slices):
                 ry, rx = _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win, tmp,
                                           power)

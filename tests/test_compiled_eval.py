@@ -1,8 +1,8 @@
 """The Evaluator's compiled path (engines/compiled_eval.py) against the array model.
 
 Oracle: physics/model.py, whose gradients the finite-difference tests check
-(test_variables_gradients.py). Where the compiled parts apply (object and probe only,
-the plain far-field model), the loss and both gradients must equal the array model's to
+(test_variables_gradients.py). Where the compiled parts apply (object, probe and positions
+only, the plain far-field model), the loss and the gradients must equal the array model's to
 float32 rounding; everywhere else the Evaluator must fall back to it.
 """
 
@@ -40,11 +40,14 @@ def _state(rng, slices, modes, tilts=False):
                  semiangle_mrad=25.0, aberrations={"C10": -40.0})
 
 
-def _evaluate(monkeypatch, state, noise, compiled, data, mask=None):
-    """Evaluator.evaluate on every position, through the compiled parts or the array model."""
+def _evaluate(monkeypatch, state, noise, compiled, data, mask=None, names=("object", "probe"), moved=None):
+    """Evaluator.evaluate on every position, through the compiled parts or the array model
+    (``moved``: positions of x other than the state's)."""
     ctx = common.make_context(state, np, "single", noise, None, mask=mask, n_e=1e3)
     ev = Evaluator(LbfgsStage(type="lbfgs"), ctx, state)
-    x = ev.pack(state, ("object", "probe"))
+    x = ev.pack(state, names)
+    if moved is not None:
+        x["positions"] = moved
     assert compiled_eval.applies(ev, state, x)
     ran = []
     kernel_chunk = compiled_eval.kernel_chunk
@@ -58,19 +61,27 @@ def _evaluate(monkeypatch, state, noise, compiled, data, mask=None):
     return out
 
 
-@pytest.mark.parametrize("slices, modes, tilts, noise", [(1, 2, False, "poisson"), (1, 1, False, "amplitude"),
-                                                         (3, 2, True, "poisson"), (2, 1, False, "intensity")])
-def test_compiled_evaluation_equals_the_array_model(monkeypatch, slices, modes, tilts, noise):
+@pytest.mark.parametrize("slices, modes, tilts, noise, names", [
+    (1, 2, False, "poisson", ("object", "probe")), (1, 1, False, "amplitude", ("object", "probe")),
+    (3, 2, True, "poisson", ("object", "probe")), (2, 1, False, "intensity", ("object", "probe")),
+    (1, 2, False, "poisson", ("object", "probe", "positions")), (3, 1, True, "amplitude", ("positions",)),
+    (2, 2, False, "anscombe", ("probe", "positions"))])
+def test_compiled_evaluation_equals_the_array_model(monkeypatch, slices, modes, tilts, noise, names):
     rng = np.random.default_rng(slices * 10 + modes)
     state = _state(rng, slices, modes, tilts)
     data = rng.poisson(30.0, (len(state.positions), 32, 32)).astype(np.float32)
     mask = (rng.random((32, 32)) > 0.1).astype(np.float32)
-    fast, ref = (_evaluate(monkeypatch, state, noise, c, data, mask) for c in (True, False))
+    # x's positions, not the state's, are the ones evaluated
+    moved = state.positions + rng.uniform(-0.4, 0.4, state.positions.shape) if "positions" in names else None
+    fast, ref = (_evaluate(monkeypatch, state, noise, c, data, mask, names, moved) for c in (True, False))
     assert fast[0] == pytest.approx(ref[0], rel=1e-5)
-    for name in ("object", "probe"):
+    assert set(fast[2]) == set(ref[2]) == set(names)
+    for name in names:
         got, want = fast[2][name], ref[2][name]
         assert got.shape == want.shape and got.dtype == want.dtype
         assert np.linalg.norm(got - want) <= 2e-5 * np.linalg.norm(want), name
+    if moved is not None:  # the moved positions change the loss
+        assert ref[0] != pytest.approx(_evaluate(monkeypatch, state, noise, False, data, mask)[0], rel=1e-4)
 
 
 def test_the_compiled_path_steps_aside_for_what_it_does_not_model():
@@ -80,7 +91,8 @@ def test_the_compiled_path_steps_aside_for_what_it_does_not_model():
     ev = Evaluator(LbfgsStage(type="lbfgs"), ctx, state)
     x = ev.pack(state, ("object", "probe"))
     assert compiled_eval.applies(ev, state, x)
-    assert not compiled_eval.applies(ev, state, {**x, "positions": np.asarray(state.positions)})
+    assert compiled_eval.applies(ev, state, {**x, "positions": np.asarray(state.positions)})
+    assert not compiled_eval.applies(ev, state, {**x, "tilts": np.zeros((len(state.positions), 2))})
     for change in ({"background": np.full((32, 32), 0.5, np.float32)},
                    {"beam_current": np.full(len(state.positions), 1.1, np.float32)},
                    {"detector_blur_px": 0.5}):

@@ -489,64 +489,39 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 
-@pytest.mark.parametrize("engine,modes,noise_model,mask", [
-    ("gradient", 1, "amplitude", False), ("gradient", 2, "poisson", True),
-    ("lsqml", 1, "amplitude", False), ("lsqml", 2, "anscombe", True)])
-def test_parts_with_position_refinement_match_the_array_path(engine, modes, noise_model, mask, monkeypatch):
-    """Refining positions, the gradient and LSQ-ML engines keep their compiled parts (their
-    windows' waves kept) and make the position terms in a compiled call
-    (``_kernels.position_terms_part``): the same object, probe and positions as the array
-    path to float32 rounding, and the same number of transforms."""
-    _on_fftw_kernels(monkeypatch)
-    from ptycli import _kernels
-
-    monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
-    monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
-    counted = _count_transforms(monkeypatch)
-    real_terms = _kernels.position_terms_part
-    terms_seen = []
-    monkeypatch.setattr(_kernels, "position_terms_part", lambda *a: terms_seen.append(1) or real_terms(*a))
-    extra = {"learning_rate": {"object": 1e-3, "probe": 1e-3}} if engine == "gradient" else None
-    kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra)
-    assert len(terms_seen) == 2 * 4 * 2  # parts x groups x iterations
-    n_kernel = counted.get("calls", 0) + counted["kernel"]
-    counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
-    plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra)
-    assert "kernel" not in counted and counted["calls"] == n_kernel
-    _close(kernel.object, plain.object)
-    _close(kernel.probe, plain.probe)
-    np.testing.assert_allclose(kernel.positions, plain.positions, rtol=0, atol=1e-4)
-    assert not np.allclose(kernel.positions, _state(modes=modes).positions)  # the positions moved
-    np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
-
-
-@pytest.mark.parametrize("engine,modes,object_modes,noise_model,mask,tilts,probe", [
-    ("gradient", 1, 1, "amplitude", False, False, True),
-    ("gradient", 2, 1, "poisson", True, False, False),
-    ("lsqml", 2, 2, "anscombe", True, True, True),
-    ("lsqml", 1, 1, "amplitude", False, False, False),
+@pytest.mark.parametrize("engine,slices,modes,object_modes,noise_model,mask,tilts,probe", [
+    ("gradient", 1, 1, 1, "amplitude", False, False, True),
+    ("gradient", 1, 2, 1, "poisson", True, False, True),
+    ("gradient", 1, 1, 2, "amplitude", False, False, False),
+    ("lsqml", 1, 1, 1, "amplitude", False, False, True),
+    ("lsqml", 1, 2, 1, "anscombe", True, False, True),
+    ("gradient", 3, 1, 1, "amplitude", False, False, True),
+    ("gradient", 3, 2, 1, "poisson", True, False, False),
+    ("lsqml", 3, 2, 2, "anscombe", True, True, True),
+    ("lsqml", 3, 1, 1, "amplitude", False, False, False),
 ])
-def test_multislice_parts_with_position_refinement_match_the_array_path(engine, modes, object_modes, noise_model,
-                                                                         mask, tilts, probe, monkeypatch):
-    """Refining positions with several slices, the compiled multislice parts make the position
-    terms in the same call (``multislice_part`` with ``do_pos``: ∂L/∂f from F[∇ψ_1] and
-    F[ψ_1], the curvature slice by slice from the waves kept for the adjoint): the same object,
-    probe and positions as the array path to float32 rounding. Transforms: the array path's
-    plus, with the probe refined, none for F[∇ψ_1] (the probe gradient's own serves)."""
+def test_parts_with_position_refinement_match_the_array_path(engine, slices, modes, object_modes, noise_model, mask,
+                                                             tilts, probe, monkeypatch):
+    """Refining positions, the gradient and LSQ-ML engines keep their compiled parts, which
+    make the position terms in the same call (``single_slice_part`` / ``multislice_part``
+    with ``do_pos``: ∂L/∂f from F[∇ψ_1] and F[ψ_1], the curvature from each slice's window
+    and incident wave while they are in cache): the same object, probe and positions as the
+    array path to float32 rounding. Transforms: the array path's but, with the probe
+    refined, one per position and probe mode fewer (the probe gradient's F[∇ψ_1] serves)."""
     _on_fftw_kernels(monkeypatch)
     from ptycli import _kernels
 
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     counted = _count_transforms(monkeypatch)
-    real_part = _kernels.multislice_part
-    with_terms = []
-    monkeypatch.setattr(_kernels, "multislice_part", lambda *a: with_terms.append(a[-11]) or real_part(*a))
+    name = "single_slice_part" if slices == 1 else "multislice_part"
+    real_part = getattr(_kernels, name)
+    with_terms = []  # each call's do_pos
+    monkeypatch.setattr(_kernels, name, lambda *a: with_terms.append(a[-12]) or real_part(*a))
     extra = {"refine": {"object": True, "probe": probe, "positions": True}}
     if engine == "gradient":
         extra["learning_rate"] = {"object": 1e-3, "probe": 1e-3}
-    run = {"slices": 3, "object_modes": object_modes, "tilts": tilts}
+    run = {"slices": slices, "object_modes": object_modes, "tilts": tilts}
     kernel, loss_k = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra, **run)
     assert with_terms == [True] * (2 * 4 * 2)  # parts x groups x iterations, every one with its terms
     n_kernel = counted.get("calls", 0) + counted["kernel"]
@@ -558,7 +533,7 @@ def test_multislice_parts_with_position_refinement_match_the_array_path(engine, 
     _close(kernel.object, plain.object)
     _close(kernel.probe, plain.probe)
     np.testing.assert_allclose(kernel.positions, plain.positions, rtol=0, atol=1e-4)
-    assert not np.allclose(kernel.positions, _state(slices=3, modes=modes).positions)  # the positions moved
+    assert not np.allclose(kernel.positions, _state(slices=slices, modes=modes).positions)  # the positions moved
     np.testing.assert_allclose(loss_k, loss_p, rtol=1e-4)
 
 

@@ -311,7 +311,7 @@ class Scratch:
 def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
-                        slot: int = 0, positions: bool = False) -> backend.Launch | None:
+                        slot: int = 0, positions: bool = False, curvature: bool = True) -> backend.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
     start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
@@ -324,8 +324,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     ``done_addr``: an int64 the kernel adds 1 to when it is done (``_kernels.probe_tail``).
     ``scratch``: the buffers come from it, under keys of part ``slot`` (the KernelPart's
     arrays are then valid until the next group's parts are prepared).
-    ``positions``: the part's position terms are wanted (``parts_position_terms``): one slice
-    keeps its windows' waves for them; several slices make them in the same call."""
+    ``positions``: the call makes the part's position terms too (``parts_position_terms``),
+    window by window (without ``curvature``, ∂L/∂f only)."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -346,8 +346,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if state.n_slices > 1:
         return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
-                                   done_addr=done_addr, positions=positions)
-    keep_waves = keep_waves or positions
+                                   done_addr=done_addr, positions=positions, curvature=curvature)
     obj = state.object[:, 0]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
@@ -360,18 +359,21 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if probe_k is None:
         probe_k = buf("probe_k", spectrum.shape, c) if probe else spectrum
     loss = buf("loss", (n_b,), r)
+    pos_args, pos_out = _position_scratch(buf, positions, curvature, ctx, n_b, n_p, 1, (m, n), c, wave[0], illum)
     frames, rows = batch.frames_and_rows()  # read in place by index: no gathered copy
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
-            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, done_addr)
+            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, *pos_args, done_addr)
 
     made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
                       g_exit if keep_waves else None, num[:, None] if numerator else None,
-                      illum[:, None] if illumination else None, probe_k if probe else None)
+                      illum[:, None] if illumination else None, probe_k if probe else None,
+                      position_terms=pos_out)
 
     def finish(_: Any) -> KernelPart:
-        backend.kernel_ffts((m, n), n_b * n_p * (1 + 2 * n_q + (1 if probe else 0)))
+        extra = _position_ffts(positions, curvature, probe, n_p, n_q)
+        backend.kernel_ffts((m, n), n_b * (n_p * (1 + 2 * n_q + (1 if probe else 0)) + extra))
         return made
 
     return backend.Launch(k.single_slice_part, args, finish, made)
@@ -379,7 +381,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
-                        probe_k: Any, done_addr: int, positions: bool) -> backend.Launch | None:
+                        probe_k: Any, done_addr: int, positions: bool, curvature: bool) -> backend.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -402,33 +404,50 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_illum else illum[None]
     g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
     t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
-    # the position terms' scratch (else arrays of the same types, not written)
-    pos_k = buf("pos_k", (1, n_p, m, n), c) if positions else g_sum[None]
-    win, tmp = (buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c)) if positions else (first, first)
-    power = buf("power", (n_q, m, n), r) if positions else t1
-    pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
+    pos_args, pos_out = _position_scratch(buf, positions, curvature, ctx, n_b, n_p, n_q, (m, n), c, first, t1)
     frames, rows = batch.frames_and_rows()
     h = H if H.ndim == 3 else H[None]
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
             numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
-            g_patches, w_patches, g_psi1, t1, positions, *frequency_lines(ctx), pos_k, win, tmp, power, pos_out,
-            done_addr)
+            g_patches, w_patches, g_psi1, t1, *pos_args, done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
                       illum if illumination else None, probe_k if probe else None,
                       g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
                       illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_illum else None,
                       g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None,
-                      position_terms=pos_out if positions else None)
+                      position_terms=pos_out)
 
     def finish(_: Any) -> KernelPart:
-        # the position terms: F[ψ_1], F[∇ψ_1] (unless the probe's made it) and 3 per slice and object mode
-        extra = n_p + (0 if probe else n_p) + 3 * n_q * n_s if positions else 0
+        extra = _position_ffts(positions, curvature, probe, n_p, n_q * n_s)
         backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0) + extra))
         return made
 
     return backend.Launch(k.multislice_part, args, finish, made)
+
+
+def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContext, n_b: int, n_p: int, n_q: int,
+                      window: tuple[int, int], c: Any, plane4: Any, real3: Any) -> tuple[tuple[Any, ...], Any]:
+    """The part kernels' position arguments (do_pos, pos_curvature, uy, ux, pos_k, win, tmp,
+    power, pos_out) and pos_out (B, 4) or None. Without ``positions`` the scratch is a complex
+    4-D and a real 3-D array of the part's own (``plane4``, ``real3``): the same types, not written."""
+    m, n = window
+    if positions:
+        scratch = (buf("pos_k", (1, n_p, m, n), c), buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c),
+                   buf("power", (n_q, m, n), ctx.real_dtype))
+    else:
+        scratch = (plane4, plane4, plane4, real3)
+    pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
+    return (positions, curvature, *frequency_lines(ctx), *scratch, pos_out), pos_out if positions else None
+
+
+def _position_ffts(positions: bool, curvature: bool, probe: bool, n_p: int, planes: int) -> int:
+    """Transforms per position of the inline position terms: F[ψ_1], F[∇ψ_1] (unless the
+    probe gradient's made it) and, for the curvature, 3 per object window (``planes``: slices x modes)."""
+    if not positions:
+        return 0
+    return n_p + (0 if probe else n_p) + (3 * planes if curvature else 0)
 
 
 def frequency_lines(ctx: RunContext) -> tuple[Any, Any]:
@@ -436,15 +455,15 @@ def frequency_lines(ctx: RunContext) -> tuple[Any, Any]:
     return tuple(ctx.xp.ascontiguousarray(u.reshape(-1), dtype=ctx.real_dtype) for u in ctx.u)
 
 
-def parts_position_terms(state: Any, parts: list[Batch], made: list[KernelPart], ctx: RunContext,
-                         scratch: Scratch | None = None) -> list[tuple[Any, Any]] | None:
-    """``position_terms`` of every part from its compiled call (``prepare_part_kernel(...,
-    positions=True)``): read where the multislice call made them, else one more compiled call
-    per part (``kernel_position_terms``) on the host threads; None where they do not apply."""
-    if all(kp.position_terms is not None for kp in made):
-        return [terms_of(kp.position_terms, ctx) for kp in made]
-    return backend.map_launches(lambda i: kernel_position_terms(state, parts[i], made[i], ctx, scratch, i),
-                                list(range(len(parts))))
+def parts_position_terms(made: list[KernelPart], ctx: RunContext) -> list[tuple[Any, Any]] | None:
+    """``position_terms`` of every part, as its compiled call made them
+    (``prepare_part_kernel(..., positions=True)``), or None where a part has none. Why in the
+    call: with position refinement the whole group had run the array path (gradient quick
+    case A 0.12 -> 0.36-0.40 s/iteration), and a second compiled pass over kept waves still
+    held every window's waves in memory."""
+    if any(kp.position_terms is None for kp in made):
+        return None
+    return [terms_of(kp.position_terms, ctx) for kp in made]
 
 
 def terms_of(out: Any, ctx: RunContext) -> tuple[Any, Any]:
@@ -452,37 +471,10 @@ def terms_of(out: Any, ctx: RunContext) -> tuple[Any, Any]:
     return out[:, :2].astype(ctx.real_dtype), out[:, 2:].astype(ctx.real_dtype)
 
 
-def kernel_position_terms(state: Any, batch: Batch, made: KernelPart, ctx: RunContext, scratch: Scratch | None = None,
-                          slot: int = 0) -> backend.Launch | None:
-    """``position_terms`` of a single-slice part as one compiled call
-    (``_kernels.position_terms_part``) from what the part's own call kept
-    (``prepare_part_kernel(..., keep_waves=True)``: ψ_1 and F⁻¹[∇_Ψ L] of every window), with
-    the object as the part saw it; None where it does not apply. Why: with position
-    refinement the whole group ran the array path, and its terms alone were 5 batched
-    transforms and ~15 passes per window (gradient quick case A: 0.12 -> 0.36-0.40
-    s/iteration)."""
-    k = backend.kernels(ctx.xp)
-    m, n = state.window
-    psi, g_exit = made.fwd.psi1, made.g_exit
-    plans = backend.kernel_fft_plans(m, n, state.probe.dtype) if k is not None else None
-    if plans is None or state.n_slices != 1 or psi is None or g_exit is None:
-        return None
-    n_b, n_p, n_q = g_exit.shape[:3]
-    tail, out = position_kernel_tail(k, ctx, scratch, slot, n_b, n_p, state.window, state.probe.dtype)
-    args = (*plans, k.real_scalar(backend.unitary_scale((m, n)), psi), state.object[:, 0],
-            batch.y0.astype("int64"), batch.x0.astype("int64"), psi, g_exit, *tail)
-
-    def finish(_: Any) -> tuple[Any, Any]:
-        backend.kernel_ffts((m, n), n_b * (2 * n_p + 3 * n_q))
-        return terms_of(out, ctx)
-
-    return backend.Launch(k.position_terms_part, args, finish)
-
-
 def position_kernel_tail(k: Any, ctx: RunContext, scratch: Scratch | None, slot: Any, n_b: int, n_p: int,
                          window: tuple[int, int], dtype: Any) -> tuple[tuple[Any, ...], Any]:
-    """The arguments the compiled position terms (``_kernels.position_terms_part`` and
-    ``position_terms_epie``) take after their own: (uy, ux, g_k, psi_k, win, tmp, power, out)
+    """The arguments the compiled position terms of an ePIE position
+    (``_kernels.position_terms_epie``) take after their own: (uy, ux, g_k, psi_k, win, tmp, power, out)
     with their scratch from ``scratch`` under ``slot``; and out (B, 4), the terms to read."""
     m, n = window
 

@@ -1,14 +1,15 @@
-"""The Evaluator's loss and object/probe gradients through the compiled part kernels.
+"""The Evaluator's loss and object/probe/position gradients through the compiled part kernels.
 
-L-BFGS evaluates f and ∇f over every position of its group. When only the object and the
-probe are refined, on the plain far-field model, that is exactly what the gradient engine's
+L-BFGS evaluates f and ∇f over every position of its group. When only the object, the
+probe and the positions are refined, on the plain far-field model, that is exactly what the gradient engine's
 compiled parts make (``common.prepare_part_kernel``: shift, exit wave, far field, loss and
 adjoint window by window with the FFTs inside, the scatter-adds fused), so the Evaluator
 runs them instead of the array model: the array model keeps (B, P, Q, M, N) waves of the
 whole chunk alive and went through memory ~10 times per transform (quick case A: L-BFGS at
-6.4x the FFT bound, the gradient engine's same work at 1.6x). physics/model.py stays the
-reference (a test compares the two) and the path for every other variable and model
-feature.
+6.4x the FFT bound, the gradient engine's same work at 1.6x). The positions' ∂L/∂f comes
+from the same calls, window by window (``positions=True, curvature=False``: L-BFGS takes no
+Gauss-Newton scale). physics/model.py stays the reference (a test compares the two) and the
+path for every other variable and model feature.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from .. import backend
 from . import common
 
-PLAIN = frozenset({"object", "probe"})
+PLAIN = frozenset({"object", "probe", "positions"})
 
 
 def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
@@ -41,11 +42,12 @@ def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
 
 def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, sel: np.ndarray,
                  data: Any) -> tuple[float, dict[str, Any]] | None:
-    """(Σ loss, {"object": ∇_O L, "probe": ∇_P L} for the names in x) on positions ``sel``
-    whose patterns are ``data``, as ``Evaluator._chunk`` gives them; None where the compiled
-    parts do not apply (the caller then runs the array model)."""
+    """(Σ loss, {"object": ∇_O L, "probe": ∇_P L, "positions": ∂L/∂f (B, 2) px} for the names
+    in x) on positions ``sel`` whose patterns are ``data``, as ``Evaluator._chunk`` gives
+    them; None where the compiled parts do not apply (the caller then runs the array model)."""
     ctx = ev.ctx
-    view = state.copy(object=obj, probe=probe)
+    want_pos = "positions" in x
+    view = state.copy(object=obj, probe=probe, **({"positions": x["positions"]} if want_pos else {}))
     batch = common.make_batch(view, sel, data, ctx)
     # one transform of the probe for every part
     batch = dataclasses.replace(batch, probe_spectrum=(probe, backend.fft2(probe)))
@@ -56,10 +58,12 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     scratch = _scratch(ev)
     done = backend.map_launches(
         lambda ipb: common.prepare_part_kernel(view, ipb[1], ctx, numerator=want_obj, illumination=False,
-                                               probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0]),
+                                               probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
+                                               positions=want_pos, curvature=False),
         list(enumerate(parts)))
     if done is None:
         return None
+    terms = common.parts_position_terms(done, ctx) if want_pos else None
     loss = sum(float(np.sum(kp.loss, dtype=np.float64)) for kp in done)
     grads: dict[str, Any] = {}
     if want_obj:  # a fresh array: the parts' sums live in scratch reused by the next evaluation
@@ -72,6 +76,8 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
         for kp in done[1:]:
             spec += kp.probe_k
         grads["probe"] = backend.ifft2(spec, overwrite=True)
+    if terms is not None:  # the parts split ``sel`` in order
+        grads["positions"] = np.concatenate([backend.to_numpy(t[0]) for t in terms]).astype(np.float64)
     return loss, grads
 
 

@@ -79,7 +79,7 @@ class GradientEngine(common.EngineBase):
             list(enumerate(parts)), tail=tail.prepare if tail is not None else None)
         pos = None
         if kernel_parts is not None and do_pos:  # before the object's step: the windows the parts saw
-            pos = common.parts_position_terms(view, parts, kernel_parts, self.ctx, scratch)
+            pos = common.parts_position_terms(kernel_parts, self.ctx)
             kernel_parts = kernel_parts if pos is not None else None  # else the array path, from the start
         if kernel_parts is not None:
             loss, g_obj, g_probe = zip(*((kp.loss, kp.num, kp.probe_k) for kp in kernel_parts))

@@ -52,8 +52,7 @@ class LsqmlEngine(common.EngineBase):
             if launches is not None:
                 first = backend.map_launches(lambda ln: ln.then(_directions_of), launches)
             if first is not None and do_pos:  # before any step: the windows the parts saw
-                pos = common.parts_position_terms(state, parts, [ln.made for ln in launches], self.ctx,
-                                                  self.scratch())
+                pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
                 first = first if pos is not None else None  # else the array path, from the start
             if first is None:
                 first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),

@@ -42,11 +42,14 @@ class LsqmlEngine(common.EngineBase):
         launches = (self._part_launches(state, parts, do_obj, do_probe, do_pos)
                     if self.ctx.noise_model not in _OWN_CHI else None)
         # with them, the whole group as one launch of threads that wait for each other where it can
+        # (the parts' calls make their position terms before any step, so the group's launch stands)
         group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
-            if launches is not None and not do_pos else None
+            if launches is not None else None
         pos = None
         if group is not None:
             first, (a_O, a_P, dO, dP, dP_k, stepped) = group
+            if do_pos:
+                pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
         else:
             first = None
             if launches is not None:

@@ -15,7 +15,10 @@ Noise model codes: 0 amplitude, 1 intensity, 2 poisson, 3 anscombe (physics.md �
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -63,11 +66,56 @@ def _serialise_cache_saves() -> None:
 
 _serialise_cache_saves()
 
+
+KERNEL_SOURCES = ("_kernels.py", "_kernels_multislice.py")
+
+
+def kernel_cache_dir(sources: tuple[Path, ...], base: Path) -> Path:
+    """Where the kernels' compiled code is kept: a directory named by a hash of every kernel
+    source file and the Numba version, under ``base``.
+
+    Why: Numba keys a cached function by its own file's contents only. A kernel in
+    _kernels_multislice.py calls ``farfield`` from this file, and its cached machine code
+    has that callee compiled in: after a change here alone (an upgrade whose other file is
+    unchanged; pip leaves __pycache__'s Numba files behind), it loaded the old callee. Seen
+    in development as LSQ-ML's multislice loss evaluating the Anscombe model for Poisson data.
+    """
+    digest = hashlib.sha256(nb.__version__.encode())
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return base / digest.hexdigest()[:16]
+
+
+def _use_kernel_cache_dir() -> str:
+    """Point Numba's cache at ``kernel_cache_dir`` for the kernels defined from here on, under
+    $XDG_CACHE_HOME/ptycli/numba (or NUMBA_CACHE_DIR/ptycli when the user chose one);
+    returns the setting to restore after them. A directory that cannot be made leaves
+    Numba's own choice."""
+    previous = nb.config.CACHE_DIR
+    here = Path(__file__).parent
+    base = (Path(previous) / "ptycli" if previous
+            else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli" / "numba")
+    try:
+        target = kernel_cache_dir(tuple(here / name for name in KERNEL_SOURCES), base)
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return previous
+    nb.config.CACHE_DIR = str(target)
+    return previous
+
+
+_CACHE_DIR_BEFORE = _use_kernel_cache_dir()
+
 # fastmath without nnan/ninf: reassociation lets LLVM vectorise the row loops and the
 # reductions, while NaN and Inf still propagate (the loop's NaN check relies on it).
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy",
         "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
 NOISE_CODES = {"amplitude": 0, "intensity": 1, "poisson": 2, "anscombe": 3}
+# LSQ-ML's own exit-wave steps (engines/lsqml.py, physics.md §6.3.1): the model's loss with
+# another factor, for ``farfield`` only: the intensity loss with the amplitude model's step, and
+# the Poisson gradient scaled per position by β_ξ ∈ [0, 1] (3 Newton steps on the window).
+LSQML_STEP_CODES = {"intensity": 4, "poisson": 5}
 ANSCOMBE_SHIFT = 0.375
 INTENSITY_WEIGHT = 1.0
 
@@ -249,6 +297,9 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     eps, a, c, s2 in the real dtype of psi. For ψ = Ψ, s2 = 1: (a, c) = (0, 2) gives
     ∇_Ψ L, (1, -1) the projection Ψ̂ = (1 - m ℓ') Ψ. ``s2`` takes an unnormalised
     transform ψ = Ψ/s (s2 = s²) without a scaling pass of its own.
+    ``LSQML_STEP_CODES``: 4, the intensity loss with the amplitude model's ℓ' (ε the
+    amplitude model's); 5, the Poisson loss with ℓ' times β_b, the step along the Poisson
+    gradient that 3 Newton iterations on the window find (``_poisson_beta``).
     """
     nb_, nk, m, n = psi.shape
     # out may be psi itself: then the last loop is written on one array (an output aliasing
@@ -261,6 +312,9 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     shift = _like(ANSCOMBE_SHIFT, f)
     weight = _like(INTENSITY_WEIGHT, f)
     for b in range(nb_):
+        c_b = c
+        if model == 5:  # β_b from the whole window's intensities first
+            c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, f)
         total = 0.0  # the window's loss: float64 over float32 row sums
         for y in range(m):
             drow = data[b, y]
@@ -270,7 +324,15 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
                 f[x] *= s2
             # one branch per row, not per pixel: each loop below vectorises
             row = zero
-            if model == 0:
+            if model == 4:
+                for x in range(n):
+                    r = f[x] - drow[x]
+                    s = np.sqrt(f[x])
+                    diff = s - np.sqrt(drow[x])
+                    w = mrow[x]
+                    row += w * (weight * r * r)
+                    f[x] = a + c * (w * ((diff + eps) / (s + eps)))
+            elif model == 0:
                 for x in range(n):
                     s = np.sqrt(f[x])
                     diff = s - np.sqrt(drow[x])
@@ -283,14 +345,14 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
                     w = mrow[x]
                     row += w * (weight * r * r)
                     f[x] = a + c * (w * (two * weight * r))
-            elif model == 2:
+            elif model == 2 or model == 5:
                 for x in range(n):
                     d = drow[x]
                     i = f[x]
                     dlogd = d * np.log(d) if d > 0 else zero
                     w = mrow[x]
                     row += w * (i - d * np.log(i + eps) - (d - dlogd))
-                    f[x] = a + c * (w * (one - d / (i + eps)))
+                    f[x] = a + c_b * (w * (one - d / (i + eps)))
             else:
                 for x in range(n):
                     si = np.sqrt(f[x] + shift)
@@ -310,6 +372,43 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
                         orow[x] = prow[x] * f[x]
         loss[b] = total
     return loss
+
+
+@nb.njit(**_JIT)
+def _poisson_beta(psi_b, data_b, mask, eps, s2, f):
+    """LSQ-ML's Poisson step length β ∈ [0, 1] along χ = r Ψ, r = m (D/(I+ε) - 1), for one
+    window (psi_b (K, M, N) with I = s2 Σ_k |ψ_k|²): 3 Newton steps on dL/dβ from β = 0.5, as
+    engines/lsqml.LsqmlEngine._poisson_step (u = 1 + β r floored at 1e-3). f (N,) scratch."""
+    m, n = data_b.shape
+    one = _like(1, f)
+    two = _like(2, f)
+    floor = _like(1e-3, f)
+    zero = _like(0, f)
+    tiny = _like(1e-30, f)
+    beta = _like(0.5, f)
+    for _ in range(3):
+        grad = 0.0
+        hess = 0.0
+        for y in range(m):
+            drow = data_b[y]
+            mrow = mask[y]
+            _power_row(psi_b, y, f)
+            g_row = _like(0, f)
+            h_row = _like(0, f)
+            for x in range(n):
+                i = f[x] * s2
+                d = drow[x]
+                r = (d / (i + eps) - one) * mrow[x]
+                u = one + beta * r
+                u = u if u > floor else floor
+                g_row += two * r * i * u - two * d * r / u
+                h_row += two * r * r * i + two * d * r * r / (u * u)
+            grad += g_row
+            hess += h_row
+        # the step in float32, as the array code's (its sums were float32 too)
+        beta = beta - _like(grad, f) / (_like(hess, f) + tiny)
+        beta = min(max(beta, zero), one)
+    return beta
 
 
 @nb.njit(**_JIT)
@@ -1437,3 +1536,5 @@ from ._kernels_multislice import (  # noqa: E402, F401
     lsqml_terms_multi_part,
     multislice_part,
 )
+
+nb.config.CACHE_DIR = _CACHE_DIR_BEFORE  # other packages' Numba caches stay where they were

@@ -457,6 +457,8 @@ def test_epie_position_kernel_matches_the_array_path(modes, noise_model, mask, e
     ("lsqml", 1, "amplitude", False, None),
     ("lsqml", 2, "anscombe", True, None),
     ("lsqml", 1, "amplitude", False, {"refine": {"object": False, "probe": True}}),
+    ("lsqml", 2, "poisson", True, None),  # LSQ-ML's own χ: the Poisson step β_ξ per position
+    ("lsqml", 1, "intensity", False, None),  # and the amplitude model's step
     ("gradient", 1, "amplitude", False, None),
     ("gradient", 2, "intensity", True, {"learning_rate": {"object": 1e-7, "probe": 1e-7}}),
     ("gradient", 1, "anscombe", False, {"refine": {"object": True, "probe": False}}),
@@ -626,6 +628,9 @@ def test_epie_multislice_position_kernel_matches_the_array_path(slices, modes, o
     ("lsqml", 2, 2, "anscombe", True, True, None),
     ("lsqml", 2, 1, "amplitude", True, False, {"refine": {"object": False, "probe": True}}),
     ("lsqml", 1, 2, "amplitude", False, False, {"refine": {"object": True, "probe": False}}),
+    ("lsqml", 2, 1, "poisson", True, True, None),
+    ("lsqml", 1, 1, "poisson", False, False, None),
+    ("lsqml", 1, 2, "intensity", False, False, None),
     ("gradient", 1, 1, "amplitude", False, False, None),
     ("gradient", 2, 2, "intensity", True, True, {"learning_rate": {"object": 1e-7, "probe": 1e-7}}),
     ("gradient", 1, 1, "anscombe", False, False, {"refine": {"object": True, "probe": False}}),

@@ -311,7 +311,8 @@ class Scratch:
 def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator: bool, illumination: bool,
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
-                        slot: int = 0, positions: bool = False, curvature: bool = True) -> backend.Launch | None:
+                        slot: int = 0, positions: bool = False, curvature: bool = True,
+                        lsqml_step: bool = False) -> backend.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
     start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
@@ -325,7 +326,9 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     ``scratch``: the buffers come from it, under keys of part ``slot`` (the KernelPart's
     arrays are then valid until the next group's parts are prepared).
     ``positions``: the call makes the part's position terms too (``parts_position_terms``),
-    window by window (without ``curvature``, ∂L/∂f only)."""
+    window by window (without ``curvature``, ∂L/∂f only). ``lsqml_step``: F⁻¹ of LSQ-ML's own
+    exit-wave step -2χ where its noise model has one (Poisson, intensity:
+    ``noise.kernel_model``) in place of F⁻¹[∇_Ψ L]."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -346,7 +349,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if state.n_slices > 1:
         return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
-                                   done_addr=done_addr, positions=positions, curvature=curvature)
+                                   done_addr=done_addr, positions=positions, curvature=curvature,
+                                   lsqml_step=lsqml_step)
     obj = state.object[:, 0]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
@@ -363,7 +367,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     frames, rows = batch.frames_and_rows()  # read in place by index: no gathered copy
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
-            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
+            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
             numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, *pos_args, done_addr)
 
     made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
@@ -381,7 +385,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
-                        probe_k: Any, done_addr: int, positions: bool, curvature: bool) -> backend.Launch | None:
+                        probe_k: Any, done_addr: int, positions: bool, curvature: bool,
+                        lsqml_step: bool) -> backend.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -409,7 +414,7 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     h = H if H.ndim == 3 else H[None]
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
-            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames),
+            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
             numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
             g_patches, w_patches, g_psi1, t1, *pos_args, done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,

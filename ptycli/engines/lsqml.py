@@ -37,10 +37,10 @@ class LsqmlEngine(common.EngineBase):
         parts = self.parts(state, b)
         # phase 1, per part (concurrent): model, χ, adjoint and the partial sums of the directions
         do_pos = p.refine.positions.active(it)  # its curvature reads the object windows
-        # each part's phase 1 as one compiled call where it can (Poisson: its own χ, _poisson_step);
-        # with position refinement the terms come from compiled calls too
-        launches = (self._part_launches(state, parts, do_obj, do_probe, do_pos)
-                    if self.ctx.noise_model not in _OWN_CHI else None)
+        # each part's phase 1 as one compiled call where it can (Poisson and intensity with
+        # their own χ, as _poisson_step and _projection_step make it); with position
+        # refinement the terms come from the same calls
+        launches = self._part_launches(state, parts, do_obj, do_probe, do_pos)
         # with them, the whole group as one launch of threads that wait for each other where it can
         # (the parts' calls make their position terms before any step, so the group's launch stands)
         group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
@@ -178,7 +178,8 @@ class LsqmlEngine(common.EngineBase):
         (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none."""
         scratch = self.scratch()
         launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
-                                               probe=do_probe, scratch=scratch, slot=i, positions=do_pos)
+                                               probe=do_probe, scratch=scratch, slot=i, positions=do_pos,
+                                               lsqml_step=True)
                     for i, pb in enumerate(parts)]
         return None if any(ln is None for ln in launches) else launches
 

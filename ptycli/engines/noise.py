@@ -103,10 +103,16 @@ def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a
     return loss, out.reshape(Psi.shape)
 
 
-def kernel_model(k: Any, model: str, mask: Any, eps: float | None, data: Any) -> tuple[Any, int, Any]:
+def kernel_model(k: Any, model: str, mask: Any, eps: float | None, data: Any,
+                 lsqml_step: bool = False) -> tuple[Any, int, Any]:
     """(mask, model code, ε) as the far-field kernel takes them (``_kernels.farfield`` and the
-    compiled paths that call it): a cached all-ones mask for none, ε in the data's dtype."""
+    compiled paths that call it): a cached all-ones mask for none, ε in the data's dtype.
+    ``lsqml_step``: LSQ-ML's own step where the model has one (``_kernels.LSQML_STEP_CODES``):
+    for intensity, the amplitude model's step (with its ε; the intensity loss has none)."""
     m = mask if mask is not None else _ones(k, data.shape[-2:], data.dtype)
+    if lsqml_step and model in k.LSQML_STEP_CODES:
+        step_eps = _eps("amplitude", None) if model == "intensity" else _eps(model, eps)
+        return m, k.LSQML_STEP_CODES[model], k.real_scalar(step_eps, data)
     return m, k.NOISE_CODES[model], k.real_scalar(_eps(model, eps), data)
 
 

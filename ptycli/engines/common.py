@@ -271,7 +271,7 @@ def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, 
 
 @dataclass
 class KernelPart:
-    """What ``prepare_part_kernel``'s call made for a part of a single-slice group."""
+    """What ``prepare_part_kernel``'s call made for a part of a group."""
 
     loss: Any  # (B,)
     fwd: Forward  # psi1 (B, P, M, N) only: the exit waves and far fields were never kept
@@ -284,7 +284,7 @@ class KernelPart:
     illum_patches: Any = None  # Σ_p |ψ_{j,s}|² windows (B, Q, S, M, N), with the illumination
     g_psi1: Any = None  # ∇ψ_1 (B, P, M, N), with the probe
     probe_weight: Any = None  # Σ_q |O_{q,1}|² windows (B, 1, M, N), with the probe
-    position_terms: Any = None  # multislice with positions: (∂L/∂f, curvature) per position, (B, 4) float64
+    position_terms: Any = None  # with ``positions``: (∂L/∂f, curvature) per position, (B, 4) float64
 
 
 class Scratch:

@@ -1,10 +1,10 @@
 """The Evaluator's loss and object/probe/position gradients through the compiled part kernels.
 
 L-BFGS evaluates f and ∇f over every position of its group. When only the object, the
-probe and the positions are refined, on the plain far-field model, that is exactly what the gradient engine's
-compiled parts make (``common.prepare_part_kernel``: shift, exit wave, far field, loss and
-adjoint window by window with the FFTs inside, the scatter-adds fused), so the Evaluator
-runs them instead of the array model: the array model keeps (B, P, Q, M, N) waves of the
+probe and the positions are refined, on the plain far-field model, that is exactly what
+the gradient engine's compiled parts make (``common.prepare_part_kernel``: shift, exit
+wave, far field, loss and adjoint window by window with the FFTs inside, the scatter-adds
+fused), so the Evaluator runs them instead of the array model: the array model keeps (B, P, Q, M, N) waves of the
 whole chunk alive and went through memory ~10 times per transform (quick case A: L-BFGS at
 6.4x the FFT bound, the gradient engine's same work at 1.6x). The positions' ∂L/∂f comes
 from the same calls, window by window (``positions=True, curvature=False``: L-BFGS takes no

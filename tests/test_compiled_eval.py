@@ -1,8 +1,8 @@
 """The Evaluator's compiled path (engines/compiled_eval.py) against the array model.
 
 Oracle: physics/model.py, whose gradients the finite-difference tests check
-(test_variables_gradients.py). Where the compiled parts apply (object, probe and positions
-only, the plain far-field model), the loss and the gradients must equal the array model's to
+(test_variables_gradients.py). Where the compiled parts apply (object, probe, positions
+and tilts only, the plain far-field model), the loss and the gradients must equal the array model's to
 float32 rounding; everywhere else the Evaluator must fall back to it.
 """
 
@@ -65,7 +65,9 @@ def _evaluate(monkeypatch, state, noise, compiled, data, mask=None, names=("obje
     (1, 2, False, "poisson", ("object", "probe")), (1, 1, False, "amplitude", ("object", "probe")),
     (3, 2, True, "poisson", ("object", "probe")), (2, 1, False, "intensity", ("object", "probe")),
     (1, 2, False, "poisson", ("object", "probe", "positions")), (3, 1, True, "amplitude", ("positions",)),
-    (2, 2, False, "anscombe", ("probe", "positions"))])
+    (2, 2, False, "anscombe", ("probe", "positions")),
+    (3, 2, True, "poisson", ("object", "probe", "tilts")), (2, 1, False, "amplitude", ("tilts", "positions")),
+    (3, 1, True, "amplitude", ("object", "tilt_global")), (1, 1, True, "amplitude", ("probe", "tilts"))])
 def test_compiled_evaluation_equals_the_array_model(monkeypatch, slices, modes, tilts, noise, names):
     rng = np.random.default_rng(slices * 10 + modes)
     state = _state(rng, slices, modes, tilts)
@@ -92,7 +94,8 @@ def test_the_compiled_path_steps_aside_for_what_it_does_not_model():
     x = ev.pack(state, ("object", "probe"))
     assert compiled_eval.applies(ev, state, x)
     assert compiled_eval.applies(ev, state, {**x, "positions": np.asarray(state.positions)})
-    assert not compiled_eval.applies(ev, state, {**x, "tilts": np.zeros((len(state.positions), 2))})
+    assert compiled_eval.applies(ev, state, {**x, "tilts": np.zeros((len(state.positions), 2))})
+    assert not compiled_eval.applies(ev, state, {**x, "thickness": np.array([15.0])})
     for change in ({"background": np.full((32, 32), 0.5, np.float32)},
                    {"beam_current": np.full(len(state.positions), 1.1, np.float32)},
                    {"detector_blur_px": 0.5}):

@@ -517,9 +517,11 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     counted = _count_transforms(monkeypatch)
     with_terms = []  # each part call's do_pos (LSQ-ML's one slice: its group launch runs the part)
+    # do_pos's place from the end: the multislice call's tilt arguments follow the position ones
+    where = -12 if slices == 1 else -18
     for name in ("single_slice_part", "lsqml_group_part") if slices == 1 else ("multislice_part",):
         real = getattr(_kernels, name)
-        monkeypatch.setattr(_kernels, name, lambda *a, _k=real: with_terms.append(a[-12]) or _k(*a))
+        monkeypatch.setattr(_kernels, name, lambda *a, _k=real: with_terms.append(a[where]) or _k(*a))
     extra = {"refine": {"object": True, "probe": probe, "positions": True}}
     if engine == "gradient":
         extra["learning_rate"] = {"object": 1e-3, "probe": 1e-3}

@@ -285,6 +285,7 @@ class KernelPart:
     g_psi1: Any = None  # ∇ψ_1 (B, P, M, N), with the probe
     probe_weight: Any = None  # Σ_q |O_{q,1}|² windows (B, 1, M, N), with the probe
     position_terms: Any = None  # with ``positions``: (∂L/∂f, curvature) per position, (B, 4) float64
+    tilt_terms: Any = None  # multislice with ``tilts``: ∂L/∂t (t_y, t_x) per mrad per position, (B, 2) float64
 
 
 class Scratch:
@@ -312,7 +313,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
                         slot: int = 0, positions: bool = False, curvature: bool = True,
-                        lsqml_step: bool = False) -> backend.Launch | None:
+                        lsqml_step: bool = False, tilts: bool = False) -> backend.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
     start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
@@ -328,7 +329,9 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     ``positions``: the call makes the part's position terms too (``parts_position_terms``),
     window by window (without ``curvature``, ∂L/∂f only). ``lsqml_step``: F⁻¹ of LSQ-ML's own
     exit-wave step -2χ where its noise model has one (Poisson, intensity:
-    ``noise.kernel_model``) in place of F⁻¹[∇_Ψ L]."""
+    ``noise.kernel_model``) in place of F⁻¹[∇_Ψ L]. ``tilts``: the call makes ∂L/∂t per
+    position too (``KernelPart.tilt_terms``; several slices: one slice has no propagation,
+    so the derivative is zero)."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -350,7 +353,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
         return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
                                    done_addr=done_addr, positions=positions, curvature=curvature,
-                                   lsqml_step=lsqml_step)
+                                   lsqml_step=lsqml_step, tilts=tilts)
     obj = state.object[:, 0]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
@@ -386,7 +389,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
                         probe_k: Any, done_addr: int, positions: bool, curvature: bool,
-                        lsqml_step: bool) -> backend.Launch | None:
+                        lsqml_step: bool, tilts: bool) -> backend.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -410,22 +413,24 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
     t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
     pos_args, pos_out = _position_scratch(buf, positions, curvature, ctx, n_b, n_p, n_q, (m, n), c, first, t1)
+    tilt_args, tilt_out = _tilt_scratch(buf, tilts, state, batch, ctx, n_b, far)
     frames, rows = batch.frames_and_rows()
     h = H if H.ndim == 3 else H[None]
     args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
             batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
             *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
             numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
-            g_patches, w_patches, g_psi1, t1, *pos_args, done_addr)
+            g_patches, w_patches, g_psi1, t1, *pos_args, *tilt_args, done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
                       illum if illumination else None, probe_k if probe else None,
                       g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
                       illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_illum else None,
                       g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None,
-                      position_terms=pos_out)
+                      position_terms=pos_out, tilt_terms=tilt_out)
 
     def finish(_: Any) -> KernelPart:
         extra = _position_ffts(positions, curvature, probe, n_p, n_q * n_s)
+        extra += n_p * n_q * (n_s - 1) if tilts else 0  # F[ψ_s] at each propagation
         backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0) + extra))
         return made
 
@@ -445,6 +450,29 @@ def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContex
         scratch = (plane4, plane4, plane4, real3)
     pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
     return (positions, curvature, *frequency_lines(ctx), *scratch, pos_out), pos_out if positions else None
+
+
+def _tilt_scratch(buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunContext, n_b: int,
+                  far: Any) -> tuple[tuple[Any, ...], Any]:
+    """``multislice_part``'s tilt arguments (do_tilt, rate_y, rate_x, sec2, tilt_k, tilt_out)
+    and tilt_out (B, 2) or None: rate = 2π Δz 1e-3 k per mrad (k in 1/Å) as
+    ``propagation.propagator_derivatives`` has it, sec² of each position's tilts. Without
+    ``tilts`` the arrays are of the same types, not written (tilt_k: ``far``)."""
+    m, n = state.window
+    xp, real = ctx.xp, ctx.real_dtype
+    if not tilts:
+        line = buf("tilt_line", (1,), real)
+        flat = buf("tilt_none", (1, 2), np.float64)
+        return (False, line, line, flat, far, flat), None
+    dz_a = float(backend.to_numpy(state.slice_thickness).mean())
+    scale = 2.0 * math.pi * dz_a * 1e-3
+    rate_y, rate_x = (xp.astype(scale * backend.fftfreq(k, state.dx_a, xp=xp, dtype=real), real) for k in (m, n))
+    tilt = xp.zeros((n_b, 2), dtype=real) if state.tilts is None else backend.to_device(
+        np.asarray(backend.to_numpy(state.tilts), dtype=np.float64)[batch.idx], xp, dtype=real)
+    tan = xp.tan(tilt * real(1e-3))  # in the real dtype, as the array model
+    sec2 = xp.astype(1.0 + tan * tan, xp.float64)
+    tilt_out = buf("tilt_out", (n_b, 2), np.float64)
+    return (True, rate_y, rate_x, sec2, buf("tilt_k", far.shape, far.dtype), tilt_out), tilt_out
 
 
 def _position_ffts(positions: bool, curvature: bool, probe: bool, n_p: int, planes: int) -> int:

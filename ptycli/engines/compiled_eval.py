@@ -1,15 +1,16 @@
-"""The Evaluator's loss and object/probe/position gradients through the compiled part kernels.
+"""The Evaluator's loss and object/probe/position/tilt gradients through the compiled part kernels.
 
 L-BFGS evaluates f and ∇f over every position of its group. When only the object, the
-probe and the positions are refined, on the plain far-field model, that is exactly what
+probe, the positions and the tilts are refined, on the plain far-field model, that is what
 the gradient engine's compiled parts make (``common.prepare_part_kernel``: shift, exit
 wave, far field, loss and adjoint window by window with the FFTs inside, the scatter-adds
-fused), so the Evaluator runs them instead of the array model: the array model keeps (B, P, Q, M, N) waves of the
-whole chunk alive and went through memory ~10 times per transform (quick case A: L-BFGS at
-6.4x the FFT bound, the gradient engine's same work at 1.6x). The positions' ∂L/∂f comes
-from the same calls, window by window (``positions=True, curvature=False``: L-BFGS takes no
-Gauss-Newton scale). physics/model.py stays the reference (a test compares the two) and the
-path for every other variable and model feature.
+fused), so the Evaluator runs them instead of the array model: the array model keeps
+(B, P, Q, M, N) waves of the whole chunk alive and went through memory ~10 times per
+transform (quick case A: L-BFGS at 6.4x the FFT bound, the gradient engine's same work at
+1.6x). The positions' ∂L/∂f comes from the same calls, window by window (``positions=True,
+curvature=False``: L-BFGS takes no Gauss-Newton scale), and the tilts' ∂L/∂t from each
+propagation of the multislice calls. physics/model.py stays the reference (a test compares
+the two) and the path for every other variable and model feature.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from .. import backend
 from . import common
 
-PLAIN = frozenset({"object", "probe", "positions"})
+PLAIN = frozenset({"object", "probe", "positions", "tilts", "tilt_global"})
+TILTS = ("tilts", "tilt_global")
 
 
 def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
@@ -46,8 +48,13 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     in x) on positions ``sel`` whose patterns are ``data``, as ``Evaluator._chunk`` gives
     them; None where the compiled parts do not apply (the caller then runs the array model)."""
     ctx = ev.ctx
-    want_pos = "positions" in x
-    view = state.copy(object=obj, probe=probe, **({"positions": x["positions"]} if want_pos else {}))
+    want_pos, want_tilts = "positions" in x, any(name in x for name in TILTS)
+    changes = {"object": obj, "probe": probe}
+    if want_pos:
+        changes["positions"] = x["positions"]
+    if want_tilts:  # per-position tilts plus the global one, as the array model takes them
+        changes["tilts"] = ev.tilts_of(state, x)
+    view = state.copy(**changes)
     batch = common.make_batch(view, sel, data, ctx)
     # one transform of the probe for every part
     batch = dataclasses.replace(batch, probe_spectrum=(probe, backend.fft2(probe)))
@@ -59,7 +66,8 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     done = backend.map_launches(
         lambda ipb: common.prepare_part_kernel(view, ipb[1], ctx, numerator=want_obj, illumination=False,
                                                probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
-                                               positions=want_pos, curvature=False),
+                                               positions=want_pos, curvature=False,
+                                               tilts=want_tilts and state.n_slices > 1),
         list(enumerate(parts)))
     if done is None:
         return None
@@ -78,6 +86,9 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
         grads["probe"] = backend.ifft2(spec, overwrite=True)
     if terms is not None:  # the parts split ``sel`` in order
         grads["positions"] = np.concatenate([backend.to_numpy(t[0]) for t in terms]).astype(np.float64)
+    if want_tilts:  # one slice: no propagation, so the tilts do not enter the model
+        grads["tilts"] = (np.concatenate([np.array(kp.tilt_terms) for kp in done]) if state.n_slices > 1
+                          else np.zeros((len(sel), 2)))
     return loss, grads
 
 

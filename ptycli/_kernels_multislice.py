@@ -167,7 +167,7 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
 def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
                     do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
                     g_patches, w_patches, g_psi1, t1, do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out,
-                    do_tilt, rate_y, rate_x, sec2, tilt_k, tilt_out, done_addr, signal_addr, signal_value):
+                    do_tilt, ky, kx, qy, qx, geo, tilt_k, tilt_out, done_addr, signal_addr, signal_value):
     """A part of a multislice group, position by position with FFTs, in one call: the forward
     model through every slice, the loss and its gradient at the last exit plane, the exact
     adjoint back through the slices with its scatter-adds, and the probe gradient's spectrum.
@@ -190,11 +190,13 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
     while they are in cache: uy (M,), ux (N,) fftfreq, pos_k (1, P, M, N), win, tmp
     (1, 1, M, N) complex and power (Q, M, N) real scratch (any arrays of the right rank else);
     without ``pos_curvature`` (L-BFGS reads ∂L/∂f only) pos_out[:, 2:] = 0, its transforms saved.
-    With ``do_tilt``, tilt_out (B, 2) = ∂L/∂t (t_y, t_x per mrad) of ``physics/model.py``
-    (Σ over the propagations of Re Σ conj(G_s) ∂H/∂t F[e_{s-1}], ∂H/∂t = -i H rate·sec²t,
-    with H F[e_{s-1}] = F[ψ_s]): rate_y (M,), rate_x (N,) = 2π Δz 1e-3 k (k in 1/Å), sec2
-    (B, 2) each position's sec² of its tilt, tilt_k (P, Q, M, N) complex scratch with planes
-    aligned as planned (any arrays of the right rank else).
+    With ``do_tilt``, tilt_out (B, 3) = (∂L/∂t_y, ∂L/∂t_x per mrad, ∂L/∂Δz per Å) of
+    ``physics/model.py``: Σ over the propagations of Re Σ conj(G_s) ∂H/∂θ F[e_{s-1}] with
+    ∂H/∂θ = -i H rate_θ and H F[e_{s-1}] = F[ψ_s] (``propagation.propagator_derivatives``:
+    rate_t = 2π Δz 1e-3 k sec²t, rate_Δz = πλ|k|² + 2π k·tan t). ky (M,), kx (N,) = 2π k;
+    qy (M,), qx (N,) = πλ k² (k in 1/Å); geo (B, 4) = (Δz 1e-3 sec²t_y, Δz 1e-3 sec²t_x,
+    tan t_y, tan t_x) per position; tilt_k (P, Q, M, N) complex scratch with planes aligned
+    as planned (any arrays of the right rank else).
     first (P, 1, M, N), waves (max(S - 1, 1), P, Q, M, N), far (P, Q, M, N), g_sum (P, M, N): scratch, C-contiguous with
     64-byte-aligned planes as the plans were made. ``done_addr``, ``signal_addr`` as in
     ``single_slice_part``.
@@ -224,6 +226,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
                         data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1])
         ty = 0.0
         tx = 0.0
+        tq = 0.0
         for sl in range(n_slices - 1, -1, -1):
             src = first if sl == 0 else waves[sl - 1]
             gk = g_patches[b, sl] if keep_num else g_patches[0, 0]
@@ -236,16 +239,18 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
                 for i in range(tk.shape[0]):
                     tk[i] = wv[i]
                 _fft_planes(execute, plan_f, tilt_k)
-                ry, rx = _tilt_sums(far, tilt_k, rate_y, rate_x)
+                ry, rx, rq = _tilt_sums(far, tilt_k, ky, kx, qy, qx)
                 ty += ry
                 tx += rx
+                tq += rq
                 spectral_multiply(far.reshape((1, n_p * nq, m, n)), hb, s2, True)
                 _fft_planes(execute, plan_b, far)
             elif sl > 0:
                 _propagate(execute, plan_f, plan_b, far, hb, s2, True)
         if do_tilt:  # unitary spectra: s² on the unnormalised pair
-            tilt_out[b, 0] = float(s2) * ty * sec2[b, 0]
-            tilt_out[b, 1] = float(s2) * tx * sec2[b, 1]
+            tilt_out[b, 0] = float(s2) * ty * geo[b, 0]
+            tilt_out[b, 1] = float(s2) * tx * geo[b, 1]
+            tilt_out[b, 2] = float(s2) * (tq + ty * geo[b, 2] + tx * geo[b, 3])
         cy = 0.0
         cx = 0.0
         if do_pos and pos_curvature:  # slice by slice, from the waves that entered each slice
@@ -430,26 +435,31 @@ def _slice_epie_rows(obj, sl, yb, xb, psi, e, q, scale, gamma, w_max, d_obj, to_
 
 
 @nb.njit(**_JIT)
-def _tilt_sums(g_k, w_k, rate_y, rate_x):
-    """(Σ rate_y Im(conj(G) W), Σ rate_x Im(conj(G) W)) over the (P, Q, M, N) spectra:
-    Re Σ conj(G) (-i rate) W, the tilt derivative of one propagation up to s² and sec²t."""
+def _tilt_sums(g_k, w_k, ky, kx, qy, qx):
+    """Σ r Im(conj(G) W) over the (P, Q, M, N) spectra for r = ky, kx and qy + qx (lines
+    along rows and columns): Re Σ conj(G) (-i r) W, one propagation's share of the tilt and
+    thickness derivatives before their per-position factors."""
     n_p, nq, m, n = g_k.shape
     ty = 0.0
     tx = 0.0
+    tq = 0.0
     for p in range(n_p):
         for q in range(nq):
             for y in range(m):
                 grow = g_k[p, q, y]
                 wrow = w_k[p, q, y]
-                ry = _like(0, rate_x)
-                rx = _like(0, rate_x)
+                ry = _like(0, kx)
+                rx = _like(0, kx)
+                rq = _like(0, kx)
                 for x in range(n):  # float32 row sums (they vectorise), float64 over rows
                     im = (grow[x].conjugate() * wrow[x]).imag
                     ry += im
-                    rx += rate_x[x] * im
-                ty += rate_y[y] * ry
+                    rx += kx[x] * im
+                    rq += qx[x] * im
+                ty += ky[y] * ry
                 tx += rx
-    return ty, tx
+                tq += qy[y] * ry + rq
+    return ty, tx, tq
 
 
 @nb.njit(**_JIT)

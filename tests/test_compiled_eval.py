@@ -40,14 +40,17 @@ def _state(rng, slices, modes, tilts=False):
                  semiangle_mrad=25.0, aberrations={"C10": -40.0})
 
 
-def _evaluate(monkeypatch, state, noise, compiled, data, mask=None, names=("object", "probe"), moved=None):
+def _evaluate(monkeypatch, state, noise, compiled, data, mask=None, names=("object", "probe"), moved=None,
+              thickness=None):
     """Evaluator.evaluate on every position, through the compiled parts or the array model
-    (``moved``: positions of x other than the state's)."""
+    (``moved``, ``thickness``: x's positions and Δz other than the state's)."""
     ctx = common.make_context(state, np, "single", noise, None, mask=mask, n_e=1e3)
     ev = Evaluator(LbfgsStage(type="lbfgs"), ctx, state)
     x = ev.pack(state, names)
     if moved is not None:
         x["positions"] = moved
+    if thickness is not None:
+        x["thickness"] = thickness
     assert compiled_eval.applies(ev, state, x)
     ran = []
     kernel_chunk = compiled_eval.kernel_chunk
@@ -67,7 +70,8 @@ def _evaluate(monkeypatch, state, noise, compiled, data, mask=None, names=("obje
     (1, 2, False, "poisson", ("object", "probe", "positions")), (3, 1, True, "amplitude", ("positions",)),
     (2, 2, False, "anscombe", ("probe", "positions")),
     (3, 2, True, "poisson", ("object", "probe", "tilts")), (2, 1, False, "amplitude", ("tilts", "positions")),
-    (3, 1, True, "amplitude", ("object", "tilt_global")), (1, 1, True, "amplitude", ("probe", "tilts"))])
+    (3, 1, True, "amplitude", ("object", "tilt_global")), (1, 1, True, "amplitude", ("probe", "tilts")),
+    (3, 2, True, "poisson", ("object", "thickness", "tilts")), (2, 1, False, "amplitude", ("thickness",))])
 def test_compiled_evaluation_equals_the_array_model(monkeypatch, slices, modes, tilts, noise, names):
     rng = np.random.default_rng(slices * 10 + modes)
     state = _state(rng, slices, modes, tilts)
@@ -75,15 +79,18 @@ def test_compiled_evaluation_equals_the_array_model(monkeypatch, slices, modes, 
     mask = (rng.random((32, 32)) > 0.1).astype(np.float32)
     # x's positions, not the state's, are the ones evaluated
     moved = state.positions + rng.uniform(-0.4, 0.4, state.positions.shape) if "positions" in names else None
-    fast, ref = (_evaluate(monkeypatch, state, noise, c, data, mask, names, moved) for c in (True, False))
+    thicker = np.array([17.5]) if "thickness" in names else None  # x's Δz, not the state's 15 Å
+    fast, ref = (_evaluate(monkeypatch, state, noise, c, data, mask, names, moved, thicker) for c in (True, False))
     assert fast[0] == pytest.approx(ref[0], rel=1e-5)
     assert set(fast[2]) == set(ref[2]) == set(names)
     for name in names:
-        got, want = fast[2][name], ref[2][name]
+        got, want = np.asarray(fast[2][name]), np.asarray(ref[2][name])
         assert got.shape == want.shape and got.dtype == want.dtype
         assert np.linalg.norm(got - want) <= 2e-5 * np.linalg.norm(want), name
+    if "thickness" in names:  # the moved Δz changes the loss
+        assert ref[0] != pytest.approx(_evaluate(monkeypatch, state, noise, False, data, mask)[0], rel=1e-6)
     if moved is not None:  # the moved positions change the loss
-        assert ref[0] != pytest.approx(_evaluate(monkeypatch, state, noise, False, data, mask)[0], rel=1e-4)
+        assert ref[0] != pytest.approx(_evaluate(monkeypatch, state, noise, False, data, mask)[0], rel=1e-6)
 
 
 def test_the_compiled_path_steps_aside_for_what_it_does_not_model():
@@ -95,7 +102,7 @@ def test_the_compiled_path_steps_aside_for_what_it_does_not_model():
     assert compiled_eval.applies(ev, state, x)
     assert compiled_eval.applies(ev, state, {**x, "positions": np.asarray(state.positions)})
     assert compiled_eval.applies(ev, state, {**x, "tilts": np.zeros((len(state.positions), 2))})
-    assert not compiled_eval.applies(ev, state, {**x, "thickness": np.array([15.0])})
+    assert not compiled_eval.applies(ev, state, {**x, "aberrations": np.zeros(3)})
     for change in ({"background": np.full((32, 32), 0.5, np.float32)},
                    {"beam_current": np.full(len(state.positions), 1.1, np.float32)},
                    {"detector_blur_px": 0.5}):

@@ -5,6 +5,7 @@ run). Kernels only reorder float32 sums, so results agree to float32 rounding: r
 the largest value after two iterations; unit checks of each kernel at 1e-5 relative.
 """
 
+import inspect
 import re
 
 import numpy as np
@@ -517,11 +518,10 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     counted = _count_transforms(monkeypatch)
     with_terms = []  # each part call's do_pos (LSQ-ML's one slice: its group launch runs the part)
-    # do_pos's place from the end: the multislice call's tilt arguments follow the position ones
-    where = -12 if slices == 1 else -18
     for name in ("single_slice_part", "lsqml_group_part") if slices == 1 else ("multislice_part",):
         real = getattr(_kernels, name)
-        monkeypatch.setattr(_kernels, name, lambda *a, _k=real: with_terms.append(a[where]) or _k(*a))
+        where = list(inspect.signature(real.py_func).parameters).index("do_pos")
+        monkeypatch.setattr(_kernels, name, lambda *a, _k=real, _i=where: with_terms.append(a[_i]) or _k(*a))
     extra = {"refine": {"object": True, "probe": probe, "positions": True}}
     if engine == "gradient":
         extra["learning_rate"] = {"object": 1e-3, "probe": 1e-3}

@@ -285,7 +285,7 @@ class KernelPart:
     g_psi1: Any = None  # ∇ψ_1 (B, P, M, N), with the probe
     probe_weight: Any = None  # Σ_q |O_{q,1}|² windows (B, 1, M, N), with the probe
     position_terms: Any = None  # with ``positions``: (∂L/∂f, curvature) per position, (B, 4) float64
-    tilt_terms: Any = None  # multislice with ``tilts``: ∂L/∂t (t_y, t_x) per mrad per position, (B, 2) float64
+    tilt_terms: Any = None  # multislice with ``tilts``: (∂L/∂t_y, ∂L/∂t_x per mrad, ∂L/∂Δz per Å), (B, 3) float64
 
 
 class Scratch:
@@ -330,8 +330,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     window by window (without ``curvature``, ∂L/∂f only). ``lsqml_step``: F⁻¹ of LSQ-ML's own
     exit-wave step -2χ where its noise model has one (Poisson, intensity:
     ``noise.kernel_model``) in place of F⁻¹[∇_Ψ L]. ``tilts``: the call makes ∂L/∂t per
-    position too (``KernelPart.tilt_terms``; several slices: one slice has no propagation,
-    so the derivative is zero)."""
+    position too, and ∂L/∂Δz (``KernelPart.tilt_terms``; several slices: one slice has no
+    propagation, so these derivatives are zero)."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -454,25 +454,28 @@ def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContex
 
 def _tilt_scratch(buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunContext, n_b: int,
                   far: Any) -> tuple[tuple[Any, ...], Any]:
-    """``multislice_part``'s tilt arguments (do_tilt, rate_y, rate_x, sec2, tilt_k, tilt_out)
-    and tilt_out (B, 2) or None: rate = 2π Δz 1e-3 k per mrad (k in 1/Å) as
-    ``propagation.propagator_derivatives`` has it, sec² of each position's tilts. Without
-    ``tilts`` the arrays are of the same types, not written (tilt_k: ``far``)."""
+    """``multislice_part``'s geometry arguments (do_tilt, ky, kx, qy, qx, geo, tilt_k,
+    tilt_out) and tilt_out (B, 3) or None: 2π k and πλ k² along rows and columns (k in 1/Å)
+    and per position (Δz 1e-3 sec²t_y, Δz 1e-3 sec²t_x, tan t_y, tan t_x), the factors of
+    ``propagation.propagator_derivatives``. Without ``tilts`` the arrays are of the same
+    types, not written (tilt_k: ``far``)."""
     m, n = state.window
     xp, real = ctx.xp, ctx.real_dtype
     if not tilts:
         line = buf("tilt_line", (1,), real)
-        flat = buf("tilt_none", (1, 2), np.float64)
-        return (False, line, line, flat, far, flat), None
+        flat = buf("tilt_none", (1, 3), np.float64)
+        return (False, line, line, line, line, flat, far, flat), None
     dz_a = float(backend.to_numpy(state.slice_thickness).mean())
-    scale = 2.0 * math.pi * dz_a * 1e-3
-    rate_y, rate_x = (xp.astype(scale * backend.fftfreq(k, state.dx_a, xp=xp, dtype=real), real) for k in (m, n))
+    wl = electron.wavelength_a(state.energy_kev * 1e3)
+    k = [backend.fftfreq(size, state.dx_a, xp=xp, dtype=real) for size in (m, n)]
+    two_pi_k = [xp.astype(2.0 * math.pi * v, real) for v in k]
+    quad = [xp.astype(math.pi * wl * v * v, real) for v in k]
     tilt = xp.zeros((n_b, 2), dtype=real) if state.tilts is None else backend.to_device(
         np.asarray(backend.to_numpy(state.tilts), dtype=np.float64)[batch.idx], xp, dtype=real)
     tan = xp.tan(tilt * real(1e-3))  # in the real dtype, as the array model
-    sec2 = xp.astype(1.0 + tan * tan, xp.float64)
-    tilt_out = buf("tilt_out", (n_b, 2), np.float64)
-    return (True, rate_y, rate_x, sec2, buf("tilt_k", far.shape, far.dtype), tilt_out), tilt_out
+    geo = xp.astype(xp.concat([dz_a * 1e-3 * (1.0 + tan * tan), tan], axis=1), xp.float64)
+    tilt_out = buf("tilt_out", (n_b, 3), np.float64)
+    return (True, *two_pi_k, *quad, geo, buf("tilt_k", far.shape, far.dtype), tilt_out), tilt_out
 
 
 def _position_ffts(positions: bool, curvature: bool, probe: bool, n_p: int, planes: int) -> int:

@@ -1,14 +1,14 @@
-"""The Evaluator's loss and object/probe/position/tilt gradients through the compiled part kernels.
+"""The Evaluator's loss and gradients through the compiled part kernels.
 
 L-BFGS evaluates f and ∇f over every position of its group. When only the object, the
-probe, the positions and the tilts are refined, on the plain far-field model, that is what
-the gradient engine's compiled parts make (``common.prepare_part_kernel``: shift, exit
+probe, the positions, the tilts and the slice thickness are refined, on the plain
+far-field model, that is what the gradient engine's compiled parts make (``common.prepare_part_kernel``: shift, exit
 wave, far field, loss and adjoint window by window with the FFTs inside, the scatter-adds
 fused), so the Evaluator runs them instead of the array model: the array model keeps
 (B, P, Q, M, N) waves of the whole chunk alive and went through memory ~10 times per
 transform (quick case A: L-BFGS at 6.4x the FFT bound, the gradient engine's same work at
 1.6x). The positions' ∂L/∂f comes from the same calls, window by window (``positions=True,
-curvature=False``: L-BFGS takes no Gauss-Newton scale), and the tilts' ∂L/∂t from each
+curvature=False``: L-BFGS takes no Gauss-Newton scale), and ∂L/∂t and ∂L/∂Δz from each
 propagation of the multislice calls. physics/model.py stays the reference (a test compares
 the two) and the path for every other variable and model feature.
 """
@@ -23,8 +23,8 @@ import numpy as np
 from .. import backend
 from . import common
 
-PLAIN = frozenset({"object", "probe", "positions", "tilts", "tilt_global"})
-TILTS = ("tilts", "tilt_global")
+PLAIN = frozenset({"object", "probe", "positions", "tilts", "tilt_global", "thickness"})
+GEOMETRY = ("tilts", "tilt_global", "thickness")
 
 
 def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
@@ -48,14 +48,18 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     in x) on positions ``sel`` whose patterns are ``data``, as ``Evaluator._chunk`` gives
     them; None where the compiled parts do not apply (the caller then runs the array model)."""
     ctx = ev.ctx
-    want_pos, want_tilts = "positions" in x, any(name in x for name in TILTS)
+    want_pos, want_geo = "positions" in x, any(name in x for name in GEOMETRY)
     changes = {"object": obj, "probe": probe}
     if want_pos:
         changes["positions"] = x["positions"]
-    if want_tilts:  # per-position tilts plus the global one, as the array model takes them
+    if "tilts" in x or "tilt_global" in x:  # per-position tilts plus the global one, as the array model
         changes["tilts"] = ev.tilts_of(state, x)
+    if "thickness" in x:
+        changes["slice_thickness"] = np.full(state.n_slices, float(x["thickness"][0]), dtype=np.float32)
     view = state.copy(**changes)
     batch = common.make_batch(view, sel, data, ctx)
+    if "thickness" in x and state.n_slices > 1:  # the run's shared propagator has the old Δz
+        batch = dataclasses.replace(batch, H=_propagator(view, sel, ctx, float(x["thickness"][0])))
     # one transform of the probe for every part
     batch = dataclasses.replace(batch, probe_spectrum=(probe, backend.fft2(probe)))
     m, n = state.window
@@ -67,7 +71,7 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
         lambda ipb: common.prepare_part_kernel(view, ipb[1], ctx, numerator=want_obj, illumination=False,
                                                probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
                                                positions=want_pos, curvature=False,
-                                               tilts=want_tilts and state.n_slices > 1),
+                                               tilts=want_geo and state.n_slices > 1),
         list(enumerate(parts)))
     if done is None:
         return None
@@ -86,10 +90,25 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
         grads["probe"] = backend.ifft2(spec, overwrite=True)
     if terms is not None:  # the parts split ``sel`` in order
         grads["positions"] = np.concatenate([backend.to_numpy(t[0]) for t in terms]).astype(np.float64)
-    if want_tilts:  # one slice: no propagation, so the tilts do not enter the model
-        grads["tilts"] = (np.concatenate([np.array(kp.tilt_terms) for kp in done]) if state.n_slices > 1
-                          else np.zeros((len(sel), 2)))
+    if want_geo:  # one slice: no propagation, so tilts and Δz do not enter the model
+        geo = (np.concatenate([np.array(kp.tilt_terms) for kp in done]) if state.n_slices > 1
+               else np.zeros((len(sel), 3)))
+        if "tilts" in x or "tilt_global" in x:
+            grads["tilts"] = geo[:, :2]
+        if "thickness" in x:
+            grads["thickness"] = float(geo[:, 2].sum())
     return loss, grads
+
+
+def _propagator(view: Any, sel: np.ndarray, ctx: Any, dz_a: float) -> Any:
+    """The batch's propagator for slice thickness ``dz_a`` (per position with tilts)."""
+    from ..physics import electron, propagation
+
+    tilts = None if view.tilts is None else np.asarray(backend.to_numpy(view.tilts), dtype=np.float64)[sel]
+    wl = electron.wavelength_a(view.energy_kev * 1e3)
+    return propagation.fresnel_propagator(view.window, view.dx_a, wl, dz_a, xp=ctx.xp, dtype=ctx.complex_dtype,
+                                          tilt_mrad=None if tilts is None or not tilts.any()
+                                          else backend.to_device(tilts, ctx.xp))
 
 
 def _scratch(ev: Any) -> common.Scratch | None:

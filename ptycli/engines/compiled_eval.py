@@ -58,8 +58,8 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
         changes["slice_thickness"] = np.full(state.n_slices, float(x["thickness"][0]), dtype=np.float32)
     view = state.copy(**changes)
     batch = common.make_batch(view, sel, data, ctx)
-    if "thickness" in x and state.n_slices > 1:  # the run's shared propagator has the old Δz
-        batch = dataclasses.replace(batch, H=_propagator(view, sel, ctx, float(x["thickness"][0])))
+    if "thickness" in x and state.n_slices > 1:  # the run's shared propagator has the state's Δz
+        batch = dataclasses.replace(batch, H=_propagator(view, sel, ctx))
     # one transform of the probe for every part
     batch = dataclasses.replace(batch, probe_spectrum=(probe, backend.fft2(probe)))
     m, n = state.window
@@ -100,15 +100,10 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     return loss, grads
 
 
-def _propagator(view: Any, sel: np.ndarray, ctx: Any, dz_a: float) -> Any:
-    """The batch's propagator for slice thickness ``dz_a`` (per position with tilts)."""
-    from ..physics import electron, propagation
-
-    tilts = None if view.tilts is None else np.asarray(backend.to_numpy(view.tilts), dtype=np.float64)[sel]
-    wl = electron.wavelength_a(view.energy_kev * 1e3)
-    return propagation.fresnel_propagator(view.window, view.dx_a, wl, dz_a, xp=ctx.xp, dtype=ctx.complex_dtype,
-                                          tilt_mrad=None if tilts is None or not tilts.any()
-                                          else backend.to_device(tilts, ctx.xp))
+def _propagator(view: Any, sel: np.ndarray, ctx: Any) -> Any:
+    """The batch's propagator for the view's slice thickness (per position with tilts)."""
+    H = common.tilted_propagator(view, sel, ctx)
+    return common.propagator(view, ctx.xp, np.dtype(ctx.complex_dtype).name) if H is ctx.H else H
 
 
 def _scratch(ev: Any) -> common.Scratch | None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 
 import numba as nb
@@ -99,10 +101,38 @@ def _use_kernel_cache_dir() -> str:
     try:
         target = kernel_cache_dir(tuple(here / name for name in KERNEL_SOURCES), base)
         target.mkdir(parents=True, exist_ok=True)
+        os.utime(target)  # in use: ``prune_kernel_caches`` keeps it
     except OSError:
         return previous
     nb.config.CACHE_DIR = str(target)
+    prune_kernel_caches(base, target)
     return previous
+
+
+STALE_CACHE_DAYS = 60
+
+
+def prune_kernel_caches(base: Path, keep: Path, days: float = STALE_CACHE_DAYS) -> list[Path]:
+    """Remove the cache directories of other kernel versions under ``base`` that no import
+    has touched for ``days`` (each import touches its own), so upgrades do not pile up
+    ~20 MB each; returns what was removed. Only ``kernel_cache_dir``'s 16-hex-digit names
+    are considered, and any error leaves a directory where it is."""
+    removed: list[Path] = []
+    cutoff = time.time() - days * 86400.0
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry == keep or len(entry.name) != 16 or any(ch not in "0123456789abcdef" for ch in entry.name):
+            continue
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry)
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed
 
 
 _CACHE_DIR_BEFORE = _use_kernel_cache_dir()

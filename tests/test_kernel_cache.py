@@ -40,3 +40,24 @@ def test_the_kernels_cache_under_the_user_cache_and_leave_numbas_setting(tmp_pat
     assert here.name in path  # this version's directory
     assert _kernels.multislice_part._cache._cache_path.startswith(path.split(here.name)[0] + here.name)
     assert numba.config.CACHE_DIR == _kernels._CACHE_DIR_BEFORE  # restored for other packages
+
+
+def test_other_versions_caches_unused_for_long_are_pruned(tmp_path):
+    import os
+    import time
+
+    from ptycli import _kernels
+
+    keep = tmp_path / "0123456789abcdef"
+    old = tmp_path / "fedcba9876543210"
+    recent = tmp_path / "00000000000000aa"
+    foreign = tmp_path / "notacache"  # not a kernel cache name: never touched
+    for d in (keep, old, recent, foreign):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f.nbc").write_bytes(b"x")
+    long_ago = time.time() - 90 * 86400
+    for d in (keep, old, foreign):
+        os.utime(d, (long_ago, long_ago))
+    removed = _kernels.prune_kernel_caches(tmp_path, keep)
+    assert removed == [old] and not old.exists()
+    assert keep.exists() and recent.exists() and foreign.exists()

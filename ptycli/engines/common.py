@@ -444,12 +444,14 @@ def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContex
     4-D and a real 3-D array of the part's own (``plane4``, ``real3``): the same types, not written."""
     m, n = window
     if positions:
+        lines = frequency_lines(ctx)
         scratch = (buf("pos_k", (1, n_p, m, n), c), buf("win", (1, 1, m, n), c), buf("tmp", (1, 1, m, n), c),
                    buf("power", (n_q, m, n), ctx.real_dtype))
-    else:
-        scratch = (plane4, plane4, plane4, real3)
+    else:  # the frequency lines are not read either: no copies of them on every group's call
+        line = buf("pos_line", (1,), ctx.real_dtype)
+        lines, scratch = (line, line), (plane4, plane4, plane4, real3)
     pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
-    return (positions, curvature, *frequency_lines(ctx), *scratch, pos_out), pos_out if positions else None
+    return (positions, curvature, *lines, *scratch, pos_out), pos_out if positions else None
 
 
 def _tilt_scratch(buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunContext, n_b: int,

@@ -240,7 +240,8 @@ class EpieEngine(common.EngineBase):
                                    "g_k": e(1, n_p, m, n), "psi_k": e(1, n_p, m, n),
                                    "win": e(threads, 1, 1, m, n), "tmp": e(threads, 1, 1, m, n),
                                    "power": k.empty((threads, n_q, m, n), real),
-                                   "parts": k.empty((threads, 4), np.float64), "out": k.empty((1, 4), np.float64)})
+                                   "parts": k.empty((threads, 4), np.float64), "out": k.empty((1, 4), np.float64),
+                                   "lines": common.frequency_lines(self.ctx)})
         buf = self._buffers[1]
         # one slice: no propagation follows the last slice, so the propagator is never read
         H = common.tilted_propagator(state, np.asarray([j]), self.ctx) if n_s > 1 else buf["unused_h"]
@@ -252,7 +253,7 @@ class EpieEngine(common.EngineBase):
         args = (*native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
                 *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
                 r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
-                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out, do_pos, *common.frequency_lines(self.ctx),
+                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out, do_pos, *buf["lines"],
                 buf["g_k"], buf["psi_k"], buf["win"], buf["tmp"], buf["power"], buf["parts"], buf["out"])
         # two or more wave chains (probe x object modes): the position on several threads
         together = None

@@ -305,6 +305,20 @@ def ramp_sum(spec, frac, sign, out):
 
 
 @nb.njit(inline="always", **_JIT)
+def object_step_row(drow, power, gamma, w_max):
+    """drow /= the ePIE object step's denominator, in place: max Σ_p|ψ|² (gamma ≤ 0), or
+    rPIE's (1-γ)Σ_p|ψ|² + γ max with ``power`` = Σ_p|ψ|² of the row (gamma > 0)."""
+    one = _like(1, power)
+    if gamma > 0:
+        for x in range(drow.shape[0]):
+            drow[x] = drow[x] / ((one - gamma) * power[x] + gamma * w_max)
+    else:
+        inv = one / w_max
+        for x in range(drow.shape[0]):
+            drow[x] = drow[x] * inv
+
+
+@nb.njit(inline="always", **_JIT)
 def _power_row(planes, y, out):
     """out = Σ_k |planes[k, y]|² (one row; planes (K, M, N), C-contiguous)."""
     n = out.shape[0]
@@ -341,17 +355,24 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     two = _like(2, f)
     shift = _like(ANSCOMBE_SHIFT, f)
     weight = _like(INTENSITY_WEIGHT, f)
+    # model 5: the window's intensities, made once for β's Newton steps and the pass below
+    inten = np.empty((m, n) if model == 5 else (1, 1), dtype=loss.dtype)
     for b in range(nb_):
         c_b = c
         if model == 5:  # β_b from the whole window's intensities first
-            c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, f)
+            c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, inten)
         total = 0.0  # the window's loss: float64 over float32 row sums
         for y in range(m):
             drow = data[b, y]
             mrow = mask[y]
-            _power_row(psi[b], y, f)
-            for x in range(n):
-                f[x] *= s2
+            if model == 5:
+                irow = inten[y]
+                for x in range(n):
+                    f[x] = irow[x]
+            else:
+                _power_row(psi[b], y, f)
+                for x in range(n):
+                    f[x] *= s2
             # one branch per row, not per pixel: each loop below vectorises
             row = zero
             if model == 4:
@@ -405,28 +426,35 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
 
 
 @nb.njit(**_JIT)
-def _poisson_beta(psi_b, data_b, mask, eps, s2, f):
+def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
     """LSQ-ML's Poisson step length β ∈ [0, 1] along χ = r Ψ, r = m (D/(I+ε) - 1), for one
-    window (psi_b (K, M, N) with I = s2 Σ_k |ψ_k|²): 3 Newton steps on dL/dβ from β = 0.5, as
-    engines/lsqml.LsqmlEngine._poisson_step (u = 1 + β r floored at 1e-3). f (N,) scratch."""
+    window (psi_b (K, M, N) with I = s2 Σ_k |ψ_k|², written into inten (M, N) for the
+    caller): 3 Newton steps on dL/dβ from β = 0.5, as engines/lsqml.LsqmlEngine._poisson_step
+    (u = 1 + β r floored at 1e-3)."""
     m, n = data_b.shape
+    f = inten[0]
     one = _like(1, f)
     two = _like(2, f)
     floor = _like(1e-3, f)
     zero = _like(0, f)
     tiny = _like(1e-30, f)
     beta = _like(0.5, f)
+    for y in range(m):
+        irow = inten[y]
+        _power_row(psi_b, y, irow)
+        for x in range(n):
+            irow[x] *= s2
     for _ in range(3):
         grad = 0.0
         hess = 0.0
         for y in range(m):
             drow = data_b[y]
             mrow = mask[y]
-            _power_row(psi_b, y, f)
+            irow = inten[y]
             g_row = _like(0, f)
             h_row = _like(0, f)
             for x in range(n):
-                i = f[x] * s2
+                i = irow[x]
                 d = drow[x]
                 r = (d / (i + eps) - one) * mrow[x]
                 u = one + beta * r
@@ -704,12 +732,7 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
                             srow[x] += orow[x].conjugate() * delta * scale
                 if gamma > 0:
                     _power_row(psi[b], y, tmp)
-                    for x in range(n):
-                        drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
-                else:
-                    inv = one / w_max
-                    for x in range(n):
-                        drow[x] = drow[x] * inv
+                object_step_row(drow, tmp, gamma, w_max)
     return d_obj
 
 

@@ -36,6 +36,7 @@ from ._kernels import (
     _row_max,
     _store_release,
     farfield,
+    object_step_row,
     position_out,
     ramp_accumulate,
     ramp_product,
@@ -401,7 +402,6 @@ def _slice_epie_rows(obj, sl, yb, xb, psi, e, q, scale, gamma, w_max, d_obj, to_
     and scale = β / max|O|²."""
     n_p, n = e.shape[0], e.shape[3]
     qi = 0 if psi.shape[1] == 1 else q
-    one = _like(1, tmp)
     for y in range(r0, r1):
         orow = obj[q, sl, yb + y, xb:xb + n]
         drow = d_obj[q, y]
@@ -426,12 +426,7 @@ def _slice_epie_rows(obj, sl, yb, xb, psi, e, q, scale, gamma, w_max, d_obj, to_
                     erow[x] = orow[x].conjugate() * delta * scale
         if gamma > 0:
             _mode_power_row(psi, qi, y, tmp)
-            for x in range(n):
-                drow[x] = drow[x] / ((one - gamma) * tmp[x] + gamma * w_max)
-        else:
-            inv = one / w_max
-            for x in range(n):
-                drow[x] = drow[x] * inv
+        object_step_row(drow, tmp, gamma, w_max)
 
 
 @nb.njit(**_JIT)

@@ -104,8 +104,9 @@ def standard_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[A
                          *[None] * 7])
             continue
         group = m["group_size"] if m["group_size"] < lead[2] else "all"
+        iters = f"{len(m['warmup_s'])}+{len(m['times_s'])}" + (f" x{len(m['rounds'])}" if m.get("rounds") else "")
         rows.append([*lead, group, m["median_s"], m["fft_bound_s"], m["ratio"], m["peak_rss_mib"],
-                     m["positions_per_s"], m["fft_library"], f"{len(m['warmup_s'])}+{len(m['times_s'])}"])
+                     m["positions_per_s"], m["fft_library"], iters])
     return headers, rows
 
 

@@ -41,7 +41,10 @@ METHOD = """How it is measured
   iterations of iteration time / paired FFT time, and "FFT-bound s" is the median paired FFT
   time. On this shared machine a neighbour slowing the run slows both halves of a pair; the
   separate bound, measured once after the run, swung 1.6x between runs. The ratio to the
-  separate bound is kept in RESULTS.json (`ratio_separate`).
+  separate bound is kept in RESULTS.json (`ratio_separate`). A spell of load still slows the
+  memory-bound passes more than the FFTs the bound repeats on one cache-hot buffer, so with
+  --quick every case and engine runs in 3 interleaved rounds (`--rounds`), each in a fresh
+  process, and shows the round with the fastest s/iter.
   `backend` is the rate through `ptycli.backend.fft2` (what the engines call), for comparison.
 - Scaling: time per iteration against one variable from a base of 16x16 positions, 128x128
   patterns (the standard cases' size), 1 slice, 1 mode; each point the fastest of 3 rounds run
@@ -212,9 +215,11 @@ def _fft(fft: dict[str, Any]) -> tuple[str, str]:
 def _standard(results: list[dict[str, Any]]) -> tuple[str, str]:
     headers, rows = report.standard_rows(results)
     text, md = report.table(headers, rows)
-    note = ("s/iter: median of the timed iterations (iters = warm-up + timed); FFT-bound s: median of the FFT "
-            "work timed right after each of them; ratio = median over the iterations of iteration / its FFT "
-            "work; positions/s = J / (s/iter).")
+    note = ("s/iter: median of the timed iterations (iters = warm-up + timed, x rounds); FFT-bound s: median of "
+            "the FFT work timed right after each of them; ratio = median over the iterations of iteration / its "
+            "FFT work; positions/s = J / (s/iter). With several rounds (interleaved: every case and engine, then "
+            "all again, each in a fresh process) the row is the round with the fastest s/iter, its ratio with it; "
+            "every round's s/iter and ratio are in RESULTS.json (`rounds`).")
     detail = [_fft_detail(r) for r in results if r["result"].get("ok")]
     _, md_detail = report.table(["case", "engine", "N_FFT (counted)", "N_FFT (model)", "batch",
                                  "FFT/s per library (incl. backend)", "exact work s", "fastest iter / bound",

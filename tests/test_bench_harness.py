@@ -221,7 +221,7 @@ def test_standard_section_lists_missing_engines_without_running_them(monkeypatch
     monkeypatch.delitem(registry.ENGINES, "gradient")
     specs = []
     monkeypatch.setattr(suite, "run_worker", lambda spec: specs.append(spec) or {"ok": False, "error": "x"})
-    out = suite.standard_section(["lsqml"], quick=True, only=["C"])
+    out = suite.standard_section(["lsqml"], quick=True, only=["C"], rounds=1)
     by_engine = {r["engine"]: r["result"] for r in out}
     assert by_engine["gradient"]["status"].startswith("not available")
     if "lbfgs" not in registry.ENGINES:
@@ -229,6 +229,32 @@ def test_standard_section_lists_missing_engines_without_running_them(monkeypatch
     assert [s["engine"] for s in specs] == ["lsqml"]  # only the requested, available engine ran
     assert tuple(specs[0]["case"]["scan"]) == (32, 32)
     assert (specs[0]["warmup"], specs[0]["timed"]) == (1, 5)  # median of >= 5 after a warm-up
+
+
+def test_standard_entries_are_the_fastest_of_interleaved_rounds(monkeypatch):
+    """With --quick each (case, engine) runs once per round, every pair before any runs again;
+    the entry is the round with the fastest s/iter (its own ratio with it), every round kept."""
+    calls = []
+
+    def fake(spec):
+        calls.append(spec["engine"])
+        # lsqml's first round hit a slow spell; epie's second round failed
+        slow = calls == ["epie", "lsqml"]
+        if spec["engine"] == "epie" and len(calls) == 3:
+            return {"ok": False, "error": "killed"}
+        t = 3.0 if slow else 1.0 + 0.1 * len(calls)
+        return {"ok": True, "median_s": t, "ratio": t / 0.5, "fft_bound_s": 0.5, "peak_rss_mib": 100.0}
+
+    monkeypatch.setattr(suite, "run_worker", fake)
+    out = suite.standard_section(["epie", "lsqml"], quick=True, only=["C"])
+    assert calls == ["epie", "lsqml"] * suite.STANDARD_ROUNDS_QUICK
+    by_engine = {r["engine"]: r["result"] for r in out}
+    assert [r["engine"] for r in out][:2] == ["epie", "lsqml"]  # the engines' order, whatever ran first
+    assert by_engine["lsqml"]["median_s"] == by_engine["lsqml"]["ratio"] * 0.5 == 1.4  # round 2 (call 4)
+    assert [r["ok"] for r in by_engine["epie"]["rounds"]] == [True, False, True]
+    assert by_engine["epie"]["median_s"] == 1.1
+    assert [r["median_s"] for r in by_engine["lsqml"]["rounds"]] == [3.0, 1.4, 1.6]
+    assert suite.standard_section(["epie"], quick=False, only=["C"])[0]["result"].get("rounds") is None
 
 
 def test_scaling_points_are_the_fastest_of_interleaved_rounds(monkeypatch):

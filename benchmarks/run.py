@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE))
 import cases
 import harness
 import report
+import sampling
 import writeup
 
 WORKER_TIMEOUT_S = 3600
@@ -218,6 +219,13 @@ def profile_section(engines: list[str], quick: bool) -> dict[str, Any]:
         log(f"profile: {engine} on case A ({case.n_positions} positions)")
         out[engine] = run_worker({"kind": "profile", "engine": engine, "case": case.to_json(),
                                   "iterations": 2, "top": 12})
+        if sampling.executable():
+            # the real run, every thread: 8 iterations give ~1-2 s of samples at 250 Hz
+            log(f"py-spy: {engine} on case A")
+            res = sampling.record({"kind": "sample", "engine": engine, "case": case.to_json(), "iterations": 8})
+            out[engine]["py_spy"] = res if not res.get("ok") else {
+                "ok": True, "wall_s": res["wall_s"], "iterations": res["iterations"], "threads": res["threads"],
+                "rate_hz": res["rate_hz"], **sampling.summary(res["stacks"], res["wall_s"], res["rate_hz"], 12)}
     out["_case"] = case.to_json()
     return out
 

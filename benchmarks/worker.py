@@ -3,7 +3,7 @@
 Each measurement runs alone in its own interpreter so its peak RSS (``ru_maxrss``) is its
 own, and so a crash or an out-of-memory in one case cannot take the suite down.
 Usage: ``python benchmarks/worker.py '<json spec>'`` (``kind`` = engine | profile |
-quality | stream).
+sample | quality | prepare | stream).
 """
 
 from __future__ import annotations
@@ -203,6 +203,33 @@ def profile_engine(spec: dict[str, Any]) -> dict[str, Any]:
             "by_tottime": _top(stats, "tottime", spec["top"]), "by_cumtime": _top(stats, "cumtime", spec["top"])}
 
 
+def sample_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    """A few iterations for ``py-spy record`` (benchmarks/sampling.py) on the default threads.
+
+    The warm-up runs on one thread (PTYCLI_THREADS=1, read at every group), so it loads the
+    cached kernels and plans without starting the part threads: every sample of those is
+    then from the sampled iterations."""
+    import os
+
+    from ptycli import backend
+
+    case = cases.Case.from_json(spec["case"])
+    state = cases.synthetic_state(case)
+    patterns = cases.synthetic_patterns(state)
+    os.environ["PTYCLI_THREADS"] = "1"
+    harness.make_run(spec["engine"], state, patterns, 1)()
+    del os.environ["PTYCLI_THREADS"]
+    run = harness.make_run(spec["engine"], state, patterns, spec["iterations"])
+    t0 = time.perf_counter()
+    sampled_iterations(run)
+    return {"wall_s": time.perf_counter() - t0, "iterations": spec["iterations"], "threads": backend.host_threads()}
+
+
+def sampled_iterations(run: Any) -> None:
+    """The frame sampling.SAMPLED_FRAME names: samples of the main thread under it are kept."""
+    run()
+
+
 def _top(stats: Any, key: str, n: int) -> list[dict[str, Any]]:
     rows = []
     for (path, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
@@ -315,7 +342,8 @@ def write_stores(case: cases.Case, tmp: Path, step_a: float) -> tuple[Path, Path
     return data, state_path
 
 
-KINDS = {"engine": measure_engine, "profile": profile_engine, "quality": time_to_quality,
+KINDS = {"engine": measure_engine, "profile": profile_engine, "sample": sample_engine,
+         "quality": time_to_quality,
          "prepare": prepare_stores, "stream": streaming_rss}
 
 

@@ -59,7 +59,14 @@ METHOD = """How it is measured
   iteration on data written to a Zarr store, 64x64 patterns, same field of view and object for
   4096 (0.6 Å step) and 16384 (0.3 Å step) positions; `stream=False` shown for contrast (full suite).
 - Profile: cProfile of 2 iterations of case A per engine after one warm-up iteration, with
-  PTYCLI_THREADS=1 (cProfile sees one thread; this way every part of a group is counted)."""
+  PTYCLI_THREADS=1 (cProfile sees one thread; this way every part of a group is counted).
+  With py-spy installed (`pip install -e '.[bench]'`), also a sampling profile of 8
+  iterations of the real multi-threaded run (`py-spy record --nonblocking --function`, 250 Hz,
+  every Python thread; a compiled kernel's time is charged to the line that called it; a part
+  thread's spin-wait for its next part shows as `SpinPool._serve` and the caller's for the
+  parts as `_wait_done`). own / total: the share of all kept samples with the function
+  innermost / anywhere on the stack. The warm-up runs on one thread and the main thread's
+  setup is left out (benchmarks/sampling.py)."""
 
 
 LIMITS = """What stands between the engines and the bound on this machine (measured 2026-11-22)
@@ -309,7 +316,7 @@ def _streaming(rows_in: list[dict[str, Any]]) -> tuple[str, str]:
 
 def _profile(prof: dict[str, Any]) -> tuple[str, str]:
     case = prof.get("_case", {})
-    md = [f"## Profile (cProfile, case A geometry {case.get('scan')} scan, M={case.get('size')})"]
+    md = [f"## Profile (cProfile and py-spy, case A geometry {case.get('scan')} scan, M={case.get('size')})"]
     text = ["Profile: top functions by own time"]
     for engine, res in prof.items():
         if engine == "_case":
@@ -321,4 +328,13 @@ def _profile(prof: dict[str, Any]) -> tuple[str, str]:
         t, m = report.table(["function", "calls", "own s", "cumulative s"], rows)
         md.append(f"\n### {engine} ({res['iterations']} iterations, {res['wall_s']:.3g} s under the profiler)\n\n{m}")
         text.append(f"{engine}:\n" + "\n".join(t.splitlines()[:8]))
+        spy = res.get("py_spy")
+        if spy and spy.get("ok"):
+            rows = [[r["function"], f"{100 * r['own']:.1f} %", f"{100 * r['total']:.1f} %"] for r in spy["by_own"]]
+            _, m = report.table(["function", "own", "total"], rows)
+            md.append(f"\npy-spy, every thread of the real run ({spy['threads']} threads, {spy['iterations']} "
+                      f"iterations, {spy['wall_s']:.3g} s; {spy['samples']} samples at {spy['rate_hz']} Hz, "
+                      f"{spy['busy_threads']:.2f} threads busy on average):\n\n{m}")
+        elif spy:
+            md.append(f"\npy-spy: {spy.get('error')}")
     return "\n".join(text), "\n".join(md)

@@ -269,10 +269,20 @@ def host_threads() -> int:
             return max(1, int(env))
         except ValueError as exc:
             raise DeviceError(f"PTYCLI_THREADS={env!r}: expected a positive integer") from exc
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    # asked once per group (and by sequential ePIE with modes once per position): the cores
+    # are counted once per process, not with an affinity syscall at every call
+    pid = os.getpid()
+    n = _usable_cores.get(pid)
+    if n is None:
+        try:
+            n = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            n = max(1, os.cpu_count() or 1)
+        _usable_cores[pid] = n
+    return n
+
+
+_usable_cores: dict[int, int] = {}
 
 
 _pool: Any = None

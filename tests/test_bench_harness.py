@@ -20,6 +20,7 @@ import cases
 import harness
 import report
 import run as suite
+import sampling
 import worker
 import writeup
 
@@ -194,7 +195,9 @@ def test_render_writes_every_section():
                       {"n_positions": 16384, "stream": True, "result": {"ok": True, "peak_rss_mib": 105.0,
                                                                           "rss_before_run_mib": 90.0, "wall_s": 1.0}}],
         "profile": {"_case": TINY.to_json(), "lsqml": {"ok": True, "iterations": 2, "wall_s": 1.0, "by_tottime": [
-            {"function": "f", "calls": 1, "tottime_s": 0.5, "cumtime_s": 0.9}]}},
+            {"function": "f", "calls": 1, "tottime_s": 0.5, "cumtime_s": 0.9}], "py_spy": {
+                "ok": True, "threads": 2, "iterations": 8, "wall_s": 1.0, "samples": 400, "rate_hz": 250,
+                "busy_threads": 1.6, "by_own": [{"function": "part (ptycli/x.py:1)", "own": 0.75, "total": 0.8}]}}},
     }
     text, md = writeup.render(json.loads(json.dumps(doc)))
     for title in ("## FFT throughput", "## Standard cases", "## Scaling", "## Time to quality",
@@ -210,6 +213,7 @@ def test_render_writes_every_section():
     assert "| scaling exponent in positions (lsqml) within 0.9-1.1 | 1 | met |" in md
     assert "| streaming peak RSS growth 4096 -> 16384 positions < 10 % | 5 | met |" in md
     assert "several runs" not in md  # one run made every section
+    assert "| part (ptycli/x.py:1) | 75.0 % | 80.0 % |" in md and "1.60 threads busy" in md
     doc["section_runs"] = {"fft": {"date": "d1", "git": "a1"}, "scaling": {"date": "d2", "git": "b2"}}
     _, md = writeup.render(json.loads(json.dumps(doc)))
     assert "sections from several runs: fft d1, git a1; scaling d2, git b2" in md
@@ -319,3 +323,49 @@ def test_worker_peak_rss_is_its_own_not_the_parents():
     res = suite.run_worker({"kind": "engine", "engine": "nosuch", "case": TINY.to_json(), "warmup": 1, "timed": 1})
     assert 0 < res["peak_rss_mib"] < 250, res["peak_rss_mib"]
     del ballast
+
+
+PY_SPY_RAW = """\
+<module> (/x/benchmarks/worker.py:1);main (/x/benchmarks/worker.py:9);sample_engine (/x/benchmarks/worker.py:20);\
+make_run (/x/benchmarks/harness.py:5) 30
+<module> (/x/benchmarks/worker.py:1);main (/x/benchmarks/worker.py:9);sample_engine (/x/benchmarks/worker.py:20);\
+sampled_iterations (/x/benchmarks/worker.py:40);update (/x/ptycli/engines/lsqml.py:29) 10
+<module> (/x/benchmarks/worker.py:1);main (/x/benchmarks/worker.py:9);sample_engine (/x/benchmarks/worker.py:20);\
+sampled_iterations (/x/benchmarks/worker.py:40);update (/x/ptycli/engines/lsqml.py:29);\
+run_kernels (/usr/lib/python3.11/site-packages/ptycli/_pool.py:104) 50
+_bootstrap (/usr/lib/python3.11/threading.py:1002);_serve (/x/ptycli/_pool.py:69) 40
+"""
+
+
+def test_py_spy_stacks_keep_the_sampled_iterations_and_every_part_thread():
+    """The main thread's setup and warm-up (stacks without the sampled frame) are left out;
+    part threads' stacks are kept whole; own = innermost frame, total = anywhere."""
+    stacks = sampling.kept_stacks(PY_SPY_RAW)
+    assert sum(n for _, n in stacks) == 100  # 10 + 50 + 40; the 30 setup samples dropped
+    assert stacks[-1][0] == ["_bootstrap (threading.py:1002)", "_serve (ptycli/_pool.py:69)"]
+    out = sampling.summary(stacks, wall_s=0.25, rate_hz=400, top=3)
+    assert out["samples"] == 100 and out["busy_threads"] == 1.0
+    own = {r["function"]: (r["own"], r["total"]) for r in out["by_own"]}
+    assert own == {"run_kernels (ptycli/_pool.py:104)": (0.5, 0.5), "_serve (ptycli/_pool.py:69)": (0.4, 0.4),
+                   "update (ptycli/engines/lsqml.py:29)": (0.1, 0.6)}
+    assert out["by_total"][0]["total"] == 0.6  # the main thread's frames (the iterations' 60 of 100)
+    assert sampling.parse("garbage line\n") == []
+
+
+def test_py_spy_missing_is_reported_not_fatal(monkeypatch):
+    monkeypatch.setattr(sampling, "executable", lambda: None)
+    res = sampling.record({"kind": "sample"})
+    assert res["ok"] is False and "py-spy not installed" in res["error"]
+
+
+def test_sample_worker_warms_up_on_one_thread_then_runs_on_the_default(monkeypatch):
+    import os
+
+    seen = []
+    runs = iter([lambda: seen.append(("warm-up", os.environ.get("PTYCLI_THREADS"))),
+                 lambda: seen.append(("sampled", os.environ.get("PTYCLI_THREADS")))])
+    monkeypatch.delenv("PTYCLI_THREADS", raising=False)
+    monkeypatch.setattr(harness, "make_run", lambda engine, state, patterns, iterations: next(runs))
+    out = worker.sample_engine({"engine": "lsqml", "case": TINY.to_json(), "iterations": 3})
+    assert seen == [("warm-up", "1"), ("sampled", None)]
+    assert out["iterations"] == 3 and out["threads"] >= 1

@@ -358,7 +358,7 @@ class EpieEngine(common.EngineBase):
 
 def _threads(n_p: int, n_q: int) -> int:
     """Host threads a compiled position runs on: one per wave chain (probe x object modes)."""
-    return min(backend.host_threads(), n_p * n_q)
+    return 1 if n_p * n_q == 1 else min(backend.host_threads(), n_p * n_q)
 
 
 def _sum_axis1(x: Any) -> Any:

@@ -17,7 +17,7 @@ _ptycli() {
     reconstruct) opts='--checkpoint-every --device --distributed --early-stop-patience --group-size --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --recipe --resume --seed --set --stream --validation-fraction' ;;
     constrain) opts='--apply --counts --device --help --json --output --overwrite --pad-px --probe-modes --recipe --slice-thickness-a --slices' ;;
     export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --output --overwrite --remove-ramp --slices --unwrap --what' ;;
-    inspect) opts='--dataset --figure --get --help --json --preview' ;;
+    inspect) opts='--dataset --figure --get --help --json --overwrite --preview' ;;
     compare) opts='--figure --help --json --margin --scale' ;;
     validate) opts='--help --iterations --json --print-resolved --set' ;;
     demo) opts='--help --json --overwrite --recipe --seed' ;;

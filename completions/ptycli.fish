@@ -140,6 +140,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l figure
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l get
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l json
+complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l preview
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a compare -d 'Compare object phases after sub-pixel registration; print the correlation (or...'

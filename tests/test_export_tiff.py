@@ -79,3 +79,16 @@ def test_cli_export_prints_path_and_refuses_overwrite_with_exit_5(cli, store, tm
     assert len(tifffile.TiffFile(out).pages) == 2
     r = cli("export", store, "-o", out)
     assert r.exit_code == 5 and "--overwrite" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--crop", "foo"], "--crop 'foo': expected scanned, full or y0:y1,x0:x1"),
+    (["--crop", "10:5,0:10"], "reversed bounds"),
+    (["--slices", "foo"], "--slices 'foo': expected sum, all or i:j"),
+])
+def test_cli_malformed_crop_or_slices_is_a_usage_error(cli, store, tmp_path, args, match):
+    out = tmp_path / "x.tif"
+    r = cli("export", store, "-o", out, *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2, r.stderr
+    assert len(lines) == 1 and match in lines[0] and not out.exists()

@@ -87,3 +87,42 @@ def test_existing_output_exits_5_unless_overwrite(cli, data, tmp_path):
     assert cli("init", data, "-o", out).exit_code == 0
     assert cli("init", data, "-o", out).exit_code == 5
     assert cli("init", data, "-o", out, "--overwrite").exit_code == 0
+
+
+def _copy_with_calibration(data, dest, **changes):
+    import shutil
+
+    import zarr
+
+    shutil.copytree(data, dest)
+    g = zarr.open_group(dest, mode="r+")
+    g.attrs["calibration"] = {**g.attrs["calibration"], **changes}
+    return dest
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"scan_step_a": [float("nan"), float("nan")]}, "calibration.scan_step_a: expected a finite number > 0, got nan"),
+    ({"energy_kev": float("inf")}, "calibration.energy_kev: expected a finite number > 0, got inf"),
+])
+def test_non_finite_store_calibration_exits_4_naming_the_key(cli, data, tmp_path, changes, match):
+    bad = _copy_with_calibration(data, tmp_path / "bad.zarr", **changes)
+    r = cli("init", bad, "-o", tmp_path / "s.zarr")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 4, r.stderr
+    assert len(lines) == 1 and lines[0] == f"ptycli: error: {bad}: {match}"
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_store_aberration_alias_is_read_as_its_krivanek_term(cli, data, tmp_path):
+    """Stores written before preprocess normalised aliases may still hold e.g. Cs."""
+    old = _copy_with_calibration(data, tmp_path / "cs.zarr", aberrations={"Cs": 1e4})
+    r = cli("init", old, "-o", tmp_path / "s.zarr")
+    assert r.exit_code == 0, r.stderr
+    assert open_store(tmp_path / "s.zarr", "state").attrs["state"]["aberrations"]["C30"] == 1e4
+
+
+def test_unknown_mode_kind_names_the_flag_and_the_choices(cli, data, tmp_path):
+    r = cli("init", data, "-o", tmp_path / "s.zarr", "--mode-kind", "foo", "--probe-modes", "2")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3, r.stderr
+    assert len(lines) == 1 and "--mode-kind" in lines[0] and "'hermite' or 'defocus-spread'" in lines[0]

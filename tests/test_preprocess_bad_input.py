@@ -111,3 +111,45 @@ def test_bad_operation_value_is_a_config_error(cli, tmp_path):
     check(cli, tmp_path, [path, *CAL, "--crop", "20"], ExitCode.CONFIG, match="outside")
     check(cli, tmp_path, [path, *CAL, "--bin", "3"], ExitCode.CONFIG, match="bin=3")
     check(cli, tmp_path, [path, *CAL, "--nan", "maybe"], ExitCode.CONFIG, match="nan")
+
+
+def test_complex_data_is_refused_not_cast_to_its_real_part(cli, tmp_path):
+    path = npy(tmp_path, np.ones((16, 8, 8), np.complex64))
+    check(cli, tmp_path, [path, *CAL], ExitCode.INPUT, match=f"{path}: complex data; expected real detector counts")
+
+
+def test_zero_frames_is_an_input_error(cli, tmp_path):
+    path = npy(tmp_path, np.ones((0, 8, 8), np.float32))
+    check(cli, tmp_path, [path, *CAL], ExitCode.INPUT, match=f"{path}: no frames")
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--scan-step-a", "nan", "calibration.scan_step_a: expected a finite number > 0, got nan"),
+    ("--energy-kev", "inf", "calibration.energy_kev: expected a finite number > 0, got inf"),
+    ("--energy-kev", "0", "calibration.energy_kev: expected a finite number > 0, got 0.0"),
+    ("--dk-mrad", "-inf", "calibration.dk_mrad: expected a finite number > 0, got -inf"),
+    ("--scan-rotation-deg", "nan", "calibration.scan_rotation_deg: expected a finite number, got nan"),
+    ("--defocus-a", "inf", "calibration.defocus_a: expected a finite number, got inf"),
+])
+def test_non_finite_or_zero_calibration_flag_is_named(cli, tmp_path, flag, value, match):
+    path = npy(tmp_path, counts((2, 2, 8, 8)))
+    check(cli, tmp_path, [path, *CAL, flag, value], ExitCode.CONFIG, match=match)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("scan_step_a = nan\n", "calibration.scan_step_a: expected a finite number > 0, got nan"),
+    ("energy_kev = inf\n", "calibration.energy_kev: expected a finite number > 0, got inf"),
+    ("scan_shape = 2.5\n", "scan_shape=2.5: expected integers N or NxM"),
+    ("scan_shape = '2.5x2'\n", "scan_shape='2.5x2': expected integers N or NxM"),
+    ("[aberrations]\nCq = 1e4\n", "calibration.aberrations: unknown key 'Cq'"),
+    ("[aberrations]\nC30 = inf\n", "calibration.aberrations.C30: expected a finite number"),
+])
+def test_bad_calibration_file_value_is_named(cli, tmp_path, text, match):
+    path = npy(tmp_path, counts((2, 2, 8, 8)))
+    (tmp_path / "c.toml").write_text(text)
+    check(cli, tmp_path, [path, *CAL, "--calibration", tmp_path / "c.toml"], ExitCode.CONFIG, match=match)
+
+
+def test_repair_pixels_error_names_the_flag(cli, tmp_path):
+    path = npy(tmp_path, counts((2, 2, 8, 8)))
+    check(cli, tmp_path, [path, *CAL, "--repair-pixels", "0.5"], ExitCode.CONFIG, match="--repair-pixels: ")

@@ -38,10 +38,16 @@ def test_flip_transpose_crop_bin_pad_match_numpy(tmp_path):
     np.save(tmp_path / "in.npy", data)
     pp.run(tmp_path / "in.npy", tmp_path / "o.zarr", calibration=dict(CAL, flip_ky=True, transpose=True), options=opts)
     got = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["patterns"][...]
-    ref = data.reshape(16, 16, 16)[:, ::-1, :].transpose(0, 2, 1)[:, 2:14, 1:13]
-    ref = ref.reshape(16, 6, 2, 6, 2).sum(axis=(2, 4))
+    # flip = reflection about the DC pixel 8 (i -> -i mod 16); even bin: blocks centred on the
+    # DC pixel with their two edge pixels at half weight (circular, like the model's grid)
+    ref = np.roll(data.reshape(16, 16, 16)[:, ::-1, :], 1, axis=1).transpose(0, 2, 1)[:, 2:14, 1:13]
+    ref = np.roll(ref, (-6, -6), axis=(1, 2))  # DC pixel 6 -> 0
+    ref = 0.5 * (ref + np.roll(ref, -1, axis=1))
+    ref = 0.5 * (ref + np.roll(ref, -1, axis=2))
+    ref = np.roll(ref, (1, 1), axis=(1, 2)).reshape(16, 6, 2, 6, 2).sum(axis=(2, 4))
+    ref = np.roll(ref, (3, 3), axis=(1, 2))  # DC block 0 -> the centre pixel 3
     ref = np.pad(ref, ((0, 0), (1, 1), (1, 1)))
-    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
 def test_centred_crop_keeps_dc_pixel(tmp_path):
@@ -72,9 +78,15 @@ def test_subpixel_shifts_move_the_centroid_exactly(tmp_path):
     disk = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 25) * 40.0  # zero background: nothing wraps round
     data = np.random.default_rng(3).poisson(np.broadcast_to(disk, (2, 2, 32, 32))).astype(np.float32)
     flat = data.reshape(4, 32, 32)
-    # bilinear is exact up to float32; Fourier ringing reaches the frame edge and wraps round
+    # bilinear is exact up to float32; Fourier ringing reaches the frame edge and wraps round.
+    # The store clips that ringing (counts >= 0, see test_preprocess_centring), so the exact
+    # Fourier shift is checked before the clip, and the store against its clipped version.
+    fourier = ops.fourier_shift(flat, (0.3, -0.6))
+    stored, _, _ = run(tmp_path, data, name="clipped.zarr", shift_px=(0.3, -0.6), shift_method="fourier")
+    np.testing.assert_allclose(stored, np.maximum(fourier, 0), atol=1e-3)
     for method, atol in (("bilinear", 1e-4), ("fourier", 1e-2)):
-        pats, _, _ = run(tmp_path, data, name=f"{method}.zarr", shift_px=(0.3, -0.6), shift_method=method)
+        pats = fourier if method == "fourier" else run(tmp_path, data, name=f"{method}.zarr", shift_px=(0.3, -0.6),
+                                                       shift_method=method)[0]
         # f(r - a): the first moment moves by +a (no wrap: the disk is far from the edge)
         dy = (pats * yy).sum((1, 2)) / pats.sum((1, 2)) - (flat * yy).sum((1, 2)) / flat.sum((1, 2))
         dx = (pats * xx).sum((1, 2)) / pats.sum((1, 2)) - (flat * xx).sum((1, 2)) / flat.sum((1, 2))

@@ -64,3 +64,12 @@ def test_existing_output_needs_overwrite(cli, tmp_path):
     r = cli("simulate", out, *SMALL, "--seed", "1", "--overwrite")
     assert r.exit_code == 0
     assert open_store(out, "data").attrs["ptycli"]["options"]["seed"] == 1
+
+
+def test_tilt_with_one_slice_is_refused_naming_the_flag(cli, tmp_path):
+    for flag in ("--tilt-mrad", "--tilt-gradient-mrad"):
+        r = cli("simulate", tmp_path / "t.zarr", *SMALL, flag, "1")
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2, r.stderr
+        assert len(lines) == 1 and lines[0].startswith(f"ptycli: error: {flag} needs a multislice object")
+        assert not (tmp_path / "t.zarr").exists()

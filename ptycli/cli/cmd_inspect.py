@@ -8,8 +8,8 @@ from typing import Any, Optional
 import typer
 
 from .app import app
-from .options import Json, read_path_arg
-from .output import handle_errors, log, result
+from .options import Json, Overwrite, read_path_arg
+from .output import handle_errors, log, result, table_console
 
 
 @app.command()
@@ -18,19 +18,27 @@ def inspect(
     store: str = typer.Argument(..., help="Data or state store, or a raw file; '-' reads the path from stdin."),
     get: Optional[str] = typer.Option(None, "--get", help="Print one bare value, e.g. derived.dx_a."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="HDF5/Zarr array path of a raw file."),
-    figure: Optional[Path] = typer.Option(None, "--figure", help="Also write an overview figure (PNG)."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Also write an overview figure "
+                                          "(.png .pdf .svg .jpg .tif; format from the suffix)."),
     preview: bool = typer.Option(False, "--preview", help="Also draw a preview in the terminal."),
     json_out: bool = Json,
+    overwrite: bool = Overwrite,
 ) -> None:
     """Show what a store or raw file holds: shapes, calibration, derived quantities, provenance."""
     from ..stages import inspect as stage  # noqa: PLC0415
 
     path = read_path_arg(store)
+    if figure is not None:  # refuse a bad figure path before reading the store
+        from ..stages.figures import figure_format  # noqa: PLC0415
+        from ..store.io import check_output  # noqa: PLC0415
+
+        figure_format(figure)
+        check_output(figure, overwrite=overwrite, inputs=[path], kind="file")
     doc = stage.run(path, dataset=dataset)
     if figure is not None:
         from ..stages.figures import store_figure  # noqa: PLC0415
 
-        store_figure(path, figure)
+        store_figure(path, figure, overwrite=overwrite)
         log(f"wrote {figure}")
     if get is not None:
         result(stage.format_value(stage.get_value(doc, get)))
@@ -41,7 +49,18 @@ def inspect(
     if preview:
         from ..stages.preview import render  # noqa: PLC0415
 
-        result(render(path, *_terminal_size()))
+        result(render(path, *_terminal_size(), colour=_colour_ok()))
+
+
+def _colour_ok() -> bool:
+    """Colour codes only for a terminal (or FORCE_COLOR), never with NO_COLOR or TERM=dumb:
+    the preview is written as text, so rich's own checks do not apply to it."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
 
 
 def _terminal_size() -> tuple[int, int]:
@@ -61,7 +80,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _kv_table(title: str, items: dict[str, Any]) -> Any:
+def _kv_table(title: str | None, items: dict[str, Any]) -> Any:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
@@ -85,11 +104,11 @@ def _arrays_table(arrays: dict[str, Any]) -> Any:
 
 def _print_tables(doc: dict[str, Any]) -> None:
     """The table is the result, so it goes to stdout (rich honours NO_COLOR)."""
-    from rich.console import Console  # noqa: PLC0415
-
-    out = Console(highlight=False, soft_wrap=False)
+    out = table_console()
     nested = ("arrays", "calibration", "derived", "provenance", "state")
-    out.print(_kv_table(str(doc["path"]), {k: v for k, v in doc.items() if k not in nested and k != "path"}))
+    # the path on its own line: as a table title it would be folded to the width of the table
+    out.print(str(doc["path"]), style="italic", markup=False)
+    out.print(_kv_table(None, {k: v for k, v in doc.items() if k not in nested and k != "path"}))
     if "arrays" in doc:
         out.print(_arrays_table(doc["arrays"]))
     for section in ("calibration", "state", "derived"):
@@ -97,4 +116,5 @@ def _print_tables(doc: dict[str, Any]) -> None:
             out.print(_kv_table(section, doc[section]))
     for i, rec in enumerate(doc.get("provenance", [])):
         ops = ", ".join(o.get("op", "?") for o in rec.get("operations", [])) or "-"
-        out.print(f"provenance {i}: {rec['stage']} (ptycli {rec['ptycli_version']}, {rec.get('finished') or '-'}): {ops}")
+        when = rec.get("finished") or "-"
+        out.print(f"provenance {i}: {rec['stage']} (ptycli {rec['ptycli_version']}, {when}): {ops}")

@@ -20,8 +20,12 @@ def _opt(default: Any, *names: str, help: str, panel: str = OPS) -> Any:
 
 
 def _calibration_flags(**flags: Any) -> dict[str, Any]:
-    """Only flags actually given, so the calibration file is not overridden by defaults."""
-    return {k: v for k, v in flags.items() if v not in (None, False)}
+    """Only flags actually given, so the calibration file is not overridden by defaults.
+
+    None is "not given" for a value flag; 0 and 0.0 are real values (`v not in (None, False)` dropped
+    them, as 0 == False). A switch left off (False) is "not given" too: it cannot unset the file's True.
+    """
+    return {k: v for k, v in flags.items() if v is not None and v is not False}
 
 
 @app.command()
@@ -44,14 +48,18 @@ def preprocess(
     transpose: bool = _opt(False, "--transpose", help="Transpose frames (recorded in calibration).", panel=CAL),
     dataset: Optional[str] = _opt(None, "--dataset", help="HDF5/Zarr array path (default: largest 3D/4D)."),
     nan: str = _opt("error", "--nan", help="NaN/Inf policy: error|zero."),
-    clip_negatives: bool = _opt(False, "--clip-negatives", help="Set negative values to 0 (else an error)."),
+    clip_negatives: bool = _opt(False, "--clip-negatives", help="Set negative input values to 0 (else an error). "
+                                "Fourier-shift ringing is clipped to 0 either way (counts are never negative)."),
     multiply: Optional[float] = _opt(None, "--multiply", help="Multiply every frame (e.g. 1/counts per e-)."),
-    repair_pixels: Optional[float] = _opt(None, "--repair-pixels", help="Repair hot/dead pixels; threshold x neighbours."),
+    repair_pixels: Optional[float] = _opt(None, "--repair-pixels",
+                                          help="Repair hot/dead pixels; threshold x neighbours."),
     shift: Optional[str] = _opt(None, "--shift", help="Sub-pixel shift DY,DX of every frame [px]."),
-    shift_method: str = _opt("bilinear", "--shift-method", help="bilinear (keeps counts >= 0) or fourier."),
+    shift_method: str = _opt("bilinear", "--shift-method", help="bilinear (keeps counts >= 0, slight blur) or "
+                             "fourier (no blur; its ringing below 0 is clipped to 0 and the amount logged)."),
     center: str = _opt("none", "--center", help="none|auto (centre the BF disk of the mean pattern)."),
     crop: Optional[str] = _opt(None, "--crop", help="Detector window M, MxN (centred) or y0:y1,x0:x1."),
-    bin: int = _opt(1, "--bin", help="Detector binning factor."),
+    bin: int = _opt(1, "--bin", help="Detector binning factor: b x b sums around the DC pixel, which stays the "
+                    "centre pixel. Even b needs a half-pixel shift: folded into --shift/--center auto, else bilinear."),
     bin_scan: int = _opt(1, "--bin-scan", help="Scan binning factor."),
     pad: Optional[str] = _opt(None, "--pad", help="Zero-pad the detector to M or MxN (centred)."),
     dtype: str = _opt("float32", "--dtype", help="float32|uint8|uint16|uint32|int32."),
@@ -70,10 +78,11 @@ def preprocess(
                                dk_inv_a=dk_inv_a, scan_shape=scan_shape, scan_step_a=scan_step_a,
                                scan_rotation_deg=scan_rotation_deg, defocus_a=defocus_a, flip_ky=flip_ky,
                                flip_kx=flip_kx, transpose=transpose)
-    options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan, shift_method=shift_method,
-                   multiply=multiply, clip_negatives=clip_negatives, repair_threshold=repair_pixels, dtype=dtype,
-                   compress_masks=compress_masks, estimate_dk=estimate_dk,
+    options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan,
+                   shift_method=shift_method, multiply=multiply, clip_negatives=clip_negatives,
+                   repair_threshold=repair_pixels, dtype=dtype, compress_masks=compress_masks, estimate_dk=estimate_dk,
                    shift_px=_pair(parse_pair, shift))
+    options = _checked_options(stage, options)
     job = stage.Preprocess(read_path_arg(input), output, options=options, calibration_file=calibration,
                            calibration=flags, overwrite=overwrite, scheduler=scheduler)
     with Progress(job.work, "preprocess", progress) as bar:
@@ -81,7 +90,37 @@ def preprocess(
     if summary["compression"]:
         c = summary["compression"]
         log(f"compressed to {c['n_masks']} virtual detectors: ratio {c['ratio']:.4g}:1")
+    _log_clipped(summary.get("clipped_ringing"))
     result(summary if json_out else summary["output"], json_out)
+
+
+def _log_clipped(clip: Optional[dict]) -> None:
+    if not clip or clip["pixels"] == 0:
+        return
+    if clip["pixels"] is None:
+        log("fourier shift: ringing below 0 clipped to 0 (not tallied with --scheduler)")
+        return
+    share = "" if clip["fraction"] is None else f", {clip['fraction']:.3%} of the total"
+    log(f"fourier shift: clipped ringing below 0 to 0 at {clip['pixels']} pixels (+{clip['counts']:.4g} counts"
+        f"{share}); --shift-method bilinear does not ring")
+
+
+# Options whose flag is not the option name with dashes: a message must name what the user typed.
+FLAG_OF = {"repair_threshold": "--repair-pixels", "shift_px": "--shift"}
+
+
+def _checked_options(stage: Any, options: dict[str, Any]) -> Any:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from ..errors import RecipeError  # noqa: PLC0415
+
+    try:
+        return stage.PreprocessOptions.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else ""
+        flag = FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        raise RecipeError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def _pair(parse: Any, spec: Optional[str]) -> Any:

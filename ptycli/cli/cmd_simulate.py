@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -27,6 +28,20 @@ def _pair(value: str | None, kind: type, flag: str) -> tuple | None:
     except (ValueError, TypeError):
         raise RecipeError(f"{flag} {value!r}: expected N or NxM") from None
     return a, b
+
+
+def _check_tilt(opts: Any) -> None:
+    """The tilt enters only the propagator between slices, and one slice has none (nothing is
+    propagated after the last slice), so a single-slice tilt would be written as truth yet never
+    change a pattern."""
+    from ..errors import UsageError  # noqa: PLC0415
+
+    if opts.slices > 1:
+        return
+    for flag, value in (("--tilt-mrad", opts.tilt_mrad), ("--tilt-gradient-mrad", opts.tilt_gradient_mrad)):
+        if any(value):
+            raise UsageError(f"{flag} needs a multislice object (--slices 2 or more with --slice-thickness-a); "
+                             "with one slice the tilt has no effect")
 
 
 @app.command("simulate")
@@ -80,6 +95,7 @@ def simulate(
         tilt_mrad=_pair(tilt_mrad, float, "--tilt-mrad"), position_jitter_a=position_jitter_a, dose=dose, seed=seed,
         tilt_gradient_mrad=_pair(tilt_gradient_mrad, float, "--tilt-gradient-mrad"), slices=slices,
         slice_thickness_a=slice_thickness_a, upsample=upsample)
+    _check_tilt(opts)
     log(f"simulate: preset {opts.preset}, {opts.scan_shape[0]}x{opts.scan_shape[1]} scan, "
         f"{opts.detector_size}² detector, {opts.counts_per_frame:.4g} counts/frame", level=1)
     path = stage.run(out, overwrite=overwrite, options=opts)

@@ -55,7 +55,7 @@ def _print_table(rows: list[dict]) -> None:
     """The trials table on stderr (stdout keeps only the result)."""
     from rich.table import Table
 
-    from .output import console
+    from .output import table_console
 
     if not rows:
         return
@@ -68,7 +68,7 @@ def _print_table(rows: list[dict]) -> None:
         table.add_column(c.removeprefix("param:"))
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in columns))
-    console().print(table)
+    table_console(stderr=True).print(table)
 
 
 def _cell(value: object) -> str:

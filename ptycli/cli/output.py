@@ -30,6 +30,23 @@ def console():
     return Console(stderr=True, highlight=False)
 
 
+# Pipes, files and SLURM logs have no width: a table there is laid out at its natural width
+# instead of being cut to rich's 80-column default.
+UNBOUNDED_WIDTH = 1 << 16
+
+
+def table_console(stderr: bool = False):
+    """A console for tables: fits the window on a terminal, never truncates anywhere else."""
+    from rich.console import Console  # noqa: PLC0415
+
+    # NO_COLOR: no escape codes at all, so the bold keys and italic titles go too
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False, **plain)
+    if not out.is_terminal:
+        out.width = UNBOUNDED_WIDTH
+    return out
+
+
 def log(message: str, level: int = 0) -> None:
     """A log line on stderr, shown when the verbosity is at least ``level``."""
     if VERBOSITY["level"] >= level:

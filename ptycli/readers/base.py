@@ -80,9 +80,11 @@ def source_from_array(path: Path, fmt: str, arr: Any, *, what: str = "array",
     check_ndim(path, shape, what)
     scan = shape[:2] if len(shape) == 4 else None
     n = int(np.prod(shape[:-2]))
+    chunks = getattr(arr, "chunks", None)  # None: contiguous HDF5 / numpy
+    layout: dict[str, Any] = {"shape": list(shape), **({"chunks": [int(c) for c in chunks]} if chunks else {})}
     return RawSource(path=path, format=fmt, n_frames=n, frame_shape=shape[-2:], dtype=np.dtype(arr.dtype),
                      read_fn=lambda a, b: read_flat(arr, a, b), scan_shape=scan,  # type: ignore[arg-type]
-                     metadata=metadata or {}, close_fn=close_fn)
+                     metadata={**layout, **(metadata or {})}, close_fn=close_fn)
 
 
 def read_flat(arr: Any, start: int, stop: int) -> np.ndarray:

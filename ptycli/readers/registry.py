@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ..errors import InputError
 from .base import RawSource
 
@@ -74,7 +76,24 @@ def open_raw(path: str | Path, **options: Any) -> RawSource:
     """
     path = Path(path)
     spec = detect_format(path)
-    return spec.open(path, **options)
+    source = spec.open(path, **options)
+    try:
+        check_frames(source)
+    except InputError:
+        source.close()
+        raise
+    return source
+
+
+def check_frames(source: RawSource) -> None:
+    """Refuse what no format may hand on: complex values (casting keeps only the real part,
+    with a bare ComplexWarning) and an empty file (its mean counts would be 0/0)."""
+    if np.issubdtype(np.dtype(source.dtype), np.complexfloating):
+        raise InputError(f"{source.path}: complex data; expected real detector counts")
+    if source.n_frames == 0:
+        raise InputError(f"{source.path}: no frames")
+    if 0 in tuple(source.frame_shape):
+        raise InputError(f"{source.path}: empty frames ({'x'.join(map(str, source.frame_shape))} pixels)")
 
 
 def formats() -> list[str]:

@@ -12,10 +12,16 @@ from .base import RawSource, source_from_array
 from .registry import register
 
 
-def _largest_array(group: Any, path: Path) -> str:
-    found = [(int(np.prod(a.shape)), name) for name, a in group.arrays() if a.ndim in (3, 4)]
+def _arrays(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every array below ``group`` at any depth, as (path, array), like HDF5's visititems."""
+    found = [(f"{prefix}{name}", a) for name, a in group.arrays()]
     for name, sub in group.groups():
-        found += [(int(np.prod(a.shape)), f"{name}/{an}") for an, a in sub.arrays() if a.ndim in (3, 4)]
+        found += _arrays(sub, f"{prefix}{name}/")
+    return found
+
+
+def _largest_array(group: Any, path: Path) -> str:
+    found = [(int(np.prod(a.shape)), name) for name, a in _arrays(group) if a.ndim in (3, 4)]
     if not found:
         raise InputError(f"{path}: no 3D or 4D array found; name one with --dataset PATH")
     return max(found)[1]
@@ -32,6 +38,8 @@ def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
     except Exception as exc:  # zarr raises several types for "not zarr"
         raise InputError(f"{path}: not a readable Zarr store ({type(exc).__name__})") from None
     if isinstance(node, zarr.Array):
+        if dataset and dataset.strip("/"):  # a lone array has no inner paths: a name here is a mistake
+            raise InputError(f"{path}: no dataset {dataset!r} (the store is a single array; omit --dataset)")
         return source_from_array(path, "zarr", node)
     meta: dict[str, Any] = {}
     if is_ptycli_store(node):
@@ -39,8 +47,8 @@ def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
         dataset = dataset or "patterns"
         meta = {"calibration": dict(node.attrs.get("calibration", {})), "ptycli_store": True}
     name = dataset or _largest_array(node, path)
-    if name not in node:
-        raise InputError(f"{path}: no array {name!r}")
+    if name not in node or not isinstance(node[name], zarr.Array):
+        raise InputError(f"{path}: no dataset {name!r}")
     source = source_from_array(path, "zarr", node[name], what=f"array {name!r}", metadata={"dataset": name, **meta})
     if source.scan_shape is None and "scan_shape" in node.attrs:
         source.scan_shape = tuple(node.attrs["scan_shape"])  # type: ignore[assignment]

@@ -19,7 +19,7 @@ from ..constraints import resample
 from ..constraints.base import Context, illumination_map
 from ..constraints.registry import parse_apply, validate_constraints
 from ..errors import InputError, RecipeError
-from ..store.io import StoreWriter, input_ref, open_store, provenance_of
+from ..store.io import StoreWriter, check_output, input_ref, open_store, provenance_of
 from ..store.state import State, load_state, write_state
 
 COPIED_ATTRS = ("data", "calibration", "recipe", "recipe_hash")
@@ -68,6 +68,7 @@ def run(state_path: str | Path, output: str | Path, options: ConstrainOptions, *
     """Apply ``options`` to the state at ``state_path`` and write ``output``; returns its path."""
     items, prefix = constraint_dicts(options)
     pairs = validate_constraints(items, prefix)  # fail on a bad recipe before any work
+    check_output(output, overwrite=overwrite, inputs=[state_path])
     group = open_store(state_path, "state")
     state = _to_device(load_state(group), backend.get_xp(device))
     with StoreWriter(output, kind="state", stage="constrain", options=options.as_json(),

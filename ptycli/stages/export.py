@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StoreError, UsageError
+from ..store.io import check_output
 from ..store.state import State, load_state
 from . import exportio
 from .exportio import Payload
@@ -51,10 +52,42 @@ def export(store_path: str | Path, out_path: str | Path, options: ExportOptions 
     opts = options or ExportOptions(**kwargs)
     out = Path(out_path)
     fmt = exportio.format_of(out, opts.format)
+    check_flags(opts, fmt)
+    check_output(out, overwrite=opts.overwrite, inputs=[store_path], kind="file")
     group, kind = open_any(store_path)
     payload = _payload(group, kind, opts, fmt, store_path)
     payload.attrs.setdefault("source_store", str(store_path))
     return exportio.write_atomic(out, opts.overwrite, lambda tmp: _write(tmp, fmt, payload, opts))
+
+
+def check_flags(opts: ExportOptions, fmt: str) -> None:
+    """Refuse a flag the chosen output would ignore, before any store is read: a silently
+    dropped --bit-depth or --layout leaves a file that is not what was asked for."""
+    if opts.layout and opts.what != "patterns":
+        raise UsageError(f"--layout {opts.layout} applies to --what patterns (a data store), "
+                         f"not --what {opts.what}")
+    if opts.bit_depth != 32 and fmt != "tif" and not (fmt == "png" and opts.bit_depth == 8):
+        detail = "PNG is 8-bit colour-mapped" if fmt == "png" else f".{fmt} keeps the values' own dtype"
+        raise UsageError(f"--bit-depth {opts.bit_depth} applies to TIFF only ({detail}); write .tif for "
+                         f"{opts.bit_depth}-bit integers")
+    if opts.cmap != "gray":  # the default: no matplotlib import just to check it
+        if fmt != "png":
+            raise UsageError(f"--cmap {opts.cmap} applies to PNG only (.{fmt} stores values, not colours)")
+        check_cmap(opts.cmap)
+
+
+def check_cmap(name: str) -> None:
+    """A matplotlib colormap name, else a UsageError naming a few (or the closest) valid ones."""
+    import difflib  # noqa: PLC0415
+
+    import matplotlib  # noqa: PLC0415
+
+    if name in matplotlib.colormaps:
+        return
+    close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3, cutoff=0.75)
+    guess = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"--cmap {name!r}: not a matplotlib colormap{guess} (e.g. gray, viridis, inferno, magma, "
+                     "cividis, twilight)")
 
 
 def _write(tmp: Path, fmt: str, p: Payload, opts: ExportOptions) -> None:

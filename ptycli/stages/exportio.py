@@ -14,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, OutputExistsError, UsageError
+from ..errors import UsageError
+from ..store.io import check_output
 
 FORMATS = {".tif": "tif", ".tiff": "tif", ".png": "png", ".npy": "npy", ".h5": "h5",
            ".hdf5": "h5", ".csv": "csv"}
@@ -50,11 +51,7 @@ def format_of(path: Path, fmt: str | None) -> str:
 
 def write_atomic(path: Path, overwrite: bool, fill: Callable[[Path], None]) -> Path:
     """Call ``fill(tmp)`` then rename tmp to ``path``; refuse an existing path without overwrite."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.exists():
-        raise InputError(f"{path.parent}: no such directory for the output")
+    path = check_output(path, overwrite=overwrite, kind="file")
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         fill(tmp)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..store.state import State
 from .exportio import montage, write_atomic
 from .viewdata import (bf_radius_px, calibration_of, checkpoint_group, dk_mrad_of, history_of, open_any,
@@ -34,9 +35,27 @@ def _figure(size_in: tuple[float, float]) -> Any:
     return Figure(figsize=size_in, dpi=100, layout="constrained")
 
 
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpeg", ".jpeg": "jpeg",
+                  ".tif": "tiff", ".tiff": "tiff"}
+
+
+def figure_format(path: str | Path) -> str:
+    """The image format a figure path's suffix names (a .jpg must hold JPEG, not PNG bytes)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise UsageError(f"{path}: cannot write a figure as {suffix or 'a file without a suffix'!r}; "
+                         f"use {' '.join(FIGURE_FORMATS)}")
+    return FIGURE_FORMATS[suffix]
+
+
 def _save(fig: Any, out_png: Path, panels: dict[str, str], overwrite: bool = True) -> Path:
-    meta = {"Software": "ptycli", "ptycli-panels": json.dumps(panels)}
-    return write_atomic(Path(out_png), overwrite, lambda tmp: fig.savefig(tmp, format="png", metadata=meta))
+    fmt = figure_format(out_png)
+    listed = json.dumps(panels)
+    # each format has its own metadata keys; JPEG and TIFF take none through savefig
+    meta = {"png": {"Software": "ptycli", "ptycli-panels": listed},
+            "pdf": {"Creator": "ptycli", "Subject": f"ptycli-panels {listed}"},
+            "svg": {"Creator": "ptycli", "Description": f"ptycli-panels {listed}"}}.get(fmt)
+    return write_atomic(Path(out_png), overwrite, lambda tmp: fig.savefig(tmp, format=fmt, metadata=meta))
 
 
 def _absent(ax: Any, title: str, why: str = "not in this store") -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import zarr
@@ -29,10 +29,10 @@ from ..errors import InputError, RecipeError
 from ..physics import probe as probe_lib
 from ..physics import scan
 from ..store.calibration import Calibration, load_calibration
-from ..store.io import StoreWriter, input_ref, open_store, provenance_of
+from ..store.io import StoreWriter, check_output, input_ref, open_store, provenance_of
 from ..store.state import State, load_state, write_state
 from . import init_checks
-from .preprocess_calibration import build_calibration
+from .preprocess_calibration import build_calibration, describe
 from .simulate import parse_aberrations
 
 Report = Callable[[str, str], None]  # (kind: "info" | "warning", message)
@@ -49,7 +49,7 @@ class InitOptions(BaseModel):
     aberrations: dict[str, float] = Field(default_factory=dict)
     calibration: Path | None = None
     probe_modes: int | None = Field(None, ge=1)
-    mode_kind: str = "hermite"
+    mode_kind: Literal["hermite", "defocus-spread"] = "hermite"
     positions: Path | None = None
     scan_flip_y: bool = False
     scan_flip_x: bool = False
@@ -89,8 +89,17 @@ def resolve_options(**options: Any) -> InitOptions:
     try:
         return InitOptions(**values)
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        parts = [f"{_flag_named(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
         raise RecipeError("init options: " + "; ".join(parts)) from None
+
+
+def _flag_named(loc: tuple) -> str:
+    """'mode_kind (--mode-kind)': the option and the flag a CLI user typed."""
+    key = ".".join(str(p) for p in loc)
+    if not loc or loc[0] not in InitOptions.model_fields or loc[0] == "margin_px":
+        return key
+    flag = "--aberration" if loc[0] == "aberrations" else "--" + str(loc[0]).replace("_", "-")
+    return f"{key} ({flag})"
 
 
 # ----------------------------------------------------------------------------- data
@@ -101,8 +110,11 @@ def summarize_data(group: zarr.Group, path: Path, opts: InitOptions) -> DataSumm
     patterns = group["patterns"]
     if patterns.ndim != 3 or patterns.shape[0] == 0:
         raise InputError(f"{path}/patterns: shape {patterns.shape}; expected (J, M, M) with J >= 1")
-    base = load_calibration(dict(group.attrs)).model_dump(exclude_none=True)
-    cal = build_calibration(opts.calibration, None, base)
+    try:
+        base = load_calibration(dict(group.attrs)).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        raise InputError(f"{path}: calibration: {describe(exc)}") from None
+    cal = build_calibration(opts.calibration, None, base, str(path))
     missing = cal.missing("energy_kev", "semiangle_mrad") + ([] if cal.pixel_inv_a else ["dk_inv_a or dk_mrad"])
     if missing:
         raise InputError(f"{path}: calibration lacks {', '.join(missing)}; add it with --calibration FILE.toml")
@@ -258,6 +270,8 @@ def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: R
     """Write the initial state store ``out`` for the data store ``data``."""
     opts = options.pop("options", None) or resolve_options(**options)
     data_path = Path(data)
+    read = (data_path, opts.calibration, opts.positions, opts.object_from, opts.probe_from, opts.subscans)
+    check_output(out, overwrite=overwrite, inputs=read)  # before the sampling report and the probe/object
     group = open_store(data_path, "data")
     summary = summarize_data(group, data_path, opts)
     aberrations = aberrations_of(summary.calibration, opts)

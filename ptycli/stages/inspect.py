@@ -32,7 +32,12 @@ def run(path: str | Path, *, dataset: str | None = None) -> dict[str, Any]:
 
         from ..store.io import is_ptycli_store  # noqa: PLC0415
 
-        if is_ptycli_store(zarr.open_group(str(p), mode="r")):
+        try:
+            node = zarr.open(str(p), mode="r")
+        except Exception:  # noqa: BLE001  (the raw reader names what is wrong with it)
+            node = None
+        # a plain Zarr array (no group, no ptycli attributes) is raw data like any .npy
+        if isinstance(node, zarr.Group) and is_ptycli_store(node):
             return inspect_store(p)
     return inspect_raw(p, dataset)
 
@@ -177,19 +182,41 @@ def median_step_px(pos: np.ndarray, max_points: int = 2000) -> float | None:
 
 # ----------------------------------------------------------------------------- raw files
 def inspect_raw(path: Path, dataset: str | None = None) -> dict[str, Any]:
+    """Shape and dtype of any readable file, plus pattern statistics where they mean something.
+
+    A file with no frames, or with nothing finite in the sampled frames, is an InputError:
+    no statistic can be made from it and no stage could use it.
+    """
     from ..readers import open_raw  # noqa: PLC0415
 
     with open_raw(path, dataset=dataset) as src:
         doc: dict[str, Any] = {"path": str(path), "kind": "raw", **src.describe()}
+        doc.setdefault("shape", [*(src.scan_shape or (src.n_frames,)), *src.frame_shape])
+        if src.n_frames == 0 or 0 in src.frame_shape:
+            raise InputError(f"{path}: holds no data (shape {tuple(doc['shape'])}); nothing to inspect")
         idx = np.unique(np.linspace(0, src.n_frames - 1, min(src.n_frames, RAW_SAMPLE_FRAMES)).astype(int))
+        is_complex = np.dtype(src.dtype).kind == "c"
         total = np.zeros(src.frame_shape, dtype=np.float64)
+        count = np.zeros(src.frame_shape, dtype=np.int64)
         for i in idx:
-            total += src.read(int(i), int(i) + 1)[0]
-        mean = total / len(idx)
-    finite = np.isfinite(mean)
+            frame = src.read(int(i), int(i) + 1)[0]
+            ok = np.isfinite(frame)
+            count += ok
+            if not is_complex:
+                total += np.where(ok, np.asarray(frame, dtype=np.float64), 0.0)
+    if not count.any():
+        raise InputError(f"{path}: every value of the {len(idx)} sampled frames is NaN or infinite")
+    has_nonfinite = bool((count < len(idx)).any())
+    if is_complex:  # patterns are real intensities: a mean pattern or BF disk of complex values means nothing
+        doc["derived"] = {"sampled_frames": int(len(idx)), "values": "complex", "has_nonfinite": has_nonfinite}
+        return doc
+    # mean over each pixel's finite samples: one NaN frame must not blank the whole pattern
+    finite = count > 0
+    mean = np.where(finite, total / np.maximum(count, 1), 0.0)
     doc["derived"] = {"sampled_frames": int(len(idx)), "counts_per_frame": float(mean[finite].sum()),
-                      "has_nonfinite": bool((~finite).any()), "min_of_mean": float(mean[finite].min())}
-    doc["derived"].update(bf_quantities(np.where(finite, mean, 0), Calibration()))
+                      "has_nonfinite": has_nonfinite, "min_of_mean": float(mean[finite].min())}
+    with np.errstate(all="ignore"):
+        doc["derived"].update(bf_quantities(mean, Calibration()))
     return doc
 
 
@@ -203,7 +230,10 @@ def get_value(doc: dict[str, Any], key: str) -> Any:
         elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
             node = node[int(part)]
         else:
-            keys = ", ".join(sorted(node)) if isinstance(node, dict) else f"{len(node)} items" if isinstance(node, list) else "a value"
+            if isinstance(node, dict):
+                keys = ", ".join(sorted(node))
+            else:
+                keys = f"{len(node)} items" if isinstance(node, list) else "a value"
             raise UsageError(f"--get {key}: no {part!r} here (available: {keys})")
     return node
 

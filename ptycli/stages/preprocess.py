@@ -7,7 +7,10 @@ repair) take one extra read-only pass that keeps only a running sum.
 
 Order of operations on each block (every step optional, each recorded in provenance):
 NaN/Inf policy -> negatives -> multiply -> bad-pixel repair -> flip/transpose ->
-sub-pixel shift (or auto-centre) -> crop -> detector bin -> scan bin -> pad -> dtype.
+sub-pixel shift (or auto-centre) -> crop -> detector bin -> scan bin -> pad ->
+clip Fourier-shift ringing -> dtype.
+
+Every step keeps the DC pixel at the centre (M//2, M//2) of the frame (physics.md §1.4).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import OutputExistsError, RecipeError
+from ..errors import RecipeError
 from ..readers import RawSource, file_fingerprint, open_raw
 from ..store.calibration import Calibration
 from ..store.schema import InputRef
@@ -37,15 +40,21 @@ class PreprocessOptions(BaseModel):
 
     dataset: str | None = Field(None, description="HDF5/Zarr path of the array to read.")
     crop: str | None = Field(None, description="Detector window: M, MxN (centred) or y0:y1,x0:x1 [px].")
-    bin: int = Field(1, ge=1, description="Detector binning factor (sum of bin x bin pixels).")
+    bin: int = Field(1, ge=1, description=(
+        "Detector binning factor: sums of bin x bin pixels around the DC pixel, which stays the centre pixel. "
+        "An even factor needs a half-pixel shift: folded into shift_px/center=auto when given, else the "
+        "block's edge pixels count half (bilinear)."))
     bin_scan: int = Field(1, ge=1, description="Scan binning factor (sum of bin x bin positions).")
     pad: str | None = Field(None, description="Zero-pad the detector to M or MxN pixels (centred).")
     shift_px: tuple[float, float] | None = Field(None, description="Sub-pixel shift (dy, dx) of every frame [px].")
     shift_method: Literal["bilinear", "fourier"] = Field(
-        "bilinear", description="bilinear (no ringing, keeps counts >= 0) or fourier (no blur, rings).")
+        "bilinear", description="bilinear (no ringing, keeps counts >= 0) or fourier (no blur, but rings: "
+        "its negative lobes are clipped to 0 and the amount reported).")
     center: Literal["none", "auto"] = Field("none", description="auto: centre the BF disk of the mean pattern.")
     multiply: float | None = Field(None, gt=0, description="Multiply every frame (e.g. counts per electron).")
-    clip_negatives: bool = Field(False, description="Set negative values to 0 instead of failing.")
+    clip_negatives: bool = Field(False, description=(
+        "Set negative input values to 0 instead of failing. Fourier-shift ringing is clipped either way: "
+        "stored patterns are counts, never negative."))
     repair_threshold: float | None = Field(None, gt=1, description="Repair pixels above this x neighbour median.")
     nan: Literal["error", "zero"] = Field("error", description="NaN/Inf policy.")
     dtype: Literal["float32", "uint8", "uint16", "uint32", "int32"] = Field("float32", description="Output dtype.")
@@ -63,17 +72,18 @@ class Preprocess:
         self.input_path, self.output, self.overwrite = Path(input_path), Path(output), overwrite
         # None: in-process; else a Dask scheduler (threads | processes | ADDRESS), see preprocess_dask
         self.scheduler = scheduler
+        self.clipped_ringing: dict[str, Any] | None = None  # set by run() when a Fourier shift is clipped
+        from ..store.io import check_output  # noqa: PLC0415  (zarr only when used)
         from . import preprocess_dask  # noqa: PLC0415
 
         preprocess_dask.check(scheduler)
         self.options = _options(options)
+        check_output(self.output, overwrite=overwrite, inputs=[self.input_path, calibration_file])
         self.source: RawSource = open_raw(self.input_path, dataset=self.options.dataset)
         base = {k: v for k, v in self.source.metadata.get("calibration", {}).items()
                 if k not in (*ORIENT_KEYS, "detector_shape", "counts_per_frame")}
         try:
-            self.calibration = build_calibration(calibration_file, calibration, base)
-            if self.output.exists() and not overwrite:
-                raise OutputExistsError(f"{self.output} exists; pass --overwrite to replace it")
+            self.calibration = build_calibration(calibration_file, calibration, base, str(self.input_path))
             self._plan_geometry()
             self._check_calibration()
         except BaseException:
@@ -87,7 +97,8 @@ class Preprocess:
         h, w = src.frame_shape
         self.oriented_shape = (w, h) if cal.transpose else (h, w)
         self.window = ops.parse_window(o.crop, self.oriented_shape)
-        ch, cw = (self.window[1] - self.window[0], self.window[3] - self.window[2]) if self.window else self.oriented_shape
+        ch, cw = ((self.window[1] - self.window[0], self.window[3] - self.window[2]) if self.window
+                  else self.oriented_shape)
         if ch % o.bin or cw % o.bin:
             raise RecipeError(f"bin={o.bin}: the {ch}x{cw} frame is not divisible; crop it first (--crop)")
         binned = (ch // o.bin, cw // o.bin)
@@ -186,25 +197,43 @@ class Preprocess:
             return bad, o.shift_px
         fixed = ops.orient(ops.repair_pixels(mean[None], bad), *self._orient_flags())[0]
         cy, cx, radius = ops.bf_disk(fixed)
-        h, w = fixed.shape
-        shift = (h // 2 - cy, w // 2 - cx)
+        y0, y1, x0, x1 = self.window or (0, fixed.shape[0], 0, fixed.shape[1])
+        # onto the pixel that the crop makes the centre, so an off-centre window still gets DC centred
+        shift = (y0 + (y1 - y0) // 2 - cy, x0 + (x1 - x0) // 2 - cx)
         writer.record("center", mode="auto", bf_centre_px=[cy, cx], bf_radius_px=radius, shift_px=list(shift),
-                      method=o.shift_method)
+                      method=o.shift_method, **self._clip_note())
         return bad, shift
 
     def _orient_flags(self) -> tuple[bool, bool, bool]:
         cal = self.calibration
         return cal.flip_ky, cal.flip_kx, cal.transpose
 
+    def _clip_note(self) -> dict[str, Any]:
+        return {"clip_ringing": True} if self.options.shift_method == "fourier" else {}
+
     def _transform(self, frames: np.ndarray, start: int, bad: np.ndarray | None,
                    shift: tuple[float, float] | None) -> np.ndarray:
+        return self._transform_counted(frames, start, bad, shift)[0]
+
+    def _transform_counted(self, frames: np.ndarray, start: int, bad: np.ndarray | None,
+                           shift: tuple[float, float] | None) -> tuple[np.ndarray, int, float]:
+        """The block transform, plus the pixels and counts of Fourier ringing clipped to 0."""
         o = self.options
         frames = ops.repair_pixels(self._value_ops(frames, start), bad)
         frames = ops.orient(frames, *self._orient_flags())
-        frames = ops.shift(frames, shift, o.shift_method) if shift is not None else frames
-        frames = ops.bin_detector(ops.crop(frames, self.window), o.bin)
+        if shift is not None:
+            # an even bin's half pixel rides on this shift, so the frames are resampled only once
+            half = ops.bin_half_shift(o.bin)
+            frames = ops.shift(frames, (shift[0] + half, shift[1] + half), o.shift_method)
+        frames = ops.bin_detector(ops.crop(frames, self.window), o.bin, half_shifted=shift is not None)
         frames = ops.pad_to(ops.bin_scan(frames, self.scan_shape[1], o.bin_scan), self.pad_shape)
-        return ops.to_dtype(frames, o.dtype, f"{self.input_path} frames from {start}")
+        n_clipped, added = 0, 0.0
+        if shift is not None and o.shift_method == "fourier":
+            # Clipped last, after the binning sums have cancelled what ringing they can: the
+            # negative lobes are an artefact of the shift, and counts cannot be negative
+            # (a Poisson or amplitude loss would fail on them, an integer --dtype too).
+            frames, n_clipped, added = ops.clip_ringing(frames)
+        return ops.to_dtype(frames, o.dtype, f"{self.input_path} frames from {start}"), n_clipped, added
 
     def _write_patterns(self, writer: Any, bad: np.ndarray | None, shift: tuple[float, float] | None,
                         tick: ProgressFn) -> np.ndarray:
@@ -216,14 +245,22 @@ class Preprocess:
             from . import preprocess_dask  # noqa: PLC0415
 
             total = preprocess_dask.write_patterns(self, writer.partial, bad, shift, tick)
+            n_clipped, added = None, None  # the Dask tasks return only their sums
         else:
             total = np.zeros(self.out_shape, dtype=np.float64)
+            n_clipped, added = 0, 0.0
             for start, frames in self.source.chunks(self.block_in):
-                out = self._transform(frames, start, bad, shift)
+                out, n, a = self._transform_counted(frames, start, bad, shift)
                 s = start // self.options.bin_scan**2
                 patterns[s : s + len(out)] = out
                 total += out.sum(axis=0, dtype=np.float64)
+                n_clipped, added = n_clipped + n, added + a
                 tick(len(frames))
+        self.clipped_ringing = None
+        if shift is not None and self.options.shift_method == "fourier":
+            grand = float(total.sum())
+            self.clipped_ringing = {"pixels": n_clipped, "counts": added,
+                                    "fraction": None if added is None or grand <= 0 else added / grand}
         mean = (total / n_out).astype(np.float32)
         writer.array("mean_pattern", mean, dims=("ky", "kx"), units="counts")
         return mean
@@ -235,9 +272,10 @@ class Preprocess:
         steps: list[tuple[bool, str, dict[str, Any]]] = [
             (bool(o.multiply), "multiply", {"factor": o.multiply}),
             (any(self._orient_flags()), "orient", {k: getattr(cal, k) for k in ORIENT_KEYS}),
-            (shift is not None and o.center != "auto", "shift", {"shift_px": list(shift or ()), "method": o.shift_method}),
+            (shift is not None and o.center != "auto", "shift",
+             {"shift_px": list(shift or ()), "method": o.shift_method, **self._clip_note()}),
             (self.window is not None, "crop", {"window": list(self.window or ())}),
-            (o.bin > 1, "bin", {"factor": o.bin}),
+            (o.bin > 1, "bin", {"factor": o.bin, **self._bin_centring(shift)}),
             (o.bin_scan > 1, "bin_scan", {"factor": o.bin_scan}),
             (self.pad_shape is not None, "pad", {"shape": list(self.pad_shape or ())}),
             (True, "dtype", {"dtype": o.dtype}),
@@ -245,6 +283,12 @@ class Preprocess:
         for on, name, params in steps:
             if on:
                 writer.record(name, **params)
+
+    def _bin_centring(self, shift: tuple[float, float] | None) -> dict[str, Any]:
+        half = ops.bin_half_shift(self.options.bin)
+        if not half:
+            return {}
+        return {"half_pixel_shift_px": half, "half_pixel_by": "shift" if shift is not None else "bilinear"}
 
     def _compress(self, writer: Any, tick: ProgressFn) -> dict[str, Any]:
         """Virtual detectors: masks (K, ky, kx) and signals = masks · patterns (N, K)."""
@@ -310,7 +354,8 @@ class Preprocess:
     def _summary(self, path: Path, cal: Calibration, compression: dict[str, Any] | None) -> dict[str, Any]:
         return {"output": str(path), "n_frames": int(np.prod(self.out_scan)), "frame_shape": list(self.out_shape),
                 "scan_shape": list(self.out_scan), "dtype": self.options.dtype, "chunk_frames": self.block_out,
-                "calibration": cal.to_attrs(), "compression": compression}
+                "calibration": cal.to_attrs(), "compression": compression,
+                "clipped_ringing": self.clipped_ringing}
 
 
 def _options(options: PreprocessOptions | dict | None) -> PreprocessOptions:

@@ -1,8 +1,8 @@
 """Frame operations of ``preprocess``, each on a chunk (n, ky, kx) of host frames.
 
 Patterns stay DC-centred (physics.md §1.4: the detector centre is index (M//2, M//2)), so
-every geometric operation here keeps the beam axis at the centre pixel: centred crop,
-symmetric pad, binning of an even-sized frame.
+every geometric operation here keeps the beam axis at the centre pixel: reflection about
+that pixel, transpose, centred crop, symmetric pad, and binning in blocks around it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import InputError, RecipeError
+from ..physics.detector import bin_pixels
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -85,12 +86,25 @@ def repair_pixels(frames: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- geometry
+def reflect(frames: np.ndarray, axis: int) -> np.ndarray:
+    """Mirror about the centre pixel c = n//2: index i -> (2c - i) mod n, so k -> -k."""
+    n = frames.shape[axis]
+    flipped = np.flip(frames, axis=axis)
+    # A plain reversal mirrors about (n-1)/2, half a pixel short of c for even n: the DC
+    # pixel would land on c-1. One roll puts it back; odd n is already centred.
+    return flipped if n % 2 else np.roll(flipped, 1, axis=axis)
+
+
 def orient(frames: np.ndarray, flip_ky: bool, flip_kx: bool, transpose: bool) -> np.ndarray:
-    """Exact index operations only: frames are never resampled (physics.md §1.5)."""
+    """Exact index operations only: frames are never resampled (physics.md §1.5).
+
+    Each keeps the DC pixel (M//2, M//2) in place: the flips are reflections about it and
+    the transpose maps (h//2, w//2) to (w//2, h//2), the centre of the transposed frame.
+    """
     if flip_ky:
-        frames = frames[:, ::-1, :]
+        frames = reflect(frames, 1)
     if flip_kx:
-        frames = frames[:, :, ::-1]
+        frames = reflect(frames, 2)
     if transpose:
         frames = frames.transpose(0, 2, 1)
     return frames
@@ -169,12 +183,35 @@ def crop(frames: np.ndarray, window: tuple[int, int, int, int] | None) -> np.nda
     return frames[:, y0:y1, x0:x1]
 
 
-def bin_detector(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Sum factor x factor pixel blocks (counts are kept)."""
+def bin_half_shift(factor: int) -> float:
+    """Sub-pixel shift [px] that even-factor binning needs before its blocks (0 for odd factors).
+
+    Blocks of an even factor b are centred half a pixel before the DC pixel (see
+    `bin_detector`); shifting the frame by -0.5 px first puts the DC pixel on the block centre.
+    """
+    return -0.5 if factor % 2 == 0 else 0.0
+
+
+def bin_detector(frames: np.ndarray, factor: int, half_shifted: bool = False) -> np.ndarray:
+    """Sum factor x factor pixel blocks around the DC pixel, which becomes the centre pixel (M/b)//2.
+
+    The blocks are those of the model's `physics.detector.bin_pixels` (taken on the unshifted
+    grid), so data and model bin alike; like the model's grid they are circular, so the
+    outermost block may join the two edges of the frame. For odd b the block is centred on
+    the DC pixel. For even b no block of whole pixels can be, so the frame is first shifted
+    by `bin_half_shift` (bilinear: the b+1 pixels of a block's footprint, the two edge ones
+    at half weight, as a detector with b-times larger pixels centred on DC would see them),
+    unless the caller already did that inside its own sub-pixel shift (``half_shifted``).
+    Counts are kept.
+    """
     if factor == 1:
         return frames
-    n, h, w = frames.shape
-    return frames.reshape(n, h // factor, factor, w // factor, factor).sum(axis=(2, 4), dtype=np.float32)
+    frames = np.asarray(frames, dtype=np.float32)
+    half = bin_half_shift(factor)
+    if half and not half_shifted:
+        frames = bilinear_shift(frames, (half, half))
+    unshifted = np.fft.ifftshift(frames, axes=(-2, -1))
+    return np.fft.fftshift(bin_pixels(unshifted, factor), axes=(-2, -1))
 
 
 def bin_scan(frames: np.ndarray, nx: int, factor: int) -> np.ndarray:
@@ -194,6 +231,15 @@ def pad_to(frames: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
     (h, w), (H, W) = frames.shape[-2:], shape
     top, left = H // 2 - h // 2, W // 2 - w // 2
     return np.pad(frames, ((0, 0), (top, H - h - top), (left, W - w - left)))
+
+
+def clip_ringing(frames: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """Clip the negative lobes of Fourier-shift ringing: -> (frames, n pixels clipped, counts added)."""
+    neg = frames < 0
+    n = int(neg.sum())
+    if not n:
+        return frames, 0, 0.0
+    return np.maximum(frames, 0), n, float(-frames[neg].sum(dtype=np.float64))
 
 
 def to_dtype(frames: np.ndarray, dtype: str, where: str) -> np.ndarray:

@@ -23,6 +23,7 @@ CMAPS = {
     "viridis": [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
 }
 LEVELS = 64
+TEXT_RAMP = " .:-=+*#%@"  # dark to bright, plain ASCII so any log or pager shows it
 
 
 def _xterm_palette() -> np.ndarray:
@@ -61,18 +62,25 @@ def _resample(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return both / ny[:, None] / nx[None, :]
 
 
-def image_to_ansi(img: np.ndarray, width: int, height: int, cmap: str = "gray") -> str:
-    """``height`` lines of exactly ``width`` cells showing ``img`` (aspect kept, centred)."""
-    if width < 1 or height < 1:
-        raise InputError(f"preview size {width}x{height}: expected at least 1x1 cells")
+def _levels(img: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int]:
+    """``img`` fitted into width x 2*height pixels (aspect kept), as levels 0..LEVELS-1
+    between its 1st and 99th percentiles; returns (levels, fitted width)."""
     img = np.asarray(img, dtype=np.float64)
     h, w = img.shape
     scale = min(width / w, 2 * height / h)
     out_w, out_h = max(1, min(width, round(w * scale))), max(1, min(2 * height, round(h * scale)))
     small = _resample(np.nan_to_num(img, nan=np.nanmin(img)), out_h, out_w)
     lo, hi = np.percentile(small, [1, 99]) if small.size > 4 else (small.min(), small.max())
-    level = np.clip((small - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (LEVELS - 1)
+    return np.clip((small - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (LEVELS - 1), out_w
+
+
+def image_to_ansi(img: np.ndarray, width: int, height: int, cmap: str = "gray") -> str:
+    """``height`` lines of exactly ``width`` cells showing ``img`` (aspect kept, centred)."""
+    if width < 1 or height < 1:
+        raise InputError(f"preview size {width}x{height}: expected at least 1x1 cells")
+    level, out_w = _levels(img, width, height)
     colours = colour_table(cmap)[np.rint(level).astype(int)]
+    out_h = level.shape[0]
     if out_h % 2:
         colours = np.vstack([colours, np.full((1, out_w), -1)])  # -1: terminal background
     pad_top = (height - colours.shape[0] // 2) // 2
@@ -86,16 +94,35 @@ def image_to_ansi(img: np.ndarray, width: int, height: int, cmap: str = "gray") 
     return "\n".join(lines)
 
 
+def image_to_text(img: np.ndarray, width: int, height: int) -> str:
+    """``image_to_ansi`` without colour codes (NO_COLOR, pipes, logs): one character of a
+    brightness ramp per cell, each cell covering two pixel rows as the half blocks do."""
+    if width < 1 or height < 1:
+        raise InputError(f"preview size {width}x{height}: expected at least 1x1 cells")
+    level, out_w = _levels(img, width, height)
+    if level.shape[0] % 2:
+        level = np.vstack([level, level[-1:]])
+    cells = (level[0::2] + level[1::2]) / 2 / (LEVELS - 1)
+    chars = np.asarray(list(TEXT_RAMP))[np.rint(cells * (len(TEXT_RAMP) - 1)).astype(int)]
+    pad_top = (height - chars.shape[0]) // 2
+    pad_left = (width - out_w) // 2
+    blank = " " * width
+    lines = [blank] * pad_top
+    lines += [" " * pad_left + "".join(row) + " " * (width - out_w - pad_left) for row in chars]
+    lines += [blank] * (height - len(lines))
+    return "\n".join(lines)
+
+
 def _cell(top: int, bottom: int) -> str:
     bg = "\x1b[49m" if bottom < 0 else f"\x1b[48;5;{bottom}m"
     return f"\x1b[38;5;{top}m{bg}{UPPER_HALF}"
 
 
-def render(store_path: str | Path, width: int, height: int) -> str:
+def render(store_path: str | Path, width: int, height: int, colour: bool = True) -> str:
     """Object phase (state store, or a running job's checkpoint) or log PACBED (data store)
-    as ``height`` lines of ``width`` terminal cells."""
+    as ``height`` lines of ``width`` terminal cells; ``colour=False``: no escape codes."""
     img, cmap = preview_image(store_path)
-    return image_to_ansi(img, width, height, cmap)
+    return image_to_ansi(img, width, height, cmap) if colour else image_to_text(img, width, height)
 
 
 def preview_image(store_path: str | Path) -> tuple[np.ndarray, str]:

@@ -27,6 +27,7 @@ from ..errors import InputError, Interrupted, NumericalError, RecipeError, Store
 from ..recipe import Recipe, constraint_params, load_recipe, resolved
 from ..store.io import (
     StoreWriter,
+    check_output,
     input_ref,
     open_store,
     partial_path,
@@ -111,6 +112,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     comm = distributed.world(distributed_run)
     if resume and out.exists():
         return _already_complete(out)
+    recipe_file = None if isinstance(recipe, Recipe) else recipe
+    check_output(out, overwrite=overwrite, inputs=[data, state, recipe_file])  # before loading the patterns
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
     rec = group_plan.with_group_size(rec, group_size)
     rec_json = resolved(rec)

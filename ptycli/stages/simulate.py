@@ -20,7 +20,7 @@ from ..errors import InputError, RecipeError
 from ..physics import aberrations as ab
 from ..physics import electron, multislice, overlap, probe, propagation, scan, specimen
 from ..store.calibration import Calibration
-from ..store.io import StoreWriter, default_chunks
+from ..store.io import StoreWriter, check_output, default_chunks
 
 NOISE_FREE_COUNTS = 1.0e6  # counts per frame when no dose is given (noise-free data)
 
@@ -274,6 +274,7 @@ def calibration(opts: SimulateOptions) -> Calibration:
 def run(out: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
     """Simulate a dataset and write it (plus ``truth/``) to the data store ``out``."""
     opts = options.pop("options", None) or resolve_options(**options)
+    check_output(out, overwrite=overwrite)  # before the simulation, not after it
     geo = geometry(opts)
     obj, spec = truth_object(opts, geo["object_shape"])
     probe_modes = truth_probe(opts)

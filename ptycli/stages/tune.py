@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import NumericalError, OutputExistsError, RecipeError, UsageError
+from ..errors import InputError, NumericalError, OutputExistsError, RecipeError, UsageError
 from ..recipe import find_recipe, parse_toml
 from . import tune_report, tune_space, tune_trial
 
@@ -105,7 +105,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
              "iterations": iterations, "validation_fraction": validation_fraction}
     st = sp.study.model_copy(update={k: v for k, v in flags.items() if v is not None})
     st = tune_space.Study.model_validate(st.model_dump())  # CLI values get the same checks
-    _prepare_out(out, overwrite and not worker)
+    _prepare_out(out, overwrite and not worker, [data, state, space, recipe])
     plan = _plan(data, state, out, recipe_data, st, sp, seed, device, precision)
     n_iter = tune_trial.trial_recipe(plan, []).total_iterations
     worker_no = worker_id() if worker else 0
@@ -132,12 +132,21 @@ def _seed(seed: int, worker_no: int, done: int) -> int:
     return int(np.random.SeedSequence([seed, worker_no, done]).generate_state(1)[0])
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+def _prepare_out(out: Path, overwrite: bool, inputs: list[Any]) -> None:
+    from ..store.io import check_not_input  # noqa: PLC0415
+
+    check_not_input(out, inputs, replacing=overwrite)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
-    (out / "trials").mkdir(parents=True, exist_ok=True)
+    if overwrite and out.exists():
+        # --overwrite restarts a study; it must not empty a folder that never held one
+        if not (out / LOCK_NAME).exists() and any(out.iterdir()):
+            raise OutputExistsError(f"{out}: exists and is not a ptycli tune directory; not replaced")
+        shutil.rmtree(out)
+    try:
+        (out / "trials").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
 
 
 def _plan(data: Any, state: Any, out: Path, recipe_data: dict, st: tune_space.Study, sp: tune_space.Space,

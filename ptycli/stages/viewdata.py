@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, StoreError, UsageError
 from ..store.calibration import Calibration, load_calibration
 from ..store.io import open_store, partial_path, read_meta
 from ..store.state import State, load_state
@@ -116,8 +116,8 @@ def parse_slices(spec: str, n_slices: int) -> tuple[str, slice]:
         return spec, slice(0, n_slices)
     try:
         lo, hi = (int(v) if v else None for v in spec.split(":"))
-    except ValueError:
-        raise InputError(f"--slices {spec!r}: expected sum, all or i:j") from None
+    except ValueError:  # malformed flag text is a usage error; a range the store lacks is an input one
+        raise UsageError(f"--slices {spec!r}: expected sum, all or i:j") from None
     sel = slice(lo, hi)
     if len(range(n_slices)[sel]) == 0:
         raise InputError(f"--slices {spec!r}: selects no slice of {n_slices}")
@@ -148,7 +148,9 @@ def parse_crop(spec: str, state: State) -> tuple[int, int, int, int]:
         ys, xs = spec.split(",")
         (y0, y1), (x0, x1) = ([int(v) for v in s.split(":")] for s in (ys, xs))
     except ValueError:
-        raise InputError(f"--crop {spec!r}: expected scanned, full or y0:y1,x0:x1") from None
+        raise UsageError(f"--crop {spec!r}: expected scanned, full or y0:y1,x0:x1") from None
+    if y0 >= y1 or x0 >= x1:
+        raise UsageError(f"--crop {spec!r}: empty or reversed bounds; expected y0 < y1 and x0 < x1")
     if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
         raise InputError(f"--crop {spec!r}: outside the {h}x{w} object")
     return y0, y1, x0, x1

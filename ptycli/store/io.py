@@ -3,14 +3,19 @@
 A stage writes ``OUT.partial`` and renames it to ``OUT`` only when complete, so "the
 target exists" means "the target is complete" (what Make needs) and a killed stage never
 leaves half a store under the final name. An existing output is replaced only with
-``overwrite=True``, and only at the moment the new one is complete.
+``overwrite=True``, only when it is a ptycli store (never a stranger's folder or file), and
+only at the moment the new one is complete. ``check_output`` runs those checks (and that the
+location is writable and no input is replaced) before a stage computes anything.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,7 +24,7 @@ import zarr
 import zarr.codecs
 
 from .. import __version__
-from ..errors import InputError, OutputExistsError, StoreError
+from ..errors import DeviceError, InputError, OutputExistsError, StoreError, UsageError
 from .schema import DIMS, ROOT_ATTR, SCHEMA_VERSION, UNITS, InputRef, RootMeta, json_hash, major, now_iso
 
 PARTIAL_SUFFIX = ".partial"
@@ -45,6 +50,85 @@ def default_chunks(shape: tuple[int, ...], dtype: Any, lead_axis: int = 0) -> tu
     return tuple(shape[:lead_axis]) + (n,) + tuple(shape[lead_axis + 1 :])
 
 
+# ----------------------------------------------------------------------------- output checks
+def is_ptycli_store_dir(path: str | os.PathLike) -> bool:
+    """True for a directory whose Zarr root carries the ``ptycli`` attribute (read from disk, no zarr)."""
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and ROOT_ATTR in (doc.get("attributes") or {})
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[Any] = (),
+                 kind: str = "store") -> Path:
+    """Refuse, before any work, an output the stage must not replace or could not write.
+
+    ``kind`` is "store" (a directory store; missing parent folders are created later) or
+    "file" (one regular file; its folder must exist). ``inputs`` are the paths the stage reads:
+    writing over, into or around one would destroy what the output's provenance points at.
+    """
+    out = Path(path)
+    check_not_input(out, inputs, replacing=overwrite)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+        _check_replaceable(out, kind)
+    _check_writable(out, kind)
+    return out
+
+
+def check_not_input(out: Path, inputs: Iterable[Any], *, replacing: bool = True) -> None:
+    """Refuse an output that is an input or lies inside an input store, or (when ``replacing``
+    an existing output) one that holds an input."""
+    resolved = out.resolve()
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        src = Path(given).resolve()
+        if src == resolved:
+            why = "is the input"
+        elif src in resolved.parents and (src / "zarr.json").exists():
+            why = "lies inside the input store"
+        elif resolved in src.parents and replacing and out.exists():
+            why = "contains the input"
+        else:
+            continue
+        raise UsageError(f"{out}: {why} {given}; choose another output (a stage never replaces what it reads)")
+
+
+def _check_replaceable(out: Path, kind: str) -> None:
+    """--overwrite replaces what a stage writes, never a stranger's file or folder."""
+    if kind == "file":
+        if not out.is_file():
+            raise OutputExistsError(f"{out}: exists and is not a regular file; not replaced")
+    elif out.is_symlink():
+        raise OutputExistsError(f"{out}: is a symbolic link; not replaced "
+                                "(remove it yourself or choose another output)")
+    elif not (out.is_dir() and is_ptycli_store_dir(out)):
+        raise OutputExistsError(f"{out}: exists and is not a ptycli store; not replaced "
+                                "(remove it yourself or choose another output)")
+
+
+def _check_writable(out: Path, kind: str) -> None:
+    """Create and remove a probe file where the output will go, so a bad location fails now."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if kind == "file" and not parent.exists():
+        raise InputError(f"{out}: no such directory {parent} for the output")
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent  # a store's missing folders are created when it is written
+    if not parent.is_dir():
+        raise InputError(f"{out}: cannot write here: {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ptycli-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DeviceError(f"{out}: cannot write here: {exc.strerror}") from None
+        raise InputError(f"{out}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
 # ----------------------------------------------------------------------------- writing
 class StoreWriter:
     """Writes one new store under ``OUT.partial``; ``finalize()`` renames it to ``OUT``."""
@@ -65,9 +149,11 @@ class StoreWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.keep_partial_on_error = keep_partial_on_error
-        if self.path.exists() and not overwrite:
-            raise OutputExistsError(f"{self.path} exists; pass --overwrite to replace it")
-        if self.partial.exists() and not reuse_partial:
+        self.overwrite = overwrite
+        check_output(self.path, overwrite=overwrite)
+        if self.partial.is_symlink() or self.partial.is_file():
+            self.partial.unlink()  # OUT.partial is ptycli's own name: whatever is there is never complete
+        elif self.partial.exists() and not reuse_partial:
             shutil.rmtree(self.partial)  # left by a killed run: never complete, safe to drop
         self.meta = RootMeta(
             kind=kind,  # type: ignore[arg-type]
@@ -108,7 +194,11 @@ class StoreWriter:
         self.meta.finished = now_iso()
         self.meta.fingerprint = fingerprint(self.group, self.meta)
         self._write_meta()
-        if self.path.exists():  # only reached with overwrite=True
+        if self.path.exists() or self.path.is_symlink():
+            # checked again: something may have appeared there during a long computation
+            if not self.overwrite:
+                raise OutputExistsError(f"{self.path} exists; pass --overwrite to replace it")
+            _check_replaceable(self.path, "store")
             shutil.rmtree(self.path)
         os.replace(self.partial, self.path)
         return self.path
@@ -194,10 +284,17 @@ def open_store(path: str | os.PathLike, kind: str | None = None, *, allow_partia
         raise InputError(f"{p}: no such store")
     if p.name.endswith(PARTIAL_SUFFIX) and not allow_partial:
         raise StoreError(f"{p}: is an incomplete (.partial) store; re-run the stage that wrote it")
+    not_store = f"{p}: not a ptycli store (run `ptycli preprocess` on raw detector files first)"
+    if not p.is_dir():
+        raise StoreError(not_store)
     try:
         group = zarr.open_group(str(p), mode="r")
     except Exception as exc:  # zarr raises several types for "not a group"
+        if not (p / "zarr.json").exists():  # a plain folder (or raw frames), not a damaged store
+            raise StoreError(not_store) from None
         raise InputError(f"{p}: not a readable Zarr group ({type(exc).__name__})") from None
+    if ROOT_ATTR not in group.attrs:
+        raise StoreError(not_store)
     meta = read_meta(group, p)
     if major(meta.schema_version) > major(SCHEMA_VERSION):
         raise StoreError(

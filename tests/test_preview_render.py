@@ -86,3 +86,16 @@ def test_watch_of_a_finished_store_returns_at_once(stores):
     frames = []
     snap = watch(stores[1], lambda t, s: frames.append(t), interval_s=0.01, timeout_s=5)
     assert snap["status"] == "complete" and snap["iteration"] == 12 and len(frames) == 1
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {}])
+def test_cli_watch_writes_no_colour_codes_with_no_color_or_into_a_pipe(cli, tmp_path, monkeypatch, env):
+    """The runner's stdout is not a terminal: a SLURM log or a pipe gets a plain-text preview."""
+    make_running_store(tmp_path, iteration=3)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = cli("watch", tmp_path / "run.zarr", "--once")
+    assert r.exit_code == 0, r.stderr
+    assert "iteration 3/" in r.stdout and "\x1b" not in r.stdout
+    assert len(r.stdout.strip().splitlines()) > 3  # the preview is there, as text

@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .options import Json, Overwrite, read_path_arg
-from .output import handle_errors, log, result, table_console
+from .output import colour_ok, handle_errors, log, result, table_console
 
 
 @app.command()
@@ -49,18 +49,7 @@ def inspect(
     if preview:
         from ..stages.preview import render  # noqa: PLC0415
 
-        result(render(path, *_terminal_size(), colour=_colour_ok()))
-
-
-def _colour_ok() -> bool:
-    """Colour codes only for a terminal (or FORCE_COLOR), never with NO_COLOR or TERM=dumb:
-    the preview is written as text, so rich's own checks do not apply to it."""
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
+        result(render(path, *_terminal_size(), colour=colour_ok()))
 
 
 def _terminal_size() -> tuple[int, int]:

@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from .options import Json
-from .output import handle_errors, result
+from .output import colour_ok, handle_errors, result
 
 
 @app.command("watch")
@@ -35,7 +35,7 @@ def watch(
             sys.stdout.flush()
 
     snap = follow(out, emit, once=once, interval_s=interval, width=min(cols, 120),
-                  height=max(rows - 4, 6), timeout_s=timeout or None)
+                  height=max(rows - 4, 6), timeout_s=timeout or None, colour=colour_ok())
     if as_json:
         snap.pop("preview", None)
         result(snap, as_json=True)

@@ -47,6 +47,14 @@ def table_console(stderr: bool = False):
     return out
 
 
+def colour_ok() -> bool:
+    """Colour codes in text we write ourselves (image previews) only for a terminal (or
+    FORCE_COLOR), never with NO_COLOR or TERM=dumb: rich's own checks do not see that text."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
+
+
 def log(message: str, level: int = 0) -> None:
     """A log line on stderr, shown when the verbosity is at least ``level``."""
     if VERBOSITY["level"] >= level:

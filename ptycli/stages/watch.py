@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from .preview import image_to_ansi
+from .preview import image_to_ansi, image_to_text
 from .viewdata import history_of, object_phase_image, running_store, state_of, total_iterations
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -34,8 +34,9 @@ def sparkline(values: Any, width: int = 40) -> str:
     return "".join(SPARK[int(i)] for i in idx)
 
 
-def snapshot(out_path: str | Path, width: int = 60, height: int = 16) -> dict[str, Any]:
-    """The state of the job writing ``out_path``: status, iteration, loss, ETA, preview."""
+def snapshot(out_path: str | Path, width: int = 60, height: int = 16, colour: bool = True) -> dict[str, Any]:
+    """The state of the job writing ``out_path``: status, iteration, loss, ETA, preview
+    (colour codes, or a plain-text brightness ramp without ``colour``)."""
     import zarr  # noqa: PLC0415
 
     out = Path(out_path)
@@ -54,7 +55,7 @@ def snapshot(out_path: str | Path, width: int = 60, height: int = 16) -> dict[st
                             "eta_s": _eta(loss.size, total, times, status)}
     try:
         img = object_phase_image(state_of(group))
-        snap["preview"] = image_to_ansi(img, width, height)
+        snap["preview"] = image_to_ansi(img, width, height) if colour else image_to_text(img, width, height)
     except InputError:
         snap["preview"] = None  # no checkpoint yet
     return snap
@@ -109,13 +110,13 @@ def _duration(seconds: float) -> str:
 
 def watch(out_path: str | Path, emit: Callable[[str, dict], None], *, once: bool = False,
           interval_s: float = 2.0, width: int = 60, height: int = 16,
-          timeout_s: float | None = None) -> dict[str, Any]:
+          timeout_s: float | None = None, colour: bool = True) -> dict[str, Any]:
     """Poll ``out_path`` and call ``emit(frame_text, snapshot)`` whenever a new checkpoint
     or iteration lands; return the last snapshot when the job ends (or at once/timeout)."""
     t0, last_key, snap = time.monotonic(), None, {}
     while True:
         try:
-            snap = snapshot(out_path, width, height)
+            snap = snapshot(out_path, width, height, colour)
         except _RACE_ERRORS:
             snap = snap or {"output": str(out_path), "status": "busy", "iteration": 0}
         key = (snap.get("status"), snap.get("iteration"), snap.get("preview") is not None)

@@ -18,7 +18,7 @@ _ptycli() {
     constrain) opts='--apply --counts --device --help --json --output --overwrite --pad-px --probe-modes --recipe --slice-thickness-a --slices' ;;
     export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --output --overwrite --remove-ramp --slices --unwrap --what' ;;
     inspect) opts='--dataset --figure --get --help --json --overwrite --preview' ;;
-    compare) opts='--figure --help --json --margin --scale' ;;
+    compare) opts='--figure --help --json --margin --overwrite --scale' ;;
     validate) opts='--help --iterations --json --print-resolved --set' ;;
     demo) opts='--help --json --overwrite --recipe --seed' ;;
     watch) opts='--help --interval --json --once --timeout' ;;

@@ -148,6 +148,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from compare' -l figure
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l margin
+complete -c ptycli -n '__fish_seen_subcommand_from compare' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l scale
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a validate -d 'Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise.'

@@ -664,7 +664,7 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
 
     obj (Q, H, W); psi (B, P, M, N) incident waves; target (B, P, Q, M, N) = e'. Writes
     d_obj (B, Q, M, N) = Σ_p conj(ψ_p) δ_pq / den and d_psi (B, P, M, N) = mean_q β conj(O_q)
-    δ_pq / max|O_q|², δ = e' - O ψ, den = max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max (rPIE,
+    δ_pq / max_q max|O_q|², δ = e' - O ψ, den = max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max (rPIE,
     gamma > 0). Both from the values before this update, as the engine applies them.
     """
     nb_, n_p, nq, m, n = target.shape
@@ -678,15 +678,17 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
         for y in range(m):
             _power_row(psi[b], y, tmp)
             w_max = max(w_max, _row_max(tmp, n))
+        # max|O|² over every object mode, as engines/epie.py (why there)
+        t_max = zero
         for q in range(nq):
-            t_max = zero
             for y in range(m):
                 orow = obj[q, yb + y, xb:xb + n]
                 for x in range(n):
                     v = orow[x]
                     tmp[x] = v.real * v.real + v.imag * v.imag
                 t_max = max(t_max, _row_max(tmp, n))
-            scale = beta / (t_max * modes)
+        scale = beta / (t_max * modes)
+        for q in range(nq):
             if n_p == 1 and gamma <= 0:
                 # one probe mode, ePIE: each output written once, no per-row passes after
                 # (measured 40 -> ~25 us for one 128² position)
@@ -773,23 +775,31 @@ def _direction_rows(nums, w, q, r0, r1, c):
 
 
 @nb.njit(**_JIT)
-def lsqml_direction(num, w, delta, num2=None, w2=None):
-    """LSQ-ML's object direction num[l] ← -½ num[l] / sqrt(w[l]² + (δ max w[l])²) for each
+def lsqml_direction(num, w, delta, num2=None, w2=None, modes=1):
+    """LSQ-ML's object direction num[l] ← -½ num[l] / sqrt(w[l]² + (δ max w)²) for each
     object mode and slice l, in place in two passes (the max, then the quotient); num
-    (L, H, W) complex, w (L, H, W) real. With a second part's sums num2, w2 (shaped as num,
-    w), they are added on the way (into num and w): no pass of their own."""
+    (L, H, W) complex, w (L, H, W) real. The max is over plane l and, with ``modes`` Q > 1
+    object modes (l = q·S + s), over that slice's planes of every mode (engines/lsqml.py
+    ``_object_direction``: why). With a second part's sums num2, w2 (shaped as num, w), they
+    are added on the way (into num and w): no pass of their own."""
     if num2 is None:
-        _direction_passes((num,), (w,), delta)
+        _direction_passes((num,), (w,), delta, modes)
     else:
-        _direction_passes((num, num2), (w, w2), delta)
+        _direction_passes((num, num2), (w, w2), delta, modes)
     return num
 
 
 @nb.njit(inline="always", **_JIT)
-def _direction_passes(nums, ws, delta):
-    h = nums[0].shape[1]
-    for q in range(nums[0].shape[0]):
-        w_max = _sum_rows_max(ws, q, 0, h)
+def _direction_passes(nums, ws, delta, modes):
+    n_l, h = nums[0].shape[0], nums[0].shape[1]
+    maxes = np.empty(n_l, dtype=ws[0].dtype)
+    for q in range(n_l):
+        maxes[q] = _sum_rows_max(ws, q, 0, h)
+    n_s = n_l // modes
+    for q in range(n_l):
+        w_max = maxes[q % n_s]
+        for k in range(1, modes):
+            w_max = max(w_max, maxes[q % n_s + k * n_s])
         _direction_rows(nums, ws[0], q, 0, h, (delta * w_max) * (delta * w_max))
 
 

@@ -369,11 +369,17 @@ def _slice_epie(obj, sl, yb, xb, psi, e, beta, gamma, d_obj, to_wave, tmp):
     """3PIE's updates at slice ``sl`` (physics.md §6.2), from the values before the position's
     update: δ = e - O ψ, d_obj (Q, M, N) = Σ_p conj(ψ) δ / den (den = max Σ_p|ψ|² for ePIE,
     (1-γ)Σ_p|ψ|² + γ max with gamma > 0 for rPIE) and Δψ = β conj(O) δ / max|O|², both per
-    object mode; e (P, Q, M, N) becomes ψ + Δψ (``to_wave``: the wave the slice before must
-    have made) or Δψ itself (the first slice: the probe's update). psi (P, Q|1, M, N)."""
+    object mode, the maxima over every object mode (engines/epie.py ``_denominator``: why);
+    e (P, Q, M, N) becomes ψ + Δψ (``to_wave``: the wave the slice before must have made) or
+    Δψ itself (the first slice: the probe's update). psi (P, Q|1, M, N)."""
     nq, m = e.shape[1], e.shape[2]
+    w_max = _like(0, tmp)
+    t_max = _like(0, tmp)
     for q in range(nq):
-        w_max, t_max = _slice_epie_maxes(obj, sl, yb, xb, psi, q, 0, m, tmp)
+        w_q, t_q = _slice_epie_maxes(obj, sl, yb, xb, psi, q, 0, m, tmp)
+        w_max = max(w_max, w_q)
+        t_max = max(t_max, t_q)
+    for q in range(nq):
         _slice_epie_rows(obj, sl, yb, xb, psi, e, q, beta / t_max, gamma, w_max, d_obj, to_wave, tmp, 0, m)
 
 
@@ -657,12 +663,13 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
             maxes[t, q, 1] = t_part
         passed += 1
         _barrier(bar_addr, passed * n_threads)
-        for q in range(nq):
-            w_max = maxes[0, q, 0]
-            t_max = maxes[0, q, 1]
-            for i in range(1, n_threads):
+        w_max = maxes[0, 0, 0]
+        t_max = maxes[0, 0, 1]
+        for q in range(nq):  # over every object mode, as ``_slice_epie``
+            for i in range(n_threads):
                 w_max = max(w_max, maxes[i, q, 0])
                 t_max = max(t_max, maxes[i, q, 1])
+        for q in range(nq):
             _slice_epie_rows(obj, sl, yb, xb, src, far, q, beta / t_max, gamma, w_max, d_obj[sl], sl > 0, tmp,
                              r0, r1)
         passed += 1

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from .constraints.problems import validation_problems
 from .constraints.schedule import ScheduleValue, When, value_at
 from .errors import RecipeError
 
@@ -43,8 +44,8 @@ def _when(value: Any) -> Any:
         return When()
     if value is False:
         return NEVER.model_copy()
-    if isinstance(value, int):
-        return When(after=value)
+    if isinstance(value, int):  # a table, so a bad N is reported at its key, not raised here
+        return {"after": value}
     return value
 
 
@@ -68,7 +69,7 @@ class Grouping(_Model):
     """How positions are split into groups (mini-batches) each iteration."""
 
     kind: Literal["random", "sparse", "compact"] = "sparse"
-    size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(32, description=(
+    size: Annotated[StrictInt, Field(ge=1)] | Literal["auto"] = Field(32, description=(
         "positions per group, or \"auto\": the largest group that fits the memory budget "
         "(engines/data.py plan_memory), chosen when the run starts"))
 
@@ -143,7 +144,8 @@ class Constraint(BaseModel):
 
 
 class _Stage(_Model):
-    iterations: int = Field(10, ge=0)
+    # StrictInt throughout: a TOML `true` is not a count (lax ints would read it as 1)
+    iterations: StrictInt = Field(10, ge=0)
     noise: Noise = Field(default_factory=Noise)
     grouping: Grouping = Field(default_factory=Grouping)
     refine: Refine = Field(default_factory=Refine)
@@ -199,7 +201,8 @@ class LsqmlStage(_FixedVariablesStage):
     """LSQ-ML (Odstrčil 2018, physics.md §6.3)."""
 
     type: Literal["lsqml"]
-    delta: float = Field(0.1, ge=0, description="preconditioner regularisation δ")
+    # δ = 0 divides by the unlit object's zero illumination: NaN on the first update
+    delta: float = Field(0.1, gt=0, description="preconditioner regularisation δ")
     beta_lsq: float = Field(0.9, gt=0, le=1, description="step damping β_LSQ")
     trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed-mean fraction of the batch steps")
     multislice_step: float = Field(4.0, gt=0, description=(
@@ -274,11 +277,11 @@ class LbfgsStage(_Stage):
     """Full-batch L-BFGS with a strong-Wolfe line search on the stacked, scaled variables (§6.5)."""
 
     type: Literal["lbfgs"]
-    history: int = Field(10, ge=0, description="memory m: 0 = gradient descent, 1 = CG-like, >1 L-BFGS")
+    history: StrictInt = Field(10, ge=0, description="memory m: 0 = gradient descent, 1 = CG-like, >1 L-BFGS")
     c1: float = Field(1e-4, gt=0, lt=1, description="sufficient-decrease constant")
     c2: float = Field(0.9, gt=0, lt=1, description="curvature constant (strong Wolfe)")
-    max_evaluations: int = Field(20, ge=2, le=100, description="f+∇f evaluations per line search")
-    chunk: int = Field(256, ge=1, description="positions per forward/adjoint call (memory only)")
+    max_evaluations: StrictInt = Field(20, ge=2, le=100, description="f+∇f evaluations per line search")
+    chunk: StrictInt = Field(256, ge=1, description="positions per forward/adjoint call (memory only)")
     scale: LbfgsScale = Field(default_factory=LbfgsScale)
     grouping: Grouping = Field(default_factory=lambda: Grouping(kind="compact", size=1_000_000))
 
@@ -297,7 +300,7 @@ STAGE_TYPES = ("epie", "lsqml", "gradient", "lbfgs")
 class Recipe(_Model):
     recipe: Literal["ptycli/1"]
     description: str = ""
-    seed: int | None = Field(None, description="overrides --seed when set")
+    seed: StrictInt | None = Field(None, description="overrides --seed when set")
     stage: list[Stage] = Field(min_length=1)
 
     @property
@@ -306,71 +309,107 @@ class Recipe(_Model):
 
 
 # ----------------------------------------------------------------------------- loading
-def _format_errors(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
-        parts.append(f"{path or '(root)'}: {err['msg']}")
-    return f"{source}: " + "; ".join(parts)
+class RecipeErrors(RecipeError):
+    """A recipe with bad keys; ``errors`` lists every one as ``{"key": path, "message": ...}``."""
 
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value ('lsqml') and model names in the location.
-    return isinstance(part, str) and (part in STAGE_TYPES or part[:1].isupper()
-                                      or part in ("float", "ScheduleValue", "bool", "int"))
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.errors = [{"key": key, "message": msg} for key, msg in problems]
+        super().__init__(f"{source}: " + "; ".join(f"{key}: {msg}" for key, msg in problems))
 
 
 def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a recipe dict; RecipeError lists every bad key by path."""
     if not isinstance(data.get("recipe"), str) or data.get("recipe") != RECIPE_VERSION:
-        raise RecipeError(f"{source}: recipe: expected {RECIPE_VERSION!r}, got {data.get('recipe')!r}")
+        raise RecipeErrors(source, [("recipe", f"expected {RECIPE_VERSION!r}, got {data.get('recipe')!r}")])
+    problems: list[tuple[str, str]] = []
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, source)) from None
-    check_constraints(recipe, source)
+        problems = validation_problems(exc, data)
+    # constraint tables are checked even when the stages around them are not valid, so
+    # one run of `validate` lists every bad key
+    problems = sorted(_unique(problems + _table_problems(data.get("stage"))), key=_stage_of)
+    if problems:
+        raise RecipeErrors(source, problems)
     return recipe
 
 
-def check_constraints(recipe: Recipe, source: str) -> None:
-    """Validate ``[[stage.constraints]]`` through the constraints registry."""
-    registry = _constraint_registry()
-    for i, stage in enumerate(recipe.stage):
-        for k, c in enumerate(stage.constraints):
-            where = f"{source}: stage.{i}.constraints.{k}"
-            if c.type not in registry:
-                raise RecipeError(f"{where}.type: unknown constraint {c.type!r}; "
-                                  f"expected one of {sorted(registry)}")
+def _stage_of(problem: tuple[str, str]) -> int:
+    """Order by stage only (stable), so each stage's errors stay together and in field order."""
+    parts = problem[0].split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "stage" and parts[1].isdigit() else -1
+
+
+def _unique(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for key, msg in problems:
+        seen.setdefault(key, msg)
+    return list(seen.items())
+
+
+def _table_problems(stages: Any) -> list[tuple[str, str]]:
+    """Bad keys of the constraint and regulariser tables of raw stage dicts."""
+    out: list[tuple[str, str]] = []
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        if not isinstance(stage, dict):
+            continue
+        tables = stage.get("constraints")
+        if isinstance(tables, list):
+            out += _constraint_problems(tables, f"stage.{i}.constraints")
+        tables = stage.get("regularisers")
+        # ePIE and LSQ-ML refuse every regulariser: the stage's own error says so
+        if isinstance(tables, list) and stage.get("type") not in ("epie", "lsqml"):
+            out += _regulariser_problems(tables, f"stage.{i}.regularisers")
+    return out
+
+
+def _coerced(table: dict[str, Any]) -> dict[str, Any]:
+    # the `when` shorthands (true / false / N) are the recipe's, not the registry's
+    out = dict(table)
+    if isinstance(out.get("when"), (bool, int)):
+        out["when"] = _when(out["when"])
+    return out
+
+
+def _constraint_problems(tables: list[Any], where: str) -> list[tuple[str, str]]:
+    from .constraints.registry import CONSTRAINTS, check_items
+
+    return check_items([_coerced(t) if isinstance(t, dict) else t for t in tables], CONSTRAINTS,
+                       "constraint", where)[1]
+
+
+def _regulariser_problems(tables: list[Any], where: str) -> list[tuple[str, str]]:
+    from .constraints.registry import REGULARISERS, check_items
+    from .engines.scan_regularisers import SCAN_REGULARISERS, ScanRegulariserParams
+
+    out: list[tuple[str, str]] = []
+    for k, table in enumerate(tables):
+        if isinstance(table, dict) and table.get("type") in SCAN_REGULARISERS:
+            data = _coerced(table)
             try:
-                constraint_params(registry[c.type], c)
+                ScanRegulariserParams.model_validate(data)
             except ValidationError as exc:
-                raise RecipeError(_format_errors(exc, where)) from None
-        check_regularisers(stage, f"{source}: stage.{i}.regularisers")
+                out += validation_problems(exc, data, f"{where}.{k}")
+        else:  # check_items numbers from 0: give it the recipe's index
+            found = check_items([_coerced(table) if isinstance(table, dict) else table], REGULARISERS,
+                                "regulariser", where)[1]
+            out += [(f"{where}.{k}" + key[len(f"{where}.0"):], msg) for key, msg in found]
+    return out
+
+
+def check_constraints(recipe: Recipe, source: str) -> None:
+    """Validate ``[[stage.constraints]]`` (and regularisers) through the registries."""
+    problems = _table_problems(recipe.model_dump()["stage"])
+    if problems:
+        raise RecipeErrors(source, problems)
 
 
 def check_regularisers(stage: Any, where: str) -> None:
     """Validate ``[[stage.regularisers]]``: cost terms of the registry or scan regularisers."""
-    if not stage.regularisers:
-        return
-    from .engines.scan_regularisers import SCAN_REGULARISERS, params_of
-
-    cost = []
-    for k, table in enumerate(stage.regularisers):
-        if table.type in SCAN_REGULARISERS:
-            try:
-                params_of(table)
-            except ValidationError as exc:
-                raise RecipeError(_format_errors(exc, f"{where}.{k}")) from None
-        else:
-            cost.append((k, {"type": table.type, "when": table.when.model_dump(), **table.params()}))
-    if cost:
-        from .constraints.registry import validate_regularisers
-
-        for k, item in cost:
-            try:
-                validate_regularisers([item], where)
-            except RecipeError as exc:  # the registry numbers from 0; name the recipe's index
-                raise RecipeError(str(exc).replace(f"{where}.0", f"{where}.{k}")) from None
+    problems = _regulariser_problems(stage.model_dump()["regularisers"], where)
+    if problems:
+        raise RecipeError("; ".join(f"{key}: {msg}" for key, msg in problems))
 
 
 def constraint_params(spec: Any, table: Constraint) -> Any:
@@ -393,11 +432,17 @@ def _constraint_registry() -> dict[str, Any]:
 def find_recipe(name_or_path: str | Path) -> tuple[str, str]:
     """(source name, TOML text) of a recipe file, or of a shipped recipe by name."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    names = shipped_recipes()
+    # a directory is never a recipe file: `mkdir quick` must not hide the shipped `quick`
+    if p.is_dir() and str(name_or_path) not in names:
+        raise RecipeError(f"{p}: is a directory, not a recipe file")
+    if p.suffix == ".toml" or (p.exists() and not p.is_dir()):
         if not p.exists():
             raise RecipeError(f"{p}: no such recipe file")
-        return str(p), p.read_text()
-    names = shipped_recipes()
+        try:
+            return str(p), p.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{p}: cannot read the recipe file ({getattr(exc, 'strerror', None) or exc})") from None
     if str(name_or_path) not in names:
         raise RecipeError(f"recipe {str(name_or_path)!r}: not a file and not a shipped recipe "
                           f"(shipped: {', '.join(sorted(names))})")

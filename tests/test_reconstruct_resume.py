@@ -1,6 +1,7 @@
 """Checkpoints, signals, resume, NaN handling, position subsets and streaming (numpy)."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ptycli.errors import ExitCode, Interrupted, NumericalError
+from ptycli.errors import ExitCode, InputError, Interrupted, NumericalError, OutputExistsError
 from ptycli.stages import reconstruct
 from _helpers import SignalAtBatch, demo_stores
 
@@ -141,3 +142,156 @@ def test_cli_reconstruct_json_and_usage_errors(small, cli, tmp_path):
     assert bad.exit_code == 2 and "center:NYxNX" in bad.stderr
     unknown = cli("reconstruct", data, state, "-o", tmp_path / "k.zarr", "--recipe", "nonesuch")
     assert unknown.exit_code == 3 and "shipped" in unknown.stderr
+
+
+# --- audit fixes: resume after --overwrite, checkpoints never silently dropped, resume on the
+# same inputs only, calibration checked, progress counted from the resumed iteration
+
+def _interrupt(data, state, out, recipe, **kw):
+    """Stop a run in its gradient stage (after 2 of 5 iterations, mid-iteration) as SIGTERM would."""
+    with pytest.raises(Interrupted) as exc:
+        reconstruct.run(data, state, out, recipe=recipe, device="cpu", seed=3,
+                        observers=[SignalAtBatch(9, signal.SIGTERM)], **kw)
+    assert exc.value.exit_code == ExitCode.INTERRUPTED and "--resume" in str(exc.value)
+    return out
+
+
+def _iterations(path):
+    return int(zarr.open_group(str(path), mode="r")["history/loss"].shape[0])
+
+
+def test_interrupted_overwrite_run_resumes_and_replaces_out(small, tmp_path):
+    root, data, state = small
+    out = tmp_path / "ow.zarr"
+    reconstruct.run(data, state, out, recipe="quick", device="cpu", overrides=["stage.0.iterations=2"])
+    _interrupt(data, state, out, root / "r.toml", overwrite=True)
+    assert _iterations(out) == 2  # the old result stays until the new one is complete
+    # --resume alone continues: the interrupted run had asked to replace OUT
+    done = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert done["status"] == "complete" and done["iterations"] == 5
+    assert _iterations(out) == 5 and not (tmp_path / "ow.zarr.partial").exists()
+    assert "replaces_output" not in zarr.open_group(str(out), mode="r").attrs
+
+
+def test_resume_beside_an_output_it_was_not_asked_to_replace(small, tmp_path):
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "o.zarr", root / "r.toml")
+    reconstruct.run(data, state, tmp_path / "other.zarr", recipe="quick", device="cpu",
+                    overrides=["stage.0.iterations=2"])
+    shutil.copytree(tmp_path / "other.zarr", out)  # OUT appeared while the run was stopped
+    with pytest.raises(OutputExistsError, match=r"holds a checkpoint at iteration 2.*--resume --overwrite"):
+        reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert _iterations(out) == 2 and (tmp_path / "o.zarr.partial" / "checkpoint").exists()
+    done = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True,
+                           overwrite=True)
+    assert done["iterations"] == 5 and _iterations(out) == 5
+
+
+def test_rerun_without_resume_keeps_the_checkpoint(small, tmp_path, cli):
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "k.zarr", root / "r.toml")
+    part = tmp_path / "k.zarr.partial"
+    with pytest.raises(OutputExistsError) as exc:
+        reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3)
+    assert exc.value.exit_code == ExitCode.OUTPUT_EXISTS
+    assert str(exc.value) == (f"{part} holds a checkpoint at iteration 2; continue with --resume, "
+                              "or discard it with --overwrite")
+    assert (part / "checkpoint").exists()
+    # every stage that writes a store keeps it too (one-line error, exit 5)
+    for args in (["init", data, "-o", out], ["simulate", out, "--scan-shape", "4x4"],
+                 ["constrain", state, "-o", out]):
+        res = cli(*args)
+        assert res.exit_code == 5, (args, res.stderr)
+        assert res.stderr.strip().count("\n") == 0 and "holds a checkpoint at iteration 2" in res.stderr
+        assert (part / "checkpoint").exists()
+    fresh = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, overwrite=True)
+    assert fresh["iterations"] == 5 and not part.exists()
+
+
+def test_resume_refuses_other_data_or_starting_state(small, tmp_path):
+    from ptycli.stages import init, simulate
+
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "sw.zarr", root / "r.toml")
+    other_data = simulate.run(tmp_path / "d2.zarr", preset="demo", scan_shape=(8, 8), seed=7)
+    other_state = init.run(data, tmp_path / "s2.zarr", defocus_a=60.0)
+    with pytest.raises(InputError, match=r"other data .*d2\.zarr.* than the interrupted run") as exc:
+        reconstruct.run(other_data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert exc.value.exit_code == ExitCode.INPUT
+    with pytest.raises(InputError, match=r"other starting state .*s2\.zarr"):
+        reconstruct.run(data, other_state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert (tmp_path / "sw.zarr.partial" / "checkpoint").exists()
+    # a copy of the same data store is the same data
+    shutil.copytree(data, tmp_path / "copy.zarr")
+    done = reconstruct.run(tmp_path / "copy.zarr", state, out, recipe=root / "r.toml", device="cpu", seed=3,
+                           resume=True)
+    assert done["iterations"] == 5
+
+
+@pytest.mark.parametrize("change, key, values", [
+    ({"energy_kev": 200.0}, "energy_kev", ("200", "300")),
+    ({"semiangle_mrad": 20.0}, "semiangle_mrad", ("20", "25")),
+    ({"dx_a": 0.2}, "dk_inv_a", ("0.078125", "0.0868056")),
+])
+def test_calibration_mismatch_between_data_and_state_is_refused(small, tmp_path, change, key, values):
+    from ptycli.stages import simulate
+
+    _, _, state = small
+    data = simulate.run(tmp_path / "d.zarr", preset="demo", scan_shape=(8, 8), **change)
+    with pytest.raises(InputError) as exc:
+        reconstruct.run(data, state, tmp_path / "e.zarr", recipe="quick", device="cpu")
+    assert exc.value.exit_code == ExitCode.INPUT
+    msg = str(exc.value)
+    assert key in msg and all(v in msg for v in values), msg
+    assert not (tmp_path / "e.zarr.partial").exists()
+
+
+class _Starts:
+    def __init__(self):
+        self.done = []
+
+    def on_run_start(self, done):
+        self.done.append(done)
+
+
+def test_progress_counts_on_from_the_resumed_iteration(small, tmp_path, cli):
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "p.zarr", root / "r.toml")
+    seen = _Starts()
+    reconstruct.run(data, state, tmp_path / "q.zarr", recipe=root / "r.toml", device="cpu", observers=[seen])
+    assert seen.done == [0]
+    res = cli("reconstruct", data, state, "-o", out, "--recipe", root / "r.toml", "--seed", "3", "--device", "cpu",
+              "--resume", "--progress", "lines")
+    assert res.exit_code == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "reconstruct:" in ln]
+    assert lines and " 5/5 " in lines[-1], res.stderr  # the final line, counted on from iteration 2
+
+
+def test_progress_start_at_sets_count_and_rate_base(capsys, monkeypatch):
+    from ptycli.cli import output
+
+    now = [0.0]
+    monkeypatch.setattr(output.time, "monotonic", lambda: now[0])
+    bar = output.Progress(10, "reconstruct", "lines", every_s=1e9)
+    now[0] = 100.0
+    bar.start_at(8)  # 8 iterations done by the interrupted run
+    now[0] = 101.0
+    bar.update(1)
+    assert capsys.readouterr().err == ""
+    now[0] = 102.0
+    bar.update(1)
+    line = capsys.readouterr().err
+    assert "reconstruct: 10/10 (1/s)" in line, line  # 2 new iterations in 2 s
+
+
+def test_state_from_init_calibration_file_keeps_its_own_values(small, tmp_path):
+    """init --calibration FILE corrects a data store's calibration on purpose: not a mismatch."""
+    from ptycli.stages import init
+
+    _, data, _ = small
+    cal = tmp_path / "cal.toml"
+    cal.write_text("energy_kev = 290.0\n")
+    state = init.run(data, tmp_path / "s.zarr", calibration=cal)
+    done = reconstruct.run(data, state, tmp_path / "c.zarr", recipe="quick", device="cpu",
+                           overrides=["stage.0.iterations=1"])
+    assert done["status"] == "complete"

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import Json, read_path_arg
+from .options import Json, Overwrite, read_path_arg
 from .output import handle_errors, log, result
 
 
@@ -22,15 +22,23 @@ def compare(
     margin: int = typer.Option(0, "--margin", help="Widen the scanned area by this many pixels."),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Write A, B, A−B and the FRC as a PNG."),
     as_json: bool = Json,
+    overwrite: bool = Overwrite,
 ) -> None:
     """Compare object phases after sub-pixel registration; print the correlation (or all, --json)."""
     from ..stages.compare import compare_stores  # noqa: PLC0415
 
-    res = compare_stores(read_path_arg(a), b, scale=scale, margin_px=margin, return_images=figure is not None)
+    path_a = read_path_arg(a)
+    if figure is not None:  # refuse a bad or existing figure path before comparing (as inspect does)
+        from ..stages.figures import figure_format  # noqa: PLC0415
+        from ..store.io import check_output  # noqa: PLC0415
+
+        figure_format(figure)
+        check_output(figure, overwrite=overwrite, inputs=[p for p in (path_a, b) if p is not None], kind="file")
+    res = compare_stores(path_a, b, scale=scale, margin_px=margin, return_images=figure is not None)
     if figure is not None:
         from ..stages.figures import compare_figure  # noqa: PLC0415
 
-        compare_figure(res, figure, overwrite=True)
+        compare_figure(res, figure, overwrite=overwrite)
         log(f"wrote {figure}")
     res.pop("images", None)
     r = res["resolution_a"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..errors import UsageError
 from .app import app
 from .options import Device, Json, Output, Overwrite, read_path_arg
 from .output import handle_errors, log, result
@@ -41,6 +43,10 @@ def constrain(
     """
     from ..stages.constrain import ConstrainOptions, run  # noqa: PLC0415  (keep --help fast)
 
+    # the same rule as fix_probe_intensity's own `counts` (> 0): sqrt(N_e / power) of a
+    # negative N_e is an all-NaN probe
+    if counts is not None and not (math.isfinite(counts) and counts > 0):
+        raise UsageError(f"--counts {counts:g}: expected counts per frame > 0")
     opts = ConstrainOptions(apply=apply, recipe=recipe, slices=slices, slice_thickness_a=slice_thickness_a,
                             pad_px=pad_px, probe_modes=probe_modes, counts_per_frame=counts)
     path = run(read_path_arg(state), output, opts, overwrite=overwrite, device=device,

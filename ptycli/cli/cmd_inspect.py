@@ -43,7 +43,12 @@ def inspect(
     if get is not None:
         result(stage.format_value(stage.get_value(doc, get)))
     elif json_out:
+        if preview:  # stdout holds one JSON document: the preview goes in it, as plain text
+            from ..stages.preview import render  # noqa: PLC0415
+
+            doc["preview"] = render(path, *_terminal_size(), colour=False)
         result(doc, as_json=True)
+        return
     else:
         _print_tables(doc)
     if preview:

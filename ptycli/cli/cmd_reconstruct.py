@@ -18,6 +18,7 @@ from .options import (
     Precision,
     ProgressOpt,
     Seed,
+    positive,
     read_path_arg,
 )
 from .output import Progress, handle_errors, result
@@ -25,11 +26,23 @@ from .output import Progress, handle_errors, result
 RUN = "Run control"
 
 
+def shipped_names() -> str:
+    """The shipped recipes' names, read from the package data so the help cannot go stale
+    (without importing the recipe models: `--help` stays fast)."""
+    from importlib import resources  # noqa: PLC0415
+
+    names = sorted(f.name[:-5] for f in resources.files("ptycli.recipes_data").iterdir() if f.name.endswith(".toml"))
+    return ", ".join(sorted(names, key=lambda n: n != "quick"))  # the default first
+
+
 class ProgressObserver:
     """Loop observer -> one progress bar (or heartbeat lines) over all iterations."""
 
     def __init__(self, total: int, mode: str):
         self.bar = Progress(total, "reconstruct", mode)
+
+    def on_run_start(self, done: int) -> None:
+        self.bar.start_at(done)
 
     def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
         self.bar.update(1, stage=stage, loss=loss, its=1.0 / max(time_s, 1e-9))
@@ -41,20 +54,21 @@ def reconstruct(
     data: str = typer.Argument(..., help="Data store (or '-' to read its path from stdin)."),
     state: Path = typer.Argument(..., help="Starting state store (from `ptycli init`)."),
     out: Path = Output,
-    recipe: str = typer.Option("quick", "--recipe", "-r", help="Recipe TOML file, or a shipped name (quick, "
-                               "single-slice, multislice, mixed-state, low-dose, epie, lsqml, gradient)."),
+    recipe: str = typer.Option("quick", "--recipe", "-r", help="Recipe TOML file, or a shipped name "
+                               f"({shipped_names()})."),
     set_: list[str] = typer.Option(None, "--set", help="Override one recipe value: stage.0.iterations=5 (repeatable)."),
     iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
     positions: str = typer.Option("all", "--positions", help="all | sub:N | center:NYxNX | FILE of indices."),
-    group_size: str = typer.Option(None, "--group-size", metavar="auto|N", help="Positions per group for every stage: N, or 'auto' "
-                                   "(the largest group that fits --memory-gb)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every K iterations (0: on stop only).",
-                                         rich_help_panel=RUN),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of OUT.", rich_help_panel=RUN),
-    stream: bool = typer.Option(None, "--stream/--no-stream", help="Read patterns per group (default: by memory budget).",
+    group_size: str = typer.Option(None, "--group-size", metavar="auto|N", help="Positions per group for every "
+                                   "stage: N, or 'auto' (the largest group that fits --memory-gb)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, rich_help_panel=RUN,
+                                         help="Checkpoint every K iterations (0: on stop only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of OUT.",
                                 rich_help_panel=RUN),
+    stream: bool = typer.Option(None, "--stream/--no-stream", rich_help_panel=RUN,
+                                help="Read patterns per group (default: by memory budget)."),
     memory_gb: float = typer.Option(2.0, "--memory-gb", help="Memory budget for resident patterns and "
-                                    "--group-size auto [GB].",
+                                    "--group-size auto [GB].", callback=positive,
                                     rich_help_panel=RUN),
     validation_fraction: float = typer.Option(0.0, "--validation-fraction", help="Hold out this seeded share of "
                                               "positions from the updates; their loss is recorded each iteration.",

@@ -6,7 +6,7 @@ import typer
 
 from .app import app
 from .options import Json
-from .output import handle_errors, result
+from .output import fail, handle_errors, result
 
 
 @app.command("validate")
@@ -15,13 +15,24 @@ def validate(
     recipe: str = typer.Argument(..., help="Recipe TOML file, or a shipped recipe name."),
     set_: list[str] = typer.Option(None, "--set", help="Override one value: stage.0.iterations=5 (repeatable)."),
     iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
-    print_resolved: bool = typer.Option(False, "--print-resolved", help="Print the recipe with every default filled in."),
+    print_resolved: bool = typer.Option(False, "--print-resolved",
+                                        help="Print the recipe with every default filled in."),
     as_json: bool = Json,
 ) -> None:
     """Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise."""
+    from ..errors import RecipeError
     from ..stages import validate as stage
 
-    summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations)
+    try:
+        summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations)
+    except RecipeError as exc:
+        if not as_json:
+            raise
+        # --json promises one document on stdout, for an invalid recipe too; the line on
+        # stderr and exit 3 stay as without --json
+        errors = getattr(exc, "errors", None) or [{"key": None, "message": str(exc)}]
+        result({"source": getattr(exc, "source", recipe), "valid": False, "errors": errors}, as_json=True)
+        raise fail(exc) from None
     if print_resolved and not as_json:
         result(stage.to_toml(summary["resolved"]))
         return

@@ -7,6 +7,29 @@ from pathlib import Path
 import typer
 
 OUTPUT_PANEL = "Output"
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+PRECISIONS = ("single", "double")
+
+
+def one_of(*choices: str):
+    """A callback refusing any other value as a usage error (exit 2), naming the choices."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r}: expected one of {'|'.join(choices)}")
+        return value
+
+    return check
+
+
+def positive(value: float | None) -> float | None:
+    """A callback for amounts that must be > 0 (and finite)."""
+    import math  # noqa: PLC0415
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g}: expected a number > 0")
+    return value
+
 
 Output = typer.Option(..., "-o", "--output", help="Output store or file (written atomically).",
                       rich_help_panel=OUTPUT_PANEL)
@@ -14,9 +37,10 @@ Overwrite = typer.Option(False, "--overwrite", help="Replace an existing output.
 Json = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the path.",
                     rich_help_panel=OUTPUT_PANEL)
 ProgressOpt = typer.Option("auto", "--progress", help="auto|bar|lines|none (lines: heartbeat log lines).",
-                           rich_help_panel=OUTPUT_PANEL)
+                           callback=one_of(*PROGRESS_MODES), rich_help_panel=OUTPUT_PANEL)
 Device = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N.")
-Precision = typer.Option("single", "--precision", help="single (float32, default) or double.")
+Precision = typer.Option("single", "--precision", help="single (float32, default) or double.",
+                         callback=one_of(*PRECISIONS))
 Seed = typer.Option(0, "--seed", help="Random seed (runs are deterministic for a seed).")
 
 

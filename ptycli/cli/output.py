@@ -109,12 +109,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write("ptycli: error: out of memory (try --stream or a smaller group size)\n")
             raise typer.Exit(int(ExitCode.DEVICE)) from None
         except Exception as exc:  # a bug: say so, traceback only with -vv
+            damaged = _damaged_input(exc)
+            if damaged is not None:
+                if VERBOSITY["level"] >= 2:
+                    traceback.print_exc()
+                raise fail(damaged) from None
             sys.stderr.write(f"ptycli: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)\n")
             if VERBOSITY["level"] >= 2:
                 traceback.print_exc()
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
     return wrapper
+
+
+def _damaged_input(exc: Exception) -> PtycliError | None:
+    """A missing array or an undecodable chunk met while reading an input store (exit 4).
+
+    Mapped here because such reads happen all over the stages and engines (streamed
+    patterns, prefetch threads); only errors raised inside Zarr's reading of a read-only
+    store qualify, so a bug elsewhere still reports as one.
+    """
+    if "zarr" not in sys.modules:
+        return None
+    from ..store.state import read_error  # noqa: PLC0415
+
+    return read_error(exc)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -134,6 +153,7 @@ class Progress:
         self.mode = progress_mode(mode)
         self.total, self.description, self.every_s = total, description, every_s
         self.done, self.fields = 0, {}
+        self._start = 0  # work done before this process (a resumed run): not part of the rate
         self._t0 = self._last = time.monotonic()
         self._bar = None
         if self.mode == "bar":
@@ -150,6 +170,13 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task(description, total=total, info="")
 
+    def start_at(self, done: int) -> None:
+        """Count on from ``done`` (work finished before this process); rate and ETA use new work only."""
+        self.done = self._start = int(done)
+        self._t0 = self._last = time.monotonic()
+        if self._bar is not None:
+            self._bar.reset(self._task, completed=self.done)
+
     def update(self, advance: int = 1, **fields: Any) -> None:
         self.done += advance
         self.fields.update(fields)
@@ -165,7 +192,7 @@ class Progress:
     def _line(self, info: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         of = f"/{self.total}" if self.total else ""
-        rate = self.done / max(time.monotonic() - self._t0, 1e-9)
+        rate = (self.done - self._start) / max(time.monotonic() - self._t0, 1e-9)
         sys.stderr.write(f"[{stamp}] {self.description}: {self.done}{of} ({rate:.3g}/s) {info}\n")
         sys.stderr.flush()
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .. import backend
 from ..errors import RecipeError
 from ..physics.electron import wavelength_a  # noqa: F401  (re-exported for constraints)
-from .schedule import Scheduled, When
+from .schedule import Scheduled, When, check_nonnegative
 
 Part = Literal["complex", "amplitude", "phase", "both"]
 
@@ -33,7 +33,8 @@ class RegulariserParams(BaseModel):
     """Base of every regulariser's params: a (possibly scheduled) weight and ``when``."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    weight: Scheduled = Field(1e-3, description="Weight λ of the cost term (or a schedule).")
+    weight: Annotated[Scheduled, AfterValidator(check_nonnegative)] = Field(
+        1e-3, description="Weight λ ≥ 0 of the cost term (or a schedule).")
     when: When = Field(default_factory=When, description="Iterations on which it is added.")
 
 

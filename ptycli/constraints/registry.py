@@ -22,7 +22,14 @@ from . import positions as _positions
 from . import probe as _probe
 from . import regularisers as _reg
 from . import tilts as _tilts
-from .base import ConstraintParams, ConstraintSpec, Context, RegulariserParams, RegulariserSpec
+from .base import (
+    ConstraintParams,
+    ConstraintSpec,
+    Context,
+    RegulariserParams,
+    RegulariserSpec,
+)
+from .problems import validation_problems
 
 CONSTRAINTS: dict[str, ConstraintSpec] = {
     s.name: s for s in [*_probe.SPECS, *_object.SPECS, *_values.SPECS, *_positions.SPECS, *_tilts.SPECS]
@@ -41,28 +48,36 @@ ORDER = [
 
 def _validate(items: Iterable[dict[str, Any]], registry: dict[str, Any], what: str,
               path_prefix: str) -> list[tuple[Any, Any]]:
-    out, problems = [], []
+    out, problems = check_items(items, registry, what, path_prefix)
+    if problems:
+        raise RecipeError("; ".join(f"{key}: {msg}" for key, msg in problems))
+    return out
+
+
+def check_items(items: Iterable[dict[str, Any]], registry: dict[str, Any], what: str,
+                path_prefix: str) -> tuple[list[tuple[Any, Any]], list[tuple[str, str]]]:
+    """([(spec, params)] of the good items, [(key path, message)] of every bad key)."""
+    out: list[tuple[Any, Any]] = []
+    problems: list[tuple[str, str]] = []
     for i, raw in enumerate(items):
         where = f"{path_prefix}.{i}" if path_prefix else str(i)
         if not isinstance(raw, dict) or "type" not in raw:
-            problems.append(f"{where}.type: missing; expected one of {', '.join(sorted(registry))}")
+            problems.append((f"{where}.type", f"missing; expected one of {', '.join(sorted(registry))}"))
             continue
         name = raw["type"]
-        if name not in registry:
-            problems.append(f"{where}.type: unknown {what} {name!r}; expected one of {', '.join(sorted(registry))}")
+        if not isinstance(name, str) or name not in registry:
+            problems.append((f"{where}.type",
+                             f"unknown {what} {name!r}; expected one of {', '.join(sorted(registry))}"))
             continue
         spec = registry[name]
+        data = {k: v for k, v in raw.items() if k != "type"}
         try:
-            params = spec.params.model_validate({k: v for k, v in raw.items() if k != "type"})
+            params = spec.params.model_validate(data)
         except ValidationError as exc:
-            for err in exc.errors():
-                key = ".".join(str(p) for p in err["loc"])
-                problems.append(f"{where}.{key}: {err['msg']} (got {json.dumps(err.get('input'), default=str)})")
+            problems.extend(validation_problems(exc, data, where))
             continue
         out.append((spec, params))
-    if problems:
-        raise RecipeError("; ".join(problems))
-    return out
+    return out, problems
 
 
 def validate_constraints(items: Iterable[dict[str, Any]], path_prefix: str = "constraints"

@@ -11,16 +11,26 @@ from __future__ import annotations
 import math
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 
 class When(BaseModel):
     """Active on iterations ``after <= it < before`` with ``(it - after) % every == 0``."""
 
     model_config = ConfigDict(extra="forbid")
-    after: int = Field(0, ge=0, description="First iteration (0-based) on which it runs.")
-    every: int = Field(1, ge=1, description="Run every this many iterations.")
-    before: int | None = Field(None, ge=0, description="Stop before this iteration (exclusive); None = never.")
+    # StrictInt: TOML `true` is not an iteration number (lax ints would read it as 1)
+    after: StrictInt = Field(0, ge=0, description="First iteration (0-based) on which it runs.")
+    every: StrictInt = Field(1, ge=1, description="Run every this many iterations.")
+    before: StrictInt | None = Field(None, ge=0, description="Stop before this iteration (exclusive); None = never.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "When":
+        # {after = 0, before = 0} is how `false` (never) is written out, so it must read back;
+        # any other empty window is a typo that would silently switch the part off.
+        if self.before is not None and self.before <= self.after and (self.after, self.before) != (0, 0):
+            raise ValueError(f"empty window: before = {self.before} must exceed after = {self.after} "
+                             "(false switches it off)")
+        return self
 
     def active(self, iteration: int) -> bool:
         if iteration < self.after:
@@ -42,9 +52,9 @@ class ScheduleValue(BaseModel):
     schedule: Literal["constant", "linear", "cosine", "exponential", "piecewise"]
     start: float = 0.0
     end: float | None = None
-    iterations: int = Field(100, ge=1, description="Length of the ramp in iterations.")
-    offset: int = Field(0, ge=0, description="Iteration at which the ramp starts.")
-    points: list[tuple[int, float]] | None = None
+    iterations: StrictInt = Field(100, ge=1, description="Length of the ramp in iterations.")
+    offset: StrictInt = Field(0, ge=0, description="Iteration at which the ramp starts.")
+    points: list[tuple[StrictInt, float]] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleValue":
@@ -81,6 +91,17 @@ def _piecewise(points: list[tuple[int, float]], iteration: int) -> float:
 
 
 Scheduled = Union[float, ScheduleValue]
+
+
+def check_nonnegative(value: Scheduled) -> Scheduled:
+    """A weight that never goes below 0: a number, or every value a schedule can take."""
+    if isinstance(value, ScheduleValue):
+        ends = [value.start, value.end] + [v for _, v in value.points or []]
+        if any(v is not None and v < 0 for v in ends):
+            raise ValueError("a weight schedule should stay greater than or equal to 0")
+    elif value < 0:  # a negative weight would reward what the term penalises
+        raise ValueError("Input should be greater than or equal to 0")
+    return value
 
 
 def value_at(value: Scheduled, iteration: int) -> float:

@@ -15,11 +15,11 @@ import numpy as np
 import zarr
 
 from .. import backend
-from ..store.io import write_array, write_subgroup_atomic
+from ..store.io import CHECKPOINT, find_checkpoint, write_array, write_subgroup_atomic
 from ..store.state import load_state, write_state_arrays
 from .loop import Cursor, History
 
-NAME = "checkpoint"
+NAME = CHECKPOINT
 
 
 def write(root: str | Path, state: Any, engine_state: dict[str, Any], cursor: Cursor, history: History,
@@ -39,11 +39,7 @@ def write(root: str | Path, state: Any, engine_state: dict[str, Any], cursor: Cu
 
 def find(root: str | Path) -> Path | None:
     """The latest complete checkpoint under ``root`` (``checkpoint`` or its ``.old``)."""
-    root = Path(root)
-    for name in (NAME, f"{NAME}.old"):
-        if (root / name / "zarr.json").exists():
-            return root / name
-    return None
+    return find_checkpoint(root)  # one rule for resume and for output checks (store/io.py)
 
 
 def read(path: str | Path) -> tuple[Any, dict[str, Any], Cursor, History, np.ndarray | None]:
@@ -76,7 +72,10 @@ def convergence(previous: dict[str, Any] | None, state: Any, iteration: int) -> 
     signal = np.abs(ph - np.median(ph)) > ph.std()
     d_amp = np.abs(snap["amp"] - previous["amp"])
     d_ph = np.abs(np.angle(np.exp(1j * (snap["phase"] - previous["phase"]))))
-    pick = lambda a, m: float(a[m].mean()) if m.any() else 0.0
+
+    def pick(a: np.ndarray, m: np.ndarray) -> float:
+        return float(a[m].mean()) if m.any() else 0.0
+
     record = {
         "iteration": iteration,
         "object_amplitude_signal": pick(d_amp, signal), "object_amplitude_background": pick(d_amp, ~signal),

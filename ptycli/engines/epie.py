@@ -52,7 +52,9 @@ class EpieEngine(common.EngineBase):
             psi = fwd.cache.psi[s]  # (B, P, Q|1, M, N)
             delta = e_new - t * psi
             d_obj.append(_sum_axis1(xp.conj(psi) * delta) / self._denominator(psi))
-            t_max = xp.max(backend.abs2(t), axis=(-2, -1), keepdims=True)
+            # max over every object mode too: a weak mode's own max|t|² made its Δψ ≈ δ/t,
+            # amplified by 1/|t| at each slice back and then averaged into the probe's step
+            t_max = xp.max(backend.abs2(t), axis=(-3, -2, -1), keepdims=True)
             # Δψ = β conj(t) δ / max|t|²: the per-position scalar first (one pass, not two)
             d_psi = xp.conj(t) * delta
             d_psi *= p.beta / t_max
@@ -348,10 +350,17 @@ class EpieEngine(common.EngineBase):
         return loss, backend.ifft2(noise_mod.scale_by(fwd.Psi, 1.0 - lprime))
 
     def _denominator(self, psi: Any) -> Any:
-        """max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max Σ_p|ψ|² (rPIE)."""
+        """max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max Σ_p|ψ|² (rPIE), the max over the
+        window and every object mode.
+
+        Why over the modes: past slice 1 a weak object mode's incident wave is weak, and its
+        own max made the step conj(ψ)δ/max|ψ|² ≈ δ/ψ, a change of the weak mode far larger
+        than the mode itself (multislice with `init --object-modes 2` diverged); the strongest
+        mode's max bounds every mode's step as ePIE bounds the probe's.
+        """
         xp = self.ctx.xp
         w = _sum_axis1(backend.abs2(psi))  # (B, Q|1, M, N)
-        w_max = xp.max(w, axis=(-2, -1), keepdims=True)
+        w_max = xp.max(w, axis=(-3, -2, -1), keepdims=True)
         gamma = self.params.rpie_gamma
         return w_max if gamma is None else (1 - gamma) * w + gamma * w_max
 

@@ -27,7 +27,7 @@ from ..errors import Interrupted, NumericalError
 from . import distributed, grouping
 from . import positions as pos_mod
 
-DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss counts as divergence
+DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss (iteration 0: its first group's) diverged
 
 
 @dataclass
@@ -94,6 +94,8 @@ def run(recipe: Any, state: Any, subset: np.ndarray, seed: int, hooks: RunHooks,
     history = history or History()
     extra = extra if extra is not None else {}
     rng = grouping_rng(seed, cursor)
+    # iterations already done (a resumed run's): progress counts on from there, not from 0
+    emit(hooks.observers, "on_run_start", len(history.loss))
     for si in range(cursor.stage, len(recipe.stage)):
         stage = recipe.stage[si]
         engine = hooks.make_engine(stage, state)
@@ -119,6 +121,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     comm = hooks.comm
     place = distributed.curve_rank(order, len(state.positions_initial))
     first_loss = _first_stage_loss(history, si)
+    start_loss = None  # the stage's first group's loss per position, while first_loss is None
     read = hooks.read_rows if hooks.read_rows is not None and getattr(engine, "reads_rows", False) else hooks.read_batch
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
@@ -149,6 +152,11 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
                 if nxt_group is not None:
                     hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
             loss_dev = loss_dev + engine.update(state, mine, data, it)
+            if first_loss is None and gi == 0 and start_loss is None:
+                # a group's loss is its model before its update: the first group's is the
+                # starting state's, a baseline for iteration 0 (its own mean cannot be one:
+                # an iteration 0 that diverged became the baseline and the check never fired)
+                start_loss = backend.scalar(loss_dev) / len(groups[gi])
             stop = _synced_stop(state, mine, hooks, comm)
             if moving:  # positions only move when refined (sequential ePIE: one call per position saved)
                 pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
@@ -160,7 +168,8 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         state = _end_iteration(state, engine, stage, it, subset, hooks)
         loss = loss_sum / len(subset)
         state.iteration += 1
-        _check_numerics(loss, first_loss, state, engine, Cursor(si, it, 0, rng_json), history, hooks, extra)
+        _check_numerics(loss, first_loss if first_loss is not None else start_loss, state, engine,
+                        Cursor(si, it, 0, rng_json), history, hooks, extra)
         first_loss = first_loss if first_loss is not None else loss
         history.loss.append(loss)
         history.stage.append(si)
@@ -246,7 +255,8 @@ def _check_numerics(loss: float, first: float | None, state: Any, engine: Any, c
     _restore(state, extra["last_good"])
     if hooks.checkpoint is not None:
         hooks.checkpoint(state, engine, cursor, history, extra)
-    what = "NaN/inf" if not math.isfinite(loss) else f"divergence (loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x {first:.4g})"
+    what = ("NaN/inf" if not math.isfinite(loss)
+            else f"divergence (loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x {first:.4g})")
     raise NumericalError(f"stage {cursor.stage} iteration {cursor.iteration}: {what}; "
                          "kept the state from before this iteration (try smaller steps)")
 

@@ -394,26 +394,35 @@ class LsqmlEngine(common.EngineBase):
 
     # ------------------------------------------------------------------ directions
     def _object_direction(self, state: Any, nums: list[Any], Ws: list[Any]) -> Any:
-        """ΔO_s = Σ_j ΔO_{j,s} / sqrt(W_s² + (δ max W_s)²), W_s = Σ_j |ψ_{j,s}|² (§6.3.4),
-        from the parts' partial sums of Σ_j ∇O_j and W."""
+        """ΔO_{q,s} = Σ_j ΔO_{j,q,s} / sqrt(W_{q,s}² + (δ max_q max W_{q,s})²), W_{q,s} =
+        Σ_j |ψ_{j,q,s}|² (§6.3.4), from the parts' partial sums of Σ_j ∇O_j and W.
+
+        Why the max over object modes: past slice 1 a weak object mode's illumination is weak
+        (|ψ_{2,s}| ~ |O_2|^(s-1)|P|), and with its own max the direction ∝ χ/ψ asked a change of
+        the weak mode thousands of times the mode (`init --object-modes 2` with 4 slices: NaN
+        in the first group). The strongest mode's max bounds every mode's step instead; one
+        slice is unchanged (every mode sees the same probe).
+        """
         xp = self.ctx.xp
         comm = distributed.comm_of(self.ctx)
         k = backend.kernels(xp)
         flat = (-1, *nums[0].shape[-2:])
+        modes = nums[0].shape[0]
         if (k is not None and comm.size == 1 and len(nums) == 2 and nums[0].shape == Ws[0].shape
                 and all(a.flags.c_contiguous for a in (*nums, *Ws))):
             # the two parts' sums added inside the kernel's two passes, in place in nums[0]
             k.lsqml_direction(nums[0].reshape(flat), Ws[0].reshape(flat), k.real_scalar(self.params.delta, Ws[0]),
-                              nums[1].reshape(flat), Ws[1].reshape(flat))
+                              nums[1].reshape(flat), Ws[1].reshape(flat), modes)
             return nums[0]
         num = comm.allreduce_sum(common.sum_parts(nums))
         W = comm.allreduce_sum(common.sum_parts(Ws))
         if k is not None and W.shape == num.shape and num.flags.c_contiguous and W.flags.c_contiguous:
             # two passes, in place in num (the reshapes below are views)
-            k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W))
+            k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W), None, None,
+                              modes)
             return num
         num *= -0.5  # Σ_j ΔO_j
-        w_max = xp.max(W, axis=(-2, -1), keepdims=True)
+        w_max = xp.max(W, axis=(-4, -2, -1), keepdims=True)
         return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
 
     # ------------------------------------------------------------------ steps

@@ -14,12 +14,12 @@ inferred from the nominal positions (rows of equal y).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..constraints.schedule import ScheduleValue, When, value_at
+from ..constraints.schedule import ScheduleValue, When, check_nonnegative, value_at
 from ..errors import RecipeError
 
 SCAN_REGULARISERS = ("position_acceleration", "tilt_acceleration", "position_affine")
@@ -28,7 +28,8 @@ SCAN_REGULARISERS = ("position_acceleration", "tilt_acceleration", "position_aff
 class ScanRegulariserParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["position_acceleration", "tilt_acceleration", "position_affine"]
-    weight: float | ScheduleValue = Field(1e-2, description="λ per px² (positions) or per mrad² (tilts)")
+    weight: Annotated[float | ScheduleValue, AfterValidator(check_nonnegative)] = Field(
+        1e-2, description="λ ≥ 0 per px² (positions) or per mrad² (tilts)")
     axes: Literal["both", "fast", "slow"] = "both"
     scan_shape: tuple[int, int] | None = Field(None, description="(ny, nx); inferred when absent")
     when: When = Field(default_factory=When)

@@ -39,6 +39,13 @@ def run(path: str | Path, *, dataset: str | None = None) -> dict[str, Any]:
         # a plain Zarr array (no group, no ptycli attributes) is raw data like any .npy
         if isinstance(node, zarr.Group) and is_ptycli_store(node):
             return inspect_store(p)
+        if isinstance(node, zarr.Group) and isinstance(node.attrs.get("cursor"), dict):
+            # a checkpoint holds a state and a cursor, not detector data: read as raw data it
+            # would be "complex data", which says nothing useful
+            parent = p.resolve().parent.name
+            out = parent.removesuffix(".partial") if parent.endswith(".partial") else "OUT.zarr"
+            raise InputError(f"{p}: a checkpoint of a running or interrupted reconstruction; "
+                             f"use `ptycli watch {out}` or resume it")
     return inspect_raw(p, dataset)
 
 

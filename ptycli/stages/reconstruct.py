@@ -23,21 +23,27 @@ from ..engines import common, distributed, loop
 from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
-from ..errors import InputError, Interrupted, NumericalError, RecipeError, StoreError
+from ..errors import InputError, Interrupted, NumericalError, OutputExistsError, RecipeError, StoreError
 from ..recipe import Recipe, constraint_params, load_recipe, resolved
 from ..store.io import (
     StoreWriter,
     check_output,
+    checkpoint_iterations,
     input_ref,
     open_store,
     partial_path,
     provenance_of,
+    read_meta,
     write_array,
 )
+from ..store.calibration import load_calibration, wavelength_a
 from ..store.schema import ROOT_ATTR, json_hash
 from ..store.state import State, load_state, write_state
 from . import reconstruct_group_plan as group_plan
 from . import reconstruct_positions, reconstruct_validation
+
+
+REPLACES_OUTPUT = "replaces_output"  # partial-store attribute: the run was started with --overwrite
 
 
 class _Inputs:
@@ -53,7 +59,8 @@ class _Inputs:
         self.patterns: PatternSource | None = None  # opened by load_patterns, once streaming is decided
         self.mask = self._unshifted("detector_mask")
         self.comp_masks = self._unshifted("compressed/masks")
-        self.signals = SignalSource(self.group["compressed/signals"], xp, real) if "compressed/signals" in self.group else None
+        self.signals = (SignalSource(self.group["compressed/signals"], xp, real)
+                        if "compressed/signals" in self.group else None)
         shape = self.group.attrs.get("scan_shape")
         self.scan_shape = tuple(shape) if shape else None
 
@@ -110,10 +117,18 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     """
     out = Path(out)
     comm = distributed.world(distributed_run)
-    if resume and out.exists():
+    held = checkpoint_iterations(partial_path(out)) if resume else None
+    if resume and out.exists() and held is None:
         return _already_complete(out)
+    # A checkpoint beside a complete OUT is newer work: that of an interrupted --overwrite run,
+    # whose completion was asked to replace OUT; --resume carries that request on.
+    replace = overwrite or (held is not None and _replaces_output(out))
+    if held is not None and out.exists() and not replace:
+        raise OutputExistsError(f"{out} exists and {partial_path(out)} holds a checkpoint at iteration {held} of a "
+                                f"run not started with --overwrite; continue it with --resume --overwrite "
+                                f"(it replaces {out} when complete)")
     recipe_file = None if isinstance(recipe, Recipe) else recipe
-    check_output(out, overwrite=overwrite, inputs=[data, state, recipe_file])  # before loading the patterns
+    check_output(out, overwrite=replace, inputs=[data, state, recipe_file], resume=resume)  # before loading patterns
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
     rec = group_plan.with_group_size(rec, group_size)
     rec_json = resolved(rec)
@@ -124,9 +139,11 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
     if early_stop_patience and not validation_fraction:
         raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
-    resume_from = _resume_point(out, rec_json, validation) if resume else None
+    refs = (input_ref(inputs.group, data), input_ref(state_group, state))
+    resume_from = _resume_point(out, rec_json, validation, refs) if resume else None
     st = resume_from[0] if resume_from else load_state(state_group)
     _check_shapes(st, inputs, Path(data))
+    _check_calibration(st, inputs, Path(data), state_group)
     subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
     subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
     n_e = mean_counts(inputs.group["patterns"], subset)
@@ -139,7 +156,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     if distributed_run:
         options["ranks"] = comm.size
     comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
-    writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, overwrite,
+    writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, replace,
                                                  bool(resume_from), rec_json, validation, plan))
     flag = StopFlag()
     monitor = _Monitor(partial_path(out), comm)
@@ -184,9 +201,20 @@ def _open_writer(out: Path, options: dict, inputs: _Inputs, data: str | Path, st
                          provenance=provenance_of(state_group), overwrite=overwrite,
                          keep_partial_on_error=True, reuse_partial=reuse)
     writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
+    writer.set_attrs(**{REPLACES_OUTPUT: bool(overwrite)})  # read by --resume, dropped by _finish
     if plan is not None:  # the sizes "auto" chose: --resume reuses them, so its groups stay the same
         writer.set_attrs(group_plan=group_plan.public(plan))
     return writer
+
+
+def _replaces_output(out: Path) -> bool:
+    """Whether the run that left OUT.partial was started with --overwrite."""
+    import zarr
+
+    try:
+        return bool(zarr.open_group(str(partial_path(out)), mode="r").attrs.get(REPLACES_OUTPUT, False))
+    except Exception:  # noqa: BLE001 -- an unreadable root: not asked to replace anything
+        return False
 
 
 def _on_root(comm: Any, fn: Any) -> Any:
@@ -283,7 +311,42 @@ def _check_shapes(st: State, inputs: _Inputs, data: Path) -> None:
                          + (f" (upsample {st.upsample})" if st.upsample > 1 else ""))
 
 
-def _resume_point(out: Path, rec_json: dict, validation: dict) -> tuple | None:
+CALIBRATION_RTOL = 1e-3  # stored values are rounded at most to this; a real mismatch is far larger
+
+
+def _check_calibration(st: State, inputs: _Inputs, data: Path, state_group: Any) -> None:
+    """Energy, semi-angle and detector pixel of the state must be those of the data: the model
+    would otherwise fit patterns of another wavelength or sampling and converge to nonsense."""
+    if _calibration_from_file(state_group):
+        return  # init --calibration FILE corrected the data's values on purpose: the state's are the ones
+    try:
+        cal = load_calibration(dict(inputs.group.attrs))
+    except Exception:  # noqa: BLE001 -- an unreadable calibration: preprocess reports it, nothing to compare
+        return
+    m = st.probe.shape[-2] // max(st.upsample, 1)  # detector pixels, as init sets dx = 1/(M dk)
+    dk = 1.0 / (m * st.dx_a) if st.dx_a else None
+    pairs = [("energy_kev", cal.energy_kev, st.energy_kev, "keV"),
+             ("semiangle_mrad", cal.semiangle_mrad, st.semiangle_mrad, "mrad")]
+    if cal.dk_inv_a is None and cal.dk_mrad is not None and dk is not None:  # named as the data gives it
+        pairs.append(("dk_mrad", cal.dk_mrad, dk * wavelength_a(st.energy_kev * 1e3) * 1e3, "mrad"))
+    else:
+        pairs.append(("dk_inv_a", cal.pixel_inv_a, dk, "1/Å"))
+    for key, want, have, unit in pairs:
+        if want is None or have is None:
+            continue
+        if abs(float(have) - float(want)) > CALIBRATION_RTOL * abs(float(want)):
+            raise InputError(f"{data}: calibration {key} is {float(want):.6g} {unit} but the state has "
+                             f"{float(have):.6g} {unit}; initialise the state from this data (ptycli init)")
+
+
+def _calibration_from_file(state_group: Any) -> bool:
+    """Whether an ``init --calibration FILE`` made this state (or its ancestor)."""
+    meta = read_meta(state_group)
+    records = [*meta.provenance, meta.as_record()]
+    return any(r.stage == "init" and (r.options or {}).get("calibration") for r in records)
+
+
+def _resume_point(out: Path, rec_json: dict, validation: dict, refs: tuple) -> tuple | None:
     part = partial_path(out)
     found = ckpt.find(part) if part.exists() else None
     if found is None:
@@ -291,6 +354,7 @@ def _resume_point(out: Path, rec_json: dict, validation: dict) -> tuple | None:
     import zarr
 
     attrs = zarr.open_group(str(part), mode="r").attrs
+    _check_same_inputs(part, dict(attrs.get(ROOT_ATTR) or {}).get("inputs") or [], refs)
     stored = attrs.get("recipe")
     old_val = dict(attrs.get("validation") or {"fraction": 0.0, "early_stop_patience": 0})
     if old_val != validation:
@@ -300,6 +364,17 @@ def _resume_point(out: Path, rec_json: dict, validation: dict) -> tuple | None:
         raise RecipeError(f"{part}: --resume with a different recipe than the interrupted run "
                           f"(hash {json_hash(stored)} vs {json_hash(rec_json)}); use the same recipe and options")
     return ckpt.read(found)
+
+
+def _check_same_inputs(part: Path, stored: list, refs: tuple) -> None:
+    """A checkpoint continued on other data, or from another starting state, would mix two
+    runs into one result that no single command reproduces: refuse, naming which input differs."""
+    for ref, what, arg in zip(refs, ("data", "starting state"), ("DATA", "STATE")):
+        old = next((r for r in stored if isinstance(r, dict) and r.get("kind") == ref.kind), None)
+        if old is not None and old.get("fingerprint") != ref.fingerprint:
+            raise InputError(f"{part}: --resume with other {what} ({ref.path}, fingerprint {ref.fingerprint}) than "
+                             f"the interrupted run ({old.get('path')}, fingerprint {old.get('fingerprint')}); "
+                             f"give the same {arg}, or start over with --overwrite instead of --resume")
 
 
 def _resume_parts(resume_from: tuple | None) -> tuple:
@@ -336,8 +411,11 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
                                                 "early_stop": history.early_stop,
-                                                "timings": {"total_s": total_s, "device": backend.device_name(inputs.xp)}}
+                                                "timings": {"total_s": total_s,
+                                                            "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": str(data), "fingerprint": input_ref(inputs.group, data).fingerprint})
+    if REPLACES_OUTPUT in writer.group.attrs:
+        del writer.group.attrs[REPLACES_OUTPUT]  # run control of the partial store, not a result
     writer.record("reconstruct", stages=[s["type"] for s in stages], positions=len(subset))
     path = writer.finalize()
     return {"output": str(path), "status": "complete", "iterations": len(history.loss),

@@ -28,6 +28,7 @@ from ..errors import DeviceError, InputError, OutputExistsError, StoreError, Usa
 from .schema import DIMS, ROOT_ATTR, SCHEMA_VERSION, UNITS, InputRef, RootMeta, json_hash, major, now_iso
 
 PARTIAL_SUFFIX = ".partial"
+CHECKPOINT = "checkpoint"  # reconstruct's subgroup of OUT.partial (engines/checkpoint.py writes it)
 TARGET_CHUNK_BYTES = 16 * 2**20  # 8-64 MB chunks keep reads large and the file count low
 
 
@@ -38,6 +39,44 @@ def compressor() -> Any:
 
 def partial_path(path: str | os.PathLike) -> Path:
     return Path(str(path) + PARTIAL_SUFFIX)
+
+
+def find_checkpoint(partial: str | os.PathLike) -> Path | None:
+    """The latest complete checkpoint in a partial store (``checkpoint``, or ``.old`` mid-swap)."""
+    root = Path(partial)
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+        if (root / name / "zarr.json").exists():
+            return root / name
+    return None
+
+
+def checkpoint_iterations(partial: str | os.PathLike) -> int | None:
+    """Iterations done in the resumable checkpoint of ``partial``, or None when it holds none.
+
+    Read from zarr.json alone, so checking an output costs no array reads; a checkpoint
+    without its cursor is not resumable and counts as none.
+    """
+    found = find_checkpoint(partial)
+    if found is None:
+        return None
+    try:
+        attrs = json.loads((found / "zarr.json").read_text()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(attrs.get("cursor"), dict):
+        return None
+    return len((attrs.get("history") or {}).get("loss") or [])
+
+
+def check_partial(path: str | os.PathLike, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to start over a checkpoint: it may hold days of work, so only --overwrite drops it."""
+    part = partial_path(path)
+    if overwrite or resume or part.is_symlink() or not part.is_dir():
+        return
+    done = checkpoint_iterations(part)
+    if done is not None:
+        raise OutputExistsError(f"{part} holds a checkpoint at iteration {done}; continue with --resume, "
+                                "or discard it with --overwrite")
 
 
 def default_chunks(shape: tuple[int, ...], dtype: Any, lead_axis: int = 0) -> tuple[int, ...]:
@@ -61,12 +100,14 @@ def is_ptycli_store_dir(path: str | os.PathLike) -> bool:
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[Any] = (),
-                 kind: str = "store") -> Path:
+                 kind: str = "store", resume: bool = False) -> Path:
     """Refuse, before any work, an output the stage must not replace or could not write.
 
     ``kind`` is "store" (a directory store; missing parent folders are created later) or
     "file" (one regular file; its folder must exist). ``inputs`` are the paths the stage reads:
     writing over, into or around one would destroy what the output's provenance points at.
+    A store's ``OUT.partial`` holding a checkpoint is refused unless ``overwrite`` (it will be
+    discarded) or ``resume`` (reconstruct continues it).
     """
     out = Path(path)
     check_not_input(out, inputs, replacing=overwrite)
@@ -74,6 +115,8 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[A
         if not overwrite:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         _check_replaceable(out, kind)
+    if kind == "store":
+        check_partial(out, overwrite=overwrite, resume=resume)
     _check_writable(out, kind)
     return out
 
@@ -150,11 +193,12 @@ class StoreWriter:
         self.partial = partial_path(self.path)
         self.keep_partial_on_error = keep_partial_on_error
         self.overwrite = overwrite
-        check_output(self.path, overwrite=overwrite)
+        check_output(self.path, overwrite=overwrite, resume=reuse_partial)
         if self.partial.is_symlink() or self.partial.is_file():
             self.partial.unlink()  # OUT.partial is ptycli's own name: whatever is there is never complete
         elif self.partial.exists() and not reuse_partial:
-            shutil.rmtree(self.partial)  # left by a killed run: never complete, safe to drop
+            # left by a killed run: never complete; a checkpoint in it was refused above unless --overwrite
+            shutil.rmtree(self.partial)
         self.meta = RootMeta(
             kind=kind,  # type: ignore[arg-type]
             stage=stage,

@@ -6,12 +6,16 @@ between a state store and memory. Optional variables are ``None`` when absent.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.array import AsyncArray
+from zarr.core.group import AsyncGroup
 
+from ..errors import InputError, StoreError
 from .io import StoreWriter, write_array
 
 OPTIONAL_ARRAYS = ("tilts", "slice_thickness", "beam_current", "background", "positions_initial", "subscan",
@@ -100,8 +104,14 @@ def array_fields() -> list[str]:
     return ["probe", "object", "positions", *OPTIONAL_ARRAYS]
 
 
+REQUIRED_ARRAYS = ("probe", "object", "positions")
+
+
 def load_state(group: zarr.Group) -> State:
     """Read a state store (or a ``checkpoint`` subgroup) into host arrays."""
+    for name in REQUIRED_ARRAYS:
+        if name not in group:
+            raise StoreError(f"{_where(group)}: array {name!r} missing")
     attrs = dict(group.attrs.get("state", {}))
     arrays = {name: np.asarray(group[name][...]) for name in array_fields() if name in group}
     return State(
@@ -126,6 +136,44 @@ def load_state(group: zarr.Group) -> State:
         tilts_before=arrays.get("tilts_before"),
         tilts_after=arrays.get("tilts_after"),
     )
+
+
+def _where(node: Any) -> str:
+    """The path of a group or array on disk (store root / node path)."""
+    store = getattr(node, "store_path", None)
+    root = getattr(getattr(store, "store", None), "root", None)
+    path = getattr(store, "path", "") or ""
+    return f"{root}/{path}".rstrip("/") if root is not None else str(store or node)
+
+
+def read_error(exc: BaseException) -> InputError | None:
+    """The input problem behind an error raised while reading a read-only (input) Zarr store.
+
+    A chunk that does not decode (a truncated or overwritten file) or a member that is
+    not there is a damaged input, not a bug: it is named by store and array. Anything
+    raised outside Zarr's reading code, or while writing, stays what it is.
+    """
+    frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
+    if not frames:
+        return None
+    inner = frames[-1].f_code.co_filename.replace("\\", "/")
+    nodes = [f.f_locals.get("self") for f in frames]
+    if isinstance(exc, KeyError) and "/zarr/" in inner:
+        groups = [n for n in nodes if isinstance(n, (zarr.Group, AsyncGroup)) and _read_only(n)]
+        if groups:
+            return StoreError(f"{_where(groups[-1])}: array {exc.args[0] if exc.args else '?'!r} missing")
+    if "/numcodecs/" in inner or "/zarr/codecs/" in inner or "numcodecs" in inner:
+        arrays = [n for n in nodes if isinstance(n, (zarr.Array, AsyncArray)) and _read_only(n)]
+        if arrays:
+            return InputError(f"{_where(arrays[-1])}: corrupt chunk ({type(exc).__name__}: {exc})")
+    return None
+
+
+def _read_only(node: Any) -> bool:
+    try:
+        return bool(node.read_only)
+    except Exception:  # noqa: BLE001  (an object without the flag is not one we opened to read)
+        return False
 
 
 def write_state_arrays(group: zarr.Group, state: State, to_host: Any = np.asarray) -> None:

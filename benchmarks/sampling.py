@@ -3,8 +3,8 @@
 cProfile (the profile section's other half) sees only the thread it runs in, so it runs
 the engines on one thread; py-spy samples the process from outside at a fixed rate, so
 the group's parts on the pool threads and the waits between them are seen as they run.
-A compiled kernel's time is charged to the Python line that called it (py-spy without
-``--native`` reads Python frames only).
+A compiled kernel's time is charged to the Python function that called it (py-spy
+without ``--native`` reads Python frames only).
 
 The worker (``kind = "sample"``) warms up on one thread, so the part threads start
 inside the sampled iterations; its setup and warm-up are left out by keeping, of the main
@@ -41,8 +41,9 @@ def record(spec: dict[str, Any], rate_hz: int = 250, timeout_s: float = 1800) ->
         return {"ok": False, "error": "py-spy not installed (pip install -e '.[bench]')"}
     with tempfile.TemporaryDirectory(prefix="ptycli-pyspy-") as tmp:
         raw = Path(tmp) / "stacks.txt"
-        # --nonblocking: the default pauses the process at every sample, which stalled the
-        # part threads' spin-waits (quick case A lsqml ran ~5x slower under it)
+        # --nonblocking: the default pauses the process at every sample, which stretches the
+        # part threads' hand-offs (quick case A lsqml, 2026-11-22: 0.278 s/iteration paused,
+        # 0.186-0.192 not, 0.15-0.19 without py-spy)
         cmd = [exe, "record", "--rate", str(rate_hz), "--nonblocking", "--format", "raw", "--function",
                "--output", str(raw), "--", sys.executable, str(HERE / "worker.py"), json.dumps(spec)]
         try:

@@ -6,9 +6,10 @@ the group's parts on the pool threads and the waits between them are seen as the
 A compiled kernel's time is charged to the Python function that called it (py-spy
 without ``--native`` reads Python frames only).
 
-The worker (``kind = "sample"``) warms up on one thread, so the part threads start
-inside the sampled iterations; its setup and warm-up are left out by keeping, of the main
-thread's stacks, only those under ``SAMPLED_FRAME``.
+A first run without py-spy fills the kernel cache. The sampled worker (``kind = "sample"``)
+then warms up on one thread, so the part threads start inside the sampled iterations; its
+setup and warm-up are left out by keeping, of the main thread's stacks, only those under
+``SAMPLED_FRAME``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def record(spec: dict[str, Any], rate_hz: int = 250, timeout_s: float = 1800) ->
     exe = executable()
     if exe is None:
         return {"ok": False, "error": "py-spy not installed (pip install -e '.[bench]')"}
+    # One unsampled run first: the kernels a multi-threaded iteration calls are compiled
+    # (or loaded) there and cached, not inside the sampled iterations (the one-thread
+    # warm-up does not reach them; uncached, numba's compiler was 64 % of LSQ-ML's samples)
+    warm = subprocess.run([sys.executable, str(HERE / "worker.py"), json.dumps({**spec, "iterations": 1})],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    if '"ok": true' not in warm.stdout:
+        tail = (warm.stdout.strip().splitlines() or warm.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"ok": False, "error": f"warm-up run failed: {tail[:300]}"}
     with tempfile.TemporaryDirectory(prefix="ptycli-pyspy-") as tmp:
         raw = Path(tmp) / "stacks.txt"
         # --nonblocking: the default pauses the process at every sample, which stretches the

@@ -78,7 +78,10 @@ def test_slices_modes_and_thickness(data, tmp_path):
     assert s.object.shape[:2] == (2, 3)
     np.testing.assert_array_equal(s.slice_thickness, [12.0] * 3)
     np.testing.assert_array_equal(s.object[0], 1.0)
-    np.testing.assert_allclose(np.abs(s.object[1]), init.OBJECT_MODE_AMPLITUDE, rtol=1e-6)
+    # the extra mode's weak amplitude in its first slice only: 0.25 % of the power at any depth
+    np.testing.assert_allclose(np.abs(s.object[1, 0]), init.OBJECT_MODE_AMPLITUDE, rtol=1e-6)
+    np.testing.assert_array_equal(s.object[1, 1:], 1.0)
+    assert np.ptp(np.angle(s.object[1, 0])) > 1.0  # random phases break the tie with mode 0
     with pytest.raises(RecipeError, match="slice-thickness-a"):
         init.run(data, tmp_path / "u.zarr", slices=2)
 

@@ -99,3 +99,24 @@ def test_cli_watch_writes_no_colour_codes_with_no_color_or_into_a_pipe(cli, tmp_
     assert r.exit_code == 0, r.stderr
     assert "iteration 3/" in r.stdout and "\x1b" not in r.stdout
     assert len(r.stdout.strip().splitlines()) > 3  # the preview is there, as text
+
+
+def test_watch_follows_the_partial_of_a_run_that_will_replace_a_complete_output(tmp_path, stores):
+    """An --overwrite (or resumed) run writes OUT.partial beside a complete OUT until it is
+    done: that is the work to show; a partial older than OUT is a leftover and is not."""
+    import os
+    import shutil
+
+    make_running_store(tmp_path, iteration=3)  # the new run
+    shutil.copytree(stores[1], tmp_path / "run.zarr")  # the complete old result
+
+    def age(seconds):
+        t = os.path.getmtime(tmp_path / "run.zarr" / "zarr.json") + seconds
+        for f in (tmp_path / "run.zarr.partial").rglob("zarr.json"):
+            os.utime(f, (t, t))
+
+    age(+100)  # the run's checkpoint is newer than the old OUT
+    snap = snapshot(tmp_path / "run.zarr")
+    assert snap["store"].endswith("run.zarr.partial") and snap["iteration"] == 3
+    age(-100)
+    assert snapshot(tmp_path / "run.zarr")["store"].endswith("run.zarr")

@@ -30,16 +30,26 @@ def open_any(path: str | Path, *, allow_partial: bool = False) -> tuple[zarr.Gro
 
 
 def running_store(out_path: str | Path) -> Path | None:
-    """The store to follow for OUT: OUT itself when complete, else OUT.partial, else None."""
+    """The store to follow for OUT: OUT.partial while a run writes it, else OUT, else None.
+
+    OUT.partial wins over a complete OUT when it is at least as new: an `--overwrite` or
+    resumed run replaces OUT only when it completes, and until then the work in progress is
+    in the partial; an older partial beside OUT is a crashed writer's leftover.
+    """
     out = Path(out_path)
+    part = partial_path(out)
+    if (part / "zarr.json").exists() and (not out.exists() or _mtime(part) >= _mtime(out)):
+        return part
     if out.exists():
         return out
-    part = partial_path(out)
-    if part.exists():
-        return part
-    if out.name.endswith(".partial") and out.exists():
-        return out
-    return None
+    return part if part.exists() else None
+
+
+def _mtime(path: Path) -> float:
+    """Newest modification time of a store's root metadata or its checkpoint (what a run rewrites)."""
+    times = [q.stat().st_mtime for q in (path / "zarr.json", path / "checkpoint" / "zarr.json",
+                                        path / "checkpoint.old" / "zarr.json") if q.exists()]
+    return max(times, default=path.stat().st_mtime)
 
 
 def checkpoint_group(group: zarr.Group) -> zarr.Group | None:

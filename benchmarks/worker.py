@@ -216,9 +216,15 @@ def sample_engine(spec: dict[str, Any]) -> dict[str, Any]:
     case = cases.Case.from_json(spec["case"])
     state = cases.synthetic_state(case)
     patterns = cases.synthetic_patterns(state)
+    own = os.environ.get("PTYCLI_THREADS")  # the user's choice, back for the sampled run
     os.environ["PTYCLI_THREADS"] = "1"
-    harness.make_run(spec["engine"], state, patterns, 1)()
-    del os.environ["PTYCLI_THREADS"]
+    try:
+        harness.make_run(spec["engine"], state, patterns, 1)()
+    finally:
+        if own is None:
+            del os.environ["PTYCLI_THREADS"]
+        else:
+            os.environ["PTYCLI_THREADS"] = own
     run = harness.make_run(spec["engine"], state, patterns, spec["iterations"])
     t0 = time.perf_counter()
     sampled_iterations(run)

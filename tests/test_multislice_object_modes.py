@@ -65,14 +65,14 @@ def test_multislice_two_object_modes_recover(stores, engine, path):
     assert corr >= floor, f"{engine} ({path}): correlation {corr:.4f}"
 
 
-def _run_fake_engine(update, iterations):
+def _run_fake_engine(update, iterations, scan=(4, 4)):
     """loop.run on a 16-position state (groups of 4) with ``update`` as the engine's."""
     from test_perf_structure import _patterns, _state
 
     from ptycli.engines.registry import ENGINES
     from ptycli.recipe import Recipe
 
-    state = _state(scan=(4, 4))
+    state = _state(scan=scan)
     pats = _patterns(state)
     stage = ENGINES["lsqml"].params(type="lsqml", iterations=iterations, grouping={"kind": "compact", "size": 4})
     engine = type("Fake", (), {"update": staticmethod(update)})()
@@ -106,3 +106,14 @@ def test_iteration_zero_within_the_factor_passes():
     _, _, run = _run_fake_engine(lambda st, idx, data, it: next(losses), 2)
     _, history = run()
     assert history.loss == pytest.approx([1204.0 / 16, 1.0])
+
+
+def test_iteration_zero_baseline_spans_several_groups(monkeypatch):
+    """One group's starting loss is no baseline: with groups of one position (sequential
+    ePIE) a position far below the scan's mean made a healthy iteration 0 look diverged."""
+    monkeypatch.setattr(loop, "BASELINE_POSITIONS", 8)
+    # 64 positions in groups of 4: the first group near vacuum (1e-4 per position), the rest 1
+    losses = iter([4e-4] + [4.0] * 15 + [4.0] * 16)
+    _, _, run = _run_fake_engine(lambda st, idx, data, it: next(losses), 2, scan=(8, 8))
+    _, history = run()  # baseline: the first 8 positions (2 groups), 0.5; one group's was 1e-4
+    assert history.loss[0] == pytest.approx((4e-4 + 60.0) / 64)

@@ -194,8 +194,8 @@ def test_rerun_without_resume_keeps_the_checkpoint(small, tmp_path, cli):
     with pytest.raises(OutputExistsError) as exc:
         reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3)
     assert exc.value.exit_code == ExitCode.OUTPUT_EXISTS
-    assert str(exc.value) == (f"{part} holds a checkpoint at iteration 2; continue with --resume, "
-                              "or discard it with --overwrite")
+    assert str(exc.value) == (f"{part} holds a checkpoint at iteration 2; continue it with --resume, "
+                              "or delete it to start over")
     assert (part / "checkpoint").exists()
     # every stage that writes a store keeps it too (one-line error, exit 5)
     for args in (["init", data, "-o", out], ["simulate", out, "--scan-shape", "4x4"],
@@ -204,6 +204,12 @@ def test_rerun_without_resume_keeps_the_checkpoint(small, tmp_path, cli):
         assert res.exit_code == 5, (args, res.stderr)
         assert res.stderr.strip().count("\n") == 0 and "holds a checkpoint at iteration 2" in res.stderr
         assert (part / "checkpoint").exists()
+    # --overwrite is about OUT, not the checkpoint: a script that always passes it, requeued
+    # without --resume, must not restart from zero
+    with pytest.raises(OutputExistsError, match="holds a checkpoint at iteration 2"):
+        reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, overwrite=True)
+    assert (part / "checkpoint").exists()
+    shutil.rmtree(part)  # the user's own decision to start over
     fresh = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, overwrite=True)
     assert fresh["iterations"] == 5 and not part.exists()
 

@@ -1,5 +1,6 @@
 """Store format v1: atomic creation, checks on open, dimension names, plain-zarr/xarray access."""
 
+import os
 
 import numpy as np
 import pytest
@@ -124,3 +125,19 @@ def test_subgroup_atomic_replace(tmp_path):
         write_subgroup_atomic(root, "checkpoint", lambda g, v=value: g.attrs.update({"it": v}))
     assert zarr.open_group(str(root / "checkpoint"), mode="r").attrs["it"] == 2
     assert not (root / "checkpoint.tmp").exists() and not (root / "checkpoint.old").exists()
+
+
+def test_subgroup_left_only_as_old_survives_a_failed_rewrite(tmp_path):
+    """A crash between the two renames leaves only checkpoint.old (readers use it); the next
+    write, if it dies in its fill, must not have deleted that last copy first."""
+    root = tmp_path / "r.zarr"
+    zarr.open_group(str(root), mode="w")
+    write_subgroup_atomic(root, "checkpoint", lambda g: g.attrs.update({"it": 1}))
+    os.replace(root / "checkpoint", root / "checkpoint.old")
+
+    def dies(g):
+        raise KeyboardInterrupt  # the job killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_subgroup_atomic(root, "checkpoint", dies)
+    assert zarr.open_group(str(root / "checkpoint"), mode="r").attrs["it"] == 1

@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from .. import backend
-from ..store.io import CHECKPOINT, find_checkpoint, write_array, write_subgroup_atomic
+from ..store.io import CHECKPOINT, checkpoint_iterations, find_checkpoint, write_array, write_subgroup_atomic
 from ..store.state import load_state, write_state_arrays
 from .loop import Cursor, History
 
@@ -38,8 +38,11 @@ def write(root: str | Path, state: Any, engine_state: dict[str, Any], cursor: Cu
 
 
 def find(root: str | Path) -> Path | None:
-    """The latest complete checkpoint under ``root`` (``checkpoint`` or its ``.old``)."""
-    return find_checkpoint(root)  # one rule for resume and for output checks (store/io.py)
+    """The latest complete, resumable checkpoint under ``root`` (``checkpoint`` or its ``.old``):
+    one with a cursor, the same rule as the output checks (store/io.py), so a checkpoint those
+    let a run discard is never the one a resume then fails to read."""
+    found = find_checkpoint(root)
+    return found if found is not None and checkpoint_iterations(root) is not None else None
 
 
 def read(path: str | Path) -> tuple[Any, dict[str, Any], Cursor, History, np.ndarray | None]:

@@ -27,7 +27,11 @@ from ..errors import Interrupted, NumericalError
 from . import distributed, grouping
 from . import positions as pos_mod
 
-DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss (iteration 0: its first group's) diverged
+DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss (iteration 0: its first groups') diverged
+# Iteration 0's baseline spans at least this many positions (and 5 % of the scan): one
+# position's starting loss varied 345x across the demo scan (59 to 20524), so a single
+# group of sequential ePIE could make a healthy first iteration look diverged.
+BASELINE_POSITIONS = 64
 
 
 @dataclass
@@ -121,7 +125,12 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     comm = hooks.comm
     place = distributed.curve_rank(order, len(state.positions_initial))
     first_loss = _first_stage_loss(history, si)
-    start_loss = None  # the stage's first group's loss per position, while first_loss is None
+    # iteration 0's baseline while first_loss is None: the mean loss of the stage's first
+    # groups over at least BASELINE_POSITIONS positions (see there)
+    start_loss, base_sum, base_n = None, 0.0, 0
+    # (at most a quarter of the positions: on a small scan the baseline must not become the
+    # whole iteration's mean, which a diverging iteration 0 would carry with it)
+    base_need = max(1, min(max(BASELINE_POSITIONS, math.ceil(0.05 * len(subset))), len(subset) // 4))
     read = hooks.read_rows if hooks.read_rows is not None and getattr(engine, "reads_rows", False) else hooks.read_batch
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
@@ -152,11 +161,13 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
                 if nxt_group is not None:
                     hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
             loss_dev = loss_dev + engine.update(state, mine, data, it)
-            if first_loss is None and gi == 0 and start_loss is None:
-                # a group's loss is its model before its update: the first group's is the
-                # starting state's, a baseline for iteration 0 (its own mean cannot be one:
-                # an iteration 0 that diverged became the baseline and the check never fired)
-                start_loss = backend.scalar(loss_dev) / len(groups[gi])
+            if first_loss is None and start_loss is None:
+                # a group's loss is its model before its update, so the first groups' are (near)
+                # the starting state's: a baseline for iteration 0, whose own mean cannot be one
+                # (an iteration 0 that diverged became the baseline and the check never fired)
+                base_sum, base_n = backend.scalar(loss_dev), base_n + len(mine)
+                if base_n >= base_need:
+                    start_loss = base_sum / base_n
             stop = _synced_stop(state, mine, hooks, comm)
             if moving:  # positions only move when refined (sequential ePIE: one call per position saved)
                 pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
@@ -165,6 +176,8 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
                 loss_sum += backend.scalar(loss_dev)
                 _stop(state, engine, Cursor(si, it, gi + 1, rng_json, loss_sum), history, hooks, extra)
         loss_sum += backend.scalar(loss_dev)
+        if first_loss is None and start_loss is None and base_n:
+            start_loss = base_sum / base_n
         state = _end_iteration(state, engine, stage, it, subset, hooks)
         loss = loss_sum / len(subset)
         state.iteration += 1

@@ -69,14 +69,16 @@ def checkpoint_iterations(partial: str | os.PathLike) -> int | None:
 
 
 def check_partial(path: str | os.PathLike, *, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to start over a checkpoint: it may hold days of work, so only --overwrite drops it."""
+    """Refuse to start over a checkpoint: it may hold days of work. Only --resume uses it and
+    no flag discards it (``overwrite`` is about OUT): a job script that always passes
+    --overwrite, requeued without --resume, would otherwise restart from zero every time."""
     part = partial_path(path)
-    if overwrite or resume or part.is_symlink() or not part.is_dir():
+    if resume or part.is_symlink() or not part.is_dir():
         return
     done = checkpoint_iterations(part)
     if done is not None:
-        raise OutputExistsError(f"{part} holds a checkpoint at iteration {done}; continue with --resume, "
-                                "or discard it with --overwrite")
+        raise OutputExistsError(f"{part} holds a checkpoint at iteration {done}; continue it with --resume, "
+                                "or delete it to start over")
 
 
 def default_chunks(shape: tuple[int, ...], dtype: Any, lead_axis: int = 0) -> tuple[int, ...]:
@@ -106,17 +108,17 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[A
     ``kind`` is "store" (a directory store; missing parent folders are created later) or
     "file" (one regular file; its folder must exist). ``inputs`` are the paths the stage reads:
     writing over, into or around one would destroy what the output's provenance points at.
-    A store's ``OUT.partial`` holding a checkpoint is refused unless ``overwrite`` (it will be
-    discarded) or ``resume`` (reconstruct continues it).
+    A store's ``OUT.partial`` holding a checkpoint is refused unless ``resume`` (reconstruct
+    continues it); nothing discards it but the user.
     """
     out = Path(path)
     check_not_input(out, inputs, replacing=overwrite)
+    if kind == "store":  # first: a checkpoint beside OUT is what the user must hear about
+        check_partial(out, overwrite=overwrite, resume=resume)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
         _check_replaceable(out, kind)
-    if kind == "store":
-        check_partial(out, overwrite=overwrite, resume=resume)
     _check_writable(out, kind)
     return out
 
@@ -197,7 +199,7 @@ class StoreWriter:
         if self.partial.is_symlink() or self.partial.is_file():
             self.partial.unlink()  # OUT.partial is ptycli's own name: whatever is there is never complete
         elif self.partial.exists() and not reuse_partial:
-            # left by a killed run: never complete; a checkpoint in it was refused above unless --overwrite
+            # left by a killed run: never complete; a checkpoint in it was refused above
             shutil.rmtree(self.partial)
         self.meta = RootMeta(
             kind=kind,  # type: ignore[arg-type]
@@ -304,6 +306,11 @@ def write_subgroup_atomic(root: str | os.PathLike, name: str, fill: Callable[[za
     """
     root = Path(root)
     final, tmp, old = root / name, root / f"{name}.tmp", root / f"{name}.old"
+    if old.exists() and not final.exists():
+        # a crash between the two renames left only name.old, the last complete copy:
+        # it becomes name again before anything is deleted (a kill during this fill would
+        # otherwise leave no copy at all)
+        os.replace(old, final)
     for p in (tmp, old):
         if p.exists():
             shutil.rmtree(p)

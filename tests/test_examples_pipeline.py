@@ -87,3 +87,26 @@ def test_sbatch_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     text = script.read_text()
     assert text.startswith("#!/bin/bash") and "#SBATCH --job-name" in text
+
+
+def test_array_sbatch_finds_the_makefile_from_slurms_spooled_copy(tmp_path):
+    """Under sbatch the script runs as slurmd's spooled copy, so $0's folder is no guide:
+    the Makefile comes from the submit directory, and CAL / RECIPE from the environment."""
+    spool = tmp_path / "slurmd" / "job42"
+    spool.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "slurm" / "array.sbatch", spool / "slurm_script")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > make-args.txt\n')
+    (bin_dir / "make").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "datasets.txt").write_text("raw/a.npy\nraw/b.h5\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "2",
+           "SLURM_SUBMIT_DIR": str(EXAMPLES.parent), "RECIPE": "multislice"}
+    res = subprocess.run(["bash", str(spool / "slurm_script")], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    args = (work / "make-args.txt").read_text().split("\n")
+    assert args[:2] == ["-f", str(EXAMPLES / "Makefile")]
+    assert "RAW=raw/b.h5" in args and "OUT=runs/b" in args
+    assert "RECIPE=multislice" in args and "CAL=calibration.toml" in args

@@ -173,3 +173,33 @@ def test_tune_overwrite_keeps_a_folder_that_never_held_a_study(stores, tmp_path)
     with pytest.raises(OutputExistsError, match="not a ptycli tune directory"):
         tune._prepare_out(out, True, [stores[1], stores[2]])
     assert (out / "keep").read_text() == "a"
+
+
+def test_tune_never_moves_into_a_foreign_folder_and_overwrite_keeps_other_files(stores, tmp_path):
+    """A first run into a non-empty folder that holds no study is refused, so a later
+    --overwrite (which removes the study's own files only) can never reach the user's."""
+    from ptycli.stages import tune
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "lab.txt").write_text("a")
+    with pytest.raises(OutputExistsError, match="not a ptycli tune directory"):
+        tune._prepare_out(notes, False, [stores[1], stores[2]])
+    study = tmp_path / "study"
+    tune._prepare_out(study, False, [])  # a new folder: made, with its trials/
+    (study / "study.db").write_text("db")
+    (study / "trials" / "0000").mkdir()
+    (study / "mine.txt").write_text("b")  # put there by the user later
+    tune._prepare_out(study, True, [])
+    assert (study / "mine.txt").read_text() == "b"
+    assert not (study / "study.db").exists() and list((study / "trials").iterdir()) == []
+
+
+def test_tune_bad_flag_values_are_usage_errors_naming_the_flag(stores, tmp_path, cli):
+    space = tmp_path / "space.toml"
+    space.write_text('[study]\ntrials = 1\niterations = 1\n[param.defocus_a]\nlow = 40.0\nhigh = 120.0\n')
+    for flag in ("--sampler", "--pruner", "--objective"):
+        res = cli("tune", stores[1], stores[2], "--space", space, "-o", tmp_path / "t", flag, "foo")
+        assert res.exit_code == 2, (flag, res.stderr)
+        assert flag in res.stderr and res.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "t").exists()  # nothing made before the check

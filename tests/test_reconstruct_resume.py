@@ -301,3 +301,21 @@ def test_state_from_init_calibration_file_keeps_its_own_values(small, tmp_path):
     done = reconstruct.run(data, state, tmp_path / "c.zarr", recipe="quick", device="cpu",
                            overrides=["stage.0.iterations=1"])
     assert done["status"] == "complete"
+
+
+def test_a_run_refused_before_its_first_checkpoint_leaves_no_partial(small, tmp_path, monkeypatch):
+    """A recipe refused at run time (here: an error raised as the loop starts) has nothing to
+    resume: no OUT.partial for later commands to call an interrupted stage."""
+    from ptycli.engines import loop
+    from ptycli.errors import RecipeError
+
+    root, data, state = small
+    out = tmp_path / "refused.zarr"
+
+    def refuse(*_a, **_k):
+        raise RecipeError("stage.0: refused")
+
+    monkeypatch.setattr(loop, "run", refuse)
+    with pytest.raises(RecipeError):
+        reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3)
+    assert not out.exists() and not (tmp_path / "refused.zarr.partial").exists()

@@ -104,7 +104,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     flags = {"trials": trials, "sampler": sampler, "pruner": pruner, "objective": objective,
              "iterations": iterations, "validation_fraction": validation_fraction}
     st = sp.study.model_copy(update={k: v for k, v in flags.items() if v is not None})
-    st = tune_space.Study.model_validate(st.model_dump())  # CLI values get the same checks
+    st = _checked_flags(st, flags)  # CLI values get the same checks
     _prepare_out(out, overwrite and not worker, [data, state, space, recipe])
     plan = _plan(data, state, out, recipe_data, st, sp, seed, device, precision)
     n_iter = tune_trial.trial_recipe(plan, []).total_iterations
@@ -132,17 +132,42 @@ def _seed(seed: int, worker_no: int, done: int) -> int:
     return int(np.random.SeedSequence([seed, worker_no, done]).generate_state(1)[0])
 
 
+def _checked_flags(st: Any, flags: dict[str, Any]) -> Any:
+    """The study with the command line's values, a bad one a usage error naming its flag."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    try:
+        return tune_space.Study.model_validate(st.model_dump())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err.get("loc") else "?"
+        flag = f"--{key.replace('_', '-')}" if flags.get(key) is not None else f"[study] {key}"
+        raise UsageError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+# What a study writes into its folder: --overwrite removes these and nothing else.
+TUNE_OUTPUTS = ("trials", "study.db", "trials.csv", "best-recipe.toml", "history.png", "importance.png", LOCK_NAME)
+
+
 def _prepare_out(out: Path, overwrite: bool, inputs: list[Any]) -> None:
     from ..store.io import check_not_input  # noqa: PLC0415
 
     check_not_input(out, inputs, replacing=overwrite)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
+    # a study's folder holds its lock, database or trials (a worker starting beside another may
+    # see only trials/); any other non-empty folder is someone else's: a study never moves in,
+    # so --overwrite can never reach the user's own files
+    if out.exists() and any(out.iterdir()) and not any((out / n).exists() for n in (LOCK_NAME, "study.db", "trials")):
+        raise OutputExistsError(f"{out}: exists and is not a ptycli tune directory; not used "
+                                "(choose a new or empty folder)")
     if overwrite and out.exists():
-        # --overwrite restarts a study; it must not empty a folder that never held one
-        if not (out / LOCK_NAME).exists() and any(out.iterdir()):
-            raise OutputExistsError(f"{out}: exists and is not a ptycli tune directory; not replaced")
-        shutil.rmtree(out)
+        for name in TUNE_OUTPUTS:  # the study's own files only
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     try:
         (out / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -250,8 +250,15 @@ class StoreWriter:
         return self.path
 
     def abort(self) -> None:
-        if not self.keep_partial_on_error and self.partial.exists():
-            shutil.rmtree(self.partial, ignore_errors=True)
+        """Drop the partial store after an error, unless asked to keep it and it holds a
+        checkpoint to resume from: a run refused before its first checkpoint (a bad recipe
+        value, an MPI or group-size refusal) left an OUT.partial that later commands called
+        an interrupted stage."""
+        if not self.partial.exists():
+            return
+        if self.keep_partial_on_error and checkpoint_iterations(self.partial) is not None:
+            return
+        shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -234,6 +234,23 @@ def test_resume_refuses_other_data_or_starting_state(small, tmp_path):
     assert done["iterations"] == 5
 
 
+def test_resume_refuses_another_seed_positions_or_precision(small, tmp_path):
+    """The seed draws the validation split, --positions the subset, --precision the dtypes:
+    a resume with others would continue a different run."""
+    from ptycli.errors import RecipeError
+
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "o.zarr", root / "r.toml")
+    for change, key in (({"seed": 4}, "--seed"), ({"positions": "0:30"}, "--positions"),
+                        ({"precision": "double"}, "--precision")):
+        args = {"seed": 3, **change}
+        with pytest.raises(RecipeError, match=f"{key} .* but the interrupted run had {key} "):
+            reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", resume=True, **args)
+    assert (tmp_path / "o.zarr.partial" / "checkpoint").exists()
+    done = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert done["iterations"] == 5
+
+
 @pytest.mark.parametrize("change, key, values", [
     ({"energy_kev": 200.0}, "energy_kev", ("200", "300")),
     ({"semiangle_mrad": 20.0}, "semiangle_mrad", ("20", "25")),

@@ -140,7 +140,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     if early_stop_patience and not validation_fraction:
         raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
     refs = (input_ref(inputs.group, data), input_ref(state_group, state))
-    resume_from = _resume_point(out, rec_json, validation, refs) if resume else None
+    run_opts = {"seed": seed, "positions": positions, "precision": precision}
+    resume_from = _resume_point(out, rec_json, validation, refs, run_opts) if resume else None
     st = resume_from[0] if resume_from else load_state(state_group)
     _check_shapes(st, inputs, Path(data))
     _check_calibration(st, inputs, Path(data), state_group)
@@ -346,7 +347,7 @@ def _calibration_from_file(state_group: Any) -> bool:
     return any(r.stage == "init" and (r.options or {}).get("calibration") for r in records)
 
 
-def _resume_point(out: Path, rec_json: dict, validation: dict, refs: tuple) -> tuple | None:
+def _resume_point(out: Path, rec_json: dict, validation: dict, refs: tuple, run_opts: dict) -> tuple | None:
     part = partial_path(out)
     found = ckpt.find(part) if part.exists() else None
     if found is None:
@@ -354,7 +355,16 @@ def _resume_point(out: Path, rec_json: dict, validation: dict, refs: tuple) -> t
     import zarr
 
     attrs = zarr.open_group(str(part), mode="r").attrs
-    _check_same_inputs(part, dict(attrs.get(ROOT_ATTR) or {}).get("inputs") or [], refs)
+    meta = dict(attrs.get(ROOT_ATTR) or {})
+    _check_same_inputs(part, meta.get("inputs") or [], refs)
+    # the seed draws the validation split, --positions the subset the groups are made of, and
+    # --precision the dtypes the optimiser's moments live in: a resume with others would
+    # continue a different run (held-out positions trained on, the cursor in other groups)
+    stored_opts = dict(meta.get("options") or {})
+    for key, value in run_opts.items():
+        if key in stored_opts and stored_opts[key] != value:
+            raise RecipeError(f"{part}: --resume with --{key} {value} but the interrupted run had "
+                              f"--{key} {stored_opts[key]}; use the same --{key}")
     stored = attrs.get("recipe")
     old_val = dict(attrs.get("validation") or {"fraction": 0.0, "early_stop_patience": 0})
     if old_val != validation:
@@ -374,7 +384,7 @@ def _check_same_inputs(part: Path, stored: list, refs: tuple) -> None:
         if old is not None and old.get("fingerprint") != ref.fingerprint:
             raise InputError(f"{part}: --resume with other {what} ({ref.path}, fingerprint {ref.fingerprint}) than "
                              f"the interrupted run ({old.get('path')}, fingerprint {old.get('fingerprint')}); "
-                             f"give the same {arg}, or start over with --overwrite instead of --resume")
+                             f"give the same {arg}, or delete {part} to start over")
 
 
 def _resume_parts(resume_from: tuple | None) -> tuple:

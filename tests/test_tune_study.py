@@ -64,7 +64,7 @@ def test_finds_defocus_within_10_percent_in_30_trials(wrong_focus, cli):
 
 def test_validation_objective_prefers_the_true_defocus(wrong_focus):
     """Without truth, the held-out loss alone ranks the true defocus above wrong ones."""
-    from ptycli.stages import tune_trial
+    from ptycli.stages import reconstruct
 
     root, data, state = wrong_focus
     plan = tune._plan(data, state, root / "V", tune.parse_toml(RECIPE, "r"),
@@ -108,3 +108,37 @@ def test_two_workers_share_one_study(wrong_focus, kind):
     # The sampler saw every worker's results: parameters are not duplicated by equal seeds.
     values = [t.params["defocus_a"] for t in trials]
     assert len(set(np.round(values, 9))) == 10, values
+
+
+def test_a_signal_stops_the_trial_marks_it_failed_and_ends_resumable(wrong_focus, tmp_path, monkeypatch):
+    """SIGTERM/SIGUSR1 (a SLURM time limit) reach the running trial through reconstruct's own
+    stop at the end of a group: the trial is told FAIL (a --worker study kept it RUNNING and
+    counted it forever), the reports are written, and tune ends with 75; a re-run continues."""
+    import signal
+
+    from ptycli.errors import ExitCode, Interrupted
+    from ptycli.stages import reconstruct
+
+    root, data, state = wrong_focus
+    space = tmp_path / "space.toml"
+    space.write_text("[study]\ntrials = 2\n[param.defocus_a]\nlow = 60.0\nhigh = 100.0\n")
+    real_run = reconstruct.run
+
+    def run_with_signal(*a, **kw):
+        class SignalAt:  # what tune's SIGTERM handler does: set the stop flag it gave the trial
+            def on_batch_end(self, *_a):
+                kw["stop_flag"].set(signal.SIGTERM)
+
+        return real_run(*a, **{**kw, "observers": [*kw["observers"], SignalAt()]})
+
+    out = tmp_path / "study"
+    monkeypatch.setattr(reconstruct, "run", run_with_signal)  # tune_trial imports the module
+    with pytest.raises(Interrupted) as exc:
+        tune.run(data, state, space=space, recipe=root / "r.toml", out=out, iterations=3)
+    assert exc.value.exit_code == ExitCode.INTERRUPTED and "continue the study" in str(exc.value)
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 2 and "fail" in rows[1]  # the one trial it ran: failed, not running
+    assert not any((out / "trials").rglob("*.partial"))
+    monkeypatch.setattr(reconstruct, "run", real_run)
+    summary = tune.run(data, state, space=space, recipe=root / "r.toml", out=out, iterations=3)
+    assert summary["complete"] == 1 and summary["fail"] == 1 and summary["running"] == 0

@@ -102,7 +102,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         stream: bool | None = None, memory_budget_bytes: int | None = None, positions: str = "all",
         overwrite: bool = False, observers: Iterable[Any] = (), handle_signals: bool = True,
         validation_fraction: float = 0.0, early_stop_patience: int = 0,
-        distributed_run: bool = False, group_size: int | str | None = None, prefetch: bool = True) -> dict[str, Any]:
+        distributed_run: bool = False, group_size: int | str | None = None, prefetch: bool = True,
+        stop_flag: StopFlag | None = None) -> dict[str, Any]:
     """Reconstruct; returns a JSON-able summary (output path, final loss, iterations, timings).
 
     ``validation_fraction`` holds out a seeded share of the positions from every update and
@@ -114,6 +115,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     groups (and chooses streaming, unless ``stream`` is given) by ``engines.data.plan_memory``
     within ``memory_budget_bytes``. ``prefetch`` reads the next group's streamed patterns in a
     background thread while the current group computes (the results are the same without).
+    ``stop_flag``: a caller's own (``tune``, whose handlers set it): the run stops at it as at
+    its own signals.
     """
     out = Path(out)
     comm = distributed.world(distributed_run)
@@ -159,7 +162,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
     writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, replace,
                                                  bool(resume_from), rec_json, validation, plan))
-    flag = StopFlag()
+    flag = stop_flag if stop_flag is not None else StopFlag()
     monitor = _Monitor(partial_path(out), comm)
     hooks = loop.RunHooks(
         read_batch=inputs.read, read_rows=inputs.read_rows,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, NumericalError, OutputExistsError, RecipeError, UsageError
+from ..errors import InputError, Interrupted, NumericalError, OutputExistsError, RecipeError, UsageError
 from ..recipe import find_recipe, parse_toml
 from . import tune_report, tune_space, tune_trial
 
@@ -118,7 +118,19 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         done = len(study.get_trials(deepcopy=False))
     if done:  # a continued study: a fresh sampler with the same seed would re-propose its first points
         study.sampler = make_sampler(st.sampler, _seed(seed, worker_no, done))
-    ran = _optimize(study, sp, plan, st.trials, out, say, optuna)
+    from ..engines.signals import SignalHandlers, StopFlag  # noqa: PLC0415
+
+    # SIGTERM/SIGUSR1 (a SLURM time limit) and SIGINT stop the trial running at the end of a
+    # group (reconstruct's own stop), mark it failed, write the reports and end with 75/130:
+    # killed outright, a --worker study kept the trial RUNNING and counted it forever
+    plan.stop_flag = StopFlag()
+    with SignalHandlers(plan.stop_flag):
+        try:
+            ran = _optimize(study, sp, plan, st.trials, out, say, optuna)
+        except Interrupted as exc:
+            _finish(study, sp, plan, st, out, source, recipe_data, 0, storage)
+            raise Interrupted(f"tune stopped by a signal; the trial it ran is marked failed; run the same "
+                              f"command again to continue the study in {out}", resumable=exc.resumable) from None
     return _finish(study, sp, plan, st, out, source, recipe_data, ran, storage)
 
 
@@ -202,6 +214,8 @@ def _optimize(study: Any, sp: tune_space.Space, plan: tune_trial.TrialPlan, n_tr
     """Ask/run/tell until the study holds ``n_trials`` trials; returns how many this process ran."""
     ran = 0
     while True:
+        if plan.stop_flag is not None and plan.stop_flag.requested:  # a signal between two trials
+            raise Interrupted("tune stopped by a signal", resumable=plan.stop_flag.resumable)
         with _lock(out / LOCK_NAME):
             if len(study.get_trials(deepcopy=False)) >= n_trials:
                 return ran

@@ -37,6 +37,7 @@ class TrialPlan:
     device: str
     precision: str
     init_options: Any = None  # InitOptions of STATE (only when init keys are searched)
+    stop_flag: Any = None  # engines.signals.StopFlag set by tune's SIGTERM/SIGUSR1/SIGINT handlers
 
 
 def base_init_options(state: Path) -> Any:
@@ -127,7 +128,8 @@ def run_trial(plan: TrialPlan, trial: Any, params: dict[str, Any]) -> float:
     try:
         summary = reconstruct.run(plan.data, state, out, recipe=rec, device=plan.device, precision=plan.precision,
                                   seed=plan.seed, validation_fraction=plan.validation_fraction,
-                                  observers=[ReportToTrial(trial)], handle_signals=False)
+                                  observers=[ReportToTrial(trial)], handle_signals=False,
+                                  stop_flag=plan.stop_flag)
     finally:
         shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
     trial.set_user_attr("validation_loss", summary.get("final_validation_loss"))

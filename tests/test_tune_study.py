@@ -64,7 +64,7 @@ def test_finds_defocus_within_10_percent_in_30_trials(wrong_focus, cli):
 
 def test_validation_objective_prefers_the_true_defocus(wrong_focus):
     """Without truth, the held-out loss alone ranks the true defocus above wrong ones."""
-    from ptycli.stages import reconstruct
+    from ptycli.stages import tune_trial
 
     root, data, state = wrong_focus
     plan = tune._plan(data, state, root / "V", tune.parse_toml(RECIPE, "r"),

@@ -40,6 +40,7 @@ def test_reversed_cmap_is_accepted(cli, stores, tmp_path):
     (["-o", "p.tif", "--cmap", "viridis"], ["--cmap", "PNG"]),
     (["-o", "p.h5", "--layout", "pypty"], ["--layout pypty", "--what patterns", "object-phase"]),
     (["-o", "p.npy", "--layout", "ptyrad", "--what", "probe"], ["--layout ptyrad", "--what probe"]),
+    (["-o", "p.tif", "--what", "probe", "--crop", "0:5,0:5"], ["--crop 0:5,0:5", "--what probe"]),
 ])
 def test_ignored_flag_combinations_are_refused(cli, stores, tmp_path, args, words):
     args = [str(tmp_path / a) if a.startswith("p.") else a for a in args]

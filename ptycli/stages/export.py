@@ -63,6 +63,9 @@ def export(store_path: str | Path, out_path: str | Path, options: ExportOptions 
 def check_flags(opts: ExportOptions, fmt: str) -> None:
     """Refuse a flag the chosen output would ignore, before any store is read: a silently
     dropped --bit-depth or --layout leaves a file that is not what was asked for."""
+    if opts.crop not in ("scanned", "full") and not opts.what.startswith("object"):
+        # a window of object pixels: a probe or the patterns have no object grid to cut
+        raise UsageError(f"--crop {opts.crop} applies to the object (--what object-*), not --what {opts.what}")
     if opts.layout and opts.what != "patterns":
         raise UsageError(f"--layout {opts.layout} applies to --what patterns (a data store), "
                          f"not --what {opts.what}")

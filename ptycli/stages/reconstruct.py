@@ -142,6 +142,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
     if early_stop_patience and not validation_fraction:
         raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
+    # the inputs' records, read once: the resume check, the new store's inputs and its data ref
     refs = (input_ref(inputs.group, data), input_ref(state_group, state))
     run_opts = {"seed": seed, "positions": positions, "precision": precision}
     resume_from = _resume_point(out, rec_json, validation, refs, run_opts) if resume else None
@@ -160,7 +161,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     if distributed_run:
         options["ranks"] = comm.size
     comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
-    writer = _on_root(comm, lambda: _open_writer(out, options, inputs, data, state_group, state, replace,
+    writer = _on_root(comm, lambda: _open_writer(out, options, refs, state_group, replace,
                                                  bool(resume_from), rec_json, validation, plan))
     flag = stop_flag if stop_flag is not None else StopFlag()
     monitor = _Monitor(partial_path(out), comm)
@@ -183,7 +184,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
             raise
         finally:
             inputs.close()  # stop the prefetch thread, also on a stop or an error
-        summary = _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, data, subset, held_out))
+        summary = _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, refs[0], subset, held_out))
     return summary if plan is None or summary is None else {**summary, "group_plan": group_plan.public(plan)}
 
 
@@ -197,11 +198,9 @@ def abort_job(distributed_run: bool, code: int) -> None:
     distributed.abort(distributed.world(distributed_run), code)
 
 
-def _open_writer(out: Path, options: dict, inputs: _Inputs, data: str | Path, state_group: Any,
-                 state: str | Path, overwrite: bool, reuse: bool, rec_json: dict, validation: dict,
-                 plan: dict | None = None) -> StoreWriter:
-    writer = StoreWriter(out, kind="state", stage="reconstruct", options=options,
-                         inputs=[input_ref(inputs.group, data), input_ref(state_group, state)],
+def _open_writer(out: Path, options: dict, refs: tuple, state_group: Any, overwrite: bool, reuse: bool,
+                 rec_json: dict, validation: dict, plan: dict | None = None) -> StoreWriter:
+    writer = StoreWriter(out, kind="state", stage="reconstruct", options=options, inputs=list(refs),
                          provenance=provenance_of(state_group), overwrite=overwrite,
                          keep_partial_on_error=True, reuse_partial=reuse)
     writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
@@ -408,7 +407,7 @@ def _already_complete(out: Path) -> dict[str, Any]:
 
 
 def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, inputs: _Inputs,
-            data: str | Path, subset: np.ndarray, held_out: np.ndarray) -> dict[str, Any]:
+            data_ref: Any, subset: np.ndarray, held_out: np.ndarray) -> dict[str, Any]:
     write_state(writer, st, backend.to_numpy)
     if history.validation_loss:
         write_array(writer.group, "history/validation_loss", np.asarray(history.validation_loss, dtype=np.float64),
@@ -426,7 +425,7 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
                                                 "early_stop": history.early_stop,
                                                 "timings": {"total_s": total_s,
                                                             "device": backend.device_name(inputs.xp)}}
-    writer.set_attrs(data={"path": str(data), "fingerprint": input_ref(inputs.group, data).fingerprint})
+    writer.set_attrs(data={"path": data_ref.path, "fingerprint": data_ref.fingerprint})
     if REPLACES_OUTPUT in writer.group.attrs:
         del writer.group.attrs[REPLACES_OUTPUT]  # run control of the partial store, not a result
     writer.record("reconstruct", stages=[s["type"] for s in stages], positions=len(subset))

@@ -16,7 +16,7 @@ import zarr
 
 from ..errors import InputError, StoreError, UsageError
 from ..store.calibration import Calibration, load_calibration
-from ..store.io import open_store, partial_path, read_meta
+from ..store.io import find_checkpoint, open_store, partial_path, read_meta
 from ..store.state import State, load_state
 
 MAX_PACBED_FRAMES = 512  # a PACBED from an evenly spaced subset is indistinguishable and cheap
@@ -47,9 +47,9 @@ def running_store(out_path: str | Path) -> Path | None:
 
 def _mtime(path: Path) -> float:
     """Newest modification time of a store's root metadata or its checkpoint (what a run rewrites)."""
-    times = [q.stat().st_mtime for q in (path / "zarr.json", path / "checkpoint" / "zarr.json",
-                                        path / "checkpoint.old" / "zarr.json") if q.exists()]
-    return max(times, default=path.stat().st_mtime)
+    ckpt = find_checkpoint(path)
+    files = [path / "zarr.json", *([ckpt / "zarr.json"] if ckpt is not None else [])]
+    return max((q.stat().st_mtime for q in files if q.exists()), default=path.stat().st_mtime)
 
 
 def checkpoint_group(group: zarr.Group) -> zarr.Group | None:

@@ -2,6 +2,11 @@
 
 import os
 import signal
+from pathlib import Path
+
+# The shared material (abTEM references, real detector files) lies beside the repository as ../shared;
+# tests resolve it from the repository root, never from a machine path.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 class SignalAtBatch:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from _helpers import SHARED
 
 from ptycli.physics.electron import gamma, sigma_rad_per_v_a, wavelength_a
 
-REFERENCE = Path("/work/shared/reference/wavelengths.json")
+REFERENCE = SHARED / "reference" / "wavelengths.json"
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="shared abTEM reference not present")
+@pytest.mark.skipif(not REFERENCE.exists(), reason=f"abTEM reference not present at {REFERENCE}")
 def test_wavelength_and_sigma_match_abtem_reference() -> None:
     values = json.loads(REFERENCE.read_text())["values"]
     assert len(values) >= 5

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import SHARED
 
 from ptycli import backend
 from ptycli.physics import multislice
 from ptycli.physics.electron import sigma_rad_per_v_a, wavelength_a
 from ptycli.physics.propagation import band_limit, fresnel_propagator
 
-REF = Path("/work/shared/reference/multislice.npz")
+REF = SHARED / "reference" / "multislice.npz"
 
 
 def _rand(rng, shape):
@@ -54,7 +54,7 @@ def test_single_slice_is_product_and_intensity_sums_modes() -> None:
     np.testing.assert_allclose(multislice.intensity(Psi), np.sum(np.abs(expected) ** 2, axis=(1, 2)), rtol=1e-12)
 
 
-@pytest.mark.skipif(not REF.exists(), reason="shared abTEM reference not present")
+@pytest.mark.skipif(not REF.exists(), reason=f"abTEM reference not present at {REF}")
 def test_multislice_matches_abtem_reference() -> None:
     ref = np.load(REF)
     v = ref["potential_slices_VA"].astype(np.float64)

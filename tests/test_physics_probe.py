@@ -9,10 +9,10 @@ unnormalised; ours is fft2(ifftshift(P)) (unitary), i.e. ifftshift(ctf)/sqrt(Σ|
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import SHARED
 
 from ptycli import backend
 from ptycli.physics import grids
@@ -23,8 +23,8 @@ from ptycli.physics.probe import (aperture, init_modes, make_probe, mode_occupan
 
 
 
-REF = Path("/work/shared/reference")
-needs_ref = pytest.mark.skipif(not (REF / "probes.npz").exists(), reason="shared abTEM reference not present")
+REF = SHARED / "reference"
+needs_ref = pytest.mark.skipif(not (REF / "probes.npz").exists(), reason=f"abTEM reference not present at {REF}")
 
 
 def _settings():

@@ -65,8 +65,9 @@ def fft_section(quick: bool) -> dict[str, Any]:
 
 
 def iteration_plan(name: str, quick: bool) -> tuple[int, int]:
-    """(warm-up, timed) iterations; full-size case B is too slow on 2 cores for more than 3."""
-    if name == "B" and not quick:
+    """(warm-up, timed) iterations; full-size case B is too slow on 2 cores for more than 3,
+    and the large case L (6400 positions, 20 slices) is timed over 3 as well."""
+    if name == "L" or (name == "B" and not quick):
         return 1, 3
     return 1, 5
 
@@ -85,7 +86,7 @@ def standard_section(engines: list[str], quick: bool, only: list[str] | None = N
     rounds = rounds or (STANDARD_ROUNDS_QUICK if quick else 1)
     status = harness.engine_status()
     todo, results = [], []  # results in the cases' and engines' order; todo: (slot, name, case, engine)
-    for name, case in cases.standard_cases(quick).items():
+    for name, case in cases.standard_cases(quick, only).items():
         if only and name not in only:
             continue
         for engine in status:
@@ -239,7 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="reduced grid: about 15 minutes on 2 cores")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     ap.add_argument("--engines", nargs="+", help="engines to run (default: every available one)")
-    ap.add_argument("--cases", nargs="+", choices=sorted(cases.STANDARD), help="standard cases to run (default: all)")
+    ap.add_argument("--cases", nargs="+", choices=sorted({**cases.STANDARD, **cases.LARGE}),
+                    help="standard cases to run (default: A, B, C; L, the large GPU case, only when named)")
     ap.add_argument("--scaling-engines", nargs="+", help="engines for the scaling series "
                     "(default: lsqml with --quick, every engine otherwise)")
     ap.add_argument("--rounds", type=int, help="rounds per standard (case, engine); the fastest is shown "

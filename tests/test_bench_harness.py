@@ -369,3 +369,21 @@ def test_sample_worker_warms_up_on_one_thread_then_runs_on_the_default(monkeypat
     out = worker.sample_engine({"engine": "lsqml", "case": TINY.to_json(), "iterations": 3})
     assert seen == [("warm-up", "1"), ("sampled", None)]
     assert out["iterations"] == 3 and out["threads"] >= 1
+
+
+def test_large_gpu_case_runs_only_when_named():
+    """Issue 25's case L (6400 positions, 20 slices, 128²) is in the suite only when named:
+    the default CPU run would spend minutes per iteration on it."""
+    assert "L" not in cases.standard_cases(quick=True) and "L" not in cases.standard_cases(quick=False)
+    large = cases.standard_cases(quick=True, only=["L"])["L"]
+    assert (large.n_positions, large.slices, large.size) == (6400, 20, 128)
+    assert suite.iteration_plan("L", quick=True) == (1, 3)
+    assert suite.parse_args(["--cases", "L", "--device", "cuda"]).cases == ["L"]
+
+
+def test_gpu_script_times_every_case_and_the_large_one():
+    """benchmarks/gpu.sh runs the CuPy-marked tests and writes RESULTS_gpu.md with A, B, C and L."""
+    text = (BENCH / "gpu.sh").read_text()
+    assert "-m cupy" in text and "RESULTS_gpu.md" in text
+    assert "--cases A B C" in text and "--cases L --engines lsqml gradient" in text
+    assert ".[test,fast,gpu]" in text

@@ -11,8 +11,9 @@ complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l position-jitter-a
-complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l preset
+complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l preset -x -a 'demo multislice mixed-state low-dose large'
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l probe-modes
+complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l scan-rotation-deg
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l scan-shape
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l scan-step-a
@@ -23,6 +24,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l tilt-gradient-mrad
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l tilt-mrad
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l upsample
+complete -c ptycli -n '__fish_seen_subcommand_from simulate' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from simulate' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a preprocess -d 'Turn a raw 4D-STEM file into a calibrated, chunked data store (streamed).'
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l bin
@@ -41,6 +43,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l energy-kev
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l estimate-dk
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l flip-kx
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l flip-ky
+complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l force
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l multiply
@@ -48,7 +51,8 @@ complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l nan
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l pad
-complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l progress
+complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l progress -x -a 'auto bar lines none'
+complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l repair-pixels
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l scan-rotation-deg
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l scan-shape
@@ -58,6 +62,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l semiangle-mrad
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l shift
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l shift-method
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l transpose
+complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from preprocess' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a init -d 'Initial probe, object and positions; prints the sampling diagnostics on stderr.'
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l aberration
@@ -73,6 +78,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from init' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l positions
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-from
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-modes
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-x
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-y
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l seed
@@ -81,6 +87,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from init' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l strict
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l subscans
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l upsample
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from init' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a reconstruct -d 'Reconstruct object, probe and positions; survives SIGTERM (exit 75) with...'
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l checkpoint-every
@@ -96,14 +103,16 @@ complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l no-stream
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l positions
-complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l precision
-complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l progress
-complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l recipe
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l precision -x -a 'single double'
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l progress -x -a 'auto bar lines none'
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l quiet
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l recipe -x -a 'epie gradient lbfgs low-dose lsqml mixed-state multislice quick single-slice tilted-multislice'
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l resume
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l seed
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l set
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l stream
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l validation-fraction
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a constrain -d 'Apply constraints (e.g.'
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l apply
@@ -115,9 +124,11 @@ complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l pad-px
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l probe-modes
+complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l recipe
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l slice-thickness-a
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l slices
+complete -c ptycli -n '__fish_seen_subcommand_from constrain' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from constrain' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a export -d 'Write one array of a store to a calibrated file (pixel size in Å in TIFF/HDF5).'
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l bit-depth
@@ -129,10 +140,12 @@ complete -c ptycli -n '__fish_seen_subcommand_from export' -l layout
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l normalize
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l overwrite
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l remove-ramp
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l unwrap
-complete -c ptycli -n '__fish_seen_subcommand_from export' -l what
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l verbose
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l what -x -a 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss patterns'
 complete -c ptycli -n '__fish_seen_subcommand_from export' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a inspect -d 'Show what a store or raw file holds: shapes, calibration, derived quantities,...'
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l dataset
@@ -142,6 +155,8 @@ complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l preview
+complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l quiet
+complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a compare -d 'Compare object phases after sub-pixel registration; print the correlation (or...'
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l figure
@@ -149,28 +164,36 @@ complete -c ptycli -n '__fish_seen_subcommand_from compare' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l margin
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l overwrite
+complete -c ptycli -n '__fish_seen_subcommand_from compare' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l scale
+complete -c ptycli -n '__fish_seen_subcommand_from compare' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a validate -d 'Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise.'
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l iterations
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l print-resolved
+complete -c ptycli -n '__fish_seen_subcommand_from validate' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l set
+complete -c ptycli -n '__fish_seen_subcommand_from validate' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a demo -d 'Run the demo pipeline (simulate -> preprocess -> init -> reconstruct -> export).'
 complete -c ptycli -n '__fish_seen_subcommand_from demo' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from demo' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from demo' -l overwrite
-complete -c ptycli -n '__fish_seen_subcommand_from demo' -l recipe
+complete -c ptycli -n '__fish_seen_subcommand_from demo' -l quiet
+complete -c ptycli -n '__fish_seen_subcommand_from demo' -l recipe -x -a 'epie gradient lbfgs low-dose lsqml mixed-state multislice quick single-slice tilted-multislice'
 complete -c ptycli -n '__fish_seen_subcommand_from demo' -l seed
+complete -c ptycli -n '__fish_seen_subcommand_from demo' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from demo' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a watch -d 'Iteration, loss sparkline, ETA and the object phase, refreshed as checkpoints...'
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -l interval
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -l once
+complete -c ptycli -n '__fish_seen_subcommand_from watch' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -l timeout
+complete -c ptycli -n '__fish_seen_subcommand_from watch' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from watch' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a tune -d 'Search recipe and init parameters with Optuna; writes the best recipe, trials...'
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l device
@@ -180,9 +203,10 @@ complete -c ptycli -n '__fish_seen_subcommand_from tune' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l objective
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l overwrite
-complete -c ptycli -n '__fish_seen_subcommand_from tune' -l precision
+complete -c ptycli -n '__fish_seen_subcommand_from tune' -l precision -x -a 'single double'
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l pruner
-complete -c ptycli -n '__fish_seen_subcommand_from tune' -l recipe
+complete -c ptycli -n '__fish_seen_subcommand_from tune' -l quiet
+complete -c ptycli -n '__fish_seen_subcommand_from tune' -l recipe -x -a 'epie gradient lbfgs low-dose lsqml mixed-state multislice quick single-slice tilted-multislice'
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l sampler
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l seed
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l space
@@ -190,7 +214,18 @@ complete -c ptycli -n '__fish_seen_subcommand_from tune' -l storage
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l study-name
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l trials
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l validation-fraction
+complete -c ptycli -n '__fish_seen_subcommand_from tune' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -l worker
 complete -c ptycli -n '__fish_seen_subcommand_from tune' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a bench -d 'Measure this machine: FFT throughput (the FFT-bound limit).'
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l batch
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l device
 complete -c ptycli -n '__fish_seen_subcommand_from bench' -l help
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l json
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l library
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l min-time-s
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l precision -x -a 'single double'
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l quiet
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l size
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -l verbose
+complete -c ptycli -n '__fish_seen_subcommand_from bench' -a 'fft'

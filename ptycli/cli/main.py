@@ -48,8 +48,10 @@ def _show_versions(value: bool) -> None:
 
 @app.callback()
 def main(
-    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log output (-vv: tracebacks)."),
-    quiet: int = typer.Option(0, "-q", "--quiet", count=True, help="Less log output (-q: warnings only)."),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, show_default=False,
+                                 help="More log output (-vv: tracebacks); also after the subcommand."),
+    quiet: int = typer.Option(0, "-q", "--quiet", count=True, show_default=False,
+                               help="Less log output (-q: warnings only); also after the subcommand."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     show_versions: bool = typer.Option(False, "--show-versions", callback=_show_versions, is_eager=True,

@@ -19,6 +19,7 @@ def one_of(*choices: str):
             raise typer.BadParameter(f"{value!r}: expected one of {'|'.join(choices)}")
         return value
 
+    check.choices = choices  # type: ignore[attr-defined]  # read by the shell completions
     return check
 
 

@@ -1,6 +1,7 @@
-"""A tiny store frozen at schema v1 must stay readable by every later ptycli.
+"""Tiny stores frozen at each released schema (v1, v2) must stay readable by every later ptycli.
 
-The fixtures are regenerated only with `pytest --regen-golden` when a schema is released.
+`pytest --regen-golden` rewrites the current schema's fixtures only, when it is released;
+older ones stay as they were written.
 """
 
 import shutil
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycli.store import StoreWriter, open_store, read_meta
+from ptycli.store import SCHEMA_VERSION, StoreWriter, open_store, read_meta
+from ptycli.store.schema import major
 from ptycli.store.calibration import load_calibration
 from ptycli.store.state import State, load_state, write_state
 
-FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _write(root: Path) -> None:
@@ -34,14 +36,16 @@ def _write(root: Path) -> None:
         w.finalize()
 
 
-def test_frozen_v1_stores_are_readable(request):
-    if request.config.getoption("--regen-golden"):
-        _write(FIXTURES)
-    if not FIXTURES.exists():
-        pytest.fail("tests/fixtures/v1 is missing; create it once with `pytest --regen-golden`")
-    data = open_store(FIXTURES / "data-store", "data")
-    assert read_meta(data).schema_version.startswith("1.")
+@pytest.mark.parametrize("version", [1, 2])
+def test_frozen_stores_are_readable(request, version):
+    root = FIXTURES / f"v{version}"
+    if request.config.getoption("--regen-golden") and version == major(SCHEMA_VERSION):
+        _write(root)
+    if not root.exists():
+        pytest.fail(f"tests/fixtures/v{version} is missing; create it once with `pytest --regen-golden`")
+    data = open_store(root / "data-store", "data")
+    assert read_meta(data).schema_version.startswith(f"{version}.")
     assert data["patterns"].shape == (4, 8, 8) and float(data["patterns"][3, 7, 7]) == 255.0
     assert load_calibration(dict(data.attrs)).dx_a(8) == pytest.approx(1.25)
-    state = load_state(open_store(FIXTURES / "state-store", "state"))
+    state = load_state(open_store(root / "state-store", "state"))
     assert state.object.shape == (1, 1, 12, 12) and state.dx_a == 1.25

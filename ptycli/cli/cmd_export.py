@@ -11,8 +11,8 @@ from .app import app
 from .options import Overwrite, read_path_arg
 from .output import handle_errors, log, result
 
-WHAT_HELP = ("object-phase | object-amplitude | object-complex | probe | probe-fourier | "
-             "positions | tilts | loss | patterns (data store).")
+WHAT_HELP = ("object-phase | object-amplitude | object-complex | probe | probe-fourier | background | "
+             "positions | tilts | loss | beam-current | aberrations | thickness | patterns (data store).")
 
 
 @app.command("export")
@@ -24,6 +24,7 @@ def export(
     fmt: Optional[str] = typer.Option(None, "--format", help="tif|png|npy|h5|csv (default: from the suffix)."),
     slices: Optional[str] = typer.Option(None, "--slices", help="sum|all|i:j (probe: modes; default sum/all)."),
     crop: str = typer.Option("scanned", "--crop", help="scanned|full|y0:y1,x0:x1 (object pixels)."),
+    object_modes: str = typer.Option("0", "--object-modes", help="Object modes: N, i:j or all (a mode axis)."),
     unwrap: bool = typer.Option(False, "--unwrap", help="2D-unwrap each phase slice."),
     remove_ramp: bool = typer.Option(False, "--remove-ramp", help="Subtract the illumination-weighted phase plane."),
     normalize: bool = typer.Option(False, "--normalize", help="Scale real values to [0, 1] (complex: max |.| = 1)."),
@@ -39,7 +40,7 @@ def export(
     from ..stages.export import ExportOptions, export as run  # noqa: PLC0415
 
     try:
-        opts = ExportOptions(what=what, format=fmt, slices=slices, crop=crop, unwrap=unwrap,
+        opts = ExportOptions(what=what, format=fmt, slices=slices, crop=crop, object_modes=object_modes, unwrap=unwrap,
                              remove_ramp=remove_ramp, normalize=normalize, bit_depth=bit_depth,
                              layout=layout, cmap=cmap, overwrite=overwrite)
     except ValidationError as exc:

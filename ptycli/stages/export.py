@@ -13,7 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import StoreError, UsageError
+from ..engines.signals import StopOnSignals
+from ..errors import InputError, StoreError, UsageError
 from ..store.io import check_output
 from ..store.state import State, load_state
 from . import exportio
@@ -22,21 +23,26 @@ from .phasetools import fit_ramp, illumination, unwrap_phase
 from .viewdata import calibration_of, history_of, open_any, parse_crop, parse_slices, scan_shape_of
 
 WHATS = ("object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
-         "positions", "tilts", "loss", "patterns")
+         "positions", "tilts", "loss", "background", "beam-current", "aberrations", "thickness", "patterns")
 STATE_WHATS = WHATS[:-1]
+TABLES = ("positions", "tilts", "loss", "beam-current", "aberrations", "thickness")
+VALUE_UNITS = {"object-phase": "radian", "probe": "sqrt(count)", "probe-fourier": "sqrt(count)",
+               "background": "count", "patterns": "count"}  # ImageJ's value unit of each image
 
 
 class ExportOptions(BaseModel):
     """Options of ``ptycli export`` (names = flag names with dashes)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     what: Literal["object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
-                  "positions", "tilts", "loss", "patterns"] = "object-phase"
+                  "positions", "tilts", "loss", "background", "beam-current", "aberrations", "thickness",
+                  "patterns"] = "object-phase"
     format: str | None = Field(None, description="tif|png|npy|h5|csv; default from the suffix.")
     slices: str | None = Field(None, description="sum|all|i:j (slices, or probe modes); "
                                "default sum for the object, all for the probe.")
     crop: str = Field("scanned", description="scanned|full|y0:y1,x0:x1 in object pixels.")
+    object_modes: str = Field("0", description="Object modes: N, i:j or all (a stack along a mode axis).")
     unwrap: bool = Field(False, description="2D-unwrap each phase slice before summing.")
     remove_ramp: bool = Field(False, description="Subtract the illumination-weighted phase plane.")
     normalize: bool = Field(False, description="Real data to [0, 1]; complex divided by max |.|.")
@@ -46,6 +52,7 @@ class ExportOptions(BaseModel):
     overwrite: bool = False
 
 
+@StopOnSignals("export")
 def export(store_path: str | Path, out_path: str | Path, options: ExportOptions | None = None,
            **kwargs: Any) -> Path:
     """Write one array of the store at ``store_path`` to ``out_path``; returns the path."""
@@ -66,6 +73,9 @@ def check_flags(opts: ExportOptions, fmt: str) -> None:
     if opts.crop not in ("scanned", "full") and not opts.what.startswith("object"):
         # a window of object pixels: a probe or the patterns have no object grid to cut
         raise UsageError(f"--crop {opts.crop} applies to the object (--what object-*), not --what {opts.what}")
+    if opts.object_modes != "0" and not opts.what.startswith("object"):
+        raise UsageError(f"--object-modes {opts.object_modes} applies to the object (--what object-*), "
+                         f"not --what {opts.what}")
     if opts.layout and opts.what != "patterns":
         raise UsageError(f"--layout {opts.layout} applies to --what patterns (a data store), "
                          f"not --what {opts.what}")
@@ -97,7 +107,7 @@ def _write(tmp: Path, fmt: str, p: Payload, opts: ExportOptions) -> None:
     if p.kind == "table" and fmt not in ("csv", "npy", "h5"):
         raise UsageError(f"--what {opts.what} is a table; write it as .csv, .npy or .h5")
     if p.kind != "table" and fmt == "csv":
-        raise UsageError(f"--what {opts.what} is an image; .csv holds positions, tilts or loss")
+        raise UsageError(f"--what {opts.what} is an image; .csv holds the tables ({', '.join(TABLES)})")
     if fmt == "tif":
         exportio.write_tif(tmp, p, opts.bit_depth)
     elif fmt == "png":
@@ -122,28 +132,53 @@ def _payload(group: Any, kind: str, opts: ExportOptions, fmt: str, path: Any) ->
         p = _object(state, opts)
     elif opts.what.startswith("probe"):
         p = _probe(state, opts, fmt)
+    elif opts.what == "background":
+        p = _background(state, path)
     else:
         p = _table(state, group, opts.what, path)
     p.attrs.update(energy_kev=state.energy_kev, dx_a=state.dx_a, what=opts.what)
+    p.value_unit = VALUE_UNITS.get(opts.what, "")
     return p
 
 
 # ----------------------------------------------------------------------------- object
 def _object(state: State, opts: ExportOptions) -> Payload:
     y0, y1, x0, x1 = parse_crop(opts.crop, state)
-    obj = np.asarray(state.object)[0]  # object mode 0: the dominant one after orthogonalisation
-    mode, sel = parse_slices(opts.slices or "sum", obj.shape[0])
-    stack = obj[sel, y0:y1, x0:x1]
+    objects = np.asarray(state.object)
+    modes = parse_object_modes(opts.object_modes, objects.shape[0])  # default 0: the dominant mode
+    mode, sel = parse_slices(opts.slices or "sum", objects.shape[1])
     weights = None
     if opts.remove_ramp:
-        weights = illumination(state.probe, state.positions, obj.shape[-2:])[y0:y1, x0:x1]
-    data = _object_values(stack, opts, weights, mode)
+        weights = illumination(state.probe, state.positions, objects.shape[-2:])[y0:y1, x0:x1]
+    planes = [_object_values(objects[q][sel, y0:y1, x0:x1], opts, weights, mode) for q in modes]
+    data = planes[0] if len(planes) == 1 else np.stack(planes)  # (modes, [slices,] y, x)
     thickness = _slice_spacing(state, sel) if mode == "all" else None
     if opts.normalize:
         data = _normalize(data)
+    axes = (["mode"] if len(modes) > 1 else []) + (["slice"] if mode == "all" else [])  # data's leading axes
     return Payload(name=opts.what.replace("-", "_"), data=data, pixel=state.dx_a,
-                   stack_axis="slice" if data.ndim == 3 else None, spacing=thickness,
-                   attrs={"crop_px": [y0, y1, x0, x1], "slices": opts.slices or "sum"})
+                   stack_axis=",".join(axes) or None, spacing=thickness,
+                   attrs={"crop_px": [y0, y1, x0, x1], "slices": opts.slices or "sum", "object_modes": modes})
+
+
+def parse_object_modes(spec: str, n: int) -> list[int]:
+    """``N`` | ``i:j`` | ``all`` -> object mode indices (of ``n``)."""
+    if spec == "all":
+        return list(range(n))
+    try:
+        parts = [int(v) if v else None for v in spec.split(":")]
+    except ValueError:
+        raise UsageError(f"--object-modes {spec!r}: expected N, i:j or all") from None
+    if len(parts) == 1:
+        if not -n <= parts[0] < n:  # type: ignore[operator]
+            raise InputError(f"--object-modes {spec}: the store has {n} object mode(s) (0..{n - 1})")
+        return [parts[0] % n]  # type: ignore[operator]
+    if len(parts) != 2:
+        raise UsageError(f"--object-modes {spec!r}: expected N, i:j or all")
+    picked = list(range(n))[slice(*parts)]
+    if not picked:
+        raise InputError(f"--object-modes {spec!r}: selects none of the store's {n} object mode(s)")
+    return picked
 
 
 def _object_values(stack: np.ndarray, opts: ExportOptions, weights: Any, mode: str) -> np.ndarray:
@@ -207,16 +242,24 @@ def _probe(state: State, opts: ExportOptions, fmt: str) -> Payload:
                           "values": "amplitude" if real_only or mode == "sum" else "complex"})
 
 
+# ----------------------------------------------------------------------------- background
+def _background(state: State, path: Any) -> Payload:
+    if state.background is None:
+        raise StoreError(f"{path}: has no 'background' array (the background was not refined)")
+    # in memory the background has the engines' FFT layout; files show it as the patterns are, DC-centred
+    data = np.fft.fftshift(np.asarray(state.background, dtype=np.float32))
+    return Payload(name="background", data=data, pixel=1.0 / (data.shape[-1] * state.dx_a), unit="1/Angstrom",
+                   attrs={"dc_centred": True})
+
+
 # ----------------------------------------------------------------------------- tables
 def _table(state: State, group: Any, what: str, path: Any) -> Payload:
     if what == "positions":
         return _positions_table(state)
     if what == "tilts":
-        if state.tilts is None:
-            raise StoreError(f"{path}: has no 'tilts' array (tilts were not refined)")
-        t = np.asarray(state.tilts, dtype=np.float64)
-        data = np.column_stack([np.arange(len(t)), t])
-        return Payload(name="tilts", data=data, kind="table", columns=["index", "ty_mrad", "tx_mrad"])
+        return _tilts_table(state, path)
+    if what in ("beam-current", "aberrations", "thickness"):
+        return _variable_table(state, what, path)
     hist = history_of(group)
     if "loss" not in hist or hist["loss"].size == 0:
         raise StoreError(f"{path}: has no history/loss (not made by reconstruct)")
@@ -224,6 +267,45 @@ def _table(state: State, group: Any, what: str, path: Any) -> Payload:
     cols = [np.arange(1, n + 1), hist.get("stage", np.zeros(n)), hist["loss"], hist.get("time_s", np.full(n, np.nan))]
     return Payload(name="loss", data=np.column_stack(cols), kind="table",
                    columns=["iteration", "stage", "loss", "time_s"])
+
+
+def _tilts_table(state: State, path: Any) -> Payload:
+    """Tilts inside the specimen, and PyPty's before/after tilts when the store has them [mrad]."""
+    named = {"": state.tilts, "_before": state.tilts_before, "_after": state.tilts_after}
+    present = {k: np.asarray(v, np.float64) for k, v in named.items() if v is not None}
+    if not present:
+        raise StoreError(f"{path}: has no 'tilts' array (tilts were not refined)")
+    n = len(next(iter(present.values())))
+    cols, names = [np.arange(n)], ["index"]
+    for suffix, t in present.items():
+        cols.append(t)
+        names += [f"ty{suffix}_mrad", f"tx{suffix}_mrad"]
+    return Payload(name="tilts", data=np.column_stack(cols), kind="table", columns=names)
+
+
+def _variable_table(state: State, what: str, path: Any) -> Payload:
+    """beam-current (index, relative current), thickness (slice, Δz, entrance depth z [Å]) or
+    aberrations (one row for the shared probe, subscan -1, and one per sub-scan's own change)."""
+    if what == "beam-current":
+        if state.beam_current is None:
+            raise StoreError(f"{path}: has no 'beam_current' array (the beam current was not refined)")
+        b = np.asarray(state.beam_current, np.float64)
+        return Payload(name="beam_current", data=np.column_stack([np.arange(b.size), b]), kind="table",
+                       columns=["index", "beam_current"])
+    if what == "thickness":
+        if state.slice_thickness is None:
+            raise StoreError(f"{path}: has no 'slice_thickness' array")
+        t = np.asarray(state.slice_thickness, np.float64)
+        z = np.concatenate([[0.0], np.cumsum(t)[:-1]])
+        return Payload(name="thickness", data=np.column_stack([np.arange(t.size), t, z]), kind="table",
+                       columns=["slice", "thickness_a", "z_a"])
+    rows = [dict(state.aberrations), *[dict(d) for d in state.subscan_aberrations]]
+    keys = sorted({k for r in rows for k in r})
+    if not keys:
+        raise StoreError(f"{path}: has no aberrations (none were given or refined)")
+    data = [[-1 + i, *(float(r.get(k, np.nan)) for k in keys)] for i, r in enumerate(rows)]
+    return Payload(name="aberrations", data=np.asarray(data, np.float64), kind="table", columns=["subscan", *keys],
+                   attrs={"units": "C_nm in angstrom, phi_nm in radian (Krivanek)"})
 
 
 def _positions_table(state: State) -> Payload:

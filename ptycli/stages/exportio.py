@@ -30,7 +30,8 @@ class Payload:
     kind: str = "image"  # image | table | patterns
     pixel: float | None = None  # pixel size in ``unit``
     unit: str = "Angstrom"
-    stack_axis: str | None = None  # "slice" | "mode" | "pattern" for 3D images
+    value_unit: str = ""  # unit of the pixel values (ImageJ ``vunit``): "radian", "count", ...
+    stack_axis: str | None = None  # "slice" | "mode" | "pattern" for 3D images, "mode,slice" for 4D
     spacing: float | None = None  # distance between stack planes (slices) [Å]
     columns: list[str] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +76,9 @@ def to_bit_depth(data: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]
         raise UsageError(f"--bit-depth {bits}: expected 8, 16 or 32")
     top = 2**bits - 1
     span = hi - lo if hi > lo else 1.0
-    scaled = np.rint((np.nan_to_num(data, nan=lo) - lo) / span * top)
+    # in float64: float32 arithmetic (NumPy 2 keeps float32 - float as float32) rounds some
+    # pixels past the half quantisation step
+    scaled = np.rint((np.nan_to_num(np.asarray(data, np.float64), nan=lo) - lo) / span * top)
     return scaled.astype(np.uint8 if bits == 8 else np.uint16), lo, hi
 
 
@@ -88,12 +91,20 @@ def write_tif(path: Path, p: Payload, bits: int = 32) -> None:
         raise UsageError(f"{p.name} is complex; TIFF holds real images (use .npy or .h5, or "
                          "--what object-phase / object-amplitude)")
     arr, lo, hi = to_bit_depth(data, bits)
+    axes = {2: "YX", 3: "ZYX", 4: "ZCYX"}[arr.ndim]
+    if arr.ndim == 4:  # (mode, slice, y, x): ImageJ orders a hyperstack Z before C
+        arr = np.ascontiguousarray(arr.transpose(1, 0, 2, 3))
     # ImageJ's min/max are the display range in stored units (raw integers for 8/16-bit)
-    meta: dict[str, Any] = {"axes": "ZYX" if arr.ndim == 3 else "YX",
+    meta: dict[str, Any] = {"axes": axes,
                             "min": float(arr.min()), "max": float(arr.max()),
                             "ptycli_what": p.name, "ptycli_version": __version__}
     if bits != 32:
         meta.update(value_min=lo, value_max=hi, value_bits=bits)
+        # ImageJ's own value calibration (FileInfo: cf 0 = straight line, value = c0 + c1·pixel),
+        # so Fiji shows and measures the values themselves, not raw 0-65535
+        meta.update(cf=0, c0=lo, c1=(hi - lo) / (2**bits - 1) if hi > lo else 1.0)
+    if p.value_unit:
+        meta["vunit"] = p.value_unit
     kwargs: dict[str, Any] = {}
     if p.pixel:
         meta["unit"] = p.unit
@@ -137,7 +148,7 @@ def write_png(path: Path, p: Payload, cmap: str = "gray", scale_bar: bool = True
     data = np.asarray(p.data)
     if np.iscomplexobj(data):
         raise UsageError(f"{p.name} is complex; PNG holds real images (use .npy or .h5)")
-    img = montage(data) if data.ndim == 3 else data.astype(np.float64)
+    img = montage(data.reshape(-1, *data.shape[-2:])) if data.ndim > 2 else data.astype(np.float64)
     zoom = max(1, int(np.ceil(256 / min(img.shape))))
     img = np.kron(img, np.ones((zoom, zoom)))
     h, w = img.shape

@@ -108,7 +108,7 @@ def derive_data(group: Any, cal_attrs: dict[str, Any]) -> dict[str, Any]:
     out.update(probe_overlap(cal, out.get("wavelength_a")))
     if out.get("counts_per_frame") is not None and cal.scan_step_a:
         units = group["patterns"].attrs.get("units") if "patterns" in group else None
-        if units == "counts":
+        if units in ("count", "counts"):  # schema 2 (UDUNITS), schema 1
             out["dose_e_per_a2"] = out["counts_per_frame"] / (cal.scan_step_a[0] * cal.scan_step_a[1])
     if "compressed/masks" in group and m:
         out["compression_ratio"] = m * m / int(group["compressed/masks"].shape[0])

@@ -262,7 +262,7 @@ class Preprocess:
             self.clipped_ringing = {"pixels": n_clipped, "counts": added,
                                     "fraction": None if added is None or grand <= 0 else added / grand}
         mean = (total / n_out).astype(np.float32)
-        writer.array("mean_pattern", mean, dims=("ky", "kx"), units="counts")
+        writer.array("mean_pattern", mean, dims=("ky", "kx"))
         return mean
 
     def _record_ops(self, writer: Any, shift: tuple[float, float] | None) -> None:

@@ -293,7 +293,7 @@ def _write_patterns(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: 
     chunks = default_chunks((n, m, m), np.float32)
     noisy = writer.array("patterns", shape=(n, m, m), dtype="float32", chunks=chunks)
     clean = writer.array("truth/patterns_noiseless", shape=(n, m, m), dtype="float32", chunks=chunks,
-                         dims=("position", "ky", "kx"), units="counts")
+                         dims=("position", "ky", "kx"), units="count")
     rng = np.random.default_rng([opts.seed, 2])
     tilts = geo["tilts"]
     H = propagator(opts, None) if tilts is None else None
@@ -319,18 +319,18 @@ def detector_response(opts: SimulateOptions, geo: dict, sl: slice, intensity: An
 def _write_truth(writer: StoreWriter, opts: SimulateOptions, geo: dict, obj: Any, probe_modes: Any,
                  spec: specimen.Specimen) -> None:
     writer.array("truth/object", backend.to_numpy(obj), dims=("object_mode", "slice", "y", "x"),
-                 units="1 (complex transmission)", chunks=(1, 1, *obj.shape[2:]))
-    writer.array("truth/probe", backend.to_numpy(probe_modes), dims=("probe_mode", "probe_y", "probe_x"),
-                 units="sqrt(counts)")
-    writer.array("truth/positions", geo["positions_px"], dims=("position", "yx"), units="object pixels (y, x)")
-    writer.array("truth/atoms", spec.atoms, dims=("atom", "column"), units="angstrom, angstrom, 1, V*angstrom",
-                 attrs={"columns": list(specimen.ATOM_COLUMNS)})
+                 chunks=(1, 1, *obj.shape[2:]))  # units and long names: store.schema
+    writer.array("truth/probe", backend.to_numpy(probe_modes), dims=("probe_mode", "probe_y", "probe_x"))
+    writer.array("truth/positions", geo["positions_px"], dims=("position", "yx"))
+    writer.array("truth/atoms", spec.atoms, dims=("atom", "column"), units="1",
+                 attrs={"columns": list(specimen.ATOM_COLUMNS),
+                        "column_units": ["angstrom", "angstrom", "1", "V*angstrom"]})
     if geo["tilts"] is not None:
-        writer.array("truth/tilts", geo["tilts"], dims=("position", "yx"), units="mrad (y, x)")
+        writer.array("truth/tilts", geo["tilts"], dims=("position", "yx"))
     if geo["subscan"] is not None:
-        writer.array("subscan", geo["subscan"], dims=("position",), units="1 (sub-scan index)")
+        writer.array("subscan", geo["subscan"], dims=("position",))
     if geo["beam_current"] is not None:
-        writer.array("truth/beam_current", geo["beam_current"], dims=("position",), units="1 (relative)")
+        writer.array("truth/beam_current", geo["beam_current"], dims=("position",))
     writer.set_attrs(truth={
         "dx_a": opts.dx_a, "slice_thickness_a": opts.slice_thickness_a, "n_slices": opts.slices,
         "origin_px": list(geo["origin"]), "probe_modes": opts.probe_modes,

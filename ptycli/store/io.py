@@ -236,6 +236,9 @@ class StoreWriter:
 
     # -- completion
     def finalize(self, status: str = "complete") -> Path:
+        from .coords import consolidate, finish_layout  # noqa: PLC0415 (coords builds on this module)
+
+        finish_layout(self.group)  # coordinate arrays and long names (schema 2), fingerprinted below
         self.meta.status = status  # type: ignore[assignment]
         self.meta.finished = now_iso()
         self.meta.fingerprint = fingerprint(self.group, self.meta)
@@ -246,6 +249,7 @@ class StoreWriter:
                 raise OutputExistsError(f"{self.path} exists; pass --overwrite to replace it")
             _check_replaceable(self.path, "store")
             shutil.rmtree(self.path)
+        consolidate(self.partial)  # last: the complete store's metadata, which xarray reads in one go
         os.replace(self.partial, self.path)
         return self.path
 

@@ -1,4 +1,4 @@
-"""Root metadata of every ptycli store (format v1), as pydantic models.
+"""Root metadata of every ptycli store (format v2; v1 is still read), as pydantic models.
 
 The root attribute ``ptycli`` of a store says what it is and how it was made. Arrays hold
 numbers only; everything else is JSON validated here. See docs/store-format.md.
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2: coordinate arrays, UDUNITS units, DC-centred background
 ROOT_ATTR = "ptycli"
 STORE_KINDS = ("data", "state")
 Kind = Literal["data", "state"]
@@ -35,19 +35,38 @@ DIMS: dict[str, tuple[str, ...]] = {
     "background": ("ky", "kx"),
     "detector_mask": ("ky", "kx"),
 }
+# Units are UDUNITS-2 strings (what xarray/pint/cf-xarray parse); the human description of
+# each array is its ``long_name`` (schema 2; schema 1 wrote free text such as "object pixels (y, x)").
 UNITS: dict[str, str] = {
-    "patterns": "counts",
+    "patterns": "count",
+    "mean_pattern": "count",
     "compressed/masks": "1",
-    "compressed/signals": "counts",
-    "probe": "sqrt(counts)",
-    "object": "1 (complex transmission)",
-    "positions": "object pixels (y, x)",
-    "positions_initial": "object pixels (y, x)",
-    "tilts": "mrad (y, x)",
+    "compressed/signals": "count",
+    "probe": "1",
+    "object": "1",
+    "positions": "1",
+    "positions_initial": "1",
+    "tilts": "mrad",
     "slice_thickness": "angstrom",
-    "beam_current": "1 (relative)",
-    "background": "counts",
+    "beam_current": "1",
+    "background": "count",
     "detector_mask": "1",
+}
+LONG_NAMES: dict[str, str] = {
+    "patterns": "diffraction pattern per scan position, DC at the centre pixel",
+    "mean_pattern": "mean diffraction pattern (PACBED), DC-centred",
+    "compressed/masks": "virtual detector masks, DC-centred",
+    "compressed/signals": "virtual detector signals per scan position",
+    "probe": "probe modes, complex, centred in the window; sum |P|^2 = counts per frame (sqrt(count))",
+    "object": "complex transmission per object mode and slice",
+    "positions": "probe centres in object pixels (y, x): p = r/dx + origin",
+    "positions_initial": "starting probe centres in object pixels (y, x)",
+    "tilts": "beam tilt per position (y, x)",
+    "slice_thickness": "slice thickness",
+    "beam_current": "relative beam current per position",
+    "background": "detector background per pixel, DC-centred like the patterns",
+    "detector_mask": "detector mask, 1 = use the pixel, DC-centred",
+    "subscan": "sub-scan index per position",
 }
 
 

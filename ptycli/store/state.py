@@ -105,6 +105,7 @@ def array_fields() -> list[str]:
 
 
 REQUIRED_ARRAYS = ("probe", "object", "positions")
+DC_CENTRED = "dc_centred"  # the ``layout`` attribute of a detector-space array with DC at (M//2, N//2)
 
 
 def load_state(group: zarr.Group) -> State:
@@ -114,6 +115,8 @@ def load_state(group: zarr.Group) -> State:
             raise StoreError(f"{_where(group)}: array {name!r} missing")
     attrs = dict(group.attrs.get("state", {}))
     arrays = {name: np.asarray(group[name][...]) for name in array_fields() if name in group}
+    if "background" in arrays and group["background"].attrs.get("layout") == DC_CENTRED:
+        arrays["background"] = np.fft.ifftshift(arrays["background"])  # schema 1 stored it unshifted
     return State(
         probe=arrays["probe"],
         object=arrays["object"],
@@ -186,7 +189,12 @@ def write_state_arrays(group: zarr.Group, state: State, to_host: Any = np.asarra
             continue
         host = np.asarray(to_host(value))
         chunks = _state_chunks(f.name, host.shape)
-        write_array(group, f.name, host, chunks=chunks)
+        attrs = None
+        if f.name == "background":
+            # engines keep it in FFT layout (DC at [0, 0]); stores keep every detector-space
+            # array DC-centred like the patterns, and say so (schema 1 wrote it unshifted)
+            host, attrs = np.fft.fftshift(host), {"layout": DC_CENTRED}
+        write_array(group, f.name, host, chunks=chunks, attrs=attrs)
     group.attrs["state"] = state.attrs()
 
 

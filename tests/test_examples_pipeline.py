@@ -110,3 +110,29 @@ def test_array_sbatch_finds_the_makefile_from_slurms_spooled_copy(tmp_path):
     assert args[:2] == ["-f", str(EXAMPLES / "Makefile")]
     assert "RAW=raw/b.h5" in args and "OUT=runs/b" in args
     assert "RECIPE=multislice" in args and "CAL=calibration.toml" in args
+
+
+@needs_make
+@pytest.mark.slow
+def test_makefile_rebuilds_what_is_out_of_date(tmp_path):
+    """Issue 23: a touched or regenerated intermediate made the next make stop with exit 5,
+    and a regenerated starting state left the old reconstruction in place (--resume: exit 0)."""
+    import zarr
+
+    flags = ("SIMFLAGS=--scan-shape 6x6", "RECONFLAGS=--iterations 1")
+    _make(tmp_path, *flags)
+    out = tmp_path / "out"
+    (out / "data.zarr").touch()
+    again = _make(tmp_path, *flags)
+    assert "init" in again.stdout and "reconstruct" in again.stdout and "export" in again.stdout
+    assert _make(tmp_path, "-q", *flags, check=False).returncode == 0  # up to date again
+
+    def state_fingerprint():
+        return zarr.open_group(str(out / "recon.zarr"), mode="r").attrs["ptycli"]["inputs"][1]["fingerprint"]
+
+    before = state_fingerprint()
+    subprocess.run([sys.executable, "-m", "ptycli", "init", str(out / "data.zarr"), "-o", str(out / "state0.zarr"),
+                    "--overwrite", "--defocus-a", "60"], check=True, capture_output=True)
+    _make(tmp_path, *flags)
+    assert state_fingerprint() != before  # recomputed from the new state, not kept
+    assert _make(tmp_path, "-q", *flags, check=False).returncode == 0

@@ -55,7 +55,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(small):
     assert resumed["iterations"] == full["iterations"] == 5
     # deterministic run: same result as the uninterrupted one, to float32 rounding
     np.testing.assert_allclose(_object(out), _object(root / "full.zarr"), rtol=0, atol=1e-5)
-    again = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", resume=True)
+    again = reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
     assert again["status"] == "already complete"
 
 
@@ -336,3 +336,46 @@ def test_a_run_refused_before_its_first_checkpoint_leaves_no_partial(small, tmp_
     with pytest.raises(RecipeError):
         reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3)
     assert not out.exists() and not (tmp_path / "refused.zarr.partial").exists()
+
+
+# --- issue 23: --resume on a finished store checks it is the same run; no checkpoint kept
+
+def test_resume_on_a_finished_output_is_done_only_for_the_same_run(small, tmp_path, cli):
+    from ptycli.errors import RecipeError
+    from ptycli.stages import init
+
+    root, data, state = small
+    out = tmp_path / "f.zarr"
+    reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3)
+    other_state = init.run(data, tmp_path / "s2.zarr", defocus_a=60.0)
+    with pytest.raises(InputError, match=r"other starting state .*s2\.zarr.* than the run that wrote it") as exc:
+        reconstruct.run(data, other_state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert exc.value.exit_code == ExitCode.INPUT and "--overwrite" in str(exc.value)
+    with pytest.raises(RecipeError, match="different recipe than the run that wrote it") as exc:
+        reconstruct.run(data, state, out, recipe="quick", device="cpu", seed=3, resume=True)
+    assert exc.value.exit_code == ExitCode.CONFIG
+    res = cli("reconstruct", data, state, "-o", out, "--recipe", root / "r.toml", "--seed", "3", "--iterations", "1",
+              "--device", "cpu", "--resume")
+    assert res.exit_code == 3 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3,
+                           resume=True)["status"] == "already complete"
+    # --resume --overwrite (the example Makefile's rule) recomputes a stale output
+    before = zarr.open_group(str(out), mode="r").attrs["ptycli"]["inputs"][1]["fingerprint"]
+    done = reconstruct.run(data, other_state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True,
+                           overwrite=True)
+    assert done["status"] == "complete" and done["iterations"] == 5
+    after = zarr.open_group(str(out), mode="r").attrs["ptycli"]["inputs"][1]["fingerprint"]
+    assert after != before
+
+
+def test_a_finished_store_keeps_no_checkpoint(small, tmp_path):
+    root, data, state = small
+    out = _interrupt(data, state, tmp_path / "c.zarr", root / "r.toml", checkpoint_every=1)
+    part = tmp_path / "c.zarr.partial"
+    # killed mid-swap after its last checkpoint: both the checkpoint and its .old are there
+    shutil.copytree(part / "checkpoint", part / "checkpoint.old")
+    reconstruct.run(data, state, out, recipe=root / "r.toml", device="cpu", seed=3, resume=True)
+    assert not [p.name for p in out.iterdir() if p.name.startswith("checkpoint")]
+    full = tmp_path / "full.zarr"
+    reconstruct.run(data, state, full, recipe=root / "r.toml", device="cpu", seed=3, checkpoint_every=1)
+    assert not (full / "checkpoint").exists()

@@ -31,6 +31,7 @@ def _largest_array(group: Any, path: Path) -> str:
 def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
     import zarr  # noqa: PLC0415
 
+    from ..store.chunks import check_chunks  # noqa: PLC0415
     from ..store.io import is_ptycli_store, open_store  # noqa: PLC0415
 
     try:
@@ -40,6 +41,7 @@ def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
     if isinstance(node, zarr.Array):
         if dataset and dataset.strip("/"):  # a lone array has no inner paths: a name here is a mistake
             raise InputError(f"{path}: no dataset {dataset!r} (the store is a single array; omit --dataset)")
+        check_chunks(node, path, path.name)  # a missing chunk reads as zeros: refuse it
         return source_from_array(path, "zarr", node)
     meta: dict[str, Any] = {}
     if is_ptycli_store(node):
@@ -49,6 +51,7 @@ def open_zarr(path: Path, dataset: str | None = None, **_: Any) -> RawSource:
     name = dataset or _largest_array(node, path)
     if name not in node or not isinstance(node[name], zarr.Array):
         raise InputError(f"{path}: no dataset {name!r}")
+    check_chunks(node[name], path, name)
     source = source_from_array(path, "zarr", node[name], what=f"array {name!r}", metadata={"dataset": name, **meta})
     if source.scan_shape is None and "scan_shape" in node.attrs:
         source.scan_shape = tuple(node.attrs["scan_shape"])  # type: ignore[assignment]

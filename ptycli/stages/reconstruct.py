@@ -26,9 +26,11 @@ from ..engines.signals import SignalHandlers, StopFlag
 from ..errors import InputError, Interrupted, NumericalError, OutputExistsError, RecipeError, StoreError
 from ..recipe import Recipe, constraint_params, load_recipe, resolved
 from ..store.io import (
+    OutputLock,
     StoreWriter,
     check_output,
     checkpoint_iterations,
+    drop_checkpoint,
     input_ref,
     open_store,
     partial_path,
@@ -121,8 +123,9 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     out = Path(out)
     comm = distributed.world(distributed_run)
     held = checkpoint_iterations(partial_path(out)) if resume else None
-    if resume and out.exists() and held is None:
-        return _already_complete(out)
+    # --resume on a finished OUT: "already complete" only for the same inputs, recipe and
+    # options (checked below); with --overwrite a stale OUT is recomputed (what make needs)
+    finished = resume and out.exists() and held is None
     # A checkpoint beside a complete OUT is newer work: that of an interrupted --overwrite run,
     # whose completion was asked to replace OUT; --resume carries that request on.
     replace = overwrite or (held is not None and _replaces_output(out))
@@ -131,61 +134,78 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
                                 f"run not started with --overwrite; continue it with --resume --overwrite "
                                 f"(it replaces {out} when complete)")
     recipe_file = None if isinstance(recipe, Recipe) else recipe
-    check_output(out, overwrite=replace, inputs=[data, state, recipe_file], resume=resume)  # before loading patterns
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
-    rec = group_plan.with_group_size(rec, group_size)
-    rec_json = resolved(rec)
-    seed = rec.seed if rec.seed is not None else seed
-    xp = backend.get_xp(distributed.select_device(device, comm))
-    inputs = _Inputs(Path(data), xp, precision)
-    state_group = open_store(state, "state")
-    validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
-    if early_stop_patience and not validation_fraction:
-        raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
-    # the inputs' records, read once: the resume check, the new store's inputs and its data ref
-    refs = (input_ref(inputs.group, data), input_ref(state_group, state))
-    run_opts = {"seed": seed, "positions": positions, "precision": precision}
-    resume_from = _resume_point(out, rec_json, validation, refs, run_opts) if resume else None
-    st = resume_from[0] if resume_from else load_state(state_group)
-    _check_shapes(st, inputs, Path(data))
-    _check_calibration(st, inputs, Path(data), state_group)
-    subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
-    subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
-    n_e = mean_counts(inputs.group["patterns"], subset)
-    st = _to_device(st, xp, precision)
-    plan = group_plan.plan(rec, st, xp, precision, memory_budget_bytes, comm,
-                           group_plan.stored(out) if resume_from else None)
-    inputs.load_patterns(stream if stream is not None or plan is None else plan["stream"], memory_budget_bytes)
-    options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
-               "positions": positions, "checkpoint_every": checkpoint_every, "validation": validation}
-    if distributed_run:
-        options["ranks"] = comm.size
-    comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
-    writer = _on_root(comm, lambda: _open_writer(out, options, refs, state_group, replace,
-                                                 bool(resume_from), rec_json, validation, plan))
-    flag = stop_flag if stop_flag is not None else StopFlag()
-    monitor = _Monitor(partial_path(out), comm)
-    hooks = loop.RunHooks(
-        read_batch=inputs.read, read_rows=inputs.read_rows,
-        make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e, comm),
-        apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
-        checkpoint=monitor.checkpoint, stop=flag, observers=list(observers) if comm.is_root else [],
-        checkpoint_every=checkpoint_every, early_stop_patience=int(early_stop_patience),
-        validation=reconstruct_validation.Validator(held_out, inputs.read, xp, precision, n_e, inputs)
-        if len(held_out) else None, comm=comm, prefetch=inputs.prefetch if prefetch else None)
-    cursor, history, engine_state, extra = _resume_parts(resume_from)
-    run_rec = group_plan.apply(rec, plan)
-    with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
-        try:
-            st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
-        except (Interrupted, NumericalError) as exc:
-            if writer is not None:
-                _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
-            raise
-        finally:
-            inputs.close()  # stop the prefetch thread, also on a stop or an error
-        summary = _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, refs[0], subset, held_out))
-    return summary if plan is None or summary is None else {**summary, "group_plan": group_plan.public(plan)}
+    if not finished:
+        check_output(out, overwrite=replace, inputs=[data, state, recipe_file], resume=resume)  # before loading patterns
+    # one writer of OUT at a time (store/lock.py), from before the checkpoint is read to the
+    # rename: a second run on the same -o stops with exit 5 instead of mixing into this one
+    lock = _on_root(comm, lambda: OutputLock(out).acquire())
+    try:
+        rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
+        rec = group_plan.with_group_size(rec, group_size)
+        rec_json = resolved(rec)
+        seed = rec.seed if rec.seed is not None else seed
+        xp = backend.get_xp(distributed.select_device(device, comm))
+        inputs = _Inputs(Path(data), xp, precision)
+        state_group = open_store(state, "state")
+        validation = {"fraction": float(validation_fraction), "early_stop_patience": int(early_stop_patience)}
+        if early_stop_patience and not validation_fraction:
+            raise RecipeError(f"--early-stop-patience {early_stop_patience} needs --validation-fraction > 0")
+        # the inputs' records, read once: the resume check, the new store's inputs and its data ref
+        refs = (input_ref(inputs.group, data), input_ref(state_group, state))
+        run_opts = {"seed": seed, "positions": positions, "precision": precision}
+        if finished:
+            try:
+                _check_same_run(out, _root_attrs(out), rec_json, validation, refs, run_opts, finished=True)
+                return _already_complete(out)
+            except (RecipeError, InputError):
+                if not overwrite:
+                    raise
+            resume = False  # a stale OUT, to be replaced: a fresh run
+            check_output(out, overwrite=True, inputs=[data, state, recipe_file])
+        resume_from = _resume_point(out, rec_json, validation, refs, run_opts) if resume else None
+        st = resume_from[0] if resume_from else load_state(state_group)
+        _check_shapes(st, inputs, Path(data))
+        _check_calibration(st, inputs, Path(data), state_group)
+        subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
+        subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
+        n_e = mean_counts(inputs.group["patterns"], subset, where=f"{inputs.path}/patterns")
+        st = _to_device(st, xp, precision)
+        plan = group_plan.plan(rec, st, xp, precision, memory_budget_bytes, comm,
+                               group_plan.stored(out) if resume_from else None)
+        inputs.load_patterns(stream if stream is not None or plan is None else plan["stream"], memory_budget_bytes)
+        options = {"recipe": rec_json, "device": device, "precision": precision, "seed": seed,
+                   "positions": positions, "checkpoint_every": checkpoint_every, "validation": validation}
+        if distributed_run:
+            options["ranks"] = comm.size
+        comm.barrier()  # every rank has read the checkpoint before rank 0 touches OUT.partial
+        writer = _on_root(comm, lambda: _open_writer(out, options, refs, state_group, replace,
+                                                     bool(resume_from), rec_json, validation, plan, lock))
+        flag = stop_flag if stop_flag is not None else StopFlag()
+        monitor = _Monitor(partial_path(out), comm)
+        hooks = loop.RunHooks(
+            read_batch=inputs.read, read_rows=inputs.read_rows,
+            make_engine=lambda stage, s: _make_engine(stage, s, inputs, xp, precision, n_e, comm),
+            apply_constraints=lambda s, stage, it: _apply_constraints(s, stage, it, n_e),
+            checkpoint=monitor.checkpoint, stop=flag, observers=list(observers) if comm.is_root else [],
+            checkpoint_every=checkpoint_every, early_stop_patience=int(early_stop_patience),
+            validation=reconstruct_validation.Validator(held_out, inputs.read, xp, precision, n_e, inputs)
+            if len(held_out) else None, comm=comm, prefetch=inputs.prefetch if prefetch else None)
+        cursor, history, engine_state, extra = _resume_parts(resume_from)
+        run_rec = group_plan.apply(rec, plan)
+        with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
+            try:
+                st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+            except (Interrupted, NumericalError) as exc:
+                if writer is not None:
+                    _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
+                raise
+            finally:
+                inputs.close()  # stop the prefetch thread, also on a stop or an error
+            summary = _on_root(comm, lambda: _finish(writer, st, history, rec, inputs, refs[0], subset, held_out))
+        return summary if plan is None or summary is None else {**summary, "group_plan": group_plan.public(plan)}
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def is_root(distributed_run: bool) -> bool:
@@ -199,10 +219,10 @@ def abort_job(distributed_run: bool, code: int) -> None:
 
 
 def _open_writer(out: Path, options: dict, refs: tuple, state_group: Any, overwrite: bool, reuse: bool,
-                 rec_json: dict, validation: dict, plan: dict | None = None) -> StoreWriter:
+                 rec_json: dict, validation: dict, plan: dict | None = None, lock: Any = None) -> StoreWriter:
     writer = StoreWriter(out, kind="state", stage="reconstruct", options=options, inputs=list(refs),
                          provenance=provenance_of(state_group), overwrite=overwrite,
-                         keep_partial_on_error=True, reuse_partial=reuse)
+                         keep_partial_on_error=True, reuse_partial=reuse, lock=lock)
     writer.set_attrs(recipe=rec_json, recipe_hash=json_hash(rec_json), validation=validation)
     writer.set_attrs(**{REPLACES_OUTPUT: bool(overwrite)})  # read by --resume, dropped by _finish
     if plan is not None:  # the sizes "auto" chose: --resume reuses them, so its groups stay the same
@@ -354,39 +374,52 @@ def _resume_point(out: Path, rec_json: dict, validation: dict, refs: tuple, run_
     found = ckpt.find(part) if part.exists() else None
     if found is None:
         return None
+    _check_same_run(part, _root_attrs(part), rec_json, validation, refs, run_opts)
+    return ckpt.read(found)
+
+
+def _root_attrs(path: Path) -> dict:
     import zarr
 
-    attrs = zarr.open_group(str(part), mode="r").attrs
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def _check_same_run(part: Path, attrs: dict, rec_json: dict, validation: dict, refs: tuple, run_opts: dict,
+                    finished: bool = False) -> None:
+    """--resume continues (or, on a ``finished`` OUT, reports as done) the run recorded in
+    ``attrs`` only when it is this one: exit 4 for other inputs, 3 for another recipe or options."""
     meta = dict(attrs.get(ROOT_ATTR) or {})
-    _check_same_inputs(part, meta.get("inputs") or [], refs)
+    then = "the run that wrote it" if finished else "the interrupted run"
+    # a finished OUT is recomputed with --overwrite; a checkpoint is never discarded by a flag
+    fix = "pass --overwrite to recompute it" if finished else f"delete {part} to start over"
+    _check_same_inputs(part, meta.get("inputs") or [], refs, then, fix)
     # the seed draws the validation split, --positions the subset the groups are made of, and
     # --precision the dtypes the optimiser's moments live in: a resume with others would
     # continue a different run (held-out positions trained on, the cursor in other groups)
     stored_opts = dict(meta.get("options") or {})
     for key, value in run_opts.items():
         if key in stored_opts and stored_opts[key] != value:
-            raise RecipeError(f"{part}: --resume with --{key} {value} but the interrupted run had "
-                              f"--{key} {stored_opts[key]}; use the same --{key}")
+            raise RecipeError(f"{part}: --resume with --{key} {value} but {then} had "
+                              f"--{key} {stored_opts[key]}; use the same --{key}, or {fix}")
     stored = attrs.get("recipe")
     old_val = dict(attrs.get("validation") or {"fraction": 0.0, "early_stop_patience": 0})
     if old_val != validation:
-        raise RecipeError(f"{part}: --resume with other validation options ({validation}) than the "
-                          f"interrupted run ({old_val}); use the same --validation-fraction and --early-stop-patience")
+        raise RecipeError(f"{part}: --resume with other validation options ({validation}) than "
+                          f"{then} ({old_val}); use the same --validation-fraction and --early-stop-patience, or {fix}")
     if stored is not None and json_hash(stored) != json_hash(rec_json):
-        raise RecipeError(f"{part}: --resume with a different recipe than the interrupted run "
-                          f"(hash {json_hash(stored)} vs {json_hash(rec_json)}); use the same recipe and options")
-    return ckpt.read(found)
+        raise RecipeError(f"{part}: --resume with a different recipe than {then} "
+                          f"(hash {json_hash(stored)} vs {json_hash(rec_json)}); use the same recipe and options, or {fix}")
 
 
-def _check_same_inputs(part: Path, stored: list, refs: tuple) -> None:
+def _check_same_inputs(part: Path, stored: list, refs: tuple, then: str, fix: str) -> None:
     """A checkpoint continued on other data, or from another starting state, would mix two
     runs into one result that no single command reproduces: refuse, naming which input differs."""
     for ref, what, arg in zip(refs, ("data", "starting state"), ("DATA", "STATE")):
         old = next((r for r in stored if isinstance(r, dict) and r.get("kind") == ref.kind), None)
         if old is not None and old.get("fingerprint") != ref.fingerprint:
             raise InputError(f"{part}: --resume with other {what} ({ref.path}, fingerprint {ref.fingerprint}) than "
-                             f"the interrupted run ({old.get('path')}, fingerprint {old.get('fingerprint')}); "
-                             f"give the same {arg}, or delete {part} to start over")
+                             f"{then} ({old.get('path')}, fingerprint {old.get('fingerprint')}); "
+                             f"give the same {arg}, or {fix}")
 
 
 def _resume_parts(resume_from: tuple | None) -> tuple:
@@ -398,6 +431,7 @@ def _resume_parts(resume_from: tuple | None) -> tuple:
 
 
 def _already_complete(out: Path) -> dict[str, Any]:
+    drop_checkpoint(out)  # left by a run killed between its rename and this clean-up (StoreWriter.finalize)
     group = open_store(out, "state")
     if "history" not in group:
         raise StoreError(f"{out}: exists but is not a reconstruct output; choose another -o or --overwrite")
@@ -423,6 +457,7 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
                                                 "early_stop": history.early_stop,
+                                                "backoff": history.backoff,
                                                 "timings": {"total_s": total_s,
                                                             "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": data_ref.path, "fingerprint": data_ref.fingerprint})

@@ -25,10 +25,15 @@ import zarr.codecs
 
 from .. import __version__
 from ..errors import DeviceError, InputError, OutputExistsError, StoreError, UsageError
+from .chunks import check_chunks
+from .lock import OutputLock
 from .schema import DIMS, ROOT_ATTR, SCHEMA_VERSION, UNITS, InputRef, RootMeta, json_hash, major, now_iso
 
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINT = "checkpoint"  # reconstruct's subgroup of OUT.partial (engines/checkpoint.py writes it)
+# arrays whose missing chunks open_store refuses (chunks.py): the data and the state itself. Stores
+# of earlier versions skipped all-zero chunks of any array, which none of these ever is.
+CHUNK_CHECKED = ("patterns", "compressed/signals", "object", "probe")
 TARGET_CHUNK_BYTES = 16 * 2**20  # 8-64 MB chunks keep reads large and the file count low
 
 
@@ -48,6 +53,12 @@ def find_checkpoint(partial: str | os.PathLike) -> Path | None:
         if (root / name / "zarr.json").exists():
             return root / name
     return None
+
+
+def drop_checkpoint(root: str | os.PathLike) -> None:
+    """Remove a checkpoint and its swap siblings (``.old``, ``.tmp``) from a store."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old", f"{CHECKPOINT}.tmp"):
+        shutil.rmtree(Path(root) / name, ignore_errors=True)
 
 
 def checkpoint_iterations(partial: str | os.PathLike) -> int | None:
@@ -190,12 +201,26 @@ class StoreWriter:
         overwrite: bool = False,
         keep_partial_on_error: bool = False,
         reuse_partial: bool = False,
+        lock: OutputLock | None = None,
     ):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.keep_partial_on_error = keep_partial_on_error
         self.overwrite = overwrite
         check_output(self.path, overwrite=overwrite, resume=reuse_partial)
+        # one writer of OUT at a time (lock.py), taken before OUT.partial is touched and checked
+        # again under it: a rival may have completed OUT meanwhile
+        self.lock = lock if lock is not None else OutputLock(self.path)
+        self.lock.acquire()
+        try:
+            check_output(self.path, overwrite=overwrite, resume=reuse_partial)
+            self._open(kind, stage, options, inputs, provenance, reuse_partial)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, kind: str, stage: str, options: dict[str, Any] | None, inputs: Iterable[InputRef],
+              provenance: Iterable[Any], reuse_partial: bool) -> None:
         if self.partial.is_symlink() or self.partial.is_file():
             self.partial.unlink()  # OUT.partial is ptycli's own name: whatever is there is never complete
         elif self.partial.exists() and not reuse_partial:
@@ -243,6 +268,7 @@ class StoreWriter:
         self.meta.finished = now_iso()
         self.meta.fingerprint = fingerprint(self.group, self.meta)
         self._write_meta()
+        self.lock.check_owned()
         if self.path.exists() or self.path.is_symlink():
             # checked again: something may have appeared there during a long computation
             if not self.overwrite:
@@ -251,6 +277,10 @@ class StoreWriter:
             shutil.rmtree(self.path)
         consolidate(self.partial)  # last: the complete store's metadata, which xarray reads in one go
         os.replace(self.partial, self.path)
+        # reconstruct's checkpoint is run control, not a result (half the size of a small store):
+        # dropped only now, so a kill before the rename still leaves a resumable OUT.partial
+        drop_checkpoint(self.path)
+        self.lock.release()
         return self.path
 
     def abort(self) -> None:
@@ -258,11 +288,14 @@ class StoreWriter:
         checkpoint to resume from: a run refused before its first checkpoint (a bad recipe
         value, an MPI or group-size refusal) left an OUT.partial that later commands called
         an interrupted stage."""
-        if not self.partial.exists():
-            return
-        if self.keep_partial_on_error and checkpoint_iterations(self.partial) is not None:
-            return
-        shutil.rmtree(self.partial, ignore_errors=True)
+        try:
+            if not self.partial.exists():
+                return
+            if self.keep_partial_on_error and checkpoint_iterations(self.partial) is not None:
+                return
+            shutil.rmtree(self.partial, ignore_errors=True)
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -302,6 +335,8 @@ def write_array(
         compressors=[compressor()],
         dimension_names=tuple(dims),
         overwrite=True,
+        # every chunk on disk, also one of zeros: a missing chunk then always means damage (chunks.py)
+        config={"write_empty_chunks": True},
     )
     arr.attrs.update({"units": units or UNITS.get(name, UNITS.get(base, "1")), **(attrs or {})})
     if data is not None and data.size:
@@ -367,6 +402,9 @@ def open_store(path: str | os.PathLike, kind: str | None = None, *, allow_partia
         raise StoreError(f"{p}: is a {meta.kind} store; expected a {kind} store")
     if meta.status not in ("complete", "interrupted") and not allow_partial:
         raise StoreError(f"{p}: store status is {meta.status!r}; expected 'complete'")
+    for name in CHUNK_CHECKED:
+        if name in group:
+            check_chunks(group[name], p, name)
     return group
 
 
@@ -412,6 +450,8 @@ def fingerprint(group: zarr.Group, meta: RootMeta | None = None, max_chunks: int
     if meta is not None:
         h.update(json_hash([meta.stage, meta.options_hash, [i.fingerprint for i in meta.inputs]]).encode())
     for name, arr in sorted(walk_arrays(group)):
+        if name.split("/", 1)[0] == CHECKPOINT:
+            continue  # run control, dropped from the finished store (StoreWriter.finalize)
         h.update(f"{name}:{arr.shape}:{arr.dtype}".encode())
         if arr.size == 0:
             continue

@@ -23,7 +23,7 @@ _ptycli() {
     init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --output --overwrite --positions --probe-from --probe-modes --quiet --scan-flip-x --scan-flip-y --seed --slice-thickness-a --slices --strict --subscans --upsample --verbose'; words=''
       case "$prev" in
       esac ;;
-    reconstruct) opts='--checkpoint-every --device --distributed --early-stop-patience --group-size --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --quiet --recipe --resume --seed --set --stream --validation-fraction --verbose'; words=''
+    reconstruct) opts='--checkpoint-every --device --distributed --early-stop-patience --figures-every --group-size --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --quiet --recipe --resume --seed --set --stream --validation-fraction --verbose'; words=''
       case "$prev" in
         --precision) COMPREPLY=($(compgen -W 'single double' -- "$cur")); return ;;
         --progress) COMPREPLY=($(compgen -W 'auto bar lines none' -- "$cur")); return ;;
@@ -32,14 +32,14 @@ _ptycli() {
     constrain) opts='--apply --counts --device --help --json --output --overwrite --pad-px --probe-modes --quiet --recipe --slice-thickness-a --slices --verbose'; words=''
       case "$prev" in
       esac ;;
-    export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --output --overwrite --quiet --remove-ramp --slices --unwrap --verbose --what'; words=''
+    export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --object-modes --output --overwrite --quiet --remove-ramp --slices --unwrap --verbose --what'; words=''
       case "$prev" in
-        --what) COMPREPLY=($(compgen -W 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss patterns' -- "$cur")); return ;;
+        --what) COMPREPLY=($(compgen -W 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness patterns' -- "$cur")); return ;;
       esac ;;
     inspect) opts='--dataset --figure --get --help --json --overwrite --preview --quiet --verbose'; words=''
       case "$prev" in
       esac ;;
-    compare) opts='--figure --help --json --margin --overwrite --quiet --scale --verbose'; words=''
+    compare) opts='--b-origin --b-pixel-size --figure --help --json --margin --overwrite --quiet --scale --verbose'; words=''
       case "$prev" in
       esac ;;
     validate) opts='--help --iterations --json --print-resolved --quiet --set --verbose'; words=''

@@ -94,6 +94,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l checkpoint-ev
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l device
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l distributed
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l early-stop-patience
+complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l figures-every
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l group-size
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from reconstruct' -l iterations
@@ -138,6 +139,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from export' -l format
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l layout
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l normalize
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l object-modes
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l quiet
@@ -145,7 +147,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from export' -l remove-ramp
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l unwrap
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l verbose
-complete -c ptycli -n '__fish_seen_subcommand_from export' -l what -x -a 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss patterns'
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l what -x -a 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness patterns'
 complete -c ptycli -n '__fish_seen_subcommand_from export' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a inspect -d 'Show what a store or raw file holds: shapes, calibration, derived quantities,...'
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l dataset
@@ -159,6 +161,8 @@ complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a compare -d 'Compare object phases after sub-pixel registration; print the correlation (or...'
+complete -c ptycli -n '__fish_seen_subcommand_from compare' -l b-origin
+complete -c ptycli -n '__fish_seen_subcommand_from compare' -l b-pixel-size
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l figure
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l json

@@ -104,3 +104,30 @@ def test_mask_restricts_the_statistics():
     mask[:, :36] = 1
     assert compare_images(a, b, mask=mask)["correlation"] > 0.999
     assert compare_images(a, b)["correlation"] < 0.9
+
+
+def test_half_bit_resolution_ignores_a_low_frequency_dip():
+    """A reconstruction good to ~3 px whose lowest rings differ from the reference (a broad
+    background, a ramp): the old crossing took ring 1's dip under the half-bit curve (~0.6
+    there) and reported the whole field (128 px) as the resolution."""
+    from ptycli.stages.compare import compare_images
+
+    n = 128
+    rng = np.random.default_rng(3)
+    u = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
+    truth = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * (u < 0.3)).real
+    y, x = np.mgrid[:n, :n] / n
+    background = 3.0 * truth.std() * np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y)
+    recon = truth + 0.05 * truth.std() * rng.standard_normal((n, n)) + background
+    res = compare_images(recon, truth, phase=True, dx_a=0.1, apodize=True)
+    assert res["frc"]["frc"][1] < res["frc"]["half_bit"][1]  # the dip is there
+    for name in ("half_bit", "one_seventh"):
+        assert 2.5 < res["resolution_px"][name] < 4.0, (name, res["resolution_px"])
+        assert not res["nyquist_limited"][name]
+
+
+def test_short_noise_runs_above_the_threshold_are_not_signal():
+    freq = np.arange(12) / 24
+    frc = np.array([1.0, 0.9, 0.8, 0.7, 0.1, 0.05, 0.5, 0.5, 0.0, 0.1, 0.0, 0.0])  # rings 6-7: noise
+    assert crossing_px(freq, frc, 0.3) == pytest.approx((3 + 0.4 / 0.6) / 24)
+    assert crossing_px(freq, frc, 0.3, min_run=2) == pytest.approx((7 + 0.2 / 0.5) / 24)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_export_data import DX_A, make_data_store, make_object, make_state, make_state_store
 
-from ptycli.errors import StoreError
+from ptycli.errors import InputError, StoreError
 from ptycli.stages.compare import compare_stores
 from ptycli.stages.frc import fourier_shift
 from ptycli.stages.viewdata import scanned_box
@@ -91,3 +91,36 @@ def test_truth_is_found_through_the_data_store_provenance(stores, tmp_path):
     state = make_state_store(tmp_path, data=derived)
     res = compare_stores(state)
     assert res["b"] == str(sim) and res["correlation"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_reference_image_of_another_field_and_pixel(stores, cli):
+    """An external reference on its own grid: every other pixel (2·dx) of a window that
+    starts 10 px up and 6 px left of A's object. Before --b-pixel-size/--b-origin it could
+    only be refused (shape matches neither A's object nor its scanned area)."""
+    tmp, _, state = stores
+    phase = np.angle(make_object()[0]).sum(0).astype(np.float64)
+    big = np.pad(phase, ((10, 0), (6, 0)), mode="reflect")  # B's field reaches past A's
+    np.save(tmp / "coarse.npy", big[::2, ::2])
+    with pytest.raises(InputError, match="--b-pixel-size"):
+        compare_stores(state, tmp / "coarse.npy")
+    res = compare_stores(state, tmp / "coarse.npy", b_pixel_a=2 * DX_A, b_origin_a=(-10 * DX_A, -6 * DX_A))
+    assert res["correlation"] > 0.99
+    assert res["shift_px"] == pytest.approx([0.0, 0.0], abs=0.1)
+    out = cli("compare", state, tmp / "coarse.npy", "--b-pixel-size", 2 * DX_A,
+              "--b-origin", f"{-10 * DX_A},{-6 * DX_A}", "--json")
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout)["correlation"] == pytest.approx(res["correlation"])
+    bad = cli("compare", state, tmp / "coarse.npy", "--b-origin", "1;2")
+    assert bad.exit_code == 2 and "expected Y,X" in bad.stderr
+    far = cli("compare", state, tmp / "coarse.npy", "--b-origin", "1e4,0")
+    assert far.exit_code == 4 and "covers 0x" in far.stderr
+
+
+def test_scale_fits_a_as_gain_times_b(stores, cli):
+    """--scale reports g with A ≈ g·B (the help said B ≈ g·A)."""
+    tmp, _, state = stores
+    phase = np.angle(make_object()[0]).sum(0)
+    np.save(tmp / "half.npy", 0.5 * phase)
+    assert compare_stores(state, tmp / "half.npy", scale=True)["scale"] == pytest.approx(2.0, rel=1e-3)
+    help_text = " ".join(cli("compare", "--help").stdout.split())
+    assert "A ≈ g·B" in help_text and "B ≈ g·A" not in help_text

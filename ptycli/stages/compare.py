@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, StoreError
+from ..errors import InputError, StoreError, UsageError
 from .frc import fourier_shift, frc_curve, register_shift, resolution, tukey_window
 from .viewdata import open_any, phase_sum, scanned_box, state_of
 
@@ -39,7 +39,8 @@ def compare_images(
     mask: optional (H, W) weights (1 = compare, 0 = ignore) for the statistics.
     phase: treat values as phases: remove a constant phase offset (complex: a global
       phase factor; real: an additive constant) and report RMSE in rad.
-    scale: also fit a gain g with b ≈ g a (e.g. a phase scaled by a wrong thickness).
+    scale: also fit a gain g with a ≈ g·b (b is scaled onto a; e.g. a phase scaled by a
+      wrong thickness): ``scale`` = g.
     apodize: taper the edges (Tukey window) before correlating; use it for crops of
       larger, non-periodic images.
     Returns correlation, rmse, shift_px (y, x) of b relative to a, phase_offset, scale,
@@ -169,6 +170,8 @@ def compare_stores(
     scale: bool = False,
     margin_px: int = 0,
     return_images: bool = False,
+    b_pixel_a: float | None = None,
+    b_origin_a: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Compare the object phase of state store A with B over A's scanned area.
 
@@ -176,6 +179,10 @@ def compare_stores(
     reference image (.npy, .tif: a phase image on A's object grid or of the scanned
     area's size), or None: then the data store A was reconstructed from (root attr
     ``data``) supplies its truth. Against a truth, position and probe errors are added.
+
+    An image of another field of view or pixel: ``b_pixel_a`` is its pixel size [Å] and
+    ``b_origin_a`` (y, x) [Å] where its pixel (0, 0) lies in A's object frame (A's pixel
+    (0, 0) at (0, 0)); it is resampled onto A's pixels and compared where both overlap.
     """
     group_a, kind = open_any(path_a)
     if kind != "state":
@@ -183,8 +190,15 @@ def compare_stores(
     state = state_of(group_a)
     box = scanned_box(state, margin_px)
     ref = _reference(group_a, path_a, path_b)
+    if b_pixel_a is not None or b_origin_a is not None:
+        if ref["kind"] != "image":
+            raise UsageError(f"--b-pixel-size/--b-origin place a reference image (.npy/.tif); "
+                             f"{ref['path']} is a {ref['kind']} store, placed by its own positions")
+        placed = _place_image(ref, state, box, b_pixel_a or state.dx_a, b_origin_a or (0.0, 0.0))
+        box, pb = placed
+    else:
+        pb = _reference_phase(ref, state, box)
     pa = phase_sum(np.asarray(state.object)[..., box[0]:box[1], box[2]:box[3]]).astype(np.float64)
-    pb = _reference_phase(ref, state, box)
     out = {"a": str(path_a), "b": ref["path"], "reference": ref["kind"], "region_px": list(box),
            "dx_a": state.dx_a}
     metrics = compare_images(pa, pb, phase=True, dx_a=state.dx_a, scale=scale, apodize=True)
@@ -291,7 +305,33 @@ def _image_on_box(img: np.ndarray, state: Any, box: Box, path: str) -> np.ndarra
     if img.shape == (y1 - y0, x1 - x0):
         return img
     raise InputError(f"{path}: image shape {img.shape} matches neither A's object "
-                     f"{tuple(state.object.shape[-2:])} nor its scanned area {(y1 - y0, x1 - x0)}")
+                     f"{tuple(state.object.shape[-2:])} nor its scanned area {(y1 - y0, x1 - x0)}; "
+                     "for another field of view give --b-pixel-size and --b-origin")
+
+
+def _place_image(ref: dict[str, Any], state: Any, box: Box, dx_b: float,
+                 origin: tuple[float, float]) -> tuple[Box, np.ndarray]:
+    """A's box cut to where image B (pixel dx_b Å, pixel (0, 0) at ``origin`` Å in A's
+    frame) covers it, and B's phase resampled onto those pixels (cubic)."""
+    from scipy.ndimage import map_coordinates  # noqa: PLC0415
+
+    if not (np.isfinite(dx_b) and dx_b > 0) or not all(np.isfinite(origin)):
+        raise UsageError(f"--b-pixel-size {dx_b:g}, --b-origin {origin}: expected a pixel size > 0 Å "
+                         "and a finite origin")
+    img = ref["image"]
+    img = np.angle(img) if np.iscomplexobj(img) else img.astype(np.float64)
+    dx_a = state.dx_a
+    # A's pixels whose centres fall inside B's pixel centres' span
+    lo = [int(np.ceil(origin[k] / dx_a - 1e-9)) for k in (0, 1)]
+    hi = [int(np.floor((origin[k] + (img.shape[k] - 1) * dx_b) / dx_a + 1e-9)) + 1 for k in (0, 1)]
+    cut = (max(box[0], lo[0]), min(box[1], hi[0]), max(box[2], lo[1]), min(box[3], hi[1]))
+    if cut[1] - cut[0] < 8 or cut[3] - cut[2] < 8:
+        raise InputError(f"{ref['path']}: placed at origin {tuple(origin)} Å with {dx_b:g} Å pixels it covers "
+                         f"{max(0, cut[1] - cut[0])}x{max(0, cut[3] - cut[2])} px of A's scanned area {tuple(box)}; expected "
+                         "at least 8x8 (check --b-origin and --b-pixel-size)")
+    y, x = np.mgrid[cut[0]:cut[1], cut[2]:cut[3]].astype(np.float64)
+    coords = np.stack([(y * dx_a - origin[0]) / dx_b, (x * dx_a - origin[1]) / dx_b])
+    return cut, map_coordinates(img, coords, order=3, mode="nearest")
 
 
 def _nominal(state: Any) -> np.ndarray:

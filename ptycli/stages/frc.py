@@ -82,19 +82,32 @@ def half_bit_threshold(n_px: np.ndarray) -> np.ndarray:
     return (0.2071 + 1.9102 * s) / (1.2071 + 0.9102 * s)
 
 
-def crossing_px(freq: np.ndarray, frc: np.ndarray, threshold: Any) -> float | None:
-    """First frequency (cycles/px, linear interpolation) where the FRC drops below threshold.
+def crossing_px(freq: np.ndarray, frc: np.ndarray, threshold: Any, min_run: int = 3) -> float | None:
+    """Where the FRC falls below the threshold for good (cycles/px, linearly interpolated).
 
-    Ring 0 (DC) is skipped. None when the curve never drops: resolution is then limited by
-    the sampling (Nyquist), not by the data.
+    The crossing that ends the last run of ``min_run`` or more rings at or above the
+    threshold (or of the run from ring 1, however short). Not the first dip: the lowest
+    rings hold a handful of pixels (the half-bit curve is ~0.7 there) and a phase ramp,
+    offset or the window's taper can pull one of them under it, which reported the whole
+    field as the resolution. Short runs are skipped too:
+    noise rings poke above the curve now and then. Ring 0 (DC) is ignored. None when the
+    curve never falls below for good: resolution is then limited by the sampling
+    (Nyquist), not by the data.
     """
     thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), frc.shape)
-    d = frc - thr
-    for i in range(2, len(frc)):
-        if d[i] < 0 <= d[i - 1]:
-            t = d[i - 1] / (d[i - 1] - d[i])
-            return float(freq[i - 1] + t * (freq[i] - freq[i - 1]))
-    return None if d[1] >= 0 else float(freq[1])
+    d = np.asarray(frc, dtype=np.float64) - thr
+    above = d[1:] >= 0
+    run, end = 0, None  # end: index (into d) of the last ring of the last long-enough run
+    for i, up in enumerate(above, start=1):
+        run = run + 1 if up else 0
+        if up and (run >= min_run or run == i):  # a run from ring 1 on is signal at any length
+            end = i
+    if end is None:  # no sustained signal at all: the first ring already fails
+        return float(freq[1])
+    if end == len(d) - 1:
+        return None
+    t = d[end] / (d[end] - d[end + 1])
+    return float(freq[end] + t * (freq[end + 1] - freq[end]))
 
 
 def resolution(curve: dict[str, np.ndarray], dx_a: float | None) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         _check_calibration(st, inputs, Path(data), state_group)
         subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
         subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
-        n_e = mean_counts(inputs.group["patterns"], subset, where=f"{inputs.path}/patterns")
+        n_e = mean_counts(inputs.group["patterns"], subset)
         st = _to_device(st, xp, precision)
         plan = group_plan.plan(rec, st, xp, precision, memory_budget_bytes, comm,
                                group_plan.stored(out) if resume_from else None)
@@ -457,7 +457,6 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
                                                 "early_stop": history.early_stop,
-                                                "backoff": history.backoff,
                                                 "timings": {"total_s": total_s,
                                                             "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": data_ref.path, "fingerprint": data_ref.fingerprint})

@@ -91,6 +91,8 @@ def test_refined_scalars_export_as_tables(tmp_path):
     assert rows[1][0] == 0 and rows[1][1] == 1.0 and np.isnan(rows[1][2])
     th = export(path, tmp_path / "t.csv", what="thickness")
     assert th.read_text().splitlines()[0] == "slice,thickness_a,z_a"
+    t = np.asarray(make_state().slice_thickness, np.float64)
+    np.testing.assert_allclose(np.loadtxt(th, delimiter=",", skiprows=1, ndmin=2)[:, 2], np.cumsum(t) - t)
     tilts = export(path, tmp_path / "tl.csv", what="tilts")
     assert tilts.read_text().splitlines()[0] == "index,ty_mrad,tx_mrad,ty_before_mrad,tx_before_mrad"
 

@@ -21,7 +21,7 @@ from .options import (
     positive,
     read_path_arg,
 )
-from .output import Progress, handle_errors, result
+from .output import Progress, handle_errors, result, warn
 
 RUN = "Run control"
 
@@ -63,6 +63,9 @@ def reconstruct(
                                    "stage: N, or 'auto' (the largest group that fits --memory-gb)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, rich_help_panel=RUN,
                                          help="Checkpoint every K iterations (0: on stop only)."),
+    figures_every: int = typer.Option(0, "--figures-every", min=0, rich_help_panel=RUN,
+                                      help="Write the summary figure OUT-stem.summary.png every K iterations "
+                                      "(0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of OUT.",
                                 rich_help_panel=RUN),
     stream: bool = typer.Option(None, "--stream/--no-stream", rich_help_panel=RUN,
@@ -88,11 +91,16 @@ def reconstruct(
     rec = load_recipe(recipe, list(set_ or []), iterations)
     root = stage.is_root(distributed)  # progress and the result come from rank 0 only
     observer = ProgressObserver(rec.total_iterations, progress if root else "none")
+    observers: list = [observer]
+    if figures_every:
+        from ..stages.figures import FiguresEvery, summary_path  # noqa: PLC0415
+
+        observers.append(FiguresEvery(summary_path(out), figures_every, on_error=warn))
     with ranks_report_once(root, distributed, data), _closing(observer.bar):
         summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
-                            overwrite=overwrite, observers=[observer], validation_fraction=validation_fraction,
+                            overwrite=overwrite, observers=observers, validation_fraction=validation_fraction,
                             early_stop_patience=early_stop_patience, distributed_run=distributed,
                             group_size=group_size)
     if root:

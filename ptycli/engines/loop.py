@@ -191,6 +191,7 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         if hooks.validation is not None:
             history.validation_loss.append(float(hooks.validation(state, stage)))
             emit(hooks.observers, "on_validation_end", si, it, history.validation_loss[-1])
+        emit(hooks.observers, "on_state", state, history)  # the iteration's result (reconstruct --figures-every)
         nxt = Cursor(si, it + 1, 0, json.dumps(rng.bit_generator.state))
         if hooks.checkpoint and hooks.checkpoint_every and len(history.loss) % hooks.checkpoint_every == 0:
             hooks.checkpoint(state, engine, nxt, history, extra)

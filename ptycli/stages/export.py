@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engines.signals import StopOnSignals
 from ..errors import InputError, StoreError, UsageError
+from ..store.coords import slice_depths
 from ..store.io import check_output
 from ..store.state import State, load_state
 from . import exportio
@@ -296,8 +297,7 @@ def _variable_table(state: State, what: str, path: Any) -> Payload:
         if state.slice_thickness is None:
             raise StoreError(f"{path}: has no 'slice_thickness' array")
         t = np.asarray(state.slice_thickness, np.float64)
-        z = np.concatenate([[0.0], np.cumsum(t)[:-1]])
-        return Payload(name="thickness", data=np.column_stack([np.arange(t.size), t, z]), kind="table",
+        return Payload(name="thickness", data=np.column_stack([np.arange(t.size), t, slice_depths(t)]), kind="table",
                        columns=["slice", "thickness_a", "z_a"])
     rows = [dict(state.aberrations), *[dict(d) for d in state.subscan_aberrations]]
     keys = sorted({k for r in rows for k in r})

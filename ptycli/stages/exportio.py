@@ -136,9 +136,10 @@ def nice_length(target: float) -> float:
     return float(10**exp)
 
 
-def write_png(path: Path, p: Payload, cmap: str = "gray", scale_bar: bool = True) -> None:
+def write_png(path: Path, p: Payload, cmap: str = "gray", scale_bar: bool = True, colorbar: bool = True) -> None:
     """8-bit colour-mapped image at one screen pixel per data pixel (small images enlarged
-    by a whole factor), with a scale bar in Å when the pixel size is known."""
+    by a whole factor), with a scale bar in Å when the pixel size is known and a colour bar
+    in the values' unit in a strip on the right."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -152,15 +153,25 @@ def write_png(path: Path, p: Payload, cmap: str = "gray", scale_bar: bool = True
     zoom = max(1, int(np.ceil(256 / min(img.shape))))
     img = np.kron(img, np.ones((zoom, zoom)))
     h, w = img.shape
+    strip = COLORBAR_STRIP_PX if colorbar else 0
     dpi = 100
-    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
+    fig = Figure(figsize=((w + strip) / dpi, h / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, w / (w + strip), 1))
     ax.set_axis_off()
     finite = img[np.isfinite(img)]
-    ax.imshow(img, cmap=cmap, interpolation="nearest", vmin=finite.min(), vmax=finite.max())
+    im = ax.imshow(img, cmap=cmap, interpolation="nearest", vmin=finite.min(), vmax=finite.max())
     if scale_bar and p.pixel and p.unit == "Angstrom":
         _scale_bar(ax, w, h, p.pixel / zoom, Rectangle)
+    if strip:
+        cax = fig.add_axes(((w + 8) / (w + strip), 0.08, 12 / (w + strip), 0.84))
+        bar = fig.colorbar(im, cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        unit = {"radian": "rad"}.get(p.value_unit, p.value_unit)
+        bar.set_label(p.name.replace("_", " ") + (f" [{unit}]" if unit else ""), fontsize=8)
     fig.savefig(path, dpi=dpi, format="png", metadata={"Description": f"ptycli {p.name}"})
+
+
+COLORBAR_STRIP_PX = 90  # room for the colour bar, its tick labels and its label
 
 
 def _scale_bar(ax: Any, w: int, h: int, px_a: float, rectangle: Any) -> None:

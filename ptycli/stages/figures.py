@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import DeviceError, InputError, UsageError
 from ..store.state import State
 from .exportio import montage, write_atomic
 from .viewdata import (bf_radius_px, calibration_of, checkpoint_group, dk_mrad_of, history_of, open_any,
@@ -105,6 +105,43 @@ def checkpoint_figure(source: State | str | Path, out_png: str | Path, *, histor
     state = state_of(group if ckpt is None else ckpt)
     return state_figure(state, out_png, history=history_of(group),
                         title=title or f"{source} (iteration {state.iteration})")
+
+
+def summary_path(out: str | Path) -> Path:
+    """Where ``reconstruct -o OUT.zarr --figures-every K`` draws: OUT.summary.png beside the store."""
+    return Path(out).with_suffix(".summary.png")
+
+
+class FiguresEvery:
+    """Loop observer of ``reconstruct --figures-every K``: the summary of the running state
+    every K iterations, replaced atomically at ``path`` (a viewer never sees half a PNG).
+
+    ``on_error(message)`` hears a figure that could not be written (a full disk): the
+    reconstruction goes on, since losing hours of work to a progress picture would be worse.
+    """
+
+    def __init__(self, path: str | Path, every: int, on_error: Any = None):
+        if every < 1:
+            raise UsageError(f"--figures-every {every}: expected a number of iterations >= 1")
+        figure_format(path)
+        self.path, self.every, self.on_error = Path(path), int(every), on_error
+
+    def on_state(self, state: State, history: Any) -> None:
+        done = len(history.loss)
+        if done == 0 or done % self.every:
+            return
+        from ..backend import to_numpy  # noqa: PLC0415
+        from ..store.state import array_fields  # noqa: PLC0415
+
+        host = state.copy(**{f: to_numpy(getattr(state, f)) for f in array_fields()
+                             if getattr(state, f) is not None})
+        hist = {"loss": np.asarray(history.loss), "stage": np.asarray(history.stage), "time_s": np.asarray(history.time_s)}
+        try:
+            checkpoint_figure(host, self.path, history=hist, title=f"{self.path.name}: iteration {done}")
+        except (OSError, UsageError, InputError, DeviceError) as exc:
+            if self.on_error is None:
+                raise
+            self.on_error(f"{self.path}: figure not written at iteration {done} ({exc})")
 
 
 # ----------------------------------------------------------------------------- state summary
@@ -366,20 +403,37 @@ def _scan_image(ax: Any, values: np.ndarray, shape: Any, name: str, cal: Any) ->
         ax.set_title(f"{name} (no raster shape: per position)", fontsize=9)
         return "ok (1D)"
     img = values.reshape(shape)
+    step = cal.scan_step_a
+    # drawn on the scan's own axes in Å, so a scale bar can be read off every panel
+    extent = (0, shape[1] * step[1], shape[0] * step[0], 0) if step else None
     if name == "dose":
-        step = cal.scan_step_a
         if step:
             img = img / (step[0] * step[1])
         label = "e/Å²" if step else "counts"
         mean = float(np.mean(img))
-        im = _image(ax, img, f"dose: mean {mean:.3g} {label}", cmap="viridis")
+        im = _image(ax, img, f"dose: mean {mean:.3g} {label}", cmap="viridis", extent=extent)
         bar = ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
         bar.formatter.set_useOffset(False)  # a near-uniform dose reads as e.g. 2.78e6, not +offset
     else:
-        _image(ax, img, name)
+        im = _image(ax, img, name, extent=extent)
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label="counts")
     ax.set_xticks([])
     ax.set_yticks([])
+    if step:
+        scale_bar(ax, shape[1] * step[1])
     return "ok"
+
+
+def scale_bar(ax: Any, width_a: float) -> None:
+    """A white bar of 1, 2 or 5 × 10ⁿ Å (about a quarter of the width) on an image drawn in Å."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: PLC0415
+
+    from .exportio import nice_length  # noqa: PLC0415
+
+    length = nice_length(0.25 * width_a)
+    label = f"{length:g} Å" if length >= 1 else f"{length * 100:g} pm"
+    ax.add_artist(AnchoredSizeBar(ax.transData, length, label, "lower left", pad=0.4, color="white",
+                                  frameon=False, size_vertical=0.015 * width_a, fontproperties={"size": 7}))
 
 
 # ----------------------------------------------------------------------------- compare
@@ -390,7 +444,10 @@ def compare_figure(result: dict[str, Any], out_png: str | Path, overwrite: bool 
     axes = fig.subplots(1, 4)
     _image(axes[0], a, "A")
     _image(axes[1], b, f"B registered (shift {result['shift_px'][0]:.2f}, {result['shift_px'][1]:.2f} px)")
-    _image(axes[2], a - b, f"A − B (rmse {result['rmse']:.3g})", cmap="RdBu_r")
+    diff = _image(axes[2], a - b, f"A − B (rmse {result['rmse']:.3g})", cmap="RdBu_r")
+    lim = float(np.nanmax(np.abs(diff.get_clim())))
+    diff.set_clim(-lim, lim)  # symmetric: white is no difference
+    fig.colorbar(diff, ax=axes[2], shrink=0.8, label="rad")
     frc = result["frc"]
     x = frc["freq_inv_a"] or frc["freq_px"]
     axes[3].plot(x[1:], frc["frc"][1:], label="FRC")

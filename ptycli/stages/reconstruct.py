@@ -445,11 +445,11 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     write_state(writer, st, backend.to_numpy)
     if history.validation_loss:
         write_array(writer.group, "history/validation_loss", np.asarray(history.validation_loss, dtype=np.float64),
-                    dims=("iteration",), units="loss per position")
+                    dims=("iteration",), units="1", attrs={"long_name": "loss per position"})
         write_array(writer.group, "history/validation_positions", np.asarray(held_out, dtype=np.int64),
                     dims=("position",))
     write_array(writer.group, "history/loss", np.asarray(history.loss, dtype=np.float64), dims=("iteration",),
-                units="loss per position")
+                units="1", attrs={"long_name": "loss per position"})
     write_array(writer.group, "history/stage", np.asarray(history.stage, dtype=np.int32), dims=("iteration",))
     write_array(writer.group, "history/time_s", np.asarray(history.time_s, dtype=np.float64), dims=("iteration",),
                 units="s")

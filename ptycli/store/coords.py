@@ -29,6 +29,12 @@ def k_axis(n: int, dk_inv_a: float) -> np.ndarray:
     return (np.arange(n) - n // 2) * float(dk_inv_a)
 
 
+def slice_depths(thickness: np.ndarray) -> np.ndarray:
+    """Depth [Å] of each slice's entrance plane: 0, t0, t0 + t1, ..."""
+    t = np.asarray(thickness, np.float64)
+    return np.concatenate([[0.0], np.cumsum(t)[:-1]]) if t.size else t
+
+
 def finish_layout(group: zarr.Group) -> None:
     """Write the coordinates and long names of a complete store (before its fingerprint)."""
     kind = (group.attrs.get(ROOT_ATTR) or {}).get("kind")
@@ -67,7 +73,8 @@ def _data_coords(group: zarr.Group) -> None:
     shape = group.attrs.get("scan_shape") or cal.scan_shape
     if n and shape and cal.scan_step_a and int(shape[0]) * int(shape[1]) == n:
         iy, ix = np.divmod(np.arange(n), int(shape[1]))  # j = iy * nx + ix (row-major raster)
-        for name, index, step, axis in (("scan_y", iy, cal.scan_step_a[0], "y"), ("scan_x", ix, cal.scan_step_a[1], "x")):
+        for name, index, step, axis in (("scan_y", iy, cal.scan_step_a[0], "y"),
+                                        ("scan_x", ix, cal.scan_step_a[1], "x")):
             _coord(group, name, index * float(step), ("position",), "angstrom",
                    f"nominal scan position {axis} of the raster point (scan frame)")
             extra.append(name)
@@ -113,11 +120,12 @@ def _object_coords(group: zarr.Group, dx: float, origin: Any, thickness: np.ndar
                    f"object {axis} (0 at the scan origin)")
     for axis in ("probe_y", "probe_x"):
         if axis in dims:
-            _coord(group, axis, k_axis(dims[axis], dx), (axis,), "angstrom", f"{axis.replace('_', ' ')} from the window centre")
+            _coord(group, axis, k_axis(dims[axis], dx), (axis,), "angstrom",
+                   f"{axis.replace('_', ' ')} from the window centre")
     extra = []
     if "slice" in dims:
         t = thickness if thickness is not None and thickness.size == dims["slice"] else np.zeros(dims["slice"])
-        _coord(group, "z", np.concatenate([[0.0], np.cumsum(t)[:-1]]), ("slice",), "angstrom",
+        _coord(group, "z", slice_depths(t), ("slice",), "angstrom",
                "depth of the slice's entrance plane")
         extra.append("z")
     if extra:

@@ -73,11 +73,13 @@ complete -c ptycli -n '__fish_seen_subcommand_from init' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l mode-kind
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l object-from
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l object-modes
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l object-pixel-a
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l output
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l overwrite
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l positions
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-from
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-modes
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-pixel-a
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-x
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-y

@@ -19,8 +19,12 @@ OBJECT = "Object and positions"
 def init(
     data: str = typer.Argument(..., help="Data store (or '-' to read its path from stdin)."),
     out: Path = Output,
-    probe_from: str = typer.Option("aberrations", "--probe-from", help="aberrations | pacbed | STATE.zarr.",
+    probe_from: str = typer.Option("aberrations", "--probe-from", help="aberrations | pacbed | STATE.zarr | a "
+                                   "complex probe array (M, M) or (P, M, M): FILE.npy, FILE.npz[:key], "
+                                   "FILE.h5[:dataset], FILE.mat[:variable]; resampled to the data's pixel.",
                                    rich_help_panel=PROBE),
+    probe_pixel_a: float = typer.Option(None, "--probe-pixel-a", help="Pixel size [Å] of a --probe-from array "
+                                        "(default: its dx_a attribute, else the data's).", rich_help_panel=PROBE),
     defocus_a: float = defocus_option(PROBE),
     aberration: list[str] = aberration_option(PROBE),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration TOML (overrides the data store's).",
@@ -36,8 +40,12 @@ def init(
     slice_thickness_a: float = typer.Option(None, "--slice-thickness-a", help="Slice thickness [Å].",
                                             rich_help_panel=OBJECT),
     object_modes: int = typer.Option(1, "--object-modes", help="Object modes Q.", rich_help_panel=OBJECT),
-    object_from: Path = typer.Option(None, "--object-from", help="Start from this state store's object.",
-                                     rich_help_panel=OBJECT),
+    object_from: Path = typer.Option(None, "--object-from", help="Start from a state store's object, or a complex "
+                                     "array (H, W), (S, H, W) or (Q, S, H, W) in FILE.npy/.npz/.h5/.mat[:name], "
+                                     "centred on the scan and padded with vacuum.", rich_help_panel=OBJECT),
+    object_pixel_a: float = typer.Option(None, "--object-pixel-a", help="Pixel size [Å] of an --object-from "
+                                         "array (default: its dx_a attribute, else the data's).",
+                                         rich_help_panel=OBJECT),
     upsample: int = typer.Option(None, "--upsample", help="Far-field upsampling U for a beam wider than the "
                                  "window: probe window U·M, U×U model pixels binned per detector pixel.",
                                  rich_help_panel=PROBE),

@@ -31,7 +31,7 @@ from ..physics import scan
 from ..store.calibration import Calibration, load_calibration
 from ..store.io import StoreWriter, check_output, input_ref, open_store, provenance_of
 from ..store.state import State, load_state, write_state
-from . import init_checks
+from . import init_arrays, init_checks
 from .preprocess_calibration import build_calibration, describe
 from .simulate import parse_aberrations
 
@@ -48,7 +48,10 @@ class InitOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    probe_from: str = Field("aberrations", description="aberrations | pacbed | PATH of a state store.")
+    probe_from: str = Field("aberrations", description="aberrations | pacbed | PATH of a state store or of "
+                            "a complex array file (.npy, .npz[:key], .h5[:dataset], .mat[:variable]).")
+    probe_pixel_a: float | None = Field(None, gt=0, description="Pixel [Å] of a --probe-from array file.")
+    object_pixel_a: float | None = Field(None, gt=0, description="Pixel [Å] of an --object-from array file.")
     defocus_a: float | None = Field(None, description="Δf [Å], positive = underfocus (C10 = -Δf).")
     aberrations: dict[str, float] = Field(default_factory=dict)
     calibration: Path | None = None
@@ -168,8 +171,10 @@ def make_probe(data: DataSummary, opts: InitOptions, aberrations: dict[str, floa
 
 
 def _probe_from_state(path: Path, data: DataSummary, opts: InitOptions) -> np.ndarray:
-    state = _load_state_for(path, data, "--probe-from")
-    modes = np.asarray(state.probe, dtype=np.complex64)
+    if init_arrays.is_array_file(path):  # another code's probe: resampled onto the model window
+        modes = init_arrays.probe_from_file(opts.probe_from, data.model_window, data.dx_a, opts.probe_pixel_a)
+    else:
+        modes = np.asarray(_load_state_for(path, data, "--probe-from").probe, dtype=np.complex64)
     if tuple(modes.shape[-2:]) != data.model_window:
         raise InputError(f"{path}: probe window {modes.shape[-2:]} differs from the data's {data.model_window}"
                          + (f" (detector x upsample {data.upsample})" if data.upsample > 1 else ""))
@@ -203,6 +208,14 @@ def positions_a(data: DataSummary, opts: InitOptions, group: zarr.Group) -> np.n
 
 def make_object(data: DataSummary, opts: InitOptions, pos_a: np.ndarray) -> tuple[np.ndarray, Any, tuple, np.ndarray]:
     """(object (Q, S, H, W), slice_thickness (S,) or None, origin, positions px)."""
+    if opts.object_from is not None and init_arrays.is_array_file(opts.object_from):
+        obj, origin, pos_px = init_arrays.object_from_file(opts.object_from, data.model_window, data.dx_a,
+                                                           opts.object_pixel_a, pos_a, opts.margin_px)
+        if obj.shape[1] > 1 and opts.slice_thickness_a is None:
+            raise RecipeError(f"{opts.object_from}: {obj.shape[1]} slices need --slice-thickness-a")
+        thickness = None if opts.slice_thickness_a is None else np.full(obj.shape[1], opts.slice_thickness_a,
+                                                                         np.float32)
+        return obj, thickness, origin, pos_px
     if opts.object_from is not None:
         return _object_from_state(opts.object_from, data, pos_a)
     slices = opts.slices or 1

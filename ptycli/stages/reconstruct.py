@@ -30,7 +30,6 @@ from ..store.io import (
     StoreWriter,
     check_output,
     checkpoint_iterations,
-    drop_checkpoint,
     input_ref,
     open_store,
     partial_path,
@@ -431,7 +430,6 @@ def _resume_parts(resume_from: tuple | None) -> tuple:
 
 
 def _already_complete(out: Path) -> dict[str, Any]:
-    drop_checkpoint(out)  # left by a run killed between its rename and this clean-up (StoreWriter.finalize)
     group = open_store(out, "state")
     if "history" not in group:
         raise StoreError(f"{out}: exists but is not a reconstruct output; choose another -o or --overwrite")

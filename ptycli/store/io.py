@@ -275,11 +275,12 @@ class StoreWriter:
                 raise OutputExistsError(f"{self.path} exists; pass --overwrite to replace it")
             _check_replaceable(self.path, "store")
             shutil.rmtree(self.path)
+        # reconstruct's checkpoint is run control, not a result (half the size of a small store),
+        # and not in the fingerprint: dropped before the metadata is consolidated, at the last
+        # moment (a kill between here and the rename costs the run, never a wrong result)
+        drop_checkpoint(self.partial)
         consolidate(self.partial)  # last: the complete store's metadata, which xarray reads in one go
         os.replace(self.partial, self.path)
-        # reconstruct's checkpoint is run control, not a result (half the size of a small store):
-        # dropped only now, so a kill before the rename still leaves a resumable OUT.partial
-        drop_checkpoint(self.path)
         self.lock.release()
         return self.path
 

@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from .options import Device, Json, Overwrite, Precision, Seed
-from .output import handle_errors, log, result, warn
+from .output import handle_errors, log, note_kernel_compile, result, warn
 
 STUDY = "Study (flags win over SPACE.toml [study])"
 
@@ -41,6 +41,7 @@ def tune(
     """Search recipe and init parameters with Optuna; writes the best recipe, trials table and plots."""
     from ..stages import tune as stage
 
+    note_kernel_compile(device)
     summary = stage.run(data, state, out, recipe=recipe, space=space, trials=trials, sampler=sampler, pruner=pruner,
                         objective=objective, iterations=iterations, validation_fraction=validation_fraction,
                         storage=storage, study_name=study_name, worker=worker, seed=seed, device=device,

@@ -61,6 +61,17 @@ def log(message: str, level: int = 0) -> None:
         console().print(message, markup=False, soft_wrap=True)
 
 
+def note_kernel_compile(device: str) -> None:
+    """Log "compiling kernels (one-time ...)" before a CPU run that will compile them."""
+    if device.startswith("cuda"):
+        return
+    from ..stages.kernel_note import compile_note  # noqa: PLC0415
+
+    note = compile_note()
+    if note:
+        log(note)
+
+
 def warn(message: str) -> None:
     if VERBOSITY["level"] >= -1:
         console().print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)

@@ -107,6 +107,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     st = _checked_flags(st, flags)  # CLI values get the same checks
     _prepare_out(out, overwrite and not worker, [data, state, space, recipe])
     plan = _plan(data, state, out, recipe_data, st, sp, seed, device, precision)
+    plan.progress = say
     n_iter = tune_trial.trial_recipe(plan, []).total_iterations
     worker_no = worker_id() if worker else 0
     with _lock(out / LOCK_NAME):
@@ -221,6 +222,7 @@ def _optimize(study: Any, sp: tune_space.Space, plan: tune_trial.TrialPlan, n_tr
                 return ran
             trial = study.ask()
         params = tune_space.suggest(trial, sp)
+        say(f"trial {trial.number}: started " + " ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
         state, value = _one(study, trial, plan, params, optuna)
         ran += 1
         shown = "" if value is None else f" value {value:.6g}"

@@ -37,6 +37,7 @@ class TrialPlan:
     device: str
     precision: str
     init_options: Any = None  # InitOptions of STATE (only when init keys are searched)
+    progress: Any = None  # (message) -> None: a trial's iterations, every PROGRESS_EVERY_S at most
     stop_flag: Any = None  # engines.signals.StopFlag set by tune's SIGTERM/SIGUSR1/SIGINT handlers
 
 
@@ -109,6 +110,29 @@ class ReportToTrial:
             raise optuna.TrialPruned(f"pruned at iteration {self.step} (validation loss {value:.6g})")
 
 
+PROGRESS_EVERY_S = 10.0
+
+
+class TrialProgress:
+    """Loop observer: "trial N: iteration i/n, loss L" at most every PROGRESS_EVERY_S, and
+    at the first and last iteration; a first trial that also compiles the kernels ran for
+    minutes with nothing on the screen."""
+
+    def __init__(self, say: Any, number: int, total: int, clock: Any = None):
+        import time  # noqa: PLC0415
+
+        self.say, self.number, self.total, self.done = say, number, total, 0
+        self.clock = clock or time.monotonic
+        self.last = -float("inf")
+
+    def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
+        self.done += 1
+        now = self.clock()
+        if self.done in (1, self.total) or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.say(f"trial {self.number}: iteration {self.done}/{self.total}, loss {loss:.6g}")
+
+
 def run_trial(plan: TrialPlan, trial: Any, params: dict[str, Any]) -> float:
     """Run one trial; returns the objective (lower is better)."""
     from . import init as init_stage
@@ -128,7 +152,8 @@ def run_trial(plan: TrialPlan, trial: Any, params: dict[str, Any]) -> float:
     try:
         summary = reconstruct.run(plan.data, state, out, recipe=rec, device=plan.device, precision=plan.precision,
                                   seed=plan.seed, validation_fraction=plan.validation_fraction,
-                                  observers=[ReportToTrial(trial)], handle_signals=False,
+                                  observers=[ReportToTrial(trial), *_progress(plan, trial, rec)],
+                                  handle_signals=False,
                                   stop_flag=plan.stop_flag)
     finally:
         shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
@@ -148,3 +173,7 @@ def has_truth(data: Path) -> bool:
     from .compare import _find_truth
 
     return _find_truth(Path(data)) is not None
+
+
+def _progress(plan: TrialPlan, trial: Any, rec: Any) -> list[Any]:
+    return [] if plan.progress is None else [TrialProgress(plan.progress, trial.number, rec.total_iterations)]

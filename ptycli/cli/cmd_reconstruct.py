@@ -21,7 +21,7 @@ from .options import (
     positive,
     read_path_arg,
 )
-from .output import Progress, handle_errors, result, warn
+from .output import Progress, handle_errors, note_kernel_compile, result, warn
 
 RUN = "Run control"
 
@@ -96,6 +96,8 @@ def reconstruct(
         from ..stages.figures import FiguresEvery, summary_path  # noqa: PLC0415
 
         observers.append(FiguresEvery(summary_path(out), figures_every, on_error=warn))
+    if root:
+        note_kernel_compile(device)
     with ranks_report_once(root, distributed, data), _closing(observer.bar):
         summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,

@@ -18,10 +18,11 @@ ALLOWED = {
     "_pool": set(),  # the backend's host threads for a group's parts (private to the backend seam)
     "physics": {"backend", "errors", "physics"},
     "store": {"errors", "store", "__init__"},
-    "readers": {"errors", "readers", "store", "backend"},
+    "plugins": set(),  # entry-point discovery (importlib.metadata only)
+    "readers": {"errors", "readers", "store", "backend", "plugins"},
     "recipe": {"errors", "engines", "constraints", "recipe", "store"},
-    "constraints": {"backend", "errors", "physics", "constraints", "store"},
-    "engines": {"backend", "errors", "physics", "engines", "constraints", "store", "recipe"},
+    "constraints": {"backend", "errors", "physics", "constraints", "store", "plugins"},
+    "engines": {"backend", "errors", "physics", "engines", "constraints", "store", "recipe", "plugins"},
     "stages": {"backend", "errors", "physics", "engines", "constraints", "store", "readers",
                "recipe", "stages", "__init__"},
 }

@@ -54,9 +54,27 @@ def _validate(items: Iterable[dict[str, Any]], registry: dict[str, Any], what: s
     return out
 
 
+def add_plugins() -> None:
+    """Constraints and regularisers of plugin packages (entry points ``ptycli.constraints``),
+    added once; every recipe check comes here first, so a run finds them by name too."""
+    global _plugins_added
+    if _plugins_added:
+        return
+    _plugins_added = True
+    from .. import plugins  # noqa: PLC0415
+
+    for spec in plugins.specs("ptycli.constraints", lambda s: isinstance(s, (ConstraintSpec, RegulariserSpec))):
+        table = CONSTRAINTS if isinstance(spec, ConstraintSpec) else REGULARISERS
+        table.setdefault(spec.name, spec)  # a built-in keeps its name
+
+
+_plugins_added = False
+
+
 def check_items(items: Iterable[dict[str, Any]], registry: dict[str, Any], what: str,
                 path_prefix: str) -> tuple[list[tuple[Any, Any]], list[tuple[str, str]]]:
     """([(spec, params)] of the good items, [(key path, message)] of every bad key)."""
+    add_plugins()
     out: list[tuple[Any, Any]] = []
     problems: list[tuple[str, str]] = []
     for i, raw in enumerate(items):

@@ -1,4 +1,7 @@
-"""Engine registry: recipe ``type`` -> (engine class, params model)."""
+"""Engine registry: recipe ``type`` -> (engine class, params model).
+
+Plugin packages add engines through the ``ptycli.engines`` entry point group (an
+``EngineSpec``; ptycli/plugins.py): ``engine_spec`` finds them, loaded on first use."""
 
 from __future__ import annotations
 
@@ -39,3 +42,17 @@ ENGINES: dict[str, EngineSpec] = {
     "lbfgs": EngineSpec("lbfgs", LbfgsStage, _lazy("lbfgs", "LbfgsEngine"),
                         "full-batch L-BFGS, strong-Wolfe line search, every refinable variable"),
 }
+BUILTIN = tuple(ENGINES)
+_plugins_added = False
+
+
+def engine_spec(name: str) -> EngineSpec | None:
+    """The engine of recipe ``type = name``: built in, or from a plugin package."""
+    global _plugins_added
+    if name not in ENGINES and not _plugins_added:
+        _plugins_added = True
+        from .. import plugins  # noqa: PLC0415
+
+        for spec in plugins.specs("ptycli.engines", lambda s: isinstance(s, EngineSpec)):
+            ENGINES.setdefault(spec.name, spec)
+    return ENGINES.get(name)

@@ -1,7 +1,8 @@
 """Reader registry: a format is one module in ptycli/readers that calls ``register``.
 
 Formats are chosen by file suffix, then by magic bytes (so ``data.bin`` that is really an
-HDF5 file still opens). Modules are discovered, so adding a format touches no other file.
+HDF5 file still opens). Modules are discovered, so adding a format touches no other file;
+a package's ``ptycli.readers`` entry point adds one from outside (ptycli/plugins.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def _load_all() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in _SKIP and not mod.name.startswith("_"):
             importlib.import_module(f"{__package__}.{mod.name}")
+    from .. import plugins  # noqa: PLC0415
+
+    plugins.load("ptycli.readers")  # importing a plugin's reader module registers its format
 
 
 def detect_format(path: Path) -> ReaderSpec:
@@ -87,9 +91,14 @@ def open_raw(path: str | Path, **options: Any) -> RawSource:
 
 def check_frames(source: RawSource) -> None:
     """Refuse what no format may hand on: complex values (casting keeps only the real part,
-    with a bare ComplexWarning) and an empty file (its mean counts would be 0/0)."""
-    if np.issubdtype(np.dtype(source.dtype), np.complexfloating):
+    with a bare ComplexWarning), non-numeric ones (strings fail deep in the arithmetic) and an
+    empty file (its mean counts would be 0/0)."""
+    dtype = np.dtype(source.dtype)
+    if np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{source.path}: complex data; expected real detector counts")
+    if dtype.kind not in "biuf":  # strings, bytes, objects, records, dates: no counts in them
+        raise InputError(f"{source.path}: dtype {dtype} is not numeric; expected detector counts "
+                         "(integers or floats)")
     if source.n_frames == 0:
         raise InputError(f"{source.path}: no frames")
     if 0 in tuple(source.frame_shape):

@@ -15,7 +15,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .constraints.problems import validation_problems
 from .constraints.schedule import ScheduleValue, When, value_at
@@ -30,8 +40,15 @@ RECIPE_VERSION = "ptycli/1"
 RECIPE_PACKAGE = "ptycli.recipes_data"
 
 
+# Every float of a recipe must be finite: `beta = inf` or `{object = nan}` would pass a `gt=0` bound
+# (or skip it) and only fail iterations later as a numerical error (exit 6) instead of exit 3 here.
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# A documented bound (docs/recipes.md): a count beyond it is a typo (2**63-1, 1e20), not a plan, and
+# would run unbounded.
+MAX_ITERATIONS = 1_000_000
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -130,7 +147,7 @@ class PositionCorrection(_Model):
 class Constraint(BaseModel):
     """A constraint table; its own keys are validated by the constraints registry."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     type: str
     when: When = Field(default_factory=When)
 
@@ -145,7 +162,7 @@ class Constraint(BaseModel):
 
 class _Stage(_Model):
     # StrictInt throughout: a TOML `true` is not a count (lax ints would read it as 1)
-    iterations: StrictInt = Field(10, ge=0)
+    iterations: StrictInt = Field(10, ge=0, le=MAX_ITERATIONS)
     noise: Noise = Field(default_factory=Noise)
     grouping: Grouping = Field(default_factory=Grouping)
     refine: Refine = Field(default_factory=Refine)
@@ -293,8 +310,50 @@ class LbfgsStage(_Stage):
         return v
 
 
-Stage = Annotated[EpieStage | LsqmlStage | GradientStage | LbfgsStage, Field(discriminator="type")]
 STAGE_TYPES = ("epie", "lsqml", "gradient", "lbfgs")
+
+
+class PluginStage(_Stage):
+    """A stage run by a plugin package's engine (entry point group ``ptycli.engines``,
+    ptycli/plugins.py): the keys every stage has are checked here, the engine's own keys by
+    its spec's params model (``plugin_params()`` gives them parsed)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .engines.registry import engine_spec  # noqa: PLC0415  (plugins load on first use)
+
+        if v in STAGE_TYPES or engine_spec(v) is None:
+            from .engines.registry import ENGINES  # noqa: PLC0415
+
+            raise ValueError(f"unknown engine {v!r}; expected one of {', '.join(ENGINES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _own_keys(self) -> "PluginStage":
+        try:
+            self.plugin_params()
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return self
+
+    def plugin_params(self) -> Any:
+        from .engines.registry import engine_spec  # noqa: PLC0415
+
+        return engine_spec(self.type).params.model_validate(self.model_extra or {})
+
+
+def _stage_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in STAGE_TYPES else "plugin"
+
+
+Stage = Annotated[Union[Annotated[EpieStage, Tag("epie")], Annotated[LsqmlStage, Tag("lsqml")],
+                        Annotated[GradientStage, Tag("gradient")], Annotated[LbfgsStage, Tag("lbfgs")],
+                        Annotated[PluginStage, Tag("plugin")]], Discriminator(_stage_tag)]
 
 
 class Recipe(_Model):
@@ -524,8 +583,8 @@ def scale_iterations(recipe: Recipe, total: int) -> Recipe:
     Stage counts are rounded by the largest-remainder method so they sum to ``total``;
     schedules (``when``) are left as written, in stage iterations.
     """
-    if total < 0:
-        raise RecipeError(f"--iterations {total}: expected a count >= 0")
+    if not 0 <= total <= MAX_ITERATIONS:
+        raise RecipeError(f"--iterations {total}: expected a count from 0 to {MAX_ITERATIONS}")
     old = [s.iterations for s in recipe.stage]
     base = sum(old)
     shares = [total * n / base for n in old] if base else [total / len(old)] * len(old)

@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .options import Json, Output, Overwrite, ProgressOpt, read_path_arg
-from .output import Progress, handle_errors, log, result
+from .output import Progress, handle_errors, log, result, warn
 
 CAL = "Calibration (flags win over --calibration)"
 OPS = "Operations (applied in this order)"
@@ -66,6 +66,8 @@ def preprocess(
     compress_masks: Optional[str] = _opt(None, "--compress-masks", help="annular:RINGSxSEGMENTS or pca:N."),
     scheduler: Optional[str] = _opt(None, "--scheduler", help="Run the blocks as a Dask graph: threads | processes | "
                                      "a dask.distributed address (tcp://host:8786). Default: in-process.", panel="Run"),
+    force: bool = _opt(False, "--force", help="Keep a calibration that fails the plausibility checks (energy, "
+                       "semi-angle range, semi-angle within the detector, dk against the BF disk).", panel=CAL),
     overwrite: bool = Overwrite,
     json_out: bool = Json,
     progress: str = ProgressOpt,
@@ -81,6 +83,7 @@ def preprocess(
     options = dict(dataset=dataset, crop=crop, bin=bin, bin_scan=bin_scan, pad=pad, center=center, nan=nan,
                    shift_method=shift_method, multiply=multiply, clip_negatives=clip_negatives,
                    repair_threshold=repair_pixels, dtype=dtype, compress_masks=compress_masks, estimate_dk=estimate_dk,
+                   force=force,
                    shift_px=_pair(parse_pair, shift))
     options = _checked_options(stage, options)
     job = stage.Preprocess(read_path_arg(input), output, options=options, calibration_file=calibration,
@@ -91,6 +94,8 @@ def preprocess(
         c = summary["compression"]
         log(f"compressed to {c['n_masks']} virtual detectors: ratio {c['ratio']:.4g}:1")
     _log_clipped(summary.get("clipped_ringing"))
+    for problem in summary.get("calibration_doubts") or ():
+        warn(f"calibration: {problem}")
     result(summary if json_out else summary["output"], json_out)
 
 

@@ -25,14 +25,14 @@ Part = Literal["complex", "amplitude", "phase", "both"]
 class ConstraintParams(BaseModel):
     """Base of every constraint's params: unknown keys are rejected, ``when`` is shared."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
     when: When = Field(default_factory=When, description="Iterations on which it runs.")
 
 
 class RegulariserParams(BaseModel):
     """Base of every regulariser's params: a (possibly scheduled) weight and ``when``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
     weight: Annotated[Scheduled, AfterValidator(check_nonnegative)] = Field(
         1e-3, description="Weight λ ≥ 0 of the cost term (or a schedule).")
     when: When = Field(default_factory=When, description="Iterations on which it is added.")

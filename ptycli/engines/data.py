@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from ..errors import DeviceError
+from ..errors import DeviceError, InputError
 
 DEFAULT_BUDGET_BYTES = 2 * 2**30
 
@@ -228,19 +228,32 @@ class SignalSource:
         return self._all[np.asarray(idx)] if backend.is_numpy(self.xp) else self._all[backend.to_device(idx, self.xp)]
 
 
-def mean_counts(patterns: Any, idx: np.ndarray | None = None) -> float:
-    """N_e: mean total counts per frame (physics.md §3.4), read chunk by chunk on the host."""
+def mean_counts(patterns: Any, idx: np.ndarray | None = None, where: str = "patterns") -> float:
+    """N_e: mean total counts per frame (physics.md §3.4), read chunk by chunk on the host.
+
+    Every frame is read (the held-out ones too: validation uses them), so a NaN/Inf anywhere in the
+    data is an input error naming ``where`` here, not a numerical failure iterations later.
+    """
     n = patterns.shape[0]
     step = int(getattr(patterns, "chunks", (n,))[0]) or n
     keep = np.ones(n, bool) if idx is None else np.isin(np.arange(n), idx)
     total, count = 0.0, 0
     for a in range(0, n, step):
+        block = np.asarray(patterns[a:a + step], dtype=np.float64)
+        sums = block.reshape(len(block), -1).sum(axis=1)
+        check_finite_frames(sums, a, where)
         sel = keep[a:a + step]
-        if sel.any():
-            block = np.asarray(patterns[a:a + step], dtype=np.float64)[sel]
-            total += float(block.sum())
-            count += int(sel.sum())
+        total += float(sums[sel].sum())
+        count += int(sel.sum())
     return total / max(count, 1)
+
+
+def check_finite_frames(frame_sums: np.ndarray, start: int, where: str) -> None:
+    """InputError (exit 4) naming the first frame whose sum (so some pixel) is NaN or Inf."""
+    bad = ~np.isfinite(frame_sums)
+    if bad.any():
+        raise InputError(f"{where}: frame {start + int(np.argmax(bad))} holds NaN or Inf ({int(bad.sum())} such "
+                         f"frames from {start}); patterns must be finite (preprocess --nan zero replaces them)")
 
 
 # ----------------------------------------------------------------------------- memory plan

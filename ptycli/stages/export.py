@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engines.signals import StopOnSignals
 from ..errors import InputError, StoreError, UsageError
 from ..store.coords import slice_depths
 from ..store.io import check_output
@@ -52,6 +53,7 @@ class ExportOptions(BaseModel):
     overwrite: bool = False
 
 
+@StopOnSignals("export")
 def export(store_path: str | Path, out_path: str | Path, options: ExportOptions | None = None,
            **kwargs: Any) -> Path:
     """Write one array of the store at ``store_path`` to ``out_path``; returns the path."""

@@ -25,6 +25,8 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..engines.data import check_finite_frames
+from ..engines.signals import StopOnSignals
 from ..errors import InputError, RecipeError
 from ..physics import probe as probe_lib
 from ..physics import scan
@@ -46,7 +48,7 @@ OBJECT_MODE_AMPLITUDE = 0.05
 class InitOptions(BaseModel):
     """Options of ``init`` (lengths Å, angles deg)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     probe_from: str = Field("aberrations", description="aberrations | pacbed | PATH of a state store or of "
                             "a complex array file (.npy, .npz[:key], .h5[:dataset], .mat[:variable]).")
@@ -126,15 +128,19 @@ def summarize_data(group: zarr.Group, path: Path, opts: InitOptions) -> DataSumm
     if missing:
         raise InputError(f"{path}: calibration lacks {', '.join(missing)}; add it with --calibration FILE.toml")
     window = tuple(int(v) for v in patterns.shape[1:])
-    total, mean = _frame_stats(patterns)
+    total, mean = _frame_stats(patterns, f"{path}/patterns")
+    if total <= 0:
+        raise InputError(f"{path}/patterns: every pattern is zero (no counts); nothing to reconstruct")
     return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])), opts.upsample)
 
 
-def _frame_stats(patterns: zarr.Array) -> tuple[float, np.ndarray]:
+def _frame_stats(patterns: zarr.Array, where: str) -> tuple[float, np.ndarray]:
     step = patterns.chunks[0]
     acc = np.zeros(patterns.shape[1:], dtype=np.float64)
     for start in range(0, patterns.shape[0], step):
-        acc += np.asarray(patterns[start : start + step], dtype=np.float64).sum(axis=0)
+        block = np.asarray(patterns[start : start + step], dtype=np.float64)
+        check_finite_frames(block.reshape(len(block), -1).sum(axis=1), start, where)
+        acc += block.sum(axis=0)
     mean = acc / patterns.shape[0]
     return float(mean.sum()), mean
 
@@ -282,6 +288,7 @@ def subscan_labels(spec: str | None, group: zarr.Group, n_frames: int) -> np.nda
 
 
 # ----------------------------------------------------------------------------- stage
+@StopOnSignals("init")
 def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: Report | None = None,
         **options: Any) -> Path:
     """Write the initial state store ``out`` for the data store ``data``."""

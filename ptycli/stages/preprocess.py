@@ -21,9 +21,10 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import RecipeError
+from ..engines.signals import StopOnSignals
+from ..errors import InputError, RecipeError
 from ..readers import RawSource, file_fingerprint, open_raw
-from ..store.calibration import Calibration
+from ..store.calibration import Calibration, implausible
 from ..store.schema import InputRef
 from . import preprocess_masks as masks_mod
 from . import preprocess_ops as ops
@@ -36,7 +37,7 @@ ORIENT_KEYS = ("flip_ky", "flip_kx", "transpose")
 class PreprocessOptions(BaseModel):
     """Operations of ``preprocess`` (calibration is separate: see preprocess_calibration)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str | None = Field(None, description="HDF5/Zarr path of the array to read.")
     crop: str | None = Field(None, description="Detector window: M, MxN (centred) or y0:y1,x0:x1 [px].")
@@ -61,6 +62,9 @@ class PreprocessOptions(BaseModel):
     compress_masks: str | None = Field(None, description="annular:RINGSxSEGMENTS or pca:N.")
     estimate_dk: bool = Field(False, description="dk_mrad = semiangle / BF disk radius of the mean pattern.")
     chunk_mb: float = Field(16.0, gt=0, description="Target chunk size of the output [MB].")
+    force: bool = Field(False, description=(
+        "Accept a calibration that fails the plausibility checks (energy and semi-angle ranges, semi-angle "
+        "within the detector, dk against the bright-field disk); the problems are recorded instead."))
 
 
 class Preprocess:
@@ -73,6 +77,7 @@ class Preprocess:
         # None: in-process; else a Dask scheduler (threads | processes | ADDRESS), see preprocess_dask
         self.scheduler = scheduler
         self.clipped_ringing: dict[str, Any] | None = None  # set by run() when a Fourier shift is clipped
+        self.doubts: list[str] = []  # implausible calibration values kept (doubtful, or refused but --force)
         from ..store.io import check_output  # noqa: PLC0415  (zarr only when used)
         from . import preprocess_dask  # noqa: PLC0415
 
@@ -135,6 +140,15 @@ class Preprocess:
             raise RecipeError(f"missing calibration: {', '.join(missing)} (flags or --calibration FILE.toml)")
         if o.estimate_dk and (cal.dk_mrad is not None or cal.dk_inv_a is not None):
             raise RecipeError("estimate_dk given together with dk_mrad/dk_inv_a; give one of them")
+        self._plausible(cal)  # the ranges, before any work; the rest needs the mean pattern
+
+    def _plausible(self, cal: Calibration, **measured: Any) -> None:
+        """Implausible calibration values: refused (exit 3) unless --force, which keeps them as doubts;
+        doubtful ones are reported (the summary, the CLI's warnings and the store's record)."""
+        refused, doubtful = implausible(cal, **measured)
+        if refused and not self.options.force:
+            raise RecipeError(f"calibration: {'; '.join(refused)}; check the values, or give --force to keep them")
+        self.doubts = list(dict.fromkeys([*self.doubts, *refused, *doubtful]))
 
     @property
     def n_passes(self) -> int:
@@ -147,6 +161,7 @@ class Preprocess:
         return self.source.n_frames * self.n_passes
 
     # ------------------------------------------------------------------ running
+    @StopOnSignals("preprocess")
     def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         from ..store.io import StoreWriter  # noqa: PLC0415  (zarr only when running)
 
@@ -323,14 +338,21 @@ class Preprocess:
             upd["dk_inv_a"] = cal.dk_inv_a * o.bin
         if cal.scan_step_a is not None:
             upd["scan_step_a"] = tuple(s * o.bin_scan for s in cal.scan_step_a)
+        if upd["counts_per_frame"] <= 0:
+            raise InputError(f"{self.input_path}: every pattern is zero (no counts); nothing to reconstruct")
         if o.estimate_dk:
             _, _, radius = ops.bf_disk(mean)
             upd["dk_mrad"] = float(cal.semiangle_mrad) / radius  # type: ignore[arg-type]
             writer.record("estimate_dk", bf_radius_px=radius, dk_mrad=upd["dk_mrad"])
         try:
-            return Calibration.model_validate({**cal.model_dump(), **upd})
+            out = Calibration.model_validate({**cal.model_dump(), **upd})
         except ValidationError as exc:
             raise RecipeError(f"calibration: {describe(exc)}") from None
+        radius = None if o.estimate_dk else _inner_bf_radius(mean)
+        self._plausible(out, detector_shape=self.out_shape, bf_radius_px=radius)
+        if self.doubts:  # kept in the store's record for whoever reads it later
+            writer.record("calibration_doubts", problems=self.doubts, forced=self.options.force)
+        return out
 
     # ------------------------------------------------------------------ metadata
     def _resolved(self) -> dict[str, Any]:
@@ -355,7 +377,18 @@ class Preprocess:
         return {"output": str(path), "n_frames": int(np.prod(self.out_scan)), "frame_shape": list(self.out_shape),
                 "scan_shape": list(self.out_scan), "dtype": self.options.dtype, "chunk_frames": self.block_out,
                 "calibration": cal.to_attrs(), "compression": compression,
-                "clipped_ringing": self.clipped_ringing}
+                "clipped_ringing": self.clipped_ringing, "calibration_doubts": self.doubts}
+
+
+def _inner_bf_radius(mean: np.ndarray) -> float | None:
+    """The BF disk radius [px] when the mean pattern shows a whole disk inside the frame, else None (a disk
+    that fills the detector, or flat data, measures the frame instead: no check of dk against it)."""
+    try:
+        cy, cx, radius = ops.bf_disk(mean)
+    except InputError:
+        return None
+    inside = min(cy, cx, mean.shape[0] - 1 - cy, mean.shape[1] - 1 - cx) > radius + 1
+    return radius if inside and radius >= 2 else None
 
 
 def _options(options: PreprocessOptions | dict | None) -> PreprocessOptions:

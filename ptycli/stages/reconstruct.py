@@ -167,7 +167,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         _check_calibration(st, inputs, Path(data), state_group)
         subset = reconstruct_positions.select(positions, st.positions.shape[0], inputs.scan_shape, st.positions)
         subset, held_out = reconstruct_validation.split(subset, validation_fraction, seed)
-        n_e = mean_counts(inputs.group["patterns"], subset)
+        n_e = mean_counts(inputs.group["patterns"], subset, where=f"{inputs.path}/patterns")
         st = _to_device(st, xp, precision)
         plan = group_plan.plan(rec, st, xp, precision, memory_budget_bytes, comm,
                                group_plan.stored(out) if resume_from else None)

@@ -165,10 +165,14 @@ def read_error(exc: BaseException) -> InputError | None:
         groups = [n for n in nodes if isinstance(n, (zarr.Group, AsyncGroup)) and _read_only(n)]
         if groups:
             return StoreError(f"{_where(groups[-1])}: array {exc.args[0] if exc.args else '?'!r} missing")
-    if "/numcodecs/" in inner or "/zarr/codecs/" in inner or "numcodecs" in inner:
+    # a codec, or what it calls (an edited zarr.json dtype fails in zarr's buffer reshape inside the
+    # bytes codec): any frame of the decoding, not only the innermost
+    files = [f.f_code.co_filename.replace("\\", "/") for f in frames]
+    if any("/numcodecs/" in f or "/zarr/codecs/" in f or "numcodecs" in f for f in files):
         arrays = [n for n in nodes if isinstance(n, (zarr.Array, AsyncArray)) and _read_only(n)]
         if arrays:
-            return InputError(f"{_where(arrays[-1])}: corrupt chunk ({type(exc).__name__}: {exc})")
+            return InputError(f"{_where(arrays[-1])}: corrupt chunk, or a zarr.json that does not describe it "
+                              f"({type(exc).__name__}: {exc})")
     return None
 
 

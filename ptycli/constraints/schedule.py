@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 class When(BaseModel):
     """Active on iterations ``after <= it < before`` with ``(it - after) % every == 0``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     # StrictInt: TOML `true` is not an iteration number (lax ints would read it as 1)
     after: StrictInt = Field(0, ge=0, description="First iteration (0-based) on which it runs.")
     every: StrictInt = Field(1, ge=1, description="Run every this many iterations.")
@@ -48,7 +48,7 @@ class ScheduleValue(BaseModel):
     ``piecewise``: linear interpolation through ``points = [[iteration, value], ...]``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     schedule: Literal["constant", "linear", "cosine", "exponential", "piecewise"]
     start: float = 0.0
     end: float | None = None

@@ -26,7 +26,7 @@ SCAN_REGULARISERS = ("position_acceleration", "tilt_acceleration", "position_aff
 
 
 class ScanRegulariserParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["position_acceleration", "tilt_acceleration", "position_affine"]
     weight: Annotated[float | ScheduleValue, AfterValidator(check_nonnegative)] = Field(
         1e-2, description="λ ≥ 0 per px² (positions) or per mrad² (tilts)")

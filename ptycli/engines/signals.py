@@ -7,9 +7,12 @@ stuck run can still be killed from the keyboard.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Any
+
+from ..errors import Interrupted
 
 
 class StopFlag:
@@ -52,6 +55,39 @@ class SignalHandlers:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class StopOnSignals(contextlib.ContextDecorator):
+    """For stages that write one output in one go and keep no checkpoint (preprocess, init, export).
+
+    SIGTERM/SIGUSR1 raise ``Interrupted`` where the process is, as SIGINT raises KeyboardInterrupt,
+    so the store writer drops ``OUT.partial`` (an export its temporary file) on the way out and the
+    CLI exits 75 with one line, instead of the process dying by the signal (-15) and leaving debris.
+    Further signals are ignored meanwhile, so a second one cannot interrupt that clean-up.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        for sig in self._old:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(f"{self.what} stopped by {signal.Signals(signum).name}; nothing was written "
+                          "(no checkpoint: run it again)")
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGTERM", "SIGUSR1"):
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def _signals() -> list[int]:

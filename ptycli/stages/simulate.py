@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class SimulateOptions(BaseModel):
     """Resolved options of ``simulate`` (lengths Å, angles mrad/deg, energy keV)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     preset: str = "demo"
     energy_kev: float = Field(gt=0)

@@ -52,7 +52,7 @@ CALIBRATION_KEYS = {"scan_step_a", "scan_rotation_deg"}
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Param(_Model):

@@ -28,6 +28,7 @@ def wavelength_a(energy_ev: float) -> float:
 class Calibration(BaseModel):
     """Calibration keys (also the keys of ``--calibration FILE.toml`` and the flag names)."""
 
+    # finite values: checked with the key's bound by stages.preprocess_calibration.check_values
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     energy_kev: float | None = Field(None, gt=0, description="Beam energy [keV].")
@@ -101,3 +102,52 @@ class Calibration(BaseModel):
 
 def load_calibration(attrs: dict[str, Any]) -> Calibration:
     return Calibration.model_validate(attrs.get("calibration", {}))
+
+
+# ----------------------------------------------------------------------------- plausibility
+# Documented in docs/conventions.md ("Calibration checks"); `--force` lets an expert past the refusals.
+# 1 keV (SEM ptychography) to 1.5 MeV (HVEM): 80000 is eV typed as keV, 1e9 a slip.
+ENERGY_KEV_RANGE = (1.0, 1500.0)
+# 0.1 mrad (Lorentz / low-mag) to 200 mrad: 0.0214 is radians typed as mrad.
+SEMIANGLE_MRAD_RANGE = (0.1, 200.0)
+# The BF disk's measured radius gives dk = α / R_BF (physics.md §1.3). A given dk further than
+# BF_DK_DOUBT (relative) from it is reported; one off by BF_DK_REFUSE times or more is a unit slip
+# (rad for mrad, 1/Å for mrad) and refused, as is an α beyond the detector edge by that much.
+BF_DK_DOUBT = 0.2
+BF_DK_REFUSE = 10.0
+
+
+def implausible(cal: Calibration, detector_shape: tuple[int, int] | None = None,
+                bf_radius_px: float | None = None) -> tuple[list[str], list[str]]:
+    """(refused, doubtful): values that are valid numbers but not a plausible microscope, each as one
+    phrase naming the key. Refused ones stop a stage unless forced; doubtful ones are reported.
+
+    ``bf_radius_px`` (the BF disk measured whole inside the mean pattern, in the calibration's pixels) adds
+    the checks of dk against the disk and, with ``detector_shape``, of α against the detector edge: data
+    whose disk fills the detector are consistent with any α beyond its edge, so that needs the disk seen.
+    """
+    refused: list[str] = []
+    doubtful: list[str] = []
+    lo, hi = ENERGY_KEV_RANGE
+    if cal.energy_kev is not None and not lo <= cal.energy_kev <= hi:
+        refused.append(f"energy_kev={cal.energy_kev:g} is outside {lo:g}..{hi:g} keV (eV given as keV?)")
+    lo, hi = SEMIANGLE_MRAD_RANGE
+    alpha = cal.semiangle_mrad
+    if alpha is not None and not lo <= alpha <= hi:
+        refused.append(f"semiangle_mrad={alpha:g} is outside {lo:g}..{hi:g} mrad (rad given as mrad?)")
+    dk = cal.dk_mrad if cal.dk_mrad is not None else (
+        cal.dk_inv_a * cal.wavelength_a * 1e3 if cal.dk_inv_a is not None and cal.energy_kev else None)
+    if alpha is None or dk is None or not bf_radius_px:
+        return refused, doubtful
+    from_bf = alpha / bf_radius_px
+    ratio = max(dk / from_bf, from_bf / dk)
+    if detector_shape is not None and alpha > dk * min(detector_shape) / 2:
+        edge = dk * min(detector_shape) / 2
+        (refused if alpha > BF_DK_REFUSE * edge else doubtful).append(
+            f"semiangle_mrad={alpha:g} is beyond the detector edge ({edge:.4g} mrad = dk {dk:.4g} mrad x "
+            f"{min(detector_shape)}/2 px), yet the data show the whole BF disk inside it")
+    if ratio > 1 + BF_DK_DOUBT:
+        (refused if ratio >= BF_DK_REFUSE else doubtful).append(
+            f"dk {dk:.4g} mrad disagrees with the bright-field disk: its radius {bf_radius_px:.3g} px and "
+            f"semiangle_mrad={alpha:g} give dk_mrad={from_bf:.4g} (--estimate-dk would use it)")
+    return refused, doubtful

@@ -28,6 +28,8 @@ from .registry import register
 DTYPES = {"U01": ">u1", "U08": ">u1", "U16": ">u2", "U32": ">u4"}
 # R64 frames hold counter-depth-sized cells packed in 64-bit words: bits per stored pixel
 RAW_BITS = {1: 1, 6: 8, 12: 16}
+HDR_SHOWN = ("Assembly Size (NX1, 2X2)", "Counter Depth (number)", "Frames in Acquisition (Number)",
+             "Frames per Trigger (Number)", "ScanX", "ScanY")
 
 
 def parse_header(path: Path) -> dict[str, Any]:
@@ -142,7 +144,8 @@ def open_mib(path: Path, **_: Any) -> RawSource:
         )
     n = size // frame_bytes
     hdr = read_hdr(path)
-    meta = {"mib": h, **({"hdr": hdr} if hdr else {})}
+    kept = {k: v for k, v in hdr.items() if k in HDR_SHOWN}  # the rest is DAC/threshold detail
+    meta = {"mib": h, **({"hdr": kept} if kept else {})}
     if raw:
         frames = FrameFile(path, 0, frame_bytes, h["header_bytes"], np.uint8, (data_bytes,))
         return RawSource(path=path, format="mib", n_frames=n, frame_shape=frame_shape, dtype=dtype,

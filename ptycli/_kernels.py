@@ -756,13 +756,17 @@ def _sum_rows_max(ws, q, r0, r1):
 
 
 @nb.njit(inline="always", **_JIT)
-def _direction_rows(nums, w, q, r0, r1, c):
-    """nums[0][q, r0:r1] ← -½ Σ_k nums[k] / sqrt(w² + c) on those rows (the parts' sums added
-    in order first), in place: not via an ``out`` that may be nums[0] (an aliased output
-    makes the loop scalar: see ``ramp_multiply``)."""
+def _direction_rows(nums, w, q, r0, r1, w_max, delta):
+    """nums[0][q, r0:r1] ← -½ Σ_k nums[k] / sqrt(w² + (δ w_max)²) on those rows (the parts'
+    sums added in order first), in place: not via an ``out`` that may be nums[0] (an aliased
+    output makes the loop scalar: see ``ramp_multiply``). Formed as w_max·sqrt((w/w_max)² + δ²):
+    w² overflowed float32 once a thick specimen's illumination passed 1e19 counts (inf, and
+    NaN in the next step); an unlit plane (w_max = 0) gets no direction."""
     n0 = nums[0]
     wd = n0.shape[2]
     minus_half = _like(-0.5, w)
+    inv = _like(1.0, w) / w_max if w_max > 0 else _like(0.0, w)
+    d2 = delta * delta
     for y in range(r0, r1):
         nrow = n0[q, y]
         wrow = w[q, y]
@@ -771,7 +775,8 @@ def _direction_rows(nums, w, q, r0, r1, c):
             for x in range(wd):
                 nrow[x] += orow[x]
         for x in range(wd):
-            nrow[x] *= minus_half / np.sqrt(wrow[x] * wrow[x] + c)
+            r = wrow[x] * inv
+            nrow[x] *= minus_half * inv / np.sqrt(r * r + d2)
 
 
 @nb.njit(**_JIT)
@@ -800,7 +805,7 @@ def _direction_passes(nums, ws, delta, modes):
         w_max = maxes[q % n_s]
         for k in range(1, modes):
             w_max = max(w_max, maxes[q % n_s + k * n_s])
-        _direction_rows(nums, ws[0], q, 0, h, (delta * w_max) * (delta * w_max))
+        _direction_rows(nums, ws[0], q, 0, h, w_max, delta)
 
 
 @nb.njit(**_JIT)
@@ -1402,7 +1407,7 @@ def _lsqml_tail(bar_addr, passed, t, n_threads, maxes, nums, ws, delta, execute,
             w_max = maxes[0, q]  # the max of each object mode over the whole grid
             for i in range(1, n_threads):
                 w_max = max(w_max, maxes[i, q])
-            _direction_rows(nums, ws[0], q, r0, r1, (delta * w_max) * (delta * w_max))
+            _direction_rows(nums, ws[0], q, r0, r1, w_max, delta)
         _barrier(bar_addr, (passed + 2) * n_threads)
         passed += 2
     lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,

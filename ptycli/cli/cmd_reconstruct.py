@@ -47,6 +47,10 @@ class ProgressObserver:
     def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
         self.bar.update(1, stage=stage, loss=loss, its=1.0 / max(time_s, 1e-9))
 
+    def on_backoff(self, stage: int, iteration: int, scale: float, reason: str) -> None:
+        # the loop reports once per stage; every retry is in the output's history attrs
+        warn(f"stage {stage} iteration {iteration}: {reason}; retrying the iteration with the steps x {scale:g}")
+
 
 @app.command("reconstruct")
 @handle_errors

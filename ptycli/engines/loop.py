@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import Interrupted, NumericalError
-from . import distributed, grouping
+from . import backoff, distributed, grouping
 from . import positions as pos_mod
 
 DIVERGENCE_FACTOR = 1e3  # a loss this many times the stage's first loss (iteration 0: its first groups') diverged
@@ -56,6 +56,8 @@ class History:
     convergence: list[dict[str, Any]] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)  # per iteration, when a split is held out
     early_stop: list[dict[str, Any]] = field(default_factory=list)  # one record per stage stopped early
+    # one record per retry with smaller steps (engines/backoff.py): stage, iteration, scale, reason
+    backoff: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,7 +104,8 @@ def run(recipe: Any, state: Any, subset: np.ndarray, seed: int, hooks: RunHooks,
     emit(hooks.observers, "on_run_start", len(history.loss))
     for si in range(cursor.stage, len(recipe.stage)):
         stage = recipe.stage[si]
-        engine = hooks.make_engine(stage, state)
+        # a resumed stage that had backed off makes the same smaller steps (backoff.py)
+        engine = hooks.make_engine(backoff.scaled_stage(stage, backoff.stage_scale(history.backoff, si)), state)
         if engine_state and si == cursor.stage:
             engine.load_state_dict(engine_state)
         emit(hooks.observers, "on_stage_start", si, stage)
@@ -127,11 +130,13 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     first_loss = _first_stage_loss(history, si)
     # iteration 0's baseline while first_loss is None: the mean loss of the stage's first
     # groups over at least BASELINE_POSITIONS positions (see there)
-    start_loss, base_sum, base_n = None, 0.0, 0
     # (at most a quarter of the positions: on a small scan the baseline must not become the
     # whole iteration's mean, which a diverging iteration 0 would carry with it)
-    base_need = max(1, min(max(BASELINE_POSITIONS, math.ceil(0.05 * len(subset))), len(subset) // 4))
+    base = _Baseline(max(1, min(max(BASELINE_POSITIONS, math.ceil(0.05 * len(subset))), len(subset) // 4)),
+                     active=first_loss is None)
     read = hooks.read_rows if hooks.read_rows is not None and getattr(engine, "reads_rows", False) else hooks.read_batch
+    scale = backoff.stage_scale(history.backoff, si)
+    logged = any(rec.get("stage") == si for rec in history.backoff)
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
         # at the stopping iteration stops at the same place and records it once.
@@ -143,46 +148,41 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         start_group = cursor.group if resuming else 0
         loss_sum = cursor.loss_partial if resuming else 0.0
         rng_json = json.dumps(rng.bit_generator.state)
-        groups = grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, rng)
-        distributed.check_split(groups, comm, si, stage.type)
-        t0 = time.perf_counter()
         if start_group == 0 or "positions_iter_start" not in extra:
             extra["positions_iter_start"] = np.array(state.positions, copy=True)
         if start_group == 0 or "last_good" not in extra:
             extra["last_good"] = _snapshot(state)
         emit(hooks.observers, "on_iteration_start", si, it)
-        loss_dev = 0.0
-        moving = stage.refine.positions.active(it)
-        for gi in range(start_group, len(groups)):
-            mine = distributed.local_part(groups[gi], place, comm)
-            data = read(mine, stage)
-            if hooks.prefetch is not None:
-                nxt_group = _next_group(groups, gi, stage, it, order, rng)
-                if nxt_group is not None:
-                    hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
-            loss_dev = loss_dev + engine.update(state, mine, data, it)
-            if first_loss is None and start_loss is None:
-                # a group's loss is its model before its update, so the first groups' are (near)
-                # the starting state's: a baseline for iteration 0, whose own mean cannot be one
-                # (an iteration 0 that diverged became the baseline and the check never fired)
-                base_sum, base_n = backend.scalar(loss_dev), base_n + len(mine)
-                if base_n >= base_need:
-                    start_loss = base_sum / base_n
-            stop = _synced_stop(state, mine, hooks, comm)
-            if moving:  # positions only move when refined (sequential ePIE: one call per position saved)
-                pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
-            emit(hooks.observers, "on_batch_end", si, it, gi, len(groups))
-            if stop and gi + 1 < len(groups):
-                loss_sum += backend.scalar(loss_dev)
-                _stop(state, engine, Cursor(si, it, gi + 1, rng_json, loss_sum), history, hooks, extra)
-        loss_sum += backend.scalar(loss_dev)
-        if first_loss is None and start_loss is None and base_n:
-            start_loss = base_sum / base_n
-        state = _end_iteration(state, engine, stage, it, subset, hooks)
-        loss = loss_sum / len(subset)
+        t0 = time.perf_counter()
+        for retry in range(backoff.MAX_RETRIES + 1):
+            groups = grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, rng)
+            distributed.check_split(groups, comm, si, stage.type)
+            loss_sum, finite = _run_groups(si, it, stage, engine, state, groups, start_group, loss_sum, rng_json,
+                                           place, read, order, rng, hooks, history, extra, base)
+            base.close()
+            if finite:
+                state = _end_iteration(state, engine, stage, it, subset, hooks)
+            loss = loss_sum / len(subset) if finite else math.nan
+            best = _best_stage_loss(history, si)
+            why = backoff.verdict(loss, first_loss if first_loss is not None else base.value, best,
+                                  DIVERGENCE_FACTOR)
+            if why is None or retry == backoff.MAX_RETRIES:
+                break
+            # back off: the state from before the iteration, every step of the stage scaled,
+            # the same groups again (the grouping RNG back at the iteration's start)
+            _restore(state, extra["last_good"])
+            extra["positions_iter_start"] = np.array(state.positions, copy=True)
+            rng.bit_generator.state = json.loads(rng_json)
+            scale *= backoff.FACTOR
+            history.backoff.append({"stage": si, "iteration": it, "scale": scale, "reason": why})
+            if not logged:  # once per stage: the record lists every retry
+                emit(hooks.observers, "on_backoff", si, it, scale, why)
+                logged = True
+            engine = hooks.make_engine(backoff.scaled_stage(stage, scale), state)
+            start_group, loss_sum = 0, 0.0
+        if why is not None and backoff.fatal(why):
+            _fail(why, state, engine, Cursor(si, it, 0, rng_json), history, hooks, extra)
         state.iteration += 1
-        _check_numerics(loss, first_loss if first_loss is not None else start_loss, state, engine,
-                        Cursor(si, it, 0, rng_json), history, hooks, extra)
         first_loss = first_loss if first_loss is not None else loss
         history.loss.append(loss)
         history.stage.append(si)
@@ -198,6 +198,68 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         if _synced_stop(state, None, hooks, comm):
             _stop(state, engine, nxt, history, hooks, extra)
     return state
+
+
+@dataclass
+class _Baseline:
+    """Iteration 0's divergence baseline: the mean loss of the stage's first groups over at
+    least ``need`` positions (a group's loss is its model before its update, so the first
+    groups' are near the starting state's; an iteration 0 that diverged was its own
+    baseline and the check never fired)."""
+
+    need: int
+    active: bool  # only while the stage has no first iteration loss
+    total: float = 0.0
+    count: int = 0
+    value: float | None = None
+
+    def add(self, loss_so_far: Any, positions: int) -> None:
+        if self.active and self.value is None:
+            self.total, self.count = backend.scalar(loss_so_far), self.count + positions
+            if self.count >= self.need:
+                self.value = self.total / self.count
+
+    def close(self) -> None:
+        if self.active and self.value is None and self.count:
+            self.value = self.total / self.count
+
+
+def _run_groups(si: int, it: int, stage: Any, engine: Any, state: Any, groups: list[np.ndarray], start_group: int,
+                loss_sum: float, rng_json: str, place: Any, read: Callable[..., Any], order: np.ndarray,
+                rng: np.random.Generator, hooks: RunHooks, history: History, extra: dict[str, Any],
+                base: _Baseline) -> tuple[float, bool]:
+    """One pass over ``groups`` from ``start_group``: (the iteration's summed loss, whether
+    it stayed finite). A group whose loss is already a host number and not finite ends the
+    pass at once (the rest would only spread the NaN); a device loss is checked at the end."""
+    comm = hooks.comm
+    loss_dev = 0.0
+    moving = stage.refine.positions.active(it)
+    for gi in range(start_group, len(groups)):
+        mine = distributed.local_part(groups[gi], place, comm)
+        data = read(mine, stage)
+        if hooks.prefetch is not None:
+            nxt_group = _next_group(groups, gi, stage, it, order, rng)
+            if nxt_group is not None:
+                hooks.prefetch(distributed.local_part(nxt_group, place, comm), stage)  # this rank's share
+        group_loss = engine.update(state, mine, data, it)
+        if isinstance(group_loss, (float, np.floating, np.ndarray)) and not np.all(np.isfinite(group_loss)):
+            return math.nan, False
+        loss_dev = loss_dev + group_loss
+        base.add(loss_dev, len(mine))
+        stop = _synced_stop(state, mine, hooks, comm)
+        if moving:  # positions only move when refined (sequential ePIE: one call per position saved)
+            pos_mod.limit_step(state, groups[gi], extra["positions_iter_start"], stage.positions.max_step_px)
+        emit(hooks.observers, "on_batch_end", si, it, gi, len(groups))
+        if stop and gi + 1 < len(groups):
+            loss_sum += backend.scalar(loss_dev)
+            _stop(state, engine, Cursor(si, it, gi + 1, rng_json, loss_sum), history, hooks, extra)
+    loss_sum += backend.scalar(loss_dev)
+    return loss_sum, math.isfinite(loss_sum)
+
+
+def _best_stage_loss(history: History, si: int) -> float | None:
+    values = [loss for s, loss in zip(history.stage, history.loss) if s == si]
+    return min(values) if values else None
 
 
 def _next_group(groups: list[np.ndarray], gi: int, stage: Any, it: int, order: np.ndarray,
@@ -261,18 +323,15 @@ def _first_stage_loss(history: History, si: int) -> float | None:
     return None
 
 
-def _check_numerics(loss: float, first: float | None, state: Any, engine: Any, cursor: Cursor,
-                    history: History, hooks: RunHooks, extra: dict[str, Any]) -> None:
-    diverged = first is not None and loss > DIVERGENCE_FACTOR * max(first, 1e-30)
-    if math.isfinite(loss) and not diverged:
-        return
+def _fail(what: str, state: Any, engine: Any, cursor: Cursor, history: History, hooks: RunHooks,
+          extra: dict[str, Any]) -> None:
+    """Exit 6 after the retries: the state from before the iteration, checkpointed."""
     _restore(state, extra["last_good"])
     if hooks.checkpoint is not None:
         hooks.checkpoint(state, engine, cursor, history, extra)
-    what = ("NaN/inf" if not math.isfinite(loss)
-            else f"divergence (loss {loss:.4g} > {DIVERGENCE_FACTOR:g} x {first:.4g})")
-    raise NumericalError(f"stage {cursor.stage} iteration {cursor.iteration}: {what}; "
-                         "kept the state from before this iteration (try smaller steps)")
+    raise NumericalError(f"stage {cursor.stage} iteration {cursor.iteration}: {what} after "
+                         f"{backoff.MAX_RETRIES} retries with smaller steps; kept the state from before this "
+                         "iteration (try smaller steps)")
 
 
 def _stop(state: Any, engine: Any, cursor: Cursor, history: History, hooks: RunHooks, extra: dict[str, Any]) -> None:
@@ -284,11 +343,23 @@ def _stop(state: Any, engine: Any, cursor: Cursor, history: History, hooks: RunH
                       resumable=resumable)
 
 
+# what an iteration may change (engines/variables.py refines the extra fields)
+_SNAPSHOT = ("probe", "object", "positions", "slice_thickness", "tilts", "beam_current", "background",
+             "aberrations", "detector_blur_px", "subscan_aberrations", "tilts_before", "tilts_after", "iteration")
+
+
 def _snapshot(state: Any) -> dict[str, Any]:
-    return {"probe": state.probe.copy(), "object": state.object.copy(),
-            "positions": np.array(state.positions, copy=True), "iteration": state.iteration}
+    return {name: _copy(getattr(state, name, None)) for name in _SNAPSHOT}
 
 
 def _restore(state: Any, snap: dict[str, Any]) -> None:
-    state.probe, state.object = snap["probe"], snap["object"]
-    state.positions, state.iteration = snap["positions"], snap["iteration"]
+    # copies again: an engine updates the restored arrays in place, and a second retry
+    # must find the snapshot as it was
+    for name, value in snap.items():
+        setattr(state, name, _copy(value))
+
+
+def _copy(value: Any) -> Any:
+    if hasattr(value, "copy"):  # arrays of either backend, dicts, lists
+        return value.copy()
+    return value

@@ -423,7 +423,12 @@ class LsqmlEngine(common.EngineBase):
             return num
         num *= -0.5  # Σ_j ΔO_j
         w_max = xp.max(W, axis=(-4, -2, -1), keepdims=True)
-        return num / xp.sqrt(W * W + (self.params.delta * w_max) ** 2)
+        # w_max·sqrt((W/w_max)² + δ²), as the kernel: W² overflowed float32 on thick specimens;
+        # an unlit plane (w_max = 0) gets no direction
+        lit = w_max > 0
+        inv = xp.astype(xp.where(lit, 1.0 / xp.where(lit, w_max, 1.0), 0.0), W.dtype)
+        r = W * inv
+        return num * xp.astype(inv / xp.sqrt(r * r + self.params.delta ** 2), W.dtype)
 
     # ------------------------------------------------------------------ steps
     def _terms_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,

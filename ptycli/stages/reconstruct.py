@@ -455,6 +455,7 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     stages = [{"type": s.type, "iterations": s.iterations, "noise": s.noise.model} for s in rec.stage]
     writer.group["history"].attrs["history"] = {"stages": stages, "convergence": history.convergence,
                                                 "early_stop": history.early_stop,
+                                                "backoff": history.backoff,
                                                 "timings": {"total_s": total_s,
                                                             "device": backend.device_name(inputs.xp)}}
     writer.set_attrs(data={"path": data_ref.path, "fingerprint": data_ref.fingerprint})

@@ -154,3 +154,13 @@ def test_peer_inputs_map_ptycli_conventions(tmp_path) -> None:
     assert common.probe_modes(dict(META, ptycli_init_args=["--probe-modes", "4"])) == 4
     assert common.probe_modes(META) == 1
 
+
+
+def test_peer_budgets_and_stopped_rows() -> None:
+    assert run.parse_budgets("120") == {"phaser": 120.0, "ptyrad": 120.0}
+    assert run.parse_budgets("phaser=300,ptyrad=0") == {"phaser": 300.0, "ptyrad": None}
+    with pytest.raises(ValueError, match="unknown peer 'pypty'"):
+        run.parse_budgets("pypty=3")
+    row = dict(_row("ptyrad", 0.4, 150, its=5), stopped_by_time_budget=True, iterations_requested=40)
+    line = run.row_md(row)
+    assert "5/40 (stopped)" in line and "≈1200 s for 40 iterations" in line

@@ -201,8 +201,8 @@ def tail(path: Path, n: int = 1) -> str:
 
 def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dict[str, Any]:
     run_dir = args.work / set_dir.name / f"ptycli-{recipe}"
-    rfile = recipe_file(recipe)
-    key = key_of(set=set_digest(set_dir), code=ptycli_digest(), recipe=recipe, iterations=args.iterations,
+    rfile, code = recipe_file(recipe), ptycli_digest()
+    key = key_of(set=set_digest(set_dir), code=code, recipe=recipe, iterations=args.iterations,
                  threads=args.threads, init=init_args(meta, recipe), pre=meta.get("ptycli_preprocess_args"))
     if args.force not in ("ptycli", "all") and (rec := cached(run_dir, key)):
         log(f"{set_dir.name} ptycli {recipe}: cached")
@@ -211,7 +211,7 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     env, exe, lg = thread_env(args.threads), ptycli_bin(), run_dir / "log.txt"
-    rec: dict[str, Any] = {"key": key, "code": "ptycli", "recipe": recipe, "set": set_dir.name}
+    rec: dict[str, Any] = {"key": key, "code": "ptycli", "recipe": recipe, "set": set_dir.name, "sources": code}
     data, state, out = prepared_data(set_dir, meta, args), run_dir / "init.zarr", run_dir / "recon.zarr"
     if isinstance(data, str):
         return save(run_dir, dict(rec, status=data))
@@ -276,7 +276,7 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
     run_dir = args.work / set_dir.name / f"{peer}"
     py = VENVS / peer / "bin" / "python"
     key = key_of(set=set_digest(set_dir), code=peer_digest(peer), iterations=iterations, modes=modes,
-                 threads=args.threads, max_wall_s=args.peer_max_wall_s)
+                 threads=args.threads, max_wall_s=args.budgets[peer])
     if args.force not in ("peers", "all") and (rec := cached(run_dir, key)):
         log(f"{set_dir.name} {peer}: cached")
         return rec
@@ -288,8 +288,8 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
     run_dir.mkdir(parents=True)
     cmd = [str(py), str(REPO / "benchmarks" / "peers" / f"run_{peer}.py"), str(set_dir), str(run_dir),
            "--iterations", str(iterations), "--threads", str(args.threads), "--probe-modes", str(modes)]
-    if args.peer_max_wall_s:
-        cmd += ["--max-wall-s", str(args.peer_max_wall_s)]
+    if args.budgets[peer]:
+        cmd += ["--max-wall-s", str(args.budgets[peer])]
     log(f"{set_dir.name} {peer}: {iterations} iterations")
     r = timed(["nice", "-n", "10", *cmd], thread_env(args.threads), run_dir / "log.txt",
               args.timeout_s)
@@ -367,6 +367,8 @@ def row_md(r: dict[str, Any]) -> str:
         else f"{its}/{r.get('iterations_requested')} (stopped)"
     notes = [r["status"]] if r.get("status") not in (None, "ok") else []
     notes += [r[k] for k in ("orientation_note",) if r.get(k)]
+    if r.get("stopped_by_time_budget") and its and r.get("wall_s"):
+        notes.append(f"≈{r['wall_s'] * r['iterations_requested'] / its:.0f} s for {r['iterations_requested']} iterations")
     if r.get("convergence"):
         notes.append(f"error {r['convergence']}")
     if r.get("load_avg") is not None:
@@ -379,6 +381,12 @@ def row_md(r: dict[str, Any]) -> str:
 
 HEADER = ("| code | recipe / engine | iterations | correlation | scale a | FRC half-bit (Å) | wall (s) | CPU (s) "
           "| wall / best peer | verdict | notes |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def budget_text(b: Any) -> str:
+    if isinstance(b, dict):
+        return ", ".join(f"{p} {'no limit' if s is None else f'{s:g} s'}" for p, s in b.items())
+    return f"{b} s"
 
 
 def machine() -> dict[str, Any]:
@@ -406,8 +414,9 @@ def write_report(results: dict[str, Any], out_md: Path) -> None:
              "slice-summed phase with the truth, scale a of truth ≈ a·recon + b (1 = quantitative), FRC half-bit "
              "resolution. Verdict (issue 22): ptycli correlation ≥ best peer + 0.02 and wall ≤ 1/3 of that peer's, "
              "the peer having run at least as many iterations. Peers ran with their documented defaults "
-             "(benchmarks/peers/README.md); `stopped` = the peer passed the per-run time budget of "
-             f"{results['peer_max_wall_s']} s. The load column is the 1-minute load average when the run ended: "
+             "(benchmarks/peers/README.md); `stopped` = the peer passed its per-run wall-time budget "
+             f"({budget_text(results['peer_max_wall_s'])}), and its notes give the wall time that N iterations "
+             "would take at its measured pace. The load column is the 1-minute load average when the run ended: "
              "wall times under a load above the core count are inflated by other work.", ""]
     summary = ["## Summary", "", "| set | recipe | ptycli correlation | best peer | peer correlation | wall / peer | verdict |",
                "|---|---|---|---|---|---|---|"]
@@ -427,6 +436,19 @@ def write_report(results: dict[str, Any], out_md: Path) -> None:
 
 
 # ------------------------------------------------------------------ main
+def parse_budgets(text: str) -> dict[str, float | None]:
+    """'300' (every peer) or 'phaser=300,ptyrad=150' -> {peer: seconds or None (no limit)}."""
+    if "=" not in text:
+        return {p: float(text) or None for p in PEERS}
+    out: dict[str, float | None] = {p: None for p in PEERS}
+    for part in text.split(","):
+        peer, _, sec = part.partition("=")
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r}; expected {', '.join(PEERS)}")
+        out[peer] = float(sec) or None
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", help="comma-separated set names (default: every complete set)")
@@ -434,8 +456,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers, '' for none")
     ap.add_argument("--recipes", help="comma-separated ptycli recipes (default: those that apply to each set)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--peer-max-wall-s", type=float, default=300.0,
-                    help="a peer stops after the iteration that passes this wall time (0: no limit)")
+    ap.add_argument("--peer-max-wall-s", default="phaser=300,ptyrad=150",
+                    help="a peer stops after the iteration that passes this wall time [s]: one number for "
+                         "every peer or PEER=S,PEER=S (0: no limit)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="limit of any one command")
     ap.add_argument("--force", choices=("ptycli", "peers", "all"), help="rerun cached runs")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
@@ -446,6 +469,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [p for p in args.peer_list if p not in PEERS]
     if bad:
         ap.error(f"--peers: unknown peer(s) {', '.join(bad)}; expected some of {', '.join(PEERS)}")
+    try:
+        args.budgets = parse_budgets(args.peer_max_wall_s)
+    except ValueError as e:
+        ap.error(f"--peer-max-wall-s {args.peer_max_wall_s!r}: {e}")
     args.recipe_list = [r for r in args.recipes.split(",") if r] if args.recipes else None
     bad = [r for r in args.recipe_list or [] if r not in RECIPES]
     if bad:
@@ -460,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: no complete corpus set in {args.corpus}; make them with benchmarks/corpus/make.py",
               file=sys.stderr)
         return 4
-    results: dict[str, Any] = {"machine": machine(), "threads": args.threads, "peer_max_wall_s": args.peer_max_wall_s,
+    results: dict[str, Any] = {"machine": machine(), "threads": args.threads, "peer_max_wall_s": args.budgets,
                                "sets": []}
     for set_dir in sets:
         meta, truth = score.load_truth(set_dir)

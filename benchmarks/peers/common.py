@@ -106,3 +106,30 @@ def probe_modes(meta: dict[str, Any]) -> int:
         if a.startswith("--probe-modes="):
             return int(a.split("=", 1)[1])
     return 1
+
+
+def parse_args(doc: str, argv: list[str] | None):
+    """The command line both runners share; pins the thread pools before the peer imports numpy."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("set_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--iterations", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--probe-modes", type=int, default=None,
+                    help="incoherent probe modes (default: as the set's ptycli init arguments, else 1)")
+    ap.add_argument("--max-wall-s", type=float, default=None,
+                    help="stop after the iteration that passes this wall time (recorded in result.json)")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    return args
+
+
+def stage_patterns(set_dir: Path, meta: dict[str, Any], out_dir: Path) -> Path:
+    """The oriented patterns as OUT_DIR/patterns.npy, for the peer's own file loader (the
+    runner deletes it after the run)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = (out_dir / "patterns.npy").resolve()
+    np.save(path, load_patterns(set_dir, meta))
+    return path

@@ -18,7 +18,6 @@ Conventions mapped here (the rest is identical to ptycli's):
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -56,17 +55,7 @@ def build_plan(meta: dict, patterns_path: Path, iterations: int, modes: int, nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--iterations", type=int, required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--probe-modes", type=int, default=None,
-                    help="incoherent probe modes (default: as the set's ptycli init arguments, else 1)")
-    ap.add_argument("--max-wall-s", type=float, default=None,
-                    help="stop after the iteration that passes this wall time (recorded in result.json)")
-    args = ap.parse_args(argv)
-    common.set_threads(args.threads)
+    args = common.parse_args(__doc__, argv)
 
     import numpy as np
     import yaml
@@ -78,12 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = common.load_meta(args.set_dir)
     modes = args.probe_modes or common.probe_modes(meta)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    patterns = common.load_patterns(args.set_dir, meta)
-    pat_path = args.out_dir / "patterns.npy"  # oriented copy for phaser's loader; removed below
-    np.save(pat_path, patterns)
-    del patterns
-    plan_dict = build_plan(meta, pat_path.resolve(), args.iterations, modes, f"phaser_{meta.get('name', 'set')}")
+    pat_path = common.stage_patterns(args.set_dir, meta, args.out_dir)
+    plan_dict = build_plan(meta, pat_path, args.iterations, modes, f"phaser_{meta.get('name', 'set')}")
     (args.out_dir / "plan.yaml").write_text(yaml.safe_dump(plan_dict, sort_keys=False))
 
     class Capture(Observer):

@@ -20,7 +20,6 @@ Conventions mapped here (the rest is identical to ptycli's):
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -110,17 +109,7 @@ def build_params(meta: dict, patterns_path: Path, iterations: int, modes: int, o
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--iterations", type=int, required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--probe-modes", type=int, default=None,
-                    help="incoherent probe modes (default: as the set's ptycli init arguments, else 1)")
-    ap.add_argument("--max-wall-s", type=float, default=None,
-                    help="stop after the iteration that passes this wall time (recorded in result.json)")
-    args = ap.parse_args(argv)
-    common.set_threads(args.threads)
+    args = common.parse_args(__doc__, argv)
 
     import numpy as np
     import torch
@@ -137,11 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     meta = common.load_meta(args.set_dir)
     modes = args.probe_modes or common.probe_modes(meta)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    pat_path = args.out_dir / "patterns.npy"  # oriented copy for PtyRAD's loader; removed below
-    np.save(pat_path, common.load_patterns(args.set_dir, meta))
+    pat_path = common.stage_patterns(args.set_dir, meta, args.out_dir)
     params_path = args.out_dir / "params.yaml"
-    params_path.write_text(yaml.safe_dump(build_params(meta, pat_path.resolve(), args.iterations, modes, args.out_dir),
+    params_path.write_text(yaml.safe_dump(build_params(meta, pat_path, args.iterations, modes, args.out_dir),
                                           sort_keys=False))
 
     class Budget(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -521,14 +522,64 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise RecipeError(f"{source}: not valid TOML: {exc}") from None
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] = (), iterations: int | None = None) -> Recipe:
-    """Read, override (``--set``), scale (``--iterations``) and validate a recipe."""
-    source, text = find_recipe(name_or_path)
-    data = parse_toml(text, source)
+def load_recipe(name_or_path: str | Path, overrides: list[str] = (), iterations: int | None = None,
+                auto: AutoInputs | None = None) -> Recipe:
+    """Read, override (``--set``), scale (``--iterations``) and validate a recipe.
+
+    ``auto``: what ``--recipe auto`` picks from (``auto_choice``); needed for that name only."""
+    if str(name_or_path) == AUTO:
+        if auto is None:
+            raise RecipeError("recipe 'auto' is chosen from the data and the state: use it with reconstruct "
+                              "DATA STATE, or validate auto --data DATA --state STATE")
+        name, auto_sets, why = auto_choice(auto)
+        source, text = find_recipe(name)
+        data = parse_toml(text, source)
+        data["description"] = f"auto: {why}"
+        source = f"auto ({source})"
+        overrides = [*auto_sets, *overrides]  # the user's --set win
+    else:
+        source, text = find_recipe(name_or_path)
+        data = parse_toml(text, source)
     for item in overrides:
         data = apply_override(data, item)
     recipe = validate(data, source)
     return scale_iterations(recipe, iterations) if iterations is not None else recipe
+
+
+# ----------------------------------------------------------------------------- auto
+AUTO = "auto"
+# Below this dose the Poisson likelihood is the noise model (docs/recipes.md): at 2e3 e/Å²
+# a bright-field pixel holds ~0.5 counts and the amplitude model's sqrt is biased.
+LOW_DOSE_E_PER_A2 = 1e4
+
+
+@dataclass(frozen=True)
+class AutoInputs:
+    """What ``--recipe auto`` reads from the data and the state (stages/auto_recipe.py)."""
+
+    dose_e_per_a2: float | None  # counts per frame / scan step area; None when unknown
+    n_slices: int
+    n_probe_modes: int
+
+
+def auto_choice(inputs: AutoInputs) -> tuple[str, list[str], str]:
+    """(shipped recipe, its ``--set`` overrides, why) for ``--recipe auto``: the probe
+    modes pick ``mixed-state``, the slices ``multislice``, else ``single-slice``; a dose
+    under LOW_DOSE_E_PER_A2 the Poisson noise model (single slice: ``low-dose``)."""
+    low = inputs.dose_e_per_a2 is not None and inputs.dose_e_per_a2 < LOW_DOSE_E_PER_A2
+    dose = "dose unknown" if inputs.dose_e_per_a2 is None else f"dose {inputs.dose_e_per_a2:.3g} e/Å²"
+    noise = f"Poisson noise ({dose} < {LOW_DOSE_E_PER_A2:g})" if low else f"amplitude noise ({dose})"
+    if inputs.n_probe_modes > 1:
+        name, what = "mixed-state", f"{inputs.n_probe_modes} probe modes"
+    elif inputs.n_slices > 1:
+        name, what = "multislice", f"{inputs.n_slices} slices"
+    else:
+        name, what = ("low-dose" if low else "single-slice"), "1 slice"
+    sets: list[str] = []
+    if low and name != "low-dose":
+        data = parse_toml(find_recipe(name)[1], name)
+        sets = [f'stage.{i}.noise.model="poisson"' for i in range(len(data.get("stage", [])))]
+    return name, sets, f"{name} ({what}, {noise})"
 
 
 # ----------------------------------------------------------------------------- overrides

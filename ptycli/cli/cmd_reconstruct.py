@@ -89,10 +89,11 @@ def reconstruct(
     progress: str = ProgressOpt, overwrite: bool = Overwrite, as_json: bool = Json,
 ) -> None:
     """Reconstruct object, probe and positions; survives SIGTERM (exit 75) with --resume."""
-    from ..recipe import load_recipe
+    from ..stages import auto_recipe
     from ..stages import reconstruct as stage
 
-    rec = load_recipe(recipe, list(set_ or []), iterations)
+    data_path = read_path_arg(data)
+    rec = auto_recipe.load(recipe, data_path, state, list(set_ or []), iterations)  # `auto` reads both stores
     root = stage.is_root(distributed)  # progress and the result come from rank 0 only
     observer = ProgressObserver(rec.total_iterations, progress if root else "none")
     observers: list = [observer]
@@ -103,7 +104,7 @@ def reconstruct(
     if root:
         note_kernel_compile(device)
     with ranks_report_once(root, distributed, data), _closing(observer.bar):
-        summary = stage.run(read_path_arg(data), state, out, recipe=rec, device=device, precision=precision,
+        summary = stage.run(data_path, state, out, recipe=rec, device=device, precision=precision,
                             seed=seed, checkpoint_every=checkpoint_every, resume=resume, stream=stream,
                             memory_budget_bytes=int(memory_gb * 2**30), positions=positions,
                             overwrite=overwrite, observers=observers, validation_fraction=validation_fraction,

@@ -17,6 +17,8 @@ def validate(
     iterations: int = typer.Option(None, "--iterations", help="Total iterations; stages scale proportionally."),
     print_resolved: bool = typer.Option(False, "--print-resolved",
                                         help="Print the recipe with every default filled in."),
+    data: str = typer.Option(None, "--data", help="Data store: what recipe 'auto' picks from (with --state)."),
+    state: str = typer.Option(None, "--state", help="State store: what recipe 'auto' picks from (with --data)."),
     as_json: bool = Json,
 ) -> None:
     """Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise."""
@@ -24,7 +26,7 @@ def validate(
     from ..stages import validate as stage
 
     try:
-        summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations)
+        summary = stage.run(recipe, overrides=list(set_ or []), iterations=iterations, data=data, state=state)
     except RecipeError as exc:
         if not as_json:
             raise

@@ -41,7 +41,7 @@ from ..store.calibration import load_calibration, wavelength_a
 from ..store.schema import ROOT_ATTR, json_hash
 from ..store.state import State, load_state, write_state
 from . import reconstruct_group_plan as group_plan
-from . import reconstruct_positions, reconstruct_validation
+from . import auto_recipe, reconstruct_positions, reconstruct_validation
 
 
 REPLACES_OUTPUT = "replaces_output"  # partial-store attribute: the run was started with --overwrite
@@ -139,7 +139,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
     # rename: a second run on the same -o stops with exit 5 instead of mixing into this one
     lock = _on_root(comm, lambda: OutputLock(out).acquire())
     try:
-        rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides), iterations)
+        rec = recipe if isinstance(recipe, Recipe) else auto_recipe.load(recipe, data, state, overrides, iterations)
         rec = group_plan.with_group_size(rec, group_size)
         rec_json = resolved(rec)
         seed = rec.seed if rec.seed is not None else seed

@@ -6,14 +6,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..recipe import find_recipe, load_recipe, resolved
+from ..recipe import AUTO, find_recipe, resolved
 from ..store.schema import json_hash
+from . import auto_recipe
 
 
-def run(recipe: str | Path, *, overrides: Iterable[str] = (), iterations: int | None = None) -> dict[str, Any]:
-    """Summary of a valid recipe; raises RecipeError naming the bad key paths otherwise."""
-    source, _ = find_recipe(recipe)
-    rec = load_recipe(recipe, list(overrides), iterations)
+def run(recipe: str | Path, *, overrides: Iterable[str] = (), iterations: int | None = None,
+        data: str | Path | None = None, state: str | Path | None = None) -> dict[str, Any]:
+    """Summary of a valid recipe; raises RecipeError naming the bad key paths otherwise.
+    ``data`` and ``state``: the stores recipe ``auto`` is picked from."""
+    rec = auto_recipe.load(recipe, data, state, overrides, iterations)
+    source = rec.description if str(recipe) == AUTO else find_recipe(recipe)[0]
     data = resolved(rec)
     return {"source": source, "valid": True, "iterations": rec.total_iterations,
             "stages": [{"type": s.type, "iterations": s.iterations} for s in rec.stage],

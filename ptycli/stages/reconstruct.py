@@ -24,7 +24,7 @@ from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
 from ..errors import InputError, Interrupted, NumericalError, OutputExistsError, RecipeError, StoreError
-from ..recipe import Recipe, constraint_params, load_recipe, resolved
+from ..recipe import Recipe, constraint_params, resolved
 from ..store.io import (
     OutputLock,
     StoreWriter,

@@ -103,3 +103,73 @@ def test_bitshuffle_filter_missing_is_one_line(monkeypatch):
 def test_tia_spectra_are_refused_by_name():
     with pytest.raises(InputError, match=r"data type 0x4120; expected 2D images"):
         open_raw(REAL / "tia" / "new" / "16x16-diffraction_imagel_5x5x256x256_EDS_1.ser")
+
+
+# ----------------------------------------------------------------------------- synthetic layouts
+def write_ser(path: Path, frames: np.ndarray, scan: tuple[int, int], y_fast: bool = False,
+              version: int = 0x0210) -> Path:
+    """A TIA series as TIA writes one: header, two scan dimensions (the fast one first), offset and tag
+    tables, then per element a 50-byte calibration header and the rows bottom first."""
+    import struct
+
+    ny, nx = scan
+    n, h, w = frames.shape
+    wide = version >= 0x0220
+    off_fmt, off_size = ("<q", 8) if wide else ("<i", 4)
+    dims = b""
+    for size, desc in (((ny, b"Position"), (nx, b"Position")) if y_fast else ((nx, b"Position"), (ny, b"Position"))):
+        dims += struct.pack("<iddii", size, 0.0, 1e-9, 0, len(desc)) + desc + struct.pack("<i", 6) + b"meters"
+    head_len = 22 + off_size + 4
+    table_at = head_len + len(dims)
+    data_at = table_at + 2 * n * off_size
+    elem = 50 + h * w * 4
+    tags_at = data_at + n * elem
+    head = struct.pack("<2sHHIIII", b"II", 0x0197, version, 0x4122, 0x4142, n, n)
+    head += struct.pack(off_fmt, table_at) + struct.pack("<i", 2)
+    order = [(j % ny) * nx + j // ny if y_fast else j for j in range(n)]  # element -> row-major frame
+    with open(path, "wb") as f:
+        f.write(head + dims)
+        f.write(b"".join(struct.pack(off_fmt, data_at + k * elem) for k in range(n)))
+        f.write(b"".join(struct.pack(off_fmt, tags_at + k * 24) for k in range(n)))
+        for k in range(n):
+            f.write(struct.pack("<ddiddihii", 0.0, 1.0, 0, 0.0, 1.0, 0, 6, w, h))
+            f.write(frames[order[k]][::-1].astype("<i4").tobytes())  # stored bottom row first
+        for k in range(n):
+            iy, ix = divmod(order[k], nx)
+            f.write(struct.pack("<IIdd", 0x4142, 0, ix * 1e-9, -iy * 1e-9))
+    return path
+
+
+@pytest.mark.parametrize("y_fast, version", [(False, 0x0210), (True, 0x0220)])
+def test_ser_layouts(tmp_path, y_fast, version):
+    frames = np.random.default_rng(1).integers(-5, 100, (6, 4, 5)).astype(np.int32)
+    with open_raw(write_ser(tmp_path / "s.ser", frames, (2, 3), y_fast, version)) as src:
+        assert src.scan_shape == (2, 3) and src.frame_shape == (4, 5)
+        assert np.array_equal(src.read(0, 6), frames)  # row-major scan, top row first
+        assert np.array_equal(src.read(2, 5), frames[2:5])
+
+
+def _raw_words(cells: np.ndarray, bits: int) -> bytes:
+    """Chip cells (rows, cols) packed as Merlin's raw mode sends them: 64-bit words, bytes reversed."""
+    if bits == 1:
+        packed = np.packbits(cells.reshape(-1).astype(np.uint8), bitorder="little")
+    elif bits == 8:
+        packed = cells.reshape(-1).astype(np.uint8)
+    else:
+        packed = cells.reshape(-1).astype("<u2").view(np.uint8)
+    return packed.reshape(-1, 8)[:, ::-1].tobytes()
+
+
+@pytest.mark.parametrize("depth, bits", [(6, 8), (12, 16)])
+def test_merlin_raw_6_and_12_bit(tmp_path, depth, bits):
+    """Counter depths the shared recordings lack in raw mode: the same word layout, wider cells."""
+    rng = np.random.default_rng(depth)
+    frames = rng.integers(0, 2**depth, (2, 256, 256))
+    path = tmp_path / "raw.mib"
+    with open(path, "wb") as f:
+        for i, fr in enumerate(frames):
+            head = (f"MQ1,{i + 1:06d},00384,01,0256,0256,R64,   1x1,01,2024-01-01 00:00:00.000,0.001,0,0,0,"
+                    f"MQ1A,2024-01-01T00:00:00Z,1000ns,{depth},")
+            f.write(head.encode().ljust(384, b"\x00") + _raw_words(fr, bits))
+    with open_raw(path) as src:
+        assert np.array_equal(src.read(0, 2), frames)

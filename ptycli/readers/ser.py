@@ -10,7 +10,7 @@ followed by size_y rows of size_x pixels, x fastest.
 
 Scan: a 4D acquisition has two dimensions, the first the fast one (x); the scan is
 (dims[1], dims[0]) in ptycli's row-major order. When the per-element position tags say
-y is the fast axis instead, frames are re-ordered to row-major.
+y is the fast axis instead (dims[0] is then y), frames are re-ordered to row-major.
 
 Orientation: TIA's image y axis points up (calibration delta > 0 from row 0), so its first
 stored row is the bottom of the image as TIA shows it; frames are flipped so that row 0 is

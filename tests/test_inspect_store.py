@@ -31,7 +31,7 @@ def test_json_document_and_derived_quantities(cli, data_store):
     doc = json.loads(r.stdout)
     assert doc["kind"] == "data" and doc["status"] == "complete"
     assert doc["arrays"]["patterns"] == {"shape": [12, 32, 32], "dtype": "float32", "chunks": [12, 32, 32],
-                                         "dims": ["position", "ky", "kx"], "units": "counts"}
+                                         "dims": ["position", "ky", "kx"], "units": "count"}
     d = doc["derived"]
     lam = 0.0196875  # physics.md §2, 300 kV
     assert d["wavelength_a"] == pytest.approx(lam, rel=1e-5)

@@ -100,7 +100,7 @@ def reconstruct(
     if figures_every:
         from ..stages.figures import FiguresEvery, summary_path  # noqa: PLC0415
 
-        observers.append(FiguresEvery(summary_path(out), figures_every, on_error=warn))
+        observers.append(FiguresEvery(summary_path(out), figures_every, on_error=warn, title=f"{out} (running)"))
     if root:
         note_kernel_compile(device)
     with ranks_report_once(root, distributed, data), _closing(observer.bar):

@@ -120,11 +120,11 @@ class FiguresEvery:
     reconstruction goes on, since losing hours of work to a progress picture would be worse.
     """
 
-    def __init__(self, path: str | Path, every: int, on_error: Any = None):
+    def __init__(self, path: str | Path, every: int, on_error: Any = None, title: str = "reconstruct (running)"):
         if every < 1:
             raise UsageError(f"--figures-every {every}: expected a number of iterations >= 1")
         figure_format(path)
-        self.path, self.every, self.on_error = Path(path), int(every), on_error
+        self.path, self.every, self.on_error, self.title = Path(path), int(every), on_error, title
 
     def on_state(self, state: State, history: Any) -> None:
         done = len(history.loss)
@@ -135,9 +135,10 @@ class FiguresEvery:
 
         host = state.copy(**{f: to_numpy(getattr(state, f)) for f in array_fields()
                              if getattr(state, f) is not None})
-        hist = {"loss": np.asarray(history.loss), "stage": np.asarray(history.stage), "time_s": np.asarray(history.time_s)}
+        hist = {"loss": np.asarray(history.loss), "stage": np.asarray(history.stage),
+                "time_s": np.asarray(history.time_s)}
         try:
-            checkpoint_figure(host, self.path, history=hist, title=f"{self.path.name}: iteration {done}")
+            checkpoint_figure(host, self.path, history=hist, title=self.title)  # the iteration is added
         except (OSError, UsageError, InputError, DeviceError) as exc:
             if self.on_error is None:
                 raise

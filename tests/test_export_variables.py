@@ -1,6 +1,7 @@
 """Export of every refined variable (object modes, background, beam current, aberrations,
 thickness, before/after tilts) and ImageJ's value calibration of 8/16-bit TIFFs."""
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
@@ -73,6 +74,8 @@ def test_background_exports_dc_centred_in_inverse_angstrom(tmp_path):
     assert img[M // 2, M // 2] == 7.0 and img.sum() == 7.0
     assert meta["unit"] == "1/Angstrom" and meta["vunit"] == "count"
     assert x_res[1] / x_res[0] == pytest.approx(1 / (M * DX_A), rel=1e-6)
+    with h5py.File(export(path, tmp_path / "b.h5", what="background"), "r") as fh:
+        assert fh["background"].attrs["value_unit"] == "count" and fh["background"].attrs["pixel_unit"] == "1/Angstrom"
 
 
 def test_refined_scalars_export_as_tables(tmp_path):

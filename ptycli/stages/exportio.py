@@ -211,6 +211,8 @@ def write_h5(path: Path, p: Payload) -> None:
         if p.pixel:
             ds.attrs["pixel_size"] = p.pixel
             ds.attrs["pixel_unit"] = p.unit
+        if p.value_unit:
+            ds.attrs["value_unit"] = p.value_unit
         if p.stack_axis:
             ds.attrs["stack_axis"] = p.stack_axis
         if p.columns:

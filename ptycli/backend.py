@@ -117,6 +117,8 @@ def to_device(x: Any, xp: ModuleType, dtype: Any = None) -> Any:
     """Move a host array (or scalar) onto the namespace ``xp``."""
     if xp is np:
         return np.asarray(x, dtype=dtype)
+    if isinstance(dtype, str):  # the array API takes dtype objects, not names (CuPy takes both)
+        dtype = getattr(xp, dtype)
     return xp.asarray(x, dtype=dtype)
 
 
@@ -132,6 +134,17 @@ def dtypes(precision: str = "single") -> tuple[str, str]:
         return PRECISIONS[precision]
     except KeyError:
         raise DeviceError(f"unknown precision {precision!r}; expected single or double") from None
+
+
+def angle(z: Any) -> Any:
+    """The phase of a complex array in any namespace (the array API has atan2, not angle)."""
+    xp = namespace(z)
+    return xp.angle(z) if hasattr(xp, "angle") else xp.atan2(xp.imag(z), xp.real(z))
+
+
+def is_complex(x: Any) -> bool:
+    """Whether ``x`` has a complex dtype, in any namespace (the array API has no iscomplexobj)."""
+    return str(x.dtype).rsplit(".", 1)[-1].startswith("complex")
 
 
 def complex_dtype_of(x: Any) -> Any:
@@ -611,10 +624,14 @@ def extract_patches(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
         win = np.lib.stride_tricks.sliding_window_view(obj, (m, n), axis=(-2, -1))
         out = win[..., np.asarray(y0), np.asarray(x0), :, :]
         return np.moveaxis(out, -3, 0)
-    yy = xp.asarray(y0)[:, None, None] + xp.arange(m)[None, :, None]
-    xx = xp.asarray(x0)[:, None, None] + xp.arange(n)[None, None, :]
-    out = obj[..., yy, xx]
-    return xp.moveaxis(out, -3, 0)
+    # Any other namespace (CuPy, array_api_strict): one `take` over the flattened plane, since
+    # the array API has no multi-axis integer-array indexing.
+    lead, (h, w) = obj.shape[:-2], obj.shape[-2:]
+    yy = xp.reshape(to_device(y0, xp, dtype="int64"), (-1, 1, 1)) + xp.reshape(xp.arange(m, dtype=xp.int64), (1, m, 1))
+    xx = xp.reshape(to_device(x0, xp, dtype="int64"), (-1, 1, 1)) + xp.reshape(xp.arange(n, dtype=xp.int64), (1, 1, n))
+    flat_index = xp.reshape(yy * w + xx, (-1,))
+    out = xp.take(xp.reshape(obj, (*lead, h * w)), flat_index, axis=len(lead))
+    return xp.moveaxis(xp.reshape(out, (*lead, yy.shape[0], m, n)), len(lead), 0)
 
 
 def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
@@ -651,7 +668,11 @@ def scatter_add_patches(target: Any, y0: Any, x0: Any, patches: Any) -> Any:
         index = (Ellipsis, yy, xx) if lead else (yy, xx)
         cupyx.scatter_add(target, index, vals)
         return target
-    raise DeviceError(f"scatter_add_patches has no implementation for namespace {xp!r}")
+    # Any other array-API namespace (array_api_strict in the tests): the standard has no
+    # scatter-add, so slice-adds window by window, the corners read on the host.
+    for b, (y, x) in enumerate(zip(to_numpy(y0).tolist(), to_numpy(x0).tolist())):
+        target[..., y : y + m, x : x + n] += patches[b, ...]
+    return target
 
 
 def window_exit_waves(obj: Any, y0: Any, x0: Any, psi: Any) -> Any:

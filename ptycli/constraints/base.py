@@ -131,7 +131,7 @@ def unwrap_phase(phase: Any) -> Any:
     spec[..., 0, 0] = 0
     out = backend.ifft2(spec).real[..., :h, :w].astype(phase.dtype)
     # The Poisson solve fixes the phase up to a constant: pick the one matching the input.
-    offset = xp.angle(xp.mean(xp.exp(1j * (phase - out)), axis=(-2, -1), keepdims=True))
+    offset = backend.angle(xp.mean(xp.exp(1j * (phase - out)), axis=(-2, -1), keepdims=True))
     return (out + offset).astype(phase.dtype)
 
 
@@ -146,7 +146,7 @@ def filter_part(obj: Any, part: str, fn: Callable[[Any], Any]) -> Any:
     xp = backend.namespace(obj)
     if part == "complex":
         return fn(obj).astype(obj.dtype)
-    amp, phase = xp.abs(obj), xp.angle(obj)
+    amp, phase = xp.abs(obj), backend.angle(obj)
     if part in ("amplitude", "both"):
         amp = fn(amp).real
     if part in ("phase", "both"):

@@ -116,7 +116,7 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
         filtered = 1 + 0.9 * (_filter3(amp, wa) - 1)
         delta_a = (filtered - amp).astype(rdtype)
     if params.part in ("phase", "both", "complex"):
-        phi = unwrap_phase(xp.angle(obj))
+        phi = unwrap_phase(backend.angle(obj))
         delta_phi = (illumination_weight(ctx.illumination, xp) * (_filter3(phi, wa) - phi)).astype(rdtype)
     return state.copy(object=(obj * (1 + delta_a) * xp.exp(1j * delta_phi)).astype(obj.dtype))
 
@@ -218,7 +218,7 @@ def z_recenter(state: Any, params: ZRecenterParams, ctx: Context) -> Any:
     if s < 2:
         return state
     xp = backend.namespace(state.object)
-    com = depth_centroid(xp.angle(state.object), params.percentile)
+    com = depth_centroid(backend.angle(state.object), params.percentile)
     n = int(round(params.scale * ((s - 1) / 2 - com)))
     n = max(-params.max_shift_slices, min(params.max_shift_slices, n))
     if n == 0:

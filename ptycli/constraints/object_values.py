@@ -26,7 +26,7 @@ class AmplitudeThresholdParams(ConstraintParams):
 def amplitude_threshold(state: Any, params: AmplitudeThresholdParams, ctx: Context) -> Any:
     """|O| ← clip(|O|, a_min, a_max), relaxed towards the old value; phase kept."""
     xp = backend.namespace(state.object)
-    amp, phase = xp.abs(state.object), xp.angle(state.object)
+    amp, phase = xp.abs(state.object), backend.angle(state.object)
     clipped = xp.clip(amp, params.min_amplitude, params.max_amplitude)
     return state.copy(object=with_parts(state.object, relaxed(clipped, amp, params.relax), phase))
 
@@ -39,7 +39,7 @@ class PositivityParams(ConstraintParams):
 def phase_positivity(state: Any, params: PositivityParams, ctx: Context) -> Any:
     """O ← |O| exp(i max(φ, 0)) (§7.6): neutral-atom potentials are positive."""
     xp = backend.namespace(state.object)
-    amp, phase = xp.abs(state.object), xp.angle(state.object)
+    amp, phase = xp.abs(state.object), backend.angle(state.object)
     new = relaxed(xp.maximum(phase, 0.0), phase, params.relax)
     return state.copy(object=with_parts(state.object, amp, new))
 
@@ -62,7 +62,7 @@ def fit_ratio(amp: Any, phase: Any) -> float:
 def complex_ratio(state: Any, params: ComplexRatioParams, ctx: Context) -> Any:
     """|O| ← exp(-C φ): absorption tied to phase (Clark 2010; PtyRAD complex_ratio)."""
     xp = backend.namespace(state.object)
-    amp, phase = xp.abs(state.object), xp.angle(state.object)
+    amp, phase = xp.abs(state.object), backend.angle(state.object)
     c = params.c if params.c is not None else fit_ratio(amp, phase)
     new = relaxed(xp.exp(-c * phase), amp, params.relax)
     return state.copy(object=with_parts(state.object, new, phase))
@@ -78,7 +78,7 @@ class MirroredAmplitudeParams(ConstraintParams):
 def mirrored_amplitude(state: Any, params: MirroredAmplitudeParams, ctx: Context) -> Any:
     """|O| ← 1 - s max(φ, 0)^p (clipped at 0): amplitude a mirror image of the phase."""
     xp = backend.namespace(state.object)
-    amp, phase = xp.abs(state.object), xp.angle(state.object)
+    amp, phase = xp.abs(state.object), backend.angle(state.object)
     target = xp.maximum(1 - params.scale * xp.maximum(phase, 0.0) ** params.power, 0.0)
     return state.copy(object=with_parts(state.object, relaxed(target, amp, params.relax), phase))
 
@@ -94,7 +94,7 @@ class ChargeFlipParams(ConstraintParams):
 def charge_flip(state: Any, params: ChargeFlipParams, ctx: Context) -> Any:
     """φ ← β φ where φ < δ, and likewise for the absorptive part -ln|O| (PyPty charge flip)."""
     xp = backend.namespace(state.object)
-    phase = xp.angle(state.object)
+    phase = backend.angle(state.object)
     absorb = -xp.log(xp.maximum(xp.abs(state.object), 1e-12))
     phase = xp.where(phase < params.delta_phase, params.beta_phase * phase, phase)
     absorb = xp.where(absorb < params.delta_absorption, params.beta_absorption * absorb, absorb)
@@ -138,7 +138,7 @@ def phase_ramp(state: Any, params: PhaseRampParams, ctx: Context) -> Any:
     that changes the model, which is why reconstruct never does it during iterations.
     """
     xp = backend.namespace(state.object)
-    phase = unwrap_phase(xp.angle(state.object))  # (Q, S, H, W)
+    phase = unwrap_phase(backend.angle(state.object))  # (Q, S, H, W)
     total = xp.sum(phase[0], axis=0)
     c, by, bx = fit_plane(total, _ramp_weights(state, ctx, params.illuminated_frac))
     s = state.n_slices

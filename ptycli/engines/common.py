@@ -91,7 +91,7 @@ def make_context(state: Any, xp: Any, precision: str, noise_model: str, eps: flo
     m, n = state.window
     ctx = RunContext(xp=xp, real_dtype=getattr(xp, real), complex_dtype=getattr(xp, cplx),
                      noise_model=noise_model, eps=eps, mask=mask, comp_masks=comp_masks, n_e=n_e)
-    ctx.u = (backend.fftfreq(m, xp=xp, dtype=real)[:, None], backend.fftfreq(n, xp=xp, dtype=real)[None, :])
+    ctx.u = (backend.fftfreq(m, xp=xp, dtype=real)[:, None, ...], backend.fftfreq(n, xp=xp, dtype=real)[None, :, ...])
     ctx.H = propagator(state, xp, cplx)
     return ctx
 
@@ -187,9 +187,9 @@ def forward(state: Any, batch: Batch, ctx: RunContext, *, patches: bool = True) 
     (``fwd.patches`` is None), one pass instead of a window copy and a product."""
     psi1 = overlap.shift_probe(state.probe, batch.frac, batch.spectrum_of(state.probe))
     if not patches and state.n_slices == 1:
-        exit_wave = backend.window_exit_waves(state.object[:, 0], batch.y0, batch.x0, psi1)
+        exit_wave = backend.window_exit_waves(state.object[:, 0, ...], batch.y0, batch.x0, psi1)
         if exit_wave is not None:
-            cache = multislice.Cache(patches=None, psi=[psi1[:, :, None]])
+            cache = multislice.Cache(patches=None, psi=[psi1[:, :, None, ...]])
             return Forward(psi1, None, backend.fft2(exit_wave, overwrite=True), cache, batch.H)
     windows = overlap.extract(state.object, batch.y0, batch.x0, state.window)
     Psi, cache = multislice.forward(psi1, windows, batch.H)
@@ -201,7 +201,7 @@ def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple
     if ctx.noise_model == "compressed":
         loss = noise_mod.compressed_loss(fwd.I, batch.data, ctx.comp_masks)
         dl = noise_mod.compressed_dloss_dI(fwd.I, batch.data, ctx.comp_masks)
-        return loss, 2 * dl[:, None, None] * fwd.Psi
+        return loss, 2 * dl[:, None, None, ...] * fwd.Psi
     fused = noise_mod.fused_farfield(fwd.Psi, batch.data, ctx.noise_model, ctx.mask, ctx.eps, 0.0, 2.0)
     if fused is not None:
         return fused
@@ -235,9 +235,9 @@ def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
     masks = ctx.comp_masks
     r = noise_mod.compressed_signals(fwd.I, masks) - batch.data  # (B, K)
     norm = xp.sum(masks * masks, axis=(-2, -1))  # (K,)
-    dI = -xp.sum((r / (norm + 1e-12))[:, :, None, None] * masks[None], axis=1)
+    dI = -xp.sum((r / (norm + 1e-12))[:, :, None, None, ...] * masks[None], axis=1)
     scale = xp.sqrt(xp.clip(fwd.I + dI, 0, None) / (fwd.I + 1e-12))
-    return fwd.Psi * xp.astype(scale[:, None, None], fwd.Psi.dtype)
+    return fwd.Psi * xp.astype(scale[:, None, None, ...], fwd.Psi.dtype)
 
 
 def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext, grad_exit: Any = None) -> tuple[Any, Any]:
@@ -246,7 +246,7 @@ def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext, grad_exit: Any = None
     ``grad_exit`` = ifft2(grad_Psi) when the caller has it already (one batched FFT saved).
     """
     g_patches, g_psi1 = multislice.backward(grad_Psi, fwd.cache, fwd.H, grad_exit=grad_exit)
-    return g_patches, (g_psi1[:, :, 0] if g_psi1.shape[2] == 1 else g_psi1.sum(axis=2))
+    return g_patches, (g_psi1[:, :, 0, ...] if g_psi1.shape[2] == 1 else ctx.xp.sum(g_psi1, axis=2))
 
 
 def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, ctx: RunContext, *,
@@ -260,13 +260,13 @@ def backward_accumulate(grad_exit: Any, fwd: Forward, state: Any, batch: Batch, 
     k = backend.kernels(ctx.xp)
     if k is None or state.n_slices != 1:
         return None
-    obj = state.object[:, 0]
+    obj = state.object[:, 0, ...]
     y0, x0 = batch.y0.astype("int64"), batch.x0.astype("int64")
     num = ctx.xp.zeros_like(obj) if numerator else obj
     illum = ctx.xp.zeros(obj.shape, dtype=ctx.real_dtype) if illumination else ctx.xp.zeros((1, 1, 1), ctx.real_dtype)
     g_psi = k.empty(fwd.psi1.shape, fwd.psi1.dtype)
     k.backward_single(obj, y0, x0, fwd.psi1, grad_exit, num, illum, numerator, illumination, g_psi)
-    return (num[:, None] if numerator else None, illum[:, None] if illumination else None, g_psi)
+    return (num[:, None, ...] if numerator else None, illum[:, None, ...] if illumination else None, g_psi)
 
 
 @dataclass
@@ -354,7 +354,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
                                    done_addr=done_addr, positions=positions, curvature=curvature,
                                    lsqml_step=lsqml_step, tilts=tilts)
-    obj = state.object[:, 0]
+    obj = state.object[:, 0, ...]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
     kept = n_b if keep_waves else 1
@@ -374,8 +374,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
             numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, *pos_args, done_addr)
 
     made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
-                      g_exit if keep_waves else None, num[:, None] if numerator else None,
-                      illum[:, None] if illumination else None, probe_k if probe else None,
+                      g_exit if keep_waves else None, num[:, None, ...] if numerator else None,
+                      illum[:, None, ...] if illumination else None, probe_k if probe else None,
                       position_terms=pos_out)
 
     def finish(_: Any) -> KernelPart:
@@ -425,7 +425,7 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
                       illum if illumination else None, probe_k if probe else None,
                       g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
                       illum_patches=w_patches.transpose(0, 2, 1, 3, 4) if keep_illum else None,
-                      g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None] if keep_probe else None,
+                      g_psi1=g_psi1 if keep_probe else None, probe_weight=t1[:, None, ...] if keep_probe else None,
                       position_terms=pos_out, tilt_terms=tilt_out)
 
     def finish(_: Any) -> KernelPart:
@@ -538,10 +538,11 @@ def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:
     """∂L/∂f (B, 2) in pixels (physics.md §5.4), summed over probe modes."""
     G = backend.fft2(g_psi1)
     F = backend.fft2(psi1)
-    cross = G.conj() * F
+    xp = ctx.xp
+    cross = xp.conj(G) * F
     uy, ux = ctx.u
-    gy = (cross * (-2j * math.pi * uy)).real.sum(axis=(-3, -2, -1))
-    gx = (cross * (-2j * math.pi * ux)).real.sum(axis=(-3, -2, -1))
+    gy = xp.sum(xp.real(cross * (-2j * math.pi * uy)), axis=(-3, -2, -1))
+    gx = xp.sum(xp.real(cross * (-2j * math.pi * ux)), axis=(-3, -2, -1))
     return ctx.xp.stack([gy, gx], axis=-1)
 
 
@@ -553,7 +554,7 @@ def position_curvature(fwd: Forward, ctx: RunContext) -> Any:
     uy, ux = ctx.u
     out = 0.0
     for s, psi in enumerate(fwd.cache.psi):
-        spec = backend.fft2(fwd.patches[:, :, s])  # (B, Q, M, N)
+        spec = backend.fft2(fwd.patches[:, :, s, ...])  # (B, Q, M, N)
         w = xp.sum(xp.abs(psi) ** 2, axis=1)  # (B, Q|1, M, N)
         dy = xp.abs(backend.ifft2(spec * (2j * math.pi * uy))) ** 2
         dx = xp.abs(backend.ifft2(spec * (2j * math.pi * ux))) ** 2

@@ -141,7 +141,7 @@ class PatternSource:
     def read(self, idx: np.ndarray) -> Any:
         idx = np.asarray(idx)
         if self._all is not None:
-            return self._all[backend.to_device(idx, self.xp)] if not backend.is_numpy(self.xp) else self._all[idx]
+            return self._all[idx] if backend.is_numpy(self.xp) else self.xp.take(self._all, backend.to_device(idx, self.xp), axis=0)
         # Prefetched whole chunks join the cache only after this group is cut out, so their
         # insertion cannot evict a chunk the group still needs (a second, synchronous decode).
         fresh = self._take_prefetched()
@@ -155,7 +155,7 @@ class PatternSource:
             self._store(c, block)
         out = self.xp.concatenate(parts, axis=0)
         inverse = np.argsort(np.concatenate(where), kind="stable")  # back to the order of idx
-        return out[inverse] if backend.is_numpy(self.xp) else out[backend.to_device(inverse, self.xp)]
+        return out[inverse] if backend.is_numpy(self.xp) else self.xp.take(out, backend.to_device(inverse, self.xp), axis=0)
 
     def read_rows(self, idx: np.ndarray) -> Any:
         """``read(idx)``, as ``Rows`` of the resident set on the host (no copy; for engines
@@ -225,7 +225,7 @@ class SignalSource:
         self.xp = xp
 
     def read(self, idx: np.ndarray) -> Any:
-        return self._all[np.asarray(idx)] if backend.is_numpy(self.xp) else self._all[backend.to_device(idx, self.xp)]
+        return self._all[np.asarray(idx)] if backend.is_numpy(self.xp) else self.xp.take(self._all, backend.to_device(idx, self.xp), axis=0)
 
 
 def mean_counts(patterns: Any, idx: np.ndarray | None = None, where: str = "patterns") -> float:

@@ -73,7 +73,7 @@ class EpieEngine(common.EngineBase):
         d_obj = []  # per slice (B, Q, M, N), applied after the sweep (pre-update values)
         e_new = target
         for s in range(state.n_slices - 1, -1, -1):
-            t = fwd.patches[:, None, :, s]  # (B, 1, Q, M, N)
+            t = fwd.patches[:, None, :, s, ...]  # (B, 1, Q, M, N)
             psi = fwd.cache.psi[s]  # (B, P, Q|1, M, N)
             delta = e_new - t * psi
             d_obj.append(_sum_axis1(xp.conj(psi) * delta) / self._denominator(psi))
@@ -84,22 +84,22 @@ class EpieEngine(common.EngineBase):
             d_psi = xp.conj(t) * delta
             d_psi *= p.beta / t_max
             if s > 0:
-                e_new = propagation.propagate_adjoint(psi + d_psi, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None])
+                e_new = propagation.propagate_adjoint(psi + d_psi, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None, ...])
         d_psi1 = d_psi
         # (B, P, M, N): average over object modes
-        d_psi1 = d_psi1[:, :, 0] if d_psi1.shape[2] == 1 else xp.mean(d_psi1, axis=2)
+        d_psi1 = d_psi1[:, :, 0, ...] if d_psi1.shape[2] == 1 else xp.mean(d_psi1, axis=2)
         if do_obj:
-            upd = d_obj[0][:, :, None] if len(d_obj) == 1 else xp.stack(d_obj[::-1], axis=2)  # (B, Q, S, M, N)
-            upd = upd * p.alpha if upd.dtype == state.object.dtype else (p.alpha * upd).astype(state.object.dtype)
+            upd = d_obj[0][:, :, None, ...] if len(d_obj) == 1 else xp.stack(d_obj[::-1], axis=2)  # (B, Q, S, M, N)
+            upd = upd * p.alpha if upd.dtype == state.object.dtype else xp.astype(p.alpha * upd, state.object.dtype)
             self._add_object(state, b, upd)
         if do_probe:
             probe = state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))
-            state.probe = probe if probe.dtype == state.probe.dtype else probe.astype(state.probe.dtype)
+            state.probe = probe if probe.dtype == state.probe.dtype else self.ctx.xp.astype(probe, state.probe.dtype)
         if p.refine.positions.active(it):
             # χ at the probe plane ≈ Σ_q conj(t_1) Δe_1 = (ψ'_1 - ψ_1) max|t_1|² / β: ∇ψ_1 = -2 χ
-            t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
+            t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0, ...]), axis=(1, 2, 3))[:, None, None, None, ...]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
-        return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+        return distributed.comm_of(self.ctx).allreduce_sum(self.ctx.xp.sum(loss))
 
     def _lean_applies(self, state: Any, it: int) -> bool:
         """Sequential ePIE on the CPU without peers (multislice, and position refinement, only
@@ -120,7 +120,7 @@ class EpieEngine(common.EngineBase):
         py, px = (float(v) for v in state.positions[j])
         fy, fx = math.floor(py), math.floor(px)
         y0, x0 = int(fy) - m // 2, int(fx) - n // 2
-        obj = state.object[:, 0]
+        obj = state.object[:, 0, ...]
         if y0 < 0 or x0 < 0 or y0 + m > obj.shape[-2] or x0 + n > obj.shape[-1]:
             return None
         if state.n_slices > 1 and self._native_plans(state.probe) is None:
@@ -160,7 +160,7 @@ class EpieEngine(common.EngineBase):
         self._host_steps(k, state, obj, ys, xs, d_obj, d_psi, probe_k, frac, s, p.refine.object.active(it),
                          p.refine.probe.active(it))
         self._probe_cache = (state.probe, probe_k)
-        return loss.sum()
+        return self.ctx.xp.sum(loss)
 
     @staticmethod
     def _host_steps(k: Any, state: Any, obj: Any, ys: Any, xs: Any, d_obj: Any, d_psi: Any, probe_k: Any, frac: Any,
@@ -174,7 +174,7 @@ class EpieEngine(common.EngineBase):
             step_k = backend.fft2(d_psi, overwrite=True, scaled=False)
             k.ramp_multiply(step_k, frac, 1.0, k.real_scalar(s, step_k))
             probe_k += step_k[0]
-            state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)
+            state.probe = backend.ifft2(probe_k).astype(state.probe.dtype, copy=False)  # NumPy only (kernels)
 
     def _lean_buffers(self, k: Any, probe_k: Any, n_obj_modes: int) -> dict[str, Any]:
         """Work arrays of the sequential path, made once and reused for every position: no
@@ -227,7 +227,7 @@ class EpieEngine(common.EngineBase):
         elif do_probe:
             state.probe = probe_out
         self._probe_cache = (state.probe, probe_k)
-        return loss.sum()
+        return self.ctx.xp.sum(loss)
 
     def _position_terms(self, k: Any, native: tuple[int, int, int], state: Any, obj: Any, ys: Any, xs: Any,
                         buf: dict[str, Any], s: Any, beta: Any) -> tuple[Any, Any]:
@@ -299,7 +299,7 @@ class EpieEngine(common.EngineBase):
         if do_pos:  # after both steps, as the general path
             self.apply_position_step(state, np.asarray([j]), common.terms_of(buf["out"], self.ctx))
         self._probe_cache = (state.probe, probe_k)
-        return loss.sum()
+        return self.ctx.xp.sum(loss)
 
     def _sync_buffers(self, k: Any, threads: int, n_q: int) -> dict[str, Any]:
         """The barrier count and the shared maxima of ``epie_multislice_part`` (made once)."""
@@ -313,18 +313,18 @@ class EpieEngine(common.EngineBase):
         """Single slice on the CPU: δ, both updates and their denominators in one pass
         (ptycli/_kernels.py), then the same application as the general path."""
         p = self.params
-        d_obj, d_psi1 = self._kernel_updates(k, state.object[:, 0], b.y0.astype("int64"), b.x0.astype("int64"),
+        d_obj, d_psi1 = self._kernel_updates(k, state.object[:, 0, ...], b.y0.astype("int64"), b.x0.astype("int64"),
                                              fwd.psi1, target)
         if p.refine.object.active(it):
-            self._add_object(state, b, d_obj[:, :, None])
+            self._add_object(state, b, d_obj[:, :, None, ...])
         if p.refine.probe.active(it):
             probe = state.probe + self._mean_probe_update(overlap.unshift(d_psi1, b.frac))
-            state.probe = probe if probe.dtype == state.probe.dtype else probe.astype(state.probe.dtype)
+            state.probe = probe if probe.dtype == state.probe.dtype else self.ctx.xp.astype(probe, state.probe.dtype)
         if p.refine.positions.active(it):
             xp = self.ctx.xp
-            t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0]), axis=(1, 2, 3))[:, None, None, None]
+            t1_max = xp.max(backend.abs2(fwd.patches[:, :, 0, ...]), axis=(1, 2, 3))[:, None, None, None, ...]
             self.refine_positions(state, b, -2.0 * d_psi1 * t1_max / p.beta, fwd, it)
-        return distributed.comm_of(self.ctx).allreduce_sum(loss.sum())
+        return distributed.comm_of(self.ctx).allreduce_sum(self.ctx.xp.sum(loss))
 
     def _kernel_updates(self, k: Any, obj: Any, ys: Any, xs: Any, psi: Any, target: Any,
                         out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
@@ -398,4 +398,4 @@ def _threads(n_p: int, n_q: int) -> int:
 def _sum_axis1(x: Any) -> Any:
     """Σ over probe modes (axis 1), a view when there is one mode (ePIE runs per position,
     where each avoided call is a measurable share of the update)."""
-    return x[:, 0] if x.shape[1] == 1 else backend.namespace(x).sum(x, axis=1)
+    return x[:, 0, ...] if x.shape[1] == 1 else backend.namespace(x).sum(x, axis=1)

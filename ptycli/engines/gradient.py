@@ -101,7 +101,7 @@ class GradientEngine(common.EngineBase):
             self.carry_spectrum(state.probe, parts[0].spectrum_of(state.probe), it)
         if do_pos:
             self.apply_position_terms(state, b, tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
-        return comm.allreduce_sum(common.concat_parts(xp, list(loss)).sum())
+        return comm.allreduce_sum(xp.sum(common.concat_parts(xp, list(loss))))
 
     def _variables_update(self, state: Any, idx: np.ndarray, data: Any, it: int, names: tuple[str, ...]) -> Any:
         """Every refined variable through the differentiable model (engines/variables.py).
@@ -141,14 +141,14 @@ class GradientEngine(common.EngineBase):
         if region is not None:
             grad = embed(state.object, grad, region)
         xp = self.ctx.xp
-        amp, phase = xp.abs(state.object), xp.angle(state.object)
+        amp, phase = xp.abs(state.object), backend.angle(state.object)
         g_obj = xp.conj(state.object) * grad
         if lr.object_amplitude is not None:
-            g_amp = g_obj.real / xp.maximum(amp, 1e-6)  # ∂L/∂a = Re(e^{-iφ} ∇_O L)
+            g_amp = xp.real(g_obj) / xp.maximum(amp, 1e-6)  # ∂L/∂a = Re(e^{-iφ} ∇_O L)
             amp = self.opt.step("object_amplitude", amp, g_amp, rate_value(lr.object_amplitude, it))
         if lr.object_phase is not None:
-            phase = self.opt.step("object_phase", phase, g_obj.imag, rate_value(lr.object_phase, it))
-        state.object = (amp * xp.exp(1j * phase)).astype(state.object.dtype)
+            phase = self.opt.step("object_phase", phase, xp.imag(g_obj), rate_value(lr.object_phase, it))
+        state.object = xp.astype(amp * xp.exp(1j * phase), state.object.dtype)
 
     def state_dict(self) -> dict[str, Any]:
         return {"probe_scale": np.asarray(self.probe_scale), **self.opt.state_dict()}

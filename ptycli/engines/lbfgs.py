@@ -342,7 +342,7 @@ def checksum(state: Any) -> np.ndarray:
         xp = backend.namespace(value)
         parts += [backend.scalar(xp.sum(xp.real(value), dtype=xp.float64)),
                   backend.scalar(xp.sum(xp.abs(value) ** 2, dtype=xp.float64))]
-        if xp.iscomplexobj(value) if hasattr(xp, "iscomplexobj") else False:
+        if backend.is_complex(value):
             parts.append(backend.scalar(xp.sum(xp.imag(value), dtype=xp.float64)))
     for value in (state.positions, state.tilts, state.beam_current, state.slice_thickness):
         if value is not None:

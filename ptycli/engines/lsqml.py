@@ -66,7 +66,7 @@ class LsqmlEngine(common.EngineBase):
             self._step_object(state, region, dO, a_O)
         if dP is not None:
             probe_k = parts[0].spectrum_of(full_state.probe)
-            full_state.probe = (full_state.probe + a_P * dP).astype(full_state.probe.dtype)
+            full_state.probe = xp.astype(full_state.probe + a_P * dP, full_state.probe.dtype)
             # the spectrum goes on to the next group: F[P + αΔP] = F[P] + αF[ΔP] (carried within
             # an iteration only, so rounding cannot build up over a run)
             self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
@@ -75,7 +75,7 @@ class LsqmlEngine(common.EngineBase):
                 pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
             self.apply_position_terms(full_state, full_batch,
                                       tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
-        return comm.allreduce_sum(common.concat_parts(xp, [r["loss"] for r in first]).sum())
+        return comm.allreduce_sum(xp.sum(common.concat_parts(xp, [r["loss"] for r in first])))
 
     def _after_directions(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
                           do_probe: bool, whole_grid: bool, n_idx: int) -> tuple[Any, ...]:
@@ -232,11 +232,11 @@ class LsqmlEngine(common.EngineBase):
         plans = backend.kernel_fft_plans(m, n, first[0]["fwd"].psi1.dtype)
         if plans is None:
             return None
-        obj = state.object[:, 0]
+        obj = state.object[:, 0, ...]
         scratch = self.scratch()
         real = self.ctx.real_dtype
         if do_obj:
-            nums, ws = tuple(r["num"][:, 0] for r in first), tuple(r["W"][:, 0] for r in first)
+            nums, ws = tuple(r["num"][:, 0, ...] for r in first), tuple(r["W"][:, 0, ...] for r in first)
             if any(a.shape != obj.shape or not a.flags.c_contiguous for a in (*nums, *ws)):
                 return None
         else:
@@ -300,10 +300,10 @@ class LsqmlEngine(common.EngineBase):
         plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype)
         if plans is None:
             return None
-        obj = state.object[:, 0]
+        obj = state.object[:, 0, ...]
         scratch = self.scratch()
         out = scratch.get(("terms", i, "out"), (len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
-        d_obj = dO[:, 0] if dO is not None else obj
+        d_obj = dO[:, 0, ...] if dO is not None else obj
         use_probe = dP_k is not None
         spectrum = dP_k if use_probe else fwd.psi1[0]  # read only with use_probe
         shifted, dp = _terms_buffers(scratch, i, fwd.psi1, use_probe)
@@ -313,7 +313,7 @@ class LsqmlEngine(common.EngineBase):
 
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
             _count_terms_ffts(fwd.psi1, use_probe, dp)
-            return tuple(out[:, c] for c in _term_columns(dO is not None, use_probe)), dp if len(dp) else None
+            return tuple(out[:, c, ...] for c in _term_columns(dO is not None, use_probe)), dp if len(dp) else None
 
         return backend.Launch(k.lsqml_terms_part, args, finish)
 
@@ -342,7 +342,7 @@ class LsqmlEngine(common.EngineBase):
         g_patches = r["g_patches"].transpose(0, 2, 1, 3, 4) if use_obj else shifted[None]
         w_patches = r["illum"].transpose(0, 2, 1, 3, 4) if use_obj else scratch.get(("terms", "w"), (1,) * 5, real)
         g_psi1 = r["g_psi1"] if use_probe else shifted
-        t1 = r["probe_weight"][:, 0] if use_probe else w_patches[0, 0]
+        t1 = r["probe_weight"][:, 0, ...] if use_probe else w_patches[0, 0, ...]
         scale = k.real_scalar(backend.unitary_scale((m, n)), state.object)
         args = (plans[2], dP_k if use_probe else shifted[0], b.frac, scale, dO if use_obj else state.object,
                 b.y0.astype("int64"), b.x0.astype("int64"), g_patches, w_patches, g_psi1, t1, use_obj, use_probe,
@@ -351,7 +351,7 @@ class LsqmlEngine(common.EngineBase):
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
             backend.kernel_ffts((m, n), (n_b * n_p if use_probe else 0) + len(dp))
             terms = (out_obj[..., 0], out_obj[..., 1]) if use_obj else ()
-            terms += (out_probe[:, 0], out_probe[:, 1]) if use_probe else ()
+            terms += (out_probe[:, 0, ...], out_probe[:, 1, ...]) if use_probe else ()
             return terms, dp if len(dp) else None
 
         return backend.Launch(k.lsqml_terms_multi_part, (plans[0], *args), finish)
@@ -390,7 +390,7 @@ class LsqmlEngine(common.EngineBase):
             grad = xp.sum(2 * r * I * u - 2 * D * r / u, axis=(-2, -1), keepdims=True)
             hess = xp.sum(2 * r * r * I + 2 * D * r * r / (u * u), axis=(-2, -1), keepdims=True)
             beta = xp.clip(beta - grad / (hess + 1e-30), 0.0, 1.0)
-        return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None], fwd.Psi.dtype)
+        return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None, ...], fwd.Psi.dtype)
 
     # ------------------------------------------------------------------ directions
     def _object_direction(self, state: Any, nums: list[Any], Ws: list[Any]) -> Any:
@@ -440,17 +440,17 @@ class LsqmlEngine(common.EngineBase):
         """
         k = backend.kernels(self.ctx.xp)
         if k is not None:  # the five dots in one pass, windows read from the object grids directly
-            obj = state.object[:, 0]
+            obj = state.object[:, 0, ...]
             # (with kernel FFT plans, ``_kernel_terms`` runs the part instead, ΔP shifted inside)
             shifted = overlap.shift_spectrum(dP_k, b.frac) if dP_k is not None else fwd.psi1
             out = k.empty((len(b.idx), 5), "float64")  # the kernel's sums, in the steps' dtype
-            k.lsqml_terms(dO[:, 0] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
+            k.lsqml_terms(dO[:, 0, ...] if dO is not None else obj, obj, b.y0.astype("int64"), b.x0.astype("int64"),
                           fwd.psi1, shifted, g_exit, dO is not None, dP_k is not None, out)
-            return tuple(out[:, i] for i in _term_columns(dO is not None, dP_k is not None))
-        t = fwd.patches[:, None, :, 0]  # (B, 1, Q, M, N)
-        a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0] * fwd.psi1[:, :, None] \
+            return tuple(out[:, i, ...] for i in _term_columns(dO is not None, dP_k is not None))
+        t = fwd.patches[:, None, :, 0, ...]  # (B, 1, Q, M, N)
+        a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0, ...] * fwd.psi1[:, :, None, ...] \
             if dO is not None else None
-        bb = t * overlap.shift_spectrum(dP_k, b.frac)[:, :, None] if dP_k is not None else None
+        bb = t * overlap.shift_spectrum(dP_k, b.frac)[:, :, None, ...] if dP_k is not None else None
         dot = backend.real_dot
         dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
         if a is not None and bb is not None:
@@ -504,7 +504,7 @@ class LsqmlEngine(common.EngineBase):
         if dP_k is not None:
             shifted = overlap.shift_spectrum(dP_k, b.frac)  # (B, P, M, N)
             t1 = probe_weight if probe_weight is not None else \
-                xp.sum(backend.abs2(fwd.patches[:, :, 0]), axis=1)[:, None]  # (B, 1, M, N)
+                xp.sum(backend.abs2(fwd.patches[:, :, 0, ...]), axis=1)[:, None, ...]  # (B, 1, M, N)
             num = -0.5 * backend.real_dot(shifted, g_psi1)
             out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))
         return out
@@ -519,7 +519,7 @@ class LsqmlEngine(common.EngineBase):
             num, den = self._gathered(*terms[:2])
             terms = terms[2:]
             alpha = 0.5 * self.params.multislice_step * num / (den + 0.1 * xp.mean(den, axis=0))
-            a_O = self._combine(alpha, axis=0)[None, :, None, None] / state.n_slices
+            a_O = self._combine(alpha, axis=0)[None, :, None, None, ...] / state.n_slices
         if has_probe:
             num, den = self._gathered(*terms)
             a_P = self._combine(0.5 * num / (den + 0.1 * xp.mean(den)), trim=0)
@@ -561,14 +561,14 @@ def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
         first = fwd.cache.psi[0]
         out = k.empty((first.shape[0], n_object_modes, len(fwd.cache.psi), *first.shape[-2:]), first.real.dtype)
         for s, psi in enumerate(fwd.cache.psi):
-            k.mode_power(psi, out[:, :, s])
+            k.mode_power(psi, out[:, :, s, ...])
         return out
     slices = []
     for psi in fwd.cache.psi:  # (B, P, Q|1, M, N)
         w = backend.abs2(psi)
-        w = w[:, 0] if w.shape[1] == 1 else xp.sum(w, axis=1)
+        w = w[:, 0, ...] if w.shape[1] == 1 else xp.sum(w, axis=1)
         slices.append(xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:])))
-    return slices[0][:, :, None] if len(slices) == 1 else xp.stack(slices, axis=2)
+    return slices[0][:, :, None, ...] if len(slices) == 1 else xp.stack(slices, axis=2)
 
 
 def _term_columns(has_obj: bool, has_probe: bool) -> tuple[int, ...]:
@@ -592,7 +592,7 @@ class _TailArguments:
                  do_obj: bool, use_probe: bool, apply_step: bool):
         self.k, self.plans, self.parts, self.first, self.use_probe = k, plans, parts, first, use_probe
         self.apply_step = apply_step
-        self.obj = state.object[:, 0]
+        self.obj = state.object[:, 0, ...]
         self.nums, self.ws, self.do_obj = nums, ws, do_obj
         scratch = self.scratch = engine.scratch()
         real = engine.ctx.real_dtype

@@ -2,7 +2,7 @@
 
 Per pixel ℓ(I; D) with model I = Σ_modes|Ψ|² and data D in counts; L = Σ_j Σ_k m ℓ. For every
 model ∇_Ψ L = 2 m ℓ'(I) Ψ and the modulus-constraint form is Ψ̂ = (1 - m ℓ') Ψ.
-Arrays are unshifted (DC at [0, 0]) and on the compute device; I, D are (B, M, N).
+Arrays are unshifted (DC at [0, 0, ...]) and on the compute device; I, D are (B, M, N).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def compressed_dloss_dI(I: Any, signals: Any, masks: Any) -> Any:
     """∂L/∂I (B, M, N) = Σ_K 2 (masks_K·I - signals_K) masks_K (plays the role of m ℓ')."""
     xp = backend.namespace(I, signals)
     r = compressed_signals(I, masks) - signals
-    return xp.sum(2.0 * r[:, :, None, None] * masks[None, ...], axis=1)
+    return xp.sum(2.0 * r[:, :, None, None, ...] * masks[None, ...], axis=1)
 
 
 # ----------------------------------------------------------------------------- objective

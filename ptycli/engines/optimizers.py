@@ -14,8 +14,8 @@ from .. import backend
 
 def _split(z: Any) -> tuple[Any, Any]:
     xp = backend.namespace(z)
-    if xp.iscomplexobj(z):
-        return z.real, z.imag
+    if backend.is_complex(z):
+        return xp.real(z), xp.imag(z)
     return z, None
 
 
@@ -69,7 +69,7 @@ class Adam(_Slotted):
         fused kernel does not apply: the caller then takes ``step``."""
         xp = backend.namespace(z)
         k = backend.kernels(xp)
-        if k is None or not xp.iscomplexobj(z) or not z.flags.c_contiguous:
+        if k is None or not backend.is_complex(z) or not z.flags.c_contiguous:
             return None
         slot = self.slots.get(name) or _new_slot(z, z)  # the gradient will have z's dtype
         if not _fused_applies(z, z, slot):
@@ -125,7 +125,7 @@ class Adam(_Slotted):
 
         step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
         step *= lr
-        return z - (step if step.dtype == z.dtype else step.astype(z.dtype))
+        return z - (step if step.dtype == z.dtype else backend.namespace(z).astype(step, z.dtype))
 
 
 def _new_slot(z: Any, grad: Any) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def _fused_adam_region(z: Any, grad: Any, region: tuple[slice, slice], slot: dic
     """``_fused_adam`` for a gradient given on a region only (complex z on the CPU), or None."""
     xp = backend.namespace(z)
     k = backend.kernels(xp)
-    if (k is None or not xp.iscomplexobj(z) or z.dtype != grad.dtype or slot["m"].dtype != z.dtype
+    if (k is None or not backend.is_complex(z) or z.dtype != grad.dtype or slot["m"].dtype != z.dtype
             or slot["v_im"] is None or not z.flags.c_contiguous or not grad.flags.c_contiguous
             or grad.shape[:-2] != z.shape[:-2]):
         return None
@@ -194,7 +194,7 @@ def _fused_applies(z: Any, grad: Any, slot: dict[str, Any] | None) -> bool:
     return (backend.kernels(xp) is not None and z.dtype == grad.dtype and z.shape == grad.shape
             and z.flags.c_contiguous and grad.flags.c_contiguous
             and (slot is None or (slot["m"].dtype == z.dtype and slot["m"].flags.writeable
-                                  and bool(xp.iscomplexobj(z)) == (slot["v_im"] is not None))))
+                                  and bool(backend.is_complex(z)) == (slot["v_im"] is not None))))
 
 
 def _fused_adam(z: Any, grad: Any, more: Any, slot: dict[str, Any], b1: float, b2: float, eps: float, lr: float,
@@ -209,7 +209,7 @@ def _fused_adam(z: Any, grad: Any, more: Any, slot: dict[str, Any], b1: float, b
     flat = [a.reshape(-1) for a in (z, grad, slot["m"], slot["v_re"])]
     out = xp.empty_like(flat[0])
     consts = _adam_constants(k, z, b1, b2, eps, lr, t)
-    if xp.iscomplexobj(z):
+    if backend.is_complex(z):
         v_im, g2 = slot["v_im"].reshape(-1), None if more is None else more.reshape(-1)
         run = lambda lo, hi: k.adam(flat[0], flat[1], g2, flat[2], flat[3], v_im, *consts, lo, hi, out)  # noqa: E731
     elif more is None:
@@ -235,13 +235,13 @@ class SGD(_Slotted):
             grad = embed(z, grad, region)
         mu = self.momentum
         if mu == 0:
-            return z - (lr * grad).astype(z.dtype)
+            return z - backend.namespace(z).astype(lr * grad, z.dtype)
         slot = self.slots.setdefault(name, {"t": 0, "b": None})
         # a copy to start from: the caller's gradient may be a buffer its next group reuses
-        slot["b"] = mu * slot["b"] + grad if slot["t"] > 0 else grad.copy()
+        slot["b"] = mu * slot["b"] + grad if slot["t"] > 0 else backend.namespace(grad).asarray(grad, copy=True)
         slot["t"] += 1
         direction = grad + mu * slot["b"] if self.nesterov else slot["b"]
-        return z - (lr * direction).astype(z.dtype)
+        return z - backend.namespace(z).astype(lr * direction, z.dtype)
 
 
 def _host_slots(slots: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -35,12 +35,12 @@ import numpy as np
 from .. import backend
 from ..errors import InputError, RecipeError
 from ..physics import aberration_probe as abp
-from ..physics import electron
+from ..physics import electron, grids
 from ..physics.detector import BlurredObjective
 from ..physics.model import ForwardModel
 from ..physics.nearfield import NearField
 from . import compiled_eval, distributed
-from .data import gathered
+from .data import Rows, gathered
 from . import noise as noise_mod
 from . import scan_regularisers as scan_reg
 
@@ -100,7 +100,7 @@ class Evaluator:
         self.ab_names = abp.cartesian_names(_terms(params.aberration_terms, state.subscan_aberrations))
         semi = state.semiangle_mrad or _support_semiangle(state)
         self.ab_basis, self.ab_norms = abp.basis(state.window, state.dx_a, self.model.wavelength_a, self.ab_names,
-                                                 semi, xp=xp, dtype=str(np.dtype(ctx.real_dtype)))
+                                                 semi, xp=xp, dtype=grids.real_dtype_name(ctx.real_dtype))
         self.regularisers, self.scan_terms = split_regularisers(params.regularisers)
         z = params.nearfield_defocus_a
         if isinstance(z, list) and len(z) != len(state.positions):
@@ -195,7 +195,7 @@ class Evaluator:
         if "tilts" not in x and "tilt_global" not in x:
             return None
         base = x["tilts"] if "tilts" in x else np.asarray(backend.to_numpy(state.tilts), dtype=np.float64)
-        return base + x.get("tilt_global", np.zeros(2))[None, :]
+        return base + x.get("tilt_global", np.zeros(2))[None, :, ...]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: Any, x: dict[str, Any], idx: np.ndarray, data: Any, it: int,
@@ -214,7 +214,8 @@ class Evaluator:
         loss_total = 0.0
         compiled = compiled_eval.applies(self, state, x)
         for a in range(0, len(idx), chunk):
-            sel, block = idx[a:a + chunk], data[a:a + chunk]
+            # data.Rows takes a plain slice; arrays get every axis and an in-bounds stop (array API indexing)
+            sel, block = idx[a:a + chunk], data[a:a + chunk] if isinstance(data, Rows) else data[a:min(a + chunk, len(idx)), ...]
             for s, local in self.subscans_of(state, sel):
                 # the compiled path reads data.Rows in place; the array model takes the gathered frames
                 part = block if len(local) == len(sel) else xp.take(gathered(block), backend.to_device(local, xp),
@@ -440,7 +441,7 @@ def _support_semiangle(state: Any) -> float:
     xp = backend.namespace(state.probe)
     power = backend.to_numpy(xp.sum(xp.abs(abp.spectrum(state.probe)) ** 2, axis=0))
     m, n = state.window
-    ky = np.fft.fftfreq(m, d=state.dx_a)[:, None]
-    kx = np.fft.fftfreq(n, d=state.dx_a)[None, :]
+    ky = np.fft.fftfreq(m, d=state.dx_a)[:, None, ...]
+    kx = np.fft.fftfreq(n, d=state.dx_a)[None, :, ...]
     k = np.sqrt(ky**2 + kx**2)[power > 0.01 * power.max()]
     return float(k.max() * electron.wavelength_a(state.energy_kev * 1e3) * 1e3) if k.size else 1.0

@@ -95,7 +95,7 @@ class ForwardModel:
         psi1 = backend.ifft2(probe_k[None, ...] * ramp[:, None, ...])
         if tilts_before_mrad is not None:
             psi1 = psi1 * tilt_modes.ramp(self.shape, self.dx_a, self.wavelength_a, tilts_before_mrad,
-                                          probe.dtype)[:, None]
+                                          probe.dtype)[:, None, ...]
         patches = overlap.extract(obj, y0, x0, self.shape)
         H = None
         if obj.shape[1] > 1:
@@ -110,7 +110,7 @@ class ForwardModel:
         raw = bin_pixels(multislice.intensity(wave), self.upsample)
         intensity = raw
         if beam_scale is not None:
-            intensity = intensity * beam_scale[:, None, None]
+            intensity = intensity * beam_scale[:, None, None, ...]
         if background is not None:
             intensity = intensity + background
         return Forward(Psi, intensity, cache, probe_k, ramp, (y0, x0), H, tilts_mrad, wave, detector_transform,
@@ -158,7 +158,7 @@ class ForwardModel:
             grads["background"] = xp.sum(dI, axis=0)
         if not set(want) & BACKPROP:
             return grads  # loss only (validation): no back-propagation
-        scale = 2.0 * dI if beam_scale is None else 2.0 * dI * beam_scale[:, None, None]
+        scale = 2.0 * dI if beam_scale is None else 2.0 * dI * beam_scale[:, None, None, ...]
         scale = bin_adjoint(scale, self.upsample)
         grad_Psi = fw.wave * xp.astype(scale[:, None, None, ...], fw.Psi.dtype)
         if fw.transform is not None:
@@ -178,7 +178,7 @@ class ForwardModel:
                     grads["tilts_before"] = tilt_modes.tilt_gradient(grad_psi1, fw.psi1, self.shape, self.dx_a,
                                                                      self.wavelength_a, fw.tilts_before)
                 grad_psi1 = grad_psi1 * xp.conj(tilt_modes.ramp(self.shape, self.dx_a, self.wavelength_a,
-                                                                fw.tilts_before, fw.psi1.dtype))[:, None]
+                                                                fw.tilts_before, fw.psi1.dtype))[:, None, ...]
             grads.update(self._probe_position_grads(fw, grad_psi1, want))
         if dH:
             grads.update(_geometry_grads(back[2], want))

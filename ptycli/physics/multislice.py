@@ -45,7 +45,7 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
         cache.psi.append(psi)
         if k is not None:  # one pass, no broadcast temporaries
             b_, p_, q_ = psi.shape[0], psi.shape[1], patches.shape[1]
-            exit_wave = k.window_product(patches[:, :, s], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
+            exit_wave = k.window_product(patches[:, :, s, ...], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
         else:
             exit_wave = patches[:, None, :, s, ...] * psi
         # exit_wave is this loop's own temporary: every transform of it may run in place
@@ -69,7 +69,7 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
     §5.4), which needs ``forward(..., keep_spectra=True)``. ``grad_exit`` = ifft2(grad_Psi)
     when the caller already has it (saves one batched FFT).
     """
-    xp = backend.namespace(grad_Psi)
+    xp = backend.namespace(grad_Psi, grad_exit, cache.patches)  # grad_Psi is None when grad_exit is given
     patches = cache.patches
     n_slices = patches.shape[2]
     grad_patches = [None] * n_slices
@@ -82,7 +82,7 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
     for s in range(n_slices - 1, -1, -1):
         if grad_obj is not None:  # both products in one pass, written straight into the result
             grad_psi = k.empty(g.shape, g.dtype)
-            k.adjoint_products(patches[:, :, s], cache.psi[s], g, grad_obj[:, :, s], grad_psi)
+            k.adjoint_products(patches[:, :, s, ...], cache.psi[s], g, grad_obj[:, :, s, ...], grad_psi)
         else:
             t = patches[:, None, :, s, ...]
             grad_patches[s] = _sum_probe_modes(xp.conj(cache.psi[s]) * g)
@@ -100,7 +100,7 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
         else:
             g = backend.fourier_multiply(grad_psi, _h5(H), conj=True, overwrite=True)
     if grad_obj is None:
-        grad_obj = grad_patches[0][:, :, None] if n_slices == 1 else xp.stack(grad_patches, axis=2)
+        grad_obj = grad_patches[0][:, :, None, ...] if n_slices == 1 else xp.stack(grad_patches, axis=2)
     if dH is None:
         return grad_obj, grad_psi
     return grad_obj, grad_psi, geometry
@@ -133,7 +133,7 @@ def _forward_blocked(k: Any, psi1: Any, patches: Any, H: Any) -> tuple[Any, Cach
         for s in range(n_slices):
             last = s == n_slices - 1
             dest = Psi[c] if last else cache.psi[s + 1][c]
-            k.window_product(patches[c, :, s], cache.psi[s][c], dest)
+            k.window_product(patches[c, :, s, ...], cache.psi[s][c], dest)
             out = backend.fft2(dest, overwrite=True) if last else backend.fourier_multiply(dest, h, overwrite=True)
             backend.store(dest, out)
     return Psi, cache
@@ -153,7 +153,7 @@ def _backward_blocked(k: Any, g_exit: Any, cache: Cache, H: Any) -> tuple[Any, A
         g = g_exit[c]
         for i, s in enumerate(range(n_slices - 1, -1, -1)):
             dest = grad_psi1[c] if s == 0 else scratch[i % 2][: c.stop - c.start]
-            k.adjoint_products(patches[c, :, s], cache.psi[s][c], g, grad_obj[c, :, s], dest)
+            k.adjoint_products(patches[c, :, s, ...], cache.psi[s][c], g, grad_obj[c, :, s, ...], dest)
             if s > 0:  # dest is scratch: the transforms run in place in it
                 g = backend.fourier_multiply(dest, h, conj=True, overwrite=True)
     return grad_obj, grad_psi1
@@ -171,4 +171,4 @@ def intensity(Psi: Any) -> Any:
 def _sum_probe_modes(x: Any) -> Any:
     """Σ over axis 1 of (B, P, ...), without a copy when P = 1."""
     xp = backend.namespace(x)
-    return x[:, 0] if x.shape[1] == 1 else xp.sum(x, axis=1)
+    return x[:, 0, ...] if x.shape[1] == 1 else xp.sum(x, axis=1)

@@ -20,7 +20,7 @@ def split_positions(positions_px: Any, shape: tuple[int, int]) -> tuple[Any, Any
     base = xp.floor(positions_px)
     frac = positions_px - base
     corner = xp.astype(base, xp.int64)
-    return corner[:, 0] - shape[0] // 2, corner[:, 1] - shape[1] // 2, frac
+    return corner[:, 0, ...] - shape[0] // 2, corner[:, 1, ...] - shape[1] // 2, frac
 
 
 def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None, *, conj: bool = False) -> Any:
@@ -32,8 +32,8 @@ def shift_ramp(frac: Any, shape: tuple[int, int], dtype: Any = None, *, conj: bo
     rdt = grids.real_dtype_name(dtype if dtype is not None else frac.dtype)
     uy, ux = _pixel_grid(shape, xp, rdt)
     f = xp.astype(frac, grids._dtype(xp, rdt))
-    fy = xp.reshape(f[:, 0], (-1, 1, 1))
-    fx = xp.reshape(f[:, 1], (-1, 1, 1))
+    fy = xp.reshape(f[:, 0, ...], (-1, 1, 1))
+    fx = xp.reshape(f[:, 1, ...], (-1, 1, 1))
     # Separable: cis of (B, M, 1) and (B, 1, N) then one product, instead of a
     # transcendental per pixel (B·(M+N) instead of B·M·N sin/cos).
     sign = 2.0 * math.pi if conj else -2.0 * math.pi

@@ -66,8 +66,8 @@ def _tilt_tangents(tilt_mrad: Any, xp: ModuleType, rdt: str) -> tuple[Any, Any]:
         raise InputError(f"tilt_mrad has shape {tuple(t.shape)}; expected (B, 2) ordered (t_y, t_x)")
     tan = xp.tan(t)
     squeeze = xp.asarray(tilt_mrad).ndim == 1
-    ty = xp.reshape(tan[:, 0], (-1, 1, 1))
-    tx = xp.reshape(tan[:, 1], (-1, 1, 1))
+    ty = xp.reshape(tan[:, 0, ...], (-1, 1, 1))
+    tx = xp.reshape(tan[:, 1, ...], (-1, 1, 1))
     return (ty[0], tx[0]) if squeeze else (ty, tx)
 
 

@@ -39,7 +39,7 @@ def ramp(shape: tuple[int, int], dx_a: float, wavelength_a: float, tilts_mrad: A
     rdt = grids.real_dtype_name(dtype)
     y, x = grids.real_coords_a(shape, dx_a, xp=xp, dtype=rdt)
     k, _ = _tan_k(xp.astype(tilts_mrad, grids._dtype(xp, rdt)), wavelength_a)
-    phase = (2.0 * math.pi) * (k[:, 0, None, None] * y[None] + k[:, 1, None, None] * x[None])
+    phase = (2.0 * math.pi) * (k[:, 0, None, None, ...] * y[None] + k[:, 1, None, None, ...] * x[None])
     return xp.astype(grids.cis(phase), grids._dtype(xp, dtype))
 
 
@@ -53,8 +53,8 @@ def tilt_gradient(grad_w: Any, w: Any, shape: tuple[int, int], dx_a: float, wave
         cross = xp.sum(cross, axis=1)
     y, x = grids.real_coords_a(shape, dx_a, xp=xp, dtype=rdt)
     _, dk = _tan_k(xp.astype(tilts_mrad, grids._dtype(xp, rdt)), wavelength_a)
-    gy = xp.sum(cross * y[None], axis=(-2, -1)) * dk[:, 0]
-    gx = xp.sum(cross * x[None], axis=(-2, -1)) * dk[:, 1]
+    gy = xp.sum(cross * y[None], axis=(-2, -1)) * dk[:, 0, ...]
+    gx = xp.sum(cross * x[None], axis=(-2, -1)) * dk[:, 1, ...]
     return (-2.0 * math.pi) * xp.stack([gy, gx], axis=1)
 
 

@@ -70,6 +70,24 @@ def test_affine_project_and_remove():
     np.testing.assert_allclose(removed, (r0 - c0) + t[2] + (affine_pos + noise - design @ t), atol=1e-12)
 
 
+def test_affine_remove_scale_keeps_all_but_the_isotropic_scale():
+    """A probe's defocus error shows as a scan magnification; a real distortion (anisotropic
+    scale, shear, rotation, drift) and the local corrections must survive."""
+    r0 = _grid()
+    c0 = r0.mean(0)
+    a = np.array([[1.06, 0.03], [-0.01, 1.00]])  # isotropic scale 1.03
+    rng = np.random.default_rng(2)
+    pos = (r0 - c0) @ a.T + c0 + [0.4, -0.2] + rng.normal(size=r0.shape) * 0.05
+    out = cpos.affine(_state(pos, r0), cpos.AffineParams(mode="remove_scale"), Context()).positions
+    t, _ = cpos.fit_affine(pos, r0)
+    t_out, _ = cpos.fit_affine(out, r0)
+    s = 0.5 * (t[0, 0] + t[1, 1])
+    np.testing.assert_allclose(t_out[:2], t[:2] - (s - 1) * np.eye(2), atol=1e-10)
+    assert 0.5 * np.trace(t_out[:2]) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(t_out[2], t[2], atol=1e-12)  # translation kept
+    np.testing.assert_allclose(out - pos, -(s - 1) * (r0 - c0), atol=1e-12)  # nothing else moved
+
+
 def test_tilt_smooth_keeps_constant_and_damps_alternating_tilts():
     r0 = _grid(8)
     const = np.tile([[1.5, -0.5]], (64, 1))

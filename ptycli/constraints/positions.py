@@ -54,8 +54,9 @@ def max_update(state: Any, params: MaxUpdateParams, ctx: Context) -> Any:
 
 # ----------------------------------------------------------------------------- affine fit
 class AffineParams(ConstraintParams):
-    mode: Literal["remove", "project"] = Field(
-        "remove", description="remove: drop the global affine part; project: keep only the affine part.")
+    mode: Literal["remove", "project", "remove_scale"] = Field(
+        "remove", description="remove: drop the global affine part; project: keep only the affine part; "
+                              "remove_scale: drop only the isotropic scale (degenerate with the probe's defocus).")
     relax: float = Field(0.0, ge=0, le=1, description="0 = full correction, 1 = no change.")
 
 
@@ -69,7 +70,12 @@ def fit_affine(r: Any, r0: Any) -> Any:
 
 
 def affine(state: Any, params: AffineParams, ctx: Context) -> Any:
-    """Fit r = A (r⁰ - c⁰) + t; ``remove`` gives r - (A - I)(r⁰ - c⁰), ``project`` gives A(r⁰ - c⁰) + t."""
+    """Fit r = A (r⁰ - c⁰) + t; ``remove`` gives r - (A - I)(r⁰ - c⁰), ``project`` gives
+    A(r⁰ - c⁰) + t, ``remove_scale`` gives r - (s - 1)(r⁰ - c⁰) with s = tr A / 2.
+
+    Why ``remove_scale``: a defocus error of the probe is taken up by the positions as a scan
+    magnification (a defocused probe is a shadow image of the object), while a real scan
+    distortion is mostly anisotropic scale, shear, rotation and drift, which stay refinable."""
     import numpy as np  # noqa: PLC0415
 
     xp = backend.namespace(state.positions)
@@ -78,6 +84,9 @@ def affine(state: Any, params: AffineParams, ctx: Context) -> Any:
     fitted = design @ t
     if params.mode == "project":
         target = fitted
+    elif params.mode == "remove_scale":
+        scale = 0.5 * (t[0, 0] + t[1, 1])
+        target = backend.to_numpy(state.positions).astype(float) - (scale - 1.0) * design[:, :2]
     else:
         identity_part = design[:, :2] @ np.eye(2) + t[2]
         target = backend.to_numpy(state.positions).astype(float) - (fitted - identity_part)

@@ -372,11 +372,12 @@ def sanity(data: np.ndarray, meta: dict, truth: dict) -> dict:
     dose_measured = counts / area / true["detected_fraction"]
     ph = truth["phase"]
     out = {"bf_radius_px": bf_measured, "bf_expected_px": round(bf_expected, 2),
+           "detected_fraction": round(true["detected_fraction"], 4),
            "dose_measured": round(dose_measured, 1), "dose_nominal": meta["dose_e_per_a2"],
            "counts_per_pattern": round(counts, 1), "phase_min": float(ph.min()), "phase_max": float(ph.max()),
            "phase_std": float(ph.std())}
     ok = abs(bf_measured - bf_expected) <= max(1.5, 0.08 * bf_expected) and abs(dose_measured / meta["dose_e_per_a2"] - 1) < 0.05
-    out["ok"] = bool(ok and ph.max() - ph.min() > 0.2)
+    out["ok"] = bool(ok and ph.max() - ph.min() > 0.2 and true["detected_fraction"] > 0.7)
     return out
 
 

@@ -11,8 +11,8 @@
 Metrics (on the central scanned region, after resampling both to the coarser pixel and a
 sub-pixel registration): `pearson` of the slice-summed phase, `scale_a` / `offset_b` of the
 fit truth ≈ a·recon + b (a = 1 when the phase is quantitatively right), `frc_halfbit_a`
-(resolution where the Fourier ring correlation first drops below the half-bit threshold;
-the Nyquist period 2·pixel if it never does), `shift_a` (registration). Needs numpy, scipy,
+(1 / the highest spatial frequency whose Fourier ring correlation with the truth reaches
+the half-bit threshold, among the rings where the truth has power; inf if none), `shift_a` (registration). Needs numpy, scipy,
 scikit-image and (for stores) zarr: all ptycli dependencies.
 """
 
@@ -84,9 +84,11 @@ def register(window: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def frc(a: np.ndarray, b: np.ndarray, pixel_a: float) -> dict:
-    """Fourier ring correlation of two equal-size images (Hann-apodised) with the half-bit
-    threshold (van Heel & Schatz 2005); resolution = 1 / first spatial frequency where the
-    FRC falls below the threshold (ignoring the lowest two rings)."""
+    """Fourier ring correlation of a reconstruction `a` with the truth `b` (equal size,
+    Hann-apodised) against the half-bit threshold (van Heel & Schatz 2005). A crystal's
+    power sits in its Bragg rings and the rings between hold almost none, where any FRC is
+    noise; so only rings holding at least 1e-3 of the truth's strongest ring count, and the
+    resolution is 1 / the highest such ring whose FRC reaches the threshold."""
     n = min(a.shape)
     a, b = a[:n, :n] - a[:n, :n].mean(), b[:n, :n] - b[:n, :n].mean()
     w = np.outer(np.hanning(n), np.hanning(n))
@@ -96,24 +98,19 @@ def frc(a: np.ndarray, b: np.ndarray, pixel_a: float) -> dict:
     nr = n // 2
     m = ring < nr
     num = np.bincount(ring[m], (A * B.conj()).real.ravel()[m], nr)
-    den = np.sqrt(np.bincount(ring[m], (np.abs(A) ** 2).ravel()[m], nr)
-                  * np.bincount(ring[m], (np.abs(B) ** 2).ravel()[m], nr)) + 1e-300
-    curve = num / den
+    pa = np.bincount(ring[m], (np.abs(A) ** 2).ravel()[m], nr)
+    pb = np.bincount(ring[m], (np.abs(B) ** 2).ravel()[m], nr)
+    curve = num / (np.sqrt(pa * pb) + 1e-300)
     npix = np.bincount(ring[m], minlength=nr).astype(float)
     halfbit = (0.2071 + 1.9102 / np.sqrt(npix)) / (1.2071 + 0.9102 / np.sqrt(npix))
     freq = np.arange(nr) / (n * pixel_a)                  # [1/Å]
-    below = np.where(curve[2:] < halfbit[2:])[0]
-    if below.size:
-        k = below[0] + 2
-        # linear interpolation between the last ring above and the first below
-        f0, f1 = freq[k - 1], freq[k]
-        d0, d1 = curve[k - 1] - halfbit[k - 1], curve[k] - halfbit[k]
-        fc = f0 + (f1 - f0) * d0 / (d0 - d1) if d0 > d1 else f1
-        res, crossed = 1.0 / fc, True
-    else:
-        res, crossed = 2 * pixel_a, False
-    return {"frc_halfbit_a": float(res), "frc_crossed": crossed, "frc_freq_inv_a": freq.tolist(),
-            "frc": curve.tolist(), "frc_threshold": halfbit.tolist()}
+    informative = np.zeros(nr, bool)
+    informative[1:] = pb[1:] >= 1e-3 * pb[1:].max()
+    good = np.where(informative & (curve >= halfbit))[0]
+    res = 1.0 / freq[good[-1]] if good.size else float("inf")
+    return {"frc_halfbit_a": float(res), "frc_at_nyquist": bool(good.size and good[-1] == nr - 1),
+            "frc_freq_inv_a": freq.tolist(), "frc": curve.tolist(), "frc_threshold": halfbit.tolist(),
+            "frc_informative": informative.tolist()}
 
 
 def score_phase(phase: np.ndarray, pixel_size_a: float, truth_phase: np.ndarray, truth_pixel_size_a: float,
@@ -162,7 +159,8 @@ def score_phase(phase: np.ndarray, pixel_size_a: float, truth_phase: np.ndarray,
     (a, b), *_ = np.linalg.lstsq(A, ref.ravel(), rcond=None)
     f = frc(win, ref, px)
     out = {"pearson": r, "scale_a": float(a), "offset_b": float(b), "frc_halfbit_a": f["frc_halfbit_a"],
-           "frc_crossed": f["frc_crossed"], "pixel_a": px, "region_px": list(win.shape),
+           "frc_at_nyquist": f["frc_at_nyquist"],
+           "frc_crossed": not f["frc_at_nyquist"], "pixel_a": px, "region_px": list(win.shape),
            "shift_a": (corner * px).tolist(), "orientation": orientation, "frc": f}
     if variants:
         out["orientations"] = variants
@@ -263,7 +261,7 @@ def main(argv=None) -> int:
         print(json.dumps(m))
     else:
         print(f"{meta['name']}: pearson {m['pearson']:.3f}  scale a {m['scale_a']:.3f}  "
-              f"FRC half-bit {m['frc_halfbit_a']:.2f} Å{'' if m['frc_crossed'] else ' (Nyquist)'}  "
+              f"FRC half-bit {m['frc_halfbit_a']:.2f} Å{' (Nyquist)' if m['frc_at_nyquist'] else ''}  "
               f"region {m['region_px'][0]}x{m['region_px'][1]} px at {m['pixel_a']:.3f} Å  "
               f"best orientation {m.get('best_orientation', '-')}")
     return 0

@@ -47,7 +47,7 @@ def test_iterations_flag_is_bounded(cli):
 def test_constraint_table_values_must_be_finite(tmp_path, cli):
     path = tmp_path / "r.toml"
     path.write_text('recipe = "ptycli/1"\n[[stage]]\ntype = "lsqml"\niterations = 2\n'
-                    '[[stage.constraints]]\ntype = "object_blur"\nsigma_px = nan\n')
+                    '[[stage.constraints]]\ntype = "object_amplitude_threshold"\nmax_amplitude = inf\n')
     r = cli("validate", path)
     assert r.exit_code == ExitCode.CONFIG and "stage.0.constraints.0" in r.stderr, r.stderr
 
@@ -67,6 +67,9 @@ def test_init_defocus_must_be_finite(cli, demo, tmp_path, value):
 
 def test_simulate_floats_must_be_finite(cli, tmp_path):
     one_line_error(cli("simulate", tmp_path / "x.zarr", "--dx-a", "nan"), ExitCode.CONFIG, "dx_a")
+    # no bound to trip over: was an internal error (exit 1) deep in the scan geometry
+    one_line_error(cli("simulate", tmp_path / "x.zarr", "--scan-rotation-deg", "nan"), ExitCode.CONFIG,
+                   "scan_rotation_deg")
 
 
 # ----------------------------------------------------------------------------- calibration

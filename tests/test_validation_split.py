@@ -62,6 +62,8 @@ def test_validation_loss_recorded_and_positions_not_updated(small):
     assert vloss.shape == (6,) and np.all(np.isfinite(vloss)) and len(val_idx) == 16
     assert [v for *_, v in rec.seen] == pytest.approx(list(vloss), rel=1e-12)
     assert out["positions_refined"] == 48 and out["validation_positions"] == 16
+    xr = pytest.importorskip("xarray")  # the held-out indices have their own dimension: the tree opens
+    assert xr.open_datatree(str(root / "v.zarr"), engine="zarr")["history"].validation_positions.size == 16
     # The held-out loss falls as the object is learnt from the other positions.
     assert vloss[-1] < 0.8 * vloss[0]
     # Positions refined in stage 1 moved only for training positions.

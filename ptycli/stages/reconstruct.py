@@ -445,7 +445,7 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
         write_array(writer.group, "history/validation_loss", np.asarray(history.validation_loss, dtype=np.float64),
                     dims=("iteration",), units="1", attrs={"long_name": "loss per position"})
         write_array(writer.group, "history/validation_positions", np.asarray(held_out, dtype=np.int64),
-                    dims=("position",))
+                    dims=("validation_position",))  # not "position": xarray needs one size per name
     write_array(writer.group, "history/loss", np.asarray(history.loss, dtype=np.float64), dims=("iteration",),
                 units="1", attrs={"long_name": "loss per position"})
     write_array(writer.group, "history/stage", np.asarray(history.stage, dtype=np.int32), dims=("iteration",))

@@ -281,6 +281,8 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
         log(f"{set_dir.name} {peer}: cached")
         return rec
     rec: dict[str, Any] = {"key": key, "code": peer, "set": set_dir.name, "iterations_requested": iterations}
+    if args.only == "ptycli":
+        return dict(rec, status="not run (--only ptycli, no cached run)")
     if not py.exists():
         return dict(rec, status=f"not run: no venv at {py} (benchmarks/peers/envs.sh)")
     if run_dir.exists():
@@ -461,6 +463,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "every peer or PEER=S,PEER=S (0: no limit)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="limit of any one command")
     ap.add_argument("--force", choices=("ptycli", "peers", "all"), help="rerun cached runs")
+    ap.add_argument("--only", choices=("ptycli", "peers"),
+                    help="run only these rows: `ptycli` still shows the peers' cached runs, `peers` leaves "
+                         "ptycli out")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_quality.md")
@@ -493,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         meta, truth = score.load_truth(set_dir)
         true = json.loads(str(truth["true"])) if "true" in truth else {}
         recipes = [r for r in applicable_recipes(meta, true) if not args.recipe_list or r in args.recipe_list]
-        rows = [run_ptycli(set_dir, meta, r, args, truth) for r in recipes]
+        rows = [run_ptycli(set_dir, meta, r, args, truth) for r in recipes] if args.only != "peers" else []
         # peers: the most iterations any shipped recipe runs on this set (a stable cache key)
         peer_its = args.iterations or max(sum(recipe_stages(r) or [0]) for r in recipes)
         modes = MIXED_STATE_MODES if partially_coherent(true) else 1

@@ -136,6 +136,16 @@ def dtypes(precision: str = "single") -> tuple[str, str]:
         raise DeviceError(f"unknown precision {precision!r}; expected single or double") from None
 
 
+def copy(x: Any) -> Any:
+    """A copy of an array of any namespace (the array API has no ``.copy()`` method), or of
+    a dict/list; other values are returned as they are (immutable)."""
+    if hasattr(x, "copy"):  # NumPy and CuPy arrays, dicts, lists
+        return x.copy()
+    if hasattr(x, "__array_namespace__"):
+        return x.__array_namespace__().asarray(x, copy=True)
+    return x
+
+
 def angle(z: Any) -> Any:
     """The phase of a complex array in any namespace (the array API has atan2, not angle)."""
     xp = namespace(z)

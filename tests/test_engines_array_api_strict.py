@@ -39,8 +39,8 @@ SKIP = {("epie", "tilts"), ("lsqml", "tilts")}
 ITERATIONS = 2
 # ε of the amplitude model, in sqrt(counts): where the model's far field is ~0 and the data
 # not, the default ε (1e-6) makes the gradient sqrt(D)·Ψ/|Ψ|, a direction set by the FFT's
-# rounding alone (numpy.fft and pocketfft through array_api_strict then differ by ~1 % after
-# one group); a larger ε keeps the comparison at rounding level without changing the path.
+# rounding alone (pyFFTW against pocketfft moved the first update by ~1 %); a larger ε keeps
+# the comparison at rounding level without changing the path.
 EPS = 1e-2
 # Host copies an iteration may make: the loss (one scalar per group) and the few scalars
 # the engines document (LSQ-ML's and L-BFGS's step sizes and line-search values, position
@@ -52,13 +52,14 @@ SYNCS_PER_GROUP = {"epie": 8, "lsqml": 8, "gradient": 8, "lbfgs": 40}
 # this file's case; issue 25 follow-up). They still must run to the end with a finite loss
 # and within the host-copy bound; only the comparison is expected to fail (not strict: the
 # engines are being changed for issue 22, and a pair that starts matching is good news).
-_EPIE = "ePIE's group update differs between the NumPy and the array path past iteration 0"
 _CONDITIONING = "differs at ~1e-3 after one group: a noise model or a step that amplifies rounding"
+# The gradient engine runs with SGD here: Adam's first step is lr·g/|g| per component, so
+# where a gradient component is at rounding level its sign, and a full-size step, flips
+# between two correct implementations (measured: 3 % of the object's max after one group).
 KNOWN_DIFFERENT: dict[tuple[str, str], str] = {
-    **{("epie", v): _EPIE for v in ("anscombe", "intensity", "object-modes", "poisson", "positions",
-                                     "probe-modes", "single-slice")},
+    **{("epie", v): _CONDITIONING for v in ("poisson", "positions")},
     **{("lsqml", v): _CONDITIONING for v in ("intensity", "poisson", "positions")},
-    **{("gradient", v): _CONDITIONING for v in ("multislice", "poisson", "positions", "single-slice")},
+    **{("gradient", v): _CONDITIONING for v in ("poisson", "positions")},
 }
 # ePIE with the intensity model (a half-gradient step, no projection) diverges on this case.
 DIVERGES = {("epie", "intensity"): "ePIE + intensity model: NaN in iteration 0 after 4 step back-offs"}
@@ -84,6 +85,10 @@ def _run(root, engine, variant, device, monkeypatch):
     overrides = [f"stage.0.iterations={ITERATIONS}", "stage.0.grouping.size=8", *VARIANTS[variant][1]]
     if not any(o.startswith("stage.0.noise.model=") for o in overrides):
         overrides.append(f"stage.0.noise.eps={EPS}")
+    if engine == "gradient":  # plain steps: Adam's first step is sign-like (see _ADAM)
+        # the intensity loss is in counts², its gradient ~10³ the amplitude loss's here
+        rate = 1e-8 if variant == "intensity" else 1e-5
+        overrides += ["stage.0.optimizer=sgd", f"stage.0.learning_rate.object={rate}"]
     with monkeypatch.context() as m:
         m.setenv("PTYCLI_KERNELS", "0")
         m.setattr(backend, "_kernels_mode", "0")
@@ -128,3 +133,20 @@ def test_engine_matches_numpy_under_array_api_strict(data, engine, variant, monk
     assert np.allclose(loss, ref_loss, rtol=2e-4), f"{engine}/{variant}: loss {loss} vs NumPy {ref_loss}"
     err = _compare(ref, got)
     assert err < 2e-4, f"{engine}/{variant}: state differs from NumPy by {err:.2e} (relative to max)"
+
+
+def test_backoff_snapshot_copies_arrays_of_any_namespace():
+    """The loop's back-off snapshot must copy: an array-API array has no ``.copy()``, and a
+    snapshot aliasing the live object restored nothing (ePIE then retried from the diverged
+    state on the array path, 3x the NumPy path's loss)."""
+    from types import SimpleNamespace
+
+    from ptycli.engines import loop
+
+    obj = xps.ones((1, 1, 4, 4), dtype=xps.complex64)
+    state = SimpleNamespace(object=obj, probe=xps.ones((1, 4, 4), dtype=xps.complex64), positions=np.zeros((2, 2)))
+    snap = loop._snapshot(state)
+    state.object += 1  # engines update in place
+    loop._restore(state, snap)
+    assert float(xps.max(xps.abs(state.object))) == 1.0
+    assert backend.copy(obj) is not obj and backend.copy({"a": 1}) == {"a": 1}

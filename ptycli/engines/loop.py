@@ -360,6 +360,6 @@ def _restore(state: Any, snap: dict[str, Any]) -> None:
 
 
 def _copy(value: Any) -> Any:
-    if hasattr(value, "copy"):  # arrays of either backend, dicts, lists
-        return value.copy()
-    return value
+    # backend.copy: an array-API array has no .copy(), and a snapshot that aliased the live
+    # arrays restored nothing (the array path retried from the diverged state)
+    return backend.copy(value)

@@ -261,7 +261,7 @@ def _device_slots(state: dict[str, Any], xp: Any) -> dict[str, dict[str, Any]]:
         name, key = full.rsplit("/", 1)
         slot = slots.setdefault(name, {"v_im": None})
         # own writable copies: the fused kernels update the moments in place
-        slot[key] = int(value) if key == "t" else backend.to_device(value, xp).copy()
+        slot[key] = int(value) if key == "t" else backend.copy(backend.to_device(value, xp))
     for slot in slots.values():
         if "v_re" not in slot:
             slot.pop("v_im", None)

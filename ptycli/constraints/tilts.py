@@ -59,7 +59,10 @@ def tilt_smooth(state: Any, params: TiltSmoothParams, ctx: Context) -> Any:
 
 
 # ----------------------------------------------------------------------------- global tilt
+# Measure-and-align passes of ``tilt_from_slices`` (the residual shrinks ~5x per pass).
 ALIGN_PASSES = 6
+
+
 class TiltFromSlicesParams(ConstraintParams):
     max_tilt_mrad: float = Field(20.0, gt=0, le=200, description=(
         "Largest tilt change searched [mrad]: bounds the inter-slice shift Δz·tan t looked for."))
@@ -130,6 +133,8 @@ def tilt_from_slices(state: Any, params: TiltFromSlicesParams, ctx: Context) -> 
             break
         if np.hypot(*step) < 1e-3:
             break
+    if not np.any(m):
+        return state
     slices = _aligned(state.object, m)
     tilts = (np.zeros((len(state.positions), 2)) if state.tilts is None
              else np.asarray(backend.to_numpy(state.tilts), dtype=np.float64))

@@ -398,3 +398,30 @@ def test_epie_resumes_bit_exactly(small, tmp_path, sig):
     for name in ("object", "probe", "positions"):
         a = np.asarray(zarr.open_group(str(out), mode="r")[name][...])
         np.testing.assert_array_equal(a, np.asarray(zarr.open_group(str(full), mode="r")[name][...]), err_msg=name)
+
+
+@pytest.mark.slow
+def test_epie_resumes_bit_exactly_after_sigkill(small, tmp_path):
+    """SIGKILL leaves the last periodic checkpoint (--checkpoint-every 1), past iteration 2."""
+    from ptycli.store.io import checkpoint_iterations
+
+    root, data, state = small
+    out = tmp_path / "k.zarr"
+    args = [str(data), str(state), "-o", str(out), "--recipe", "epie", "--iterations", "8", "--seed", "2",
+            "--device", "cpu", "--checkpoint-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "ptycli", "reconstruct", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = tmp_path / "k.zarr.partial"
+    while proc.poll() is None and (checkpoint_iterations(part) or 0) < 3:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not out.exists() and (checkpoint_iterations(part) or 0) >= 3
+    done = subprocess.run([sys.executable, "-m", "ptycli", "reconstruct", *args, "--resume"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    full = tmp_path / "full.zarr"
+    reconstruct.run(data, state, full, recipe="epie", iterations=8, seed=2, device="cpu", checkpoint_every=1)
+    for name in ("object", "probe"):
+        np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out), mode="r")[name][...]),
+                                      np.asarray(zarr.open_group(str(full), mode="r")[name][...]), err_msg=name)

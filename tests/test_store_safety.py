@@ -179,3 +179,20 @@ def test_every_chunk_is_written_also_all_zero_ones(tmp_path):
         arr = w.array("patterns", np.zeros((4, 8, 8), np.float32), chunks=(1, 8, 8))
         assert missing_chunk(arr) is None
         w.finalize()
+
+
+def test_lock_of_this_slurm_jobs_earlier_run_is_taken_over(tmp_path, monkeypatch):
+    """A job requeued after a node failure starts at once elsewhere: its own old lock is stale."""
+    out = tmp_path / "x.zarr"
+    path = _write_lock(out, host="dead-node", pid=1, slurm_job="77", slurm_restart=0)
+    monkeypatch.setenv("SLURM_JOB_ID", "78")  # another job: its lock holds
+    with pytest.raises(OutputExistsError):
+        StoreWriter(out, kind="data", stage="test")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a step of the same run: holds too
+    with pytest.raises(OutputExistsError):
+        StoreWriter(out, kind="data", stage="test")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with StoreWriter(out, kind="data", stage="test") as w:
+        w.finalize()
+    assert out.exists() and not path.exists()

@@ -15,7 +15,10 @@ holds it. Its cost is that a killed holder leaves the file behind, so a lock is 
 - its modification time is older than ``STALE_AFTER_S``: the holder touches it every
   ``HEARTBEAT_S`` seconds, so only a dead (or frozen) holder on another node lets it age.
   This compares the file server's clock with this node's: nodes of a cluster agree to
-  well under a minute (NTP), far less than the margin.
+  well under a minute (NTP), far less than the margin, or
+- it was taken by an earlier run of this SLURM job (same ``SLURM_JOB_ID``, lower
+  ``SLURM_RESTART_COUNT``): a job requeued after its node died or killed it starts at once
+  on another node, and SLURM never runs two incarnations of a job together.
 """
 
 from __future__ import annotations
@@ -51,6 +54,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _slurm_job() -> dict[str, Any]:
+    """This process's SLURM job and restart count ({} outside SLURM)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        restart = 0
+    return {"slurm_job": job, "slurm_restart": restart}
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     """The holder's record, or None when the file is unreadable or still being written."""
     try:
@@ -76,7 +91,8 @@ class OutputLock:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)  # a store's missing folders are made anyway
         token = uuid.uuid4().hex
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "token": token}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "token": token,
+                  **_slurm_job()}
         for _ in range(3):  # a stale lock removed by us (or by a rival) is retried
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -136,6 +152,10 @@ class OutputLock:
             return True
         if holder is None:
             return False  # being written by a starting holder
+        job = _slurm_job()
+        if job and holder.get("slurm_job") == job["slurm_job"] and \
+                int(holder.get("slurm_restart", 0)) < job["slurm_restart"]:
+            return True  # this job's earlier incarnation, before its requeue
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             return not _alive(holder["pid"])
         return False

@@ -411,7 +411,8 @@ def write_fixture(spec: Spec, root: Path, workers: int) -> dict:
 
 def _mark_ready(root: Path) -> None:
     names = sorted(p.parent.name for p in root.glob("*/meta.json"))
-    READY.write_text(" ".join(names) + f"   (in {root})\n")
+    fixtures = " ".join(sorted(p.stem for p in FIXTURES.glob("*.npz")))
+    READY.write_text(" ".join(names) + f"   (in {root}; fixtures in tests/fixtures/abtem: {fixtures})\n")
 
 
 def main(argv=None) -> int:

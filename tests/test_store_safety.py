@@ -196,3 +196,23 @@ def test_lock_of_this_slurm_jobs_earlier_run_is_taken_over(tmp_path, monkeypatch
     with StoreWriter(out, kind="data", stage="test") as w:
         w.finalize()
     assert out.exists() and not path.exists()
+
+
+def test_checkpoint_with_a_lost_chunk_is_not_resumed(demo, tmp_path):
+    import signal
+
+    from _helpers import SignalAtBatch
+
+    from ptycli.errors import InputError, Interrupted
+    from ptycli.stages import reconstruct
+
+    _, data, state = demo
+    out = tmp_path / "r.zarr"
+    kw = dict(recipe="quick", iterations=3, device="cpu", checkpoint_every=1)
+    with pytest.raises(Interrupted):
+        reconstruct.run(data, state, out, observers=[SignalAtBatch(2, signal.SIGTERM)], **kw)
+    ck = partial_path(out) / "checkpoint" / "object"
+    next(p for p in (ck / "c").rglob("*") if p.is_file()).unlink()
+    with pytest.raises(InputError, match=r"array 'object' is missing chunk") as exc:
+        reconstruct.run(data, state, out, resume=True, **kw)
+    assert exc.value.exit_code == 4

@@ -15,7 +15,9 @@ import numpy as np
 import zarr
 
 from .. import backend
-from ..store.io import CHECKPOINT, checkpoint_iterations, find_checkpoint, write_array, write_subgroup_atomic
+from ..store.chunks import check_chunks
+from ..store.io import (CHECKPOINT, CHUNK_CHECKED, checkpoint_iterations, find_checkpoint, write_array,
+                        write_subgroup_atomic)
 from ..store.state import load_state, write_state_arrays
 from .loop import Cursor, History
 
@@ -47,6 +49,9 @@ def find(root: str | Path) -> Path | None:
 
 def read(path: str | Path) -> tuple[Any, dict[str, Any], Cursor, History, np.ndarray | None]:
     group = zarr.open_group(str(path), mode="r")
+    for name in CHUNK_CHECKED:  # a lost chunk would resume from zeros (store/chunks.py)
+        if name in group:
+            check_chunks(group[name], path, name)
     state = load_state(group)
     engine_state: dict[str, Any] = {}
     if "engine" in group:

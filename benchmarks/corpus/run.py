@@ -149,11 +149,12 @@ def key_of(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(dict(parts, v=RUN_VERSION), sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cached(run_dir: Path, key: str) -> dict[str, Any] | None:
+def cached(run_dir: Path, key: str | None) -> dict[str, Any] | None:
+    """The run recorded in run_dir if it was made from these inputs (key None: any inputs)."""
     f = run_dir / "run.json"
     if f.exists():
         rec = json.loads(f.read_text())
-        if rec.get("key") == key:
+        if key is None or rec.get("key") == key:
             return rec
     return None
 
@@ -207,11 +208,15 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
     if args.force not in ("ptycli", "all") and (rec := cached(run_dir, key)):
         log(f"{set_dir.name} ptycli {recipe}: cached")
         return rec
+    if args.reuse_ptycli and (rec := cached(run_dir, None)) and rec.get("iterations_arg") == args.iterations:
+        log(f"{set_dir.name} ptycli {recipe}: reused (sources {rec.get('sources')})")
+        return rec
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     env, exe, lg = thread_env(args.threads), ptycli_bin(), run_dir / "log.txt"
-    rec: dict[str, Any] = {"key": key, "code": "ptycli", "recipe": recipe, "set": set_dir.name, "sources": code}
+    rec: dict[str, Any] = {"key": key, "code": "ptycli", "recipe": recipe, "set": set_dir.name, "sources": code,
+                           "commit": git_commit(), "iterations_arg": args.iterations}
     data, state, out = prepared_data(set_dir, meta, args), run_dir / "init.zarr", run_dir / "recon.zarr"
     if isinstance(data, str):
         return save(run_dir, dict(rec, status=data))
@@ -377,6 +382,8 @@ def row_md(r: dict[str, Any]) -> str:
         notes.append(f"≈{r['wall_s'] * r['iterations_requested'] / its:.0f} s for {r['iterations_requested']} iterations")
     if r.get("convergence"):
         notes.append(f"error {r['convergence']}")
+    if r.get("commit"):
+        notes.append(f"commit {r['commit']}")
     if r.get("load_avg") is not None:
         notes.append(f"load {r['load_avg']:.1f}")
     frc = fmt(r.get("frc_halfbit_a"), ".2f") + ("" if r.get("frc_crossed", True) else " (Nyquist)")
@@ -395,17 +402,22 @@ def budget_text(b: Any) -> str:
     return f"{b} s"
 
 
+def git_commit() -> str:
+    """HEAD, and whether ptycli/ has uncommitted changes (the tree is shared while it runs)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "ptycli"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return commit + ("+uncommitted ptycli changes" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "ptycli"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
     return {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "git_commit": commit + ("+uncommitted ptycli changes" if dirty else ""), "ptycli_sources": ptycli_digest(),
+            "git_commit": git_commit(), "ptycli_sources": ptycli_digest(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -468,6 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "every peer or PEER=S,PEER=S (0: no limit)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="limit of any one command")
     ap.add_argument("--force", choices=("ptycli", "peers", "all"), help="rerun cached runs")
+    ap.add_argument("--reuse-ptycli", action="store_true",
+                    help="take ptycli's recorded runs even if its sources changed since (each row keeps its commit)")
     ap.add_argument("--only", choices=("ptycli", "peers"),
                     help="run only these rows: `ptycli` still shows the peers' cached runs, `peers` leaves "
                          "ptycli out")

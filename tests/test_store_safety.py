@@ -29,10 +29,10 @@ def _ptycli(*args, **kw):
 
 
 # ----------------------------------------------------------------------------- one writer
-def test_three_inits_at_once_one_wins_others_exit_5(demo, tmp_path):
-    _, data, _ = demo
+def _three_at_once(tmp_path, make_args):
+    """Start three runs of one command on one output; exactly one must win."""
     out = tmp_path / "s.zarr"
-    procs = [_ptycli("init", data, "-o", out) for _ in range(3)]
+    procs = [_ptycli(*make_args(out)) for _ in range(3)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 5, 5], results
@@ -42,8 +42,25 @@ def test_three_inits_at_once_one_wins_others_exit_5(demo, tmp_path):
             assert len(errors) == 1 and errors[0].startswith("ptycli: error: ") and str(out) in errors[0], err
     meta = zarr.open_group(str(out), mode="r").attrs["ptycli"]
     assert meta["status"] == "complete"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("s.zarr.")]  # no .partial, no .lock left
+    return out
+
+
+def test_three_inits_at_once_one_wins_others_exit_5(demo, tmp_path):
+    _, data, _ = demo
+    out = _three_at_once(tmp_path, lambda out: ["init", data, "-o", out])
     assert {"object", "probe", "positions"} <= set(zarr.open_group(str(out), mode="r").keys())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no .partial, no .lock left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["preprocess", "reconstruct"])
+def test_three_runs_at_once_one_wins_others_exit_5(demo, tmp_path, stage):
+    _, data, state = demo
+    raw = _raw_zarr(tmp_path / "raw.zarr")
+    args = {"preprocess": lambda out: ["preprocess", raw, "-o", out, *CAL],
+            "reconstruct": lambda out: ["reconstruct", data, state, "-o", out, "--iterations", "2", "--device", "cpu"]}
+    out = _three_at_once(tmp_path, args[stage])
+    assert ("patterns" if stage == "preprocess" else "object") in zarr.open_group(str(out), mode="r")
 
 
 def test_second_writer_refused_and_leaves_the_first_alone(tmp_path):

@@ -54,6 +54,7 @@ RECIPES = ("single-slice", "multislice", "low-dose", "mixed-state", "auto")
 MIXED_STATE_MODES = 3         # `init --probe-modes` for the mixed-state recipe (its comment)
 MARGIN = 0.02                 # issue 22: ptycli >= best peer + 0.02 ...
 TIME_FRACTION = 1 / 3         # ... at <= 1/3 of that peer's wall time
+KILL_FACTOR = 4               # a peer still inside an iteration at 4x its budget is stopped
 EXIT_NUMERICAL = 6            # ptycli/errors.py: NaN or divergence
 RUN_VERSION = "1"             # bump when what a cached run means changes
 
@@ -298,12 +299,17 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
     if args.budgets[peer]:
         cmd += ["--max-wall-s", str(args.budgets[peer])]
     log(f"{set_dir.name} {peer}: {iterations} iterations")
-    # same priority as ptycli's runs (no extra nice): the wall times are compared
-    r = timed(cmd, thread_env(args.threads), run_dir / "log.txt", args.timeout_s)
+    # same priority as ptycli's runs (no extra nice): the wall times are compared. The budget is
+    # checked between iterations, so a peer whose single iteration outlasts it is killed at
+    # KILL_FACTOR times the budget.
+    budget = args.budgets[peer]
+    limit = min(args.timeout_s, KILL_FACTOR * budget) if budget else args.timeout_s
+    r = timed(cmd, thread_env(args.threads), run_dir / "log.txt", limit)
     rec.update(exit=r["rc"], load_avg=r["load_avg"], process_wall_s=r["wall_s"])
     res_f = run_dir / "result.json"
     if r["rc"] != 0 or not res_f.exists():
-        why = "timed out" if r["rc"] is None else f"exit {r['rc']}"
+        why = f"killed after {limit:.0f} s, an iteration outlasting the budget" if r["rc"] is None \
+            else f"exit {r['rc']}"
         return save(run_dir, dict(rec, status=f"failed ({why})", detail=tail(run_dir / "log.txt")))
     res = json.loads(res_f.read_text())
     rec.update({k: res.get(k) for k in ("version", "engine", "wall_s", "cpu_s", "iterations", "pixel_size_a",

@@ -170,3 +170,23 @@ def test_peer_budgets_and_stopped_rows() -> None:
     row = dict(_row("ptyrad", 0.4, 150, its=5), stopped_by_time_budget=True, iterations_requested=40)
     line = run.row_md(row)
     assert "5/40 (stopped)" in line and "≈1200 s for 40 iterations" in line
+
+
+def test_a_run_dir_is_claimed_by_one_live_process(tmp_path) -> None:
+    import os
+    import subprocess
+
+    d = tmp_path / "set" / "phaser"
+    assert run.busy(d) is None                               # ours now
+    assert run.busy(d) is None                               # still ours
+    run.save(d, {"key": "k"})                                # done: released
+    assert not d.with_name("phaser.pid").exists()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        d.with_name("phaser.pid").write_text(str(other.pid))
+        assert run.busy(d) == other.pid                     # a live process holds it
+    finally:
+        other.kill()
+        other.wait()
+    assert run.busy(d) is None                               # its process is gone: taken over
+    assert d.with_name("phaser.pid").read_text() == str(os.getpid())

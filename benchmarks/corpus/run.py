@@ -160,9 +160,44 @@ def cached(run_dir: Path, key: str | None) -> dict[str, Any] | None:
     return None
 
 
+def busy(run_dir: Path) -> int | None:
+    """Claim run_dir for this process (several run.py may work through one corpus side by
+    side); the pid of the live process that holds it, or None once it is ours."""
+    lock = run_dir.with_name(run_dir.name + ".pid")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                if pid != os.getpid():
+                    return pid
+                return None
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)       # its process is gone: take it over
+                continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return None
+    return None
+
+
+def release(run_dir: Path) -> None:
+    lock = run_dir.with_name(run_dir.name + ".pid")
+    try:
+        if int(lock.read_text() or 0) == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def save(run_dir: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """Record a finished run (its result and the inputs' key) and release the run dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(rec, indent=1) + "\n")
+    release(run_dir)
     return rec
 
 
@@ -212,6 +247,8 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
     if args.reuse_ptycli and (rec := cached(run_dir, None)) and rec.get("iterations_arg") == args.iterations:
         log(f"{set_dir.name} ptycli {recipe}: reused (sources {rec.get('sources')})")
         return rec
+    if (pid := busy(run_dir)) is not None:
+        return {"code": "ptycli", "recipe": recipe, "set": set_dir.name, "status": f"being run by pid {pid}"}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -259,11 +296,14 @@ def prepared_data(set_dir: Path, meta: dict, args) -> Path | str:
     stamp = out.with_suffix(".key")
     if out.exists() and stamp.exists() and stamp.read_text() == key:
         return out
+    if (pid := busy(out)) is not None:
+        return f"preprocess being run by pid {pid}"
     shutil.rmtree(out, ignore_errors=True)
     lg = args.work / set_dir.name / "preprocess.log"
     lg.parent.mkdir(parents=True, exist_ok=True)
     r = timed([ptycli_bin(), "preprocess", str(set_dir / "data.npy"), "-o", str(out), *meta["ptycli_preprocess_args"]],
               thread_env(args.threads), lg, args.timeout_s)
+    release(out)
     if r["rc"] != 0:
         return f"preprocess failed (exit {r['rc']}): {tail(lg)}"
     stamp.write_text(key)
@@ -291,6 +331,8 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
         return dict(rec, status="not run (--only ptycli, no cached run)")
     if not py.exists():
         return dict(rec, status=f"not run: no venv at {py} (benchmarks/peers/envs.sh)")
+    if (pid := busy(run_dir)) is not None:
+        return dict(rec, status=f"being run by pid {pid}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -310,7 +352,9 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
     if r["rc"] != 0 or not res_f.exists():
         why = f"killed after {limit:.0f} s, an iteration outlasting the budget" if r["rc"] is None \
             else f"exit {r['rc']}"
-        return save(run_dir, dict(rec, status=f"failed ({why})", detail=tail(run_dir / "log.txt")))
+        detail = tail(run_dir / "log.txt")
+        status = f"diverged ({detail[-80:]})" if "NaN" in detail else f"failed ({why})"
+        return save(run_dir, dict(rec, status=status, detail=detail))
     res = json.loads(res_f.read_text())
     rec.update({k: res.get(k) for k in ("version", "engine", "wall_s", "cpu_s", "iterations", "pixel_size_a",
                                         "stopped_by_time_budget", "command")})

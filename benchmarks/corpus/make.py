@@ -128,10 +128,11 @@ SETS = {s.name: s for s in [
     Spec("batio3_thick_300kv", "(c) BaTiO3 [001], 152 Å (38 cells), 300 kV, 20 mrad, 8 frozen phonons, "
          "focus 75 Å into the crystal", "BaTiO3", 38, 300, 20, 96, 0.95, (16, 16), 0.45, 1e5, defocus_a=75,
          phonons=8, sim_slice_a=4.0, suggested_slices=19, seed=4),
-    Spec("si_thick_lowdose", "(d) Si [001], 97.8 Å (18 cells), 300 kV, 25 mrad, 5e3 e/Å²", "Si", 18, 300, 25, 96,
-         1.0, (16, 16), 0.5, 5e3, phonons=2, sim_slice_a=5.431 / 2, suggested_slices=9, seed=5),
-    Spec("au_200kv", "(e) Au [001], 40.8 Å (10 cells), 200 kV, 25 mrad", "Au", 10, 200, 25, 96, 1.25, (20, 20),
-         0.4, 1e5, phonons=2, sim_slice_a=4.078 / 2, suggested_slices=10, seed=6),
+    Spec("si_thick_lowdose", "(d) Si [001], 97.8 Å (18 cells), 300 kV, 25 mrad, 80 Å underfocus, 5e3 e/Å²", "Si",
+         18, 300, 25, 96, 0.9, (16, 16), 0.5, 5e3, defocus_a=80, phonons=2, sim_slice_a=5.431 / 2,
+         suggested_slices=18, seed=5),
+    Spec("au_200kv", "(e) Au [001], 40.8 Å (10 cells), 200 kV, 25 mrad, 50 Å underfocus", "Au", 10, 200, 25, 96,
+         1.25, (20, 20), 0.4, 1e5, defocus_a=50, phonons=2, sim_slice_a=4.078 / 2, suggested_slices=10, seed=6),
     Spec("srtio3_nonideal", "(f) SrTiO3 [001] 19.5 Å, 200 kV, 20 mrad: source 0.4 Å FWHM, position errors "
          "(random 0.05 Å + drift + 3 % affine), detector rotated 2°, background, gain variation", "SrTiO3", 5,
          200, 20, 96, 1.1, (20, 20), 0.4, 1e5, sim_slice_a=3.905 / 2, suggested_slices=5,
@@ -371,13 +372,19 @@ def sanity(data: np.ndarray, meta: dict, truth: dict) -> dict:
     counts = float(data.reshape(-1, M, M).sum((-2, -1)).mean()) - true["background_counts"] * M * M
     dose_measured = counts / area / true["detected_fraction"]
     ph = truth["phase"]
-    out = {"bf_radius_px": bf_measured, "bf_expected_px": round(bf_expected, 2),
+    # linear overlap 1 - step / d80 (d80: the diameter holding 80 % of the probe intensity)
+    P2 = (np.abs(truth["probe"]) ** 2).ravel()
+    rr = (r * true["probe_window_pixel_a"]).ravel()
+    order = np.argsort(rr)
+    d80 = 2 * rr[order][np.searchsorted(np.cumsum(P2[order]) / P2.sum(), 0.8)]
+    overlap = 1 - meta["scan_step_a"] / d80
+    out = {"overlap_d80": round(float(overlap), 3),"bf_radius_px": bf_measured, "bf_expected_px": round(bf_expected, 2),
            "detected_fraction": round(true["detected_fraction"], 4),
            "dose_measured": round(dose_measured, 1), "dose_nominal": meta["dose_e_per_a2"],
            "counts_per_pattern": round(counts, 1), "phase_min": float(ph.min()), "phase_max": float(ph.max()),
            "phase_std": float(ph.std())}
     ok = abs(bf_measured - bf_expected) <= max(1.5, 0.08 * bf_expected) and abs(dose_measured / meta["dose_e_per_a2"] - 1) < 0.05
-    out["ok"] = bool(ok and ph.max() - ph.min() > 0.2 and true["detected_fraction"] > 0.7)
+    out["ok"] = bool(ok and ph.max() - ph.min() > 0.2 and true["detected_fraction"] > 0.7 and overlap >= 0.6)
     return out
 
 

@@ -190,3 +190,24 @@ def test_a_run_dir_is_claimed_by_one_live_process(tmp_path) -> None:
         other.wait()
     assert run.busy(d) is None                               # its process is gone: taken over
     assert d.with_name("phaser.pid").read_text() == str(os.getpid())
+
+
+def test_reuse_takes_a_recorded_peer_run_of_the_same_set(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    set_dir = tmp_path / "corpus" / "s"
+    set_dir.mkdir(parents=True)
+    (set_dir / "meta.json").write_text(json.dumps(META))
+    for f in ("data.npy", "truth.npz"):
+        (set_dir / f).write_bytes(b"x")
+    args = SimpleNamespace(work=tmp_path / "w", threads=2, budgets={"phaser": 300.0, "ptyrad": 150.0}, force=None,
+                           reuse=False, only="ptycli", timeout_s=10)
+    rec = {"key": "from-another-budget", "code": "phaser", "status": "ok", "pearson": 0.9, "iterations_requested": 40,
+           "set_digest": run.set_digest(set_dir)}
+    run.save(args.work / "s" / "phaser", rec)
+    assert run.run_peer("phaser", set_dir, META, 40, 1, args, {})["status"].startswith("not run")
+    args.reuse = True
+    assert run.run_peer("phaser", set_dir, META, 40, 1, args, {})["pearson"] == 0.9
+    assert run.run_peer("phaser", set_dir, META, 30, 1, args, {})["status"].startswith("not run")  # other N
+    (set_dir / "meta.json").write_text(json.dumps(dict(META, defocus_a=1.0)))                      # other set
+    assert run.run_peer("phaser", set_dir, META, 40, 1, args, {})["status"].startswith("not run")

@@ -238,13 +238,14 @@ def tail(path: Path, n: int = 1) -> str:
 
 def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dict[str, Any]:
     run_dir = args.work / set_dir.name / f"ptycli-{recipe}"
-    rfile, code = recipe_file(recipe), ptycli_digest()
-    key = key_of(set=set_digest(set_dir), code=code, recipe=recipe, iterations=args.iterations,
+    rfile, code, sd = recipe_file(recipe), ptycli_digest(), set_digest(set_dir)
+    key = key_of(set=sd, code=code, recipe=recipe, iterations=args.iterations,
                  threads=args.threads, init=init_args(meta, recipe), pre=meta.get("ptycli_preprocess_args"))
     if args.force not in ("ptycli", "all") and (rec := cached(run_dir, key)):
         log(f"{set_dir.name} ptycli {recipe}: cached")
         return rec
-    if args.reuse_ptycli and (rec := cached(run_dir, None)) and rec.get("iterations_arg") == args.iterations:
+    if args.reuse and (rec := cached(run_dir, None)) and rec.get("iterations_arg") == args.iterations \
+            and rec.get("set_digest", sd) == sd:
         log(f"{set_dir.name} ptycli {recipe}: reused (sources {rec.get('sources')})")
         return rec
     if (pid := busy(run_dir)) is not None:
@@ -254,7 +255,7 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
     run_dir.mkdir(parents=True)
     env, exe, lg = thread_env(args.threads), ptycli_bin(), run_dir / "log.txt"
     rec: dict[str, Any] = {"key": key, "code": "ptycli", "recipe": recipe, "set": set_dir.name, "sources": code,
-                           "commit": git_commit(), "iterations_arg": args.iterations}
+                           "commit": git_commit(), "iterations_arg": args.iterations, "set_digest": sd}
     data, state, out = prepared_data(set_dir, meta, args), run_dir / "init.zarr", run_dir / "recon.zarr"
     if isinstance(data, str):
         return save(run_dir, dict(rec, status=data))
@@ -320,13 +321,18 @@ def store_iterations(store: Path) -> int | None:
 
 def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, args, truth: dict) -> dict[str, Any]:
     run_dir = args.work / set_dir.name / f"{peer}"
-    py = VENVS / peer / "bin" / "python"
-    key = key_of(set=set_digest(set_dir), code=peer_digest(peer), iterations=iterations, modes=modes,
+    py, sd = VENVS / peer / "bin" / "python", set_digest(set_dir)
+    key = key_of(set=sd, code=peer_digest(peer), iterations=iterations, modes=modes,
                  threads=args.threads, max_wall_s=args.budgets[peer], priority="as ptycli")
     if args.force not in ("peers", "all") and (rec := cached(run_dir, key)):
         log(f"{set_dir.name} {peer}: cached")
         return rec
-    rec: dict[str, Any] = {"key": key, "code": peer, "set": set_dir.name, "iterations_requested": iterations}
+    if args.reuse and (rec := cached(run_dir, None)) and rec.get("iterations_requested") == iterations \
+            and rec.get("set_digest", sd) == sd:
+        log(f"{set_dir.name} {peer}: reused")
+        return rec
+    rec: dict[str, Any] = {"key": key, "code": peer, "set": set_dir.name, "iterations_requested": iterations,
+                           "set_digest": sd, "max_wall_s": args.budgets[peer]}
     if args.only == "ptycli":
         return dict(rec, status="not run (--only ptycli, no cached run)")
     if not py.exists():
@@ -427,9 +433,13 @@ def row_md(r: dict[str, Any]) -> str:
     its_s = fmt(its, "d") if r["code"] == "ptycli" or not r.get("stopped_by_time_budget") \
         else f"{its}/{r.get('iterations_requested')} (stopped)"
     notes = [r["status"]] if r.get("status") not in (None, "ok") else []
+    if notes and notes[0].startswith("failed") and "NaN" in r.get("detail", ""):
+        notes = [f"diverged ({r['detail'][-80:]})"]
     notes += [r[k] for k in ("orientation_note",) if r.get(k)]
     if r.get("stopped_by_time_budget") and its and r.get("wall_s"):
-        notes.append(f"≈{r['wall_s'] * r['iterations_requested'] / its:.0f} s for {r['iterations_requested']} iterations")
+        budget = f" (budget {r['max_wall_s']:g} s)" if r.get("max_wall_s") else ""
+        notes.append(f"≈{r['wall_s'] * r['iterations_requested'] / its:.0f} s for {r['iterations_requested']} "
+                     f"iterations{budget}")
     if r.get("convergence"):
         notes.append(f"error {r['convergence']}")
     if r.get("commit"):
@@ -530,8 +540,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "every peer or PEER=S,PEER=S (0: no limit)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="limit of any one command")
     ap.add_argument("--force", choices=("ptycli", "peers", "all"), help="rerun cached runs")
-    ap.add_argument("--reuse-ptycli", action="store_true",
-                    help="take ptycli's recorded runs even if its sources changed since (each row keeps its commit)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take the recorded runs of a set although ptycli's sources, a peer script or a "
+                         "budget changed since (each row keeps what it ran with)")
     ap.add_argument("--only", choices=("ptycli", "peers"),
                     help="run only these rows: `ptycli` still shows the peers' cached runs, `peers` leaves "
                          "ptycli out")

@@ -563,18 +563,22 @@ class AutoInputs:
 
 
 def auto_choice(inputs: AutoInputs) -> tuple[str, list[str], str]:
-    """(shipped recipe, its ``--set`` overrides, why) for ``--recipe auto``: the probe
-    modes pick ``mixed-state``, the slices ``multislice``, else ``single-slice``; a dose
-    under LOW_DOSE_E_PER_A2 the Poisson noise model (single slice: ``low-dose``)."""
+    """(shipped recipe, its ``--set`` overrides, why) for ``--recipe auto``: probe modes
+    pick ``mixed-state`` (Poisson noise under LOW_DOSE_E_PER_A2), else a dose under it
+    ``low-dose`` (one slice or several), else the slices ``multislice`` or ``single-slice``.
+
+    Why low-dose for thick low-dose data too: on abTEM Si (9 slices, 5e3 e/Å²) ``multislice``
+    with Poisson noise fell from 0.96 to 0.905 over 40 iterations, ``low-dose`` held 0.95."""
     low = inputs.dose_e_per_a2 is not None and inputs.dose_e_per_a2 < LOW_DOSE_E_PER_A2
     dose = "dose unknown" if inputs.dose_e_per_a2 is None else f"dose {inputs.dose_e_per_a2:.3g} e/Å²"
-    noise = f"Poisson noise ({dose} < {LOW_DOSE_E_PER_A2:g})" if low else f"amplitude noise ({dose})"
+    noise = f"{dose} < {LOW_DOSE_E_PER_A2:g}" if low else dose
+    slices = f"{inputs.n_slices} slice{'s' if inputs.n_slices > 1 else ''}"
     if inputs.n_probe_modes > 1:
         name, what = "mixed-state", f"{inputs.n_probe_modes} probe modes"
-    elif inputs.n_slices > 1:
-        name, what = "multislice", f"{inputs.n_slices} slices"
+    elif low:
+        name, what = "low-dose", slices
     else:
-        name, what = ("low-dose" if low else "single-slice"), "1 slice"
+        name, what = ("multislice" if inputs.n_slices > 1 else "single-slice"), slices
     sets: list[str] = []
     if low and name != "low-dose":
         data = parse_toml(find_recipe(name)[1], name)

@@ -11,10 +11,10 @@ from ptycli.recipe import AutoInputs, auto_choice, load_recipe
 
 @pytest.mark.parametrize("inputs, name, noise", [
     (AutoInputs(2e3, 1, 1), "low-dose", "poisson"),
-    (AutoInputs(2e4, 1, 1), "single-slice", "amplitude"),
-    (AutoInputs(None, 1, 1), "single-slice", "amplitude"),
+    (AutoInputs(2e4, 1, 1), "single-slice", "poisson"),  # the recipe's own noise model
+    (AutoInputs(None, 1, 1), "single-slice", "poisson"),
     (AutoInputs(1e5, 10, 1), "multislice", "amplitude"),
-    (AutoInputs(1e3, 13, 1), "multislice", "poisson"),
+    (AutoInputs(1e3, 13, 1), "low-dose", "poisson"),
     (AutoInputs(1e5, 1, 3), "mixed-state", "amplitude"),
     (AutoInputs(5e3, 4, 2), "mixed-state", "poisson"),
 ])

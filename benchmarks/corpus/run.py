@@ -248,6 +248,8 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
             and rec.get("set_digest", sd) == sd:
         log(f"{set_dir.name} ptycli {recipe}: reused (sources {rec.get('sources')})")
         return rec
+    if args.only == "none":
+        return {"code": "ptycli", "recipe": recipe, "set": set_dir.name, "status": "not run (no recorded run)"}
     if (pid := busy(run_dir)) is not None:
         return {"code": "ptycli", "recipe": recipe, "set": set_dir.name, "status": f"being run by pid {pid}"}
     if run_dir.exists():
@@ -333,8 +335,8 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
         return rec
     rec: dict[str, Any] = {"key": key, "code": peer, "set": set_dir.name, "iterations_requested": iterations,
                            "set_digest": sd, "max_wall_s": args.budgets[peer]}
-    if args.only == "ptycli":
-        return dict(rec, status="not run (--only ptycli, no cached run)")
+    if args.only in ("ptycli", "none"):
+        return dict(rec, status="not run (no recorded run)")
     if not py.exists():
         return dict(rec, status=f"not run: no venv at {py} (benchmarks/peers/envs.sh)")
     if (pid := busy(run_dir)) is not None:
@@ -510,7 +512,7 @@ def write_report(results: dict[str, Any], out_md: Path) -> None:
                 p = peer_by.get(r.get("best_peer") or "", {})
                 summary.append(f"| {s['name']} | {r['recipe']} | {fmt(r.get('pearson'))} | {r.get('best_peer', '—')} | "
                                f"{fmt(p.get('pearson'))} | {fmt(r.get('cpu_ratio'), '.2f')} | "
-                               f"{r.get('verdict') or r.get('status')} |")
+                               f"{r.get('verdict') if r.get('status') == 'ok' else r.get('status')} |")
     out_md.write_text("\n".join(lines + summary + [""] + body) + "\n")
 
 
@@ -543,9 +545,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reuse", action="store_true",
                     help="take the recorded runs of a set although ptycli's sources, a peer script or a "
                          "budget changed since (each row keeps what it ran with)")
-    ap.add_argument("--only", choices=("ptycli", "peers"),
-                    help="run only these rows: `ptycli` still shows the peers' cached runs, `peers` leaves "
-                         "ptycli out")
+    ap.add_argument("--only", choices=("ptycli", "peers", "none"),
+                    help="run only these rows: `ptycli` still shows the peers' recorded runs, `peers` leaves "
+                         "ptycli out, `none` runs nothing (with --reuse: a report of every recorded run)")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_quality.md")

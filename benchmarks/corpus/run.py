@@ -413,7 +413,12 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
         its = r.get("iterations") or 0
         comparable = [p for p in peers if (p.get("iterations") or 0) >= its]
         if not comparable:
-            r["verdict"] = "no peer ran as many iterations" if peers else "no peer result"
+            if peers:
+                p = max(peers, key=lambda p: p["pearson"])
+                r["verdict"] = (f"no peer ran {its} iterations (best: {p['code']} {p['pearson']:.3f} after "
+                                f"{p.get('iterations')})")
+            else:
+                r["verdict"] = "no peer result"
             continue
         best = max(comparable, key=lambda p: p["pearson"])
         r["best_peer"] = best["code"]

@@ -42,7 +42,7 @@ _ptycli() {
     compare) opts='--b-origin --b-pixel-size --figure --help --json --margin --overwrite --quiet --scale --verbose'; words=''
       case "$prev" in
       esac ;;
-    validate) opts='--help --iterations --json --print-resolved --quiet --set --verbose'; words=''
+    validate) opts='--data --help --iterations --json --print-resolved --quiet --set --state --verbose'; words=''
       case "$prev" in
       esac ;;
     demo) opts='--help --json --overwrite --quiet --recipe --seed --verbose'; words=''

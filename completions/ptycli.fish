@@ -175,12 +175,14 @@ complete -c ptycli -n '__fish_seen_subcommand_from compare' -l scale
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from compare' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a validate -d 'Validate a recipe: exit 0 when valid, 3 with every bad key path otherwise.'
+complete -c ptycli -n '__fish_seen_subcommand_from validate' -l data
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l help
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l iterations
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l json
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l print-resolved
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l set
+complete -c ptycli -n '__fish_seen_subcommand_from validate' -l state
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -l verbose
 complete -c ptycli -n '__fish_seen_subcommand_from validate' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a demo -d 'Run the demo pipeline (simulate -> preprocess -> init -> reconstruct -> export).'

@@ -30,9 +30,23 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs CuPy with a CUDA device")
+    measured_slow = _measured_slow()
     for item in items:
         if "cupy" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
+        if item.nodeid in measured_slow:  # the README's quick subset (-m "not slow") leaves them out
+            item.add_marker(pytest.mark.slow)
+
+
+def _measured_slow() -> set[str]:
+    """Node ids listed in tests/slow_tests.txt (measured over 3 s each)."""
+    from pathlib import Path
+
+    path = Path(__file__).with_name("slow_tests.txt")
+    if not path.is_file():
+        return set()
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return {line for line in lines if line and not line.startswith("#")}
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_beam_current_and_constant_background_within_two_percent(tmp_path):
     rms = float(np.sqrt(np.mean(err**2)))
     # inside the bright-field disk a background is indistinguishable from probe intensity,
     # so it is measured where it is identifiable: the dark field (beyond 1.2 R_BF)
-    bg = np.fft.fftshift(out["background"][...])
+    bg = out["background"][...]  # stored DC-centred (schema 2, docs/store-format.md)
     m = bg.shape[0]
     yy, xx = np.mgrid[:m, :m] - m // 2
     r_bf = 25e-3 / (0.019687 * (1 / (m * 0.18)))  # semiangle / (λ dk), px

@@ -386,7 +386,10 @@ def open_store(path: str | os.PathLike, kind: str | None = None, *, allow_partia
     if not p.is_dir():
         raise StoreError(not_store)
     try:
-        group = zarr.open_group(str(p), mode="r")
+        # the arrays' own metadata, not the consolidated copy (written for xarray at finalize):
+        # a store edited in place afterwards (rechunked, an array replaced) would otherwise be
+        # read through a stale listing
+        group = zarr.open_group(str(p), mode="r", use_consolidated=False)
     except Exception as exc:  # zarr raises several types for "not a group"
         if not (p / "zarr.json").exists():  # a plain folder (or raw frames), not a damaged store
             raise StoreError(not_store) from None

@@ -6,6 +6,7 @@ between a state store and memory. Optional variables are ``None`` when absent.
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -164,7 +165,7 @@ def read_error(exc: BaseException) -> InputError | None:
     if isinstance(exc, KeyError) and "/zarr/" in inner:
         groups = [n for n in nodes if isinstance(n, (zarr.Group, AsyncGroup)) and _read_only(n)]
         if groups:
-            return StoreError(f"{_where(groups[-1])}: array {exc.args[0] if exc.args else '?'!r} missing")
+            return StoreError(f"{_where(groups[-1])}: array {_member_name(exc)!r} missing")
     # a codec, or what it calls (an edited zarr.json dtype fails in zarr's buffer reshape inside the
     # bytes codec): any frame of the decoding, not only the innermost
     files = [f.f_code.co_filename.replace("\\", "/") for f in frames]
@@ -174,6 +175,15 @@ def read_error(exc: BaseException) -> InputError | None:
             return InputError(f"{_where(arrays[-1])}: corrupt chunk, or a zarr.json that does not describe it "
                               f"({type(exc).__name__}: {exc})")
     return None
+
+
+def _member_name(exc: KeyError) -> str:
+    """The missing member's name: zarr's KeyError carries it bare, or, for a store opened
+    through its consolidated metadata, in "'NAME' not found in consolidated metadata."
+    """
+    text = str(exc.args[0]) if exc.args else "?"
+    quoted = re.match(r"'([^']*)' not found", text)
+    return quoted.group(1) if quoted else text
 
 
 def _read_only(node: Any) -> bool:

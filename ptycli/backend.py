@@ -9,6 +9,7 @@ its calls so tests can prove an engine does not synchronise inside its loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -589,6 +590,18 @@ def set_kernels(enabled: bool | str) -> None:
     """Use the fused CPU kernels (``True``/"auto") or the array-API code (``False``/"0")."""
     global _kernels_mode
     _kernels_mode = "auto" if enabled in (True, "auto", "1") else "0"
+
+
+@contextlib.contextmanager
+def kernels_disabled() -> Any:
+    """The array-API code everywhere inside the block (``set_kernels(False)``), restored after."""
+    global _kernels_mode
+    before = _kernels_mode
+    _kernels_mode = "0"
+    try:
+        yield
+    finally:
+        _kernels_mode = before
 
 
 def kernels(xp: ModuleType) -> ModuleType | None:

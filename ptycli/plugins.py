@@ -7,6 +7,8 @@ change to it (``pyproject.toml`` of the plugin package)::
     myengine = "mypkg.engine:SPEC"       # an engines.registry.EngineSpec (recipe type = its name)
     [project.entry-points."ptycli.constraints"]
     myconstraint = "mypkg.constraints:SPEC"  # a ConstraintSpec or RegulariserSpec (or a list)
+    [project.entry-points."ptycli.noise_models"]
+    mynoise = "mypkg.noise:SPEC"         # an engines.noise.NoiseModelSpec (recipe noise.model = its name)
 
 Entry points are read only when a registry is first used (``ptycli --help`` never loads
 them), each once per process. A plugin that fails to import is skipped with a one-line
@@ -19,7 +21,7 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-GROUPS = ("ptycli.readers", "ptycli.engines", "ptycli.constraints")
+GROUPS = ("ptycli.readers", "ptycli.engines", "ptycli.constraints", "ptycli.noise_models")
 _loaded: dict[str, dict[str, Any]] = {}
 
 

@@ -79,8 +79,18 @@ def rate_value(rate: Rate | None, iteration: int) -> float | None:
 class Noise(_Model):
     """Noise model of the data (physics.md §5.2); compressed data use the compressed loss."""
 
-    model: Literal["amplitude", "intensity", "poisson", "anscombe", "compressed"] = "amplitude"
+    model: str = Field("amplitude", description="amplitude | intensity | poisson | anscombe | compressed, "
+                                              "or a plugin's model (entry point group ptycli.noise_models)")
     eps: float | None = Field(None, gt=0, description="ε_a (amplitude) or ε_p (poisson), counts")
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .engines.noise import known_models  # noqa: PLC0415  (plugins load only here)
+
+        if v not in known_models():
+            raise ValueError(f"expected one of {', '.join(known_models())}")
+        return v
 
 
 class Grouping(_Model):

@@ -7,7 +7,8 @@ Arrays are unshifted (DC at [0, 0, ...]) and on the compute device; I, D are (B,
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .. import backend
 from ..errors import RecipeError
@@ -18,13 +19,56 @@ ANSCOMBE_SHIFT = 0.375
 INTENSITY_WEIGHT = 1.0
 
 
+@dataclass(frozen=True)
+class NoiseModelSpec:
+    """A noise model from a plugin (entry point group ``ptycli.noise_models``, ptycli/plugins.py).
+
+    ``pixel_loss(I, D, eps)`` is ℓ(I; D) per pixel and ``dloss_dI(I, D, eps)`` its derivative
+    ℓ'(I), both array-API code on (B, M, N) arrays in the arrays' own namespace; every engine
+    then derives its update from them (∇_Ψ L = 2 m ℓ' Ψ, Ψ̂ = (1 - m ℓ') Ψ). The fused CPU
+    kernels know only the built-in models, so a run with a plugin model takes the array path
+    (``uses_kernels``).
+    """
+
+    name: str
+    pixel_loss: Callable[[Any, Any, float], Any]
+    dloss_dI: Callable[[Any, Any, float], Any]
+    default_eps: float = 0.0
+
+
+_PLUGINS: dict[str, NoiseModelSpec] | None = None
+
+
+def plugin_models() -> dict[str, NoiseModelSpec]:
+    """The plugin noise models by name, loaded on first use (a built-in name is not replaced)."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        from .. import plugins  # noqa: PLC0415  (entry points only when a name is not built in)
+
+        found = plugins.specs("ptycli.noise_models", lambda s: isinstance(s, NoiseModelSpec))
+        _PLUGINS = {s.name: s for s in found if s.name not in (*NOISE_MODELS, "compressed")}
+    return _PLUGINS
+
+
+def known_models() -> tuple[str, ...]:
+    """Every noise model a recipe may name: the built-in ones, ``compressed`` and the plugins'."""
+    return (*NOISE_MODELS, "compressed", *sorted(plugin_models()))
+
+
+def uses_kernels(model: str) -> bool:
+    """Whether the fused CPU kernels implement ``model`` (a plugin's model runs the array path)."""
+    return model in NOISE_MODELS or model == "compressed" or model not in plugin_models()
+
+
 def _check(model: str) -> None:
-    if model not in NOISE_MODELS:
-        raise RecipeError(f"noise model {model!r}: expected one of {', '.join(NOISE_MODELS)}")
+    if model not in NOISE_MODELS and model not in plugin_models():
+        raise RecipeError(f"noise model {model!r}: expected one of {', '.join(known_models())}")
 
 
 def _eps(model: str, eps: float | None) -> float:
-    return DEFAULT_EPS[model] if eps is None else float(eps)
+    if eps is not None:
+        return float(eps)
+    return DEFAULT_EPS[model] if model in DEFAULT_EPS else plugin_models()[model].default_eps
 
 
 def _masked(values: Any, mask: Any) -> Any:
@@ -36,6 +80,8 @@ def pixel_loss(I: Any, D: Any, model: str = "amplitude", eps: float | None = Non
     _check(model)
     xp = backend.namespace(I, D)
     e = _eps(model, eps)
+    if model not in NOISE_MODELS:
+        return plugin_models()[model].pixel_loss(I, D, e)
     if model == "amplitude":
         return (xp.sqrt(I) - xp.sqrt(D)) ** 2  # ε_a only guards the division in ℓ'
     if model == "intensity":
@@ -57,6 +103,8 @@ def dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: fl
     _check(model)
     xp = backend.namespace(I, D)
     e = _eps(model, eps)
+    if model not in NOISE_MODELS:
+        return _masked(plugin_models()[model].dloss_dI(I, D, e), mask)
     if model == "amplitude":
         d = 1.0 - xp.sqrt(D) / (xp.sqrt(I) + e)
     elif model == "intensity":
@@ -86,12 +134,30 @@ def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None
     return xp.sum(_masked(pixel, mask), axis=(-2, -1)), _masked(lprime, mask)
 
 
+# Models whose ℓ' gives no projection: Ψ(1 - ℓ') with the intensity model's ℓ' = 2(I - D) is a
+# half-gradient step in counts (ePIE overshot to NaN at the first position of real doses); the
+# amplitude model's ℓ' projects onto the measured intensities, where the intensity loss is
+# smallest pixel by pixel. The loss reported stays the model's own.
+PROJECTION_BY_AMPLITUDE = ("intensity",)
+
+
+def projection_lprime(I: Any, D: Any, model: str = "amplitude", mask: Any = None,
+                      eps: float | None = None) -> tuple[Any, Any]:
+    """(loss (B,), m ℓ' (B, M, N)) for the projection Ψ̂ = (1 - m ℓ')Ψ: the model's loss, and its
+    ℓ' except where that is no projection (``PROJECTION_BY_AMPLITUDE``: the amplitude model's)."""
+    if model not in PROJECTION_BY_AMPLITUDE:
+        return loss_and_dloss_dI(I, D, model, mask, eps)
+    return loss(I, D, model, mask, eps), dloss_dI(I, D, "amplitude", mask, None)
+
+
 def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a: float,
-                   c: float, in_scale: float = 1.0, out: Any = None, loss: Any = None) -> tuple[Any, Any] | None:
+                   c: float, in_scale: float = 1.0, out: Any = None, loss: Any = None,
+                   projection: bool = False) -> tuple[Any, Any] | None:
     """(loss (B,), (a + c·m ℓ'(I)) Ψ) in one pass by the fused CPU kernel, or None where it
     does not apply (CuPy, no Numba, compressed data): (0, 2) is ∇_Ψ L, (1, -1) Ψ̂.
     ``in_scale``: ``Psi`` is an unnormalised transform, the far field being in_scale·Psi.
-    ``out`` (B, P·Q, M, N) and ``loss`` (B,): buffers to write into (else new arrays)."""
+    ``out`` (B, P·Q, M, N) and ``loss`` (B,): buffers to write into (else new arrays).
+    ``projection``: ℓ' of ``projection_lprime`` (the model's loss all the same)."""
     k = backend.kernels(backend.namespace(Psi))
     if k is None or model not in k.NOISE_CODES or D.ndim != 3 or Psi.ndim != 5:
         return None
@@ -99,18 +165,21 @@ def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a
     out = k.empty(psi4.shape, Psi.dtype) if out is None else out
     loss = k.empty((Psi.shape[0],), Psi.real.dtype) if loss is None else loss
     r = lambda v: k.real_scalar(v, D)  # noqa: E731
-    k.farfield(psi4, D, *kernel_model(k, model, mask, eps, D), r(a), r(c), r(in_scale * in_scale), out, loss)
+    k.farfield(psi4, D, *kernel_model(k, model, mask, eps, D, projection=projection), r(a), r(c),
+               r(in_scale * in_scale), out, loss)
     return loss, out.reshape(Psi.shape)
 
 
 def kernel_model(k: Any, model: str, mask: Any, eps: float | None, data: Any,
-                 lsqml_step: bool = False) -> tuple[Any, int, Any]:
+                 lsqml_step: bool = False, projection: bool = False) -> tuple[Any, int, Any]:
     """(mask, model code, ε) as the far-field kernel takes them (``_kernels.farfield`` and the
     compiled paths that call it): a cached all-ones mask for none, ε in the data's dtype.
     ``lsqml_step``: LSQ-ML's own step where the model has one (``_kernels.LSQML_STEP_CODES``):
-    for intensity, the amplitude model's step (with its ε; the intensity loss has none)."""
+    for intensity, the amplitude model's step (with its ε; the intensity loss has none).
+    ``projection``: the projection Ψ̂ = (1 - ℓ')Ψ of ``projection_lprime`` (ePIE): for intensity
+    the same code as LSQ-ML's intensity step, the other models their own."""
     m = mask if mask is not None else _ones(k, data.shape[-2:], data.dtype)
-    if lsqml_step and model in k.LSQML_STEP_CODES:
+    if (lsqml_step and model in k.LSQML_STEP_CODES) or (projection and model in PROJECTION_BY_AMPLITUDE):
         step_eps = _eps("amplitude", None) if model == "intensity" else _eps(model, eps)
         return m, k.LSQML_STEP_CODES[model], k.real_scalar(step_eps, data)
     return m, k.NOISE_CODES[model], k.real_scalar(_eps(model, eps), data)

@@ -20,6 +20,7 @@ import numpy as np
 from .. import backend
 from ..engines import checkpoint as ckpt
 from ..engines import common, distributed, loop
+from ..engines import noise as noise_mod
 from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
@@ -193,7 +194,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         run_rec = group_plan.apply(rec, plan)
         with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
             try:
-                st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
+                with _array_path_for_plugin_noise(run_rec):
+                    st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
             except (Interrupted, NumericalError) as exc:
                 if writer is not None:
                     _mark(writer, "interrupted" if isinstance(exc, Interrupted) else "failed")
@@ -311,6 +313,14 @@ def _apply_constraints(state: Any, stage: Any, it: int, n_e: float) -> Any:
     new, _ = registry.apply_constraints(state, registry.ordered(pairs), ctx)
     new.positions = np.asarray(backend.to_numpy(new.positions), dtype=np.float64)
     return new
+
+
+def _array_path_for_plugin_noise(rec: Recipe) -> Any:
+    """The fused CPU kernels implement the built-in noise models only: a recipe that names a
+    plugin's model runs every stage through the array-API code (same results, slower)."""
+    if all(noise_mod.uses_kernels(stage.noise.model) for stage in rec.stage if getattr(stage, "noise", None)):
+        return _Null()
+    return backend.kernels_disabled()
 
 
 def _to_device(st: State, xp: Any, precision: str) -> State:

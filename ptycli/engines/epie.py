@@ -154,7 +154,8 @@ class EpieEngine(common.EngineBase):
         Psi_raw = backend.fft2(k.exit_from_object(obj, ys, xs, psi, buf["exit"]), overwrite=True, scaled=False)
         # Ψ = s Ψ_raw; e' = F⁻¹[(1 - ℓ')Ψ] = s² F_raw⁻¹[(1 - ℓ')Ψ_raw]
         loss, corrected = noise_mod.fused_farfield(Psi_raw, data, self.ctx.noise_model, self.ctx.mask, self.ctx.eps,
-                                                   s * s, -s * s, in_scale=s, out=buf["corrected"], loss=buf["loss"])
+                                                   s * s, -s * s, in_scale=s, out=buf["corrected"], loss=buf["loss"],
+                                                   projection=True)
         target = backend.ifft2(corrected, overwrite=True, scaled=False)
         d_obj, d_psi = self._kernel_updates(k, obj, ys, xs, psi, target, out=(buf["d_obj"], buf["d_psi"]))
         self._host_steps(k, state, obj, ys, xs, d_obj, d_psi, probe_k, frac, s, p.refine.object.active(it),
@@ -213,7 +214,8 @@ class EpieEngine(common.EngineBase):
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
         loss = k.epie_position(*native, probe_k, frac, r(s), obj, ys, xs, data,
-                               *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
+                               *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data,
+                                                       projection=True),
                                r(p.beta), r(gamma), r(p.alpha), obj_in, probe_in, buf["psi"], buf["exit"],
                                buf["corrected"].reshape(buf["exit"].shape), buf["loss"], buf["d_obj"], buf["d_psi"],
                                probe_out)
@@ -278,7 +280,8 @@ class EpieEngine(common.EngineBase):
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
         args = (*native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
-                *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data),
+                *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data,
+                                        projection=True),
                 r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
                 buf["d_obj"], buf["g_sum"], buf["loss"], probe_out, do_pos, *buf["lines"],
                 buf["g_k"], buf["psi_k"], buf["win"], buf["tmp"], buf["power"], buf["parts"], buf["out"])
@@ -361,17 +364,19 @@ class EpieEngine(common.EngineBase):
     def _target_exit(self, fwd: common.Forward, b: common.Batch) -> tuple[Any, Any]:
         """Loss and the corrected exit wave e'_S = F⁻¹[Ψ̂] (projection of §5.2).
 
-        Ψ̂ = (1 - m ℓ') Ψ: the modulus projection for amplitude/poisson/anscombe and the
-        half-gradient step Ψ - ½∇_Ψ L for intensity (no closed form), one formula for both.
+        Ψ̂ = (1 - m ℓ') Ψ: the modulus projection for amplitude/poisson/anscombe, and for
+        intensity the amplitude model's (``noise.projection_lprime``): its own ℓ' made the
+        half-gradient step Ψ - ½∇_Ψ L, which scales with the counts and diverged.
         """
         ctx = self.ctx
         if ctx.noise_model == "compressed":
             loss, _ = common.loss_and_grad_farfield(fwd, b, ctx)
             return loss, backend.ifft2(common.compressed_projection(fwd, b, ctx))
-        fused = noise_mod.fused_farfield(fwd.Psi, b.data, ctx.noise_model, ctx.mask, ctx.eps, 1.0, -1.0)
+        fused = noise_mod.fused_farfield(fwd.Psi, b.data, ctx.noise_model, ctx.mask, ctx.eps, 1.0, -1.0,
+                                         projection=True)
         if fused is not None:
             return fused[0], backend.ifft2(fused[1])
-        loss, lprime = noise_mod.loss_and_dloss_dI(fwd.I, b.data, ctx.noise_model, ctx.mask, ctx.eps)
+        loss, lprime = noise_mod.projection_lprime(fwd.I, b.data, ctx.noise_model, ctx.mask, ctx.eps)
         return loss, backend.ifft2(noise_mod.scale_by(fwd.Psi, 1.0 - lprime))
 
     def _denominator(self, psi: Any) -> Any:

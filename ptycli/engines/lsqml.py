@@ -371,7 +371,7 @@ class LsqmlEngine(common.EngineBase):
         Why: -½∇ of the intensity loss, 2(I - D)Ψ, is not an exit-wave step (it scales with the
         counts), and the 2×2 steps of §6.3 then overshot to NaN in the first iteration; the
         projection is where the intensity loss is smallest pixel by pixel, as for amplitude."""
-        _, lprime = noise_mod.loss_and_dloss_dI(fwd.I, b.data, "amplitude", self.ctx.mask, None)
+        _, lprime = noise_mod.projection_lprime(fwd.I, b.data, "intensity", self.ctx.mask, self.ctx.eps)
         return noise_mod.scale_by(fwd.Psi, 2.0 * lprime)
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:

@@ -144,10 +144,11 @@ PROJECTION_BY_AMPLITUDE = ("intensity",)
 def projection_lprime(I: Any, D: Any, model: str = "amplitude", mask: Any = None,
                       eps: float | None = None) -> tuple[Any, Any]:
     """(loss (B,), m ℓ' (B, M, N)) for the projection Ψ̂ = (1 - m ℓ')Ψ: the model's loss, and its
-    ℓ' except where that is no projection (``PROJECTION_BY_AMPLITUDE``: the amplitude model's)."""
+    ℓ' except where that is no projection (``PROJECTION_BY_AMPLITUDE``: the amplitude model's,
+    ε the stage's or the amplitude default; the intensity loss itself has no ε)."""
     if model not in PROJECTION_BY_AMPLITUDE:
         return loss_and_dloss_dI(I, D, model, mask, eps)
-    return loss(I, D, model, mask, eps), dloss_dI(I, D, "amplitude", mask, None)
+    return loss(I, D, model, mask, eps), dloss_dI(I, D, "amplitude", mask, eps)
 
 
 def fused_farfield(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, a: float,
@@ -175,12 +176,13 @@ def kernel_model(k: Any, model: str, mask: Any, eps: float | None, data: Any,
     """(mask, model code, ε) as the far-field kernel takes them (``_kernels.farfield`` and the
     compiled paths that call it): a cached all-ones mask for none, ε in the data's dtype.
     ``lsqml_step``: LSQ-ML's own step where the model has one (``_kernels.LSQML_STEP_CODES``):
-    for intensity, the amplitude model's step (with its ε; the intensity loss has none).
+    for intensity, the amplitude model's step (ε the stage's or the amplitude default: the
+    intensity loss has none, so a stage's ε is the projection's).
     ``projection``: the projection Ψ̂ = (1 - ℓ')Ψ of ``projection_lprime`` (ePIE): for intensity
     the same code as LSQ-ML's intensity step, the other models their own."""
     m = mask if mask is not None else _ones(k, data.shape[-2:], data.dtype)
     if (lsqml_step and model in k.LSQML_STEP_CODES) or (projection and model in PROJECTION_BY_AMPLITUDE):
-        step_eps = _eps("amplitude", None) if model == "intensity" else _eps(model, eps)
+        step_eps = _eps("amplitude" if model in PROJECTION_BY_AMPLITUDE else model, eps)
         return m, k.LSQML_STEP_CODES[model], k.real_scalar(step_eps, data)
     return m, k.NOISE_CODES[model], k.real_scalar(_eps(model, eps), data)
 

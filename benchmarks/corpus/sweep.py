@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=1800.0)
     ap.add_argument("--deadline", help="HH:MM UTC after which no run starts")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_divergence")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the finished runs of OUT.json (their own iterations) and run only the others")
     args = ap.parse_args(argv)
     if not args.corpus.is_dir():
         print(f"sweep.py: error: --corpus {args.corpus}: not a folder; expected the corpus made by make.py",
@@ -236,11 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         hh, mm = (int(v) for v in args.deadline.split(":"))
         deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     preps = {s.name: Prepared(s, args.work) for s in sets}
-    pairs = [(s.name, r) for s in sets for r in recipes]
+    # recipe-major: every set gets the cheap recipes before any set gets the dear ones
+    pairs = [(s.name, r) for r in recipes for s in sets]
     results: list[dict[str, Any]] = []
+    if args.keep and args.out.with_suffix(".json").exists():
+        old = json.loads(args.out.with_suffix(".json").read_text())["runs"]
+        results = [r for r in old if r.get("exit") is not None and (r["set"], r["recipe"]) in pairs]
+        done = {(r["set"], r["recipe"]) for r in results}
+        todo = [pr for pr in pairs if pr not in done]
+    else:
+        todo = pairs
     note = f"{len(sets)} sets, {len(recipes)} recipes, {args.jobs} runs at a time, 1 thread each"
     if args.iterations:
         note += f", iterations capped at {args.iterations}"
+    if args.keep:
+        note += " (runs kept from an earlier sweep: their caps in the iterations table)"
     lock = threading.Lock()
 
     def job(pair: tuple[str, str]) -> None:
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             write_results(sorted(results, key=lambda x: pairs.index((x["set"], x["recipe"]))), args.out, note)
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(job, pairs))
+        list(pool.map(job, todo))
     print(write_results(sorted(results, key=lambda x: pairs.index((x["set"], x["recipe"]))), args.out, note))
     return 0
 

@@ -1,0 +1,62 @@
+"""benchmarks/corpus/sweep.py: the recipes it runs, their default iterations and caps, and how
+a run's exit code and stderr become the divergence summary (with a stand-in ptycli)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("corpus_sweep", ROOT / "benchmarks" / "corpus" / "sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+# a stand-in `ptycli`: preprocess/init make their output; reconstruct fails as $SWEEP_FAKE says
+FAKE = """
+import os, sys, json, pathlib
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("-o") + 1])
+out.mkdir(parents=True, exist_ok=True)
+if "reconstruct" in args:
+    mode = os.environ["SWEEP_FAKE"]
+    if "warn" in mode:
+        print("x.py:1: RuntimeWarning: overflow encountered in square", file=sys.stderr)
+    if "nan" in mode:
+        print("error: stage 0 iteration 0: NaN/inf after 4 retries", file=sys.stderr)
+        sys.exit(6)
+    print(json.dumps({"final_loss": 1.5, "iterations": 3}))
+"""
+
+
+def test_every_shipped_recipe_and_auto_cheapest_first():
+    names = sweep.shipped_recipes()
+    assert set(names) == {p.stem for p in (ROOT / "recipes").glob("*.toml")} | {"auto"}
+    assert names[:2] == ["quick", "epie"]
+    assert sweep.default_iterations("epie") == 20 and sweep.default_iterations("auto") is None
+    assert sweep.default_iterations("tilted-multislice") == 80  # both stages
+
+
+def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
+    set_dir = tmp_path / "corpus" / "s"
+    set_dir.mkdir(parents=True)
+    (set_dir / "data.npy").write_bytes(b"")
+    (set_dir / "meta.json").write_text(json.dumps({"name": "s", "scan_shape": [2, 2], "detector_shape": [4, 4],
+                                                   "ptycli_preprocess_args": [], "ptycli_init_args": []}))
+    fake = tmp_path / "fake_ptycli.py"
+    fake.write_text(FAKE)
+    monkeypatch.setattr(sweep, "ptycli_cmd", lambda: [sys.executable, str(fake)])
+    prep = sweep.Prepared(set_dir, tmp_path / "work")
+    runs = []
+    for mode, recipe in (("nan+warn", "epie"), ("warn", "lsqml"), ("ok", "tilted-multislice")):
+        monkeypatch.setenv("SWEEP_FAKE", mode)
+        runs.append(sweep.run_one(prep, recipe, 30, 60.0, None))
+    assert [r["exit"] for r in runs] == [6, 0, 0]
+    assert [r["runtime_warning"] for r in runs] == [True, True, False]
+    assert runs[0]["status"] == "exit 6" and "NaN" in runs[0]["stderr_tail"]
+    assert [r["iterations"] for r in runs] == [20, 30, 30]  # capped only above the cap
+    summary = sweep.write_results(runs, tmp_path / "R", "test")
+    assert summary.startswith("3 runs, 1 divergences (exit 6), 2 with RuntimeWarnings")
+    md = (tmp_path / "R.md").read_text()
+    assert "| s | 6 (W) | 0 (W) |" in md and "| tilted-multislice | 80 | 30 |" in md

@@ -48,11 +48,13 @@ def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
     fake.write_text(FAKE)
     monkeypatch.setattr(sweep, "ptycli_cmd", lambda: [sys.executable, str(fake)])
     prep = sweep.Prepared(set_dir, tmp_path / "work")
+    stale = tmp_path / "work" / "s" / "recon-epie.zarr.partial"  # an interrupted sweep's checkpoint
+    stale.mkdir(parents=True)
     runs = []
     for mode, recipe in (("nan+warn", "epie"), ("warn", "lsqml"), ("ok", "tilted-multislice")):
         monkeypatch.setenv("SWEEP_FAKE", mode)
         runs.append(sweep.run_one(prep, recipe, 30, 60.0, None))
-    assert [r["exit"] for r in runs] == [6, 0, 0]
+    assert [r["exit"] for r in runs] == [6, 0, 0] and not stale.exists()
     assert [r["runtime_warning"] for r in runs] == [True, True, False]
     assert runs[0]["status"] == "exit 6" and "NaN" in runs[0]["stderr_tail"]
     assert [r["iterations"] for r in runs] == [20, 30, 30]  # capped only above the cap

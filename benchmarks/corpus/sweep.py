@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -131,6 +132,9 @@ def run_one(prep: Prepared, recipe: str, cap: int | None, timeout_s: float, dead
         return dict(rec, status=made)
     data, state = made
     out = prep.dir / f"recon-{recipe}.zarr"
+    for stale in (out.with_name(out.name + ".partial"), out.with_name(out.name + ".lock")):
+        # an interrupted sweep's checkpoint: a sweep run always starts over (else exit 5)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     cmd = [*ptycli_cmd(), "-q", "reconstruct", str(data), str(state), "--recipe", recipe, "-o", str(out), "--json",
            "--overwrite"]
     default = rec["default_iterations"]
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", help="HH:MM UTC after which no run starts")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_divergence")
     ap.add_argument("--keep", action="store_true",
-                    help="keep the finished runs of OUT.json (their own iterations) and run only the others")
+                    help="keep the runs of OUT.json that ended with exit 0 or 6 (their own iterations); run the others")
     args = ap.parse_args(argv)
     if not args.corpus.is_dir():
         print(f"sweep.py: error: --corpus {args.corpus}: not a folder; expected the corpus made by make.py",
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     if args.keep and args.out.with_suffix(".json").exists():
         old = json.loads(args.out.with_suffix(".json").read_text())["runs"]
-        results = [r for r in old if r.get("exit") is not None and (r["set"], r["recipe"]) in pairs]
+        results = [r for r in old if r.get("exit") in (0, NUMERICAL) and (r["set"], r["recipe"]) in pairs]
         done = {(r["set"], r["recipe"]) for r in results}
         todo = [pr for pr in pairs if pr not in done]
     else:

@@ -61,4 +61,4 @@ def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
     summary = sweep.write_results(runs, tmp_path / "R", "test")
     assert summary.startswith("3 runs, 1 divergences (exit 6), 2 with RuntimeWarnings")
     md = (tmp_path / "R.md").read_text()
-    assert "| s | 6 (W) | 0 (W) |" in md and "| tilted-multislice | 80 | 30 |" in md
+    assert "| s | 6 @20 (W) | 0 @30 (W) |" in md and "| tilted-multislice | 80 | 30 |" in md

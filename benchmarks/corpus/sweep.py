@@ -176,7 +176,8 @@ def cell(r: dict[str, Any]) -> str:
         return "timeout" if str(r.get("status", "")).startswith("timeout") else "—"
     corr = f" / {r['pearson']:.2f}" if r.get("pearson") is not None else ""
     flags = ("W" if r.get("runtime_warning") else "") + (f"b{len(r['backoff'])}" if r.get("backoff") else "")
-    return f"{r['exit']}{corr}" + (f" ({flags})" if flags else "")
+    its = f" @{r['iterations']}" if r.get("iterations") is not None else ""
+    return f"{r['exit']}{corr}{its}" + (f" ({flags})" if flags else "")
 
 
 def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
@@ -193,7 +194,7 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
     by = {(r["set"], r["recipe"]): r for r in results}
     lines = ["# Divergence sweep: corpus x shipped recipes (issue 22)", "",
              f"Made by `python benchmarks/corpus/sweep.py` ({note}). Cell: exit code / Pearson correlation "
-             "of the slice-summed phase with the truth (score.py); W: a RuntimeWarning reached stderr; "
+             "of the slice-summed phase with the truth (score.py) @ iterations run; W: a RuntimeWarning reached stderr; "
              "bN: N back-offs (step retries); timeout/—: did not finish / not run.", "",
              f"**{summary}**", "", "| set | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
     for s in sets:
@@ -227,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_divergence")
     ap.add_argument("--keep", action="store_true",
                     help="keep the runs of OUT.json that ended with exit 0 or 6 (their own iterations); run the others")
+    ap.add_argument("--report", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args(argv)
+    if args.report:
+        doc = json.loads(args.out.with_suffix(".json").read_text())
+        print(write_results(doc["runs"], args.out, doc["note"]))
+        return 0
     if not args.corpus.is_dir():
         print(f"sweep.py: error: --corpus {args.corpus}: not a folder; expected the corpus made by make.py",
               file=sys.stderr)

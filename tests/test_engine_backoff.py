@@ -4,6 +4,7 @@ iteration's start, halves every step of the stage and retries; exit 6 only after
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -74,6 +75,32 @@ def test_too_large_step_backs_off_and_converges():
     assert events.backoffs[0][3].startswith("divergence")
     assert all(np.isfinite(history.loss)) and history.loss[-1] < 1e-6 * history.loss[0]
     np.testing.assert_allclose(state.object, TARGET, atol=1e-4)
+
+
+class InfTerms(Quadratic):
+    """Quadratic whose too-large step first makes its step terms overflow, 0·inf and inf/inf
+    as LSQ-ML's multislice steps on a thick set (batio3_thick_300kv, `quick`, iteration 5)."""
+
+    def update(self, state, idx, data, it):
+        if self.lr > 1:
+            big = np.full(2, 1e300)
+            return float(np.sum((big * big) / (big * big)))  # overflow, then invalid: NaN
+        return super().update(state, idx, data, it)
+
+
+def test_backoff_keeps_numpy_warnings_off_stderr():
+    events, made = Events(), []
+    hooks = _hooks(events, made)
+    hooks.make_engine = lambda stage, state: made.append(stage.learning_rate.object) or InfTerms(stage, state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _, history = loop.run(_recipe(1.5), _state(), np.arange(16), 0, hooks)
+    assert made == [1.5, 0.75] and history.backoff[0]["reason"] == "NaN/inf"
+    assert np.isfinite(history.loss).all()
+    with warnings.catch_warnings():  # outside the loop NumPy warns as before
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning):
+            np.full(1, 1e300) * 1e300
 
 
 def test_hopeless_step_is_exit_6_with_the_last_good_state():

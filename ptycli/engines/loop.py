@@ -157,11 +157,14 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
         for retry in range(backoff.MAX_RETRIES + 1):
             groups = grouping.make_groups(stage.grouping.kind, order, stage.grouping.size, rng)
             distributed.check_split(groups, comm, si, stage.type)
-            loss_sum, finite = _run_groups(si, it, stage, engine, state, groups, start_group, loss_sum, rng_json,
-                                           place, read, order, rng, hooks, history, extra, base)
-            base.close()
-            if finite:
-                state = _end_iteration(state, engine, stage, it, subset, hooks)
+            # NaN/inf are this loop's to handle (back-off, then exit 6): NumPy's overflow/invalid
+            # warnings on the way to them only put noise on stderr (issue 22: none may reach it)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss_sum, finite = _run_groups(si, it, stage, engine, state, groups, start_group, loss_sum,
+                                               rng_json, place, read, order, rng, hooks, history, extra, base)
+                base.close()
+                if finite:
+                    state = _end_iteration(state, engine, stage, it, subset, hooks)
             loss = loss_sum / len(subset) if finite else math.nan
             best = _best_stage_loss(history, si)
             why = backoff.verdict(loss, first_loss if first_loss is not None else base.value, best,

@@ -34,7 +34,7 @@ _ptycli() {
       esac ;;
     export) opts='--bit-depth --cmap --crop --format --help --layout --normalize --object-modes --output --overwrite --quiet --remove-ramp --slices --unwrap --verbose --what'; words=''
       case "$prev" in
-        --what) COMPREPLY=($(compgen -W 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness patterns' -- "$cur")); return ;;
+        --what) COMPREPLY=($(compgen -W 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness detector-blur patterns' -- "$cur")); return ;;
       esac ;;
     inspect) opts='--dataset --figure --get --help --json --overwrite --preview --quiet --verbose'; words=''
       case "$prev" in

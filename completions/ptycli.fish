@@ -149,7 +149,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from export' -l remove-ramp
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l slices
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l unwrap
 complete -c ptycli -n '__fish_seen_subcommand_from export' -l verbose
-complete -c ptycli -n '__fish_seen_subcommand_from export' -l what -x -a 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness patterns'
+complete -c ptycli -n '__fish_seen_subcommand_from export' -l what -x -a 'object-phase object-amplitude object-complex probe probe-fourier positions tilts loss background beam-current aberrations thickness detector-blur patterns'
 complete -c ptycli -n '__fish_seen_subcommand_from export' -F
 complete -c ptycli -n 'not __fish_seen_subcommand_from simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench' -a inspect -d 'Show what a store or raw file holds: shapes, calibration, derived quantities,...'
 complete -c ptycli -n '__fish_seen_subcommand_from inspect' -l dataset

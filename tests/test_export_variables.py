@@ -1,5 +1,5 @@
 """Export of every refined variable (object modes, background, beam current, aberrations,
-thickness, before/after tilts) and ImageJ's value calibration of 8/16-bit TIFFs."""
+thickness, detector blur, before/after tilts) and ImageJ's value calibration of 8/16-bit TIFFs."""
 
 import h5py
 import numpy as np
@@ -98,6 +98,13 @@ def test_refined_scalars_export_as_tables(tmp_path):
     np.testing.assert_allclose(np.loadtxt(th, delimiter=",", skiprows=1, ndmin=2)[:, 2], np.cumsum(t) - t)
     tilts = export(path, tmp_path / "tl.csv", what="tilts")
     assert tilts.read_text().splitlines()[0] == "index,ty_mrad,tx_mrad,ty_before_mrad,tx_before_mrad"
+
+
+def test_detector_blur_exports_its_sigma(tmp_path):
+    path, _ = _store(tmp_path, detector_blur_px=0.75)
+    out = export(path, tmp_path / "blur.csv", what="detector-blur")
+    assert out.read_text().splitlines()[0] == "sigma_px"
+    assert float(np.loadtxt(out, delimiter=",", skiprows=1)) == 0.75
 
 
 @pytest.mark.parametrize("what", ["background", "beam-current", "aberrations"])

@@ -24,9 +24,10 @@ from .phasetools import fit_ramp, illumination, unwrap_phase
 from .viewdata import calibration_of, history_of, open_any, parse_crop, parse_slices, scan_shape_of
 
 WHATS = ("object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
-         "positions", "tilts", "loss", "background", "beam-current", "aberrations", "thickness", "patterns")
+         "positions", "tilts", "loss", "background", "beam-current", "aberrations", "thickness",
+         "detector-blur", "patterns")
 STATE_WHATS = WHATS[:-1]
-TABLES = ("positions", "tilts", "loss", "beam-current", "aberrations", "thickness")
+TABLES = ("positions", "tilts", "loss", "beam-current", "aberrations", "thickness", "detector-blur")
 VALUE_UNITS = {"object-phase": "radian", "probe": "sqrt(count)", "probe-fourier": "sqrt(count)",
                "background": "count", "patterns": "count"}  # ImageJ's value unit of each image
 
@@ -38,7 +39,7 @@ class ExportOptions(BaseModel):
 
     what: Literal["object-phase", "object-amplitude", "object-complex", "probe", "probe-fourier",
                   "positions", "tilts", "loss", "background", "beam-current", "aberrations", "thickness",
-                  "patterns"] = "object-phase"
+                  "detector-blur", "patterns"] = "object-phase"
     format: str | None = Field(None, description="tif|png|npy|h5|csv; default from the suffix.")
     slices: str | None = Field(None, description="sum|all|i:j (slices, or probe modes); "
                                "default sum for the object, all for the probe.")
@@ -259,7 +260,7 @@ def _table(state: State, group: Any, what: str, path: Any) -> Payload:
         return _positions_table(state)
     if what == "tilts":
         return _tilts_table(state, path)
-    if what in ("beam-current", "aberrations", "thickness"):
+    if what in ("beam-current", "aberrations", "thickness", "detector-blur"):
         return _variable_table(state, what, path)
     hist = history_of(group)
     if "loss" not in hist or hist["loss"].size == 0:
@@ -285,8 +286,12 @@ def _tilts_table(state: State, path: Any) -> Payload:
 
 
 def _variable_table(state: State, what: str, path: Any) -> Payload:
-    """beam-current (index, relative current), thickness (slice, Δz, entrance depth z [Å]) or
-    aberrations (one row for the shared probe, subscan -1, and one per sub-scan's own change)."""
+    """beam-current (index, relative current), thickness (slice, Δz, entrance depth z [Å]),
+    detector-blur (the refined PSF's σ in detector pixels; 0 when never refined) or aberrations
+    (one row for the shared probe, subscan -1, and one per sub-scan's own change)."""
+    if what == "detector-blur":
+        return Payload(name="detector_blur", data=np.asarray([[float(state.detector_blur_px)]]), kind="table",
+                       columns=["sigma_px"])
     if what == "beam-current":
         if state.beam_current is None:
             raise StoreError(f"{path}: has no 'beam_current' array (the beam current was not refined)")

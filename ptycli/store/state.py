@@ -169,6 +169,12 @@ def read_error(exc: BaseException) -> InputError | None:
     # a codec, or what it calls (an edited zarr.json dtype fails in zarr's buffer reshape inside the
     # bytes codec): any frame of the decoding, not only the innermost
     files = [f.f_code.co_filename.replace("\\", "/") for f in frames]
+    if any("/zarr/core/metadata/" in f for f in files):  # an array's zarr.json zarr refuses to parse
+        nodes_read = [n for n in nodes if isinstance(n, (zarr.Group, AsyncGroup, zarr.Array, AsyncArray))
+                      and _read_only(n)]
+        if nodes_read:
+            return InputError(f"{_where(nodes_read[-1])}: a zarr.json that does not describe a valid array "
+                              f"({type(exc).__name__}: {exc})")
     if any("/numcodecs/" in f or "/zarr/codecs/" in f or "numcodecs" in f for f in files):
         arrays = [n for n in nodes if isinstance(n, (zarr.Array, AsyncArray)) and _read_only(n)]
         if arrays:

@@ -10,14 +10,9 @@ twice the first loss (one group per iteration: iteration 0's loss is the startin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import run_with_plugin_package
 
 PLUGIN = '''
 from ptycli import backend
@@ -76,16 +71,7 @@ ENTRY_POINTS = "[ptycli.noise_models]\nroot = ptycli_noise_plugin:SPECS\n"
 
 @pytest.mark.slow
 def test_plugin_noise_model_is_named_in_recipes_and_runs(tmp_path):
-    site = tmp_path / "site"
-    (site / "ptycli_noise_plugin").mkdir(parents=True)
-    (site / "ptycli_noise_plugin" / "__init__.py").write_text(PLUGIN)
-    dist = site / "ptycli_noise_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptycli-noise-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(ENTRY_POINTS)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    proc = run_with_plugin_package(tmp_path, "ptycli_noise_plugin", PLUGIN, ENTRY_POINTS, SCRIPT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     plugin, builtin, double = out["losses"]["root-gaussian"], out["losses"]["amplitude"], out["losses"]["double-root"]

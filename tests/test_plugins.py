@@ -6,16 +6,11 @@ installed distribution), run in a fresh interpreter so nothing leaks into other 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import run_with_plugin_package
 
 PLUGIN = '''
 import numpy as np
@@ -111,16 +106,7 @@ print(json.dumps(out))
 
 
 def test_plugin_package_is_used_without_code_changes(tmp_path):
-    site = tmp_path / "site"
-    (site / "ptycli_demo_plugin").mkdir(parents=True)
-    (site / "ptycli_demo_plugin" / "__init__.py").write_text(PLUGIN)
-    dist = site / "ptycli_demo_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ptycli-demo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    proc = run_with_plugin_package(tmp_path, "ptycli_demo_plugin", PLUGIN, textwrap.dedent(ENTRY_POINTS), SCRIPT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["reader"] == ["demo", 3, int(np.arange(3 * 64).sum())]

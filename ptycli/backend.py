@@ -543,7 +543,7 @@ def abs2(x: Any) -> Any:
         out = np.square(x.real)
         out += np.square(x.imag)
         return out
-    if _is_complex(xp, x):
+    if is_complex(x):
         return xp.real(x) ** 2 + xp.imag(x) ** 2
     return x * x
 
@@ -563,7 +563,7 @@ def real_dot(u: Any, v: Any, keep: tuple[int, ...] = (0,)) -> Any:
             u, v = _float_view(u), _float_view(v)
         return np.einsum(f"{letters},{letters}->{out}", u, v)
     axes = tuple(a for a in range(u.ndim) if a not in keep)
-    prod = xp.real(xp.conj(u) * v) if _is_complex(xp, u) else u * v
+    prod = xp.real(xp.conj(u) * v) if is_complex(u) else u * v
     return xp.sum(prod, axis=axes)
 
 
@@ -573,12 +573,6 @@ def _float_view(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x)
     return np.lib.stride_tricks.as_strided(x.real, shape=(*x.shape[:-1], 2 * x.shape[-1]),
                                            strides=(*x.strides[:-1], x.itemsize // 2))
-
-
-def _is_complex(xp: ModuleType, x: Any) -> bool:
-    if hasattr(xp, "isdtype"):
-        return bool(xp.isdtype(x.dtype, "complex floating"))
-    return bool(xp.iscomplexobj(x))
 
 
 # ----------------------------------------------------------------------------- fused kernels

@@ -5,7 +5,9 @@ oriented exactly as ptycli's preprocess, defocus sign, slices) without the peers
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,22 +56,26 @@ def _row(code, pearson, wall, its=40, **kw):
 def test_verdict_needs_quality_margin_and_a_third_of_the_best_peers_time() -> None:
     rows = [_row("ptycli", 0.95, 10), _row("phaser", 0.92, 40), _row("ptyrad", 0.80, 300)]
     run.verdicts(rows)
-    assert rows[0]["best_peer"] == "phaser" and rows[0]["verdict"] == "met"
+    assert rows[0]["best_peer"] == "phaser" and rows[0]["verdict"] == "met (CPU 0.25, wall 0.25)"
     assert rows[0]["wall_ratio"] == pytest.approx(0.25)
 
     rows = [_row("ptycli", 0.935, 10), _row("phaser", 0.92, 40)]     # +0.015 < 0.02
     run.verdicts(rows)
-    assert rows[0]["verdict"] == "not met: correlation < phaser + 0.02"
+    assert rows[0]["verdict"] == "not met: correlation < phaser + 0.02 (CPU 0.25, wall 0.25)"
 
     rows = [_row("ptycli", 0.99, 20), _row("phaser", 0.92, 40)]      # 1/2 of the time > 1/3
     run.verdicts(rows)
-    assert rows[0]["verdict"] == "not met: time > 1/3"
+    assert rows[0]["verdict"] == "not met: time > 1/3 (CPU 0.50, wall 0.50)"
 
     # the time bar is on CPU seconds: a wall clock inflated by others' load does not decide it
     rows = [dict(_row("ptycli", 0.99, 10), cpu_s=30), dict(_row("phaser", 0.92, 100), cpu_s=60)]
     run.verdicts(rows)
     assert rows[0]["wall_ratio"] == pytest.approx(0.1) and rows[0]["cpu_ratio"] == pytest.approx(0.5)
-    assert rows[0]["verdict"] == "not met: time > 1/3"
+    assert rows[0]["verdict"] == "not met: time > 1/3 (CPU 0.50, wall 0.10: wall ≤ 1/3)"
+    # ... nor the other way round; the verdict says where the wall ratio alone would differ
+    rows = [dict(_row("ptycli", 0.99, 50), cpu_s=10), dict(_row("phaser", 0.92, 100), cpu_s=60)]
+    run.verdicts(rows)
+    assert rows[0]["verdict"] == "met (CPU 0.17, wall 0.50: wall > 1/3)"
 
 
 def test_a_peer_stopped_early_is_not_the_yardstick() -> None:
@@ -96,9 +102,23 @@ def test_report_lists_every_row_with_its_verdict(tmp_path) -> None:
     out = tmp_path / "R.md"
     run.write_report(results, out)
     text = out.read_text()
-    assert "| ptycli | r | 40 | 0.950 | 1.10 | 1.20 | 10.0 | 10.0 | 0.25 | 0.25 | met |" in text
-    assert "| t | r | 0.950 | phaser | 0.920 | 0.25 | met |" in text
+    assert "| ptycli | r | 40 | 0.950 | 1.10 | 1.20 | 10.0 | 10.0 | 0.25 | 0.25 | met (CPU 0.25, wall 0.25) |" in text
+    assert ("| t | r | 0.950 | phaser | 40 | 0.920 | 40.0 | 40.0 | 0.25 | 0.25 | met (CPU 0.25, wall 0.25) |"
+            in text)
+    assert "ptycli's CPU seconds ≤ 1/3 of the peer's" in text       # the rule is in the header
     assert "failed (exit 1)" in text and "error 3 → 1" in text and "commit abc" in text
+
+
+def test_timed_records_wall_cpu_and_the_load_over_the_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(run, "LOAD_SAMPLE_S", 0.2)
+    loads = itertools.count(1.0, 2.0)                          # a load rising through the run
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    r = run.timed([sys.executable, "-c", "import time; time.sleep(0.5)"], dict(os.environ), tmp_path / "log", 30)
+    assert r["rc"] == 0 and r["wall_s"] >= 0.5
+    assert r["load_start"] == 1.0 and r["load_avg"] > r["load_start"]
+    assert r["load_start"] < r["load_mean"] < r["load_avg"]
+    r = run.timed([sys.executable, "-c", "import time; time.sleep(30)"], dict(os.environ), tmp_path / "log", 0.3)
+    assert r["rc"] is None and r["wall_s"] < 5                 # killed at the timeout
 
 
 def test_cache_key_changes_with_the_inputs(tmp_path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +24,28 @@ if "reconstruct" in args:
     mode = os.environ["SWEEP_FAKE"]
     if "warn" in mode:
         print("x.py:1: RuntimeWarning: overflow encountered in square", file=sys.stderr)
+        print("  y = x ** 2", file=sys.stderr)
+    if "slow" in mode:
+        import time
+        time.sleep(30)
     if "nan" in mode:
         print("error: stage 0 iteration 0: NaN/inf after 4 retries", file=sys.stderr)
         sys.exit(6)
     print(json.dumps({"final_loss": 1.5, "iterations": 3}))
 """
+
+
+def _fake_set(tmp_path, monkeypatch) -> Path:
+    """A one-set corpus and the stand-in ptycli in place of the real one."""
+    set_dir = tmp_path / "corpus" / "s"
+    set_dir.mkdir(parents=True)
+    (set_dir / "data.npy").write_bytes(b"")
+    (set_dir / "meta.json").write_text(json.dumps({"name": "s", "scan_shape": [2, 2], "detector_shape": [4, 4],
+                                                   "ptycli_preprocess_args": [], "ptycli_init_args": []}))
+    fake = tmp_path / "fake_ptycli.py"
+    fake.write_text(FAKE)
+    monkeypatch.setattr(sweep, "ptycli_cmd", lambda: [sys.executable, str(fake)])
+    return set_dir
 
 
 def test_every_shipped_recipe_and_auto_cheapest_first():
@@ -39,14 +57,7 @@ def test_every_shipped_recipe_and_auto_cheapest_first():
 
 
 def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
-    set_dir = tmp_path / "corpus" / "s"
-    set_dir.mkdir(parents=True)
-    (set_dir / "data.npy").write_bytes(b"")
-    (set_dir / "meta.json").write_text(json.dumps({"name": "s", "scan_shape": [2, 2], "detector_shape": [4, 4],
-                                                   "ptycli_preprocess_args": [], "ptycli_init_args": []}))
-    fake = tmp_path / "fake_ptycli.py"
-    fake.write_text(FAKE)
-    monkeypatch.setattr(sweep, "ptycli_cmd", lambda: [sys.executable, str(fake)])
+    set_dir = _fake_set(tmp_path, monkeypatch)
     prep = sweep.Prepared(set_dir, tmp_path / "work")
     stale = tmp_path / "work" / "s" / "recon-epie.zarr.partial"  # an interrupted sweep's checkpoint
     stale.mkdir(parents=True)
@@ -62,3 +73,19 @@ def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
     assert summary.startswith("3 runs, 1 divergences (exit 6), 2 with RuntimeWarnings")
     md = (tmp_path / "R.md").read_text()
     assert "| s | 6 @20 (W) | 0 @30 (W) |" in md and "| tilted-multislice | 80 | 30 |" in md
+    # the lead gets the messages verbatim: the warning with its source line, the error with its iteration
+    assert runs[0]["stderr_lines"] == ["x.py:1: RuntimeWarning: overflow encountered in square | y = x ** 2",
+                                       "error: stage 0 iteration 0: NaN/inf after 4 retries"]
+    assert "  - `error: stage 0 iteration 0: NaN/inf after 4 retries`" in md
+    assert "NaN/inf" in (tmp_path / "work" / "s" / "recon-epie.zarr.stderr.txt").read_text()
+
+
+def test_stop_ends_a_run_still_going(tmp_path, monkeypatch):
+    set_dir = _fake_set(tmp_path, monkeypatch)
+    monkeypatch.setenv("SWEEP_FAKE", "slow")
+    prep = sweep.Prepared(set_dir, tmp_path / "work")
+    r = sweep.run_one(prep, "epie", None, 60.0, None, stop=time.time() + 1.5)
+    assert r["exit"] is None and r["status"] == "stopped (--stop)" and r["wall_s"] < 20
+    sweep.write_results([r], tmp_path / "R", "test")
+    assert "| s | stopped |" in (tmp_path / "R.md").read_text()
+    assert sweep.hhmm_utc("00:00") <= time.time()

@@ -18,7 +18,10 @@ again. `--force ptycli|peers|all` repeats them anyway.
 Timing: wall clock of `ptycli reconstruct` (one process, after a one-iteration-per-stage
 warm-up run that fills Numba's cache, so JIT compilation is not timed) and of a peer's
 reconstruction call (data loading included, interpreter start-up not); CPU seconds beside
-them, because the benchmark machine is shared and its wall clock drifts with others' load.
+them, because the benchmark machine is shared and its wall clock drifts with others' load,
+and the 1-minute load average over each run (start, end, mean of 5-s samples). The verdict
+judges the time bar on CPU seconds and states the wall-time ratio beside it (`verdict_text`;
+the report's header gives the rule).
 A peer that passes `--peer-max-wall-s` stops after that iteration; its row then says
 "stopped k/N" and the verdict compares only with peers that ran all N iterations.
 """
@@ -56,6 +59,7 @@ MARGIN = 0.02                 # issue 22: ptycli >= best peer + 0.02 ...
 TIME_FRACTION = 1 / 3         # ... at <= 1/3 of that peer's wall time
 KILL_FACTOR = 4               # a peer still inside an iteration at 4x its budget is stopped
 EXIT_NUMERICAL = 6            # ptycli/errors.py: NaN or divergence
+LOAD_SAMPLE_S = 5.0           # how often timed() samples the load average
 RUN_VERSION = "1"             # bump when what a cached run means changes
 
 
@@ -203,20 +207,32 @@ def save(run_dir: Path, rec: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ running
 def timed(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> dict[str, Any]:
-    """Run one command; exit code, wall and CPU seconds (of the child), output in log_path."""
+    """Run one command; exit code, wall and CPU seconds (of the child), output in log_path, and
+    the machine's 1-minute load average at the start, at the end and its mean over the run
+    (sampled every LOAD_SAMPLE_S): on a shared machine the wall time means little without it."""
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    loads = [os.getloadavg()[0]]
     with open(log_path, "a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        try:
-            rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s,
-                                cwd=REPO, check=False).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        rc: int | None = None
+        while True:
+            try:
+                rc = proc.wait(timeout=LOAD_SAMPLE_S)
+                break
+            except subprocess.TimeoutExpired:
+                loads.append(os.getloadavg()[0])
+                if time.perf_counter() - t0 > timeout_s:
+                    proc.kill()
+                    proc.wait()
+                    rc = None
+                    break
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    loads.append(os.getloadavg()[0])
     return {"rc": rc, "wall_s": time.perf_counter() - t0,
             "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "load_avg": os.getloadavg()[0]}
+            "load_avg": loads[-1], "load_start": loads[0], "load_mean": sum(loads) / len(loads)}
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -276,7 +292,8 @@ def run_ptycli(set_dir: Path, meta: dict, recipe: str, args, truth: dict) -> dic
         shutil.rmtree(run_dir / "warm.zarr", ignore_errors=True)
     log(f"{set_dir.name} ptycli {recipe}: reconstruct")
     r = timed(base + ["-o", str(out)], env, lg, args.timeout_s)
-    rec.update(wall_s=r["wall_s"], cpu_s=r["cpu_s"], load_avg=r["load_avg"], exit=r["rc"], warmed_up=bool(stages),
+    rec.update(wall_s=r["wall_s"], cpu_s=r["cpu_s"], load_avg=r["load_avg"], load_start=r["load_start"],
+               load_mean=r["load_mean"], exit=r["rc"], warmed_up=bool(stages),
                command=" ".join(["ptycli reconstruct data.zarr init.zarr", *base[4:], "-o recon.zarr"]))
     if r["rc"] is None:
         return save(run_dir, dict(rec, status=f"timed out after {args.timeout_s:.0f} s"))
@@ -355,7 +372,8 @@ def run_peer(peer: str, set_dir: Path, meta: dict, iterations: int, modes: int, 
     budget = args.budgets[peer]
     limit = min(args.timeout_s, KILL_FACTOR * budget) if budget else args.timeout_s
     r = timed(cmd, thread_env(args.threads), run_dir / "log.txt", limit)
-    rec.update(exit=r["rc"], load_avg=r["load_avg"], process_wall_s=r["wall_s"])
+    rec.update(exit=r["rc"], load_avg=r["load_avg"], load_start=r["load_start"], load_mean=r["load_mean"],
+               process_wall_s=r["wall_s"])
     res_f = run_dir / "result.json"
     if r["rc"] != 0 or not res_f.exists():
         why = f"killed after {limit:.0f} s, an iteration outlasting the budget" if r["rc"] is None \
@@ -402,7 +420,8 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
     judged on CPU seconds: the benchmark machine is shared, so a wall clock measures the
     others' load as much as the code, and CPU time is the stricter test for ptycli (it runs
     two threads, whose wall time on an idle machine is below its CPU time, while the peers'
-    numpy/torch runs here use about one core)."""
+    numpy/torch runs here use about one core). The wall-time ratio, which the issue names,
+    is stated beside it in the verdict, with a note where it would decide otherwise."""
     peers = [r for r in rows if r["code"] != "ptycli" and r.get("status") == "ok"]
     for r in rows:
         if r["code"] != "ptycli":
@@ -424,10 +443,21 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
         r["best_peer"] = best["code"]
         r["wall_ratio"] = r["wall_s"] / best["wall_s"] if best.get("wall_s") else None
         r["cpu_ratio"] = r["cpu_s"] / best["cpu_s"] if best.get("cpu_s") else None
-        quality = r["pearson"] >= best["pearson"] + MARGIN
-        fast = r["cpu_ratio"] is not None and r["cpu_ratio"] <= TIME_FRACTION
-        r["verdict"] = "met" if quality and fast else "not met: " + ", ".join(
-            w for w, ok in ((f"correlation < {best['code']} + {MARGIN}", quality), ("time > 1/3", fast)) if not ok)
+        r["verdict"] = verdict_text(r["pearson"] >= best["pearson"] + MARGIN, best["code"],
+                                    r["cpu_ratio"], r["wall_ratio"])
+
+
+def verdict_text(quality: bool, peer: str, cpu_ratio: float | None, wall_ratio: float | None) -> str:
+    """'met (CPU 0.25, wall 0.18)' / 'not met: time > 1/3 (CPU 0.77, wall 0.09: wall <= 1/3)':
+    met = correlation >= peer + MARGIN and CPU ratio <= TIME_FRACTION; the wall ratio is
+    given beside it and flagged where it alone would decide the time bar the other way."""
+    fast = cpu_ratio is not None and cpu_ratio <= TIME_FRACTION
+    wall_fast = wall_ratio is not None and wall_ratio <= TIME_FRACTION
+    ratios = f"CPU {fmt(cpu_ratio, '.2f')}, wall {fmt(wall_ratio, '.2f')}"
+    if wall_ratio is not None and wall_fast != fast:
+        ratios += ": wall ≤ 1/3" if wall_fast else ": wall > 1/3"
+    failed = [w for w, ok in ((f"correlation < {peer} + {MARGIN}", quality), ("time > 1/3", fast)) if not ok]
+    return ("met" if not failed else "not met: " + ", ".join(failed)) + f" ({ratios})"
 
 
 def fmt(v: Any, spec: str = ".3f") -> str:
@@ -451,8 +481,10 @@ def row_md(r: dict[str, Any]) -> str:
         notes.append(f"error {r['convergence']}")
     if r.get("commit"):
         notes.append(f"commit {r['commit']}")
-    if r.get("load_avg") is not None:
-        notes.append(f"load {r['load_avg']:.1f}")
+    if r.get("load_mean") is not None:
+        notes.append(f"load {r['load_mean']:.1f} (start {r['load_start']:.1f}, end {r['load_avg']:.1f})")
+    elif r.get("load_avg") is not None:
+        notes.append(f"load {r['load_avg']:.1f} (at the end)")
     frc = fmt(r.get("frc_halfbit_a"), ".2f") + ("" if r.get("frc_crossed", True) else " (Nyquist)")
     return (f"| {r['code']} | {label} | {its_s} | {fmt(r.get('pearson'))} | {fmt(r.get('scale_a'), '.2f')} | "
             f"{frc} | {fmt(r.get('wall_s'), '.1f')} | {fmt(r.get('cpu_s'), '.1f')} | {fmt(r.get('cpu_ratio'), '.2f')} | {fmt(r.get('wall_ratio'), '.2f')} | "
@@ -497,15 +529,26 @@ def write_report(results: dict[str, Any], out_md: Path) -> None:
              "Made by `python benchmarks/corpus/run.py` (cached runs are reused; see its docstring). "
              "Scores by `benchmarks/corpus/score.py` on the central scanned region: correlation = Pearson of the "
              "slice-summed phase with the truth, scale a of truth ≈ a·recon + b (1 = quantitative), FRC half-bit "
-             "resolution. Verdict (issue 22): ptycli correlation ≥ best peer + 0.02 and time ≤ 1/3 of that peer's, "
-             "the peer having run at least as many iterations; the time is CPU seconds (the wall clock of a shared "
-             "machine measures the others' load; CPU time is the stricter test for ptycli's two threads). Peers ran with their documented defaults "
-             "(benchmarks/peers/README.md); `stopped` = the peer passed its per-run wall-time budget "
-             f"({budget_text(results['peer_max_wall_s'])}), and its notes give the wall time that N iterations "
-             "would take at its measured pace. The load column is the 1-minute load average when the run ended: "
-             "wall times under a load above the core count are inflated by other work.", ""]
-    summary = ["## Summary", "", "| set | recipe | ptycli correlation | best peer | peer correlation | CPU / peer | verdict |",
-               "|---|---|---|---|---|---|---|"]
+             "resolution. Peers ran with their documented defaults (benchmarks/peers/README.md); `k/N (stopped)` = "
+             "the peer passed the per-run wall-time budget its notes give (this report's runs: "
+             f"{budget_text(results['peer_max_wall_s'])}; a reused row keeps its own), and the notes give the wall "
+             "time that N iterations would take at its measured pace.", "",
+             "**Verdict** (issue 22: correlation ≥ best peer + 0.02 after the same number of iterations, in at most "
+             "1/3 of that peer's wall time on 2 cores). The best peer is the one with the highest correlation among "
+             "those that ran at least as many iterations as the ptycli row. `met` = correlation ≥ that peer's + "
+             f"{MARGIN} **and** ptycli's CPU seconds ≤ 1/3 of the peer's. Both time ratios are stated in the verdict, "
+             "`(CPU c, wall w)`, and `wall ≤ 1/3` / `wall > 1/3` is added where the wall ratio alone would decide the "
+             "time bar the other way. Why CPU decides: this machine is shared (other engineers' tests and "
+             "benchmarks run beside these), so a wall clock measures their load as much as the code; ptycli runs "
+             "two threads and the peers' numpy/torch runs here keep about one core busy, so on an idle machine "
+             "ptycli's wall ratio would be lower than its CPU ratio: the CPU ratio is the stricter test. The wall "
+             "ratio is honest only when both runs saw a similar load: every row's notes give the 1-minute load "
+             "average (mean over the run, sampled every 5 s, with its start and end; older rows only the end), and "
+             "a mean load above 2 (the core count) means its wall time was inflated by other work.", ""]
+    summary = ["## Summary", "",
+               "| set | recipe | ptycli correlation | best peer | peer iterations | peer correlation | peer CPU (s) "
+               "| peer wall (s) | CPU / peer | wall / peer | verdict |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     for s in results["sets"]:
         body += [f"## {s['name']}", "", s.get("description", ""), "", HEADER]
@@ -516,7 +559,9 @@ def write_report(results: dict[str, Any], out_md: Path) -> None:
             if r["code"] == "ptycli" and r.get("status") != "not available":
                 p = peer_by.get(r.get("best_peer") or "", {})
                 summary.append(f"| {s['name']} | {r['recipe']} | {fmt(r.get('pearson'))} | {r.get('best_peer', '—')} | "
-                               f"{fmt(p.get('pearson'))} | {fmt(r.get('cpu_ratio'), '.2f')} | "
+                               f"{fmt(p.get('iterations'), 'd')} | {fmt(p.get('pearson'))} | "
+                               f"{fmt(p.get('cpu_s'), '.1f')} | {fmt(p.get('wall_s'), '.1f')} | "
+                               f"{fmt(r.get('cpu_ratio'), '.2f')} | {fmt(r.get('wall_ratio'), '.2f')} | "
                                f"{r.get('verdict') if r.get('status') == 'ok' else r.get('status')} |")
     out_md.write_text("\n".join(lines + summary + [""] + body) + "\n")
 

@@ -1,7 +1,8 @@
 """Divergence sweep (issue 22): every corpus set x every shipped recipe (+ `auto`).
 
     python benchmarks/corpus/sweep.py [--corpus DIR] [--work DIR] [--sets a,b] [--recipes a,b]
-        [--jobs 2] [--iterations N] [--timeout-s S] [--deadline HH:MM] [--out benchmarks/RESULTS_divergence]
+        [--jobs 2] [--iterations N] [--timeout-s S] [--deadline HH:MM] [--stop HH:MM]
+        [--out benchmarks/RESULTS_divergence]
 
 Per set, `ptycli preprocess` and `ptycli init` run once with the arguments of the set's
 meta.json (`ptycli_preprocess_args`, `ptycli_init_args`) and are cached in the work dir
@@ -10,9 +11,11 @@ meta.json (`ptycli_preprocess_args`, `ptycli_init_args`) and are cached in the w
 the set's meta gives: they must not diverge either. Each run is
 `nice -n 10 ptycli -q reconstruct DATA STATE --recipe R --json` with stderr captured, `--jobs` at
 a time (one compute thread each); recorded: exit code, whether "RuntimeWarning" reached stderr,
+the exact RuntimeWarning and `error:` lines (the whole stderr in WORK/<set>/recon-<recipe>.stderr.txt),
 the back-offs (the store's history attrs), final loss, Pearson correlation and scale from
 score.py, wall time. `--iterations N` caps only the recipes whose default total exceeds N (the
-table says so); `--deadline` leaves later runs "not run" rather than overrunning. Cheapest sets
+table says so); `--deadline` leaves later runs "not run" rather than overrunning, and `--stop`
+ends a run still going at that time (recorded as "stopped"). Cheapest sets
 and recipes run first. Results: OUT.json and OUT.md (a set x recipe table of exit code / corr).
 """
 
@@ -123,7 +126,28 @@ def backoffs(store: Path) -> list[dict[str, Any]]:
     return list(hist.get("backoff", []))
 
 
-def run_one(prep: Prepared, recipe: str, cap: int | None, timeout_s: float, deadline: float | None) -> dict[str, Any]:
+def notable_lines(stderr: str) -> list[str]:
+    """The lines of a run's stderr the lead must see verbatim: each RuntimeWarning with the
+    source line Python prints after it, and ptycli's `error:`/`warning:` lines (which name the
+    stage and iteration)."""
+    lines = stderr.splitlines()
+    out: list[str] = []
+    for i, ln in enumerate(lines):
+        if "RuntimeWarning" in ln:
+            out.append(ln.strip() + (f" | {lines[i + 1].strip()}" if i + 1 < len(lines) else ""))
+        elif ln.lstrip().lower().startswith(("error:", "warning:")):
+            out.append(ln.strip())
+    return out
+
+
+def hhmm_utc(text: str) -> float:
+    """'HH:MM' (UTC, today) as a timestamp."""
+    hh, mm = (int(v) for v in text.split(":"))
+    return dt.datetime.now(dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+
+
+def run_one(prep: Prepared, recipe: str, cap: int | None, timeout_s: float, deadline: float | None,
+            stop: float | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {"set": prep.set_dir.name, "recipe": recipe, "default_iterations": default_iterations(recipe)}
     if deadline is not None and time.time() > deadline:
         return dict(rec, status="not run (deadline)")
@@ -144,16 +168,21 @@ def run_one(prep: Prepared, recipe: str, cap: int | None, timeout_s: float, dead
     else:
         rec["iterations"] = default
     t0 = time.time()
+    limit, stopped = timeout_s, False
+    if stop is not None and stop - t0 < timeout_s:
+        limit, stopped = max(stop - t0, 1.0), True
     try:
-        r = subprocess.run(cmd, env=thread_env(), capture_output=True, text=True, timeout=timeout_s)
+        r = subprocess.run(cmd, env=thread_env(), capture_output=True, text=True, timeout=limit)
         rc, stdout, stderr = r.returncode, r.stdout, r.stderr
     except subprocess.TimeoutExpired as e:
         rc, stdout = None, ""
         stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    out.with_name(out.name + ".stderr.txt").write_text(stderr)
     rec.update(wall_s=round(time.time() - t0, 1), exit=rc, runtime_warning="RuntimeWarning" in stderr,
-               stderr_tail=" / ".join(ln for ln in stderr.strip().splitlines()[-2:])[-300:])
+               stderr_tail=" / ".join(ln for ln in stderr.strip().splitlines()[-2:])[-300:],
+               stderr_lines=notable_lines(stderr))
     if rc is None:
-        return dict(rec, status=f"timeout after {timeout_s:.0f} s")
+        return dict(rec, status="stopped (--stop)" if stopped else f"timeout after {timeout_s:.0f} s")
     try:
         doc = json.loads(stdout) if stdout.strip() else {}
     except json.JSONDecodeError:
@@ -173,7 +202,8 @@ def run_one(prep: Prepared, recipe: str, cap: int | None, timeout_s: float, dead
 
 def cell(r: dict[str, Any]) -> str:
     if r.get("exit") is None:
-        return "timeout" if str(r.get("status", "")).startswith("timeout") else "—"
+        status = str(r.get("status", ""))
+        return "timeout" if status.startswith("timeout") else "stopped" if status.startswith("stopped") else "—"
     corr = f" / {r['pearson']:.2f}" if r.get("pearson") is not None else ""
     flags = ("W" if r.get("runtime_warning") else "") + (f"b{len(r['backoff'])}" if r.get("backoff") else "")
     its = f" @{r['iterations']}" if r.get("iterations") is not None else ""
@@ -195,7 +225,8 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
     lines = ["# Divergence sweep: corpus x shipped recipes (issue 22)", "",
              f"Made by `python benchmarks/corpus/sweep.py` ({note}). Cell: exit code / Pearson correlation "
              "of the slice-summed phase with the truth (score.py) @ iterations run; W: a RuntimeWarning reached stderr; "
-             "bN: N back-offs (step retries); timeout/—: did not finish / not run.", "",
+             "bN: N back-offs (step retries); timeout/stopped/—: did not finish (its time limit / `--stop`) / "
+             "not run.", "",
              f"**{summary}**", "", "| set | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
     for s in sets:
         lines.append(f"| {s} | " + " | ".join(cell(by[(s, rc)]) if (s, rc) in by else "" for rc in recipes) + " |")
@@ -207,10 +238,12 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
         lines.append(f"| {rc} | {default if default is not None else 'data-dependent'} | "
                      f"{', '.join(map(str, its)) or '—'} |")
     bad = [r for r in results if r.get("exit") not in (0, None) or r.get("runtime_warning") or
-           str(r.get("status", "")).startswith(("timeout", "preprocess", "init"))]
+           str(r.get("status", "")).startswith(("timeout", "stopped", "preprocess", "init"))]
     if bad:
         lines += ["", "Runs that did not end cleanly:", ""]
-        lines += [f"- {r['set']} / {r['recipe']}: {r.get('status')}; {r.get('stderr_tail', '')}" for r in bad]
+        for r in bad:
+            lines.append(f"- {r['set']} / {r['recipe']}: {r.get('status')}; {r.get('stderr_tail', '')}")
+            lines += [f"  - `{ln}`" for ln in r.get("stderr_lines", [])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return summary
 
@@ -225,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, help="cap for the recipes whose default total exceeds it")
     ap.add_argument("--timeout-s", type=float, default=1800.0)
     ap.add_argument("--deadline", help="HH:MM UTC after which no run starts")
+    ap.add_argument("--stop", help="HH:MM UTC at which a run still going is ended (recorded as stopped)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "RESULTS_divergence")
     ap.add_argument("--keep", action="store_true",
                     help="keep the runs of OUT.json that ended with exit 0 or 6 (their own iterations); run the others")
@@ -242,11 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = sorted((d for d in args.corpus.iterdir() if (d / "meta.json").exists() and (wanted is None or d.name in wanted)),
                   key=set_cost)
     recipes = args.recipes.split(",") if args.recipes else shipped_recipes()
-    deadline = None
-    if args.deadline:
-        now = dt.datetime.now(dt.timezone.utc)
-        hh, mm = (int(v) for v in args.deadline.split(":"))
-        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+    deadline = hhmm_utc(args.deadline) if args.deadline else None
+    stop = hhmm_utc(args.stop) if args.stop else None
     preps = {s.name: Prepared(s, args.work) for s in sets}
     # recipe-major: every set gets the cheap recipes before any set gets the dear ones
     pairs = [(s.name, r) for r in recipes for s in sets]
@@ -266,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
 
     def job(pair: tuple[str, str]) -> None:
-        r = run_one(preps[pair[0]], pair[1], args.iterations, args.timeout_s, deadline)
+        r = run_one(preps[pair[0]], pair[1], args.iterations, args.timeout_s, deadline, stop)
         with lock:
             results.append(r)
             print(f"{r['set']:20s} {r['recipe']:18s} exit {r.get('exit')} warn {r.get('runtime_warning')} "

@@ -46,7 +46,7 @@ def peak_rss_mib() -> float:
 # ----------------------------------------------------------------------------- engine timing
 def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds per iteration of one engine on one case, and the FFT bound of the same work."""
-    from ptycli import backend
+    from ptycli import backend, host_fft, parallel
 
     xp = backend.get_xp(spec.get("device", "cpu"))
     case = cases.Case.from_json(spec["case"])
@@ -104,14 +104,14 @@ class PairedBound:
 
 class FFTCounter:
     """Counts the M x M 2D transforms the engine asks the backend for (``backend._fft_call``)
-    and those compiled kernels run themselves (reported through ``backend.kernel_ffts``),
+    and those compiled kernels run themselves (reported through ``host_fft.kernel_ffts``),
     so the bound is the engine's own FFT work."""
 
     def __init__(self, size: int):
         self.size, self.transforms = size, 0
 
     def __enter__(self) -> FFTCounter:
-        from ptycli import backend
+        from ptycli import backend, host_fft, parallel
 
         self._orig = backend._fft_call
 
@@ -125,15 +125,15 @@ class FFTCounter:
                 self.transforms += int(count)
 
         backend._fft_call = counting
-        self._orig_kernel = backend.kernel_ffts
-        backend.kernel_ffts = kernel_counting
+        self._orig_kernel = host_fft.kernel_ffts
+        host_fft.kernel_ffts = kernel_counting
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from ptycli import backend
+        from ptycli import backend, host_fft, parallel
 
         backend._fft_call = self._orig
-        backend.kernel_ffts = self._orig_kernel
+        host_fft.kernel_ffts = self._orig_kernel
 
 
 # The bound's batches hold at most this many planes. FFT rates plateau well before it (128²
@@ -211,7 +211,7 @@ def sample_engine(spec: dict[str, Any]) -> dict[str, Any]:
     then from the sampled iterations."""
     import os
 
-    from ptycli import backend
+    from ptycli import backend, host_fft, parallel
 
     case = cases.Case.from_json(spec["case"])
     state = cases.synthetic_state(case)
@@ -228,7 +228,7 @@ def sample_engine(spec: dict[str, Any]) -> dict[str, Any]:
     run = harness.make_run(spec["engine"], state, patterns, spec["iterations"])
     t0 = time.perf_counter()
     sampled_iterations(run)
-    return {"wall_s": time.perf_counter() - t0, "iterations": spec["iterations"], "threads": backend.host_threads()}
+    return {"wall_s": time.perf_counter() - t0, "iterations": spec["iterations"], "threads": parallel.host_threads()}
 
 
 def sampled_iterations(run: Any) -> None:

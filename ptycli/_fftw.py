@@ -199,7 +199,7 @@ def transform(x: np.ndarray, inverse: bool, n_axes: int, max_threads: int, *, ov
     shape = x.shape
     batched = x.reshape((-1, *shape[x.ndim - n_axes:]))  # a view when contiguous
     # One-thread plans are per calling thread: a plan executes under its own lock, so
-    # parallel parts of a group (backend.map_parts) sharing one would run one at a time.
+    # parallel parts of a group (parallel.map_parts) sharing one would run one at a time.
     lane = threading.get_ident() if max_threads == 1 else 0
     in_place = overwrite and x.flags.c_contiguous and x.flags.writeable
     key = (batched.shape, dtype.char, inverse, max_threads, lane, in_place)

@@ -1,4 +1,4 @@
-"""Host threads for the parts of a group (``backend.map_parts``) that start within microseconds.
+"""Host threads for the parts of a group (``parallel.map_parts``) that start within microseconds.
 
 Why: a group is split into parts that run concurrently on the host's cores, 1-3 times per
 group in every engine, and a gradient-engine group lasts ~3 ms. With a

@@ -12,19 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from . import host_fft
 from .errors import DeviceError
 
-_FFT_WORKERS = max(1, os.cpu_count() or 1)
-_local = threading.local()  # per-thread FFT worker count while a group runs as parallel parts
-_fft_library = os.environ.get("PTYCLI_FFT", "auto")  # auto | scipy | pyfftw | numpy
 transfer_count = 0  # incremented by every to_numpy() of a device array
 
 PRECISIONS = {"single": ("float32", "complex64"), "double": ("float64", "complex128")}
@@ -170,274 +165,22 @@ def real_dtype_of(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- FFT
-def set_fft_library(name: str) -> None:
-    """Choose the CPU FFT: ``auto`` (pyFFTW if installed, else scipy), ``scipy``, ``pyfftw``, ``numpy``."""
-    global _fft_library
-    if name not in ("auto", "scipy", "pyfftw", "numpy"):
-        raise DeviceError(f"unknown FFT library {name!r}; expected auto, scipy, pyfftw or numpy")
-    _fft_library = name
-
-
-def fft_library() -> str:
-    # auto = FFTW objects with cached plans when pyFFTW is installed, else scipy.fft.
-    # Measured on the 2-core benchmark machine, batch of 64 complex64 128x128: planned FFTW
-    # 2.6-3.1 ms, scipy.fft (pocketfft) 6.6-8.5 ms, pyFFTW's interfaces layer ~8 ms (it
-    # copies and re-checks its cache every call). See ptycli/_fftw.py.
-    if _fft_library != "auto":
-        return _fft_library
-    global _auto_library
-    if _auto_library is None:
-        _auto_library = "pyfftw" if _fftw_module().available() else "scipy"
-    return _auto_library
-
-
-_auto_library: str | None = None
-
-
-def pyfftw_available() -> bool:
-    """pyFFTW importable (imported with idle OpenMP threads asleep: see _fftw.quiet_openmp)."""
-    return _fftw_module().available()
-
-
 _LAST2 = (-2, -1)
-_fftw_mod: Any = None
-
-
-def _fftw_module() -> Any:
-    """ptycli/_fftw.py, imported on first use (it imports pyFFTW, which ``--help`` must not)."""
-    global _fftw_mod
-    if _fftw_mod is None:
-        from . import _fftw  # noqa: PLC0415
-
-        _fftw_mod = _fftw
-    return _fftw_mod
 
 
 def _fft_call(x: Any, inverse: bool, axes: tuple[int, ...], overwrite: bool = False, scaled: bool = True) -> Any:
     """The one FFT entry point (unitary unless ``scaled=False``: then unnormalised both ways).
 
     ``overwrite``: the caller gives ``x`` away; the transform may run in place in it.
+    NumPy arrays go to the host's library (ptycli/host_fft.py), others to their namespace's.
     """
     xp = np if type(x) is np.ndarray else namespace(x)
-    # numpy's names: "backward" leaves the forward transform unscaled, "forward" the inverse
+    if xp is np:
+        return host_fft.transform(x, inverse, axes, overwrite, scaled)
     norm = "ortho" if scaled else ("forward" if inverse else "backward")
-    if xp is not np:
-        _cupy_setup(xp)
-        f = xp.fft.ifftn if inverse else xp.fft.fftn
-        return f(x, axes=axes, norm=norm)
-    lib = fft_library()
-    n = len(axes)
-    if lib == "pyfftw" and (axes == _LAST2 or (x.ndim > 0 and tuple(a % x.ndim for a in axes)
-                                                == tuple(range(x.ndim - n, x.ndim)))):
-        # the module, not ``from . import`` per call: sequential ePIE makes ~4 calls per position
-        out = _fftw_module().transform(x, inverse, n, getattr(_local, "fft_workers", _FFT_WORKERS),
-                                       overwrite=overwrite, scaled=scaled)
-        if out is not None:
-            return out
-    if lib == "numpy":
-        f = np.fft.ifftn if inverse else np.fft.fftn
-        return f(x, axes=axes, norm=norm)
-    import scipy.fft as sfft  # noqa: PLC0415
-
-    f = sfft.ifftn if inverse else sfft.fftn
-    return f(x, axes=axes, norm=norm, overwrite_x=overwrite, workers=getattr(_local, "fft_workers", _FFT_WORKERS))
-
-
-def kernel_fft_plans(m: int, n: int, dtype: Any) -> tuple[int, int, int] | None:
-    """(address of fftwf_execute_dft, forward plan, inverse plan) for compiled kernels that
-    transform complex64 (m, n) planes in place themselves, or None: FFTs then stay out here.
-
-    Only when the host FFTs are FFTW's (``fft_library()``), so PTYCLI_FFT=scipy still means
-    no FFTW anywhere; only for complex64 and planes whose byte size is a multiple of 64 (the
-    kernels' buffers start on 64 bytes, so every plane is then aligned as the plans were made)."""
-    return fftw_plane_plans(m, n, dtype) if fft_library() == "pyfftw" else None
-
-
-def fftw_plane_plans(m: int, n: int, dtype: Any) -> tuple[int, int, int] | None:
-    """``kernel_fft_plans`` whatever the host FFT library is (the benchmark's bound measures
-    every library installed), or None without pyFFTW's FFTW, for other dtypes or sizes."""
-    if np.dtype(dtype) != np.complex64 or (m * n * 8) % 64 or not pyfftw_available():
-        return None
-    fftw = _fftw_module()
-    lib = fftw.native()
-    forward = fftw.native_plan(m, n, False) if lib is not None else None
-    inverse = fftw.native_plan(m, n, True) if forward is not None else None
-    return None if inverse is None else (lib.execute_address, forward, inverse)
-
-
-def kernel_ffts(shape: tuple[int, int], count: int) -> None:
-    """Report ``count`` (M, N) transforms run inside a compiled kernel (not through
-    ``_fft_call``): a no-op that FFT counters (the benchmark's bound) replace."""
-
-
-@contextmanager
-def fft_workers(n: int) -> Any:
-    """FFTs of the calling thread use ``n`` workers inside the block (parallel parts use 1
-    each: the parts already fill the cores, and one-thread plans do not contend)."""
-    old = getattr(_local, "fft_workers", None)
-    _local.fft_workers = max(1, int(n))
-    try:
-        yield
-    finally:
-        if old is None:
-            del _local.fft_workers
-        else:
-            _local.fft_workers = old
-
-
-def host_threads() -> int:
-    """Threads a group may be split over on the host: PTYCLI_THREADS, else the usable cores."""
-    env = os.environ.get("PTYCLI_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError as exc:
-            raise DeviceError(f"PTYCLI_THREADS={env!r}: expected a positive integer") from exc
-    # asked once per group (and by sequential ePIE with modes once per position): the cores
-    # are counted once per process, not with an affinity syscall at every call
-    pid = os.getpid()
-    n = _usable_cores.get(pid)
-    if n is None:
-        try:
-            n = max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            n = max(1, os.cpu_count() or 1)
-        _usable_cores[pid] = n
-    return n
-
-
-_usable_cores: dict[int, int] = {}
-
-
-_pool: Any = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-_PART_THREAD = "ptycli-part"
-# PTYCLI_SPIN_WAIT=0: idle part threads sleep at once instead of spinning for a few ms
-# (for nodes shared with other jobs, where a spinning thread takes a core from them)
-_spin_wait = os.environ.get("PTYCLI_SPIN_WAIT", "1") != "0"
-
-
-def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
-    """[fn(p) for p in parts], run concurrently on host threads (one per part, the caller's
-    among them), each with single-threaded FFTs; results in the order of ``parts``.
-
-    NumPy and FFTW release the GIL on large arrays, so a group split into parts uses every
-    core for the elementwise passes too, not only inside the FFTs. Parts that are each one
-    compiled kernel call go through ``map_launches`` instead.
-    """
-    if len(parts) <= 1 or threading.current_thread().name.startswith(_PART_THREAD):
-        # a part that maps parts again runs them itself: the pool's threads may all be busy
-        # with the outer parts, and waiting on them from one of them would never end
-        return [fn(p) for p in parts]
-    k = kernels(np) if _spin_wait else None
-    if k is not None:  # workers that wait spinning: a part starts within microseconds
-        from . import _pool as spin
-
-        out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts)
-        if out is not None:
-            return out
-        return [fn(p) for p in parts]  # another thread's parts hold the pool
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < len(parts) - 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool_size = len(parts) - 1
-            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix=_PART_THREAD)
-    futures = [_pool.submit(_run_part, fn, p) for p in parts[1:]]
-    try:
-        first = _run_part(fn, parts[0])
-    finally:
-        errors = [f.exception() for f in futures]  # waits: no part outlives the call
-    for err in errors:
-        if err is not None:
-            raise err
-    return [first, *(f.result() for f in futures)]
-
-
-@dataclass
-class Launch:
-    """One part's compiled call with its Python done beforehand: ``kernel(*args, signal_addr,
-    signal_value)`` (a kernel that stores signal_value at signal_addr as it starts, 0 for
-    none, and releases Python's lock), then ``finish`` of its return value."""
-
-    kernel: Any
-    args: tuple[Any, ...]
-    finish: Callable[[Any], Any]
-    made: Any = None  # what the call fills in, for callers that compose launches (read after it ran)
-
-    def run(self) -> Any:
-        """On the calling thread."""
-        return self.finish(self.kernel(*self.args, 0, 0))
-
-    def then(self, after: Callable[[Any], Any]) -> Launch:
-        return Launch(self.kernel, self.args, lambda raw: after(self.finish(raw)), self.made)
-
-
-def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
-                 tail: Callable[[], tuple[Any, Any, Any] | None] | None = None, *, together: bool = False,
-                 release: Callable[[], None] | None = None) -> list[Any] | None:
-    """``map_parts`` for parts that are each one kernel call: every part's Python
-    (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
-    concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``
-    gives None for any part: the caller then runs its general path.
-
-    ``tail()``: ((kernel, args), cancel, parts_done) or None, prepared after the parts: a
-    kernel run right after the last part's, on its thread, that waits for every part's kernel
-    and may still run when this returns (its caller learns from it when it is done);
-    ``cancel()`` releases it when a part fails before its kernel ran, and ``parts_done()``
-    returns once every part's kernel has (their outputs are read here then).
-
-    ``together``: the kernels wait for one another inside (barriers), so they must all run
-    at once: on the spinning pool only, and None (no kernel run) when it cannot take them
-    (nested in a part, ``PTYCLI_SPIN_WAIT=0``, the pool busy). ``release()`` then lets the
-    others' barriers pass if the calling thread's kernel call fails.
-    """
-    launches = [prepare(p) for p in parts]
-    if any(launch is None for launch in launches):
-        return None
-    if together and len(launches) > 1:
-        k = kernels(np) if _spin_wait else None
-        if k is None or threading.current_thread().name.startswith(_PART_THREAD):
-            return None
-        from . import _pool as spin
-
-        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
-            [(ln.kernel, ln.args) for ln in launches], (), release)
-        return None if raw is None else [ln.finish(r) for ln, r in zip(launches, raw)]
-    after, cancel, parts_done = (tail() if tail is not None else None) or (None, None, None)
-    after_calls = (after,) if after is not None else ()
-
-    def guarded(ln: Launch, last: bool) -> Any:
-        try:
-            out = ln.kernel(*ln.args, 0, 0)
-        except BaseException:
-            if cancel is not None:
-                cancel()
-            raise
-        for kernel, args in after_calls if last else ():
-            kernel(*args)
-        return out
-
-    raw = None
-    k = kernels(np) if _spin_wait else None
-    if len(launches) > 1 and k is not None and not threading.current_thread().name.startswith(_PART_THREAD):
-        from . import _pool as spin
-
-        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
-            [(ln.kernel, ln.args) for ln in launches], after_calls, cancel)
-        if raw is not None and after_calls:
-            parts_done()  # the last part's worker goes on with the tail
-    if raw is None:  # one part, no pool, or the pool busy: as map_parts does
-        n = len(launches)
-        raw = map_parts(lambda il: guarded(il[1], il[0] == n - 1), list(enumerate(launches)))
-    return [ln.finish(r) for ln, r in zip(launches, raw)]
-
-
-def _run_part(fn: Any, part: Any) -> Any:
-    with fft_workers(1):
-        return fn(part)
+    _cupy_setup(xp)
+    f = xp.fft.ifftn if inverse else xp.fft.fftn
+    return f(x, axes=axes, norm=norm)
 
 
 def fft2(x: Any, *, overwrite: bool = False, scaled: bool = True) -> Any:
@@ -712,36 +455,6 @@ def windows_inside(shape: tuple[int, ...], y0: Any, x0: Any, m: int, n: int) -> 
         return False
     ys, xs = np.asarray(y0), np.asarray(x0)
     return bool(ys.min() >= 0 and xs.min() >= 0 and ys.max() + m <= shape[-2] and xs.max() + n <= shape[-1])
-
-
-# ----------------------------------------------------------------------------- host allocator
-HEAP_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's maximum for M_MMAP_THRESHOLD on 64-bit
-HEAP_TRIM_THRESHOLD_BYTES = 512 * 2**20
-_allocator_tuned = False
-
-
-def tune_host_allocator() -> bool:
-    """Keep batch-sized NumPy temporaries on the heap (glibc only; once per process).
-
-    By default glibc serves every block above ~128 KiB-32 MiB with a fresh mmap and unmaps
-    it on free, so each temporary of an engine step (1-16 MiB) is page-faulted and zeroed
-    by the kernel again: measured 35-40 % of an LSQ-ML / gradient iteration's CPU time
-    (128² windows, groups of 16-32). Raising the mmap and trim thresholds lets freed
-    blocks be reused instead. Set PTYCLI_MALLOPT=0 to leave the allocator alone.
-    """
-    global _allocator_tuned
-    if _allocator_tuned or os.environ.get("PTYCLI_MALLOPT", "1") == "0":
-        return _allocator_tuned
-    _allocator_tuned = True
-    try:
-        import ctypes  # noqa: PLC0415
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, HEAP_MMAP_THRESHOLD_BYTES) == 1
-        return bool(ok and libc.mallopt(m_trim_threshold, HEAP_TRIM_THRESHOLD_BYTES) == 1)
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to tune
-        return False
 
 
 # ----------------------------------------------------------------------------- CuPy setup

@@ -335,12 +335,10 @@ class PluginStage(_Stage):
     @field_validator("type")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .engines.registry import engine_spec  # noqa: PLC0415  (plugins load on first use)
+        from .engines.specs import plugin_engines  # noqa: PLC0415  (plugins load on first use)
 
-        if v in STAGE_TYPES or engine_spec(v) is None:
-            from .engines.registry import ENGINES  # noqa: PLC0415
-
-            raise ValueError(f"unknown engine {v!r}; expected one of {', '.join(ENGINES)}")
+        if v in STAGE_TYPES or v not in plugin_engines():
+            raise ValueError(f"unknown engine {v!r}; expected one of {', '.join([*STAGE_TYPES, *plugin_engines()])}")
         return v
 
     @model_validator(mode="after")
@@ -352,9 +350,9 @@ class PluginStage(_Stage):
         return self
 
     def plugin_params(self) -> Any:
-        from .engines.registry import engine_spec  # noqa: PLC0415
+        from .engines.specs import plugin_engines  # noqa: PLC0415
 
-        return engine_spec(self.type).params.model_validate(self.model_extra or {})
+        return plugin_engines()[self.type].params.model_validate(self.model_extra or {})
 
 
 def _stage_tag(value: Any) -> str:

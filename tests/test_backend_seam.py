@@ -11,7 +11,7 @@ from ptycli.errors import DeviceError
 def test_fft_libraries_agree_and_are_unitary(library, monkeypatch):
     if library == "pyfftw":
         pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", library)
+    monkeypatch.setattr(host_fft, "_fft_library", library)
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3, 16, 16)) + 1j * rng.normal(size=(3, 16, 16))).astype(np.complex64)
     f = backend.fft2(x)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ptycli import backend
+from ptycli import backend, host_fft
 from ptycli.errors import RecipeError, UsageError
 from ptycli.stages import bench
 
@@ -127,7 +127,7 @@ def test_plane_work_kernel_runs_forward_and_inverse_transforms_in_place():
     _planes_or_skip()
     from ptycli import _kernels
 
-    plans = backend.fftw_plane_plans(16, 16, np.complex64)
+    plans = host_fft.fftw_plane_plans(16, 16, np.complex64)
     src = _kernels.empty((16, 16), np.complex64, aligned=True)
     src[...] = np.random.default_rng(0).standard_normal((16, 16)) + 1j
     work = _kernels.empty((16, 16), np.complex64, aligned=True)

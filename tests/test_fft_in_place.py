@@ -16,7 +16,7 @@ def _complex(rng, shape):
 def _use(library, monkeypatch):
     if library == "pyfftw":
         pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", library)
+    monkeypatch.setattr(host_fft, "_fft_library", library)
 
 
 @pytest.mark.parametrize("library", LIBRARIES)

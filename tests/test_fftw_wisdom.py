@@ -17,10 +17,10 @@ pytest.importorskip("pyfftw")
 
 _CHILD = """
 import numpy as np
-from ptycli import backend
+from ptycli import backend, host_fft
 rng = np.random.default_rng(11)
 x = (rng.normal(size=(8, 96, 96)) + 1j * rng.normal(size=(8, 96, 96))).astype(np.complex64)
-with backend.fft_workers(1):
+with host_fft.fft_workers(1):
     y = backend.fft2(x)
 np.save({out!r}, y)
 """

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_perf_structure import _patterns, _state
 
-from ptycli import backend
+from ptycli import backend, host_fft
 from ptycli.engines import common, loop, noise
 from ptycli.engines.registry import ENGINES
 from ptycli.physics import multislice, overlap
@@ -403,8 +403,8 @@ def test_adam_on_a_region_equals_adam_on_the_embedded_gradient():
 def _on_fftw_kernels(monkeypatch):
     """FFTW as the host FFT, with plans for compiled kernels (else the test skips)."""
     pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    if backend.kernel_fft_plans(32, 32, np.complex64) is None:
+    monkeypatch.setattr(host_fft, "_fft_library", "pyfftw")
+    if host_fft.kernel_fft_plans(32, 32, np.complex64) is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
 
 
@@ -418,7 +418,7 @@ def _count_transforms(monkeypatch):
         return real_call(x, *a, **kw)
 
     monkeypatch.setattr(backend, "_fft_call", counting)
-    monkeypatch.setattr(backend, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
+    monkeypatch.setattr(host_fft, "kernel_ffts", lambda shape, n: counted.__setitem__("kernel", counted.get("kernel", 0) + n))
     return counted
 
 
@@ -480,7 +480,7 @@ def test_single_slice_part_kernel_matches_the_array_path(engine, modes, noise_mo
     assert counted.get("kernel", 0) > 0 and parts_seen  # the compiled parts ran
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra)
     # the gradient engine's probe step in a kernel (``_ProbeTail``) also transforms the last
     # group's new probe for a next group; a next iteration transforms it afresh (2 iterations)
@@ -530,7 +530,7 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     assert with_terms == [True] * (2 * 4 * 2)  # parts x groups x iterations, every one with its terms
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, True, 4, extra, **run)
     shared = 16 * 2 * modes if probe else 0  # positions x iterations x probe modes
     assert "kernel" not in counted and counted["calls"] == n_kernel + shared
@@ -558,7 +558,7 @@ def test_epie_position_kernel_with_position_refinement_matches_the_array_path(no
     assert len(terms_seen) == 16 * 2  # positions x iterations
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run("epie", True, monkeypatch, 1, noise_model, mask, True, 1, extra)
     # the array path also transforms the probe at every position but the first (the compiled
     # path carries its spectrum from position to position)
@@ -610,7 +610,7 @@ def test_epie_multislice_position_kernel_matches_the_array_path(slices, modes, o
     assert all(c == 0.5 for c in called) == (modes * q > 1) and all(c in (0.5, 1) for c in called)
     n_native = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # the general array path
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # the general array path
     plain, loss_p = _run("epie", True, monkeypatch, modes, noise_model, mask, positions, 1, extra, **run)
     # the array path also transforms the probe at every position but the first (the compiled
     # path transformed it once and carried its spectrum)
@@ -660,7 +660,7 @@ def test_multislice_part_kernel_matches_the_array_path(engine, modes, object_mod
     assert ("lsqml_terms_multi_part" in called) == (engine == "lsqml")
     n_kernel = counted.get("calls", 0) + counted["kernel"]
     counted.clear()
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run(engine, True, monkeypatch, modes, noise_model, mask, False, 4, extra, **run)
     tail = engine == "gradient" and (extra or {}).get("refine", {}).get("probe", True)  # as the single-slice test
     assert "kernel" not in counted and counted["calls"] + (2 * modes if tail else 0) == n_kernel
@@ -681,7 +681,7 @@ def test_reused_part_buffers_do_not_leak_into_momentum(parts, monkeypatch):
     monkeypatch.setattr(common, "group_region", lambda *a: None)  # the step then takes the part's sum itself
     extra = {"optimizer": "sgd", "momentum": 0.9, "learning_rate": {"object": 1e-5, "probe": 1e-5}}
     kernel, loss_k = _run("gradient", True, monkeypatch, group=4, extra=extra)
-    monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
+    monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)  # every compiled path off
     plain, loss_p = _run("gradient", True, monkeypatch, group=4, extra=extra)
     _close(kernel.object, plain.object)
     _close(kernel.probe, plain.probe)
@@ -701,8 +701,7 @@ def test_compiled_paths_call_the_kernels_with_single_precision_scalars(monkeypat
     import sys
 
     if os.environ.get("PTYCLI_TEST_FRESH_KERNELS") != "1":
-        env = {**os.environ, "PTYCLI_TEST_FRESH_KERNELS": "1", "XDG_CACHE_HOME": str(tmp_path)}
-        env.pop("NUMBA_CACHE_DIR", None)
+        env = {**os.environ, "PTYCLI_TEST_FRESH_KERNELS": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                                f"{__file__}::test_compiled_paths_call_the_kernels_with_single_precision_scalars"],
                               capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__), check=False)
@@ -755,12 +754,12 @@ def test_kernel_fft_plans_only_for_fftw_complex64_and_aligned_planes(monkeypatch
     """Compiled kernels get FFTW plans only where every plane of their buffers is aligned as
     planned and the host FFTs are FFTW's; elsewhere the array code runs (None)."""
     pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    plans = backend.kernel_fft_plans(32, 32, np.complex64)
+    monkeypatch.setattr(host_fft, "_fft_library", "pyfftw")
+    plans = host_fft.kernel_fft_plans(32, 32, np.complex64)
     if plans is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     assert all(isinstance(v, int) and v for v in plans) and plans[1] != plans[2]
-    assert backend.kernel_fft_plans(32, 32, np.complex128) is None
-    assert backend.kernel_fft_plans(33, 33, np.complex64) is None  # 33² x 8 bytes: planes not 64-byte aligned
-    monkeypatch.setattr(backend, "_fft_library", "scipy")
-    assert backend.kernel_fft_plans(32, 32, np.complex64) is None
+    assert host_fft.kernel_fft_plans(32, 32, np.complex128) is None
+    assert host_fft.kernel_fft_plans(33, 33, np.complex64) is None  # 33² x 8 bytes: planes not 64-byte aligned
+    monkeypatch.setattr(host_fft, "_fft_library", "scipy")
+    assert host_fft.kernel_fft_plans(32, 32, np.complex64) is None

@@ -1,9 +1,19 @@
-"""The compiled kernels' on-disk cache is keyed by every kernel source, not each file alone.
+"""The compiled kernels' on-disk cache, kept safe by public means only (issue 25): Numba is not
+patched and its cache setting not rewritten; a compile in one process waits while another
+holds the compile lock (two processes saving at once could swap two signatures' machine
+code); and the multislice kernels, which have single_slice.py's helpers compiled in, name the
+version of that file they were written against, so a change there reaches their cache."""
 
-Numba keys a cached function by its own file's contents; a multislice kernel has the
-far-field kernel of the other file compiled into its machine code, so a change to that file
-alone must lead to a fresh cache (it once left LSQ-ML's multislice loss on a stale model).
-"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,53 +21,64 @@ import pytest
 from ptycli import backend
 
 pytestmark = pytest.mark.skipif(backend.kernels(np) is None, reason="compiled kernels need Numba")
+KERNELS = Path(__file__).resolve().parents[1] / "ptycli" / "_kernels"
 
 
-def test_the_cache_directory_changes_with_any_kernel_source(tmp_path):
-    from ptycli import _kernels
+def test_multislice_kernels_name_the_single_slice_file_they_inline():
+    from ptycli._kernels import multislice
 
-    a, b = tmp_path / "_kernels.py", tmp_path / "_kernels_multislice.py"
-    a.write_text("def f(): return 1\n")
-    b.write_text("def g(): return f()\n")
-    base = tmp_path / "cache"
-    first = _kernels.kernel_cache_dir((a, b), base)
-    assert first.parent == base and first == _kernels.kernel_cache_dir((a, b), base)  # stable
-    a.write_text("def f(): return 2\n")  # the callee's file only
-    second = _kernels.kernel_cache_dir((a, b), base)
-    assert second != first
-    b.write_text("def g(): return -f()\n")
-    assert _kernels.kernel_cache_dir((a, b), base) not in (first, second)
+    digest = hashlib.sha256((KERNELS / "single_slice.py").read_bytes()).hexdigest()[:16]
+    assert multislice.INLINED_DIGEST == digest, (
+        f"ptycli/_kernels/single_slice.py changed: set INLINED_DIGEST = \"{digest}\" in multislice.py "
+        "(check its kernels against the change first; the edit makes Numba compile them afresh)")
 
 
-def test_the_kernels_cache_under_the_user_cache_and_leave_numbas_setting(tmp_path):
+def test_numba_is_not_patched_and_its_cache_setting_is_left_alone():
     import numba
+    from numba.core import caching
 
-    from ptycli import _kernels
+    from ptycli import _kernels  # noqa: F401  (imported: nothing of Numba changes)
 
-    path = _kernels.farfield._cache._cache_path
-    here = _kernels.kernel_cache_dir(tuple(_kernels.Path(_kernels.__file__).with_name(n)
-                                           for n in _kernels.KERNEL_SOURCES), _kernels.Path("/"))
-    assert here.name in path  # this version's directory
-    assert _kernels.multislice_part._cache._cache_path.startswith(path.split(here.name)[0] + here.name)
-    assert numba.config.CACHE_DIR == _kernels._CACHE_DIR_BEFORE  # restored for other packages
+    assert caching.IndexDataCacheFile.save.__module__ == "numba.core.caching"
+    assert numba.config.CACHE_DIR == os.environ.get("NUMBA_CACHE_DIR", "")
 
 
-def test_other_versions_caches_unused_for_long_are_pruned(tmp_path):
-    import os
-    import time
+CHILD = """
+import sys, time
+sys.path.insert(0, {here!r})
+import ptycli._kernels  # the compile guard
+import tiny
+print("start", time.time(), flush=True)
+assert tiny.add(1.5) == 2.5
+print("end", time.time(), flush=True)
+"""
 
-    from ptycli import _kernels
 
-    keep = tmp_path / "0123456789abcdef"
-    old = tmp_path / "fedcba9876543210"
-    recent = tmp_path / "00000000000000aa"
-    foreign = tmp_path / "notacache"  # not a kernel cache name: never touched
-    for d in (keep, old, recent, foreign):
-        (d / "sub").mkdir(parents=True)
-        (d / "sub" / "f.nbc").write_bytes(b"x")
-    long_ago = time.time() - 90 * 86400
-    for d in (keep, old, foreign):
-        os.utime(d, (long_ago, long_ago))
-    removed = _kernels.prune_kernel_caches(tmp_path, keep)
-    assert removed == [old] and not old.exists()
-    assert keep.exists() and recent.exists() and foreign.exists()
+def test_a_compile_waits_while_another_process_holds_the_compile_lock(tmp_path):
+    from ptycli._kernels import compile_guard
+
+    cache = tmp_path / "numba"
+    (tmp_path / "tiny.py").write_text(textwrap.dedent("""
+        import numba as nb
+
+        @nb.njit(cache=True)
+        def add(x):
+            return x + 1.0
+    """))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(KERNELS.parents[1])}
+    lock = Path(str(cache)) / compile_guard.LOCK_NAME
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(here=str(tmp_path))], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4.0)  # the child's imports take ~1-2 s, the compile itself ~0.1 s
+        waiting = child.poll() is None
+        written = sorted(p.name for p in cache.rglob("*.nb*"))
+        released = time.time()
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err[-2000:]
+    assert waiting and written == [], (waiting, written)  # neither compiled nor saved meanwhile
+    end = float(next(line.split()[1] for line in out.splitlines() if line.startswith("end")))
+    assert end >= released
+    assert any(cache.rglob("*.nbi"))  # saved once the lock was free

@@ -72,7 +72,7 @@ def test_tail_is_not_launched_where_its_threads_could_not_run_together(monkeypat
     step-by-step path runs instead (threads waiting at a barrier would wait forever)."""
     _on_fftw_kernels(monkeypatch)
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
-    monkeypatch.setattr(backend, "_spin_wait", False)
+    monkeypatch.setattr(parallel, "_spin_wait", False)
     k = backend.kernels(np)
     launched = []
     for name in ("lsqml_tail_part", "lsqml_group_part"):

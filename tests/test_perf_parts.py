@@ -1,4 +1,4 @@
-"""Groups split into parallel parts (backend.map_parts): the same update as one thread.
+"""Groups split into parallel parts (parallel.map_parts): the same update as one thread.
 
 Oracle: a run with PTYCLI_THREADS=1 (the whole group in one pass). Splitting only changes
 the order of float32 sums, so states agree to float32 rounding (rtol 1e-4 of the largest
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_perf_structure import _patterns, _run, _state
 
-from ptycli import backend
+from ptycli import backend, host_fft, parallel
 from ptycli.engines import common
 
 
@@ -19,8 +19,8 @@ def _final(engine, threads, monkeypatch, slices=1, modes=1, noise="amplitude", p
     monkeypatch.setenv("PTYCLI_THREADS", str(threads))
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)  # split even these tiny groups
     calls = []
-    real_map = backend.map_parts
-    monkeypatch.setattr(backend, "map_parts",
+    real_map = parallel.map_parts
+    monkeypatch.setattr(parallel, "map_parts",
                         lambda fn, parts, **kw: calls.append(len(parts)) or real_map(fn, parts, **kw))
     state = _state(slices=slices, modes=modes, scan=(4, 4))
     refine = {"object": True, "probe": True, "positions": positions}
@@ -82,14 +82,14 @@ def test_map_parts_runs_concurrently_in_order_and_single_threaded_ffts(monkeypat
     seen = []
 
     def fn(k):
-        seen.append((k, threading.get_ident(), getattr(backend._local, "fft_workers", None)))
+        seen.append((k, threading.get_ident(), getattr(host_fft._local, "fft_workers", None)))
         return backend.fft2(np.full((2, 8, 8), k, dtype=np.complex64))
 
-    out = backend.map_parts(fn, [1, 2])
+    out = parallel.map_parts(fn, [1, 2])
     assert [float(o[0, 0, 0].real) for o in out] == [8.0, 16.0]  # unitary DC of a constant 8x8
     assert {w for _, _, w in seen} == {1}
     assert len({t for _, t, _ in seen}) == 2
-    assert getattr(backend._local, "fft_workers", None) is None  # restored in the caller
+    assert getattr(host_fft._local, "fft_workers", None) is None  # restored in the caller
 
 
 def test_parts_that_map_parts_again_run_the_inner_parts_themselves():
@@ -104,11 +104,11 @@ def test_parts_that_map_parts_again_run_the_inner_parts_themselves():
         return q * 10
 
     def outer(k):
-        return sum(backend.map_parts(inner, [k, k + 1]))
+        return sum(parallel.map_parts(inner, [k, k + 1]))
 
     guard = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        assert guard.submit(backend.map_parts, outer, [1, 2]).result(timeout=30) == [30, 50]
+        assert guard.submit(parallel.map_parts, outer, [1, 2]).result(timeout=30) == [30, 50]
     finally:
         guard.shutdown(wait=False)  # a hung map must fail the test, not hang it
     assert len(inner_threads) == 4
@@ -121,7 +121,7 @@ def test_map_parts_raises_a_parts_error():
         return k
 
     with pytest.raises(ValueError, match="part 2"):
-        backend.map_parts(fn, [1, 2])
+        parallel.map_parts(fn, [1, 2])
 
 
 def test_parts_share_one_probe_spectrum_for_that_probe_only(monkeypatch):

@@ -4,7 +4,7 @@ synchronisation per group, FFT plan cache, memory estimate, prefetching data sou
 import numpy as np
 import pytest
 
-from ptycli import backend
+from ptycli import backend, host_fft
 from ptycli.engines import common, data, loop, noise
 from ptycli.engines.registry import ENGINES
 from ptycli.recipe import Recipe
@@ -128,7 +128,7 @@ def test_fftw_plan_cache_reuses_plans_and_matches_numpy(monkeypatch):
     pytest.importorskip("pyfftw")
     from ptycli import _fftw
 
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    monkeypatch.setattr(host_fft, "_fft_library", "pyfftw")
     _fftw.clear_plans()
     rng = np.random.default_rng(2)
     x = (rng.normal(size=(3, 2, 24, 20)) + 1j * rng.normal(size=(3, 2, 24, 20))).astype(np.complex64)
@@ -161,7 +161,7 @@ def test_fftw_plans_are_repeatable_and_threaded_by_size(monkeypatch):
     pytest.importorskip("pyfftw")
     from ptycli import _fftw
 
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
+    monkeypatch.setattr(host_fft, "_fft_library", "pyfftw")
     monkeypatch.delenv("PTYCLI_FFTW_PLANNER", raising=False)
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(16, 64, 64)) + 1j * rng.normal(size=(16, 64, 64))).astype(np.complex64)
@@ -173,7 +173,7 @@ def test_fftw_plans_are_repeatable_and_threaded_by_size(monkeypatch):
     assert small.shape == (1, 64, 64)
     threads = {p["shape"]: p["threads"] for p in _fftw.plan_info()}
     assert threads[(1, 64, 64)] == 1  # 4096 elements: below THREADED_ELEMENTS
-    assert threads[(16, 64, 64)] == backend._FFT_WORKERS  # 2**16 elements: every allowed thread
+    assert threads[(16, 64, 64)] == host_fft._FFT_WORKERS  # 2**16 elements: every allowed thread
 
 
 def test_memory_estimate_counts_modes_slices_and_picks_a_group():

@@ -92,7 +92,7 @@ def test_engines_reading_rows_in_place_match_gathered_frames(engine, group, extr
     if native:
         _on_fftw_kernels(monkeypatch)
     else:
-        monkeypatch.setattr(backend, "kernel_fft_plans", lambda m, n, dtype: None)
+        monkeypatch.setattr(host_fft, "kernel_fft_plans", lambda m, n, dtype: None)
     in_place = _run(engine, True, group, extra, modes)
     copied = _run(engine, False, group, extra, modes)
     np.testing.assert_array_equal(in_place.object, copied.object)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from ptycli import _pool, backend
+from ptycli import _pool, backend, host_fft, parallel
 
 k = backend.kernels(np)
 pytestmark = pytest.mark.skipif(k is None, reason="needs Numba")
@@ -79,12 +79,12 @@ def test_map_launches_finishes_every_part_on_the_caller_or_gives_way():
         if x is None:
             return None
         out = np.zeros(1)
-        return backend.Launch(kernel, (x, out), lambda r: (r, float(out[0]), threading.current_thread().name))
+        return parallel.Launch(kernel, (x, out), lambda r: (r, float(out[0]), threading.current_thread().name))
 
-    got = backend.map_launches(prepare, [2, 3])
+    got = parallel.map_launches(prepare, [2, 3])
     assert [g[:2] for g in got] == [(2, 4.0), (3, 9.0)]
     assert {g[2] for g in got} == {threading.current_thread().name}  # finish runs on the caller
-    assert backend.map_launches(prepare, [2, None]) is None  # a part without a launch: the caller's general path
+    assert parallel.map_launches(prepare, [2, None]) is None  # a part without a launch: the caller's general path
 
 
 def test_a_failing_part_cancels_the_tail_that_waits_for_it():
@@ -106,7 +106,7 @@ def test_a_failing_part_cancels_the_tail_that_waits_for_it():
         count[8] = 2 if count[0] > 2 else 1
 
     def prepare(x):
-        return backend.Launch(part, (x,), lambda r: r)
+        return parallel.Launch(part, (x,), lambda r: r)
 
     def cancel():
         count[0] = 3
@@ -117,7 +117,7 @@ def test_a_failing_part_cancels_the_tail_that_waits_for_it():
     guard = concurrent.futures.ThreadPoolExecutor(1)
     try:
         with pytest.raises(ValueError, match="part bad"):
-            guard.submit(backend.map_launches, prepare, ["bad", "good"], tail).result(timeout=30)
+            guard.submit(parallel.map_launches, prepare, ["bad", "good"], tail).result(timeout=30)
     finally:
         guard.shutdown(wait=False)
     deadline = time.time() + 10
@@ -130,8 +130,8 @@ def test_probe_tail_steps_the_summed_gradient_or_does_nothing_when_cancelled(mon
     from ptycli.engines.optimizers import Adam
 
     pytest.importorskip("pyfftw")
-    monkeypatch.setattr(backend, "_fft_library", "pyfftw")
-    plans = backend.kernel_fft_plans(8, 8, np.complex64)
+    monkeypatch.setattr(host_fft, "_fft_library", "pyfftw")
+    plans = host_fft.kernel_fft_plans(8, 8, np.complex64)
     if plans is None:
         pytest.skip("pyFFTW's FFTW library is not reachable from kernels here")
     rng = np.random.default_rng(0)

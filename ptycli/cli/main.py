@@ -56,12 +56,19 @@ def main(
                                  help="Print the version and exit."),
     show_versions: bool = typer.Option(False, "--show-versions", callback=_show_versions, is_eager=True,
                                        help="Print the versions of ptycli and its dependencies."),
+    reuse_heap: bool = typer.Option(False, "--reuse-heap", help="glibc only: keep freed arrays on the heap "
+                                    "for reuse (mallopt; faster CPU iterations: benchmarks/RESULTS.md); "
+                                    "changes the process's allocator, so off unless asked."),
 ) -> None:
     """Electron ptychography from the command line: 4D-STEM data to phase images.
 
     Stages pass Zarr stores: simulate/preprocess -> init -> reconstruct -> export.
     """
     VERBOSITY["level"] = verbose - quiet
+    if reuse_heap:
+        from ..host_allocator import reuse_heap as tune  # noqa: PLC0415
+
+        tune()
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", os.environ.get("TERM", "xterm"))
 

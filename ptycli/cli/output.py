@@ -62,14 +62,13 @@ def log(message: str, level: int = 0) -> None:
 
 
 def note_kernel_compile(device: str) -> None:
-    """Log "compiling kernels (one-time ...)" before a CPU run that will compile them."""
+    """Log "compiling kernels (...)" when a CPU run starts compiling them (not when they load
+    from the cache)."""
     if device.startswith("cuda"):
         return
-    from ..stages.kernel_note import compile_note  # noqa: PLC0415
+    from ..stages.kernel_note import on_compile  # noqa: PLC0415
 
-    note = compile_note()
-    if note:
-        log(note)
+    on_compile(log)
 
 
 def warn(message: str) -> None:

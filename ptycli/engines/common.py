@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, host_fft, parallel
 from ..physics import electron, multislice, overlap, propagation
 from . import distributed
 from . import noise as noise_mod
@@ -86,8 +86,6 @@ class Forward:
 def make_context(state: Any, xp: Any, precision: str, noise_model: str, eps: float | None,
                  mask: Any = None, comp_masks: Any = None, n_e: float = 1.0) -> RunContext:
     real, cplx = backend.dtypes(precision)
-    if backend.is_numpy(xp):
-        backend.tune_host_allocator()
     m, n = state.window
     ctx = RunContext(xp=xp, real_dtype=getattr(xp, real), complex_dtype=getattr(xp, cplx),
                      noise_model=noise_model, eps=eps, mask=mask, comp_masks=comp_masks, n_e=n_e)
@@ -139,7 +137,7 @@ def n_parts(ctx: RunContext, batch_size: int, elements_per_position: int = 1) ->
     if not backend.is_numpy(ctx.xp):
         return 1
     by_size = (batch_size * elements_per_position) // MIN_PART_ELEMENTS
-    return max(1, min(backend.host_threads(), batch_size, by_size))
+    return max(1, min(parallel.host_threads(), batch_size, by_size))
 
 
 def split_batch(batch: Batch, n: int) -> list[Batch]:
@@ -313,11 +311,11 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
                         slot: int = 0, positions: bool = False, curvature: bool = True,
-                        lsqml_step: bool = False, tilts: bool = False) -> backend.Launch | None:
+                        lsqml_step: bool = False, tilts: bool = False) -> parallel.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
-    start (``backend.map_launches``); it finishes as a ``KernelPart``. None where it does not
-    apply: no kernels or kernel FFT plans (``backend.kernel_fft_plans``), compressed data, or
+    start (``parallel.map_launches``); it finishes as a ``KernelPart``. None where it does not
+    apply: no kernels or kernel FFT plans (``host_fft.kernel_fft_plans``), compressed data, or
     a window outside the grid.
     ``keep_waves=False``: the ψ and F⁻¹[∇_Ψ L] of the windows are not kept (the KernelPart's
     ``fwd.psi1`` and ``g_exit`` are None) and the kernel reuses one window's buffers; with
@@ -338,7 +336,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
             or state.object.dtype != state.probe.dtype or batch.source.ndim != 3
             or not backend.windows_inside(state.object.shape, batch.y0, batch.x0, m, n)):
         return None
-    plans = backend.kernel_fft_plans(m, n, state.probe.dtype)
+    plans = host_fft.kernel_fft_plans(m, n, state.probe.dtype)
     if plans is None:
         return None
     spectrum = batch.spectrum_of(state.probe)
@@ -380,16 +378,16 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 
     def finish(_: Any) -> KernelPart:
         extra = _position_ffts(positions, curvature, probe, n_p, n_q)
-        backend.kernel_ffts((m, n), n_b * (n_p * (1 + 2 * n_q + (1 if probe else 0)) + extra))
+        host_fft.kernel_ffts((m, n), n_b * (n_p * (1 + 2 * n_q + (1 if probe else 0)) + extra))
         return made
 
-    return backend.Launch(k.single_slice_part, args, finish, made)
+    return parallel.Launch(k.single_slice_part, args, finish, made)
 
 
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
                         probe_k: Any, done_addr: int, positions: bool, curvature: bool,
-                        lsqml_step: bool, tilts: bool) -> backend.Launch | None:
+                        lsqml_step: bool, tilts: bool) -> parallel.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -431,10 +429,10 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     def finish(_: Any) -> KernelPart:
         extra = _position_ffts(positions, curvature, probe, n_p, n_q * n_s)
         extra += n_p * n_q * (n_s - 1) if tilts else 0  # F[ψ_s] at each propagation
-        backend.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0) + extra))
+        host_fft.kernel_ffts((m, n), n_b * (n_p + n_p * n_q * (4 * n_s - 2) + (n_p if probe else 0) + extra))
         return made
 
-    return backend.Launch(k.multislice_part, args, finish, made)
+    return parallel.Launch(k.multislice_part, args, finish, made)
 
 
 def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContext, n_b: int, n_p: int, n_q: int,

@@ -20,17 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel
 from . import common
 
 PLAIN = frozenset({"object", "probe", "positions", "tilts", "tilt_global", "thickness"})
 GEOMETRY = ("tilts", "tilt_global", "thickness")
 
 
+def model_features(state: Any) -> list[str]:
+    """Forward-model variants in ``state`` that only the Evaluator's model implements."""
+    out = []
+    if int(getattr(state, "upsample", 1)) > 1:
+        out.append(f"upsample = {state.upsample}")
+    if any(any(float(v) for k, v in d.items() if not k.startswith("phi")) for d in state.subscan_aberrations):
+        out.append("sub-scan aberrations")
+    for name in ("tilts_before", "tilts_after"):
+        value = getattr(state, name)
+        if value is not None and np.any(np.asarray(backend.to_numpy(value))):
+            out.append(name)
+    return out
+
+
 def applies(ev: Any, state: Any, x: dict[str, Any]) -> bool:
     """Whether ``kernel_chunk`` models what ``Evaluator._chunk`` would for these variables."""
-    from .variables import model_features
-
     ctx = ev.ctx
     if not x or not set(x) <= PLAIN or backend.kernels(ctx.xp) is None or ctx.comp_masks is not None:
         return False
@@ -67,7 +79,7 @@ def kernel_chunk(ev: Any, state: Any, x: dict[str, Any], probe: Any, obj: Any, s
     parts = common.split_batch(batch, common.n_parts(ctx, len(sel), per_position))
     want_obj, want_probe = "object" in x, "probe" in x
     scratch = _scratch(ev)
-    done = backend.map_launches(
+    done = parallel.map_launches(
         lambda ipb: common.prepare_part_kernel(view, ipb[1], ctx, numerator=want_obj, illumination=False,
                                                probe=want_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
                                                positions=want_pos, curvature=False,

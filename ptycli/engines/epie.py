@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, host_fft, parallel
 from ..physics import overlap, propagation
 from . import common, distributed
 from . import noise as noise_mod
@@ -194,10 +194,10 @@ class EpieEngine(common.EngineBase):
 
     def _native_plans(self, probe_k: Any) -> tuple[int, int, int] | None:
         """FFTW plans for ``_kernels.epie_position`` (the whole position in one call), or None
-        where it does not apply (``backend.kernel_fft_plans``)."""
+        where it does not apply (``host_fft.kernel_fft_plans``)."""
         key = (*probe_k.shape[-2:], probe_k.dtype)
         if self._native is None or self._native[0] != key:
-            self._native = (key, backend.kernel_fft_plans(*key))
+            self._native = (key, host_fft.kernel_fft_plans(*key))
         return self._native[1]
 
     def _kernel_position(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any, frac: Any,
@@ -220,7 +220,7 @@ class EpieEngine(common.EngineBase):
                                buf["corrected"].reshape(buf["exit"].shape), buf["loss"], buf["d_obj"], buf["d_psi"],
                                probe_out)
         n_p, n_q = buf["exit"].shape[1:3]
-        backend.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if probe_in else 0))
+        host_fft.kernel_ffts(probe_k.shape[-2:], n_p * (1 + 2 * n_q) + (2 * n_p if probe_in else 0))
         if do_pos:
             terms = self._position_terms(k, native, state, obj, ys, xs, buf, r(s), r(p.beta))
             # α is in d_obj already
@@ -239,7 +239,7 @@ class EpieEngine(common.EngineBase):
         tail, out = common.position_kernel_tail(k, self.ctx, self.scratch(), "epie", 1, n_p, state.window,
                                                 state.probe.dtype)
         k.position_terms_epie(*native, s, obj, ys, xs, buf["psi"], buf["d_psi"], beta, *tail)
-        backend.kernel_ffts(state.window, 2 * n_p + 3 * n_q)
+        host_fft.kernel_ffts(state.window, 2 * n_p + 3 * n_q)
         return common.terms_of(out, self.ctx)
 
     def _kernel_multislice(self, k: Any, native: tuple[int, int, int], state: Any, j: int, probe_k: Any,
@@ -290,13 +290,13 @@ class EpieEngine(common.EngineBase):
         if threads > 1:
             sync = self._sync_buffers(k, threads, n_q)
             sync["bar"][0] = 0
-            together = backend.map_launches(
-                lambda t: backend.Launch(k.epie_multislice_part, (sync["bar"].ctypes.data, t, threads,
-                                                                  sync["maxes"], *args), lambda out: out),
+            together = parallel.map_launches(
+                lambda t: parallel.Launch(k.epie_multislice_part, (sync["bar"].ctypes.data, t, threads,
+                                                                   sync["maxes"], *args), lambda out: out),
                 list(range(threads)), together=True, release=lambda: sync["bar"].fill(1 << 40))
         loss = together[0] if together is not None else k.epie_multislice_position(*args)
-        backend.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0)
-                            + (2 * n_p + 3 * n_q * n_s if do_pos else 0))
+        host_fft.kernel_ffts((m, n), n_p + n_p * n_q * (4 * n_s - 2) + (2 * n_p if do_probe else 0)
+                             + (2 * n_p + 3 * n_q * n_s if do_pos else 0))
         if do_probe:
             state.probe = probe_out
         if do_pos:  # after both steps, as the general path
@@ -402,7 +402,7 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _threads(n_p: int, n_q: int) -> int:
     """Host threads a compiled position runs on: one per wave chain (probe x object modes)."""
-    return 1 if n_p * n_q == 1 else min(backend.host_threads(), n_p * n_q)
+    return 1 if n_p * n_q == 1 else min(parallel.host_threads(), n_p * n_q)
 
 
 def _sum_axis1(x: Any) -> Any:

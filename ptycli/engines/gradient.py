@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, host_fft, parallel
 from ..physics import overlap
 from ..recipe import rate_value
 from . import common, distributed
@@ -71,7 +71,7 @@ class GradientEngine(common.EngineBase):
         # probe's step may follow on the last part's thread while this one steps the object
         tail = _ProbeTail(self, state, parts, it) if do_probe and not do_pos and comm.size == 1 else None
         scratch = self.scratch()
-        kernel_parts = backend.map_launches(
+        kernel_parts = parallel.map_launches(
             lambda ipb: common.prepare_part_kernel(view, ipb[1], self.ctx, numerator=do_obj, illumination=False,
                                                    probe=do_probe, keep_waves=False, scratch=scratch, slot=ipb[0],
                                                    positions=do_pos,
@@ -84,7 +84,7 @@ class GradientEngine(common.EngineBase):
         if kernel_parts is not None:
             loss, g_obj, g_probe = zip(*((kp.loss, kp.num, kp.probe_k) for kp in kernel_parts))
         else:
-            loss, g_obj, g_probe, pos = zip(*backend.map_parts(part, parts))
+            loss, g_obj, g_probe, pos = zip(*parallel.map_parts(part, parts))
         if do_obj:
             on_region = None if region is None else (region.ys, region.xs)
             if comm.size == 1 and len(g_obj) == 2:  # Adam adds the two parts as it reads them
@@ -170,7 +170,7 @@ class _ProbeTail:
         self.engine, self.state, self.it = engine, state, it
         self.k = backend.kernels(engine.ctx.xp)
         m, n = state.window
-        self.plans = backend.kernel_fft_plans(m, n, state.probe.dtype) if self.k is not None else None
+        self.plans = host_fft.kernel_fft_plans(m, n, state.probe.dtype) if self.k is not None else None
         self.grads_k = None if self.plans is None else self.k.empty((len(parts), *state.probe.shape),
                                                                      state.probe.dtype, aligned=True)
         # [0]: the parts done, [8]: the tail done (1, or 2 when cancelled); each on its cache line
@@ -222,7 +222,7 @@ class _ProbeTail:
             return False
         self.commit()
         # its two transforms per probe mode, for the benchmark's count (as the kernels report theirs)
-        backend.kernel_ffts(state.window, 2 * state.probe.shape[0])
+        host_fft.kernel_ffts(state.window, 2 * state.probe.shape[0])
         state.probe = self.z_out
         self.engine.carry_spectrum(state.probe, self.spectrum, self.it)
         return True

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, host_fft, parallel
 from ..physics import overlap
 from . import common, distributed
 from . import noise as noise_mod
@@ -53,13 +53,13 @@ class LsqmlEngine(common.EngineBase):
         else:
             first = None
             if launches is not None:
-                first = backend.map_launches(lambda ln: ln.then(_directions_of), launches)
+                first = parallel.map_launches(lambda ln: ln.then(_directions_of), launches)
             if first is not None and do_pos:  # before any step: the windows the parts saw
                 pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
                 first = first if pos is not None else None  # else the array path, from the start
             if first is None:
-                first = backend.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
-                                          parts)
+                first = parallel.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
+                                           parts)
             a_O, a_P, dO, dP, dP_k, stepped = self._after_directions(state, parts, first, do_obj, do_probe,
                                                                      region is None, len(idx))
         if dO is not None and not stepped:
@@ -72,7 +72,7 @@ class LsqmlEngine(common.EngineBase):
             self.carry_spectrum(full_state.probe, None if probe_k is None else probe_k + a_P * dP_k, it)
         if do_pos:
             if pos is None:
-                pos = backend.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
+                pos = parallel.map_parts(lambda r: common.position_terms(r["g_psi1"], r["fwd"], self.ctx), first)
             self.apply_position_terms(full_state, full_batch,
                                       tuple(common.concat_parts(xp, [t[i] for t in pos]) for i in (0, 1)))
         return comm.allreduce_sum(xp.sum(common.concat_parts(xp, [r["loss"] for r in first])))
@@ -110,13 +110,13 @@ class LsqmlEngine(common.EngineBase):
             return terms
 
         # one compiled call per part where it can (the first part also makes ΔP)
-        terms = backend.map_launches(lambda pr: self._kernel_terms(state, *pr, dO, dP_k),
-                                     [(i, pb, r) for i, (pb, r) in enumerate(zip(parts, first))])
+        terms = parallel.map_launches(lambda pr: self._kernel_terms(state, *pr, dO, dP_k),
+                                      [(i, pb, r) for i, (pb, r) in enumerate(zip(parts, first))])
         if terms is not None:
             terms, dPs = [t[0] for t in terms], [t[1] for t in terms]
             dP = dPs[0]
         else:
-            terms = backend.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
+            terms = parallel.map_parts(step_terms, [(pb, r, i == 0) for i, (pb, r) in enumerate(zip(parts, first))])
         terms = tuple(common.concat_parts(xp, [t[i] for t in terms]) for i in range(len(terms[0])))
         if state.n_slices == 1:
             a_O, a_P = self._steps_single(terms, dO is not None, dP_k is not None)
@@ -156,7 +156,7 @@ class LsqmlEngine(common.EngineBase):
             return None
         k = tail.k
 
-        def launch(i: int) -> backend.Launch:
+        def launch(i: int) -> parallel.Launch:
             fwd = first[i]["fwd"]
             args, steps, dp = tail.tail_args(i, dP_k if use_probe else fwd.psi1[0])
 
@@ -164,16 +164,16 @@ class LsqmlEngine(common.EngineBase):
                 _count_terms_ffts(fwd.psi1, use_probe, dp)
                 return steps, dp if len(dp) else None
 
-            return backend.Launch(k.lsqml_tail_part, args, finish)
+            return parallel.Launch(k.lsqml_tail_part, args, finish)
 
-        done = backend.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
+        done = parallel.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
         if done is None:
             return None
         steps, dP = done[0]
         return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, tail.apply_step
 
     def _part_launches(self, state: Any, parts: list[common.Batch], do_obj: bool, do_probe: bool,
-                       do_pos: bool = False) -> list[backend.Launch] | None:
+                       do_pos: bool = False) -> list[parallel.Launch] | None:
         """``_part_directions`` of every part as one compiled call each
         (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none."""
         scratch = self.scratch()
@@ -183,7 +183,7 @@ class LsqmlEngine(common.EngineBase):
                     for i, pb in enumerate(parts)]
         return None if any(ln is None for ln in launches) else launches
 
-    def _kernel_group(self, state: Any, parts: list[common.Batch], parts_launches: list[backend.Launch],
+    def _kernel_group(self, state: Any, parts: list[common.Batch], parts_launches: list[parallel.Launch],
                       do_obj: bool, do_probe: bool, whole_grid: bool,
                       n_total: int) -> tuple[list[dict[str, Any]], tuple[Any, ...]] | None:
         """The whole group as one compiled call per part, run together
@@ -203,7 +203,7 @@ class LsqmlEngine(common.EngineBase):
         probe_ks = tuple(r["probe_k"] for r in first) if do_probe else (first[0]["fwd"].psi1[0],)
         dp_scale = k.real_scalar(-0.5 / n_total, first[0]["loss"])
 
-        def launch(i: int) -> backend.Launch:
+        def launch(i: int) -> parallel.Launch:
             part = parts_launches[i]
             dp_k = scratch.get(("group", i, "dp_k"), probe_ks[0].shape, probe_ks[0].dtype, aligned=True)
             args, steps, dp = tail.group_args(i, probe_ks, dp_k, dp_scale, part)
@@ -213,9 +213,9 @@ class LsqmlEngine(common.EngineBase):
                 _count_terms_ffts(first[i]["fwd"].psi1, do_probe, dp)
                 return steps, dp if len(dp) else None, dp_k
 
-            return backend.Launch(k.lsqml_group_part, args, finish)
+            return parallel.Launch(k.lsqml_group_part, args, finish)
 
-        done = backend.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
+        done = parallel.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
         if done is None:
             return None
         steps, dP, dP_k = done[0]
@@ -229,7 +229,7 @@ class LsqmlEngine(common.EngineBase):
         if (k is None or state.n_slices != 1 or distributed.comm_of(self.ctx).size != 1 or not (do_obj or use_probe)
                 or any(r["fwd"].psi1 is None or r["g_exit"] is None for r in first)):
             return None
-        plans = backend.kernel_fft_plans(m, n, first[0]["fwd"].psi1.dtype)
+        plans = host_fft.kernel_fft_plans(m, n, first[0]["fwd"].psi1.dtype)
         if plans is None:
             return None
         obj = state.object[:, 0, ...]
@@ -285,7 +285,7 @@ class LsqmlEngine(common.EngineBase):
         return out
 
     def _kernel_terms(self, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
-                      dP_k: Any) -> backend.Launch | None:
+                      dP_k: Any) -> parallel.Launch | None:
         """``_terms_single`` of part ``i`` as one compiled call (``_kernels.lsqml_terms_part``),
         finishing as (terms, ΔP or None): part 0 also transforms ΔP back, in its call.
         None where it does not apply (multislice, no kernels or kernel FFT plans, a part
@@ -297,7 +297,7 @@ class LsqmlEngine(common.EngineBase):
             return self._kernel_terms_multi(k, state, i, b, r, dO, dP_k)
         if k is None or state.n_slices != 1 or fwd.psi1 is None or r["g_exit"] is None:
             return None
-        plans = backend.kernel_fft_plans(m, n, fwd.psi1.dtype)
+        plans = host_fft.kernel_fft_plans(m, n, fwd.psi1.dtype)
         if plans is None:
             return None
         obj = state.object[:, 0, ...]
@@ -315,10 +315,10 @@ class LsqmlEngine(common.EngineBase):
             _count_terms_ffts(fwd.psi1, use_probe, dp)
             return tuple(out[:, c, ...] for c in _term_columns(dO is not None, use_probe)), dp if len(dp) else None
 
-        return backend.Launch(k.lsqml_terms_part, args, finish)
+        return parallel.Launch(k.lsqml_terms_part, args, finish)
 
     def _kernel_terms_multi(self, k: Any, state: Any, i: int, b: common.Batch, r: dict[str, Any], dO: Any,
-                            dP_k: Any) -> backend.Launch | None:
+                            dP_k: Any) -> parallel.Launch | None:
         """``_terms_multi`` of part ``i`` as one compiled call (``_kernels.lsqml_terms_multi_part``,
         reading the windows ``multislice_part`` kept), finishing as ``_kernel_terms`` does.
         None where it does not apply (a part from the array code, no kernel FFT plans)."""
@@ -328,7 +328,7 @@ class LsqmlEngine(common.EngineBase):
                 or (use_probe and (r["probe_weight"] is None or r["g_psi1"] is None))
                 or (use_obj and (r["g_patches"] is None or r["illum"] is None or not dO.flags.c_contiguous))):
             return None
-        plans = backend.kernel_fft_plans(m, n, state.object.dtype)
+        plans = host_fft.kernel_fft_plans(m, n, state.object.dtype)
         if plans is None:
             return None
         scratch = self.scratch()
@@ -349,12 +349,12 @@ class LsqmlEngine(common.EngineBase):
                 shifted, out_obj, out_probe, dp)
 
         def finish(_: Any) -> tuple[tuple[Any, ...], Any]:
-            backend.kernel_ffts((m, n), (n_b * n_p if use_probe else 0) + len(dp))
+            host_fft.kernel_ffts((m, n), (n_b * n_p if use_probe else 0) + len(dp))
             terms = (out_obj[..., 0], out_obj[..., 1]) if use_obj else ()
             terms += (out_probe[:, 0, ...], out_probe[:, 1, ...]) if use_probe else ()
             return terms, dp if len(dp) else None
 
-        return backend.Launch(k.lsqml_terms_multi_part, (plans[0], *args), finish)
+        return parallel.Launch(k.lsqml_terms_multi_part, (plans[0], *args), finish)
 
     def _part_step_terms(self, state: Any, b: common.Batch, r: dict[str, Any], dO: Any,
                          dP_k: Any) -> tuple[Any, ...]:
@@ -625,7 +625,7 @@ class _TailArguments:
         return args, steps, dp
 
     def group_args(self, i: int, probe_ks: tuple[Any, ...], dp_k: Any, dp_scale: Any,
-                   part: backend.Launch) -> tuple[tuple[Any, ...], Any, Any]:
+                   part: parallel.Launch) -> tuple[tuple[Any, ...], Any, Any]:
         """(``lsqml_group_part``'s arguments for thread i: the tail's, ΔP's spectrum made from
         the parts' ``probe_ks`` into ``dp_k``, then the ``part``'s own; its steps, its ΔP)."""
         shifted, dp, steps = self.buffers(i)
@@ -651,4 +651,4 @@ def _terms_buffers(scratch: common.Scratch, i: int, psi1: Any, use_probe: bool) 
 def _count_terms_ffts(psi1: Any, use_probe: bool, dp: Any) -> None:
     """Report a part's transforms in the terms' kernels: one per window and probe mode with
     the probe refined, and ΔP's own (``dp``'s planes)."""
-    backend.kernel_ffts(psi1.shape[-2:], (psi1.shape[0] * psi1.shape[1] if use_probe else 0) + len(dp))
+    host_fft.kernel_ffts(psi1.shape[-2:], (psi1.shape[0] * psi1.shape[1] if use_probe else 0) + len(dp))

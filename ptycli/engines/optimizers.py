@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .. import backend
+from .. import backend, parallel
 
 
 def _split(z: Any) -> tuple[Any, Any]:
@@ -152,12 +152,12 @@ def _in_threads(run: Any, units: int, elements: int) -> None:
     1.83-2.08 against 2.13-2.29 for one; with the old out-of-place kernel two threads had
     been 2x slower than one on 247² (61k elements, which stays on one thread).
     """
-    threads = min(backend.host_threads(), max(1, elements // 2**16))
+    threads = min(parallel.host_threads(), max(1, elements // 2**16))
     if threads == 1:
         run(0, units)
         return
     bounds = [units * i // threads for i in range(threads + 1)]
-    backend.map_parts(lambda lohi: run(*lohi), list(zip(bounds[:-1], bounds[1:])))
+    parallel.map_parts(lambda lohi: run(*lohi), list(zip(bounds[:-1], bounds[1:])))
 
 
 def embed(z: Any, grad: Any, region: tuple[slice, slice]) -> Any:

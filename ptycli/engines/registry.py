@@ -1,26 +1,14 @@
 """Engine registry: recipe ``type`` -> (engine class, params model).
 
 Plugin packages add engines through the ``ptycli.engines`` entry point group (an
-``EngineSpec``; ptycli/plugins.py): ``engine_spec`` finds them, loaded on first use."""
+``EngineSpec``, specs.py): ``engine_spec`` finds them, loaded on first use."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..recipe import EpieStage, GradientStage, LbfgsStage, LsqmlStage
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    name: str
-    params: type
-    engine: Any  # class: (params, ctx, state) -> object with update(state, idx, data, it)
-    summary: str
-
-    @property
-    def Params(self) -> type:
-        return self.params
+from .specs import EngineSpec, plugin_engines
 
 
 def _lazy(module: str, cls: str) -> Any:
@@ -32,7 +20,19 @@ def _lazy(module: str, cls: str) -> Any:
     return build
 
 
-ENGINES: dict[str, EngineSpec] = {
+class _Engines(dict):
+    """The built-in engines; a plugin engine joins on its first lookup (``ENGINES[name]``, as
+    the loop makes it, or ``engine_spec``)."""
+
+    def __missing__(self, name: str) -> EngineSpec:
+        spec = plugin_engines().get(name)
+        if spec is None:
+            raise KeyError(name)
+        self[name] = spec
+        return spec
+
+
+ENGINES: dict[str, EngineSpec] = _Engines({
     "epie": EngineSpec("epie", EpieStage, _lazy("epie", "EpieEngine"),
                        "ePIE / 3PIE (multislice) with the rPIE option"),
     "lsqml": EngineSpec("lsqml", LsqmlStage, _lazy("lsqml", "LsqmlEngine"),
@@ -41,18 +41,13 @@ ENGINES: dict[str, EngineSpec] = {
                            "Wirtinger gradients with SGD/momentum/Nesterov or Adam"),
     "lbfgs": EngineSpec("lbfgs", LbfgsStage, _lazy("lbfgs", "LbfgsEngine"),
                         "full-batch L-BFGS, strong-Wolfe line search, every refinable variable"),
-}
+})
 BUILTIN = tuple(ENGINES)
-_plugins_added = False
 
 
 def engine_spec(name: str) -> EngineSpec | None:
     """The engine of recipe ``type = name``: built in, or from a plugin package."""
-    global _plugins_added
-    if name not in ENGINES and not _plugins_added:
-        _plugins_added = True
-        from .. import plugins  # noqa: PLC0415
-
-        for spec in plugins.specs("ptycli.engines", lambda s: isinstance(s, EngineSpec)):
-            ENGINES.setdefault(spec.name, spec)
-    return ENGINES.get(name)
+    try:
+        return ENGINES[name]
+    except KeyError:
+        return None

@@ -40,6 +40,7 @@ from ..physics.detector import BlurredObjective
 from ..physics.model import ForwardModel
 from ..physics.nearfield import NearField
 from . import compiled_eval, distributed
+from .compiled_eval import model_features  # noqa: F401  (gradient.py imports it from here)
 from .data import Rows, gathered
 from . import noise as noise_mod
 from . import scan_regularisers as scan_reg
@@ -63,20 +64,6 @@ PLAIN_MODEL_ENGINES = ("epie", "lsqml")
 
 def active_variables(refine: Any, it: int) -> tuple[str, ...]:
     return tuple(name for name in VARIABLES if getattr(refine, name).active(it))
-
-
-def model_features(state: Any) -> list[str]:
-    """Forward-model variants in ``state`` that only the Evaluator's model implements."""
-    out = []
-    if int(getattr(state, "upsample", 1)) > 1:
-        out.append(f"upsample = {state.upsample}")
-    if any(any(float(v) for k, v in d.items() if not k.startswith("phi")) for d in state.subscan_aberrations):
-        out.append("sub-scan aberrations")
-    for name in ("tilts_before", "tilts_after"):
-        value = getattr(state, name)
-        if value is not None and np.any(np.asarray(backend.to_numpy(value))):
-            out.append(name)
-    return out
 
 
 def check_engine(stage: Any, state: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
+from .. import backend, host_fft
 from ..errors import RecipeError, UsageError
 
 # "pyfftw-planes": FFTW's one-plane in-place plans executed from compiled code, one plane
@@ -69,9 +69,9 @@ def available_libraries(xp: ModuleType = np) -> list[str]:
     if not backend.is_numpy(xp):
         return [getattr(xp, "__name__", "device")]
     libs = ["numpy", "scipy"]
-    if backend.pyfftw_available():  # imports pyFFTW the backend's way (quiet OpenMP threads)
+    if host_fft.pyfftw_available():  # imports pyFFTW the backend's way (quiet OpenMP threads)
         libs.append("pyfftw")
-        if backend.kernels(np) is not None and backend.fftw_plane_plans(64, 64, np.complex64) is not None:
+        if backend.kernels(np) is not None and host_fft.fftw_plane_plans(64, 64, np.complex64) is not None:
             libs.append(PLANES)
     return libs
 
@@ -81,7 +81,7 @@ def _plane_runner(size: int, precision: str, workers: int) -> Callable[[int], No
     its own aligned plane from compiled code (``_kernels.fft_plane_work``); None where the
     compiled transforms do not exist (no FFTW for kernels, double precision)."""
     _, cdtype = backend.dtypes(precision)
-    plans, k = backend.fftw_plane_plans(size, size, cdtype), backend.kernels(np)
+    plans, k = host_fft.fftw_plane_plans(size, size, cdtype), backend.kernels(np)
     if plans is None or k is None:
         return None
     import threading
@@ -110,7 +110,7 @@ def _batch_array(size: int, batch: int, precision: str, xp: ModuleType, aligned:
     host = (rng.standard_normal((batch, size, size)) + 1j * rng.standard_normal((batch, size, size)))
     host = host.astype(cdtype)
     if aligned:
-        backend.pyfftw_available()
+        host_fft.pyfftw_available()
         import pyfftw
 
         out = pyfftw.empty_aligned(host.shape, dtype=cdtype)
@@ -128,7 +128,7 @@ def _transform(library: str, x: Any, xp: ModuleType, workers: int = _WORKERS) ->
 
         return lambda: sfft.fft2(x, workers=workers)
     if library == "pyfftw":
-        backend.pyfftw_available()
+        host_fft.pyfftw_available()
         import pyfftw
 
         # Measured plan on aligned, preallocated buffers; execute() skips the copy-in and the
@@ -220,7 +220,7 @@ def fft_rates(size: int = 128, batch: int = 64, precision: str = "single", xp: M
     """R_FFT for every available library (or those named), in FFTs per second."""
     libs = libraries or available_libraries(xp)
     if (libraries is None and PLANES in libs
-            and backend.fftw_plane_plans(size, size, backend.dtypes(precision)[1]) is None):
+            and host_fft.fftw_plane_plans(size, size, backend.dtypes(precision)[1]) is None):
         libs = [lib for lib in libs if lib != PLANES]  # no compiled plans for this size or precision
     return {lib: fft_rate(size, batch, lib, precision, xp, **kw) for lib in libs}
 

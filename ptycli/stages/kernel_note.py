@@ -1,30 +1,27 @@
-"""Say when the fused CPU kernels are about to be compiled for the first time.
+"""Say when the fused CPU kernels start compiling.
 
-Numba compiles them on first use and keeps the machine code on disk; the first run after
-an install (or an upgrade, which gets a new cache directory) therefore spends 30-90 s
-compiling with nothing on the screen, which looked like a hang.
+Numba compiles them on first use and keeps the machine code in its on-disk cache; the first
+run after an install (or an upgrade) compiles the ones it uses, which looked like a hang
+with nothing on the screen. Numba's own compile event (ptycli/_kernels/compile_guard.py)
+says when that starts, so the note appears exactly when a run compiles, never otherwise.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
-MESSAGE = "compiling kernels (one-time, 30-90 s; kept in {})"
+MESSAGE = "compiling kernels (first run after an install or upgrade, about 10-20 s; kept in Numba's cache)"
 
 
-def compile_note() -> str | None:
-    """The message to show when no kernel has been compiled into this version's cache yet;
-    None when some are cached, or when the kernels are off (no Numba, PTYCLI_KERNELS=0)."""
+def on_compile(say: Callable[[str], None]) -> bool:
+    """``say(MESSAGE)`` once, when a kernel next starts compiling in this process; False (and
+    nothing said, ever) when the kernels are off (no Numba, PTYCLI_KERNELS=0)."""
     import numpy as np  # noqa: PLC0415
 
     from .. import backend  # noqa: PLC0415
 
     k = backend.kernels(np)
     if k is None:
-        return None
-    for fn in vars(k).values():
-        path = getattr(getattr(fn, "_cache", None), "_cache_path", None)  # a Numba dispatcher's cache
-        if path:
-            root = Path(path).parent  # this kernel version's directory (one per source module below)
-            return None if any(root.rglob("*.nbi")) else MESSAGE.format(root)
-    return None
+        return False
+    k.on_first_compile(lambda: say(MESSAGE))
+    return True

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from .calibration import Calibration, wavelength_a
-from .io import write_array
+from .arrays import write_array
 from .schema import LONG_NAMES, ROOT_ATTR
 
 COORDS_ATTR = "coordinates"  # CF: the names of the non-dimension coordinates of a group

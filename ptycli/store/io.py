@@ -21,25 +21,20 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import zarr
-import zarr.codecs
 
 from .. import __version__
 from ..errors import DeviceError, InputError, OutputExistsError, StoreError, UsageError
+from .arrays import TARGET_CHUNK_BYTES, compressor, default_chunks, write_array  # noqa: F401  (re-exported)
 from .chunks import check_chunks
+from .coords import consolidate, finish_layout
 from .lock import OutputLock
-from .schema import DIMS, ROOT_ATTR, SCHEMA_VERSION, UNITS, InputRef, RootMeta, json_hash, major, now_iso
+from .schema import ROOT_ATTR, SCHEMA_VERSION, InputRef, RootMeta, json_hash, major, now_iso
 
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINT = "checkpoint"  # reconstruct's subgroup of OUT.partial (engines/checkpoint.py writes it)
 # arrays whose missing chunks open_store refuses (chunks.py): the data and the state itself. Stores
 # of earlier versions skipped all-zero chunks of any array, which none of these ever is.
 CHUNK_CHECKED = ("patterns", "compressed/signals", "object", "probe")
-TARGET_CHUNK_BYTES = 16 * 2**20  # 8-64 MB chunks keep reads large and the file count low
-
-
-def compressor() -> Any:
-    """Blosc/zstd with bit-shuffle: fast, and 2-5x on counting-detector data."""
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -90,16 +85,6 @@ def check_partial(path: str | os.PathLike, *, overwrite: bool, resume: bool = Fa
     if done is not None:
         raise OutputExistsError(f"{part} holds a checkpoint at iteration {done}; continue it with --resume, "
                                 "or delete it to start over")
-
-
-def default_chunks(shape: tuple[int, ...], dtype: Any, lead_axis: int = 0) -> tuple[int, ...]:
-    """Chunk along the leading axis so one chunk holds about TARGET_CHUNK_BYTES."""
-    if not shape:
-        return ()
-    itemsize = np.dtype(dtype).itemsize
-    per_lead = int(np.prod(shape[lead_axis + 1 :], dtype=np.int64)) * itemsize or 1
-    n = max(1, min(shape[lead_axis], TARGET_CHUNK_BYTES // per_lead))
-    return tuple(shape[:lead_axis]) + (n,) + tuple(shape[lead_axis + 1 :])
 
 
 # ----------------------------------------------------------------------------- output checks
@@ -261,8 +246,6 @@ class StoreWriter:
 
     # -- completion
     def finalize(self, status: str = "complete") -> Path:
-        from .coords import consolidate, finish_layout  # noqa: PLC0415 (coords builds on this module)
-
         finish_layout(self.group)  # coordinate arrays and long names (schema 2), fingerprinted below
         self.meta.status = status  # type: ignore[assignment]
         self.meta.finished = now_iso()
@@ -304,45 +287,6 @@ class StoreWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def write_array(
-    group: zarr.Group,
-    name: str,
-    data: Any = None,
-    *,
-    shape: tuple[int, ...] | None = None,
-    dtype: Any = None,
-    chunks: tuple[int, ...] | None = None,
-    dims: tuple[str, ...] | None = None,
-    units: str | None = None,
-    attrs: dict[str, Any] | None = None,
-) -> zarr.Array:
-    """Create ``name`` (may contain '/') in ``group``; replaces an existing array."""
-    if data is not None:
-        data = np.asarray(data)
-        shape, dtype = data.shape, data.dtype
-    if shape is None or dtype is None:
-        raise ValueError("write_array needs data, or shape and dtype")
-    base = name.rsplit("/", 1)[-1]  # checkpoint/probe has the dims of probe
-    dims = dims or DIMS.get(name) or DIMS.get(base) or tuple(f"dim_{i}" for i in range(len(shape)))
-    if len(dims) != len(shape):
-        raise ValueError(f"{name}: {len(dims)} dimension names for a {len(shape)}-D array")
-    arr = group.create_array(
-        name,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks or default_chunks(tuple(shape), dtype),
-        compressors=[compressor()],
-        dimension_names=tuple(dims),
-        overwrite=True,
-        # every chunk on disk, also one of zeros: a missing chunk then always means damage (chunks.py)
-        config={"write_empty_chunks": True},
-    )
-    arr.attrs.update({"units": units or UNITS.get(name, UNITS.get(base, "1")), **(attrs or {})})
-    if data is not None and data.size:
-        arr[...] = data
-    return arr
 
 
 def write_subgroup_atomic(root: str | os.PathLike, name: str, fill: Callable[[zarr.Group], None]) -> Path:

@@ -13,8 +13,15 @@ cache, with no Python in between.
 
 Shapes as in physics/multislice.py: probe modes P, object modes Q, slices S, windows
 (M, N). The object is (Q, S, H, W); the propagator h (1 or B, M, N), per position with
-beam tilts. No propagation follows the last slice. Part of the backend seam: imported by
-ptycli/_kernels.py, which the engines reach through ``backend.kernels``.
+beam tilts. No propagation follows the last slice. Part of the backend seam: the engines reach
+these through ``backend.kernels`` (ptycli/_kernels/__init__.py).
+
+Numba keys a cached function by its own file only (a documented limitation), and the kernels
+here have single_slice.py's helpers (``farfield`` ...) compiled into their machine code: after a
+change there alone they would load the old callee (seen once as LSQ-ML's multislice loss
+evaluating the Anscombe model for Poisson data). ``INLINED_DIGEST`` names the version of
+single_slice.py they were written against; a test fails until it is updated, and the edit
+that updates it changes this file, which is what makes Numba compile these afresh.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._kernels import (
+from .single_slice import (
     _JIT,
     _adjoint_row,
     _atomic_add,
@@ -42,6 +49,9 @@ from ._kernels import (
     ramp_product,
     spectral_multiply,
 )
+
+# sha256 of single_slice.py, first 16 hex digits (tests/test_kernel_cache.py says the new one)
+INLINED_DIGEST = "3b17860f666d3211"
 
 
 @nb.njit(**_JIT)
@@ -602,7 +612,7 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
                          g_sum, loss, probe_out, do_pos, uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out,
                          signal_addr, signal_value):
     """``epie_multislice_position`` as thread ``t`` of ``n_threads`` run together
-    (``backend.map_launches(..., together=True)``): one 3PIE position on several cores.
+    (``parallel.map_launches(..., together=True)``): one 3PIE position on several cores.
 
     The transforms go by wave: thread t takes probe modes p = t, t + n_threads, ... for ψ_1
     and the probe's step, and mode pairs k = p·Q + q likewise for every slice's product and

@@ -1,10 +1,11 @@
-"""Fused CPU kernels (Numba) for the engines' memory-bound passes; private to the backend seam.
+"""Fused CPU kernels (Numba) for the engines' memory-bound passes, the single-slice ones and
+the helpers the multislice ones (multislice.py) build on; private to the backend seam.
 
 Why: after the FFTs, an iteration on NumPy was dominated by ~20 separate elementwise
 passes per group (ramps, |Ψ|², the noise model, conj products, window copies, scatter-adds,
 the LSQ-ML step dots), each reading and writing whole (B, M, N) complex arrays, plus their
 temporaries. Each kernel below does one of those chains in one pass over memory without
-temporaries. They are serial and release the GIL: ``backend.map_parts`` runs the parts of a
+temporaries. They are serial and release the GIL: ``parallel.map_parts`` runs the parts of a
 group on separate threads, so both cores stay busy without Numba's threading layer (which
 is not safe to enter from several Python threads at once).
 
@@ -15,12 +16,7 @@ Noise model codes: 0 amplitude, 1 intensity, 2 poisson, 3 anscombe (physics.md �
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import shutil
-import time
-from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -28,114 +24,6 @@ from llvmlite import ir as llvm_ir
 from numba.core import cgutils
 from numba.core import types as nb_types
 from numba.extending import intrinsic
-
-def _serialise_cache_saves() -> None:
-    """Make Numba's on-disk cache safe for processes compiling at the same time.
-
-    Numba picks the data file of a new cache entry by reading the index and taking the
-    first free name, then writes index and data: two processes compiling *different*
-    signatures of one kernel at once (two pytest-xdist workers, two SLURM tasks of a cold
-    install) can both take the same name, and one signature then loads the other's
-    machine code: silently wrong numbers (seen here as a NaN in the test suite). An
-    exclusive lock on the index around each save closes that window. Reads need no lock
-    (data files are replaced atomically; a missing one is a cache miss).
-    """
-    try:
-        import fcntl
-
-        from numba.core import caching
-    except ImportError:  # not POSIX, or a Numba without this class: nothing to patch
-        return
-    cls = getattr(caching, "IndexDataCacheFile", None)
-    if cls is None or getattr(cls.save, "_ptycli_locked", False):
-        return
-    unlocked = cls.save
-
-    def save(self, key, data):
-        lock_path = getattr(self, "_index_path", None)
-        if lock_path is None:
-            return unlocked(self, key, data)
-        with open(lock_path + ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                return unlocked(self, key, data)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    save._ptycli_locked = True
-    cls.save = save
-
-
-_serialise_cache_saves()
-
-
-KERNEL_SOURCES = ("_kernels.py", "_kernels_multislice.py")
-
-
-def kernel_cache_dir(sources: tuple[Path, ...], base: Path) -> Path:
-    """Where the kernels' compiled code is kept: a directory named by a hash of every kernel
-    source file and the Numba version, under ``base``.
-
-    Why: Numba keys a cached function by its own file's contents only. A kernel in
-    _kernels_multislice.py calls ``farfield`` from this file, and its cached machine code
-    has that callee compiled in: after a change here alone (an upgrade whose other file is
-    unchanged; pip leaves __pycache__'s Numba files behind), it loaded the old callee. Seen
-    in development as LSQ-ML's multislice loss evaluating the Anscombe model for Poisson data.
-    """
-    digest = hashlib.sha256(nb.__version__.encode())
-    for path in sources:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return base / digest.hexdigest()[:16]
-
-
-def _use_kernel_cache_dir() -> str:
-    """Point Numba's cache at ``kernel_cache_dir`` for the kernels defined from here on, under
-    $XDG_CACHE_HOME/ptycli/numba (or NUMBA_CACHE_DIR/ptycli when the user chose one);
-    returns the setting to restore after them. A directory that cannot be made leaves
-    Numba's own choice."""
-    previous = nb.config.CACHE_DIR
-    here = Path(__file__).parent
-    base = (Path(previous) / "ptycli" if previous
-            else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli" / "numba")
-    try:
-        target = kernel_cache_dir(tuple(here / name for name in KERNEL_SOURCES), base)
-        target.mkdir(parents=True, exist_ok=True)
-        os.utime(target)  # in use: ``prune_kernel_caches`` keeps it
-    except OSError:
-        return previous
-    nb.config.CACHE_DIR = str(target)
-    prune_kernel_caches(base, target)
-    return previous
-
-
-STALE_CACHE_DAYS = 60
-
-
-def prune_kernel_caches(base: Path, keep: Path, days: float = STALE_CACHE_DAYS) -> list[Path]:
-    """Remove the cache directories of other kernel versions under ``base`` that no import
-    has touched for ``days`` (each import touches its own), so upgrades do not pile up
-    ~20 MB each; returns what was removed. Only ``kernel_cache_dir``'s 16-hex-digit names
-    are considered, and any error leaves a directory where it is."""
-    removed: list[Path] = []
-    cutoff = time.time() - days * 86400.0
-    try:
-        entries = list(base.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        if entry == keep or len(entry.name) != 16 or any(ch not in "0123456789abcdef" for ch in entry.name):
-            continue
-        try:
-            if entry.is_dir() and entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry)
-                removed.append(entry)
-        except OSError:
-            continue
-    return removed
-
-
-_CACHE_DIR_BEFORE = _use_kernel_cache_dir()
 
 # fastmath without nnan/ninf: reassociation lets LLVM vectorise the row loops and the
 # reductions, while NaN and Inf still propagate (the loop's NaN check relies on it).
@@ -1430,7 +1318,7 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
                     psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step,
                     signal_addr, signal_value):
     """LSQ-ML's group after its parts' sums, as thread ``t`` of ``n_threads`` run together
-    (``backend.map_launches(..., together=True)``): the object direction on this thread's
+    (``parallel.map_launches(..., together=True)``): the object direction on this thread's
     rows of the grid, the step terms of its own part, then the group's steps, and the object
     step on its rows. The serial passes between the parallel phases ran on one thread with
     Python between them (direction, steps, object step: ~0.5 ms of a ~7 ms group, case A).
@@ -1595,14 +1483,3 @@ def spin_until(addr, value, spins, store_addr, store_value):
             return True
         _cpu_relax()
     return _load_acquire(addr) >= value
-
-
-# the multislice kernels live in their own module (they build on the helpers above)
-from ._kernels_multislice import (  # noqa: E402, F401
-    epie_multislice_part,
-    epie_multislice_position,
-    lsqml_terms_multi_part,
-    multislice_part,
-)
-
-nb.config.CACHE_DIR = _CACHE_DIR_BEFORE  # other packages' Numba caches stay where they were

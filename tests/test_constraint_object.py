@@ -133,3 +133,24 @@ def test_unwrap_phase_recovers_smooth_phase_beyond_pi():
     for true in (0.9 * xx - 0.4 * yy, 3 * np.pi * np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 60.0)):
         got = unwrap_phase(np.angle(np.exp(1j * true)))
         np.testing.assert_allclose(got - got.mean(), true - true.mean(), atol=1e-6)
+
+
+def test_unwrap_phase_returns_a_phase_without_wraps_as_it_is():
+    # no neighbour step reaches π: the least-squares integral is the input, so no solve runs
+    # and nothing is rounded (the kz filter unwraps every slice each iteration)
+    rng = np.random.default_rng(3)
+    phase = (0.5 * rng.standard_normal((3, 24, 24))).astype(np.float32)
+    got = unwrap_phase(phase)
+    assert got is phase
+    wrapped = np.angle(np.exp(1j * (0.9 * np.mgrid[:24, :24][1]))).astype(np.float32)
+    assert unwrap_phase(wrapped) is not wrapped
+
+
+def test_kz_filter_leaves_a_one_slice_object_alone():
+    # the multislice recipes carry the kz filter; on a single-slice state it must not
+    # turn into a lateral low-pass (its exp(-α|u|²) factor)
+    rng = np.random.default_rng(2)
+    obj = _phase_obj(0.3 * rng.standard_normal((1, 1, 16, 16)), amp=1 + 0.1 * rng.random((1, 1, 16, 16)))
+    st = _state(obj)
+    out = co.kz_filter(st, co.KzFilterParams(beta=1.0, alpha=1.0), Context())
+    np.testing.assert_array_equal(out.object, obj)

@@ -157,6 +157,11 @@ FIXTURE_SETS = {s.name: s for s in [
          sim_slice_a=3.905 / 2, suggested_slices=10, seed=12),
     Spec("graphene_lowdose", "low dose: graphene, 60 kV, 30 mrad, 2e3 e/Å² (~320 e per pattern)", "graphene", 1,
          60, 30, 48, 2.0, (16, 16), 0.4, 2e3, defocus_a=50, dtype="uint8", seed=13),
+    Spec("sto_nonideal", "non-ideal: SrTiO3 [001] 19.5 Å, 200 kV, 20 mrad, 5 slices; source 0.4 Å, position errors "
+         "(random + drift + affine), detector rotated 2°, background, gain", "SrTiO3", 5, 200, 20, 48, 1.6,
+         (12, 12), 0.4, 1e5, sim_slice_a=3.905 / 2, suggested_slices=5, source_fwhm_a=0.4, source_samples=5,
+         pos_noise_a=0.05, drift_a=(0.3, -0.2), affine=(1.02, 0.015, -0.01, 0.985), det_rotation_deg=2.0,
+         background=0.02, gain_sigma=0.05, dtype="uint16", seed=14),
 ]}
 
 

@@ -100,10 +100,16 @@ def illumination_weight(illumination: Any, xp: Any) -> Any:
 
 
 def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
-    """PtychoShelves regulation_multilayers (§7.9): O ← O (1 + Δa) exp(iΔφ)."""
+    """PtychoShelves regulation_multilayers (§7.9): O ← O (1 + Δa) exp(iΔφ).
+
+    A one-slice object has no depth to regularise and is returned as it is, so that the
+    multislice recipes can carry this filter whatever the state (the lateral damping alone
+    is ``object_lowpass``'s job)."""
     obj = state.object
     xp = backend.namespace(obj)
     _, s, h, w = obj.shape
+    if s == 1:
+        return state
     rdtype = backend.real_dtype_of(obj)
     uz = backend.fftfreq(s, xp=xp, dtype="float64")[:, None, None]
     uy = backend.fftfreq(h, xp=xp, dtype="float64")[None, :, None]

@@ -86,6 +86,9 @@ def test_a_peer_stopped_early_is_not_the_yardstick() -> None:
     rows = [_row("ptycli", 0.9, 10), _row("ptyrad", 0.5, 300, its=3, stopped_by_time_budget=True)]
     run.verdicts(rows)
     assert rows[0]["verdict"] == "no peer ran 40 iterations (best: ptyrad 0.500 after 3)"
+    rows.append(dict(code="phaser", status="diverged (ValueError: NaN or inf encountered, iteration 2)"))
+    run.verdicts(rows)
+    assert rows[0]["verdict"] == "no peer ran 40 iterations (best: ptyrad 0.500 after 3); phaser diverged"
     diverged = [dict(_row("ptycli", None, 5), status="diverged (exit 6)"), _row("phaser", 0.9, 60)]
     run.verdicts(diverged)
     assert diverged[0]["verdict"] == "—"

@@ -423,6 +423,8 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
     numpy/torch runs here use about one core). The wall-time ratio, which the issue names,
     is stated beside it in the verdict, with a note where it would decide otherwise."""
     peers = [r for r in rows if r["code"] != "ptycli" and r.get("status") == "ok"]
+    diverged = [r["code"] for r in rows
+                if r["code"] != "ptycli" and "NaN" in str(r.get("status", "")) + str(r.get("detail", ""))]
     for r in rows:
         if r["code"] != "ptycli":
             continue
@@ -438,6 +440,7 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
                                 f"{p.get('iterations')})")
             else:
                 r["verdict"] = "no peer result"
+            r["verdict"] += "".join(f"; {d} diverged" for d in diverged)
             continue
         best = max(comparable, key=lambda p: p["pearson"])
         r["best_peer"] = best["code"]

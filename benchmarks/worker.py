@@ -46,7 +46,7 @@ def peak_rss_mib() -> float:
 # ----------------------------------------------------------------------------- engine timing
 def measure_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds per iteration of one engine on one case, and the FFT bound of the same work."""
-    from ptycli import backend, host_fft, parallel
+    from ptycli import backend
 
     xp = backend.get_xp(spec.get("device", "cpu"))
     case = cases.Case.from_json(spec["case"])
@@ -111,7 +111,7 @@ class FFTCounter:
         self.size, self.transforms = size, 0
 
     def __enter__(self) -> FFTCounter:
-        from ptycli import backend, host_fft, parallel
+        from ptycli import backend, host_fft
 
         self._orig = backend._fft_call
 
@@ -130,7 +130,7 @@ class FFTCounter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from ptycli import backend, host_fft, parallel
+        from ptycli import backend, host_fft
 
         backend._fft_call = self._orig
         host_fft.kernel_ffts = self._orig_kernel
@@ -211,7 +211,7 @@ def sample_engine(spec: dict[str, Any]) -> dict[str, Any]:
     then from the sampled iterations."""
     import os
 
-    from ptycli import backend, host_fft, parallel
+    from ptycli import parallel
 
     case = cases.Case.from_json(spec["case"])
     state = cases.synthetic_state(case)

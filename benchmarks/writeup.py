@@ -63,9 +63,9 @@ METHOD = """How it is measured
   With py-spy installed (`pip install -e '.[bench]'`), also a sampling profile of 8
   iterations of the real multi-threaded run (`py-spy record --nonblocking --function`, 250 Hz,
   every Python thread; a compiled call has no frame of its own, so its time is charged to the
-  Python function that made it: a part thread's part and its spin-wait for the next one both
-  show as `SpinPool._serve`, the caller's own part as `run_kernels.<locals>.<lambda>` and its
-  wait for the others as `_wait_done`). own / total: the share of all kept samples with the function
+  Python function that made it: a part thread's part shows as `_launch_all.<locals>.work`
+  (kernel launches) or `_run_part` (Python parts), the caller's own part under
+  `_launch_all`). own / total: the share of all kept samples with the function
   innermost / anywhere on the stack. The warm-up runs on one thread and the main thread's
   setup is left out (benchmarks/sampling.py)."""
 

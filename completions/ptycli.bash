@@ -8,7 +8,7 @@ _ptycli() {
     case "${COMP_WORDS[i]}" in -*) ;; *) cmd="${COMP_WORDS[i]}"; break ;; esac
   done
   if [[ -z "$cmd" ]]; then
-    COMPREPLY=($(compgen -W "simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench --help --quiet --show-versions --verbose --version" -- "$cur"))
+    COMPREPLY=($(compgen -W "simulate preprocess init reconstruct constrain export inspect compare validate demo watch tune bench --help --quiet --reuse-heap --show-versions --verbose --version" -- "$cur"))
     return
   fi
   case "$cmd" in

@@ -2,6 +2,12 @@
 (parts that are each one compiled kernel call), with ``host_threads`` the count a group may
 be split over. NumPy, FFTW and the compiled kernels release Python's lock, so a group's parts
 run on every core.
+
+The threads are a standard ``concurrent.futures.ThreadPoolExecutor``. A pool of spinning
+workers (compiled spin-waits and hand-made flags) had been written to start a part within
+microseconds instead of the ~85 us a sleeping thread takes to wake; measured against this
+pool on benchmark cases A/B/C with 2 threads it did not gain the 10 % its upkeep needed
+(benchmarks/RESULTS.md, "Host thread pool", issue 25).
 """
 
 from __future__ import annotations
@@ -11,11 +17,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
-from .backend import kernels
 from .errors import DeviceError
 from .host_fft import fft_workers
+
 
 def host_threads() -> int:
     """Threads a group may be split over on the host: PTYCLI_THREADS, else the usable cores."""
@@ -45,13 +49,7 @@ _pool: Any = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _PART_THREAD = "ptycli-part"
-# PTYCLI_SPIN_WAIT=0: idle part threads sleep at once instead of spinning for a few ms
-# (for nodes shared with other jobs, where a spinning thread takes a core from them)
-_spin_wait = os.environ.get("PTYCLI_SPIN_WAIT", "1") != "0"
-
-
-_standard = os.environ.get("PTYCLI_POOL", "spin") == "standard"
-_busy = threading.Lock()
+_busy = threading.Lock()  # held by the caller whose launches use the pool's threads
 
 
 def _executor(workers: int) -> Any:
@@ -65,7 +63,7 @@ def _executor(workers: int) -> Any:
     return _pool
 
 
-def _run_standard(calls: list[tuple[Any, tuple[Any, ...]]], after: tuple[tuple[Any, Any], ...],
+def _launch_all(calls: list[tuple[Any, tuple[Any, ...]]], after: tuple[tuple[Any, Any], ...],
                   cancel: Callable[[], None] | None, detach_last: bool) -> list[Any] | None:
     """[kernel(*args, 0, 0) for kernel, args in calls] at once: the first on the calling thread,
     the others on the pool's threads; ``after`` run next by the last one's thread, which this
@@ -114,14 +112,6 @@ def map_parts(fn: Any, parts: list[Any]) -> list[Any]:
         # a part that maps parts again runs them itself: the pool's threads may all be busy
         # with the outer parts, and waiting on them from one of them would never end
         return [fn(p) for p in parts]
-    k = kernels(np) if _spin_wait and not _standard else None
-    if k is not None:  # workers that wait spinning: a part starts within microseconds
-        from . import _pool as spin
-
-        out = spin.pool(len(parts) - 1, _PART_THREAD, k).run(lambda p: _run_part(fn, p), parts)
-        if out is not None:
-            return out
-        return [fn(p) for p in parts]  # another thread's parts hold the pool
     pool = _executor(len(parts) - 1)
     futures = [pool.submit(_run_part, fn, p) for p in parts[1:]]
     try:
@@ -158,8 +148,8 @@ def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
                  release: Callable[[], None] | None = None) -> list[Any] | None:
     """``map_parts`` for parts that are each one kernel call: every part's Python
     (``prepare``, then ``finish``) runs on the calling thread and only the kernels run
-    concurrently, each starting within microseconds (ptycli/_pool.py). None when ``prepare``
-    gives None for any part: the caller then runs its general path.
+    concurrently. None when ``prepare`` gives None for any part: the caller then runs its
+    general path.
 
     ``tail()``: ((kernel, args), cancel, parts_done) or None, prepared after the parts: a
     kernel run right after the last part's, on its thread, that waits for every part's kernel
@@ -168,9 +158,9 @@ def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
     returns once every part's kernel has (their outputs are read here then).
 
     ``together``: the kernels wait for one another inside (barriers), so they must all run
-    at once: on the spinning pool only, and None (no kernel run) when it cannot take them
-    (nested in a part, ``PTYCLI_SPIN_WAIT=0``, the pool busy). ``release()`` then lets the
-    others' barriers pass if the calling thread's kernel call fails.
+    at once, each on a thread of its own: None (no kernel run) when that cannot be had
+    (nested in a part, or another caller's launches hold the pool). ``release()`` then lets
+    the others' barriers pass if the calling thread's kernel call fails.
     """
     launches = [prepare(p) for p in parts]
     if any(launch is None for launch in launches):
@@ -178,16 +168,7 @@ def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
     if together and len(launches) > 1:
         if threading.current_thread().name.startswith(_PART_THREAD):
             return None
-        if _standard:
-            raw = _run_standard([(ln.kernel, ln.args) for ln in launches], (), release, False)
-            return None if raw is None else [ln.finish(r) for ln, r in zip(launches, raw)]
-        k = kernels(np) if _spin_wait else None
-        if k is None:
-            return None
-        from . import _pool as spin
-
-        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
-            [(ln.kernel, ln.args) for ln in launches], (), release)
+        raw = _launch_all([(ln.kernel, ln.args) for ln in launches], (), release, False)
         return None if raw is None else [ln.finish(r) for ln, r in zip(launches, raw)]
     after, cancel, parts_done = (tail() if tail is not None else None) or (None, None, None)
     after_calls = (after,) if after is not None else ()
@@ -204,18 +185,10 @@ def map_launches(prepare: Callable[[Any], Launch | None], parts: list[Any],
         return out
 
     raw = None
-    k = kernels(np) if _spin_wait else None
-    if _standard and len(launches) > 1 and not threading.current_thread().name.startswith(_PART_THREAD):
-        raw = _run_standard([(ln.kernel, ln.args) for ln in launches], after_calls, cancel, bool(after_calls))
+    if len(launches) > 1 and not threading.current_thread().name.startswith(_PART_THREAD):
+        raw = _launch_all([(ln.kernel, ln.args) for ln in launches], after_calls, cancel, bool(after_calls))
         if raw is not None and after_calls:
-            parts_done()
-    elif len(launches) > 1 and k is not None and not threading.current_thread().name.startswith(_PART_THREAD):
-        from . import _pool as spin
-
-        raw = spin.pool(len(launches) - 1, _PART_THREAD, k).run_kernels(
-            [(ln.kernel, ln.args) for ln in launches], after_calls, cancel)
-        if raw is not None and after_calls:
-            parts_done()  # the last part's worker goes on with the tail
+            parts_done()  # the last part's thread goes on with the tail
     if raw is None:  # one part, no pool, or the pool busy: as map_parts does
         n = len(launches)
         raw = map_parts(lambda il: guarded(il[1], il[0] == n - 1), list(enumerate(launches)))

@@ -15,8 +15,7 @@ ALLOWED = {
     "host_fft": {"errors", "_fftw"},  # the host's FFT library and the kernels' FFTW plans
     "_fftw": set(),  # FFTW plans and wisdom through pyFFTW (private to host_fft)
     "_kernels": set(),  # the fused CPU kernels (Numba; a package reached through backend.kernels)
-    "parallel": {"errors", "backend", "host_fft", "_pool"},  # host threads for a group's parts
-    "_pool": set(),  # the spinning host threads of parallel.py (private to it)
+    "parallel": {"errors", "host_fft"},  # host threads for a group's parts (concurrent.futures)
     "host_allocator": set(),  # ptycli --reuse-heap (glibc mallopt), called by the command line only
     "physics": {"backend", "errors", "physics"},
     "store": {"errors", "store", "__init__"},

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptycli import backend
+from ptycli import backend, host_fft
 from ptycli.errors import DeviceError
 
 

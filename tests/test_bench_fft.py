@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ptycli import backend, host_fft
+from ptycli import host_fft
 from ptycli.errors import RecipeError, UsageError
 from ptycli.stages import bench
 

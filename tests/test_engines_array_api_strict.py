@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ptycli import backend
+from ptycli import backend, host_fft, parallel
 from ptycli.errors import NumericalError
 from ptycli.stages import init, reconstruct, simulate
 

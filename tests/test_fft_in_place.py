@@ -4,7 +4,7 @@ FFT library and with and without the fused kernels: same numbers as the plain un
 import numpy as np
 import pytest
 
-from ptycli import backend
+from ptycli import backend, host_fft
 
 LIBRARIES = ["numpy", "scipy", "pyfftw"]
 

@@ -16,7 +16,7 @@ import pytest
 from test_fused_kernels import _close, _on_fftw_kernels
 from test_perf_structure import _patterns, _state
 
-from ptycli import backend
+from ptycli import backend, parallel
 from ptycli.engines import common, loop, lsqml
 from ptycli.engines.registry import ENGINES
 from ptycli.recipe import Recipe
@@ -68,15 +68,15 @@ def test_barrier_launches_match_the_step_by_step_path(kind, refine, modes, parts
 
 
 def test_tail_is_not_launched_where_its_threads_could_not_run_together(monkeypatch):
-    """With workers that sleep (PTYCLI_SPIN_WAIT=0) the parts may not all run at once: the
-    step-by-step path runs instead (threads waiting at a barrier would wait forever)."""
+    """While another caller's launches hold the pool's threads the parts may not all run at
+    once: the step-by-step path runs instead (threads waiting at a barrier would wait forever)."""
     _on_fftw_kernels(monkeypatch)
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
-    monkeypatch.setattr(parallel, "_spin_wait", False)
     k = backend.kernels(np)
     launched = []
     for name in ("lsqml_tail_part", "lsqml_group_part"):
         real = getattr(k, name)
         monkeypatch.setattr(k, name, lambda *a, real=real: launched.append(a[1]) or real(*a))
-    _run("sparse", {"object": True, "probe": True})
+    with parallel._busy:
+        _run("sparse", {"object": True, "probe": True})
     assert not launched

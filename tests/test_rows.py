@@ -9,7 +9,7 @@ import pytest
 from test_fused_kernels import _on_fftw_kernels
 from test_perf_structure import _patterns, _state
 
-from ptycli import backend
+from ptycli import host_fft
 from ptycli.engines import common, loop
 from ptycli.engines.data import PatternSource, Rows, gathered
 from ptycli.engines.registry import ENGINES

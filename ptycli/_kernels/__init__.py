@@ -8,11 +8,11 @@ Imports go one way: multislice -> single_slice; nothing here imports this packag
 
 from __future__ import annotations
 
-from .compile_guard import install, kernels_compiled, on_first_compile
+from .compile_guard import install, kernels_compiled, on_first_compile  # noqa: F401  (backend.kernels(np).on_first_compile)
 
 install()
 
-from .multislice import (  # noqa: E402  (after the guard: nothing compiles unguarded)
+from .multislice import (  # noqa: E402, F401  (after the guard: nothing compiles unguarded)
     epie_multislice_part,
     epie_multislice_position,
     lsqml_terms_multi_part,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from numba.core import event
 
@@ -84,7 +84,7 @@ class CompileNotice(event.Listener):
     """Calls each registered callback once, when the first ptycli kernel starts compiling."""
 
     def __init__(self):
-        self.callbacks: list[Callable[[], None]] = []
+        self.callbacks: dict[Any, Callable[[], None]] = {}
         self.compiled = 0  # ptycli kernels compiled (not loaded from the cache) in this process
 
     def on_start(self, ev: event.Event) -> None:
@@ -93,8 +93,8 @@ class CompileNotice(event.Listener):
         if not module.startswith("ptycli."):
             return
         self.compiled += 1
-        callbacks, self.callbacks = self.callbacks, []
-        for cb in callbacks:
+        callbacks, self.callbacks = self.callbacks, {}
+        for cb in callbacks.values():
             cb()
 
     def on_end(self, ev: event.Event) -> None:
@@ -116,10 +116,11 @@ def install() -> tuple[CompileLock, CompileNotice]:
     return _installed
 
 
-def on_first_compile(callback: Callable[[], None]) -> None:
+def on_first_compile(callback: Callable[[], None], key: Any = None) -> None:
     """Call ``callback()`` when a ptycli kernel next starts compiling in this process (at most
-    once); a run whose kernels all load from the cache never calls it."""
-    install()[1].callbacks.append(callback)
+    once); a run whose kernels all load from the cache never calls it. A later registration
+    under the same ``key`` (default: the callback) replaces an earlier one that never ran."""
+    install()[1].callbacks[callback if key is None else key] = callback
 
 
 def kernels_compiled() -> int:

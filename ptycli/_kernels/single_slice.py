@@ -1049,7 +1049,7 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     64-byte-aligned planes, as the plans were made.
     psi and g_exit may hold one position instead of B: scratch reused window after window,
     for callers that do not read them (they then stay in cache). ``signal_addr`` (not 0):
-    *signal_addr = signal_value as the call starts, without Python's lock (ptycli/_pool.py).
+    *signal_addr = signal_value as the call starts (parallel.py passes 0: no signal).
     With ``do_pos``, pos_out (B, 4) = the position terms of ``engines/common.position_terms``
     (∂L/∂f_y, ∂L/∂f_x, ‖ψ ∂O/∂f‖² y, x in px; the curvature only with ``pos_curvature``, else
     0) while the window's waves are in cache, ∂L/∂f from the probe gradient's own F[∇ψ]:
@@ -1298,8 +1298,10 @@ def _lsqml_tail(bar_addr, passed, t, n_threads, maxes, nums, ws, delta, execute,
             _direction_rows(nums, ws[0], q, r0, r1, w_max, delta)
         _barrier(bar_addr, (passed + 2) * n_threads)
         passed += 2
+    # no start signal: int64 zeros, not the literals 0, which would compile a second
+    # specialisation of the whole callee beside the one Python's calls use
     lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
-                     out[first:first + frac.shape[0]], dp_out, 0, 0)
+                     out[first:first + frac.shape[0]], dp_out, np.int64(0), np.int64(0))
     _barrier(bar_addr, (passed + 1) * n_threads)
     lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
     if apply_step and use_obj:
@@ -1354,7 +1356,7 @@ def lsqml_group_part(bar_addr, t, n_threads, maxes, nums, ws, probe_ks, dp_k, dp
         _store_release(signal_addr, signal_value)
     single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps, do_num,
                       do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss, do_pos,
-                      pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, 0, 0)
+                      pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, np.int64(0), np.int64(0))
     _barrier(bar_addr, n_threads)
     use_probe = do_probe
     if use_probe:

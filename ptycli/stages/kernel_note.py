@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-MESSAGE = "compiling kernels (first run after an install or upgrade, about 10-20 s; kept in Numba's cache)"
+MESSAGE = "compiling kernels (first run after an install or upgrade: up to about a minute; kept in Numba's cache)"
 
 
 def on_compile(say: Callable[[str], None]) -> bool:
@@ -23,5 +23,5 @@ def on_compile(say: Callable[[str], None]) -> bool:
     k = backend.kernels(np)
     if k is None:
         return False
-    k.on_first_compile(lambda: say(MESSAGE))
+    k.on_first_compile(lambda: say(MESSAGE), key=MESSAGE)  # one note, however many runs asked
     return True

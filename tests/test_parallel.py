@@ -1,5 +1,6 @@
-"""The host thread pool of the parts (ptycli/_pool.py): workers that wait spinning in
-compiled code, then asleep; kernels that signal their start (``run_kernels``)."""
+"""The host threads of a group's parts (ptycli/parallel.py, a standard thread pool): parts in
+order, kernels that must run together, a tail that waits for the parts; and the compiled
+wait the gradient engine's probe tail is joined with (``spin_until``)."""
 
 import threading
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from ptycli import _pool, backend, host_fft, parallel
+from ptycli import backend, host_fft, parallel
 
 k = backend.kernels(np)
 pytestmark = pytest.mark.skipif(k is None, reason="needs Numba")
@@ -22,52 +23,43 @@ def test_spin_until_sees_a_value_stored_by_another_thread_and_stores_its_own():
     assert k.spin_until(flags.ctypes.data, 2, 10**9, 0, 0)  # 3 >= 2: seen, long before the tries run out
 
 
-def test_pool_runs_parts_on_other_threads_in_order_and_raises_their_errors():
-    pool = _pool.SpinPool(2, "test-part", k)
+def test_map_parts_runs_parts_on_other_threads_in_order_and_raises_their_errors():
     where = {}
 
     def fn(x):
-        where.setdefault(x, set()).add(threading.current_thread().name)
+        where.setdefault(x, set()).add(threading.current_thread().name.split("_")[0])
         if x == "bad":
             raise ValueError("part bad failed")
         return x * 2
 
     for _ in range(20):  # back to back, as groups run
-        assert pool.run(fn, [1, 2, 3]) == [2, 4, 6]
-    assert where == {1: {threading.current_thread().name}, 2: {"test-part-0"}, 3: {"test-part-1"}}
+        assert parallel.map_parts(fn, [1, 2, 3]) == [2, 4, 6]
+    assert where[1] == {threading.current_thread().name.split("_")[0]}  # the first part: the caller
+    assert where[2] == where[3] == {parallel._PART_THREAD}
     with pytest.raises(ValueError, match="part bad"):
-        pool.run(fn, [1, "bad"])
-    assert pool.run(fn, [5, 6]) == [10, 12]  # fewer parts than workers; still usable after an error
+        parallel.map_parts(fn, [1, "bad"])
+    assert parallel.map_parts(fn, [5, 6]) == [10, 12]  # still usable after an error
 
 
-def test_pool_wakes_workers_that_fell_asleep_and_waits_for_long_parts(monkeypatch):
-    monkeypatch.setattr(_pool, "SPIN_S", 1e-4)
-    pool = _pool.SpinPool(1, "test-sleepy", k)
-    pool.spins = 100  # spin briefly: every wait below ends asleep on the condition
-    assert pool.run(lambda x: x + 1, [1, 2]) == [2, 3]
-    time.sleep(0.05)  # the worker now sleeps
-    assert pool._sleepers == 1
-    slow = pool.run(lambda x: time.sleep(0.05) or x, ["caller", "worker"])  # the caller sleeps too
-    assert slow == ["caller", "worker"]
+def test_together_launches_run_at_once_or_not_at_all():
+    """Kernels that wait for one another need a thread each: while another caller's launches
+    hold the pool, ``together`` gives None (the caller's step-by-step path) instead of a wait
+    that would never end."""
+    count = k.counters(8)
 
+    def part(i, addr, value):
+        count[0] += 1
+        deadline = time.time() + 10
+        while count[0] < 2 and time.time() < deadline:  # a barrier: both must be running
+            time.sleep(0.001)
+        return int(count[0])
 
-def test_run_kernels_starts_the_callers_kernel_once_the_workers_kernel_signalled():
-    """Each kernel stores its signal as it starts (here: the spin kernel's store); the
-    caller's own call comes after every worker's signal, so its start time is later."""
-    pool = _pool.SpinPool(1, "test-kernels", k)
-    pool.enter_spins = pool.spins * 300  # ~1 s: on a loaded machine too, the caller waits for the signal
-    flag = np.zeros(8, dtype=np.int64)
-    started = {}
+    def prepare(i):
+        return parallel.Launch(part, (i,), lambda r: r)
 
-    def kernel(name, addr, value):
-        started[name] = time.perf_counter()
-        # the compiled call: stores the signal, then waits a little (never true: 0 >= 1)
-        k.spin_until(flag.ctypes.data, 1, 20000, addr, value)
-        return name
-
-    for _ in range(10):
-        assert pool.run_kernels([(kernel, ("caller",)), (kernel, ("worker",))]) == ["caller", "worker"]
-        assert started["worker"] <= started["caller"]
+    assert parallel.map_launches(prepare, [0, 1], together=True) == [2, 2]
+    with parallel._busy:
+        assert parallel.map_launches(prepare, [0, 1], together=True) is None
 
 
 def test_map_launches_finishes_every_part_on_the_caller_or_gives_way():

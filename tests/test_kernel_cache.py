@@ -82,3 +82,14 @@ def test_a_compile_waits_while_another_process_holds_the_compile_lock(tmp_path):
     end = float(next(line.split()[1] for line in out.splitlines() if line.startswith("end")))
     assert end >= released
     assert any(cache.rglob("*.nbi"))  # saved once the lock was free
+
+
+def test_the_lock_sits_beside_the_cache_it_guards(monkeypatch, tmp_path):
+    from ptycli._kernels import compile_guard
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert compile_guard.lock_path() == tmp_path / compile_guard.LOCK_NAME
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    if not os.access(KERNELS, os.W_OK):
+        pytest.skip("a read-only install: Numba and the lock fall back to the user's cache")
+    assert compile_guard.lock_path() == KERNELS / "__pycache__" / compile_guard.LOCK_NAME  # Numba's in-tree cache

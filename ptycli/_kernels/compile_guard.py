@@ -31,11 +31,17 @@ LOCK_NAME = "ptycli-numba-compile.lock"
 
 
 def lock_path() -> Path:
-    """The lock file: in NUMBA_CACHE_DIR when the user set one (processes that share a cache
-    share its lock), else in $XDG_CACHE_HOME/ptycli (~/.cache/ptycli)."""
+    """The lock file, beside the cache it guards (processes that share a cache share its lock):
+    in NUMBA_CACHE_DIR when the user set one; else in the kernels' own __pycache__, where Numba
+    keeps their code when it can write there; else in $XDG_CACHE_HOME/ptycli (~/.cache/ptycli),
+    per user like Numba's fallback."""
     chosen = os.environ.get("NUMBA_CACHE_DIR")
-    base = Path(chosen) if chosen else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli"
-    return base / LOCK_NAME
+    if chosen:
+        return Path(chosen) / LOCK_NAME
+    in_tree = Path(__file__).resolve().parent / "__pycache__"
+    if os.access(in_tree if in_tree.exists() else in_tree.parent, os.W_OK):
+        return in_tree / LOCK_NAME
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli" / LOCK_NAME
 
 
 class CompileLock(event.Listener):

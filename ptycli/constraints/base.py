@@ -123,8 +123,9 @@ def unwrap_phase(phase: Any) -> Any:
     # multislice object, every iteration of the kz filter).
     if _no_wraps(phase, xp):
         return phase
-    ext = xp.concatenate([phase, xp.flip(phase, axis=-2)], axis=-2)
-    ext = xp.concatenate([ext, xp.flip(ext, axis=-1)], axis=-1)
+    concat = getattr(xp, "concat", None) or xp.concatenate  # the array API's name, NumPy < 2's / CuPy's
+    ext = concat([phase, xp.flip(phase, axis=-2)], axis=-2)
+    ext = concat([ext, xp.flip(ext, axis=-1)], axis=-1)
     wrap = lambda d: (d + math.pi) % (2 * math.pi) - math.pi  # noqa: E731
     dy = wrap(xp.roll(ext, -1, axis=-2) - ext)
     dx = wrap(xp.roll(ext, -1, axis=-1) - ext)
@@ -132,12 +133,14 @@ def unwrap_phase(phase: Any) -> Any:
     uy, ux = freq2(ext.shape[-2:], xp, dtype="float64")
     lap = (2 * xp.cos(2 * math.pi * uy) - 2) + (2 * xp.cos(2 * math.pi * ux) - 2)
     lap[0, 0] = 1.0
-    spec = backend.fft2(div.astype(backend.complex_dtype_of(phase))) / lap.astype(phase.dtype)
+    # xp.astype / xp.real (not methods): array-API namespaces (CuPy's path) have no others
+    spec = backend.fft2(xp.astype(div, backend.complex_dtype_of(phase))) / xp.astype(lap, phase.dtype)
     spec[..., 0, 0] = 0
-    out = backend.ifft2(spec).real[..., :h, :w].astype(phase.dtype)
+    out = xp.astype(xp.real(backend.ifft2(spec))[..., :h, :w], phase.dtype)
     # The Poisson solve fixes the phase up to a constant: pick the one matching the input.
-    offset = backend.angle(xp.mean(xp.exp(1j * (phase - out)), axis=(-2, -1), keepdims=True))
-    return (out + offset).astype(phase.dtype)
+    offset = backend.angle(xp.mean(xp.exp(1j * xp.astype(phase - out, backend.complex_dtype_of(phase))),
+                                   axis=(-2, -1), keepdims=True))
+    return xp.astype(out + offset, phase.dtype)
 
 
 def _no_wraps(phase: Any, xp: Any) -> bool:

@@ -82,14 +82,16 @@ def kz_weight(uy: Any, ux: Any, uz: Any, beta: float, alpha: float = 0.0) -> Any
     """Wa(u) = [1 - (2/π) arctan((β|u_z|/sqrt(u_x²+u_y²+1e-3))²)] exp(-α(u_x²+u_y²)) (§7.9)."""
     xp = backend.namespace(uy, ux, uz)
     lateral2 = ux * ux + uy * uy
-    w = 1 - (2 / math.pi) * xp.arctan((beta * xp.abs(uz) / xp.sqrt(lateral2 + 1e-3)) ** 2)
+    atan = getattr(xp, "atan", None) or xp.arctan  # the array API's name, NumPy < 2's / CuPy's
+    w = 1 - (2 / math.pi) * atan((beta * xp.abs(uz) / xp.sqrt(lateral2 + 1e-3)) ** 2)
     return w * xp.exp(-alpha * lateral2)
 
 
 def _filter3(x: Any, wa: Any) -> Any:
     """Re F3⁻¹[Wa F3[x]] over (s, y, x) of a (Q, S, H, W) real array."""
-    cdtype = backend.complex_dtype_of(x)
-    return backend.ifftn(backend.fftn(x.astype(cdtype), axes=(-3, -2, -1)) * wa, axes=(-3, -2, -1)).real
+    xp = backend.namespace(x)
+    spectrum = backend.fftn(xp.astype(x, backend.complex_dtype_of(x)), axes=(-3, -2, -1))
+    return xp.real(backend.ifftn(spectrum * wa, axes=(-3, -2, -1)))
 
 
 def illumination_weight(illumination: Any, xp: Any) -> Any:
@@ -114,17 +116,18 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
     uz = backend.fftfreq(s, xp=xp, dtype="float64")[:, None, None]
     uy = backend.fftfreq(h, xp=xp, dtype="float64")[None, :, None]
     ux = backend.fftfreq(w, xp=xp, dtype="float64")[None, None, :]
-    wa = kz_weight(uy, ux, uz, params.beta, params.alpha).astype(rdtype)
+    wa = xp.astype(kz_weight(uy, ux, uz, params.beta, params.alpha), rdtype)
     amp = xp.abs(obj)
     delta_a = xp.zeros_like(amp)
     delta_phi = xp.zeros_like(amp)
     if params.part in ("amplitude", "both", "complex"):
         filtered = 1 + 0.9 * (_filter3(amp, wa) - 1)
-        delta_a = (filtered - amp).astype(rdtype)
+        delta_a = xp.astype(filtered - amp, rdtype)
     if params.part in ("phase", "both", "complex"):
         phi = unwrap_phase(backend.angle(obj))
-        delta_phi = (illumination_weight(ctx.illumination, xp) * (_filter3(phi, wa) - phi)).astype(rdtype)
-    return state.copy(object=(obj * (1 + delta_a) * xp.exp(1j * delta_phi)).astype(obj.dtype))
+        delta_phi = xp.astype(illumination_weight(ctx.illumination, xp) * (_filter3(phi, wa) - phi), rdtype)
+    rotation = xp.exp(1j * xp.astype(delta_phi, obj.dtype))
+    return state.copy(object=xp.astype(obj * (1 + xp.astype(delta_a, obj.dtype)) * rotation, obj.dtype))
 
 
 # ----------------------------------------------------------------------------- lateral low-pass

@@ -357,7 +357,7 @@ class EpieEngine(common.EngineBase):
         """Mean over the whole group of the per-position probe updates (B, P, M, N)."""
         xp, comm = self.ctx.xp, distributed.comm_of(self.ctx)
         if comm.size == 1:  # sequential ePIE: the mean of one update is that update
-            return d_probe[0] if d_probe.shape[0] == 1 else xp.mean(d_probe, axis=0)
+            return d_probe[0, ...] if d_probe.shape[0] == 1 else xp.mean(d_probe, axis=0)
         total = comm.allreduce_sum(xp.sum(d_probe, axis=0))
         return total / distributed.global_count(d_probe.shape[0], comm)
 

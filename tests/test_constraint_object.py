@@ -154,3 +154,15 @@ def test_kz_filter_leaves_a_one_slice_object_alone():
     st = _state(obj)
     out = co.kz_filter(st, co.KzFilterParams(beta=1.0, alpha=1.0), Context())
     np.testing.assert_array_equal(out.object, obj)
+
+
+def test_kz_filter_leaves_the_weak_object_modes_alone():
+    # the filter relaxes amplitudes towards 1 (a weak specimen's transmission); the second
+    # and further object modes are weak incoherent parts (amplitude ~0.05), not specimens
+    rng = np.random.default_rng(4)
+    main = _phase_obj(0.3 * rng.standard_normal((1, 4, 16, 16)))
+    weak = 0.05 * np.exp(1j * rng.uniform(0, 2 * np.pi, (1, 4, 16, 16)))
+    obj = np.concatenate([main, weak]).astype(np.complex64)
+    out = co.kz_filter(_state(obj, probe=np.ones((1, 8, 8), np.complex64)), co.KzFilterParams(), Context())
+    np.testing.assert_array_equal(out.object[1], obj[1])
+    assert not np.allclose(out.object[0], obj[0])

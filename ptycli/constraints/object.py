@@ -107,11 +107,15 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
     A one-slice object has no depth to regularise and is returned as it is, so that the
     multislice recipes can carry this filter whatever the state (the lateral damping alone
     is ``object_lowpass``'s job)."""
-    obj = state.object
-    xp = backend.namespace(obj)
-    _, s, h, w = obj.shape
+    full = state.object
+    xp = backend.namespace(full)
+    q, s, h, w = full.shape
     if s == 1:
         return state
+    # The first object mode only: the filter relaxes amplitudes towards 1, the transmission
+    # of a weak specimen, which the weak incoherent modes (amplitude ~0.05) are not; on them
+    # it kept two-mode LSQ-ML and ePIE from converging.
+    obj = full[:1, ...]
     rdtype = backend.real_dtype_of(obj)
     uz = backend.fftfreq(s, xp=xp, dtype="float64")[:, None, None]
     uy = backend.fftfreq(h, xp=xp, dtype="float64")[None, :, None]
@@ -127,7 +131,9 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
         phi = unwrap_phase(backend.angle(obj))
         delta_phi = xp.astype(illumination_weight(ctx.illumination, xp) * (_filter3(phi, wa) - phi), rdtype)
     rotation = xp.exp(1j * xp.astype(delta_phi, obj.dtype))
-    return state.copy(object=xp.astype(obj * (1 + xp.astype(delta_a, obj.dtype)) * rotation, obj.dtype))
+    first = xp.astype(obj * (1 + xp.astype(delta_a, obj.dtype)) * rotation, obj.dtype)
+    concat = getattr(xp, "concat", None) or xp.concatenate  # the array API's name, NumPy < 2's / CuPy's
+    return state.copy(object=first if q == 1 else concat([first, full[1:, ...]], axis=0))
 
 
 # ----------------------------------------------------------------------------- lateral low-pass

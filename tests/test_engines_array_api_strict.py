@@ -61,10 +61,6 @@ KNOWN_DIFFERENT: dict[tuple[str, str], str] = {
     **{("epie", v): _CONDITIONING for v in ("poisson", "positions")},
     **{("lsqml", v): _CONDITIONING for v in ("poisson", "positions")},
     **{("gradient", v): _CONDITIONING for v in ("poisson", "positions")},
-    # the recipe's kz filter (3-D FFT filter and per-slice unwrapping after each iteration)
-    # carried into ePIE's per-position updates: 3.2e-4 of the max after 2 iterations (bound
-    # 2e-4); the same pair without the filter (stage.0.constraints=[]) matches to rounding
-    ("epie", "multislice"): "kz filter rounding amplified by ePIE's sequential updates: 3.2e-4 (bound 2e-4)",
 }
 # Pairs that diverge on this case (xfail, not strict): none since ePIE's intensity model
 # projects with the amplitude model's ℓ' (tests/test_epie_intensity.py).

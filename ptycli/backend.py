@@ -148,6 +148,13 @@ def angle(z: Any) -> Any:
     return xp.angle(z) if hasattr(xp, "angle") else xp.atan2(xp.imag(z), xp.real(z))
 
 
+def concat(arrays: list[Any], axis: int = 0) -> Any:
+    """Join arrays of one namespace along ``axis`` (the array API's ``concat``, NumPy < 2's
+    and CuPy's ``concatenate``)."""
+    xp = namespace(*arrays)
+    return (getattr(xp, "concat", None) or xp.concatenate)(arrays, axis=axis)
+
+
 def is_complex(x: Any) -> bool:
     """Whether ``x`` has a complex dtype, in any namespace (the array API has no iscomplexobj)."""
     return str(x.dtype).rsplit(".", 1)[-1].startswith("complex")

@@ -108,6 +108,15 @@ def propagate(psi: Any, h: Any) -> Any:
     return backend.ifft2(backend.fft2(psi) * h)
 
 
+def mirror_extend(x: Any) -> Any:
+    """The (…, 2H, 2W) half-sample symmetric extension of (…, H, W) images: x, then x
+    mirrored along y below it, the pair mirrored along x beside it (a periodic FFT of it
+    has Neumann boundaries: the DCT-II and the Poisson solve of ``unwrap_phase``)."""
+    xp = backend.namespace(x)
+    ext = backend.concat([x, xp.flip(x, axis=-2)], axis=-2)
+    return backend.concat([ext, xp.flip(ext, axis=-1)], axis=-1)
+
+
 def unwrap_phase(phase: Any) -> Any:
     """Least-squares 2-D phase unwrapping on the backend (Ghiglia & Romero 1994).
 
@@ -123,9 +132,7 @@ def unwrap_phase(phase: Any) -> Any:
     # multislice object, every iteration of the kz filter).
     if _no_wraps(phase, xp):
         return phase
-    concat = getattr(xp, "concat", None) or xp.concatenate  # the array API's name, NumPy < 2's / CuPy's
-    ext = concat([phase, xp.flip(phase, axis=-2)], axis=-2)
-    ext = concat([ext, xp.flip(ext, axis=-1)], axis=-1)
+    ext = mirror_extend(phase)
     wrap = lambda d: (d + math.pi) % (2 * math.pi) - math.pi  # noqa: E731
     dy = wrap(xp.roll(ext, -1, axis=-2) - ext)
     dx = wrap(xp.roll(ext, -1, axis=-1) - ext)

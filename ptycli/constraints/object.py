@@ -13,7 +13,7 @@ from pydantic import Field
 
 from .. import backend
 from .base import (
-    ConstraintParams, ConstraintSpec, Context, Part, filter_part, freq2, propagate_probe, relaxed, unwrap_phase,
+    ConstraintParams, ConstraintSpec, Context, Part, filter_part, freq2, mirror_extend, propagate_probe, relaxed, unwrap_phase,
 )
 
 
@@ -132,8 +132,7 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
         delta_phi = xp.astype(illumination_weight(ctx.illumination, xp) * (_filter3(phi, wa) - phi), rdtype)
     rotation = xp.exp(1j * xp.astype(delta_phi, obj.dtype))
     first = xp.astype(obj * (1 + xp.astype(delta_a, obj.dtype)) * rotation, obj.dtype)
-    concat = getattr(xp, "concat", None) or xp.concatenate  # the array API's name, NumPy < 2's / CuPy's
-    return state.copy(object=first if q == 1 else concat([first, full[1:, ...]], axis=0))
+    return state.copy(object=first if q == 1 else backend.concat([first, full[1:, ...]], axis=0))
 
 
 # ----------------------------------------------------------------------------- lateral low-pass
@@ -169,8 +168,7 @@ def dct_threshold_2d(x: Any, keep: float) -> Any:
     """
     xp = backend.namespace(x)
     h, w = x.shape[-2:]
-    ext = xp.concatenate([x, xp.flip(x, axis=-2)], axis=-2)
-    ext = xp.concatenate([ext, xp.flip(ext, axis=-1)], axis=-1)
+    ext = mirror_extend(x)
     spec = backend.fft2(ext.astype(backend.complex_dtype_of(x)))
     # Rank as the orthonormal DCT does: its k = 0 row and column are scaled by 1/sqrt(2).
     rank = xp.abs(spec) * _dc_scale(2 * h, xp)[:, None] * _dc_scale(2 * w, xp)[None, :]

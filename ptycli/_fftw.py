@@ -27,6 +27,7 @@ import hashlib
 import os
 import pickle
 import platform
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -49,14 +50,36 @@ def available() -> bool:
     if _pyfftw is None:
         try:
             quiet_openmp()
-            import pyfftw  # noqa: PLC0415  (optional dependency)
-
-            _pyfftw = pyfftw
+            _pyfftw = _import_pyfftw()
         except Exception:
             _pyfftw = False
         else:
             _read_wisdom(wisdom_path())
     return bool(_pyfftw)
+
+
+# What ``import pyfftw`` pulls in through pyfftw.interfaces when installed: its optional
+# scipy.fftpack and dask wrappers, imported inside ``try: ... except ImportError``. ptycli
+# uses only FFTW objects, and those two cost 1.2-1.5 CPU-s of a 4 s reconstruct start
+# (dask.array brings jinja2, pandas and xarray's coders with it).
+_PYFFTW_OPTIONAL = ("dask.array", "scipy.fftpack")
+
+
+def _import_pyfftw() -> Any:
+    """``import pyfftw`` without its unused optional wrappers: a module that is not loaded
+    yet is marked absent (``sys.modules[name] = None``, the import system's documented
+    "not importable" entry) for the duration of the import, then unmarked, so code that
+    imports dask.array or scipy.fftpack later gets the real module."""
+    hidden = [name for name in _PYFFTW_OPTIONAL if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import pyfftw  # noqa: PLC0415  (optional dependency)
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return pyfftw
 
 
 def wisdom_path() -> str | None:

@@ -71,3 +71,23 @@ def test_a_corrupt_wisdom_file_is_ignored_and_replaced(tmp_path):
     wisdom.write_bytes(b"not a pickle")
     _transform_in_child(tmp_path, "corrupt", {"PTYCLI_FFTW_WISDOM": str(wisdom)})
     assert isinstance(pickle.loads(wisdom.read_bytes()), tuple)
+
+
+_IMPORT_CHILD = """
+import sys
+from ptycli import _fftw
+assert _fftw.available()
+print(sorted(n for n in ("dask.array", "scipy.fftpack") if n in sys.modules))
+print([n for n, m in sys.modules.items() if m is None and n.startswith(("dask", "scipy"))])
+import scipy.fftpack  # still importable afterwards: the absent-marks are gone
+print(scipy.fftpack.__name__)
+"""
+
+
+def test_pyfftw_is_imported_without_its_dask_and_scipy_wrappers():
+    """The start of every CPU reconstruct: pyfftw.interfaces would import dask.array and
+    scipy.fftpack (1.2-1.5 CPU-s); neither is loaded by ptycli's import of pyfftw, and both
+    stay importable."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_CHILD], check=True, timeout=120, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out == ["[]", "[]", "scipy.fftpack"]

@@ -89,3 +89,26 @@ def test_stop_ends_a_run_still_going(tmp_path, monkeypatch):
     sweep.write_results([r], tmp_path / "R", "test")
     assert "| s | stopped |" in (tmp_path / "R.md").read_text()
     assert sweep.hhmm_utc("00:00") <= time.time()
+
+
+def test_merge_makes_one_table_of_a_sweep_split_in_parts(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    for name, scan in (("big", 8), ("small", 2)):
+        (corpus / name).mkdir(parents=True)
+        (corpus / name / "meta.json").write_text(json.dumps({"scan_shape": [scan, scan], "detector_shape": [4, 4]}))
+
+    def part(name: str, runs: list[tuple[str, str, int]]) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"note": f"note {name}", "runs": [
+            {"set": s, "recipe": r, "exit": e, "iterations": 3} for s, r, e in runs]}))
+        return path
+
+    a = part("a", [("big", "tilted-multislice", 6), ("small", "tilted-multislice", 0)])
+    b = part("b", [("big", "single-slice", 0), ("big", "tilted-multislice", 0)])  # reruns big/tilted
+    assert sweep.main(["--merge", str(a), str(b), "--corpus", str(corpus), "--out", str(tmp_path / "R"),
+                       "--note", "at abc123"]) == 0
+    md = (tmp_path / "R.md").read_text()
+    assert "3 runs, 0 divergences (exit 6)" in md and "2 sweeps merged; a: note a; b: note b; at abc123" in md
+    # cheapest set first, recipes in the sweep's order (single-slice before tilted-multislice)
+    assert "| set | single-slice | tilted-multislice |" in md
+    assert md.index("| small |  | 0 @3 |") < md.index("| big | 0 @3 | 0 @3 |")

@@ -2,7 +2,7 @@
 
     python benchmarks/corpus/sweep.py [--corpus DIR] [--work DIR] [--sets a,b] [--recipes a,b]
         [--jobs 2] [--iterations N] [--timeout-s S] [--deadline HH:MM] [--stop HH:MM]
-        [--out benchmarks/RESULTS_divergence]
+        [--out benchmarks/RESULTS_divergence] [--note TEXT] [--merge A.json B.json ...]
 
 Per set, `ptycli preprocess` and `ptycli init` run once with the arguments of the set's
 meta.json (`ptycli_preprocess_args`, `ptycli_init_args`) and are cached in the work dir
@@ -16,7 +16,9 @@ the back-offs (the store's history attrs), final loss, Pearson correlation and s
 score.py, wall time. `--iterations N` caps only the recipes whose default total exceeds N (the
 table says so); `--deadline` leaves later runs "not run" rather than overrunning, and `--stop`
 ends a run still going at that time (recorded as "stopped"). Cheapest sets
-and recipes run first. Results: OUT.json and OUT.md (a set x recipe table of exit code / corr).
+and recipes run first. Results: OUT.json and OUT.md (a set x recipe table of exit code / corr);
+`--note` adds to the table's header line (e.g. the commit the runs used). `--merge` runs nothing:
+it writes OUT from the runs of several sweeps' JSON files (a sweep split in parts: one table).
 """
 
 from __future__ import annotations
@@ -48,9 +50,14 @@ MIXED_STATE_MODES = 4
 NUMERICAL = 6  # ptycli/errors.py ExitCode.NUMERICAL
 
 
+def recipe_rank(recipe: str) -> int:
+    """Where ``recipe`` runs (and stands in the table): RECIPE_ORDER, others after it."""
+    return RECIPE_ORDER.index(recipe) if recipe in RECIPE_ORDER else len(RECIPE_ORDER)
+
+
 def shipped_recipes() -> list[str]:
     names = {p.stem for p in (REPO / "recipes").glob("*.toml")} | {"auto"}
-    return sorted(names, key=lambda n: (RECIPE_ORDER.index(n) if n in RECIPE_ORDER else len(RECIPE_ORDER), n))
+    return sorted(names, key=lambda n: (recipe_rank(n), n))
 
 
 def default_iterations(recipe: str) -> int | None:
@@ -210,6 +217,23 @@ def cell(r: dict[str, Any]) -> str:
     return f"{r['exit']}{corr}{its}" + (f" ({flags})" if flags else "")
 
 
+def merged_runs(parts: list[Path], corpus: Path) -> tuple[list[dict[str, Any]], str]:
+    """The runs of several sweeps' OUT.json files (a later file's run of a pair replaces an earlier
+    one), cheapest set first, and a note naming each file's own note."""
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    notes = []
+    for part in parts:
+        doc = json.loads(part.read_text())
+        notes.append(f"{part.stem}: {doc['note']}")
+        runs.update({(r["set"], r["recipe"]): r for r in doc["runs"]})
+
+    def cost(name: str) -> float:
+        return set_cost(corpus / name) if (corpus / name / "meta.json").exists() else float("inf")
+
+    order = sorted(runs.values(), key=lambda r: (cost(r["set"]), r["set"], recipe_rank(r["recipe"])))
+    return order, f"{len(parts)} sweeps merged; " + "; ".join(notes)
+
+
 def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
     ran = [r for r in results if r.get("exit") is not None]
     div = sum(r["exit"] == NUMERICAL for r in ran)
@@ -220,7 +244,7 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "note": note, "runs": results}, indent=1,
                                                    default=str) + "\n")
     sets = list(dict.fromkeys(r["set"] for r in results))
-    recipes = list(dict.fromkeys(r["recipe"] for r in results))
+    recipes = sorted(dict.fromkeys(r["recipe"] for r in results), key=recipe_rank)
     by = {(r["set"], r["recipe"]): r for r in results}
     lines = ["# Divergence sweep: corpus x shipped recipes (issue 22)", "",
              f"Made by `python benchmarks/corpus/sweep.py` ({note}). Cell: exit code / Pearson correlation "
@@ -263,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true",
                     help="keep the runs of OUT.json that ended with exit 0 or 6 (their own iterations); run the others")
     ap.add_argument("--report", action="store_true", help="only rewrite OUT.md from OUT.json")
+    ap.add_argument("--note", help="added to the table's header line (e.g. the commit the runs used)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="run nothing: write OUT from the runs of these sweeps' OUT.json files")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs, note = merged_runs(args.merge, args.corpus)
+        print(write_results(runs, args.out, note + (f"; {args.note}" if args.note else "")))
+        return 0
     if args.report:
         doc = json.loads(args.out.with_suffix(".json").read_text())
         print(write_results(doc["runs"], args.out, doc["note"]))
@@ -292,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     note = f"{len(sets)} sets, {len(recipes)} recipes, {args.jobs} runs at a time, 1 thread each"
     if args.iterations:
         note += f", iterations capped at {args.iterations}"
+    if args.note:
+        note += f", {args.note}"
     if args.keep:
         note += " (runs kept from an earlier sweep: their caps in the iterations table)"
     lock = threading.Lock()

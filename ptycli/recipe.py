@@ -171,9 +171,21 @@ class Constraint(BaseModel):
         return {k: v for k, v in (self.model_extra or {}).items()}
 
 
+class Converge(_Model):
+    """A stage ends once its loss has stopped falling: the mean relative decrease per
+    iteration over the last ``window`` iterations, (L[i-w] - L[i]) / (w·L[i]), is below
+    ``loss_change`` (docs/recipes.md). Decided from the stored loss history alone, so a
+    resumed run stops where an uninterrupted one does."""
+
+    loss_change: float = Field(gt=0, lt=1, description="relative loss decrease per iteration below which the stage ends")
+    window: StrictInt = Field(5, ge=1, le=1000, description="iterations the decrease is averaged over")
+    after: StrictInt = Field(0, ge=0, le=MAX_ITERATIONS, description="never before this stage iteration")
+
+
 class _Stage(_Model):
     # StrictInt throughout: a TOML `true` is not a count (lax ints would read it as 1)
     iterations: StrictInt = Field(10, ge=0, le=MAX_ITERATIONS)
+    converge: Converge | None = Field(None, description="end the stage early once its loss stops falling")
     noise: Noise = Field(default_factory=Noise)
     grouping: Grouping = Field(default_factory=Grouping)
     refine: Refine = Field(default_factory=Refine)

@@ -21,7 +21,7 @@ from .options import (
     positive,
     read_path_arg,
 )
-from .output import Progress, handle_errors, note_kernel_compile, result, warn
+from .output import Progress, handle_errors, log, note_kernel_compile, result, warn
 
 RUN = "Run control"
 
@@ -46,6 +46,11 @@ class ProgressObserver:
 
     def on_iteration_end(self, stage: int, iteration: int, loss: float, time_s: float) -> None:
         self.bar.update(1, stage=stage, loss=loss, its=1.0 / max(time_s, 1e-9))
+
+    def on_stage_stopped(self, stage: int, iteration: int, skipped: int, reason: str) -> None:
+        # the bar counts the skipped iterations as done: its total stays the recipe's
+        self.bar.update(skipped)
+        log(f"stage {stage} ended at iteration {iteration}: {reason}")
 
     def on_backoff(self, stage: int, iteration: int, scale: float, reason: str) -> None:
         # the loop reports once per stage; every retry is in the output's history attrs

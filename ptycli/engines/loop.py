@@ -140,7 +140,9 @@ def _run_stage(si: int, stage: Any, engine: Any, state: Any, subset: np.ndarray,
     for it in range(cursor.iteration if cursor.stage == si else 0, stage.iterations):
         # Checked before the iteration (not after) so a run resumed from a checkpoint taken
         # at the stopping iteration stops at the same place and records it once.
-        if _early_stop(history, si, it, hooks.early_stop_patience):
+        if _early_stop(history, si, it, hooks.early_stop_patience) or _converged(history, si, it, stage):
+            why = next((r["reason"] for r in history.early_stop if r.get("stage") == si), "")
+            emit(hooks.observers, "on_stage_stopped", si, it, stage.iterations - it, why)
             break
         resuming = cursor.stage == si and cursor.iteration == it and cursor.rng_state is not None
         if resuming:
@@ -316,6 +318,33 @@ def _early_stop(history: History, si: int, it: int, patience: int) -> bool:
             "stage": si, "iteration": it, "best_iteration": best, "best_validation_loss": values[best],
             "reason": f"validation loss did not improve for {patience} iterations "
                       f"(best {values[best]:.6g} at stage iteration {best})"})
+    return True
+
+
+def _converged(history: History, si: int, it: int, stage: Any) -> bool:
+    """True (and recorded once) when stage ``si``'s loss fell by less than
+    ``stage.converge.loss_change`` per iteration, relative and averaged over the last
+    ``window`` iterations; from the history alone, so resume stays exact. Why: a stage
+    whose loss is flat only spends time, and on counted data it slowly fits the noise
+    (abTEM graphene, LSQ-ML: correlation 0.939 at 10 iterations, 0.935 at 30, loss flat
+    within 0.1 % from iteration 1)."""
+    rule = getattr(stage, "converge", None)
+    if rule is None or it < max(rule.after, rule.window):
+        return False
+    values = [v for s, v in zip(history.stage, history.loss) if s == si]
+    if len(values) <= rule.window:
+        return False
+    old, new = values[-1 - rule.window], values[-1]
+    if not (math.isfinite(old) and math.isfinite(new)) or new <= 0:
+        return False
+    rate = (old - new) / (rule.window * new)
+    if rate >= rule.loss_change:
+        return False
+    if not any(rec.get("stage") == si for rec in history.early_stop):
+        history.early_stop.append({
+            "stage": si, "iteration": it, "reason": f"converged: the loss changed {-100 * rate:+.2g} % per iteration "
+                                                    f"over the last {rule.window} (a fall under "
+                                                    f"{100 * rule.loss_change:g} % ends the stage)"})
     return True
 
 

@@ -475,7 +475,9 @@ def _finish(writer: StoreWriter, st: State, history: loop.History, rec: Recipe, 
     path = writer.finalize()
     return {"output": str(path), "status": "complete", "iterations": len(history.loss),
             "final_loss": history.loss[-1] if history.loss else None, "time_s": total_s,
-            "positions_refined": len(subset), "stages": stages, **_validation_summary(history, held_out)}
+            "positions_refined": len(subset), "stages": stages,
+            **({"early_stop": history.early_stop} if history.early_stop else {}),
+            **_validation_summary(history, held_out)}
 
 
 def _validation_summary(history: loop.History, held_out: np.ndarray) -> dict[str, Any]:

@@ -517,8 +517,8 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     monkeypatch.setattr(common, "MIN_PART_ELEMENTS", 1)
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     counted = _count_transforms(monkeypatch)
-    with_terms = []  # each part call's do_pos (LSQ-ML's one slice: its group launch runs the part)
-    for name in ("single_slice_part", "lsqml_group_part") if slices == 1 else ("multislice_part",):
+    with_terms = []  # each part call's do_pos
+    for name in ("single_slice_part",) if slices == 1 else ("multislice_part",):
         real = getattr(_kernels, name)
         where = list(inspect.signature(real.py_func).parameters).index("do_pos")
         monkeypatch.setattr(_kernels, name, lambda *a, _k=real, _i=where: with_terms.append(a[_i]) or _k(*a))

@@ -1,6 +1,5 @@
-"""LSQ-ML's group as launches of threads that wait for each other at barriers: the whole
-group (``_kernels.lsqml_group_part``) or what follows phase 1 (``lsqml_tail_part``:
-direction, step terms, steps, object step).
+"""LSQ-ML's group after phase 1 as a launch of threads that wait for each other at barriers
+(``_kernels.lsqml_tail_part``: direction, step terms, steps, object step).
 
 Oracle: the same run step by step (both off: phase 1, the direction, the terms kernels, the
 steps and the object step as separate calls). Every pixel and position goes through the
@@ -45,20 +44,15 @@ def _run(kind, refine, modes=1):
     ("sparse", {"object": True, "probe": True}, 2, 3),  # two probe modes, three threads
     ("sparse", {"object": True, "probe": True}, 1, 1),  # one thread: its barriers pass at once
 ])
-@pytest.mark.parametrize("launch", ["group", "tail"])
-def test_barrier_launches_match_the_step_by_step_path(kind, refine, modes, parts, launch, monkeypatch):
+def test_barrier_launches_match_the_step_by_step_path(kind, refine, modes, parts, monkeypatch):
     _on_fftw_kernels(monkeypatch)
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(parts, b))
     k = backend.kernels(np)
     launched = []
-    name = "lsqml_group_part" if launch == "group" else "lsqml_tail_part"
-    real = getattr(k, name)
-    monkeypatch.setattr(k, name, lambda *a: launched.append(a[1]) or real(*a))
-    if launch == "tail":
-        monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_group", lambda self, *a: None)
+    real = k.lsqml_tail_part
+    monkeypatch.setattr(k, "lsqml_tail_part", lambda *a: launched.append(a[1]) or real(*a))
     fused = _run(kind, refine, modes)
     assert sorted(set(launched)) == list(range(parts))  # every thread ran its share
-    monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_group", lambda self, *a: None)
     monkeypatch.setattr(lsqml.LsqmlEngine, "_kernel_tail", lambda self, *a: None)
     steps = _run(kind, refine, modes)
     _close(fused.object, steps.object, rtol=1e-5)
@@ -74,9 +68,8 @@ def test_tail_is_not_launched_where_its_threads_could_not_run_together(monkeypat
     monkeypatch.setattr(common, "n_parts", lambda ctx, b, e=1: min(2, b))
     k = backend.kernels(np)
     launched = []
-    for name in ("lsqml_tail_part", "lsqml_group_part"):
-        real = getattr(k, name)
-        monkeypatch.setattr(k, name, lambda *a, real=real: launched.append(a[1]) or real(*a))
+    real = k.lsqml_tail_part
+    monkeypatch.setattr(k, "lsqml_tail_part", lambda *a: launched.append(a[1]) or real(*a))
     with parallel._busy:
         _run("sparse", {"object": True, "probe": True})
     assert not launched

@@ -36,7 +36,7 @@ from .single_slice import (
     _barrier,
     _fft_planes,
     _fft_planes_scaled,
-    _like,
+    copy_flat,
     _position_curvature_sums,
     _position_gradient_sums,
     _probe_step,
@@ -51,7 +51,7 @@ from .single_slice import (
 )
 
 # sha256 of single_slice.py, first 16 hex digits (tests/test_kernel_cache.py says the new one)
-INLINED_DIGEST = "44f9d7bd77d9da0d"
+INLINED_DIGEST = "069ee96245b5db4b"
 
 
 @nb.njit(**_JIT)
@@ -218,7 +218,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
     n_slices = obj.shape[1]
     n_p, nq, m, n = far.shape
     s2 = s * s
-    zero = _like(0, loss)
+    zero = loss.dtype.type(0)
     per_position_h = h.shape[0] > 1
     if do_num:
         num[...] = 0
@@ -287,7 +287,7 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
         if nq == 1:
             gp = far.reshape((1, n_p, m, n))
         else:
-            _sum_object_modes(far, g_sum, _like(1, loss))
+            _sum_object_modes(far, g_sum, loss.dtype.type(1))
             gp = g_sum.reshape((1, n_p, m, n))
         if keep_probe:
             kept = g_psi1[b].reshape(-1)
@@ -326,7 +326,7 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
     nb_ = frac.shape[0]
     n_slices, nq, m, n = g_patches.shape[1:]
     n_p = shifted.shape[1]
-    zero = _like(0, t1[0, 0])
+    zero = t1[0, 0].dtype.type(0)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
         if use_obj:
@@ -354,7 +354,7 @@ def lsqml_terms_multi_part(execute, plan_b, dp_k, frac, s, d_obj, y0, x0, g_patc
             out_probe[b, 0] = -0.5 * num
             out_probe[b, 1] = den
     if dp_out.shape[0] > 0:
-        dp_out[...] = dp_k
+        copy_flat(dp_out.reshape(-1), dp_k.reshape(-1))
         _fft_planes_scaled(execute, plan_b, dp_out, s)
     return out_obj
 
@@ -383,8 +383,8 @@ def _slice_epie(obj, sl, yb, xb, psi, e, beta, gamma, d_obj, to_wave, tmp):
     e (P, Q, M, N) becomes ψ + Δψ (``to_wave``: the wave the slice before must have made) or
     Δψ itself (the first slice: the probe's update). psi (P, Q|1, M, N)."""
     nq, m = e.shape[1], e.shape[2]
-    w_max = _like(0, tmp)
-    t_max = _like(0, tmp)
+    w_max = tmp.dtype.type(0)
+    t_max = tmp.dtype.type(0)
     for q in range(nq):
         w_q, t_q = _slice_epie_maxes(obj, sl, yb, xb, psi, q, 0, m, tmp)
         w_max = max(w_max, w_q)
@@ -399,8 +399,8 @@ def _slice_epie_maxes(obj, sl, yb, xb, psi, q, r0, r1, tmp):
     two denominators, taken over part of the rows (a thread's share; 0 for no rows)."""
     n = tmp.shape[0]
     qi = 0 if psi.shape[1] == 1 else q
-    w_max = _like(0, tmp)
-    t_max = _like(0, tmp)
+    w_max = tmp.dtype.type(0)
+    t_max = tmp.dtype.type(0)
     for y in range(r0, r1):
         _mode_power_row(psi, qi, y, tmp)
         w_max = max(w_max, _row_max(tmp, n))
@@ -459,9 +459,9 @@ def _tilt_sums(g_k, w_k, ky, kx, qy, qx):
             for y in range(m):
                 grow = g_k[p, q, y]
                 wrow = w_k[p, q, y]
-                ry = _like(0, kx)
-                rx = _like(0, kx)
-                rq = _like(0, kx)
+                ry = kx.dtype.type(0)
+                rx = kx.dtype.type(0)
+                rq = kx.dtype.type(0)
                 for x in range(n):  # float32 row sums (they vectorise), float64 over rows
                     im = (grow[x].conjugate() * wrow[x]).imag
                     ry += im
@@ -493,15 +493,15 @@ def _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, 
     M, N) holding Δψ_1 of every mode pair and the first slice's windows not yet updated;
     ψ_1 = first (P, 1, M, N). g_k, psi_k (1, P, M, N) scratch, planes aligned as planned."""
     n_p, nq, m, n = far.shape
-    t_max = _like(0, uy)
+    t_max = uy.dtype.type(0)
     for q in range(nq):
         for y in range(m):
             orow = obj[q, 0, yb + y, xb:xb + n]
             for x in range(n):
                 v = orow[x]
                 t_max = max(t_max, v.real * v.real + v.imag * v.imag)
-    scale = _like(-2.0, uy) * t_max / beta
-    inv_q = _like(1.0 / nq, uy)
+    scale = uy.dtype.type(-2.0) * t_max / beta
+    inv_q = uy.dtype.type(1.0 / nq)
     for p in range(n_p):
         for y in range(m):
             grow = g_k[0, p, y]
@@ -581,7 +581,7 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
         if nq == 1:
             step = far.reshape((1, n_p, m, n))
         else:  # the probe's update: the mean over the object modes
-            _sum_object_modes(far, g_sum, _like(1.0 / nq, tmp))
+            _sum_object_modes(far, g_sum, tmp.dtype.type(1.0 / nq))
             step = g_sum.reshape((1, n_p, m, n))
         _probe_step(execute, plan_f, plan_b, probe_k, step, fb, s, probe_out)
     return loss
@@ -728,7 +728,7 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
                 step = _pair(far, p, 0)
             else:  # the mean over the object modes
                 step = g_sum[p].reshape((1, 1, m, n))
-                _sum_object_modes(far[p].reshape((1, nq, m, n)), step[0], _like(1.0 / nq, tmp))
+                _sum_object_modes(far[p].reshape((1, nq, m, n)), step[0], tmp.dtype.type(1.0 / nq))
             _probe_step(execute, plan_f, plan_b, probe_k[p].reshape((1, m, n)), step, fb, s,
                         probe_out[p].reshape((1, m, n)))
     return loss

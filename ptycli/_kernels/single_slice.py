@@ -70,14 +70,12 @@ def real_scalar(value: float, like: np.ndarray) -> np.generic:
 
 
 @nb.njit(**_JIT)
-def _like(value, arr):
-    """``value`` in the dtype of ``arr``. Numba types int and float literals as int64 and
-    float64, and one of them in a float32 expression made the whole loop double precision
-    (found in the assembly: Adam ran at 8 ns per pixel in float64, ePIE's update multiplied
-    complex128)."""
-    t = np.empty(1, dtype=arr.dtype)
-    t[0] = value
-    return t[0]
+def copy_flat(dst, src):
+    """dst[:] = src for two 1-D arrays of one size (callers pass ``a.reshape(-1)``: one
+    signature), element by element: the slice assignment's shape-mismatch error drags
+    Numba's string formatting into the first compilation (~5 CPU-s of a cold run, measured)."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
 
 
 @nb.njit(**_JIT)
@@ -99,15 +97,16 @@ def _ramp_line(out, f, n, sign, scale):
 
 
 @nb.njit(**_JIT)
-def _ramps(frac, m, n, sign, like, scale=1.0):
-    """Separable shift ramps exp(sign 2πi u f): (B, M) and (B, N) in the dtype of ``like``,
-    the first times ``scale`` (a factor of the product for free: e.g. an FFT's 1/sqrt(MN))."""
+def _ramps(frac, m, n, sign, like, scale):
+    """Separable shift ramps exp(sign 2πi u f): (B, M) and (B, N) in the dtype of ``like``
+    (a 1-D array: callers pass ``spec.reshape(-1)``, one signature for every rank), the first times ``scale`` (a factor of the product for free: e.g. an FFT's 1/sqrt(MN))."""
     nb_ = frac.shape[0]
     ey = np.empty((nb_, m), dtype=like.dtype)
     ex = np.empty((nb_, n), dtype=like.dtype)
     for b in range(nb_):
-        _ramp_line(ey[b], float(frac[b, 0]), m, sign, float(scale))
-        _ramp_line(ex[b], float(frac[b, 1]), n, sign, 1.0)
+        # float64 arguments whatever the data's precision: one signature (float() keeps float32)
+        _ramp_line(ey[b], np.float64(frac[b, 0]), m, np.float64(sign), np.float64(scale))
+        _ramp_line(ex[b], np.float64(frac[b, 1]), n, np.float64(sign), np.float64(1.0))
     return ey, ex
 
 
@@ -118,7 +117,7 @@ def ramp_product(spec, frac, sign, scale, out):
     A kernel of its own rather than a product with a broadcast spectrum: the stride-0
     read-only view compiled to a loop measured 3x slower (0.25 vs 0.7-0.8 ms for 32 x 128²)."""
     nb_, n_p, m, n = out.shape
-    ey, ex = _ramps(frac, m, n, sign, spec, scale)
+    ey, ex = _ramps(frac, m, n, sign, spec.reshape(-1), scale)
     for b in range(nb_):
         exb = ex[b]
         for p in range(n_p):
@@ -138,7 +137,7 @@ def ramp_multiply(spec, frac, sign, scale):
     In place by design, not through an ``out`` that may be ``spec``: an output aliasing the
     input fails LLVM's run-time overlap check and the loop runs scalar (measured 3x slower)."""
     nb_, n_p, m, n = spec.shape
-    ey, ex = _ramps(frac, m, n, sign, spec, scale)
+    ey, ex = _ramps(frac, m, n, sign, spec.reshape(-1), scale)
     for b in range(nb_):
         exb = ex[b]
         for p in range(n_p):
@@ -157,7 +156,7 @@ def ramp_accumulate(spec, frac, sign, scale, acc, copy_to):
     copy_to = the new acc in the same pass. ``ramp_multiply`` and a sum fused: one pass over
     the planes instead of two (the products and their rounding are the same)."""
     n_p, m, n = acc.shape
-    ey, ex = _ramps(frac, m, n, sign, spec, scale)
+    ey, ex = _ramps(frac, m, n, sign, spec.reshape(-1), scale)
     exb = ex[0]
     copy = copy_to.shape[0] > 0
     for p in range(n_p):
@@ -178,7 +177,7 @@ def ramp_accumulate(spec, frac, sign, scale, acc, copy_to):
 def ramp_sum(spec, frac, sign, out):
     """out[p] = Σ_b spec[b, p] · exp(sign 2πi(u_y f_y + u_x f_x)) for spec (B, P, M, N)."""
     nb_, n_p, m, n = spec.shape
-    ey, ex = _ramps(frac, m, n, sign, spec)
+    ey, ex = _ramps(frac, m, n, sign, spec.reshape(-1), 1.0)
     out[...] = 0
     for b in range(nb_):
         exb = ex[b]
@@ -196,7 +195,7 @@ def ramp_sum(spec, frac, sign, out):
 def object_step_row(drow, power, gamma, w_max):
     """drow /= the ePIE object step's denominator, in place: max Σ_p|ψ|² (gamma ≤ 0), or
     rPIE's (1-γ)Σ_p|ψ|² + γ max with ``power`` = Σ_p|ψ|² of the row (gamma > 0)."""
-    one = _like(1, power)
+    one = power.dtype.type(1)
     if gamma > 0:
         for x in range(drow.shape[0]):
             drow[x] = drow[x] / ((one - gamma) * power[x] + gamma * w_max)
@@ -238,11 +237,11 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     # its input fails LLVM's run-time overlap check and that loop would run scalar)
     in_place = out.ctypes.data == psi.ctypes.data
     f = np.empty(n, dtype=loss.dtype)
-    zero = _like(0, f)
-    one = _like(1, f)
-    two = _like(2, f)
-    shift = _like(ANSCOMBE_SHIFT, f)
-    weight = _like(INTENSITY_WEIGHT, f)
+    zero = f.dtype.type(0)
+    one = f.dtype.type(1)
+    two = f.dtype.type(2)
+    shift = f.dtype.type(ANSCOMBE_SHIFT)
+    weight = f.dtype.type(INTENSITY_WEIGHT)
     # model 5: the window's intensities, made once for β's Newton steps and the pass below
     inten = np.empty((m, n) if model == 5 else (1, 1), dtype=loss.dtype)
     for b in range(nb_):
@@ -321,12 +320,12 @@ def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
     (u = 1 + β r floored at 1e-3)."""
     m, n = data_b.shape
     f = inten[0]
-    one = _like(1, f)
-    two = _like(2, f)
-    floor = _like(1e-3, f)
-    zero = _like(0, f)
-    tiny = _like(1e-30, f)
-    beta = _like(0.5, f)
+    one = f.dtype.type(1)
+    two = f.dtype.type(2)
+    floor = f.dtype.type(1e-3)
+    zero = f.dtype.type(0)
+    tiny = f.dtype.type(1e-30)
+    beta = f.dtype.type(0.5)
     for y in range(m):
         irow = inten[y]
         _power_row(psi_b, y, irow)
@@ -339,8 +338,8 @@ def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
             drow = data_b[y]
             mrow = mask[y]
             irow = inten[y]
-            g_row = _like(0, f)
-            h_row = _like(0, f)
+            g_row = f.dtype.type(0)
+            h_row = f.dtype.type(0)
             for x in range(n):
                 i = irow[x]
                 d = drow[x]
@@ -352,7 +351,7 @@ def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
             grad += g_row
             hess += h_row
         # the step in float32, as the array code's (its sums were float32 too)
-        beta = beta - _like(grad, f) / (_like(hess, f) + tiny)
+        beta = beta - f.dtype.type(grad) / (f.dtype.type(hess) + tiny)
         beta = min(max(beta, zero), one)
     return beta
 
@@ -466,7 +465,7 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
     d_obj, obj (Q, H, W); psi, shifted_dp (B, P, M, N); g (B, P, Q, M, N).
     """
     nb_, n_p, nq, m, n = g.shape
-    zero = _like(0, psi[0, 0, 0].real)
+    zero = psi[0, 0, 0].real.dtype.type(0)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
         # float64 sums over the window (sums of squares in counts) of float32 row sums (a
@@ -557,9 +556,9 @@ def epie_single(obj, y0, x0, psi, target, beta, gamma, d_obj, d_psi):
     """
     nb_, n_p, nq, m, n = target.shape
     tmp = np.empty(n, dtype=d_obj.real.dtype)
-    zero = _like(0, tmp)
-    one = _like(1, tmp)
-    modes = _like(nq, tmp)
+    zero = tmp.dtype.type(0)
+    one = tmp.dtype.type(1)
+    modes = tmp.dtype.type(nq)
     for b in range(nb_):
         yb, xb = y0[b], x0[b]
         w_max = zero
@@ -632,7 +631,7 @@ def _sum_rows_max(ws, q, r0, r1):
     those rows afterwards (0 for no rows)."""
     w0 = ws[0]
     wd = w0.shape[2]
-    w_max = _like(0, w0)
+    w_max = w0.dtype.type(0)
     for y in range(r0, r1):
         wrow = w0[q, y]
         for k in range(1, len(ws)):
@@ -652,8 +651,8 @@ def _direction_rows(nums, w, q, r0, r1, w_max, delta):
     NaN in the next step); an unlit plane (w_max = 0) gets no direction."""
     n0 = nums[0]
     wd = n0.shape[2]
-    minus_half = _like(-0.5, w)
-    inv = _like(1.0, w) / w_max if w_max > 0 else _like(0.0, w)
+    minus_half = w.dtype.type(-0.5)
+    inv = w.dtype.type(1.0) / w_max if w_max > 0 else w.dtype.type(0.0)
     d2 = delta * delta
     for y in range(r0, r1):
         nrow = n0[q, y]
@@ -709,13 +708,32 @@ def add_scaled(y, x, a):
 @nb.njit(**_JIT)
 def _trimmed_mean(a, frac):
     """Mean of a clipped at 0, without the int(frac n) smallest and largest values
-    (the whole set when that would leave nothing)."""
+    (the whole set when that would leave nothing). Sorted by a Shell sort written here:
+    np.sort compiled Numba's quicksort, ~2 CPU-s of a cold run (measured)."""
     n = a.shape[0]
-    v = np.maximum(a, 0.0)
+    v = np.empty(n)
+    for i in range(n):
+        v[i] = a[i] if a[i] > 0.0 else 0.0
     k = int(frac * n)
+    lo, hi = 0, n
     if k > 0 and n - 2 * k > 0:
-        v = np.sort(v)[k:n - k]
-    return v.sum() / v.shape[0]
+        gap = 1
+        while gap < n // 3:
+            gap = 3 * gap + 1
+        while gap > 0:
+            for i in range(gap, n):
+                t = v[i]
+                j = i
+                while j >= gap and v[j - gap] > t:
+                    v[j] = v[j - gap]
+                    j -= gap
+                v[j] = t
+            gap //= 3
+        lo, hi = k, n - k
+    total = 0.0
+    for i in range(lo, hi):
+        total += v[i]
+    return total / (hi - lo)
 
 
 @nb.njit(**_JIT)
@@ -724,22 +742,30 @@ def lsqml_steps(aa, bb, ab, ra, rb, mode, trim, beta, out):
     the damped 2×2 least squares per position, clipped at 0, trimmed means (``trim`` for the
     object, none for the probe) times β. mode 0: both directions, 1: object only, 2: probe
     only. out (2,) = (α_O, α_P) in the run's real dtype. One call instead of ~40 NumPy calls
-    on 32-element arrays, which took 4 % of a case-A iteration on the caller's thread."""
+    on 32-element arrays, which took 4 % of a case-A iteration on the caller's thread.
+    Plain loops: array expressions compile Numba's ufunc machinery (a cold run's seconds)."""
     n = aa.shape[0]
     a_o = np.zeros(n)
     a_p = np.zeros(n)
-    if mode == 0:
-        aa_d = aa + 0.1 * (aa.sum() / n)
-        bb_d = bb + 0.1 * (bb.sum() / n)
-        for j in range(n):
-            det = aa_d[j] * bb_d[j] - ab[j] * ab[j]
+    sa = 0.0
+    sb = 0.0
+    for j in range(n):
+        sa += aa[j]
+        sb += bb[j]
+    da = 0.1 * (sa / n)
+    db = 0.1 * (sb / n)
+    for j in range(n):
+        if mode == 0:
+            aa_d = aa[j] + da
+            bb_d = bb[j] + db
+            det = aa_d * bb_d - ab[j] * ab[j]
             det = det if det > 0 else 1.0
-            a_o[j] = (bb_d[j] * ra[j] - ab[j] * rb[j]) / det
-            a_p[j] = (aa_d[j] * rb[j] - ab[j] * ra[j]) / det
-    elif mode == 1:
-        a_o = ra / (aa + 0.1 * (aa.sum() / n))
-    else:
-        a_p = rb / (bb + 0.1 * (bb.sum() / n))
+            a_o[j] = (bb_d * ra[j] - ab[j] * rb[j]) / det
+            a_p[j] = (aa_d * rb[j] - ab[j] * ra[j]) / det
+        elif mode == 1:
+            a_o[j] = ra[j] / (aa[j] + da)
+        else:
+            a_p[j] = rb[j] / (bb[j] + db)
     out[0] = beta * _trimmed_mean(a_o, trim) if mode != 2 else 0.0
     out[1] = beta * _trimmed_mean(a_p, 0.0) if mode != 1 else 0.0
     return out
@@ -782,7 +808,7 @@ def adam(z, grad, grad2, m, v_re, v_im, b1, b2, c1, c2, eps, lr, lo, hi, z_out):
     """
     g2 = None if grad2 is None else grad2[lo:hi]
     _adam_span(z[lo:hi], grad[lo:hi], g2, m[lo:hi], v_re[lo:hi], v_im[lo:hi], z_out[lo:hi],
-               b1, b2, c1, c2, eps, lr, _like(1, v_re), _like(1j, z_out))
+               b1, b2, c1, c2, eps, lr, v_re.dtype.type(1), z_out.dtype.type(1j))
     return z_out
 
 
@@ -794,8 +820,8 @@ def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_
     Outside the region m ← b1 m, v ← b2 v, exactly as ``adam`` does with g = 0."""
     n_rows = z.shape[1]
     gh, gw = g.shape[1], g.shape[2]
-    one = _like(1, v_re)
-    unit_i = _like(1j, z_out)
+    one = v_re.dtype.type(1)
+    unit_i = z_out.dtype.type(1j)
     for r in range(lo, hi):
         q = r // n_rows
         y = r - q * n_rows
@@ -814,7 +840,7 @@ def adam_region(z, g, m, v_re, v_im, y0, x0, b1, b2, c1, c2, eps, lr, lo, hi, z_
 @nb.njit(**_JIT)
 def adam_real(z, grad, m, v, b1, b2, c1, c2, eps, lr, lo, hi, z_out):
     """``adam`` for a real z (flat elements [lo, hi), sliced first: see ``_adam_span``)."""
-    one = _like(1, v)
+    one = v.dtype.type(1)
     z, grad, m, v, z_out = z[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], z_out[lo:hi]
     for i in range(z.shape[0]):
         g = grad[i]
@@ -978,7 +1004,7 @@ def fft_plane_work(execute, plan_f, plan_b, src, work, count):
     addr = work.ctypes.data
     for i in range(count):
         if i % 8 == 0:
-            work[...] = src
+            copy_flat(work.reshape(-1), src.reshape(-1))
         _fftw_execute(execute, plan_f if i % 2 == 0 else plan_b, addr, addr)
     return count
 
@@ -1063,7 +1089,7 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     keep = psi.shape[0] == nb_
     in_place = not keep and nq == 1
     s2 = s * s
-    zero = _like(0, loss)
+    zero = loss.dtype.type(0)
     # the sums start from zero here, not in np.zeros: a zero-fill there holds Python's lock
     if do_num:
         num[...] = 0
@@ -1133,14 +1159,14 @@ def position_terms_epie(execute, plan_f, plan_b, s, obj, y0, x0, psi, d_psi, bet
     win, tmp (1, 1, M, N) scratch, planes aligned as planned, power (1, M, N) real scratch."""
     m, n = d_psi.shape[2], d_psi.shape[3]
     yb, xb = y0[0], x0[0]
-    t_max = _like(0, power)
+    t_max = power.dtype.type(0)
     for q in range(obj.shape[0]):
         for y in range(m):
             orow = obj[q, yb + y, xb:xb + n]
             for x in range(n):
                 v = orow[x]
                 t_max = max(t_max, v.real * v.real + v.imag * v.imag)
-    scale = _like(-2.0, power) * t_max / beta
+    scale = power.dtype.type(-2.0) * t_max / beta
     for p in range(d_psi.shape[1]):
         for y in range(m):
             grow = g_k[0, p, y]
@@ -1171,8 +1197,8 @@ def _position_gradient_sums(g_k, psi_k, uy, ux):
         for y in range(m):
             grow = g_k[0, p, y]
             prow = psi_k[0, p, y]
-            ry = _like(0, ux)
-            rx = _like(0, ux)
+            ry = ux.dtype.type(0)
+            rx = ux.dtype.type(0)
             for x in range(n):  # float32 row sums (they vectorise), float64 over rows
                 im = (grow[x].conjugate() * prow[x]).imag  # Re(-2πi u z) = 2π u Im z
                 ry += im
@@ -1217,7 +1243,7 @@ def _position_curvature_sums(execute, plan_f, plan_b, obj, yb, xb, power, uy, ux
             for y in range(m):
                 trow = t0[y]
                 wrow = pw[y]
-                row = _like(0, wrow)
+                row = wrow.dtype.type(0)
                 for x in range(n):
                     d = trow[x]
                     row += (d.real * d.real + d.imag * d.imag) * wrow[x]
@@ -1264,7 +1290,7 @@ def lsqml_terms_part(execute, plan_b, dp_k, frac, s, d_obj, obj, y0, x0, psi, g,
         lsqml_terms(d_obj, obj, y0[b:b + 1], x0[b:b + 1], pb, sb, g[b].reshape((1, n_p, nq, m, n)),
                     use_obj, use_probe, out[b:b + 1])
     if dp_out.shape[0] > 0:
-        dp_out[...] = dp_k
+        copy_flat(dp_out.reshape(-1), dp_k.reshape(-1))
         _fft_planes_scaled(execute, plan_b, dp_out, s)
     return out
 
@@ -1277,42 +1303,6 @@ def _barrier(addr, target):
     _atomic_add(addr, 1)
     while _load_acquire(addr) < target:
         _cpu_relax()
-
-
-@nb.njit(inline="always", **_JIT)
-def _lsqml_tail(bar_addr, passed, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0, x0,
-                psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step):
-    """``lsqml_tail_part``'s work after ``passed`` barriers of the launch."""
-    nl, h, wd = nums[0].shape
-    r0 = h * t // n_threads
-    r1 = h * (t + 1) // n_threads
-    dir_obj = nums[0]
-    if use_obj:  # ``lsqml_direction``'s two passes, on this thread's rows
-        for q in range(nl):
-            maxes[t, q] = _sum_rows_max(ws, q, r0, r1)
-        _barrier(bar_addr, (passed + 1) * n_threads)
-        for q in range(nl):
-            w_max = maxes[0, q]  # the max of each object mode over the whole grid
-            for i in range(1, n_threads):
-                w_max = max(w_max, maxes[i, q])
-            _direction_rows(nums, ws[0], q, r0, r1, w_max, delta)
-        _barrier(bar_addr, (passed + 2) * n_threads)
-        passed += 2
-    # no start signal: int64 zeros, not the literals 0, which would compile a second
-    # specialisation of the whole callee beside the one Python's calls use
-    lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
-                     out[first:first + frac.shape[0]], dp_out, np.int64(0), np.int64(0))
-    _barrier(bar_addr, (passed + 1) * n_threads)
-    lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
-    if apply_step and use_obj:
-        a = steps[0]
-        for q in range(obj.shape[0]):
-            for y in range(r0, r1):
-                orow = obj[q, y]
-                drow = dir_obj[q, y]
-                for x in range(wd):
-                    orow[x] += a * drow[x]
-    return steps
 
 
 @nb.njit(**_JIT)
@@ -1336,43 +1326,37 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
     compiler may order a sum's terms differently here)."""
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
-    return _lsqml_tail(bar_addr, 0, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0,
-                       x0, psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step)
-
-
-@nb.njit(**_JIT)
-def lsqml_group_part(bar_addr, t, n_threads, maxes, nums, ws, probe_ks, dp_k, dp_scale, delta, shifted, out, first,
-                     dp_out, mode, trim, beta, steps, apply_step, execute, plan_f, plan_b, probe_k, frac, s, obj, y0,
-                     x0, data, rows, mask, model, eps, do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi,
-                     probe_grad_k, loss, do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr,
-                     signal_addr, signal_value):
-    """A whole LSQ-ML group (single slice) as thread ``t`` of ``n_threads`` run together: this
-    thread's part as ``single_slice_part`` (arguments from ``execute`` on), a barrier, then
-    ΔP's spectrum dp_k = dp_scale·Σ_k probe_ks[k] (the parts' probe-gradient spectra, summed
-    in order: every thread makes the same numbers in its own dp_k) and the rest as
-    ``lsqml_tail_part`` (d_obj = nums[0], ψ and F⁻¹[∇_Ψ L] of this part's positions). One
-    launch per group instead of two, and no Python between its phases."""
-    if signal_addr != 0:
-        _store_release(signal_addr, signal_value)
-    single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps, do_num,
-                      do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss, do_pos,
-                      pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, np.int64(0), np.int64(0))
-    _barrier(bar_addr, n_threads)
-    use_probe = do_probe
-    if use_probe:
-        acc = dp_k.reshape(-1)
-        acc[:] = probe_ks[0].reshape(-1)
-        for k in range(1, len(probe_ks)):
-            add = probe_ks[k].reshape(-1)
-            for i in range(acc.shape[0]):
-                acc[i] += add[i]
-        for i in range(acc.shape[0]):
-            acc[i] *= dp_scale
-    spectrum = dp_k if use_probe else psi[0]  # read only with use_probe
-    _lsqml_tail(bar_addr, 1, t, n_threads, maxes, nums, ws, delta, execute, plan_b, spectrum, frac, s, obj,
-                y0, x0, psi, g_exit, do_num, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps,
-                apply_step)
-    return loss
+    passed = 0
+    nl, h, wd = nums[0].shape
+    r0 = h * t // n_threads
+    r1 = h * (t + 1) // n_threads
+    dir_obj = nums[0]
+    if use_obj:  # ``lsqml_direction``'s two passes, on this thread's rows
+        for q in range(nl):
+            maxes[t, q] = _sum_rows_max(ws, q, r0, r1)
+        _barrier(bar_addr, (passed + 1) * n_threads)
+        for q in range(nl):
+            w_max = maxes[0, q]  # the max of each object mode over the whole grid
+            for i in range(1, n_threads):
+                w_max = max(w_max, maxes[i, q])
+            _direction_rows(nums, ws[0], q, r0, r1, w_max, delta)
+        _barrier(bar_addr, (passed + 2) * n_threads)
+        passed += 2
+    # no start signal: int64 zeros, not the literals 0, which would compile a second
+    # specialisation of the callee beside the one Python's calls use
+    lsqml_terms_part(execute, plan_b, dp_k, frac, s, dir_obj, obj, y0, x0, psi, g, use_obj, use_probe, shifted,
+                     out[first:first + frac.shape[0]], dp_out, np.int64(0), np.int64(0))
+    _barrier(bar_addr, (passed + 1) * n_threads)
+    lsqml_steps(out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], mode, trim, beta, steps)
+    if apply_step and use_obj:
+        a = steps[0]
+        for q in range(obj.shape[0]):
+            for y in range(r0, r1):
+                orow = obj[q, y]
+                drow = dir_obj[q, y]
+                for x in range(wd):
+                    orow[x] += a * drow[x]
+    return steps
 
 
 @nb.njit(**_JIT)
@@ -1399,8 +1383,8 @@ def probe_tail(wait_addr, parts, done_addr, execute, plan_f, plan_b, grads_k, s,
     _fft_planes_scaled(execute, plan_b, g, s)
     out = z_out.reshape(-1)
     _adam_span(z.reshape(-1), flat, None, m.reshape(-1), v_re.reshape(-1), v_im.reshape(-1), out,
-               b1, b2, c1, c2, eps, lr, _like(1, v_re), _like(1j, z_out))
-    spectrum_out.reshape(-1)[:] = out
+               b1, b2, c1, c2, eps, lr, v_re.dtype.type(1), z_out.dtype.type(1j))
+    copy_flat(spectrum_out.reshape(-1), out)
     _fft_planes_scaled(execute, plan_f, spectrum_out, s)
     _store_release(done_addr, 1)
     return True

@@ -41,27 +41,16 @@ class LsqmlEngine(common.EngineBase):
         # their own χ, as _poisson_step and _projection_step make it); with position
         # refinement the terms come from the same calls
         launches = self._part_launches(state, parts, do_obj, do_probe, do_pos)
-        # with them, the whole group as one launch of threads that wait for each other where it can
-        # (the parts' calls make their position terms before any step, so the group's launch stands)
-        group = self._kernel_group(state, parts, launches, do_obj, do_probe, region is None, len(idx)) \
-            if launches is not None else None
-        pos = None
-        if group is not None:
-            first, (a_O, a_P, dO, dP, dP_k, stepped) = group
-            if do_pos:
-                pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
-        else:
-            first = None
-            if launches is not None:
-                first = parallel.map_launches(lambda ln: ln.then(_directions_of), launches)
-            if first is not None and do_pos:  # before any step: the windows the parts saw
-                pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
-                first = first if pos is not None else None  # else the array path, from the start
-            if first is None:
-                first = parallel.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos),
-                                           parts)
-            a_O, a_P, dO, dP, dP_k, stepped = self._after_directions(state, parts, first, do_obj, do_probe,
-                                                                     region is None, len(idx))
+        first, pos = None, None
+        if launches is not None:
+            first = parallel.map_launches(lambda ln: ln.then(_directions_of), launches)
+        if first is not None and do_pos:  # before any step: the windows the parts saw
+            pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
+            first = first if pos is not None else None  # else the array path, from the start
+        if first is None:
+            first = parallel.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
+        a_O, a_P, dO, dP, dP_k, stepped = self._after_directions(state, parts, first, do_obj, do_probe,
+                                                                 region is None, len(idx))
         if dO is not None and not stepped:
             self._step_object(state, region, dO, a_O)
         if dP is not None:
@@ -182,45 +171,6 @@ class LsqmlEngine(common.EngineBase):
                                                lsqml_step=True)
                     for i, pb in enumerate(parts)]
         return None if any(ln is None for ln in launches) else launches
-
-    def _kernel_group(self, state: Any, parts: list[common.Batch], parts_launches: list[parallel.Launch],
-                      do_obj: bool, do_probe: bool, whole_grid: bool,
-                      n_total: int) -> tuple[list[dict[str, Any]], tuple[Any, ...]] | None:
-        """The whole group as one compiled call per part, run together
-        (``_kernels.lsqml_group_part``: the part's ``parts_launches`` call, then
-        ``lsqml_tail_part``'s work): (the parts' phase-1 results as ``_part_directions`` gives
-        them, (α_O, α_P, ΔO, ΔP, F[ΔP], whether the object step was made)). None where it does
-        not apply (as ``_kernel_tail``): nothing has run, and the caller runs the prepared parts
-        and then the rest step by step, to the same numbers."""
-        k = backend.kernels(self.ctx.xp)
-        if k is None or not (do_obj or do_probe):
-            return None
-        scratch = self.scratch()
-        first = [_directions_of(ln.made) for ln in parts_launches]
-        tail = self._tail_arguments(state, parts, first, do_obj, do_probe, whole_grid)
-        if tail is None:
-            return None
-        probe_ks = tuple(r["probe_k"] for r in first) if do_probe else (first[0]["fwd"].psi1[0],)
-        dp_scale = k.real_scalar(-0.5 / n_total, first[0]["loss"])
-
-        def launch(i: int) -> parallel.Launch:
-            part = parts_launches[i]
-            dp_k = scratch.get(("group", i, "dp_k"), probe_ks[0].shape, probe_ks[0].dtype, aligned=True)
-            args, steps, dp = tail.group_args(i, probe_ks, dp_k, dp_scale, part)
-
-            def finish(raw: Any) -> tuple[Any, Any, Any]:
-                part.finish(raw)
-                _count_terms_ffts(first[i]["fwd"].psi1, do_probe, dp)
-                return steps, dp if len(dp) else None, dp_k
-
-            return parallel.Launch(k.lsqml_group_part, args, finish)
-
-        done = parallel.map_launches(launch, list(range(len(parts))), together=True, release=tail.release)
-        if done is None:
-            return None
-        steps, dP, dP_k = done[0]
-        return first, (steps[0], steps[1], first[0]["num"] if do_obj else None, dP, dP_k if do_probe else None,
-                       tail.apply_step)
 
     def _tail_arguments(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
                         use_probe: bool, whole_grid: bool) -> _TailArguments | None:
@@ -585,7 +535,7 @@ def _directions_of(kp: common.KernelPart) -> dict[str, Any]:
 
 
 class _TailArguments:
-    """The arguments ``lsqml_tail_part`` and ``lsqml_group_part`` share, for a group's threads."""
+    """``lsqml_tail_part``'s arguments, for a group's threads."""
 
     def __init__(self, engine: LsqmlEngine, k: Any, plans: tuple[int, int, int], state: Any,
                  parts: list[common.Batch], first: list[dict[str, Any]], nums: tuple[Any, ...], ws: tuple[Any, ...],
@@ -622,16 +572,6 @@ class _TailArguments:
                 self.plans[0], self.plans[2], spectrum, pb.frac, self.scale, self.obj, pb.y0.astype("int64"),
                 pb.x0.astype("int64"), fwd.psi1, self.first[i]["g_exit"], self.do_obj, self.use_probe, shifted,
                 self.out, self.starts[i], dp, self.mode, self.trim, self.beta, steps, self.apply_step)
-        return args, steps, dp
-
-    def group_args(self, i: int, probe_ks: tuple[Any, ...], dp_k: Any, dp_scale: Any,
-                   part: parallel.Launch) -> tuple[tuple[Any, ...], Any, Any]:
-        """(``lsqml_group_part``'s arguments for thread i: the tail's, ΔP's spectrum made from
-        the parts' ``probe_ks`` into ``dp_k``, then the ``part``'s own; its steps, its ΔP)."""
-        shifted, dp, steps = self.buffers(i)
-        args = (self.bar.ctypes.data, i, len(self.parts), self.maxes, self.nums, self.ws, probe_ks, dp_k, dp_scale,
-                self.delta, shifted, self.out, self.starts[i], dp, self.mode, self.trim, self.beta, steps,
-                self.apply_step, *part.args)
         return args, steps, dp
 
     def release(self) -> None:

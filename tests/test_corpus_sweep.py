@@ -100,7 +100,7 @@ def test_merge_makes_one_table_of_a_sweep_split_in_parts(tmp_path, monkeypatch):
     def part(name: str, runs: list[tuple[str, str, int]]) -> Path:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({"note": f"note {name}", "runs": [
-            {"set": s, "recipe": r, "exit": e, "iterations": 3} for s, r, e in runs]}))
+            {"set": s, "recipe": r, "exit": e, "iterations": 3, "wall_s": 12.5} for s, r, e in runs]}))
         return path
 
     a = part("a", [("big", "tilted-multislice", 6), ("small", "tilted-multislice", 0)])
@@ -112,3 +112,12 @@ def test_merge_makes_one_table_of_a_sweep_split_in_parts(tmp_path, monkeypatch):
     # cheapest set first, recipes in the sweep's order (single-slice before tilted-multislice)
     assert "| set | single-slice | tilted-multislice |" in md
     assert md.index("| small |  | 0 @3 |") < md.index("| big | 0 @3 | 0 @3 |")
+    assert "| big | 12.5 | 12.5 |" in md  # the wall-time table
+
+
+def test_backoffs_are_listed_with_their_reason(tmp_path):
+    run = {"set": "s", "recipe": "lsqml", "exit": 0, "iterations": 30, "wall_s": 3.0,
+           "backoff": [{"stage": 0, "iteration": 9, "scale": 0.5, "reason": "NaN/inf"}]}
+    sweep.write_results([run], tmp_path / "R", "test")
+    md = (tmp_path / "R.md").read_text()
+    assert "| s | 0 @30 (b1) |" in md and "- s / lsqml: stage 0 iteration 9: NaN/inf (steps x 0.5)" in md

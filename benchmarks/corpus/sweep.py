@@ -254,6 +254,12 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
              f"**{summary}**", "", "| set | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
     for s in sets:
         lines.append(f"| {s} | " + " | ".join(cell(by[(s, rc)]) if (s, rc) in by else "" for rc in recipes) + " |")
+    # wall time beside the verdict: the cost of a clean run is what caps the next sweep
+    lines += ["", "Wall time (s, one run at a time with `--jobs 1`, else side by side):", "",
+              "| set | " + " | ".join(recipes) + " |", "|---" * (len(recipes) + 1) + "|"]
+    for s in sets:
+        lines.append(f"| {s} | " + " | ".join(str(by[(s, rc)].get("wall_s") or "") if (s, rc) in by else ""
+                                              for rc in recipes) + " |")
     lines += ["", "Iterations run (the recipe's default unless capped with `--iterations`):", "",
               "| recipe | default | iterations |", "|---|---|---|"]
     for rc in recipes:
@@ -268,6 +274,12 @@ def write_results(results: list[dict[str, Any]], out: Path, note: str) -> str:
         for r in bad:
             lines.append(f"- {r['set']} / {r['recipe']}: {r.get('status')}; {r.get('stderr_tail', '')}")
             lines += [f"  - `{ln}`" for ln in r.get("stderr_lines", [])]
+    held = [r for r in results if r.get("backoff")]
+    if held:  # a non-finite loss that a back-off held is a near-divergence the engine owner must see
+        lines += ["", "Back-offs (a rising or non-finite loss; the iteration retried with smaller steps):", ""]
+        lines += [f"- {r['set']} / {r['recipe']}: " + "; ".join(
+            f"stage {b.get('stage')} iteration {b.get('iteration')}: {b.get('reason')} (steps x {b.get('scale')})"
+            for b in r["backoff"]) for r in held]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return summary
 

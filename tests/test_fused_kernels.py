@@ -520,8 +520,8 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     with_terms = []  # each part call's do_pos
     for name in ("single_slice_part",) if slices == 1 else ("multislice_part",):
         real = getattr(_kernels, name)
-        where = list(inspect.signature(real.py_func).parameters).index("do_pos")
-        monkeypatch.setattr(_kernels, name, lambda *a, _k=real, _i=where: with_terms.append(a[_i]) or _k(*a))
+        want = list(inspect.signature(real.py_func).parameters).index("want")  # a records.Wanted
+        monkeypatch.setattr(_kernels, name, lambda *a, _k=real, _i=want: with_terms.append(a[_i].positions) or _k(*a))
     extra = {"refine": {"object": True, "probe": probe, "positions": True}}
     if engine == "gradient":
         extra["learning_rate"] = {"object": 1e-3, "probe": 1e-3}

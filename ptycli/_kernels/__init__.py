@@ -18,6 +18,7 @@ from .multislice import (  # noqa: E402, F401  (after the guard: nothing compile
     lsqml_terms_multi_part,
     multislice_part,
 )
+from . import records  # noqa: E402, F401  (the kernels' typed arguments: k.records.Scan(...))
 from .single_slice import *  # noqa: E402, F403
 from .single_slice import _JIT  # noqa: E402, F401  (tests build kernels with the same options)
 

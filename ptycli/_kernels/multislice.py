@@ -51,7 +51,7 @@ from .single_slice import (
 )
 
 # sha256 of single_slice.py, first 16 hex digits (tests/test_kernel_cache.py says the new one)
-INLINED_DIGEST = "069ee96245b5db4b"
+INLINED_DIGEST = "a541a1b0a910ce84"
 
 
 @nb.njit(**_JIT)
@@ -175,13 +175,13 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
 
 
 @nb.njit(**_JIT)
-def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, rows, mask, model, eps,
-                    do_num, do_illum, do_probe, keep, first, waves, far, g_sum, num, illum, probe_grad_k, loss,
-                    g_patches, w_patches, g_psi1, t1, do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out,
-                    do_tilt, ky, kx, qy, qx, geo, tilt_k, tilt_out, done_addr, signal_addr, signal_value):
+def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signal_addr, signal_value):
     """A part of a multislice group, position by position with FFTs, in one call: the forward
     model through every slice, the loss and its gradient at the last exit plane, the exact
     adjoint back through the slices with its scatter-adds, and the probe gradient's spectrum.
+    Arguments are records (records.py): fft ``Fft``, scan ``Scan``, h the propagator
+    ((1 or B, M, N)), noise ``Noise``, want ``Wanted``, bufs ``MultisliceBuffers``, pos
+    ``Positions``, tilt ``Tilts``; below by the names they are unpacked to.
 
     The same quantities as engines/common.forward → loss_and_grad_exit → backward →
     overlap.accumulate (and lsqml.illumination_patches) → overlap.unshift_sum_of. Per
@@ -212,6 +212,13 @@ def multislice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, d
     64-byte-aligned planes as the plans were made. ``done_addr``, ``signal_addr`` as in
     ``single_slice_part``.
     """
+    execute, plan_f, plan_b = fft
+    probe_k, frac, s, obj, y0, x0, data, rows = scan
+    mask, model, eps = noise
+    do_num, do_illum, do_probe, do_pos, pos_curvature, keep, do_tilt = want
+    first, waves, far, g_sum, num, illum, probe_grad_k, loss, g_patches, w_patches, g_psi1, t1 = bufs
+    uy, ux, pos_k, win, tmp, power, pos_out = pos
+    ky, kx, qy, qx, geo, tilt_k, tilt_out = tilt
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_ = frac.shape[0]

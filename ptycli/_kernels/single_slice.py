@@ -1054,13 +1054,12 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 
 
 @nb.njit(**_JIT)
-def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, rows, mask, model, eps,
-                      do_num, do_illum, do_probe, psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss,
-                      do_pos, pos_curvature, uy, ux, pos_k, win, tmp, power, pos_out, done_addr, signal_addr,
-                      signal_value):
+def single_slice_part(fft, scan, noise, want, bufs, pos, done_addr, signal_addr, signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
     forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
-    and the probe gradient's spectrum.
+    and the probe gradient's spectrum. Arguments are records (records.py): fft ``Fft``, scan
+    ``Scan``, noise ``Noise``, want ``Wanted``, bufs ``SingleSliceBuffers``, pos
+    ``Positions``; below by the names they are unpacked to.
 
     The same quantities as engines/common.forward → loss_and_grad_exit → backward_accumulate
     → overlap.unshift_sum_of on the whole part, made one window at a time so that each
@@ -1082,6 +1081,12 @@ def single_slice_part(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, da
     uy (M,), ux (N,) fftfreq; pos_k (1, P, M, N), win, tmp (1, 1, M, N) complex and power
     (1, M, N) real scratch (any arrays of the right rank else).
     """
+    execute, plan_f, plan_b = fft
+    probe_k, frac, s, obj, y0, x0, data, rows = scan
+    mask, model, eps = noise
+    do_num, do_illum, do_probe, do_pos, pos_curvature, _, _ = want
+    psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss = bufs
+    uy, ux, pos_k, win, tmp, power, pos_out = pos
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_ = frac.shape[0]
@@ -1306,9 +1311,7 @@ def _barrier(addr, target):
 
 
 @nb.njit(**_JIT)
-def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, plan_b, dp_k, frac, s, obj, y0, x0,
-                    psi, g, use_obj, use_probe, shifted, out, first, dp_out, mode, trim, beta, steps, apply_step,
-                    signal_addr, signal_value):
+def lsqml_tail_part(bar_addr, t, n_threads, fft, group, part, signal_addr, signal_value):
     """LSQ-ML's group after its parts' sums, as thread ``t`` of ``n_threads`` run together
     (``parallel.map_launches(..., together=True)``): the object direction on this thread's
     rows of the grid, the step terms of its own part, then the group's steps, and the object
@@ -1323,7 +1326,13 @@ def lsqml_tail_part(bar_addr, t, n_threads, maxes, nums, ws, delta, execute, pla
     thread solves the same numbers, each into its own steps) and, with ``apply_step``,
     obj += α_O·ΔO on this thread's rows. maxes (n_threads, L) is scratch. The same operations as
     the serial calls for each pixel and position (the same values to float32 rounding: the
-    compiler may order a sum's terms differently here)."""
+    compiler may order a sum's terms differently here). The arguments after the launch's
+    (barrier address, thread, threads) are records (records.py): fft ``Fft``, group
+    ``TailGroup`` (shared by the threads), part ``TailPart`` (this thread's).
+    """
+    execute, _, plan_b = fft
+    maxes, nums, ws, delta, obj, out, mode, trim, beta, use_obj, use_probe, apply_step = group
+    dp_k, frac, s, y0, x0, psi, g, shifted, first, dp_out, steps = part
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     passed = 0

@@ -364,12 +364,11 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     if probe_k is None:
         probe_k = buf("probe_k", spectrum.shape, c) if probe else spectrum
     loss = buf("loss", (n_b,), r)
-    pos_args, pos_out = _position_scratch(buf, positions, curvature, ctx, n_b, n_p, 1, (m, n), c, wave[0], illum)
-    frames, rows = batch.frames_and_rows()  # read in place by index: no gathered copy
-    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
-            batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
-            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
-            numerator, illumination, probe, psi, g_exit, num, illum, wave, g_psi, probe_k, loss, *pos_args, done_addr)
+    pos_rec, pos_out = _position_scratch(k, buf, positions, ctx, n_b, n_p, 1, (m, n), c, wave[0], illum)
+    rec = k.records
+    want = rec.Wanted(numerator, illumination, probe, positions, curvature)
+    bufs = rec.SingleSliceBuffers(psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
+    args = (*_part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step), want, bufs, pos_rec, done_addr)
 
     made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
                       g_exit if keep_waves else None, num[:, None, ...] if numerator else None,
@@ -410,15 +409,13 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     w_patches = buf("w_patches", (n_b, n_s, n_q, m, n), r) if keep_illum else illum[None]
     g_psi1 = buf("g_psi1", (n_b, n_p, m, n), c) if keep_probe else g_sum[None]
     t1 = buf("t1", (n_b, m, n), r) if keep_probe else illum[0]
-    pos_args, pos_out = _position_scratch(buf, positions, curvature, ctx, n_b, n_p, n_q, (m, n), c, first, t1)
-    tilt_args, tilt_out = _tilt_scratch(buf, tilts, state, batch, ctx, n_b, far)
-    frames, rows = batch.frames_and_rows()
-    h = H if H.ndim == 3 else H[None]
-    args = (*plans, spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj, h,
-            batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows,
-            *noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
-            numerator, illumination, probe, keep, first, waves, far, g_sum, num, illum, probe_k, loss,
-            g_patches, w_patches, g_psi1, t1, *pos_args, *tilt_args, done_addr)
+    pos_rec, pos_out = _position_scratch(k, buf, positions, ctx, n_b, n_p, n_q, (m, n), c, first, t1)
+    tilt_rec, tilt_out = _tilt_scratch(k, buf, tilts, state, batch, ctx, n_b, far)
+    rec = k.records
+    fft, scan, noise = _part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step)
+    want = rec.Wanted(numerator, illumination, probe, positions, curvature, keep, tilts)
+    bufs = rec.MultisliceBuffers(first, waves, far, g_sum, num, illum, probe_k, loss, g_patches, w_patches, g_psi1, t1)
+    args = (fft, scan, H if H.ndim == 3 else H[None], noise, want, bufs, pos_rec, tilt_rec, done_addr)
     made = KernelPart(loss, Forward(None, None, None, None, H), None, num if numerator else None,
                       illum if illumination else None, probe_k if probe else None,
                       g_patches=g_patches.transpose(0, 2, 1, 3, 4) if keep_num else None,
@@ -435,11 +432,24 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     return parallel.Launch(k.multislice_part, args, finish, made)
 
 
-def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContext, n_b: int, n_p: int, n_q: int,
-                      window: tuple[int, int], c: Any, plane4: Any, real3: Any) -> tuple[tuple[Any, ...], Any]:
-    """The part kernels' position arguments (do_pos, pos_curvature, uy, ux, pos_k, win, tmp,
-    power, pos_out) and pos_out (B, 4) or None. Without ``positions`` the scratch is a complex
-    4-D and a real 3-D array of the part's own (``plane4``, ``real3``): the same types, not written."""
+def _part_records(k: Any, plans: tuple[int, int, int], spectrum: Any, obj: Any, batch: Batch, ctx: RunContext,
+                  lsqml_step: bool) -> tuple[Any, Any, Any]:
+    """The part kernels' ``Fft``, ``Scan`` and ``Noise`` records (``_kernels/records.py``):
+    the patterns are read in place by row (no gathered copy)."""
+    rec = k.records
+    m, n = spectrum.shape[-2:]
+    frames, rows = batch.frames_and_rows()
+    scan = rec.Scan(spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
+                    batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows)
+    noise = rec.Noise(*noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step))
+    return rec.Fft(*plans), scan, noise
+
+
+def _position_scratch(k: Any, buf: Any, positions: bool, ctx: RunContext, n_b: int, n_p: int, n_q: int,
+                      window: tuple[int, int], c: Any, plane4: Any, real3: Any) -> tuple[Any, Any]:
+    """The part kernels' ``Positions`` record and pos_out (B, 4) or None. Without
+    ``positions`` the scratch is a complex 4-D and a real 3-D array of the part's own
+    (``plane4``, ``real3``): the same types, not written."""
     m, n = window
     if positions:
         lines = frequency_lines(ctx)
@@ -449,14 +459,13 @@ def _position_scratch(buf: Any, positions: bool, curvature: bool, ctx: RunContex
         line = buf("pos_line", (1,), ctx.real_dtype)
         lines, scratch = (line, line), (plane4, plane4, plane4, real3)
     pos_out = buf("pos_out", (n_b if positions else 1, 4), np.float64)
-    return (positions, curvature, *lines, *scratch, pos_out), pos_out if positions else None
+    return k.records.Positions(*lines, *scratch, pos_out), pos_out if positions else None
 
 
-def _tilt_scratch(buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunContext, n_b: int,
-                  far: Any) -> tuple[tuple[Any, ...], Any]:
-    """``multislice_part``'s geometry arguments (do_tilt, ky, kx, qy, qx, geo, tilt_k,
-    tilt_out) and tilt_out (B, 3) or None: 2π k and πλ k² along rows and columns (k in 1/Å)
-    and per position (Δz 1e-3 sec²t_y, Δz 1e-3 sec²t_x, tan t_y, tan t_x), the factors of
+def _tilt_scratch(k: Any, buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunContext, n_b: int,
+                  far: Any) -> tuple[Any, Any]:
+    """``multislice_part``'s ``Tilts`` record and tilt_out (B, 3) or None: 2π k and πλ k²
+    along rows and columns (k in 1/Å) and per position (Δz 1e-3 sec²t_y, Δz 1e-3 sec²t_x, tan t_y, tan t_x), the factors of
     ``propagation.propagator_derivatives``. Without ``tilts`` the arrays are of the same
     types, not written (tilt_k: ``far``)."""
     m, n = state.window
@@ -464,18 +473,18 @@ def _tilt_scratch(buf: Any, tilts: bool, state: Any, batch: Batch, ctx: RunConte
     if not tilts:
         line = buf("tilt_line", (1,), real)
         flat = buf("tilt_none", (1, 3), np.float64)
-        return (False, line, line, line, line, flat, far, flat), None
+        return k.records.Tilts(line, line, line, line, flat, far, flat), None
     dz_a = float(backend.to_numpy(state.slice_thickness).mean())
     wl = electron.wavelength_a(state.energy_kev * 1e3)
-    k = [backend.fftfreq(size, state.dx_a, xp=xp, dtype=real) for size in (m, n)]
-    two_pi_k = [xp.astype(2.0 * math.pi * v, real) for v in k]
-    quad = [xp.astype(math.pi * wl * v * v, real) for v in k]
+    freq = [backend.fftfreq(size, state.dx_a, xp=xp, dtype=real) for size in (m, n)]
+    two_pi_k = [xp.astype(2.0 * math.pi * v, real) for v in freq]
+    quad = [xp.astype(math.pi * wl * v * v, real) for v in freq]
     tilt = xp.zeros((n_b, 2), dtype=real) if state.tilts is None else backend.to_device(
         np.asarray(backend.to_numpy(state.tilts), dtype=np.float64)[batch.idx], xp, dtype=real)
     tan = xp.tan(tilt * real(1e-3))  # in the real dtype, as the array model
     geo = xp.astype(xp.concat([dz_a * 1e-3 * (1.0 + tan * tan), tan], axis=1), xp.float64)
     tilt_out = buf("tilt_out", (n_b, 3), np.float64)
-    return (True, *two_pi_k, *quad, geo, buf("tilt_k", far.shape, far.dtype), tilt_out), tilt_out
+    return k.records.Tilts(*two_pi_k, *quad, geo, buf("tilt_k", far.shape, far.dtype), tilt_out), tilt_out
 
 
 def _position_ffts(positions: bool, curvature: bool, probe: bool, n_p: int, planes: int) -> int:

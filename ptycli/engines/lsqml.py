@@ -557,6 +557,8 @@ class _TailArguments:
         self.trim, self.beta = float(engine.params.trim), float(engine.params.beta_lsq)
         self.starts = list(itertools.accumulate((len(pb.idx) for pb in parts), initial=0))  # each part's first row
         self.real = real
+        self.group = k.records.TailGroup(self.maxes, nums, ws, self.delta, self.obj, self.out, self.mode, self.trim,
+                                         self.beta, do_obj, use_probe, apply_step)
 
     def buffers(self, i: int) -> tuple[Any, Any, Any]:
         """Thread i's (shifted ΔP window, ΔP (thread 0 with the probe; else empty), steps)."""
@@ -566,13 +568,11 @@ class _TailArguments:
     def tail_args(self, i: int, spectrum: Any) -> tuple[tuple[Any, ...], Any, Any]:
         """(``lsqml_tail_part``'s arguments for thread i, the terms reading ``spectrum`` as
         F[ΔP], its steps, its ΔP)."""
-        pb, fwd = self.parts[i], self.first[i]["fwd"]
+        pb, fwd, rec = self.parts[i], self.first[i]["fwd"], self.k.records
         shifted, dp, steps = self.buffers(i)
-        args = (self.bar.ctypes.data, i, len(self.parts), self.maxes, self.nums, self.ws, self.delta,
-                self.plans[0], self.plans[2], spectrum, pb.frac, self.scale, self.obj, pb.y0.astype("int64"),
-                pb.x0.astype("int64"), fwd.psi1, self.first[i]["g_exit"], self.do_obj, self.use_probe, shifted,
-                self.out, self.starts[i], dp, self.mode, self.trim, self.beta, steps, self.apply_step)
-        return args, steps, dp
+        part = rec.TailPart(spectrum, pb.frac, self.scale, pb.y0.astype("int64"), pb.x0.astype("int64"), fwd.psi1,
+                            self.first[i]["g_exit"], shifted, self.starts[i], dp, steps)
+        return (self.bar.ctypes.data, i, len(self.parts), rec.Fft(*self.plans), self.group, part), steps, dp
 
     def release(self) -> None:
         """The caller's call failed: the other threads' barriers pass."""

@@ -105,10 +105,11 @@ def test_merge_makes_one_table_of_a_sweep_split_in_parts(tmp_path, monkeypatch):
 
     a = part("a", [("big", "tilted-multislice", 6), ("small", "tilted-multislice", 0)])
     b = part("b", [("big", "single-slice", 0), ("big", "tilted-multislice", 0)])  # reruns big/tilted
-    assert sweep.main(["--merge", str(a), str(b), "--corpus", str(corpus), "--out", str(tmp_path / "R"),
+    c = part("c", [("small", "tilted-multislice", None)])  # not finished: the earlier run stays
+    assert sweep.main(["--merge", str(a), str(b), str(c), "--corpus", str(corpus), "--out", str(tmp_path / "R"),
                        "--note", "at abc123"]) == 0
     md = (tmp_path / "R.md").read_text()
-    assert "3 runs, 0 divergences (exit 6)" in md and "2 sweeps merged; a: note a; b: note b; at abc123" in md
+    assert "3 runs, 0 divergences (exit 6)" in md and "3 sweeps merged; a: note a; b: note b; c: note c; at abc123" in md
     # cheapest set first, recipes in the sweep's order (single-slice before tilted-multislice)
     assert "| set | single-slice | tilted-multislice |" in md
     assert md.index("| small |  | 0 @3 |") < md.index("| big | 0 @3 | 0 @3 |")

@@ -219,13 +219,17 @@ def cell(r: dict[str, Any]) -> str:
 
 def merged_runs(parts: list[Path], corpus: Path) -> tuple[list[dict[str, Any]], str]:
     """The runs of several sweeps' OUT.json files (a later file's run of a pair replaces an earlier
-    one), cheapest set first, and a note naming each file's own note."""
+    one, unless it did not finish and the earlier did), cheapest set first, and a note naming each
+    file's own note."""
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     notes = []
     for part in parts:
         doc = json.loads(part.read_text())
         notes.append(f"{part.stem}: {doc['note']}")
-        runs.update({(r["set"], r["recipe"]): r for r in doc["runs"]})
+        for r in doc["runs"]:
+            earlier = runs.get((r["set"], r["recipe"]))
+            if r.get("exit") is not None or earlier is None or earlier.get("exit") is None:
+                runs[(r["set"], r["recipe"])] = r
 
     def cost(name: str) -> float:
         return set_cost(corpus / name) if (corpus / name / "meta.json").exists() else float("inf")

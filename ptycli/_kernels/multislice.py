@@ -531,9 +531,7 @@ def _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, 
 
 
 @nb.njit(**_JIT)
-def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0, data, mask, model, eps,
-                             beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj, g_sum, loss, probe_out,
-                             do_pos, uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out):
+def epie_multislice_position(fft, scan, h, noise, update, bufs, pos):
     """One position of sequential multislice ePIE (3PIE, Maiden 2012; rPIE with gamma > 0),
     FFTs included, in one call: the same steps as engines/epie.EpieEngine.update's general
     path for a group of one, which ran ~10 array calls per slice.
@@ -551,7 +549,15 @@ def epie_multislice_position(execute, plan_f, plan_b, probe_k, frac, s, obj, h, 
     ∂L/∂f_x, curvature y, x), with ∇ψ_1 as the general path's (``_epie_gradient_sums``).
     uy (M,), ux (N,) fftfreq; g_k, psi_k (1, P, M, N), win, pos_tmp (T, 1, 1, M, N) complex,
     power (T, Q, M, N) real and pos_parts (T, 4) float64 scratch (T ≥ 1; the threaded
-    kernel's shapes: index 0 here)."""
+    kernel's shapes: index 0 here). Arguments are records (records.py): fft ``Fft``, scan
+    ``Scan`` (rows not read), h, noise ``Noise``, update ``EpieStep``, bufs ``EpieBuffers``, pos
+    ``EpiePositions``; above by the names they are unpacked to."""
+    execute, plan_f, plan_b = fft
+    probe_k, frac, s, obj, y0, x0, data, _ = scan
+    mask, model, eps = noise
+    beta, gamma, alpha, do_obj, do_probe, do_pos = update
+    first, waves, far, d_obj, g_sum, loss, probe_out = bufs
+    uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
     n_slices = obj.shape[1]
     n_p, nq, m, n = far.shape
     s2 = s * s
@@ -614,10 +620,8 @@ def _pair_product(obj, q, sl, yb, xb, src, dest):
 
 
 @nb.njit(**_JIT)
-def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b, probe_k, frac, s, obj, h, y0, x0,
-                         data, mask, model, eps, beta, gamma, alpha, do_obj, do_probe, first, waves, far, d_obj,
-                         g_sum, loss, probe_out, do_pos, uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out,
-                         signal_addr, signal_value):
+def epie_multislice_part(bar_addr, t, n_threads, maxes, fft, scan, h, noise, update, bufs, pos, signal_addr,
+                         signal_value):
     """``epie_multislice_position`` as thread ``t`` of ``n_threads`` run together
     (``parallel.map_launches(..., together=True)``): one 3PIE position on several cores.
 
@@ -632,7 +636,14 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, execute, plan_f, plan_b,
     t + n_threads, ... in its own scratch (win[t], pos_tmp[t], power[t]), the thread with the
     fewest slices ∂L/∂f too, each its partial sums into pos_parts[t]; thread 0 adds them.
     Why: one position's work is a chain of small transforms that a group-of-one engine
-    cannot batch; with two or more wave chains (modes) they can run side by side."""
+    cannot batch; with two or more wave chains (modes) they can run side by side.
+    The records after ``maxes`` as ``epie_multislice_position``'s."""
+    execute, plan_f, plan_b = fft
+    probe_k, frac, s, obj, y0, x0, data, _ = scan
+    mask, model, eps = noise
+    beta, gamma, alpha, do_obj, do_probe, do_pos = update
+    first, waves, far, d_obj, g_sum, loss, probe_out = bufs
+    uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     n_slices = obj.shape[1]

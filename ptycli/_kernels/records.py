@@ -155,3 +155,42 @@ class TailPart(NamedTuple):
     first: int
     dp_out: Any
     steps: Any
+
+
+class EpieStep(NamedTuple):
+    """One sequential (3)PIE position's update: β (probe-plane step), γ (rPIE's; ≤ 0 for
+    ePIE), α (object step factor) in the real dtype, and what it updates and makes."""
+
+    beta: Any
+    gamma: Any
+    alpha: Any
+    do_obj: bool
+    do_probe: bool
+    do_pos: bool
+
+
+class EpieBuffers(NamedTuple):
+    """``epie_multislice_position``'s work buffers and outputs (see its docstring)."""
+
+    first: Any
+    waves: Any
+    far: Any
+    d_obj: Any
+    g_sum: Any
+    loss: Any
+    probe_out: Any
+
+
+class EpiePositions(NamedTuple):
+    """The position terms of a 3PIE position: fftfreq lines uy (M,), ux (N,), scratch g_k,
+    psi_k (1, P, M, N), win, tmp (T, 1, 1, M, N), power (T, Q, M, N), parts (T, 4) and out (1, 4)."""
+
+    uy: Any
+    ux: Any
+    g_k: Any
+    psi_k: Any
+    win: Any
+    tmp: Any
+    power: Any
+    parts: Any
+    out: Any

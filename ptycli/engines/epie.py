@@ -270,6 +270,7 @@ class EpieEngine(common.EngineBase):
                                    "win": e(threads, 1, 1, m, n), "tmp": e(threads, 1, 1, m, n),
                                    "power": k.empty((threads, n_q, m, n), real),
                                    "parts": k.empty((threads, 4), np.float64), "out": k.empty((1, 4), np.float64),
+                                   "rows": np.zeros(1, dtype=np.int64),  # Scan's rows: not read here
                                    "lines": common.frequency_lines(self.ctx)})
         buf = self._buffers[1]
         # one slice: no propagation follows the last slice, so the propagator is never read
@@ -279,12 +280,16 @@ class EpieEngine(common.EngineBase):
         probe_out = k.empty(probe_k.shape, c, aligned=True) if do_probe else state.probe
         r = lambda v: k.real_scalar(v, probe_k)  # noqa: E731
         gamma = -1.0 if p.rpie_gamma is None else p.rpie_gamma
-        args = (*native, probe_k, frac, r(s), state.object, H if H.ndim == 3 else H[None], ys, xs, data,
-                *noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data,
-                                        projection=True),
-                r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, buf["first"], buf["waves"], buf["far"],
-                buf["d_obj"], buf["g_sum"], buf["loss"], probe_out, do_pos, *buf["lines"],
-                buf["g_k"], buf["psi_k"], buf["win"], buf["tmp"], buf["power"], buf["parts"], buf["out"])
+        rec = k.records
+        args = (rec.Fft(*native), rec.Scan(probe_k, frac, r(s), state.object, ys, xs, data, buf["rows"]),
+                H if H.ndim == 3 else H[None],
+                rec.Noise(*noise_mod.kernel_model(k, self.ctx.noise_model, self.ctx.mask, self.ctx.eps, data,
+                                                  projection=True)),
+                rec.EpieStep(r(p.beta), r(gamma), r(p.alpha), do_obj, do_probe, do_pos),
+                rec.EpieBuffers(buf["first"], buf["waves"], buf["far"], buf["d_obj"], buf["g_sum"], buf["loss"],
+                                probe_out),
+                rec.EpiePositions(*buf["lines"], buf["g_k"], buf["psi_k"], buf["win"], buf["tmp"], buf["power"],
+                                  buf["parts"], buf["out"]))
         # two or more wave chains (probe x object modes): the position on several threads
         together = None
         if threads > 1:

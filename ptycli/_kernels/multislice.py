@@ -530,6 +530,20 @@ def _epie_gradient_sums(execute, plan_f, obj, yb, xb, first, far, beta, uy, ux, 
     return _position_gradient_sums(g_k, psi_k, uy, ux)
 
 
+@nb.njit(inline="always", **_JIT)
+def _epie_fields(fft, scan, noise, update, bufs, pos):
+    """The 3PIE kernels' records (records.py) as one flat tuple, in the order they unpack it."""
+    execute, plan_f, plan_b = fft
+    probe_k, frac, s, obj, y0, x0, data, _ = scan
+    mask, model, eps = noise
+    beta, gamma, alpha, do_obj, do_probe, do_pos = update
+    first, waves, far, d_obj, g_sum, loss, probe_out = bufs
+    uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
+    return (execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma, alpha,
+            do_obj, do_probe, do_pos, first, waves, far, d_obj, g_sum, loss, probe_out, uy, ux, g_k, psi_k, win,
+            pos_tmp, power, pos_parts, pos_out)
+
+
 @nb.njit(**_JIT)
 def epie_multislice_position(fft, scan, h, noise, update, bufs, pos):
     """One position of sequential multislice ePIE (3PIE, Maiden 2012; rPIE with gamma > 0),
@@ -552,12 +566,9 @@ def epie_multislice_position(fft, scan, h, noise, update, bufs, pos):
     kernel's shapes: index 0 here). Arguments are records (records.py): fft ``Fft``, scan
     ``Scan`` (rows not read), h, noise ``Noise``, update ``EpieStep``, bufs ``EpieBuffers``, pos
     ``EpiePositions``; above by the names they are unpacked to."""
-    execute, plan_f, plan_b = fft
-    probe_k, frac, s, obj, y0, x0, data, _ = scan
-    mask, model, eps = noise
-    beta, gamma, alpha, do_obj, do_probe, do_pos = update
-    first, waves, far, d_obj, g_sum, loss, probe_out = bufs
-    uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
+    (execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma, alpha, do_obj,
+     do_probe, do_pos, first, waves, far, d_obj, g_sum, loss, probe_out, uy, ux, g_k, psi_k, win, pos_tmp, power,
+     pos_parts, pos_out) = _epie_fields(fft, scan, noise, update, bufs, pos)
     n_slices = obj.shape[1]
     n_p, nq, m, n = far.shape
     s2 = s * s
@@ -638,12 +649,9 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, fft, scan, h, noise, upd
     Why: one position's work is a chain of small transforms that a group-of-one engine
     cannot batch; with two or more wave chains (modes) they can run side by side.
     The records after ``maxes`` as ``epie_multislice_position``'s."""
-    execute, plan_f, plan_b = fft
-    probe_k, frac, s, obj, y0, x0, data, _ = scan
-    mask, model, eps = noise
-    beta, gamma, alpha, do_obj, do_probe, do_pos = update
-    first, waves, far, d_obj, g_sum, loss, probe_out = bufs
-    uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
+    (execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, mask, model, eps, beta, gamma, alpha, do_obj,
+     do_probe, do_pos, first, waves, far, d_obj, g_sum, loss, probe_out, uy, ux, g_k, psi_k, win, pos_tmp, power,
+     pos_parts, pos_out) = _epie_fields(fft, scan, noise, update, bufs, pos)
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     n_slices = obj.shape[1]

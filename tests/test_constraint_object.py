@@ -6,6 +6,7 @@ import scipy.fft
 
 from ptycli.constraints import object as co
 from ptycli.constraints.base import Context, unwrap_phase, wavelength_a
+from ptycli.errors import InputError
 from ptycli.store.state import State
 
 
@@ -166,3 +167,31 @@ def test_kz_filter_leaves_the_weak_object_modes_alone():
     out = co.kz_filter(_state(obj, probe=np.ones((1, 8, 8), np.complex64)), co.KzFilterParams(), Context())
     np.testing.assert_array_equal(out.object[1], obj[1])
     assert not np.allclose(out.object[0], obj[0])
+
+
+def test_kz_filter_in_physical_units_is_the_index_filter_with_the_cone_beta():
+    """units = "physical": β_index = β Δx / (α_conv Δz); the filter's edge β|u_z| = |u_r|
+    then lies on |k_z| = α_conv |k_r| / β in Å⁻¹ (k_z = u_z/Δz, k_r = u_r/Δx)."""
+    rng = np.random.default_rng(5)
+    obj = _phase_obj(0.3 * rng.standard_normal((1, 4, 16, 16)), amp=1 + 0.05 * rng.random((1, 4, 16, 16)))
+    st = _state(obj, semiangle_mrad=20.0)  # Δx 0.2 Å, Δz 10 Å
+    beta_index = co.physical_beta(st, 0.5)
+    assert beta_index == pytest.approx(0.5 * 0.2 / (0.020 * 10.0))
+    # the edge: β_index u_z = u_r <=> k_z = (α_conv / β) k_r
+    u_r, u_z = 0.25, 0.25 / beta_index
+    assert u_z / 10.0 == pytest.approx(0.020 / 0.5 * (u_r / 0.2))
+    phys = co.kz_filter(st, co.KzFilterParams(beta=0.5, units="physical"), Context()).object
+    index = co.kz_filter(st, co.KzFilterParams(beta=beta_index), Context()).object
+    np.testing.assert_allclose(phys, index, atol=1e-12)
+    # thicker slices (same Δx, α): a weaker depth filter in slice units
+    thick = _state(obj, semiangle_mrad=20.0, slice_thickness=np.full(4, 40.0))
+    assert co.physical_beta(thick, 0.5) == pytest.approx(beta_index / 4)
+
+
+def test_kz_filter_in_physical_units_names_what_it_lacks():
+    obj = _phase_obj(np.zeros((1, 2, 16, 16)))
+    with pytest.raises(InputError, match="semiangle_mrad"):
+        co.kz_filter(_state(obj), co.KzFilterParams(units="physical"), Context())
+    # one slice: nothing to filter, nothing needed
+    one = _state(_phase_obj(np.zeros((1, 1, 16, 16))))
+    assert co.kz_filter(one, co.KzFilterParams(units="physical"), Context()) is one

@@ -19,8 +19,10 @@ from ptycli.stages import init, reconstruct, simulate
 from ptycli.stages.compare import compare_stores
 
 # (recipe, overrides, correlation floor): measured 0.93 (quick, 10 iterations) and 0.84
-# (epie, 20) on both paths; the floors leave room for rounding-order differences only
-RUNS = {"lsqml": ("quick", [], 0.9), "epie": ("epie", [], 0.8)}
+# (epie, 20) on both paths; the floors leave room for rounding-order differences only.
+# The engine's normalisers are under test, not the recipe's depth regulariser (epie's
+# kz_filter, which on these noise-free 25 Å slices leaves the loss at 0.23 of its start)
+RUNS = {"lsqml": ("quick", [], 0.9), "epie": ("epie", ["stage.0.constraints=[]"], 0.8)}
 
 
 @pytest.fixture(scope="module")

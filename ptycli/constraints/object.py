@@ -7,11 +7,13 @@ act on the complex transmission, or on its amplitude and/or phase (``part``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from .. import backend
+from ..errors import InputError
 from .base import (
     ConstraintParams, ConstraintSpec, Context, Part, filter_part, freq2, mirror_extend, propagate_probe, relaxed, unwrap_phase,
 )
@@ -76,6 +78,23 @@ class KzFilterParams(ConstraintParams):
     beta: float = Field(1.0, ge=0, description="Strength β (PtychoShelves regularize_layers), typically 0-1.")
     alpha: float = Field(1.0, ge=0, description="Lateral damping exp(-α|u|²) (PtychoShelves fixes 1).")
     part: Part = Field("both", description="amplitude, phase or both (complex is treated as both).")
+    units: Literal["index", "physical"] = Field("index", description=(
+        "index: u_z and u_x,y in cycles per slice and per pixel (PtychoShelves); physical: β is "
+        "relative to the probe's cone, the filter acts beyond |k_z| = α_conv |k_r| / β in Å⁻¹ "
+        "(needs the state's semiangle and slice thickness)"))
+
+
+def physical_beta(state: Any, beta: float) -> float:
+    """β in index units for ``units = "physical"``: the filter's edge β|u_z| = |u_r| put on
+    the probe's information cone |k_z| = α_conv |k_r| / β (k_z = u_z/Δz, k_r = u_r/Δx), i.e.
+    β·Δx/(α_conv Δz). Why: the index filter acts on slice counts, not depth, so the same β
+    regularised 4 Å slices (abTEM Au, 200 kV: LSQ-ML 0.67 -> 0.94) and erased the depth
+    contrast of 25 Å ones (ptycli's 4-slice preset 0.96 -> 0.88)."""
+    dz = None if state.slice_thickness is None else float(np.mean(np.asarray(backend.to_numpy(state.slice_thickness))))
+    if not state.semiangle_mrad or not dz or dz <= 0:
+        raise InputError("kz_filter units = \"physical\" needs the state's semiangle_mrad and slice_thickness "
+                              f"(got {state.semiangle_mrad!r}, {dz!r}); use units = \"index\" or set them with init")
+    return float(beta) * float(state.dx_a) / (float(state.semiangle_mrad) * 1e-3 * dz)
 
 
 def kz_weight(uy: Any, ux: Any, uz: Any, beta: float, alpha: float = 0.0) -> Any:
@@ -120,7 +139,8 @@ def kz_filter(state: Any, params: KzFilterParams, ctx: Context) -> Any:
     uz = backend.fftfreq(s, xp=xp, dtype="float64")[:, None, None]
     uy = backend.fftfreq(h, xp=xp, dtype="float64")[None, :, None]
     ux = backend.fftfreq(w, xp=xp, dtype="float64")[None, None, :]
-    wa = xp.astype(kz_weight(uy, ux, uz, params.beta, params.alpha), rdtype)
+    beta = physical_beta(state, params.beta) if params.units == "physical" else params.beta
+    wa = xp.astype(kz_weight(uy, ux, uz, beta, params.alpha), rdtype)
     amp = xp.abs(obj)
     delta_a = xp.zeros_like(amp)
     delta_phi = xp.zeros_like(amp)

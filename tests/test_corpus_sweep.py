@@ -29,7 +29,7 @@ if "reconstruct" in args:
         import time
         time.sleep(30)
     if "nan" in mode:
-        print("error: stage 0 iteration 0: NaN/inf after 4 retries", file=sys.stderr)
+        print("ptycli: error: stage 0 iteration 0: NaN/inf after 4 retries", file=sys.stderr)
         sys.exit(6)
     print(json.dumps({"final_loss": 1.5, "iterations": 3}))
 """
@@ -75,8 +75,8 @@ def test_exit_6_and_runtime_warnings_are_counted(tmp_path, monkeypatch):
     assert "| s | 6 @20 (W) | 0 @30 (W) |" in md and "| tilted-multislice | 80 | 30 |" in md
     # the lead gets the messages verbatim: the warning with its source line, the error with its iteration
     assert runs[0]["stderr_lines"] == ["x.py:1: RuntimeWarning: overflow encountered in square | y = x ** 2",
-                                       "error: stage 0 iteration 0: NaN/inf after 4 retries"]
-    assert "  - `error: stage 0 iteration 0: NaN/inf after 4 retries`" in md
+                                       "ptycli: error: stage 0 iteration 0: NaN/inf after 4 retries"]
+    assert "  - `ptycli: error: stage 0 iteration 0: NaN/inf after 4 retries`" in md
     assert "NaN/inf" in (tmp_path / "work" / "s" / "recon-epie.zarr.stderr.txt").read_text()
 
 

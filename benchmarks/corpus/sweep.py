@@ -142,7 +142,7 @@ def notable_lines(stderr: str) -> list[str]:
     for i, ln in enumerate(lines):
         if "RuntimeWarning" in ln:
             out.append(ln.strip() + (f" | {lines[i + 1].strip()}" if i + 1 < len(lines) else ""))
-        elif ln.lstrip().lower().startswith(("error:", "warning:")):
+        elif ln.lstrip().lower().removeprefix("ptycli: ").startswith(("error:", "warning:")):  # the CLI's prefix
             out.append(ln.strip())
     return out
 

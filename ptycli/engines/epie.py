@@ -270,7 +270,7 @@ class EpieEngine(common.EngineBase):
                                    "win": e(threads, 1, 1, m, n), "tmp": e(threads, 1, 1, m, n),
                                    "power": k.empty((threads, n_q, m, n), real),
                                    "parts": k.empty((threads, 4), np.float64), "out": k.empty((1, 4), np.float64),
-                                   "rows": np.zeros(1, dtype=np.int64),  # Scan's rows: not read here
+                                   "rows": np.asarray([0], dtype=np.int64),  # Scan's rows: not read here
                                    "lines": common.frequency_lines(self.ctx)})
         buf = self._buffers[1]
         # one slice: no propagation follows the last slice, so the propagator is never read

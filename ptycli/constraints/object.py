@@ -90,7 +90,7 @@ def physical_beta(state: Any, beta: float) -> float:
     β·Δx/(α_conv Δz). Why: the index filter acts on slice counts, not depth, so the same β
     regularised 4 Å slices (abTEM Au, 200 kV: LSQ-ML 0.67 -> 0.94) and erased the depth
     contrast of 25 Å ones (ptycli's 4-slice preset 0.96 -> 0.88)."""
-    dz = None if state.slice_thickness is None else float(np.mean(np.asarray(backend.to_numpy(state.slice_thickness))))
+    dz = None if state.slice_thickness is None else float(np.mean(backend.to_numpy(state.slice_thickness)))
     if not state.semiangle_mrad or not dz or dz <= 0:
         raise InputError("kz_filter units = \"physical\" needs the state's semiangle_mrad and slice_thickness "
                               f"(got {state.semiangle_mrad!r}, {dz!r}); use units = \"index\" or set them with init")

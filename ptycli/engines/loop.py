@@ -307,18 +307,27 @@ def _early_stop(history: History, si: int, it: int, patience: int) -> bool:
     ``patience`` iterations; decided from the history alone, so resume stays exact."""
     if patience <= 0 or not history.validation_loss:
         return False
-    values = [v for s, v in zip(history.stage, history.validation_loss) if s == si]
+    values = _of_stage(history, history.validation_loss, si)
     if len(values) <= patience:
         return False
     best = int(np.argmin(values))
     if len(values) - 1 - best < patience:
         return False
-    if not any(rec.get("stage") == si for rec in history.early_stop):
-        history.early_stop.append({
-            "stage": si, "iteration": it, "best_iteration": best, "best_validation_loss": values[best],
-            "reason": f"validation loss did not improve for {patience} iterations "
-                      f"(best {values[best]:.6g} at stage iteration {best})"})
+    _record_stop(history, si, it, best_iteration=best, best_validation_loss=values[best],
+                 reason=f"validation loss did not improve for {patience} iterations "
+                        f"(best {values[best]:.6g} at stage iteration {best})")
     return True
+
+
+def _of_stage(history: History, values: list[float], si: int) -> list[float]:
+    """The entries of a per-iteration history list that belong to stage ``si``."""
+    return [v for s, v in zip(history.stage, values) if s == si]
+
+
+def _record_stop(history: History, si: int, it: int, **record: Any) -> None:
+    """Record why stage ``si`` ended early, once (a resumed run re-checks the same rule)."""
+    if not any(rec.get("stage") == si for rec in history.early_stop):
+        history.early_stop.append({"stage": si, "iteration": it, **record})
 
 
 def _converged(history: History, si: int, it: int, stage: Any) -> bool:
@@ -331,7 +340,7 @@ def _converged(history: History, si: int, it: int, stage: Any) -> bool:
     rule = getattr(stage, "converge", None)
     if rule is None or it < max(rule.after, rule.window):
         return False
-    values = [v for s, v in zip(history.stage, history.loss) if s == si]
+    values = _of_stage(history, history.loss, si)
     if len(values) <= rule.window:
         return False
     old, new = values[-1 - rule.window], values[-1]
@@ -340,11 +349,8 @@ def _converged(history: History, si: int, it: int, stage: Any) -> bool:
     rate = (old - new) / (rule.window * new)
     if rate >= rule.loss_change:
         return False
-    if not any(rec.get("stage") == si for rec in history.early_stop):
-        history.early_stop.append({
-            "stage": si, "iteration": it, "reason": f"converged: the loss changed {-100 * rate:+.2g} % per iteration "
-                                                    f"over the last {rule.window} (a fall under "
-                                                    f"{100 * rule.loss_change:g} % ends the stage)"})
+    _record_stop(history, si, it, reason=f"converged: the loss changed {-100 * rate:+.2g} % per iteration over the "
+                                         f"last {rule.window} (a fall under {100 * rule.loss_change:g} % ends the stage)")
     return True
 
 

@@ -122,7 +122,7 @@ def bf_quantities(mean: np.ndarray, cal: Calibration) -> dict[str, Any]:
         return {"bf_radius_px": None}
     out = {"bf_radius_px": radius, "bf_centre_px": [cy, cx],
            "bf_offset_px": [cy - mean.shape[0] // 2, cx - mean.shape[1] // 2],
-           "dark_field_fraction": ops.dark_field_fraction(mean)}
+           "dark_field_fraction": ops.dark_field_fraction(mean, (cy, cx, radius))}
     if cal.semiangle_mrad:
         out["dk_mrad_from_bf"] = cal.semiangle_mrad / radius  # physics.md §1.3: α_pix = α / R_BF
     return out

@@ -279,13 +279,14 @@ DARK_FIELD_RADIUS = 1.1
 DARK_FIELD_REACH = 2.0
 
 
-def dark_field_fraction(mean: np.ndarray) -> float | None:
+def dark_field_fraction(mean: np.ndarray, disk: tuple[float, float, float] | None = None) -> float | None:
     """Share of a mean pattern's counts outside the bright-field disk (radius x
     DARK_FIELD_RADIUS): how strongly the specimen scatters (abTEM: graphene 0.1 %, MoS2
     bilayer 3 %, SrTiO3 7-11 %, Au 16 %). None when the detector does not reach
-    DARK_FIELD_REACH radii from the disk's centre on every side."""
+    DARK_FIELD_REACH radii from the disk's centre on every side. ``disk``: ``bf_disk(mean)``
+    where the caller has it already."""
     mean = np.asarray(mean, dtype=np.float64)
-    cy, cx, radius = bf_disk(mean)
+    cy, cx, radius = bf_disk(mean) if disk is None else disk
     reach = min(cy, cx, mean.shape[0] - 1 - cy, mean.shape[1] - 1 - cx)
     total = float(mean.sum())
     if reach < DARK_FIELD_REACH * radius or total <= 0:

@@ -3,7 +3,7 @@
     python benchmarks/corpus/refine.py                 # every case (cached runs are reused)
     python benchmarks/corpus/refine.py --only A1 --only P1 [--force]
     python benchmarks/corpus/refine.py --report        # rewrite the report from the recorded runs
-    ~/.cache/ptycli/venvs/corpus/bin/python benchmarks/corpus/refine.py --simulate-tilt10
+    ~/.cache/ptycli/venvs/corpus/bin/python benchmarks/corpus/refine.py --simulate srtio3_tilt10
 
 Item 5: "position refinement never makes positions worse and recovers them with a 25 %
 defocus error; a global tilt of ±10 mrad is found from scratch on the thick sets; slice
@@ -12,7 +12,7 @@ microscopist would give `ptycli init` (the set's meta.json, or a start made wron
 purpose) and compares the refined values with the set's truth.npz, never with ptycli's own
 forward model. Sets come from ~/.cache/ptycli/corpus (make.py) and the preprocessed data
 stores from ~/.cache/ptycli/corpus_runs/<set>/data.zarr (run.py); the extra tilted set
-(`--simulate-tilt10`, abTEM, in the corpus venv) and every run go to
+(`--simulate NAME`, abTEM, in the corpus venv: srtio3_tilt10, batio3_tilted) and every run go to
 ~/.cache/ptycli/refine_runs/. Every ptycli process runs under `nice -n 10` with 2 threads.
 Writes benchmarks/RESULTS_refinement.md and .json.
 
@@ -207,6 +207,57 @@ class Case:
     init_args: list[str] | None = None   # or run init with these (the positions file: "{positions}")
     perturb: bool = False          # start positions from perturbed_positions(PERTURB)
     corpus: str = "main"           # main (CORPUS) or extra (EXTRA_CORPUS)
+    recipe_text: str | None = None  # a variant recipe (written to the run folder), named `recipe` in the report
+
+
+# multislice (recipes/multislice.toml) with positions refined from LSQ-ML iteration 10 and
+# only the affine part of the corrections kept (`position_affine`, mode = "project")
+MULTISLICE_POSITIONS_PROJECT = """recipe = "ptycli/1"
+description = "multislice, positions from 10, affine part of the corrections only"
+
+[[stage]]
+type = "lsqml"
+iterations = 30
+grouping = {kind = "sparse", size = 32}
+refine = {object = true, probe = 10, positions = 10}
+
+[[stage.constraints]]
+type = "fix_probe_intensity"
+
+[[stage.constraints]]
+type = "kz_filter"
+beta = 1.0
+
+[[stage.constraints]]
+type = "position_affine"
+mode = "project"
+
+[[stage]]
+type = "gradient"
+iterations = 10
+optimizer = "adam"
+grouping = {kind = "random", size = 16}
+learning_rate = {object = 1e-3, probe = 1e-3}
+refine = {object = true, probe = true, positions = true}
+
+[[stage.constraints]]
+type = "kz_filter"
+beta = 1.0
+
+[[stage.constraints]]
+type = "position_affine"
+mode = "project"
+"""
+
+def with_aberration_stage(shipped: str, iterations: int = 40) -> str:
+    """A shipped recipe with an L-BFGS stage first that refines the object and the probe's
+    C10, C12, C30 (the pixel probe fixed): the stages of the shipped recipe then start
+    from a probe that is right (A1), not from the nominal defocus."""
+    text = (REPO / "ptycli" / "recipes_data" / f"{shipped}.toml").read_text()
+    return (f'recipe = "ptycli/1"\ndescription = "aberrations (C10 C12 C30) first, then {shipped}"\n\n'
+            f'[[stage]]\ntype = "lbfgs"\niterations = {iterations}\nhistory = 10\n'
+            'refine = {object = true, probe = false, aberrations = 0}\naberration_terms = ["C10", "C12", "C30"]\n\n'
+            + text[text.index("[[stage]]"):])
 
 
 ABERRATION_ONLY = ["stage.0.iterations=40", "stage.0.refine.aberrations=0", "stage.0.refine.probe=false"]
@@ -221,6 +272,9 @@ CASES = [
     Case("P1", "positions", "srtio3_nonideal", "multislice",
          "shipped multislice plus position refinement (LSQ-ML from iteration 10, then Adam)",
          ["stage.0.refine.positions=10", "stage.1.refine.positions=true"], init_from="ptycli-multislice"),
+    Case("P1p", "positions", "srtio3_nonideal", "multislice+project",
+         "as P1 with position_affine mode = project (only the affine part of the corrections kept)",
+         [], init_from="ptycli-multislice", recipe_text=MULTISLICE_POSITIONS_PROJECT),
     Case("P2", "positions", "srtio3_nonideal", "auto",
          "shipped auto as is (does it refine positions?)", [], init_from="ptycli-multislice"),
     Case("P3", "positions", "mos2_wrongprior", "single-slice",
@@ -229,15 +283,33 @@ CASES = [
          "shipped single-slice, defocus 25 % off, start positions with srtio3_nonideal-like errors",
          [], init_args=["--defocus-a", "150", "--positions", "{positions}"], perturb=True),
     Case("P5", "positions", "mos2_wrongprior", "single-slice",
-         "control for P4: the same perturbed start positions with the true defocus (200 Å)",
+         "control for P4: the same perturbed start positions with the true probe (defocus 200 Å, C12, C30)",
+         [], init_args=["--defocus-a", "200", "--aberration", "C12=40@30deg", "--aberration", "C30=2e5",
+                        "--positions", "{positions}"], perturb=True),
+    Case("P5d", "positions", "mos2_wrongprior", "single-slice",
+         "the same perturbed start with the true defocus 200 Å alone (C12, C30 not told)",
          [], init_args=["--defocus-a", "200", "--positions", "{positions}"], perturb=True),
+    Case("P4L", "positions", "mos2_wrongprior", "single-slice",
+         "P4 with 3x the iterations (LSQ-ML 90, Adam 30): is it only short?",
+         ["stage.0.iterations=90", "stage.1.iterations=30"],
+         init_args=["--defocus-a", "150", "--positions", "{positions}"], perturb=True),
+    Case("P6", "positions", "mos2_wrongprior", "aberrations+single-slice",
+         "P4's start with an aberration stage first (C10 C12 C30, as A1), then shipped single-slice",
+         [], init_args=["--defocus-a", "150", "--positions", "{positions}"], perturb=True,
+         recipe_text=with_aberration_stage("single-slice")),
     Case("T1", "tilt", "srtio3_tilted", "tilted-multislice",
          "global tilt (3, -2) mrad from scratch, Δz at its truth", [], init_from="ptycli-multislice"),
     Case("T2", "tilt", "srtio3_tilt10", "tilted-multislice",
          "global tilt (10, -10) mrad from scratch (simulated here, srtio3_tilted otherwise)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "3.9050"], corpus="extra"),
+    Case("T3", "tilt", "batio3_tilted", "tilted-multislice",
+         "global tilt (-10, 10) mrad from scratch on 152 Å BaTiO3 (simulated here, 2 phonons)",
+         [], init_args=["--defocus-a", "75", "--slices", "19", "--slice-thickness-a", "8.0000"], corpus="extra"),
     Case("Z1", "thickness", "srtio3_tilted", "tilted-multislice", "Δz from a start 20 % too thick (4.686 Å)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "4.6860"]),
+    Case("Z1L", "thickness", "srtio3_tilted", "tilted-multislice",
+         "Z1 with the L-BFGS stage 2x as long (120 iterations): is Δz only slow?",
+         ["stage.1.iterations=120"], init_args=["--slices", "10", "--slice-thickness-a", "4.6860"]),
     Case("Z2", "thickness", "srtio3_tilted", "tilted-multislice", "Δz from a start 20 % too thin (3.124 Å)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "3.1240"]),
 ]
@@ -249,7 +321,7 @@ def set_dir(case: Case) -> Path:
 
 def corpus_run():
     """benchmarks/corpus/run.py (its timing, thread and commit helpers); imported late, as
-    --simulate-tilt10 runs in the corpus venv, which has no ptycli."""
+    --simulate runs in the corpus venv, which has no ptycli."""
     sys.path.insert(0, str(HERE))
     import run
     return run
@@ -304,7 +376,12 @@ def run_case(case: Case, force: bool) -> dict[str, Any]:
         rec["init"] = "ptycli init " + " ".join(case.init_args or [])
     out = run / "recon.zarr"
     rec["state"] = str(state)
-    cmd = [corpus_run().ptycli_bin(), "reconstruct", str(data), str(state), "--recipe", case.recipe, "--progress", "lines",
+    recipe = case.recipe
+    if case.recipe_text:
+        recipe = str(run / "recipe.toml")
+        (run / "recipe.toml").write_text(case.recipe_text)
+        rec["recipe_text"] = case.recipe_text
+    cmd = [corpus_run().ptycli_bin(), "reconstruct", str(data), str(state), "--recipe", recipe, "--progress", "lines",
            "--overwrite", "-o", str(out)]
     for o in case.overrides:
         cmd += ["--set", o]
@@ -384,6 +461,7 @@ def phase_pearson(case: Case, out: Path) -> float | None:
 
 # ------------------------------------------------------------------ report
 def report(recs: list[dict[str, Any]]) -> str:
+    recs = [dict(r, init=str(r.get("init", "")).replace("{positions}", "start.npy")) for r in recs]
     def done(item):
         return [r for r in recs if r["case"]["item"] == item and "result" in r]
 
@@ -413,12 +491,19 @@ def report(recs: list[dict[str, Any]]) -> str:
                 f"{k} = {v['value_a']:.3g} Å ({v['edge_phase_rad']:.2g} rad at the aperture edge)"
                 for k, v in res["other_terms"].items()), ""]
     out += ["## Positions (rms error after removing a global shift, Å)", ""]
-    rows = [[r["case"]["id"], r["case"]["set"], r["case"]["recipe"], r["case"]["what"], r["result"]["positions"]["before_a"],
-             r["result"]["positions"]["after_a"], r["result"]["positions"]["moved_a"], r["result"]["positions"]["never_worse"],
-             r["result"]["positions"]["recovered"], fmt(r["result"].get("pearson")), r["commit"], cost(r)]
-            for r in done("positions")]
-    out += [markdown_table(["case", "set", "recipe", "start", "before", "after", "moved", "never worse", "recovered",
-                            "phase corr.", "commit", "wall / CPU, load"], rows), ""]
+    out += [f"`moved`: rms of the refined positions against the start's; `local`: the rms left after the best affine map"
+            f" (truth → positions), i.e. the part of the error a scan distortion does not explain. Perturbed starts"
+            f" (`start.npy`): the nominal raster with {PERTURB['noise_a']} Å random error, drift {PERTURB['drift_a']} Å"
+            f" and affine {PERTURB['affine']} (srtio3_nonideal's, seed {PERTURB['seed']}).", ""]
+    rows = []
+    for r in done("positions"):
+        p = r["result"]["positions"]
+        local = f"{p['before_local_a']:.3f} → {p['after_local_a']:.3f}" if "after_local_a" in p else None
+        rows.append([r["case"]["id"], r["case"]["set"], r["case"]["recipe"], r["case"]["what"], p["before_a"],
+                     p["after_a"], p["moved_a"], local, p["never_worse"], p["recovered"],
+                     fmt(r["result"].get("pearson")), r["commit"], cost(r)])
+    out += [markdown_table(["case", "set", "recipe", "start", "before", "after", "moved", "local before → after",
+                            "never worse", "recovered", "phase corr.", "commit", "wall / CPU, load"], rows), ""]
     out += ["Commands: " + "; ".join(f"{r['case']['id']}: `{r['command']}` ({r['init']})" for r in done("positions")), ""]
     out += ["## Global tilt from scratch (mrad, (y, x))", ""]
     rows = [[r["case"]["id"], r["case"]["set"], r["result"]["tilt"]["truth"], r["result"]["tilt"]["found"],
@@ -442,14 +527,22 @@ def report(recs: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def simulate_tilt10() -> None:
-    """The srtio3_tilted set with a (10, -10) mrad tilt (abTEM; run in the corpus venv)."""
+# sets simulated here (abTEM, make.py's machinery): a corpus set with another tilt
+EXTRA_SETS = {
+    "srtio3_tilt10": ("srtio3_tilted", {"tilt_mrad": (10.0, -10.0), "seed": 18, "description":
+                      "SrTiO3 [001] 39 Å, 200 kV, 20 mrad, specimen tilted by (10, -10) mrad (y, x)"}),
+    "batio3_tilted": ("batio3_thick_300kv", {"tilt_mrad": (-10.0, 10.0), "phonons": 2, "seed": 19, "description":
+                      "BaTiO3 [001] 152 Å, 300 kV, 20 mrad, 2 frozen phonons, tilted by (-10, 10) mrad (y, x)"}),
+}
+
+
+def simulate(name: str) -> None:
+    """One of EXTRA_SETS into EXTRA_CORPUS (abTEM; run in the corpus venv)."""
     import dataclasses
     sys.path.insert(0, str(HERE))
     import make
-    spec = dataclasses.replace(make.SETS["srtio3_tilted"], name="srtio3_tilt10", tilt_mrad=(10.0, -10.0), seed=18,
-                               description="SrTiO3 [001] 39 Å, 200 kV, 20 mrad, specimen tilted by (10, -10) mrad (y, x)")
-    print(make.write_set(spec, EXTRA_CORPUS, workers=THREADS))
+    base, changes = EXTRA_SETS[name]
+    print(make.write_set(dataclasses.replace(make.SETS[base], name=name, **changes), EXTRA_CORPUS, workers=THREADS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,10 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", metavar="CASE", help="run only this case (repeatable)")
     ap.add_argument("--force", action="store_true", help="rerun cases already recorded")
     ap.add_argument("--report", action="store_true", help="only rewrite the report from the recorded runs")
-    ap.add_argument("--simulate-tilt10", action="store_true", help="simulate the (10, -10) mrad set (corpus venv)")
+    ap.add_argument("--simulate", choices=sorted(EXTRA_SETS), help="simulate an extra tilted set (corpus venv)")
     args = ap.parse_args(argv)
-    if args.simulate_tilt10:
-        simulate_tilt10()
+    if args.simulate:
+        simulate(args.simulate)
         return 0
     known = {c.id: c for c in CASES}
     bad = [n for n in args.only or [] if n not in known]

@@ -212,34 +212,7 @@ class Case:
 
 # multislice (recipes/multislice.toml) with positions refined from LSQ-ML iteration 10 and
 # only the affine part of the corrections kept (`position_affine`, mode = "project")
-MULTISLICE_POSITIONS_PROJECT = """recipe = "ptycli/1"
-description = "multislice, positions from 10, affine part of the corrections only"
-
-[[stage]]
-type = "lsqml"
-iterations = 30
-grouping = {kind = "sparse", size = 32}
-refine = {object = true, probe = 10, positions = 10}
-
-[[stage.constraints]]
-type = "fix_probe_intensity"
-
-[[stage.constraints]]
-type = "kz_filter"
-beta = 1.0
-
-[[stage.constraints]]
-type = "position_affine"
-mode = "project"
-
-[[stage]]
-type = "gradient"
-iterations = 10
-optimizer = "adam"
-grouping = {kind = "random", size = 16}
-learning_rate = {object = 1e-3, probe = 1e-3}
-refine = {object = true, probe = true, positions = true}
-
+_KZ_AND_PROJECT = """
 [[stage.constraints]]
 type = "kz_filter"
 beta = 1.0
@@ -248,6 +221,27 @@ beta = 1.0
 type = "position_affine"
 mode = "project"
 """
+MULTISLICE_POSITIONS_PROJECT = f"""recipe = "ptycli/1"
+description = "multislice, positions from 10, affine part of the corrections only"
+
+[[stage]]
+type = "lsqml"
+iterations = 30
+grouping = {{kind = "sparse", size = 32}}
+refine = {{object = true, probe = 10, positions = 10}}
+
+[[stage.constraints]]
+type = "fix_probe_intensity"
+{_KZ_AND_PROJECT}
+[[stage]]
+type = "gradient"
+iterations = 10
+optimizer = "adam"
+grouping = {{kind = "random", size = 16}}
+learning_rate = {{object = 1e-3, probe = 1e-3}}
+refine = {{object = true, probe = true, positions = true}}
+{_KZ_AND_PROJECT}"""
+
 
 def with_aberration_stage(shipped: str, iterations: int = 40) -> str:
     """A shipped recipe with an L-BFGS stage first that refines the object and the probe's

@@ -1,8 +1,11 @@
-"""Fused CPU kernels (ptycli/_kernels.py) against the array-API code they replace.
+"""Fused CPU kernels (ptycli/_kernels/) against the array-API code they replace: integration tests.
 
-Oracle: the same run with ``backend.set_kernels(False)`` (the code CuPy and array_api_strict
-run). Kernels only reorder float32 sums, so results agree to float32 rounding: rtol 1e-4 of
-the largest value after two iterations; unit checks of each kernel at 1e-5 relative.
+The contract of each kernel is tests/test_primitives.py (every kernel against the reference
+primitive it implements, ptycli/engines/primitives.py). These tests check the composition:
+whole engine runs and compiled parts (buffers, threads, FFT plans, records) against the
+same run with ``backend.set_kernels(False)`` (the code CuPy and array_api_strict run).
+Kernels only reorder float32 sums, so results agree to float32 rounding: rtol 1e-4 of the
+largest value after two iterations; unit checks of each kernel at 1e-5 relative.
 """
 
 import inspect

@@ -1,7 +1,8 @@
 """What every engine shares: the run context, batches, forward/adjoint of one batch.
 
-This composes the physics API (overlap, multislice, noise); it holds no formulas of its
-own beyond the sub-pixel position derivative of physics.md §5.4.
+This composes the physics API (overlap, multislice, noise) and the compute primitives
+(engines/primitives.py, where every formula of the array path has its one home); the rest
+here is the compiled paths' glue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from .. import backend, host_fft, parallel
 from ..physics import electron, multislice, overlap, propagation
-from . import distributed
+from . import distributed, primitives
 from . import noise as noise_mod
 from .data import Rows, frames_and_rows
 
@@ -197,15 +198,11 @@ def forward(state: Any, batch: Batch, ctx: RunContext, *, patches: bool = True) 
 def loss_and_grad_farfield(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
     """Per-position loss (B,) and ∇_Ψ L (B, P, Q, M, N) for the run's noise model."""
     if ctx.noise_model == "compressed":
-        loss = noise_mod.compressed_loss(fwd.I, batch.data, ctx.comp_masks)
-        dl = noise_mod.compressed_dloss_dI(fwd.I, batch.data, ctx.comp_masks)
-        return loss, 2 * dl[:, None, None, ...] * fwd.Psi
+        return primitives.compressed_update(fwd.Psi, fwd.I, batch.data, ctx.comp_masks)
     fused = noise_mod.fused_farfield(fwd.Psi, batch.data, ctx.noise_model, ctx.mask, ctx.eps, 0.0, 2.0)
     if fused is not None:
         return fused
-    loss, lprime = noise_mod.loss_and_dloss_dI(fwd.I, batch.data, ctx.noise_model, ctx.mask, ctx.eps)
-    lprime *= 2.0
-    return loss, noise_mod.scale_by(fwd.Psi, lprime)
+    return primitives.farfield_update(fwd.Psi, batch.data, ctx.noise_model, ctx.mask, ctx.eps, 0.0, 2.0, I=fwd.I)
 
 
 def loss_and_grad_exit(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any, Any]:
@@ -224,18 +221,8 @@ def loss_and_grad_exit(fwd: Forward, batch: Batch, ctx: RunContext) -> tuple[Any
 
 
 def compressed_projection(fwd: Forward, batch: Batch, ctx: RunContext) -> Any:
-    """Ψ̂ for compressed data: the smallest intensity change that matches the signals.
-
-    δI = -Σ_K m_K r_K / ‖m_K‖² with r_K = m_K·I - s_K (exact for disjoint masks), then
-    the amplitude-type update Ψ̂ = sqrt(max(I + δI, 0) / I) Ψ.
-    """
-    xp = ctx.xp
-    masks = ctx.comp_masks
-    r = noise_mod.compressed_signals(fwd.I, masks) - batch.data  # (B, K)
-    norm = xp.sum(masks * masks, axis=(-2, -1))  # (K,)
-    dI = -xp.sum((r / (norm + 1e-12))[:, :, None, None, ...] * masks[None], axis=1)
-    scale = xp.sqrt(xp.clip(fwd.I + dI, 0, None) / (fwd.I + 1e-12))
-    return fwd.Psi * xp.astype(scale[:, None, None, ...], fwd.Psi.dtype)
+    """Ψ̂ for compressed data (``primitives.compressed_projection``)."""
+    return primitives.compressed_projection(fwd.Psi, fwd.I, batch.data, ctx.comp_masks)
 
 
 def backward(grad_Psi: Any, fwd: Forward, ctx: RunContext, grad_exit: Any = None) -> tuple[Any, Any]:
@@ -542,31 +529,13 @@ def object_gradient(state: Any, batch: Batch, g_patches: Any) -> Any:
 
 
 def position_gradient(g_psi1: Any, psi1: Any, ctx: RunContext) -> Any:
-    """∂L/∂f (B, 2) in pixels (physics.md §5.4), summed over probe modes."""
-    G = backend.fft2(g_psi1)
-    F = backend.fft2(psi1)
-    xp = ctx.xp
-    cross = xp.conj(G) * F
-    uy, ux = ctx.u
-    gy = xp.sum(xp.real(cross * (-2j * math.pi * uy)), axis=(-3, -2, -1))
-    gx = xp.sum(xp.real(cross * (-2j * math.pi * ux)), axis=(-3, -2, -1))
-    return ctx.xp.stack([gy, gx], axis=-1)
+    """∂L/∂f (B, 2) in pixels (``primitives.position_gradient``)."""
+    return primitives.position_gradient(g_psi1, psi1, ctx.u)
 
 
 def position_curvature(fwd: Forward, ctx: RunContext) -> Any:
-    """‖ψ_s ∂O_s/∂f‖² (B, 2) summed over slices and modes: the Gauss-Newton scale of the
-    position step. The object derivative (PtychoShelves) and not the probe's is used, since
-    moving the probe over a flat object changes the exit wave but not the intensity."""
-    xp = ctx.xp
-    uy, ux = ctx.u
-    out = 0.0
-    for s, psi in enumerate(fwd.cache.psi):
-        spec = backend.fft2(fwd.patches[:, :, s, ...])  # (B, Q, M, N)
-        w = xp.sum(xp.abs(psi) ** 2, axis=1)  # (B, Q|1, M, N)
-        dy = xp.abs(backend.ifft2(spec * (2j * math.pi * uy))) ** 2
-        dx = xp.abs(backend.ifft2(spec * (2j * math.pi * ux))) ** 2
-        out = out + xp.stack([xp.sum(dy * w, axis=(1, 2, 3)), xp.sum(dx * w, axis=(1, 2, 3))], axis=-1)
-    return out
+    """‖ψ_s ∂O_s/∂f‖² (B, 2) of the batch's windows and waves (``primitives.position_curvature``)."""
+    return primitives.position_curvature(fwd.patches, fwd.cache.psi, ctx.u)
 
 
 def lsq_position_step(g_pos: Any, fwd: Forward, ctx: RunContext) -> Any:

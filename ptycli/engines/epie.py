@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backend, host_fft, parallel
 from ..physics import overlap, propagation
-from . import common, distributed
+from . import common, distributed, primitives
 from . import noise as noise_mod
 from .data import Rows
 
@@ -73,16 +73,9 @@ class EpieEngine(common.EngineBase):
         d_obj = []  # per slice (B, Q, M, N), applied after the sweep (pre-update values)
         e_new = target
         for s in range(state.n_slices - 1, -1, -1):
-            t = fwd.patches[:, None, :, s, ...]  # (B, 1, Q, M, N)
             psi = fwd.cache.psi[s]  # (B, P, Q|1, M, N)
-            delta = e_new - t * psi
-            d_obj.append(_sum_axis1(xp.conj(psi) * delta) / self._denominator(psi))
-            # max over every object mode too: a weak mode's own max|t|² made its Δψ ≈ δ/t,
-            # amplified by 1/|t| at each slice back and then averaged into the probe's step
-            t_max = xp.max(backend.abs2(t), axis=(-3, -2, -1), keepdims=True)
-            # Δψ = β conj(t) δ / max|t|²: the per-position scalar first (one pass, not two)
-            d_psi = xp.conj(t) * delta
-            d_psi *= p.beta / t_max
+            d_o, d_psi = primitives.epie_update(fwd.patches[:, :, s, ...], psi, e_new, p.beta, p.rpie_gamma)
+            d_obj.append(d_o)
             if s > 0:
                 e_new = propagation.propagate_adjoint(psi + d_psi, fwd.H if fwd.H is None or fwd.H.ndim == 2 else fwd.H[:, None, None, ...])
         d_psi1 = d_psi
@@ -381,23 +374,9 @@ class EpieEngine(common.EngineBase):
                                          projection=True)
         if fused is not None:
             return fused[0], backend.ifft2(fused[1])
-        loss, lprime = noise_mod.projection_lprime(fwd.I, b.data, ctx.noise_model, ctx.mask, ctx.eps)
-        return loss, backend.ifft2(noise_mod.scale_by(fwd.Psi, 1.0 - lprime))
-
-    def _denominator(self, psi: Any) -> Any:
-        """max Σ_p|ψ|² (ePIE) or (1-γ)Σ_p|ψ|² + γ max Σ_p|ψ|² (rPIE), the max over the
-        window and every object mode.
-
-        Why over the modes: past slice 1 a weak object mode's incident wave is weak, and its
-        own max made the step conj(ψ)δ/max|ψ|² ≈ δ/ψ, a change of the weak mode far larger
-        than the mode itself (multislice with `init --object-modes 2` diverged); the strongest
-        mode's max bounds every mode's step as ePIE bounds the probe's.
-        """
-        xp = self.ctx.xp
-        w = _sum_axis1(backend.abs2(psi))  # (B, Q|1, M, N)
-        w_max = xp.max(w, axis=(-3, -2, -1), keepdims=True)
-        gamma = self.params.rpie_gamma
-        return w_max if gamma is None else (1 - gamma) * w + gamma * w_max
+        loss, projected = primitives.farfield_update(fwd.Psi, b.data, ctx.noise_model, ctx.mask, ctx.eps, 1.0, -1.0,
+                                                     projection=True, I=fwd.I)
+        return loss, backend.ifft2(projected)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -408,9 +387,3 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 def _threads(n_p: int, n_q: int) -> int:
     """Host threads a compiled position runs on: one per wave chain (probe x object modes)."""
     return 1 if n_p * n_q == 1 else min(parallel.host_threads(), n_p * n_q)
-
-
-def _sum_axis1(x: Any) -> Any:
-    """Σ over probe modes (axis 1), a view when there is one mode (ePIE runs per position,
-    where each avoided call is a measurable share of the update)."""
-    return x[:, 0, ...] if x.shape[1] == 1 else backend.namespace(x).sum(x, axis=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .. import backend, parallel
+from . import primitives
 
 
 def _split(z: Any) -> tuple[Any, Any]:
@@ -17,26 +18,6 @@ def _split(z: Any) -> tuple[Any, Any]:
     if backend.is_complex(z):
         return xp.real(z), xp.imag(z)
     return z, None
-
-
-def _join(re: Any, im: Any) -> Any:
-    return re if im is None else re + 1j * im
-
-
-def _ema(avg: Any, x: Any, beta: float) -> Any:
-    """beta avg + (1 - beta) x, as a new array."""
-    out = beta * avg
-    out += (1 - beta) * x
-    return out
-
-
-def _ema_sq(avg: Any, x: Any, beta: float) -> Any:
-    """beta avg + (1 - beta) x x, as a new array."""
-    sq = (1 - beta) * x
-    sq *= x
-    out = beta * avg
-    out += sq
-    return out
 
 
 class _Slotted:
@@ -107,25 +88,9 @@ class Adam(_Slotted):
             return fused
         if more is not None:
             grad = grad + more
-        g_re, g_im = _split(grad)
-        # Object-sized and run once per group: each line below is the textbook formula with
-        # its temporaries updated in place (same operations in the same order, so the same
-        # float32 results); the slot arrays themselves are replaced, never written into.
-        slot["m"] = _ema(slot["m"], grad, b1)
-        slot["v_re"] = _ema_sq(slot["v_re"], g_re, b2)
-        if g_im is not None:
-            slot["v_im"] = _ema_sq(slot["v_im"], g_im, b2)
-        m_re, m_im = _split(slot["m"] / (1 - b1**t))
-
-        def sq(v: Any) -> Any:  # sqrt(v_hat) + eps
-            out = v / (1 - b2**t)
-            out **= 0.5
-            out += self.eps
-            return out
-
-        step = _join(m_re / sq(slot["v_re"]), None if m_im is None else m_im / sq(slot["v_im"]))
-        step *= lr
-        return z - (step if step.dtype == z.dtype else backend.namespace(z).astype(step, z.dtype))
+        z, slot["m"], slot["v_re"], slot["v_im"] = primitives.adam_step(
+            z, grad, slot["m"], slot["v_re"], slot["v_im"], t, b1, b2, self.eps, lr)
+        return z
 
 
 def _new_slot(z: Any, grad: Any) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
             b_, p_, q_ = psi.shape[0], psi.shape[1], patches.shape[1]
             exit_wave = k.window_product(patches[:, :, s, ...], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
         else:
-            exit_wave = patches[:, None, :, s, ...] * psi
+            exit_wave = transmit(patches[:, :, s, ...], psi)
         # exit_wave is this loop's own temporary: every transform of it may run in place
         if s == n_slices - 1:
             return backend.fft2(exit_wave, overwrite=True), cache
@@ -84,17 +84,14 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
             grad_psi = k.empty(g.shape, g.dtype)
             k.adjoint_products(patches[:, :, s, ...], cache.psi[s], g, grad_obj[:, :, s, ...], grad_psi)
         else:
-            t = patches[:, None, :, s, ...]
-            grad_patches[s] = _sum_probe_modes(xp.conj(cache.psi[s]) * g)
-            grad_psi = xp.conj(t) * g
+            grad_patches[s], grad_psi = transmit_adjoint(patches[:, :, s, ...], cache.psi[s], g)
         if s == 0:
             break
         # grad_psi is a temporary here (only slice 1's is returned): transforms run in place
         if dH:
             spectrum = backend.fft2(grad_psi, overwrite=True)  # G_s
             for name, d in dH.items():
-                term = xp.real(xp.conj(spectrum) * _h5(d) * cache.exit_k[s - 1])
-                geometry[name] = geometry[name] + xp.sum(term, axis=(1, 2, 3, 4))
+                geometry[name] = geometry[name] + geometry_term(spectrum, _h5(d), cache.exit_k[s - 1])
             spectrum *= xp.conj(_h5(H))  # fresh FFT output, read above only
             g = backend.ifft2(spectrum, overwrite=True)
         else:
@@ -157,6 +154,30 @@ def _backward_blocked(k: Any, g_exit: Any, cache: Cache, H: Any) -> tuple[Any, A
             if s > 0:  # dest is scratch: the transforms run in place in it
                 g = backend.fourier_multiply(dest, h, conj=True, overwrite=True)
     return grad_obj, grad_psi1
+
+
+def transmit(t: Any, psi: Any) -> Any:
+    """Exit waves of one slice, e[b, p, q] = t[b, q] ψ[b, p, q or 0]: the slice's object
+    windows t (B, Q, M, N) times the incident waves psi (B, P, Q|1, M, N) -> (B, P, Q, M, N).
+    Reference of the primitive ``engines.primitives.transmit`` (fused: ``_kernels.window_product``,
+    ``exit_from_object``, ``_kernels.multislice._slice_product``)."""
+    return t[:, None, ...] * psi
+
+
+def transmit_adjoint(t: Any, psi: Any, g: Any) -> tuple[Any, Any]:
+    """Adjoint of ``transmit`` for g = ∂L/∂e* (B, P, Q, M, N): (∂L/∂t* = Σ_p conj(ψ) g
+    (B, Q, M, N), ∂L/∂ψ* = conj(t) g (B, P, Q, M, N), per mode pair). Fused:
+    ``_kernels.adjoint_products``, ``backward_single``, ``_kernels.multislice._slice_adjoint``."""
+    xp = backend.namespace(t, psi, g)
+    return _sum_probe_modes(xp.conj(psi) * g), xp.conj(t[:, None, ...]) * g
+
+
+def geometry_term(G: Any, dH: Any, spectrum: Any) -> Any:
+    """One propagation's share of ∂L/∂θ per position (B,): Re Σ conj(G) ∂H/∂θ F[e] over
+    (P, Q, M, N) (physics.md §5.4), G = F[∂L/∂ψ*] after the propagation, ``spectrum`` = F[e]
+    before it, dH broadcastable against both. Fused: ``_kernels.multislice._tilt_sums``."""
+    xp = backend.namespace(G, spectrum)
+    return xp.sum(xp.real(xp.conj(G) * dH * spectrum), axis=tuple(range(1, G.ndim)))
 
 
 def intensity(Psi: Any) -> Any:

@@ -107,3 +107,10 @@ def test_edge_phase_of_a_term():
     meta = {"semiangle_mrad": 25, "energy_kev": 80}
     assert refine.edge_phase_rad("C10", -200.0, meta) == pytest.approx(math.pi / lam * 200 * 0.025**2, rel=1e-4)
     assert refine.edge_phase_rad("C21", 16.0, meta) == pytest.approx(2 * math.pi / lam * 16 * 0.025**3 / 3, rel=1e-4)
+
+
+def test_findings_are_kept_when_the_tables_are_rewritten(tmp_path):
+    md = tmp_path / "R.md"
+    assert refine.kept_findings(md).startswith(refine.FINDINGS)
+    md.write_text("# tables\n\n| a |\n\n## Findings\n\nthe reading\n")
+    assert refine.kept_findings(md) == "## Findings\n\nthe reading\n"

@@ -273,6 +273,12 @@ CASES = [
          "shipped auto as is (does it refine positions?)", [], init_from="ptycli-multislice"),
     Case("P3", "positions", "mos2_wrongprior", "single-slice",
          "shipped single-slice, defocus 25 % off, exact start positions", [], init_from="ptycli-single-slice"),
+    Case("P3t", "positions", "mos2_wrongprior", "single-slice",
+         "control for P3: exact start positions and the true probe (defocus 200 Å, C12, C30)",
+         [], init_args=["--defocus-a", "200", "--aberration", "C12=40@30deg", "--aberration", "C30=2e5"]),
+    Case("P3a", "positions", "mos2_wrongprior", "aberrations+single-slice",
+         "P3's start (exact positions, defocus 150 Å) with the aberration stage first (as P6)",
+         [], init_from="ptycli-single-slice", recipe_text=with_aberration_stage("single-slice")),
     Case("P4", "positions", "mos2_wrongprior", "single-slice",
          "shipped single-slice, defocus 25 % off, start positions with srtio3_nonideal-like errors",
          [], init_args=["--defocus-a", "150", "--positions", "{positions}"], perturb=True),
@@ -304,6 +310,9 @@ CASES = [
     Case("Z1L", "thickness", "srtio3_tilted", "tilted-multislice",
          "Z1 with the L-BFGS stage 2x as long (120 iterations): is Δz only slow?",
          ["stage.1.iterations=120"], init_args=["--slices", "10", "--slice-thickness-a", "4.6860"]),
+    Case("Z3", "thickness", "batio3_tilted", "tilted-multislice",
+         "Δz from a start 20 % too thick (9.6 Å for 8.0) on 152 Å BaTiO3 (tilted (-10, 10) mrad)",
+         [], init_args=["--defocus-a", "75", "--slices", "19", "--slice-thickness-a", "9.6000"], corpus="extra"),
     Case("Z2", "thickness", "srtio3_tilted", "tilted-multislice", "Δz from a start 20 % too thin (3.124 Å)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "3.1240"]),
 ]
@@ -454,6 +463,7 @@ def phase_pearson(case: Case, out: Path) -> float | None:
 
 
 # ------------------------------------------------------------------ report
+FINDINGS = "## Findings"
 def report(recs: list[dict[str, Any]]) -> str:
     recs = [dict(r, init=str(r.get("init", "")).replace("{positions}", "start.npy")) for r in recs]
     def done(item):
@@ -469,7 +479,9 @@ def report(recs: list[dict[str, Any]]) -> str:
            f"here: positions never worse (after ≤ before) and recovered (≥ {POS_RECOVERED_FRACTION:.0%} of the start's rms",
            f"error removed), rms in Å after removing the mean offset; global tilt within {TILT_TOL_MRAD:g} mrad per axis",
            f"(or {TILT_TOL_FRACTION:.0%} of |tilt|); Δz within ±{THICKNESS_TOL:.0%}; C10 within {DEFOCUS_TOL:.0%}, C12 within",
-           f"{C12_TOL:.0%} and φ12 within {PHI12_TOL_DEG:g}°, C30 within {C30_TOL:.0%}.", ""]
+           f"{C12_TOL:.0%} and φ12 within {PHI12_TOL_DEG:g}°, C30 within {C30_TOL:.0%}. Recipes `multislice+project` and",
+           "`aberrations+single-slice` are variants that refine.py writes into the run folder (MULTISLICE_POSITIONS_PROJECT,",
+           "with_aberration_stage); sets `srtio3_tilt10` and `batio3_tilted` are simulated by it (EXTRA_SETS, abTEM).", ""]
     out += ["## Aberrations from a wrong start (mos2_wrongprior)", ""]
     for r in done("aberrations"):
         res = r["result"]
@@ -482,8 +494,8 @@ def report(recs: list[dict[str, Any]]) -> str:
         out += [markdown_table(["term", "truth", "start", "found", "error", "rel. error", "bar"], rows), ""]
         if res.get("other_terms"):
             out += ["Other refined terms (truth 0): " + ", ".join(
-                f"{k} = {v['value_a']:.3g} Å ({v['edge_phase_rad']:.2g} rad at the aperture edge)"
-                for k, v in res["other_terms"].items()), ""]
+                f"{k} = {v['value_a']:.3g} Å ({v['edge_phase_rad']:.2g} rad at the aperture edge)" if isinstance(v, dict)
+                else f"{k} = {v:.3g} Å" for k, v in res["other_terms"].items()), ""]
     out += ["## Positions (rms error after removing a global shift, Å)", ""]
     out += [f"`moved`: rms of the refined positions against the start's; `local`: the rms left after the best affine map"
             f" (truth → positions), i.e. the part of the error a scan distortion does not explain. Perturbed starts"
@@ -518,7 +530,16 @@ def report(recs: list[dict[str, Any]]) -> str:
     failed = [r for r in recs if "result" not in r]
     if failed:
         out += ["## Runs that did not finish", ""] + [f"- {r['case']['id']}: exit {r['rc']} (`{r['command']}`)" for r in failed] + [""]
+    out += [kept_findings(RESULTS.with_suffix(".md"))]
     return "\n".join(out)
+
+
+def kept_findings(md: Path) -> str:
+    """The hand-written reading of the tables (from FINDINGS to the end of the current
+    report), kept when the tables are rewritten; a placeholder when there is none."""
+    text = md.read_text() if md.exists() else ""
+    at = text.find(FINDINGS)
+    return text[at:].rstrip() + "\n" if at >= 0 else f"{FINDINGS}\n\n(not yet written)\n"
 
 
 # sets simulated here (abTEM, make.py's machinery): a corpus set with another tilt

@@ -22,7 +22,7 @@ Shapes follow physics/multislice.py: probe modes P, object modes Q, slices S, wi
 | ``lsqml_exit_step`` | here | farfield (codes 4, 5: LSQ-ML's own χ) |
 | ``compressed_update`` / ``compressed_projection`` | here | none (the array code runs) |
 | ``epie_update`` | here | epie_single, multislice._slice_epie |
-| ``position_gradient`` / ``position_curvature`` | here | _position_gradient_sums + position_out, _position_curvature_sums |
+| ``position_gradient`` / ``position_curvature`` | physics/overlap.shift_gradient / here | _position_gradient_sums + position_out, _position_curvature_sums |
 | ``lsqml_dots`` / ``lsqml_slice_dots`` | here | lsqml_terms, multislice._row_terms |
 | ``lsqml_steps`` / ``lsqml_direction`` | here | lsqml_steps, lsqml_direction |
 | ``adam_step`` | here | adam, adam_real, adam_region |
@@ -164,15 +164,8 @@ def epie_update(t: Any, psi: Any, target: Any, beta: float, gamma: float | None 
 def position_gradient(g_psi1: Any, psi1: Any, u: tuple[Any, Any]) -> Any:
     """∂L/∂f (B, 2) in pixels (physics.md §5.4), summed over probe modes: Re Σ conj(G)(-2πi u)F[ψ_1]
     with G = F[∂L/∂ψ_1*] (B, P, M, N) and ψ_1 the shifted probe; u = (u_y (M, 1), u_x (1, N))
-    in cycles per pixel."""
-    G = backend.fft2(g_psi1)
-    F = backend.fft2(psi1)
-    xp = backend.namespace(G)
-    cross = xp.conj(G) * F
-    uy, ux = u
-    gy = xp.sum(xp.real(cross * (-2j * math.pi * uy)), axis=(-3, -2, -1))
-    gx = xp.sum(xp.real(cross * (-2j * math.pi * ux)), axis=(-3, -2, -1))
-    return xp.stack([gy, gx], axis=-1)
+    in cycles per pixel (``physics.overlap.shift_gradient`` of the two spectra)."""
+    return overlap.shift_gradient(backend.fft2(g_psi1), backend.fft2(psi1), u)
 
 
 def position_curvature(windows: Any, psi: list[Any], u: tuple[Any, Any]) -> Any:

@@ -9,7 +9,6 @@ objective I -> (loss, ∂L/∂I) (a noise model of physics.md §5.2, built by
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,15 +204,10 @@ class ForwardModel:
         out: dict[str, Any] = {}
         if "probe" in want:
             out["probe"] = backend.ifft2(xp.sum(G1 * xp.conj(fw.ramp)[:, None, ...], axis=0))
-        if "positions" in want:
-            # dL/df = Re Σ conj(G1) (-2πi u) F[ψ1] = 2π Σ u Im(conj(G1) F[ψ1])
-            cross = xp.imag(xp.conj(G1) * (fw.probe_k[None, ...] * fw.ramp[:, None, ...]))
-            cross = xp.sum(cross, axis=1)  # over probe modes
+        if "positions" in want:  # F[ψ1] = F[P]·ramp
             rdt = grids.real_dtype_name(grad_psi1.dtype)
-            uy, ux = grids.pixel_freq_grid(self.shape, xp=xp, dtype=rdt)
-            gy = xp.sum(cross * uy, axis=(-2, -1))
-            gx = xp.sum(cross * ux, axis=(-2, -1))
-            out["positions"] = (2.0 * math.pi) * xp.stack([gy, gx], axis=1)
+            u = grids.pixel_freq_grid(self.shape, xp=xp, dtype=rdt)
+            out["positions"] = overlap.shift_gradient(G1, fw.probe_k[None, ...] * fw.ramp[:, None, ...], u)
         return out
 
 

@@ -118,6 +118,20 @@ def unshift_sum_k(grad_k: Any, frac: Any) -> Any:
     return prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0)
 
 
+def shift_gradient(G: Any, F: Any, u: tuple[Any, Any]) -> Any:
+    """∂L/∂f (B, 2) of waves shifted by f (physics.md §5.4), from spectra: G = F[∂L/∂ψ*] and
+    F = F[ψ] (B, P, M, N), summed over the modes P. Re Σ conj(G)(-2πi u)F = 2π Σ u Im(conj(G) F),
+    u = (u_y (M, 1), u_x (1, N)) in cycles per pixel. The reference of the position gradient
+    (``engines.primitives.position_gradient``; fused: ``_kernels._position_gradient_sums``)."""
+    xp = backend.namespace(G, F)
+    cross = xp.imag(xp.conj(G) * F)
+    cross = cross[:, 0, ...] if cross.shape[1] == 1 else xp.sum(cross, axis=1)  # (B, M, N)
+    uy, ux = u
+    gy = xp.sum(cross * uy, axis=(-2, -1))
+    gx = xp.sum(cross * ux, axis=(-2, -1))
+    return (2.0 * math.pi) * xp.stack([gy, gx], axis=1)
+
+
 def extract(obj: Any, y0: Any, x0: Any, shape: tuple[int, int]) -> Any:
     """Object windows: (Q, S, H, W) -> (B, Q, S, M, N)."""
     return backend.extract_patches(obj, y0, x0, shape)

@@ -31,12 +31,14 @@ KERNELS = {
     "scatter_add": "single_slice:scatter_add",
     "shift_probe": "single_slice:ramp_product",
     "unshift_sum_k": "single_slice:ramp_sum",
+    "unshift_accumulate": "single_slice:ramp_accumulate",
     "shift_ramp_multiply": "single_slice:ramp_multiply",
     "transmit": "single_slice:window_product",
     "transmit_from_object": "single_slice:exit_from_object",
     "transmit_slice": "multislice:_slice_product",
     "transmit_adjoint": "single_slice:adjoint_products",
     "transmit_adjoint_scatter": "single_slice:backward_single",
+    "transmit_adjoint_scatter_in_place": "single_slice:backward_single_in_place",
     "transmit_adjoint_slice": "multislice:_slice_adjoint",
     "mode_power": "single_slice:mode_power",
     "propagate_product": "single_slice:spectral_multiply",
@@ -47,6 +49,7 @@ KERNELS = {
     "position_out": "single_slice:position_out",
     "position_curvature": "single_slice:_position_curvature_sums",
     "epie_update": "single_slice:epie_single",
+    "epie_update_slice": "multislice:_slice_epie",
     "lsqml_dots": "single_slice:lsqml_terms",
     "lsqml_slice_dots": "multislice:_row_terms",
     "lsqml_steps": "single_slice:lsqml_steps",
@@ -408,6 +411,12 @@ def test_shift_kernels(ref):
     total = np.empty((P, M, N), np.complex64)
     kernel("unshift_sum_k")(g_k, frac, 1.0, total)
     _close(total, primitives.unshift_sum_k(g_k, frac), 1e-5)
+    acc = _c((P, M, N), 63)
+    copy_to = np.empty_like(acc)
+    expect = acc + primitives.unshift_sum_k(g_k[:1], frac[:1])
+    kernel("unshift_accumulate")(g_k[:1], frac[:1], 1.0, np.float32(1.0), acc, copy_to)
+    _close(acc, expect, 1e-5)
+    np.testing.assert_array_equal(copy_to, acc)
     each = g_k.copy()
     kernel("shift_ramp_multiply")(each, frac, 1.0, np.float32(2.0))
     _close(each, 2.0 * g_k * overlap.shift_ramp(frac, (M, N), np.complex64, conj=True)[:, None], 1e-5)
@@ -447,6 +456,20 @@ def test_transmit_adjoint_with_scatter_add_kernel(ref):
     _close(illum, primitives.scatter_add(np.zeros_like(illum), Y0, X0,
                                          np.ascontiguousarray(primitives.mode_power(psi1[:, :, None], Q))), 1e-5)
     _close(g_psi, g_pair.sum(axis=2), 1e-5)
+
+
+def test_transmit_adjoint_in_place_kernel(ref):
+    """backward_single_in_place (one object mode): g ← conj(O) g, the scatter-adds as backward_single."""
+    obj, psi1, g = _c((1, H, W), 93), _c((B, P, M, N), 94), _c((B, P, M, N), 95)
+    num, illum = np.zeros((1, H, W), np.complex64), np.zeros((1, H, W), np.float32)
+    t = primitives.extract(obj, Y0, X0, (M, N))
+    g_t, g_pair = primitives.transmit_adjoint(t, psi1[:, :, None], g[:, :, None])
+    out = g.copy()
+    kernel("transmit_adjoint_scatter_in_place")(obj, Y0, X0, psi1, out, num, illum, True, True)
+    _close(out, g_pair[:, :, 0], 1e-6)
+    _close(num, primitives.scatter_add(np.zeros_like(num), Y0, X0, g_t), 1e-5)
+    _close(illum, primitives.scatter_add(np.zeros_like(illum), Y0, X0,
+                                         np.ascontiguousarray(primitives.mode_power(psi1[:, :, None], 1))), 1e-5)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -540,6 +563,19 @@ def test_epie_update_kernel(gamma, ref):
                                               gamma)
     _close(d_obj, ref_obj, 1e-5)
     _close(d_psi, ref_psi.mean(axis=2), 1e-5)
+
+
+@pytest.mark.parametrize("gamma,to_wave", [(None, True), (0.3, False)])
+def test_epie_update_slice_kernel(gamma, to_wave, ref):
+    """_slice_epie (3PIE, one position and slice): d_obj, and e ← ψ + Δψ (``to_wave``) or Δψ."""
+    obj, psi, e = _c((Q, S, H, W), 96), _c((P, 1, M, N), 97), _c((P, Q, M, N), 98)
+    sl, yb, xb = 1, 4, 11
+    d_obj, tmp, got = np.empty((Q, M, N), np.complex64), np.empty(N, np.float32), e.copy()
+    kernel("epie_update_slice")(obj, sl, yb, xb, psi, got, np.float32(0.7),
+                                np.float32(-1.0 if gamma is None else gamma), d_obj, to_wave, tmp)
+    ref_obj, d_psi = primitives.epie_update(obj[None, :, sl, yb:yb + M, xb:xb + N], psi[None], e[None], 0.7, gamma)
+    _close(d_obj, ref_obj[0], 1e-5)
+    _close(got, (psi + d_psi[0]) if to_wave else d_psi[0], 1e-5)
 
 
 def test_position_gradient_kernel(ref):

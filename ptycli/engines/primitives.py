@@ -14,7 +14,7 @@ Shapes follow physics/multislice.py: probe modes P, object modes Q, slices S, wi
 |---|---|---|
 | ``extract`` / ``scatter_add`` | backend.extract_patches / scatter_add_patches (array branches) | extract, scatter_add |
 | ``shift_probe`` / ``unshift_sum_k`` | physics/overlap.py (Fourier shift ramps) | ramp_product, ramp_multiply, ramp_sum, ramp_accumulate |
-| ``transmit`` / ``transmit_adjoint`` | physics/multislice.py | window_product, exit_from_object, adjoint_products, backward_single, multislice._slice_product, _slice_adjoint |
+| ``transmit`` / ``transmit_adjoint`` | physics/multislice.py | window_product, exit_from_object, adjoint_products, backward_single(_in_place), multislice._slice_product, _slice_adjoint |
 | ``propagate`` | backend.fourier_multiply (array branch) | spectral_multiply, multislice._propagate |
 | ``geometry_term`` | physics/multislice.py | multislice._tilt_sums |
 | ``mode_power`` | here | mode_power |

@@ -565,6 +565,7 @@ def test_epie_update_kernel(gamma, ref):
     _close(d_psi, ref_psi.mean(axis=2), 1e-5)
 
 
+@COLD_COMPILE
 @pytest.mark.parametrize("gamma,to_wave", [(None, True), (0.3, False)])
 def test_epie_update_slice_kernel(gamma, to_wave, ref):
     """_slice_epie (3PIE, one position and slice): d_obj, and e ← ψ + Δψ (``to_wave``) or Δψ."""

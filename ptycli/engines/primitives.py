@@ -7,6 +7,10 @@ fused with its neighbours; tests/test_primitives.py checks each kernel against t
 reference here on the same float32/complex64 inputs (the contract), and each reference
 against an independent NumPy computation, an adjoint identity or a finite difference.
 
+A reference the physics layer needs too (physics/multislice.py's forward model and adjoint,
+physics/model.py's gradients) lives in physics/, which may not import engines, and is named
+here; the rest is defined here.
+
 Shapes follow physics/multislice.py: probe modes P, object modes Q, slices S, windows
 (M, N), positions B; far fields (B, P, Q, M, N), unshifted (DC at [0, 0]).
 

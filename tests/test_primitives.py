@@ -108,14 +108,15 @@ def ref():
         yield
 
 
-@pytest.fixture(params=["numpy", "array_api_strict"])
+@pytest.fixture(params=["numpy", "array_api_strict", pytest.param("cupy", marks=pytest.mark.cupy)])
 def xp(request):
-    """(a)-tests' namespace: NumPy with the kernels off, or array_api_strict."""
+    """(a)-tests' namespace: NumPy with the kernels off, array_api_strict, or CuPy (on a CUDA
+    machine only: conftest deselects it elsewhere)."""
     if request.param == "numpy":
         with backend.kernels_disabled():
             yield np
         return
-    yield pytest.importorskip("array_api_strict")
+    yield pytest.importorskip(request.param)
 
 
 def _on(xp, a):

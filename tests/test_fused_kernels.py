@@ -523,7 +523,7 @@ def test_parts_with_position_refinement_match_the_array_path(engine, slices, mod
     with_terms = []  # each part call's do_pos
     for name in ("single_slice_part",) if slices == 1 else ("multislice_part",):
         real = getattr(_kernels, name)
-        want = list(inspect.signature(real.py_func).parameters).index("want")  # a records.Wanted
+        want = list(inspect.signature(getattr(real, "py_func", real)).parameters).index("want")  # a records.Wanted
         monkeypatch.setattr(_kernels, name, lambda *a, _k=real, _i=want: with_terms.append(a[_i].positions) or _k(*a))
     extra = {"refine": {"object": True, "probe": probe, "positions": True}}
     if engine == "gradient":

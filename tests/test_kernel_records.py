@@ -50,13 +50,15 @@ UNPACKED = {
 
 
 def _unpackings(path: Path) -> dict[tuple[str, str], list[str]]:
-    """(function, parameter) -> the names a ``a, b, c = parameter`` statement binds."""
+    """(function, parameter) -> the names a ``a, b, c = parameter`` statement binds (at the top
+    of the body, or under ``if parameter is not None:``, where a None record prunes its code)."""
     found = {}
     for fn in ast.parse(path.read_text()).body:
         if not isinstance(fn, ast.FunctionDef):
             continue
         params = {a.arg for a in fn.args.args}
-        for st in fn.body:
+        guarded = [inner for st in fn.body if isinstance(st, ast.If) for inner in st.body]
+        for st in fn.body + guarded:
             if (isinstance(st, ast.Assign) and isinstance(st.value, ast.Name) and st.value.id in params
                     and isinstance(st.targets[0], ast.Tuple)):
                 found[(fn.name, st.value.id)] = [t.id for t in st.targets[0].elts]

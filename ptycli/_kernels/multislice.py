@@ -50,8 +50,12 @@ from .single_slice import (
     spectral_multiply,
 )
 
+# the conj flags of ``_propagate`` / ``spectral_multiply`` as run-time booleans: the literals
+# True and False each typed a specialisation of their own (two compiles of both, ~1.4 CPU-s)
+_YES, _NO = np.bool_(True), np.bool_(False)
+
 # sha256 of single_slice.py, first 16 hex digits (tests/test_kernel_cache.py says the new one)
-INLINED_DIGEST = "a541a1b0a910ce84"
+INLINED_DIGEST = "2a2a85c1c5729f23"
 
 
 @nb.njit(**_JIT)
@@ -151,7 +155,7 @@ def _propagate(execute, plan_f, plan_b, wave, h, scale, conj):
 
 @nb.njit(inline="always", **_JIT)
 def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far, data_b, mask, model,
-                    eps, a, c, loss_b):
+                    eps, a, c, loss_b, poisson):
     """One window through every slice and back to the exit plane: ψ_1 = F⁻¹[s·ramp·F[P]] into
     ``first``; e_s = O_s ψ_s and ψ_{s+1} = F⁻¹[h F[e_s]] (waves[s - 1]); Ψ = F[e_S], then
     ``far`` = F⁻¹[(a + c·m ℓ')Ψ] (``farfield`` with s² for the unnormalised plans) and
@@ -167,11 +171,11 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
             _slice_product(obj, sl, yb, xb, src, far)
             _fft_planes(execute, plan_f, far)
             flat = far.reshape((1, n_p * nq, m, n))
-            farfield(flat, data_b, mask, model, eps, a, c, s2, flat, loss_b)
+            farfield(flat, data_b, mask, model, eps, a, c, s2, flat, loss_b, poisson)
             _fft_planes(execute, plan_b, far)
         else:
             _slice_product(obj, sl, yb, xb, src, waves[sl])
-            _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, False)
+            _propagate(execute, plan_f, plan_b, waves[sl], hb, s2, _NO)
 
 
 @nb.njit(**_JIT)
@@ -214,11 +218,14 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
     """
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, rows = scan
-    mask, model, eps = noise
+    mask, model, eps, poisson = noise
     do_num, do_illum, do_probe, do_pos, pos_curvature, keep, do_tilt = want
     first, waves, far, g_sum, num, illum, probe_grad_k, loss, g_patches, w_patches, g_psi1, t1 = bufs
-    uy, ux, pos_k, win, tmp, power, pos_out = pos
-    ky, kx, qy, qx, geo, tilt_k, tilt_out = tilt
+    # None: that code is pruned before typing (not compiled: a faster first run)
+    if pos is not None:
+        uy, ux, pos_k, win, tmp, power, pos_out = pos
+    if tilt is not None:
+        ky, kx, qy, qx, geo, tilt_k, tilt_out = tilt
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_ = frac.shape[0]
@@ -241,7 +248,7 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
         yb, xb = y0[b], x0[b]
         hb = h[b if per_position_h else 0].reshape((1, m, n))
         _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far,
-                        data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1])
+                        data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1], poisson)
         ty = 0.0
         tx = 0.0
         tq = 0.0
@@ -250,7 +257,7 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
             gk = g_patches[b, sl] if keep_num else g_patches[0, 0]
             wk = w_patches[b, sl] if keep_illum else w_patches[0, 0]
             _slice_adjoint(obj, sl, yb, xb, src, far, num, illum, do_num, do_illum, keep_num, keep_illum, gk, wk)
-            if sl > 0 and do_tilt:  # G_s = F[∇ψ_s] is the adjoint propagation's own transform
+            if tilt is not None and sl > 0 and do_tilt:  # G_s = F[∇ψ_s] is the adjoint propagation's own transform
                 _fft_planes(execute, plan_f, far)
                 tk = tilt_k.reshape(-1)
                 wv = src.reshape(-1)
@@ -261,17 +268,17 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
                 ty += ry
                 tx += rx
                 tq += rq
-                spectral_multiply(far.reshape((1, n_p * nq, m, n)), hb, s2, True)
+                spectral_multiply(far.reshape((1, n_p * nq, m, n)), hb, s2, _YES)
                 _fft_planes(execute, plan_b, far)
             elif sl > 0:
-                _propagate(execute, plan_f, plan_b, far, hb, s2, True)
-        if do_tilt:  # unitary spectra: s² on the unnormalised pair
+                _propagate(execute, plan_f, plan_b, far, hb, s2, _YES)
+        if tilt is not None and do_tilt:  # unitary spectra: s² on the unnormalised pair
             tilt_out[b, 0] = float(s2) * ty * geo[b, 0]
             tilt_out[b, 1] = float(s2) * tx * geo[b, 1]
             tilt_out[b, 2] = float(s2) * (tq + ty * geo[b, 2] + tx * geo[b, 3])
         cy = 0.0
         cx = 0.0
-        if do_pos and pos_curvature:  # slice by slice, from the waves that entered each slice
+        if pos is not None and do_pos and pos_curvature:  # slice by slice, from the waves that entered each slice
             for sl in range(n_slices):
                 ry, rx = _slice_curvature(execute, plan_f, plan_b, obj, sl, yb, xb, first, waves, uy, ux, win, tmp,
                                           power)
@@ -288,7 +295,7 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
                     for x in range(n):
                         v = orow[x]
                         trow[x] += v.real * v.real + v.imag * v.imag
-        if not (do_probe or do_pos):
+        if not (do_probe or (pos is not None and do_pos)):
             continue
         # ∇ψ_1 = Σ_q conj(O_{q,1}) g_1: with one object mode that is ``far`` itself
         if nq == 1:
@@ -302,7 +309,7 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
             for i in range(kept.shape[0]):
                 kept[i] = src_flat[i]
         _fft_planes(execute, plan_f, gp)
-        if do_pos:  # ∂L/∂f from F[∇ψ_1] (the probe gradient's own transform) and F[ψ_1]
+        if pos is not None and do_pos:  # ∂L/∂f from F[∇ψ_1] (the probe gradient's own transform) and F[ψ_1]
             to = pos_k.reshape(-1)
             fr = first.reshape(-1)
             for i in range(to.shape[0]):
@@ -535,7 +542,7 @@ def _epie_fields(fft, scan, noise, update, bufs, pos):
     """The 3PIE kernels' records (records.py) as one flat tuple, in the order they unpack it."""
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, _ = scan
-    mask, model, eps = noise
+    mask, model, eps, _ = noise  # ePIE's codes never include 5 (its farfield calls pass None)
     beta, gamma, alpha, do_obj, do_probe, do_pos = update
     first, waves, far, d_obj, g_sum, loss, probe_out = bufs
     uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos
@@ -577,12 +584,12 @@ def epie_multislice_position(fft, scan, h, noise, update, bufs, pos):
     hb = h[0].reshape((1, m, n))
     tmp = np.empty(n, dtype=loss.dtype)
     _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far, data, mask, model,
-                    eps, s2, -s2, loss)
+                    eps, s2, -s2, loss, None)
     for sl in range(n_slices - 1, -1, -1):
         src = first if sl == 0 else waves[sl - 1]
         _slice_epie(obj, sl, yb, xb, src, far, beta, gamma, d_obj[sl], sl > 0, tmp)
         if sl > 0:
-            _propagate(execute, plan_f, plan_b, far, hb, s2, True)
+            _propagate(execute, plan_f, plan_b, far, hb, s2, _YES)
     if do_pos:
         cy = 0.0
         cx = 0.0
@@ -679,12 +686,12 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, fft, scan, h, noise, upd
                 _fft_planes(execute, plan_f, _pair(far, p, q))
             else:
                 _pair_product(obj, q, sl, yb, xb, src, waves[sl][p, q])
-                _propagate(execute, plan_f, plan_b, _pair(waves[sl], p, q), hb, s2, False)
+                _propagate(execute, plan_f, plan_b, _pair(waves[sl], p, q), hb, s2, _NO)
     passed += 1
     _barrier(bar_addr, passed * n_threads)
     if t == 0:
         flat = far.reshape((1, n_p * nq, m, n))
-        farfield(flat, data, mask, model, eps, s2, -s2, s2, flat, loss)
+        farfield(flat, data, mask, model, eps, s2, -s2, s2, flat, loss, None)
     passed += 1
     _barrier(bar_addr, passed * n_threads)
     for k in range(t, n_p * nq, n_threads):
@@ -712,7 +719,7 @@ def epie_multislice_part(bar_addr, t, n_threads, maxes, fft, scan, h, noise, upd
         _barrier(bar_addr, passed * n_threads)
         if sl > 0:
             for k in range(t, n_p * nq, n_threads):
-                _propagate(execute, plan_f, plan_b, _pair(far, k // nq, k % nq), hb, s2, True)
+                _propagate(execute, plan_f, plan_b, _pair(far, k // nq, k % nq), hb, s2, _YES)
             passed += 1
             _barrier(bar_addr, passed * n_threads)
     if do_pos:  # before any step: every thread's reading of the windows ends at the barrier

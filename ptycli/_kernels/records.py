@@ -40,11 +40,14 @@ class Scan(NamedTuple):
 
 class Noise(NamedTuple):
     """The noise model of the far-field step: mask (M, N), code (``NOISE_CODES`` or
-    ``LSQML_STEP_CODES``), ε in the real dtype (``noise.kernel_model``)."""
+    ``LSQML_STEP_CODES``), ε in the real dtype (``noise.kernel_model``); ``poisson`` None
+    (the default) compiles the kernels without the Poisson step's β (code 5: variants.py
+    sets it for a Poisson run)."""
 
     mask: Any
     model: int
     eps: Any
+    poisson: Any = None
 
 
 class Wanted(NamedTuple):

@@ -221,7 +221,7 @@ def _power_row(planes, y, out):
 
 
 @nb.njit(**_JIT)
-def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
+def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
     """Per-position loss and out = (a + c·m ℓ'(I)) ψ with I = s2 Σ_k |ψ_k|², in one pass.
 
     psi, out (B, K, M, N); data (B, M, N); mask (M, N) (ones for no mask); loss (B,);
@@ -231,8 +231,12 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     ``LSQML_STEP_CODES``: 4, the intensity loss with the amplitude model's ℓ' (ε the
     amplitude model's); 5, the Poisson loss with ℓ' times β_b, the step along the Poisson
     gradient that 3 Newton iterations on the window find (``_poisson_beta``).
+    ``poisson`` None: code 5's β is pruned before typing (not compiled; variants.py), and
+    code 5 is refused.
     """
     nb_, nk, m, n = psi.shape
+    if poisson is None and model == 5:
+        raise ValueError("farfield: model 5 (LSQ-ML's Poisson step) with the poisson argument None")
     # out may be psi itself: then the last loop is written on one array (an output aliasing
     # its input fails LLVM's run-time overlap check and that loop would run scalar)
     in_place = out.ctypes.data == psi.ctypes.data
@@ -246,13 +250,13 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss):
     inten = np.empty((m, n) if model == 5 else (1, 1), dtype=loss.dtype)
     for b in range(nb_):
         c_b = c
-        if model == 5:  # β_b from the whole window's intensities first
+        if poisson is not None and model == 5:  # β_b from the whole window's intensities first
             c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, inten)
         total = 0.0  # the window's loss: float64 over float32 row sums
         for y in range(m):
             drow = data[b, y]
             mrow = mask[y]
-            if model == 5:
+            if poisson is not None and model == 5:
                 irow = inten[y]
                 for x in range(n):
                     f[x] = irow[x]
@@ -489,33 +493,30 @@ def lsqml_terms(d_obj, obj, y0, x0, psi, shifted_dp, g, use_obj, use_probe, out)
                     rab = zero
                     rra = zero
                     rrb = zero
-                    if use_obj and use_probe:
-                        for x in range(n):
-                            va = drow[x] * prow[x]
-                            vb = orow[x] * srow[x]
-                            chi = grow[x]
-                            raa += va.real * va.real + va.imag * va.imag
-                            rra += va.real * chi.real + va.imag * chi.imag
-                            rbb += vb.real * vb.real + vb.imag * vb.imag
-                            rrb += vb.real * chi.real + vb.imag * chi.imag
-                            rab += va.real * vb.real + va.imag * vb.imag
-                    elif use_obj:
-                        for x in range(n):
-                            va = drow[x] * prow[x]
-                            chi = grow[x]
-                            raa += va.real * va.real + va.imag * va.imag
-                            rra += va.real * chi.real + va.imag * chi.imag
-                    else:
-                        for x in range(n):
-                            vb = orow[x] * srow[x]
-                            chi = grow[x]
-                            rbb += vb.real * vb.real + vb.imag * vb.imag
-                            rrb += vb.real * chi.real + vb.imag * chi.imag
+                    # one loop whatever use_obj / use_probe (the unused sums are dropped below):
+                    # a loop per combination cost ~1 CPU-s more to compile, once per install
+                    for x in range(n):
+                        va = drow[x] * prow[x]
+                        vb = orow[x] * srow[x]
+                        chi = grow[x]
+                        raa += va.real * va.real + va.imag * va.imag
+                        rra += va.real * chi.real + va.imag * chi.imag
+                        rbb += vb.real * vb.real + vb.imag * vb.imag
+                        rrb += vb.real * chi.real + vb.imag * chi.imag
+                        rab += va.real * vb.real + va.imag * vb.imag
                     aa += raa
                     bb += rbb
                     ab += rab
                     ra += rra
                     rb += rrb
+        if not use_obj:  # set, not scaled: an unused direction may hold anything
+            aa = 0.0
+            ab = 0.0
+            ra = 0.0
+        if not use_probe:
+            bb = 0.0
+            ab = 0.0
+            rb = 0.0
         out[b, 0] = aa
         out[b, 1] = bb
         out[b, 2] = ab
@@ -1039,7 +1040,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
     _fft_planes(execute, plan_f, exit_wave)
     nb_, n_p, nq, m, n = exit_wave.shape
     farfield(exit_wave.reshape((nb_, n_p * nq, m, n)), data, mask, model, eps, s2, -s2, s2,
-             corrected.reshape((nb_, n_p * nq, m, n)), loss)
+             corrected.reshape((nb_, n_p * nq, m, n)), loss, None)  # ePIE's codes never include 5
     _fft_planes(execute, plan_b, corrected)
     epie_single(obj, y0, x0, psi, corrected, beta, gamma, d_obj, d_psi)
     if alpha != 1:
@@ -1054,7 +1055,7 @@ def epie_position(execute, plan_f, plan_b, probe_k, frac, s, obj, y0, x0, data, 
 
 
 @nb.njit(**_JIT)
-def single_slice_part(fft, scan, noise, want, bufs, pos, done_addr, signal_addr, signal_value):
+def single_slice_part(fft, scan, noise, want, bufs, pos, in_place_ok, done_addr, signal_addr, signal_value):
     """A part of a single-slice group, position by position with FFTs, in one call: the
     forward model, the loss and its gradient at the exit plane, the adjoint's scatter-adds
     and the probe gradient's spectrum. Arguments are records (records.py): fft ``Fft``, scan
@@ -1080,19 +1081,23 @@ def single_slice_part(fft, scan, noise, want, bufs, pos, done_addr, signal_addr,
     0) while the window's waves are in cache, ∂L/∂f from the probe gradient's own F[∇ψ]:
     uy (M,), ux (N,) fftfreq; pos_k (1, P, M, N), win, tmp (1, 1, M, N) complex and power
     (1, M, N) real scratch (any arrays of the right rank else).
+    ``pos`` None, ``in_place_ok`` None, noise.poisson None: the position terms, the in-place
+    adjoint (one buffer less per window) and code 5's β are pruned before typing (not compiled;
+    variants.py chooses, once per process).
     """
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, rows = scan
-    mask, model, eps = noise
+    mask, model, eps, poisson = noise
     do_num, do_illum, do_probe, do_pos, pos_curvature, _, _ = want
     psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss = bufs
-    uy, ux, pos_k, win, tmp, power, pos_out = pos
+    if pos is not None:  # None: the position code is pruned before typing (not compiled)
+        uy, ux, pos_k, win, tmp, power, pos_out = pos
     if signal_addr != 0:
         _store_release(signal_addr, signal_value)
     nb_ = frac.shape[0]
     n_p, nq, m, n = g_exit.shape[1:]
     keep = psi.shape[0] == nb_
-    in_place = not keep and nq == 1
+    in_place = in_place_ok is not None and not keep and nq == 1
     s2 = s * s
     zero = loss.dtype.type(0)
     # the sums start from zero here, not in np.zeros: a zero-fill there holds Python's lock
@@ -1120,15 +1125,15 @@ def single_slice_part(fft, scan, noise, want, bufs, pos, done_addr, signal_addr,
         exit_from_object(obj, yb, xb, pb, ew)
         _fft_planes(execute, plan_f, ew)
         farfield(ew.reshape((1, n_p * nq, m, n)), data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
-                 gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1])
+                 gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1], poisson)
         _fft_planes(execute, plan_b, gw)
-        if in_place:
+        if in_place_ok is not None and in_place:
             gp = wave.reshape((1, n_p, m, n))
             backward_single_in_place(obj, yb, xb, pb, gp, num, illum, do_num, do_illum)
         else:  # ∇ψ goes to ``wave`` too when it has room (dead after the far field)
             gp = wave.reshape((1, n_p, m, n)) if nq == 1 else g_psi
             backward_single(obj, yb, xb, pb, gb, num, illum, do_num, do_illum, gp)
-        if do_pos:
+        if pos is not None and do_pos:
             cy = 0.0
             cx = 0.0
             if pos_curvature:  # before F[∇ψ] below: ``wave`` may hold ∇ψ, ``pb`` still ψ

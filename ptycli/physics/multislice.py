@@ -43,11 +43,7 @@ def forward(psi1: Any, patches: Any, H: Any = None, *, keep_spectra: bool = Fals
     psi = psi1[:, :, None, ...]  # (B, P, 1, M, N): shared by every object mode on slice 1
     for s in range(n_slices):
         cache.psi.append(psi)
-        if k is not None:  # one pass, no broadcast temporaries
-            b_, p_, q_ = psi.shape[0], psi.shape[1], patches.shape[1]
-            exit_wave = k.window_product(patches[:, :, s, ...], psi, k.empty((b_, p_, q_, *psi.shape[-2:]), psi.dtype))
-        else:
-            exit_wave = transmit(patches[:, :, s, ...], psi)
+        exit_wave = transmit(patches[:, :, s, ...], psi)
         # exit_wave is this loop's own temporary: every transform of it may run in place
         if s == n_slices - 1:
             return backend.fft2(exit_wave, overwrite=True), cache
@@ -80,11 +76,9 @@ def backward(grad_Psi: Any, cache: Cache, H: Any = None, *, dH: dict[str, Any] |
         return _backward_blocked(k, g, cache, H)
     grad_obj = k.empty(patches.shape, patches.dtype) if k is not None and g.dtype == patches.dtype else None
     for s in range(n_slices - 1, -1, -1):
-        if grad_obj is not None:  # both products in one pass, written straight into the result
-            grad_psi = k.empty(g.shape, g.dtype)
-            k.adjoint_products(patches[:, :, s, ...], cache.psi[s], g, grad_obj[:, :, s, ...], grad_psi)
-        else:
-            grad_patches[s], grad_psi = transmit_adjoint(patches[:, :, s, ...], cache.psi[s], g)
+        # fused: both products in one pass, written straight into the result
+        out_t = grad_obj[:, :, s, ...] if grad_obj is not None else None
+        grad_patches[s], grad_psi = transmit_adjoint(patches[:, :, s, ...], cache.psi[s], g, out_t=out_t)
         if s == 0:
             break
         # grad_psi is a temporary here (only slice 1's is returned): transforms run in place
@@ -130,7 +124,7 @@ def _forward_blocked(k: Any, psi1: Any, patches: Any, H: Any) -> tuple[Any, Cach
         for s in range(n_slices):
             last = s == n_slices - 1
             dest = Psi[c] if last else cache.psi[s + 1][c]
-            k.window_product(patches[c, :, s, ...], cache.psi[s][c], dest)
+            transmit(patches[c, :, s, ...], cache.psi[s][c], out=dest)
             out = backend.fft2(dest, overwrite=True) if last else backend.fourier_multiply(dest, h, overwrite=True)
             backend.store(dest, out)
     return Psi, cache
@@ -150,26 +144,40 @@ def _backward_blocked(k: Any, g_exit: Any, cache: Cache, H: Any) -> tuple[Any, A
         g = g_exit[c]
         for i, s in enumerate(range(n_slices - 1, -1, -1)):
             dest = grad_psi1[c] if s == 0 else scratch[i % 2][: c.stop - c.start]
-            k.adjoint_products(patches[c, :, s, ...], cache.psi[s][c], g, grad_obj[c, :, s, ...], dest)
+            transmit_adjoint(patches[c, :, s, ...], cache.psi[s][c], g, out_t=grad_obj[c, :, s, ...], out_psi=dest)
             if s > 0:  # dest is scratch: the transforms run in place in it
                 g = backend.fourier_multiply(dest, h, conj=True, overwrite=True)
     return grad_obj, grad_psi1
 
 
-def transmit(t: Any, psi: Any) -> Any:
+def transmit(t: Any, psi: Any, out: Any = None) -> Any:
     """Exit waves of one slice, e[b, p, q] = t[b, q] ψ[b, p, q or 0]: the slice's object
     windows t (B, Q, M, N) times the incident waves psi (B, P, Q|1, M, N) -> (B, P, Q, M, N).
-    Reference of the primitive ``engines.primitives.transmit`` (fused: ``_kernels.window_product``,
-    ``exit_from_object``, ``_kernels.multislice._slice_product``)."""
-    return t[:, None, ...] * psi
+    The primitive ``engines.primitives.transmit``: the array expression below is its
+    reference; on NumPy with the fused kernels ``_kernels.window_product`` runs it in one pass
+    (into ``out`` when given; also fused in ``exit_from_object``, ``multislice._slice_product``)."""
+    k = backend.kernels(backend.namespace(t, psi))
+    if k is None or t.dtype != psi.dtype:
+        return t[:, None, ...] * psi
+    if out is None:
+        out = k.empty((psi.shape[0], psi.shape[1], t.shape[1], *psi.shape[-2:]), psi.dtype)
+    return k.window_product(t, psi, out)
 
 
-def transmit_adjoint(t: Any, psi: Any, g: Any) -> tuple[Any, Any]:
+def transmit_adjoint(t: Any, psi: Any, g: Any, out_t: Any = None, out_psi: Any = None) -> tuple[Any, Any]:
     """Adjoint of ``transmit`` for g = ∂L/∂e* (B, P, Q, M, N): (∂L/∂t* = Σ_p conj(ψ) g
-    (B, Q, M, N), ∂L/∂ψ* = conj(t) g (B, P, Q, M, N), per mode pair). Fused:
-    ``_kernels.adjoint_products``, ``backward_single``, ``_kernels.multislice._slice_adjoint``."""
+    (B, Q, M, N), ∂L/∂ψ* = conj(t) g (B, P, Q, M, N), per mode pair). The array expression
+    is the reference; on NumPy with the fused kernels ``_kernels.adjoint_products`` makes both
+    in one pass (into ``out_t``, ``out_psi`` when given; also fused in ``backward_single``,
+    ``multislice._slice_adjoint``)."""
     xp = backend.namespace(t, psi, g)
-    return _sum_probe_modes(xp.conj(psi) * g), xp.conj(t[:, None, ...]) * g
+    k = backend.kernels(xp)
+    if k is None or g.dtype != t.dtype:
+        return _sum_probe_modes(xp.conj(psi) * g), xp.conj(t[:, None, ...]) * g
+    out_t = k.empty(t.shape, t.dtype) if out_t is None else out_t
+    out_psi = k.empty(g.shape, g.dtype) if out_psi is None else out_psi
+    k.adjoint_products(t, psi, g, out_t, out_psi)
+    return out_t, out_psi
 
 
 def geometry_term(G: Any, dH: Any, spectrum: Any) -> Any:

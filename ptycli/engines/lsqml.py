@@ -19,8 +19,7 @@ import numpy as np
 
 from .. import backend, host_fft, parallel
 from ..physics import overlap
-from . import common, distributed
-from . import noise as noise_mod
+from . import common, distributed, primitives
 
 
 class LsqmlEngine(common.EngineBase):
@@ -321,26 +320,12 @@ class LsqmlEngine(common.EngineBase):
         Why: -½∇ of the intensity loss, 2(I - D)Ψ, is not an exit-wave step (it scales with the
         counts), and the 2×2 steps of §6.3 then overshot to NaN in the first iteration; the
         projection is where the intensity loss is smallest pixel by pixel, as for amplitude."""
-        _, lprime = noise_mod.projection_lprime(fwd.I, b.data, "intensity", self.ctx.mask, self.ctx.eps)
-        return noise_mod.scale_by(fwd.Psi, 2.0 * lprime)
+        return primitives.lsqml_exit_step(fwd.Psi, b.data, "intensity", self.ctx.mask, self.ctx.eps, I=fwd.I)
 
     def _poisson_step(self, fwd: common.Forward, b: common.Batch) -> Any:
         """-2 χ with χ = β_ξ r Ψ, r = D/(I+ε) - 1, β_ξ ∈ [0, 1] minimising the Poisson loss
         along r Ψ per position (3 Newton steps on dL/dβ, physics.md §6.3.1)."""
-        xp = self.ctx.xp
-        eps = self.ctx.eps if self.ctx.eps is not None else 1e-3
-        D, I = b.data, fwd.I
-        r = D / (I + eps) - 1.0
-        if self.ctx.mask is not None:
-            r = r * self.ctx.mask
-        beta = xp.full((I.shape[0], 1, 1), 0.5, dtype=I.dtype)
-        for _ in range(3):
-            u = 1.0 + beta * r
-            u = xp.where(u > 1e-3, u, 1e-3)
-            grad = xp.sum(2 * r * I * u - 2 * D * r / u, axis=(-2, -1), keepdims=True)
-            hess = xp.sum(2 * r * r * I + 2 * D * r * r / (u * u), axis=(-2, -1), keepdims=True)
-            beta = xp.clip(beta - grad / (hess + 1e-30), 0.0, 1.0)
-        return fwd.Psi * xp.astype((-2.0 * beta * r)[:, None, None, ...], fwd.Psi.dtype)
+        return primitives.lsqml_exit_step(fwd.Psi, b.data, "poisson", self.ctx.mask, self.ctx.eps, I=fwd.I)
 
     # ------------------------------------------------------------------ directions
     def _object_direction(self, state: Any, nums: list[Any], Ws: list[Any]) -> Any:
@@ -371,14 +356,7 @@ class LsqmlEngine(common.EngineBase):
             k.lsqml_direction(num.reshape(flat), W.reshape(flat), k.real_scalar(self.params.delta, W), None, None,
                               modes)
             return num
-        num *= -0.5  # Σ_j ΔO_j
-        w_max = xp.max(W, axis=(-4, -2, -1), keepdims=True)
-        # w_max·sqrt((W/w_max)² + δ²), as the kernel: W² overflowed float32 on thick specimens;
-        # an unlit plane (w_max = 0) gets no direction
-        lit = w_max > 0
-        inv = xp.astype(xp.where(lit, 1.0 / xp.where(lit, w_max, 1.0), 0.0), W.dtype)
-        r = W * inv
-        return num * xp.astype(inv / xp.sqrt(r * r + self.params.delta ** 2), W.dtype)
+        return primitives.lsqml_direction(num, W, self.params.delta)
 
     # ------------------------------------------------------------------ steps
     def _terms_single(self, state: Any, b: common.Batch, fwd: common.Forward, g_exit: Any,
@@ -401,13 +379,7 @@ class LsqmlEngine(common.EngineBase):
         a = overlap.extract(dO, b.y0, b.x0, state.window)[:, None, :, 0, ...] * fwd.psi1[:, :, None, ...] \
             if dO is not None else None
         bb = t * overlap.shift_spectrum(dP_k, b.frac)[:, :, None, ...] if dP_k is not None else None
-        dot = backend.real_dot
-        dot_chi = lambda u: -0.5 * backend.real_dot(u, g_exit)  # Re⟨u, χ⟩, u and χ both (B, P, Q, M, N)
-        if a is not None and bb is not None:
-            return dot(a, a), dot(bb, bb), dot(a, bb), dot_chi(a), dot_chi(bb)
-        if a is not None:
-            return dot(a, a), dot_chi(a)
-        return dot(bb, bb), dot_chi(bb)
+        return primitives.lsqml_dots(a, bb, g_exit)
 
     def _steps_single(self, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
         """Damped 2×2 least squares per position for (α_O, α_P), then batch averages.
@@ -426,19 +398,8 @@ class LsqmlEngine(common.EngineBase):
             k.lsqml_steps(*full, 0 if has_obj and has_probe else 1 if has_obj else 2, float(self.params.trim),
                           float(self.params.beta_lsq), out)
             return out[0], out[1]
-        mean = lambda t: xp.sum(t) / t.shape[0]  # noqa: E731  (xp.mean's wrapper costs more than the sum here)
-        if has_obj and has_probe:
-            aa, bbb, ab, ra, rb = self._gathered(*terms)
-            aa = aa + 0.1 * mean(aa)
-            bbb = bbb + 0.1 * mean(bbb)
-            det = aa * bbb - ab * ab
-            det = xp.where(det > 0, det, 1.0)
-            return self._combine((bbb * ra - ab * rb) / det), self._combine((aa * rb - ab * ra) / det, trim=0)
-        if has_obj:
-            aa, ra = self._gathered(*terms)
-            return self._combine(ra / (aa + 0.1 * mean(aa))), 0.0
-        bbb, rb = self._gathered(*terms)
-        return 0.0, self._combine(rb / (bbb + 0.1 * mean(bbb)), trim=0)
+        return primitives.lsqml_steps(self._gathered(*terms), has_obj, has_probe, self.params.trim,
+                                      self.params.beta_lsq, self.ctx.real_dtype)
 
     def _terms_multi(self, state: Any, b: common.Batch, fwd: common.Forward, g_patches: Any,
                      dO: Any, dP_k: Any, g_psi1: Any, illum: Any, probe_weight: Any = None) -> tuple[Any, ...]:
@@ -449,14 +410,12 @@ class LsqmlEngine(common.EngineBase):
         out: tuple[Any, ...] = ()
         if dO is not None:
             d = overlap.extract(dO, b.y0, b.x0, state.window)  # (B, Q, S, M, N)
-            num = -0.5 * backend.real_dot(d, g_patches, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
-            out += (num, backend.real_dot(backend.abs2(d), illum, keep=(0, 2)))
+            out += primitives.lsqml_slice_dots(d, g_patches, illum, keep=(0, 2))  # Re⟨ΔO_s ψ_s, χ_s⟩ terms (B, S)
         if dP_k is not None:
             shifted = overlap.shift_spectrum(dP_k, b.frac)  # (B, P, M, N)
             t1 = probe_weight if probe_weight is not None else \
                 xp.sum(backend.abs2(fwd.patches[:, :, 0, ...]), axis=1)[:, None, ...]  # (B, 1, M, N)
-            num = -0.5 * backend.real_dot(shifted, g_psi1)
-            out += (num, backend.real_dot(backend.abs2(shifted), xp.broadcast_to(t1, shifted.shape)))
+            out += primitives.lsqml_slice_dots(shifted, g_psi1, xp.broadcast_to(t1, shifted.shape))
         return out
 
     def _steps_multi(self, state: Any, terms: tuple[Any, ...], has_obj: bool, has_probe: bool) -> tuple[Any, Any]:
@@ -487,16 +446,8 @@ class LsqmlEngine(common.EngineBase):
 
     def _combine(self, alpha: Any, trim: float | None = None, axis: int = 0) -> Any:
         """Clip at 0, trimmed mean over the group, times β_LSQ."""
-        xp = self.ctx.xp
-        alpha = xp.clip(alpha, 0, None)
-        frac = self.params.trim if trim is None else trim
-        n = alpha.shape[axis]
-        k = int(frac * n)
-        if k > 0 and n - 2 * k > 0:
-            alpha = xp.sort(alpha, axis=axis)
-            alpha = alpha[k: n - k] if axis == 0 else alpha
-        # back to the run's real dtype: a float64 step would promote the complex64 update
-        return xp.astype(self.params.beta_lsq * xp.sum(alpha, axis=axis) / alpha.shape[axis], self.ctx.real_dtype)
+        return primitives.trimmed_step(alpha, self.params.trim if trim is None else trim, self.params.beta_lsq,
+                                       self.ctx.real_dtype, axis)
 
 
 # noise models whose exit-wave update χ is not -½ ∇_Ψ L (``_part_directions``): no compiled parts
@@ -513,11 +464,7 @@ def illumination_patches(fwd: common.Forward, n_object_modes: int) -> Any:
         for s, psi in enumerate(fwd.cache.psi):
             k.mode_power(psi, out[:, :, s, ...])
         return out
-    slices = []
-    for psi in fwd.cache.psi:  # (B, P, Q|1, M, N)
-        w = backend.abs2(psi)
-        w = w[:, 0, ...] if w.shape[1] == 1 else xp.sum(w, axis=1)
-        slices.append(xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:])))
+    slices = [primitives.mode_power(psi, n_object_modes) for psi in fwd.cache.psi]
     return slices[0][:, :, None, ...] if len(slices) == 1 else xp.stack(slices, axis=2)
 
 

@@ -194,6 +194,7 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         run_rec = group_plan.apply(rec, plan)
         with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
             try:
+                _plan_kernel_variants(run_rec, xp)
                 with _array_path_for_plugin_noise(run_rec):
                     st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
             except (Interrupted, NumericalError) as exc:
@@ -313,6 +314,26 @@ def _apply_constraints(state: Any, stage: Any, it: int, n_e: float) -> Any:
     new, _ = registry.apply_constraints(state, registry.ordered(pairs), ctx)
     new.positions = np.asarray(backend.to_numpy(new.positions), dtype=np.float64)
     return new
+
+
+def _plan_kernel_variants(rec: Recipe, xp: Any) -> None:
+    """Name what the run's stages will need (_kernels/variants.py), so a first run compiles each
+    part kernel once: single-slice refines positions only from LSQ-ML's iteration 10, and without
+    this its first run compiled the lean part kernel and then the full one (41 against 27 CPU-s)."""
+    k = backend.kernels(xp)
+    if k is None:
+        return
+
+    def used(stage: Any, *names: str) -> bool:
+        refine = getattr(stage, "refine", None)
+        whens = [getattr(refine, n, None) for n in names]
+        return any(w is not None and not (w.before is not None and w.before <= w.after) for w in whens)  # false: never
+
+    stages = list(rec.stage)
+    k.plan_variants(positions=any(used(s, "positions") for s in stages),
+                    tilts=any(used(s, "tilts", "tilt_global", "thickness") for s in stages),
+                    in_place=any(s.type in ("gradient", "lbfgs") for s in stages),  # parts that keep no waves
+                    poisson=any(getattr(getattr(s, "noise", None), "model", None) == "poisson" for s in stages))
 
 
 def _array_path_for_plugin_noise(rec: Recipe) -> Any:

@@ -8,7 +8,7 @@ import zarr
 from _helpers import demo_stores
 
 from ptycli.errors import RecipeError
-from ptycli.recipe import AutoInputs, auto_choice, load_recipe
+from ptycli.recipe import NEVER, AutoInputs, auto_choice, load_recipe
 from ptycli.stages.preprocess_ops import dark_field_fraction
 
 
@@ -31,7 +31,7 @@ def test_auto_picks_by_modes_slices_and_dose(inputs, name, noise):
     rec = load_recipe("auto", auto=inputs)
     # the object-and-probe stages; single-slice's first stage fits only the probe's aberrations
     # (L-BFGS, the amplitude model, as measured on the corpus) and takes Poisson only at low dose
-    fitted = [s for s in rec.stage if not (s.type == "lbfgs" and s.refine.probe.before == 0)]
+    fitted = [s for s in rec.stage if not (s.type == "lbfgs" and s.refine.probe == NEVER)]
     assert {s.noise.model for s in fitted} == {noise}
     assert rec.description.startswith(f"auto: {name}")
     # the user's --set wins over what auto set

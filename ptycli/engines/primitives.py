@@ -70,7 +70,7 @@ def mode_power(psi: Any, n_object_modes: int) -> Any:
     each object mode sees (a broadcast view when the waves are shared by the modes)."""
     xp = backend.namespace(psi)
     w = backend.abs2(psi)
-    w = w[:, 0, ...] if w.shape[1] == 1 else xp.sum(w, axis=1)
+    w = overlap.sum_probe_modes(w)
     return xp.broadcast_to(w, (w.shape[0], n_object_modes, *w.shape[-2:]))
 
 
@@ -153,11 +153,11 @@ def epie_update(t: Any, psi: Any, target: Any, beta: float, gamma: float | None 
     t5 = t[:, None, ...]
     delta = target - t5 * psi
     w = backend.abs2(psi)
-    w = w[:, 0, ...] if w.shape[1] == 1 else xp.sum(w, axis=1)  # (B, Q|1, M, N)
+    w = overlap.sum_probe_modes(w)  # (B, Q|1, M, N)
     w_max = xp.max(w, axis=(-3, -2, -1), keepdims=True)
     den = w_max if gamma is None else (1 - gamma) * w + gamma * w_max
     num = xp.conj(psi) * delta
-    d_obj = (num[:, 0, ...] if num.shape[1] == 1 else xp.sum(num, axis=1)) / den
+    d_obj = overlap.sum_probe_modes(num) / den
     t_max = xp.max(backend.abs2(t5), axis=(-3, -2, -1), keepdims=True)
     d_psi = xp.conj(t5) * delta
     d_psi *= beta / t_max  # the per-position scalar first (one pass, not two)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import backend
 from ..errors import InputError
+from . import overlap
 
 
 @dataclass
@@ -173,7 +174,7 @@ def transmit_adjoint(t: Any, psi: Any, g: Any, out_t: Any = None, out_psi: Any =
     xp = backend.namespace(t, psi, g)
     k = backend.kernels(xp)
     if k is None or g.dtype != t.dtype:
-        return _sum_probe_modes(xp.conj(psi) * g), xp.conj(t[:, None, ...]) * g
+        return overlap.sum_probe_modes(xp.conj(psi) * g), xp.conj(t[:, None, ...]) * g
     out_t = k.empty(t.shape, t.dtype) if out_t is None else out_t
     out_psi = k.empty(g.shape, g.dtype) if out_psi is None else out_psi
     k.adjoint_products(t, psi, g, out_t, out_psi)
@@ -195,9 +196,3 @@ def intensity(Psi: Any) -> Any:
     if Psi.shape[1] * Psi.shape[2] == 1:  # one mode pair: a view, not a reduction copy
         return xp.reshape(a, (Psi.shape[0], *Psi.shape[3:]))
     return xp.sum(a, axis=(1, 2))
-
-
-def _sum_probe_modes(x: Any) -> Any:
-    """Σ over axis 1 of (B, P, ...), without a copy when P = 1."""
-    xp = backend.namespace(x)
-    return x[:, 0, ...] if x.shape[1] == 1 else xp.sum(x, axis=1)

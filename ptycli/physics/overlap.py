@@ -118,6 +118,12 @@ def unshift_sum_k(grad_k: Any, frac: Any) -> Any:
     return prod[0] if prod.shape[0] == 1 else xp.sum(prod, axis=0)
 
 
+def sum_probe_modes(x: Any) -> Any:
+    """Σ over axis 1 of (B, P, ...), the probe modes, without a copy when P = 1 (the common
+    case, on every per-position update)."""
+    return x[:, 0, ...] if x.shape[1] == 1 else backend.namespace(x).sum(x, axis=1)
+
+
 def shift_gradient(G: Any, F: Any, u: tuple[Any, Any]) -> Any:
     """∂L/∂f (B, 2) of waves shifted by f (physics.md §5.4), from spectra: G = F[∂L/∂ψ*] and
     F = F[ψ] (B, P, M, N), summed over the modes P. Re Σ conj(G)(-2πi u)F = 2π Σ u Im(conj(G) F),
@@ -125,7 +131,7 @@ def shift_gradient(G: Any, F: Any, u: tuple[Any, Any]) -> Any:
     (``engines.primitives.position_gradient``; fused: ``_kernels._position_gradient_sums``)."""
     xp = backend.namespace(G, F)
     cross = xp.imag(xp.conj(G) * F)
-    cross = cross[:, 0, ...] if cross.shape[1] == 1 else xp.sum(cross, axis=1)  # (B, M, N)
+    cross = sum_probe_modes(cross)  # (B, M, N)
     uy, ux = u
     gy = xp.sum(cross * uy, axis=(-2, -1))
     gx = xp.sum(cross * ux, axis=(-2, -1))

@@ -25,7 +25,7 @@ from ..engines.data import PatternSource, SignalSource, mean_counts
 from ..engines.registry import ENGINES
 from ..engines.signals import SignalHandlers, StopFlag
 from ..errors import InputError, Interrupted, NumericalError, OutputExistsError, RecipeError, StoreError
-from ..recipe import Recipe, constraint_params, resolved
+from ..recipe import NEVER, Recipe, constraint_params, resolved
 from ..store.io import (
     OutputLock,
     StoreWriter,
@@ -324,14 +324,9 @@ def _plan_kernel_variants(rec: Recipe, xp: Any) -> None:
     if k is None:
         return
 
-    def used(stage: Any, *names: str) -> bool:
-        refine = getattr(stage, "refine", None)
-        whens = [getattr(refine, n, None) for n in names]
-        return any(w is not None and not (w.before is not None and w.before <= w.after) for w in whens)  # false: never
-
     stages = list(rec.stage)
-    k.plan_variants(positions=any(used(s, "positions") for s in stages),
-                    tilts=any(used(s, "tilts", "tilt_global", "thickness") for s in stages),
+    k.plan_variants(positions=any(s.refine.positions != NEVER for s in stages),
+                    tilts=any({"tilts", "tilt_global", "thickness"} & set(s.refine.extra_refined()) for s in stages),
                     in_place=any(s.type in ("gradient", "lbfgs") for s in stages),  # parts that keep no waves
                     poisson=any(getattr(getattr(s, "noise", None), "model", None) == "poisson" for s in stages))
 

@@ -33,7 +33,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +316,11 @@ CASES = [
     Case("Z2", "thickness", "srtio3_tilted", "tilted-multislice", "Δz from a start 20 % too thin (3.124 Å)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "3.1240"]),
 ]
+# The same tilt and thickness cases with `tilted-multislice` after it tied the slices (tie_slices,
+# session 16); the rows above keep the recipe of their commit (LSQ-ML 20 + L-BFGS 60, free slices).
+TIED_FROM = "T1 T2 T3 Z1 Z2 Z3".split()
+CASES += [replace(c, id=c.id + "t", what=f"as {c.id}, slices tied while the tilt is found") for c in CASES
+          if c.id in TIED_FROM]
 
 
 def set_dir(case: Case) -> Path:

@@ -21,6 +21,7 @@ from . import object_values as _values
 from . import positions as _positions
 from . import probe as _probe
 from . import regularisers as _reg
+from . import slices as _slices
 from . import tilts as _tilts
 from .base import (
     ConstraintParams,
@@ -32,7 +33,8 @@ from .base import (
 from .problems import validation_problems
 
 CONSTRAINTS: dict[str, ConstraintSpec] = {
-    s.name: s for s in [*_probe.SPECS, *_object.SPECS, *_values.SPECS, *_positions.SPECS, *_tilts.SPECS]
+    s.name: s for s in [*_probe.SPECS, *_object.SPECS, *_values.SPECS, *_positions.SPECS, *_slices.SPECS,
+              *_tilts.SPECS]
 }
 REGULARISERS: dict[str, RegulariserSpec] = {s.name: s for s in _reg.SPECS}
 
@@ -43,6 +45,8 @@ ORDER = [
     "kz_filter", "object_lowpass", "object_dct_threshold", "complex_ratio", "mirrored_amplitude",
     "charge_flip", "object_z_recenter", "phase_ramp_removal", "phase_positivity",
     "position_max_update", "position_affine", "position_recenter", "tilt_smooth",
+    # the shift between slices is read into the tilt before the slices are tied (which erases it)
+    "tilt_from_slices", "tie_slices",
 ]
 
 

@@ -316,11 +316,49 @@ CASES = [
     Case("Z2", "thickness", "srtio3_tilted", "tilted-multislice", "Δz from a start 20 % too thin (3.124 Å)",
          [], init_args=["--slices", "10", "--slice-thickness-a", "3.1240"]),
 ]
-# The same tilt and thickness cases with `tilted-multislice` after it tied the slices (tie_slices,
-# session 16); the rows above keep the recipe of their commit (LSQ-ML 20 + L-BFGS 60, free slices).
+# The tilt and thickness cases with the slices tied in the LSQ-ML stage: `tilted-multislice` as
+# commit 0808560 shipped it (tilt_from_slices then tie_slices every 5 of 50 LSQ-ML iterations,
+# then 30 free L-BFGS iterations; reverted in c19c584, the abTEM sets did not gain).
+TILTED_MULTISLICE_TIED = """recipe = "ptycli/1"
+description = "multislice with global tilt (tied slices), per-position tilt and thickness refinement (LSQ-ML then L-BFGS)"
+
+[[stage]]
+type = "lsqml"
+iterations = 50
+grouping = {kind = "sparse", size = 32}
+refine = {object = true, probe = 2}
+
+[[stage.constraints]]
+type = "fix_probe_intensity"
+
+[[stage.constraints]]
+type = "tilt_from_slices"
+when = {after = 4, every = 5}
+
+[[stage.constraints]]
+type = "tie_slices"
+period = 1
+when = {after = 4, every = 5}
+
+[[stage]]
+type = "lbfgs"
+iterations = 30
+history = 10
+refine = {object = true, probe = true, tilts = 0, thickness = 0}
+scale = {thickness = 5.0}
+
+[[stage.constraints]]
+type = "tilt_from_slices"
+when = {after = 9, every = 10}
+
+[[stage.regularisers]]
+type = "tilt_acceleration"
+weight = 1.0
+axes = "both"
+"""
 TIED_FROM = "T1 T2 T3 Z1 Z2 Z3".split()
-CASES += [replace(c, id=c.id + "t", what=f"as {c.id}, slices tied while the tilt is found") for c in CASES
-          if c.id in TIED_FROM]
+CASES += [replace(c, id=c.id + "t", recipe="tilted-multislice+tie", recipe_text=TILTED_MULTISLICE_TIED,
+                  what=f"as {c.id}, slices tied while the tilt is found") for c in CASES if c.id in TIED_FROM]
 
 
 def set_dir(case: Case) -> Path:
@@ -486,7 +524,7 @@ def report(recs: list[dict[str, Any]]) -> str:
            f"(or {TILT_TOL_FRACTION:.0%} of |tilt|); Δz within ±{THICKNESS_TOL:.0%}; C10 within {DEFOCUS_TOL:.0%}, C12 within",
            f"{C12_TOL:.0%} and φ12 within {PHI12_TOL_DEG:g}°, C30 within {C30_TOL:.0%}. Recipes `multislice+project` and",
            "`aberrations+single-slice` are variants that refine.py writes into the run folder (MULTISLICE_POSITIONS_PROJECT,",
-           "with_aberration_stage); sets `srtio3_tilt10` and `batio3_tilted` are simulated by it (EXTRA_SETS, abTEM).", ""]
+           "with_aberration_stage), and so is `tilted-multislice+tie` (TILTED_MULTISLICE_TIED, the cases ending in t); sets `srtio3_tilt10` and `batio3_tilted` are simulated by it (EXTRA_SETS, abTEM).", ""]
     out += ["## Aberrations from a wrong start (mos2_wrongprior)", ""]
     for r in done("aberrations"):
         res = r["result"]

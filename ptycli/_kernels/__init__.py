@@ -11,6 +11,7 @@ Imports go one way: multislice -> single_slice; nothing here imports this packag
 from __future__ import annotations
 
 from .compile_guard import install, kernels_compiled, on_first_compile  # noqa: F401  (backend.kernels(np).on_first_compile)
+from .compile_guard import compiling  # noqa: F401  (the kernel note names it)
 
 install()
 
@@ -26,6 +27,7 @@ from .single_slice import *  # noqa: E402, F403
 from .single_slice import _JIT  # noqa: E402, F401  (tests build kernels with the same options)
 from . import variants as _variants  # noqa: E402
 from .variants import plan as plan_variants  # noqa: E402, F401  (a run that knows what it will need)
+from . import helper as compile_helper  # noqa: E402, F401  (a run compiles in two processes: helper.py)
 
 
 def single_slice_part(fft, scan, noise, want, bufs, pos, done_addr, signal_addr, signal_value):

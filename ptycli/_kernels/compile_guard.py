@@ -9,10 +9,13 @@ then loads the other's machine code: silently wrong numbers (seen in this projec
 the test suite). Upstream this is open (numba#4807, "Cache causes segmentation faults when
 generated in parallel"; numba#10128, where the maintainers proposed a file lock). Numba looks
 up, compiles and saves an entry while it holds its compiler lock, and broadcasts the
-documented "numba:compiler_lock" event around that lock; ``CompileLock`` holds an exclusive
-``fcntl.flock`` on one file for as long as any thread of this process is inside it, so two
-processes never compile, save or read a cache entry at the same time. Nothing of Numba is
-patched; without fcntl (not POSIX) the lock is left out.
+documented "numba:compiler_lock" event around that lock and "numba:compile" around the
+compilation proper (typing, lowering, LLVM: the cache is not touched in between).
+``CompileLock`` holds an exclusive ``fcntl.flock`` on one file while a thread of this process
+is inside the compiler lock but not inside a compilation: every cache lookup and save of one
+process is atomic for the others, while the compilations themselves run at the same time in
+several processes (helper.py compiles a run's kernels in two). Nothing of Numba is patched;
+without fcntl (not POSIX) the lock is left out.
 
 The "numba:compile" event (a real compilation, not a cache load) is how the command line
 learns that a run is compiling, at the moment it starts (``on_first_compile``).
@@ -44,28 +47,59 @@ def lock_path() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli" / LOCK_NAME
 
 
+_LOOKUP, _COMPILE = "lookup", "compile"
+
+
 class CompileLock(event.Listener):
-    """An exclusive file lock held while any thread of the process is inside Numba's compiler
-    lock (the events nest: Numba takes its lock again for every callee it compiles)."""
+    """An exclusive file lock held while a thread of this process looks up or saves cache
+    entries: inside Numba's compiler lock (events nest: Numba takes it again for every callee
+    it compiles) and not inside a compilation. Registered for both events.
+
+    Threads of one process take turns before Numba's lock (``_outer``): a thread that waits
+    for Numba's lock, whose event comes before the wait, must not hold the file lock meanwhile
+    (another process's lookups would wait for this process's whole compilation)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._depth = 0
-        self._mutex = threading.Lock()
+        self._outer = threading.Lock()
+        self._tls = threading.local()
         self._fh = None
+        self.before_lookup: Callable[[], None] | None = None  # helper.py: wait for the helper first
+
+    def _stack(self) -> list[str]:
+        stack = getattr(self._tls, "stack", None)
+        if stack is None:
+            stack = self._tls.stack = []
+        return stack
 
     def on_start(self, ev: event.Event) -> None:
-        with self._mutex:
-            self._depth += 1
-            if self._depth == 1:
-                self._fh = _locked(self.path)
+        stack = self._stack()
+        if ev.kind == "numba:compiler_lock":
+            if not stack:  # outermost: a new signature of a kernel called from Python
+                if self.before_lookup is not None:
+                    self.before_lookup()
+                self._outer.acquire()
+            stack.append(_LOOKUP)
+        else:
+            stack.append(_COMPILE)
+        self._hold(stack[-1] == _LOOKUP)
 
     def on_end(self, ev: event.Event) -> None:
-        with self._mutex:
-            self._depth -= 1
-            if self._depth == 0 and self._fh is not None:
-                self._fh.close()  # closing the descriptor releases the flock
-                self._fh = None
+        stack = self._stack()
+        if not stack:
+            return
+        stack.pop()
+        self._hold(bool(stack) and stack[-1] == _LOOKUP)
+        if not stack and ev.kind == "numba:compiler_lock":
+            self._outer.release()
+
+    def _hold(self, held: bool) -> None:
+        # only the thread holding _outer gets here with a non-empty stack: no race on _fh
+        if held and self._fh is None:
+            self._fh = _locked(self.path)
+        elif not held and self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
 
 
 def _locked(path: Path):
@@ -92,6 +126,7 @@ class CompileNotice(event.Listener):
     def __init__(self):
         self.callbacks: dict[Any, Callable[[], None]] = {}
         self.compiled = 0  # ptycli kernels compiled (not loaded from the cache) in this process
+        self.current = ""  # the name of the ptycli kernel compiling last (helper.py: the first of a run)
 
     def on_start(self, ev: event.Event) -> None:
         dispatcher = (ev.data or {}).get("dispatcher")
@@ -99,6 +134,7 @@ class CompileNotice(event.Listener):
         if not module.startswith("ptycli."):
             return
         self.compiled += 1
+        self.current = getattr(dispatcher.py_func, "__name__", "")
         callbacks, self.callbacks = self.callbacks, {}
         for cb in callbacks.values():
             cb()
@@ -117,16 +153,38 @@ def install() -> tuple[CompileLock, CompileNotice]:
     if _installed is None:
         lock, notice = CompileLock(lock_path()), CompileNotice()
         event.register("numba:compiler_lock", lock)
+        event.register("numba:compile", lock)
         event.register("numba:compile", notice)
         _installed = (lock, notice)
     return _installed
 
 
-def on_first_compile(callback: Callable[[], None], key: Any = None) -> None:
+def on_first_compile(callback: Callable[[], None], key: Any = None, early: bool = False) -> None:
     """Call ``callback()`` when a ptycli kernel next starts compiling in this process (at most
     once); a run whose kernels all load from the cache never calls it. A later registration
-    under the same ``key`` (default: the callback) replaces an earlier one that never ran."""
-    install()[1].callbacks[callback if key is None else key] = callback
+    under the same ``key`` (default: the callback) replaces an earlier one that never ran.
+    ``early``: before the callbacks registered so far (helper.py starts its process before the
+    note says how many compile)."""
+    notice = install()[1]
+    key = callback if key is None else key
+    notice.callbacks.pop(key, None)
+    notice.callbacks = {key: callback, **notice.callbacks} if early else {**notice.callbacks, key: callback}
+
+
+def compiling() -> str:
+    """The name of the ptycli kernel that started compiling last in this process ("" if none)."""
+    return install()[1].current
+
+
+def before_lookups(wait: Callable[[], None] | None) -> None:
+    """Call ``wait()`` before each new kernel signature is looked up in the cache or compiled
+    (outside the file lock): helper.py waits there for its process's compilations."""
+    install()[0].before_lookup = wait
+
+
+def busy() -> bool:
+    """Whether a thread of this process is inside Numba's compiler now (looking up or compiling)."""
+    return install()[0]._outer.locked()
 
 
 def kernels_compiled() -> int:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from typing import Callable
 
-MESSAGE = "compiling kernels (first run after an install or upgrade: up to about a minute; kept in Numba's cache)"
+MESSAGE = "compiling kernels"
+_WHY = "first run after an install or upgrade; kept in Numba's cache"
+
+
+def message(first: str = "", helper: bool = False) -> str:
+    """What the note says: the kernel compiling now and, with a helper process, that the others
+    compile beside it (_kernels/helper.py)."""
+    if helper:
+        return f"{MESSAGE} in 2 processes ({first or 'the first'} here, the others in a helper; {_WHY})"
+    return f"{MESSAGE} ({first + ', then the others the run uses; ' if first else ''}{_WHY})"
 
 
 def on_compile(say: Callable[[str], None]) -> bool:
-    """``say(MESSAGE)`` once, when a kernel next starts compiling in this process; False (and
+    """``say(message(...))`` once, when a kernel next starts compiling in this process; False (and
     nothing said, ever) when the kernels are off (no Numba, PTYCLI_KERNELS=0)."""
     import numpy as np  # noqa: PLC0415
 
@@ -23,5 +32,10 @@ def on_compile(say: Callable[[str], None]) -> bool:
     k = backend.kernels(np)
     if k is None:
         return False
-    k.on_first_compile(lambda: say(MESSAGE), key=MESSAGE)  # one note, however many runs asked
+
+    def note() -> None:
+        helper = getattr(k, "compile_helper", None)
+        say(message(k.compiling() if hasattr(k, "compiling") else "", helper is not None and helper.running()))
+
+    k.on_first_compile(note, key=MESSAGE)  # one note, however many runs asked
     return True

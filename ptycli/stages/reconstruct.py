@@ -195,6 +195,8 @@ def run(data: str | Path, state: str | Path, out: str | Path, *, recipe: str | P
         with (writer if writer is not None else _Null()), (SignalHandlers(flag) if handle_signals else _Null()):
             try:
                 _plan_kernel_variants(run_rec, xp)
+                if not distributed_run:
+                    _plan_compile_helper(xp, data, state, run_rec, subset, precision, seed)
                 with _array_path_for_plugin_noise(run_rec):
                     st, history = loop.run(run_rec, st, subset, seed, hooks, cursor, history, engine_state, extra)
             except (Interrupted, NumericalError) as exc:
@@ -329,6 +331,19 @@ def _plan_kernel_variants(rec: Recipe, xp: Any) -> None:
                     tilts=any({"tilts", "tilt_global", "thickness"} & set(s.refine.extra_refined()) for s in stages),
                     in_place=any(s.type in ("gradient", "lbfgs") for s in stages),  # parts that keep no waves
                     poisson=any(getattr(getattr(s, "noise", None), "model", None) == "poisson" for s in stages))
+
+
+def _plan_compile_helper(xp: Any, data: Any, state: Any, rec: Recipe, subset: Any, precision: str, seed: int) -> None:
+    """If this run starts compiling kernels, a helper process (stages/compile_helper.py) makes it
+    on a few of its positions and compiles the other kernels meanwhile (_kernels/helper.py)."""
+    k = backend.kernels(xp)
+    if k is None:
+        return
+    sizes = [stage.grouping.size for stage in rec.stage if getattr(stage, "grouping", None) is not None]
+    count = k.compile_helper.helper_positions(len(subset), sizes)
+    k.compile_helper.plan("ptycli.stages.compile_helper", {
+        "data": str(Path(data).resolve()), "state": str(Path(state).resolve()), "recipe": resolved(rec),
+        "positions": [int(i) for i in np.asarray(subset)[:count]], "precision": precision, "seed": int(seed)})
 
 
 def _array_path_for_plugin_noise(rec: Recipe) -> Any:

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -120,7 +120,8 @@ class Refine(_Model):
     detector ``background`` (≥ 0), the ``detector_blur`` σ (px), each sub-scan's own
     aberrations (``subscan_aberrations``, same terms) and PyPty's per-position tilts
     ``tilts_before`` / ``tilts_after`` the specimen (mrad); these need the gradient or
-    lbfgs engine.
+    lbfgs engine, except ``background``, which LSQ-ML refines too (its own estimate:
+    engines/lsqml_background.py).
     """
 
     object: When = Field(default_factory=When)
@@ -204,10 +205,12 @@ class _Stage(_Model):
 class _FixedVariablesStage(_Stage):
     """Engines without updates for the extra variables or cost terms reject them by key."""
 
+    OWN_VARIABLES: ClassVar[tuple[str, ...]] = ()  # extra variables this engine refines itself
+
     @field_validator("refine")
     @classmethod
     def _no_extra(cls, v: Refine) -> Refine:
-        extra = v.extra_refined()
+        extra = [name for name in v.extra_refined() if name not in cls.OWN_VARIABLES]
         if extra:
             raise ValueError(f"{', '.join(extra)}: not refined by this engine; use type = \"gradient\" or \"lbfgs\"")
         return v
@@ -248,6 +251,19 @@ class LsqmlStage(_FixedVariablesStage):
     multislice_step: float = Field(4.0, gt=0, description=(
         "multiplier of the decoupled per-slice object step ½α/S (physics.md §6.3.6); 4 gives 2α/S, "
         "which converged about twice as fast as 1 on the multislice preset and 8 diverged"))
+    # refine.background: an incoherent detector background B ≥ 0 in the model intensity I + B,
+    # one Newton step per iteration (engines/lsqml_background.py, docs/recipes.md)
+    OWN_VARIABLES: ClassVar[tuple[str, ...]] = ("background",)
+    background_shape: Literal["radial", "pixel"] = Field("radial", description=(
+        "the refined background: one value per detector ring |k| (radial: thermal diffuse "
+        "scattering is radially symmetric) or per pixel"))
+
+    @model_validator(mode="after")
+    def _background_model(self) -> LsqmlStage:
+        if self.refine.background != NEVER and self.noise.model not in ("amplitude", "poisson"):
+            raise ValueError(f"refine.background with noise.model = {self.noise.model!r}: "
+                             "LSQ-ML estimates a background under the amplitude or poisson model only")
+        return self
 
 
 class LearningRates(_Model):

@@ -155,7 +155,7 @@ def _propagate(execute, plan_f, plan_b, wave, h, scale, conj):
 
 @nb.njit(inline="always", **_JIT)
 def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far, data_b, mask, model,
-                    eps, a, c, loss_b, poisson):
+                    eps, a, c, loss_b, poisson, background=None):
     """One window through every slice and back to the exit plane: ψ_1 = F⁻¹[s·ramp·F[P]] into
     ``first``; e_s = O_s ψ_s and ψ_{s+1} = F⁻¹[h F[e_s]] (waves[s - 1]); Ψ = F[e_S], then
     ``far`` = F⁻¹[(a + c·m ℓ')Ψ] (``farfield`` with s² for the unnormalised plans) and
@@ -171,7 +171,7 @@ def _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, fi
             _slice_product(obj, sl, yb, xb, src, far)
             _fft_planes(execute, plan_f, far)
             flat = far.reshape((1, n_p * nq, m, n))
-            farfield(flat, data_b, mask, model, eps, a, c, s2, flat, loss_b, poisson)
+            farfield(flat, data_b, mask, model, eps, a, c, s2, flat, loss_b, poisson, background)
             _fft_planes(execute, plan_b, far)
         else:
             _slice_product(obj, sl, yb, xb, src, waves[sl])
@@ -218,7 +218,7 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
     """
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, rows = scan
-    mask, model, eps, poisson = noise
+    mask, model, eps, poisson, background = noise
     do_num, do_illum, do_probe, do_pos, pos_curvature, keep, do_tilt = want
     first, waves, far, g_sum, num, illum, probe_grad_k, loss, g_patches, w_patches, g_psi1, t1 = bufs
     # None: that code is pruned before typing (not compiled: a faster first run)
@@ -248,7 +248,8 @@ def multislice_part(fft, scan, h, noise, want, bufs, pos, tilt, done_addr, signa
         yb, xb = y0[b], x0[b]
         hb = h[b if per_position_h else 0].reshape((1, m, n))
         _forward_slices(execute, plan_f, plan_b, probe_k, fb, s, obj, yb, xb, hb, first, waves, far,
-                        data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1], poisson)
+                        data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, loss[b:b + 1], poisson,
+                        background)
         ty = 0.0
         tx = 0.0
         tq = 0.0
@@ -542,7 +543,7 @@ def _epie_fields(fft, scan, noise, update, bufs, pos):
     """The 3PIE kernels' records (records.py) as one flat tuple, in the order they unpack it."""
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, _ = scan
-    mask, model, eps, _ = noise  # ePIE's codes never include 5 (its farfield calls pass None)
+    mask, model, eps, _, _ = noise  # ePIE's codes never include 5 (its farfield calls pass None), nor a background
     beta, gamma, alpha, do_obj, do_probe, do_pos = update
     first, waves, far, d_obj, g_sum, loss, probe_out = bufs
     uy, ux, g_k, psi_k, win, pos_tmp, power, pos_parts, pos_out = pos

@@ -42,12 +42,14 @@ class Noise(NamedTuple):
     """The noise model of the far-field step: mask (M, N), code (``NOISE_CODES`` or
     ``LSQML_STEP_CODES``), ε in the real dtype (``noise.kernel_model``); ``poisson`` None
     (the default) compiles the kernels without the Poisson step's β (code 5: variants.py
-    sets it for a Poisson run)."""
+    sets it for a Poisson run); ``background`` (3, M, N): LSQ-ML's incoherent background and
+    its Newton sums (``single_slice.farfield``), None (the default) without one."""
 
     mask: Any
     model: int
     eps: Any
     poisson: Any = None
+    background: Any = None
 
 
 class Wanted(NamedTuple):

@@ -221,7 +221,7 @@ def _power_row(planes, y, out):
 
 
 @nb.njit(**_JIT)
-def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
+def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True, background=None):
     """Per-position loss and out = (a + c·m ℓ'(I)) ψ with I = s2 Σ_k |ψ_k|², in one pass.
 
     psi, out (B, K, M, N); data (B, M, N); mask (M, N) (ones for no mask); loss (B,);
@@ -233,6 +233,9 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
     gradient that 3 Newton iterations on the window find (``_poisson_beta``).
     ``poisson`` None: code 5's β is pruned before typing (not compiled; variants.py), and
     code 5 is refused.
+    ``background`` (3, M, N) (codes 0, 2 and 5; None: pruned before typing): LSQ-ML's
+    incoherent B in [0], the model intensity being I + B (engines/lsqml_background.py), and
+    Σ_b m ℓ'(I + B), Σ_b m ℓ''(I + B) added into [1], [2] (B's Newton sums).
     """
     nb_, nk, m, n = psi.shape
     if poisson is None and model == 5:
@@ -251,7 +254,7 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
     for b in range(nb_):
         c_b = c
         if poisson is not None and model == 5:  # β_b from the whole window's intensities first
-            c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, inten)
+            c_b = c * _poisson_beta(psi[b], data[b], mask, eps, s2, inten, background)
         total = 0.0  # the window's loss: float64 over float32 row sums
         for y in range(m):
             drow = data[b, y]
@@ -264,6 +267,8 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
                 _power_row(psi[b], y, f)
                 for x in range(n):
                     f[x] *= s2
+            if background is not None:
+                _background_row(f, drow, mrow, background, y, model, eps)
             # one branch per row, not per pixel: each loop below vectorises
             row = zero
             if model == 4:
@@ -316,17 +321,41 @@ def farfield(psi, data, mask, model, eps, a, c, s2, out, loss, poisson=True):
     return loss
 
 
+@nb.njit(inline="always", **_JIT)
+def _background_row(f, drow, mrow, background, y, model, eps):
+    """f += B (row y of background[0]) and B's Newton sums of the row added into
+    background[1], background[2]: m ℓ'(f) and m ℓ''(f) of the amplitude model (code 0) or
+    the Poisson one (2, 5), as engines/noise.dloss_dI and d2loss_dI2."""
+    brow, grow, hrow = background[0, y], background[1, y], background[2, y]
+    one = f.dtype.type(1)
+    half = f.dtype.type(0.5)
+    for x in range(f.shape[0]):
+        f[x] += brow[x]
+    if model == 0:
+        for x in range(f.shape[0]):
+            s = np.sqrt(f[x])
+            sd = np.sqrt(drow[x])
+            se = s + eps
+            grow[x] += mrow[x] * ((s - sd + eps) / se)
+            hrow[x] += mrow[x] * (half * sd / (se * se * se))
+    else:
+        for x in range(f.shape[0]):
+            q = one / (f[x] + eps)
+            d = drow[x]
+            grow[x] += mrow[x] * (one - d * q)
+            hrow[x] += mrow[x] * (d * q * q)
+
+
 @nb.njit(**_JIT)
-def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
+def _poisson_beta(psi_b, data_b, mask, eps, s2, inten, background=None):
     """LSQ-ML's Poisson step length β ∈ [0, 1] along χ = r Ψ, r = m (D/(I+ε) - 1), for one
     window (psi_b (K, M, N) with I = s2 Σ_k |ψ_k|², written into inten (M, N) for the
     caller): 3 Newton steps on dL/dβ from β = 0.5, as engines/lsqml.LsqmlEngine._poisson_step
-    (u = 1 + β r floored at 1e-3)."""
+    (u = 1 + β r floored at 1e-3). With ``background`` (``farfield``'s): r = m (D/(I+B+ε) - 1)
+    and the loss of J = u² I + B, the curvature floored positive, as primitives.lsqml_exit_step."""
     m, n = data_b.shape
     f = inten[0]
     one = f.dtype.type(1)
-    two = f.dtype.type(2)
-    floor = f.dtype.type(1e-3)
     zero = f.dtype.type(0)
     tiny = f.dtype.type(1e-30)
     beta = f.dtype.type(0.5)
@@ -339,25 +368,48 @@ def _poisson_beta(psi_b, data_b, mask, eps, s2, inten):
         grad = 0.0
         hess = 0.0
         for y in range(m):
-            drow = data_b[y]
-            mrow = mask[y]
-            irow = inten[y]
-            g_row = f.dtype.type(0)
-            h_row = f.dtype.type(0)
-            for x in range(n):
-                i = irow[x]
-                d = drow[x]
-                r = (d / (i + eps) - one) * mrow[x]
-                u = one + beta * r
-                u = u if u > floor else floor
-                g_row += two * r * i * u - two * d * r / u
-                h_row += two * r * r * i + two * d * r * r / (u * u)
+            if background is not None:
+                g_row, h_row = _poisson_beta_row(inten[y], data_b[y], mask[y], background[0, y], eps, beta)
+            else:
+                g_row, h_row = _poisson_beta_row(inten[y], data_b[y], mask[y], None, eps, beta)
             grad += g_row
             hess += h_row
         # the step in float32, as the array code's (its sums were float32 too)
+        if background is not None:
+            hess = max(hess, 1e-30)
         beta = beta - f.dtype.type(grad) / (f.dtype.type(hess) + tiny)
         beta = min(max(beta, zero), one)
     return beta
+
+
+@nb.njit(**_JIT)
+def _poisson_beta_row(irow, drow, mrow, brow, eps, beta):
+    """One row's (dL/dβ, d²L/dβ²) of ``_poisson_beta``; ``brow`` the background's row, or
+    None (pruned before typing: the loss of u² I alone)."""
+    one = irow.dtype.type(1)
+    two = irow.dtype.type(2)
+    floor = irow.dtype.type(1e-3)
+    g_row = irow.dtype.type(0)
+    h_row = irow.dtype.type(0)
+    for x in range(irow.shape[0]):
+        i = irow[x]
+        d = drow[x]
+        if brow is not None:
+            r = (d / (i + brow[x] + eps) - one) * mrow[x]
+            u = one + beta * r
+            u = u if u > floor else floor
+            j = u * u * i + brow[x] + eps
+            q = one - d / j
+            t = r * u * i / j
+            g_row += two * r * i * u * q
+            h_row += two * r * r * i * q + two * two * d * t * t
+        else:
+            r = (d / (i + eps) - one) * mrow[x]
+            u = one + beta * r
+            u = u if u > floor else floor
+            g_row += two * r * i * u - two * d * r / u
+            h_row += two * r * r * i + two * d * r * r / (u * u)
+    return g_row, h_row
 
 
 @nb.njit(**_JIT)
@@ -1087,7 +1139,7 @@ def single_slice_part(fft, scan, noise, want, bufs, pos, in_place_ok, done_addr,
     """
     execute, plan_f, plan_b = fft
     probe_k, frac, s, obj, y0, x0, data, rows = scan
-    mask, model, eps, poisson = noise
+    mask, model, eps, poisson, background = noise
     do_num, do_illum, do_probe, do_pos, pos_curvature, _, _ = want
     psi, g_exit, num, illum, wave, g_psi, probe_grad_k, loss = bufs
     if pos is not None:  # None: the position code is pruned before typing (not compiled)
@@ -1125,7 +1177,7 @@ def single_slice_part(fft, scan, noise, want, bufs, pos, in_place_ok, done_addr,
         exit_from_object(obj, yb, xb, pb, ew)
         _fft_planes(execute, plan_f, ew)
         farfield(ew.reshape((1, n_p * nq, m, n)), data[rows[b]].reshape((1, m, n)), mask, model, eps, zero, s2 + s2, s2,
-                 gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1], poisson)
+                 gw.reshape((1, n_p * nq, m, n)), loss[b:b + 1], poisson, background)
         _fft_planes(execute, plan_b, gw)
         if in_place_ok is not None and in_place:
             gp = wave.reshape((1, n_p, m, n))

@@ -298,7 +298,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
                         probe: bool, keep_waves: bool = True, probe_k: Any = None,
                         done_addr: int = 0, scratch: Scratch | None = None,
                         slot: int = 0, positions: bool = False, curvature: bool = True,
-                        lsqml_step: bool = False, tilts: bool = False) -> parallel.Launch | None:
+                        lsqml_step: bool = False, tilts: bool = False,
+                        background: Any = None) -> parallel.Launch | None:
     """The part as one compiled call that runs its FFTs itself, window by window
     (``_kernels.single_slice_part``, or ``multislice_part`` for several slices), ready to
     start (``parallel.map_launches``); it finishes as a ``KernelPart``. None where it does not
@@ -316,7 +317,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     exit-wave step -2χ where its noise model has one (Poisson, intensity:
     ``noise.kernel_model``) in place of F⁻¹[∇_Ψ L]. ``tilts``: the call makes ∂L/∂t per
     position too, and ∂L/∂Δz (``KernelPart.tilt_terms``; several slices: one slice has no
-    propagation, so these derivatives are zero)."""
+    propagation, so these derivatives are zero). ``background``: LSQ-ML's (3, M, N) buffer of
+    its incoherent background and Newton sums (``_kernels.records.Noise``), the part's own."""
     k = backend.kernels(ctx.xp)
     m, n = state.window
     if (k is None or ctx.noise_model not in k.NOISE_CODES
@@ -338,7 +340,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
         return _prepare_multislice(k, plans, spectrum, buf, state, batch, ctx, numerator=numerator,
                                    illumination=illumination, probe=probe, keep=keep_waves, probe_k=probe_k,
                                    done_addr=done_addr, positions=positions, curvature=curvature,
-                                   lsqml_step=lsqml_step, tilts=tilts)
+                                   lsqml_step=lsqml_step, tilts=tilts, background=background)
     obj = state.object[:, 0, ...]
     n_b, n_p, n_q = len(batch.idx), state.probe.shape[0], obj.shape[0]
     c, r = state.probe.dtype, ctx.real_dtype
@@ -355,7 +357,8 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
     rec = k.records
     want = rec.Wanted(numerator, illumination, probe, positions, curvature)
     bufs = rec.SingleSliceBuffers(psi, g_exit, num, illum, wave, g_psi, probe_k, loss)
-    args = (*_part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step), want, bufs, pos_rec, done_addr)
+    args = (*_part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step, background), want, bufs, pos_rec,
+            done_addr)
 
     made = KernelPart(loss, Forward(psi if keep_waves else None, None, None, None, batch.H),
                       g_exit if keep_waves else None, num[:, None, ...] if numerator else None,
@@ -373,7 +376,7 @@ def prepare_part_kernel(state: Any, batch: Batch, ctx: RunContext, *, numerator:
 def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf: Any, state: Any, batch: Batch,
                         ctx: RunContext, *, numerator: bool, illumination: bool, probe: bool, keep: bool,
                         probe_k: Any, done_addr: int, positions: bool, curvature: bool,
-                        lsqml_step: bool, tilts: bool) -> parallel.Launch | None:
+                        lsqml_step: bool, tilts: bool, background: Any = None) -> parallel.Launch | None:
     """``prepare_part_kernel`` for several slices (``_kernels.multislice_part``)."""
     H = batch.H
     if H is None or H.dtype != state.probe.dtype:
@@ -399,7 +402,7 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
     pos_rec, pos_out = _position_scratch(k, buf, positions, ctx, n_b, n_p, n_q, (m, n), c, first, t1)
     tilt_rec, tilt_out = _tilt_scratch(k, buf, tilts, state, batch, ctx, n_b, far)
     rec = k.records
-    fft, scan, noise = _part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step)
+    fft, scan, noise = _part_records(k, plans, spectrum, obj, batch, ctx, lsqml_step, background)
     want = rec.Wanted(numerator, illumination, probe, positions, curvature, keep, tilts)
     bufs = rec.MultisliceBuffers(first, waves, far, g_sum, num, illum, probe_k, loss, g_patches, w_patches, g_psi1, t1)
     args = (fft, scan, H if H.ndim == 3 else H[None], noise, want, bufs, pos_rec, tilt_rec, done_addr)
@@ -420,7 +423,7 @@ def _prepare_multislice(k: Any, plans: tuple[int, int, int], spectrum: Any, buf:
 
 
 def _part_records(k: Any, plans: tuple[int, int, int], spectrum: Any, obj: Any, batch: Batch, ctx: RunContext,
-                  lsqml_step: bool) -> tuple[Any, Any, Any]:
+                  lsqml_step: bool, background: Any = None) -> tuple[Any, Any, Any]:
     """The part kernels' ``Fft``, ``Scan`` and ``Noise`` records (``_kernels/records.py``):
     the patterns are read in place by row (no gathered copy)."""
     rec = k.records
@@ -428,7 +431,8 @@ def _part_records(k: Any, plans: tuple[int, int, int], spectrum: Any, obj: Any, 
     frames, rows = batch.frames_and_rows()
     scan = rec.Scan(spectrum, batch.frac, k.real_scalar(backend.unitary_scale((m, n)), frames), obj,
                     batch.y0.astype("int64"), batch.x0.astype("int64"), frames, rows)
-    noise = rec.Noise(*noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step))
+    noise = rec.Noise(*noise_mod.kernel_model(k, ctx.noise_model, ctx.mask, ctx.eps, frames, lsqml_step),
+                      background=background)
     return rec.Fft(*plans), scan, noise
 
 

@@ -19,11 +19,32 @@ import numpy as np
 
 from .. import backend, host_fft, parallel
 from ..physics import overlap
-from . import common, distributed, primitives
+from ..recipe import NEVER
+from . import common, distributed, lsqml_background, noise, primitives
 
 
 class LsqmlEngine(common.EngineBase):
     reads_rows = True  # data may come as data.Rows (common.EngineBase)
+    _background: lsqml_background.Background | None = None
+
+    def __init__(self, params: Any, ctx: Any, state: Any):
+        super().__init__(params, ctx, state)
+        self._window = tuple(state.window)
+        if params.refine.background != NEVER:  # from the state's own (a resumed run) or zero
+            self._background = lsqml_background.Background(ctx.xp, state.detector_shape, ctx.real_dtype,
+                                                           params.background_shape, state.background)
+
+    def _background_of(self, it: int) -> Any:
+        """B (M, N) in the model intensity of iteration ``it``, or None (no background
+        refined yet: the compiled parts run unchanged)."""
+        bg = self._background
+        return bg.value if bg is not None and (bg.started or self.params.refine.background.active(it)) else None
+
+    def end_iteration(self, state: Any, it: int) -> None:
+        """The background's Newton step from this iteration's sums (lsqml_background.py)."""
+        if self._background is not None and self.params.refine.background.active(it):
+            self._background.update(distributed.comm_of(self.ctx).allreduce_sum)  # every rank's positions
+            state.background = self._background.value
 
     def update(self, state: Any, idx: np.ndarray, data: Any, it: int) -> Any:
         p, xp = self.params, self.ctx.xp
@@ -39,7 +60,11 @@ class LsqmlEngine(common.EngineBase):
         # each part's phase 1 as one compiled call where it can (Poisson and intensity with
         # their own χ, as _poisson_step and _projection_step make it); with position
         # refinement the terms come from the same calls
-        launches = self._part_launches(state, parts, do_obj, do_probe, do_pos)
+        bg = self._background_of(it)
+        # each part's background and Newton sums (the kernels add into their part's own)
+        bg_parts = self._background_parts(len(parts), bg) if bg is not None else None
+        launches = (self._part_launches(state, parts, do_obj, do_probe, do_pos, bg_parts)
+                    if bg is None or bg_parts is not None else None)
         first, pos = None, None
         if launches is not None:
             first = parallel.map_launches(lambda ln: ln.then(_directions_of), launches)
@@ -47,7 +72,13 @@ class LsqmlEngine(common.EngineBase):
             pos = common.parts_position_terms([ln.made for ln in launches], self.ctx)
             first = first if pos is not None else None  # else the array path, from the start
         if first is None:
-            first = parallel.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos), parts)
+            first = parallel.map_parts(lambda pb: self._part_directions(state, pb, do_obj, do_probe, do_pos, bg),
+                                       parts)
+            bg_parts = None
+        if bg is not None:
+            for sums in ([(buf[1], buf[2]) for buf in bg_parts] if bg_parts is not None else
+                         [r["bg_sums"] for r in first]):
+                self._background.add(*sums)
         a_O, a_P, dO, dP, dP_k, stepped = self._after_directions(state, parts, first, do_obj, do_probe,
                                                                  region is None, len(idx))
         if dO is not None and not stepped:
@@ -161,15 +192,30 @@ class LsqmlEngine(common.EngineBase):
         return steps[0], steps[1], first[0]["num"] if do_obj else None, dP, tail.apply_step
 
     def _part_launches(self, state: Any, parts: list[common.Batch], do_obj: bool, do_probe: bool,
-                       do_pos: bool = False) -> list[parallel.Launch] | None:
+                       do_pos: bool = False, bg_parts: list[Any] | None = None) -> list[parallel.Launch] | None:
         """``_part_directions`` of every part as one compiled call each
-        (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none."""
+        (``common.prepare_part_kernel``, finishing as a KernelPart), or None where a part has none.
+        ``bg_parts``: each part's (3, M, N) background buffer (``_background_parts``)."""
         scratch = self.scratch()
         launches = [common.prepare_part_kernel(state, pb, self.ctx, numerator=do_obj, illumination=do_obj,
                                                probe=do_probe, scratch=scratch, slot=i, positions=do_pos,
-                                               lsqml_step=True)
+                                               lsqml_step=True, background=None if bg_parts is None else bg_parts[i])
                     for i, pb in enumerate(parts)]
         return None if any(ln is None for ln in launches) else launches
+
+    def _background_parts(self, n: int, bg: Any) -> list[Any] | None:
+        """Per part, (3, M, N): B, then zeroed Newton sums (the compiled parts' ``Noise.background``);
+        None without kernels or where the detector is not the window (the array path then runs)."""
+        scratch = self.scratch()
+        if scratch is None or tuple(bg.shape) != tuple(self._window):
+            return None
+        out = []
+        for i in range(n):
+            buf = scratch.get(("background", i), (3, *bg.shape), bg.dtype)
+            buf[0] = bg
+            buf[1:] = 0
+            out.append(buf)
+        return out
 
     def _tail_arguments(self, state: Any, parts: list[common.Batch], first: list[dict[str, Any]], do_obj: bool,
                         use_probe: bool, whole_grid: bool) -> _TailArguments | None:
@@ -194,13 +240,28 @@ class LsqmlEngine(common.EngineBase):
                               do_obj and whole_grid and self._steps_in_place(state, first[0]["num"]))
 
     def _part_directions(self, state: Any, b: common.Batch, do_obj: bool, do_probe: bool,
-                         do_pos: bool) -> dict[str, Any]:
+                         do_pos: bool, background: Any = None) -> dict[str, Any]:
         """Forward model, χ and its adjoint for one part of the group, and the part's shares of
-        the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*."""
+        the object numerator Σ∇O_j, the illumination W and Σ_j F[∇ψ_j]·ramp*.
+        ``background``: B (M, N), the model intensity being I + B (lsqml_background.py); the
+        part's Newton sums of B's update come back as ``bg_sums``."""
         xp = self.ctx.xp
         fwd = common.forward(state, b, self.ctx, patches=do_pos)
+        bg_sums = None
         # g_exit = F⁻¹[∇_Ψ L] is shared by the adjoint and the single-slice steps
-        if self.ctx.noise_model in _OWN_CHI:
+        if background is not None:
+            ctx = self.ctx
+            I = fwd.I  # noqa: E741
+            bg_sums = self._background.sums(I, b.data, ctx.noise_model, ctx.mask, ctx.eps)
+            if ctx.noise_model == "poisson":
+                loss = noise.loss(I + background, b.data, "poisson", ctx.mask, ctx.eps)
+                grad_Psi = primitives.lsqml_exit_step(fwd.Psi, b.data, "poisson", ctx.mask, ctx.eps, I=I,
+                                                      background=background)
+            else:
+                loss, grad_Psi = primitives.farfield_update(fwd.Psi, b.data, ctx.noise_model, ctx.mask, ctx.eps,
+                                                            0.0, 2.0, I=I + background)
+            g_exit = backend.ifft2(grad_Psi, overwrite=True)
+        elif self.ctx.noise_model in _OWN_CHI:
             loss, _ = common.loss_and_grad_farfield(fwd, b, self.ctx)
             if self.ctx.noise_model == "poisson":
                 grad_Psi = self._poisson_step(fwd, b)
@@ -223,6 +284,7 @@ class LsqmlEngine(common.EngineBase):
                 out["num"] = overlap.accumulate(xp.zeros_like(state.object), b.y0, b.x0, g_patches)
                 out["W"] = overlap.accumulate(xp.zeros(state.object.shape, dtype=self.ctx.real_dtype),
                                               b.y0, b.x0, out["illum"])
+        out["bg_sums"] = bg_sums
         g_psi1 = out["g_psi1"]
         if do_probe:
             # g_psi1 is read again by the position terms and the multislice step terms; else its

@@ -116,6 +116,22 @@ def dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: fl
     return _masked(d, mask)
 
 
+def d2loss_dI2(I: Any, D: Any, model: str = "amplitude", mask: Any = None, eps: float | None = None) -> Any:
+    """m ℓ''(I) (B, M, N) for the amplitude and Poisson models (the Newton step of LSQ-ML's
+    background, engines/lsqml_background.py): amplitude ½ sqrt(D) / I^(3/2), Poisson D / I²
+    (ε as in ℓ'). Both are ≥ 0: ℓ is convex in I."""
+    if model not in ("amplitude", "poisson"):
+        raise RecipeError(f"noise model {model!r}: the background estimate needs amplitude or poisson")
+    xp = backend.namespace(I, D)
+    e = _eps(model, eps)
+    if model == "amplitude":
+        s = xp.sqrt(I) + e
+        d = 0.5 * xp.sqrt(D) / (s * s * s)
+    else:
+        d = D / ((I + e) * (I + e))
+    return _masked(d, mask)
+
+
 def loss_and_dloss_dI(I: Any, D: Any, model: str = "amplitude", mask: Any = None,
                       eps: float | None = None) -> tuple[Any, Any]:
     """(loss (B,), m ℓ'(I) (B, M, N)) in one go: the amplitude model shares sqrt(I), sqrt(D)

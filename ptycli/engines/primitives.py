@@ -92,13 +92,16 @@ def farfield_update(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, 
     return loss, noise.scale_by(Psi, lprime)
 
 
-def lsqml_exit_step(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, I: Any = None) -> Any:  # noqa: E741
+def lsqml_exit_step(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, I: Any = None,  # noqa: E741
+                    background: Any = None) -> Any:
     """-2χ (B, P, Q, M, N), LSQ-ML's own exit-wave update where its noise model has one:
     intensity, the projection Ψ̂ - Ψ on the measured intensities (the amplitude model's χ:
     -½∇ of the intensity loss scales with the counts, and the 2×2 steps overshot to NaN);
     Poisson, χ = β r Ψ with r = m (D/(I+ε) - 1) and β ∈ [0, 1] minimising the Poisson loss
     along it per position (3 Newton steps on dL/dβ from 0.5, physics.md §6.3.1). ``I`` as
-    in ``farfield_update``."""
+    in ``farfield_update``. ``background``: LSQ-ML's incoherent B (M, N) (Poisson only), the
+    model intensity being I + B (engines/lsqml_background.py); Ψ's step then sees
+    J(β) = |1 + βr|² I + B."""
     I = multislice.intensity(Psi) if I is None else I  # noqa: E741
     if model == "intensity":
         _, lprime = noise.projection_lprime(I, D, "intensity", mask, eps)
@@ -107,15 +110,22 @@ def lsqml_exit_step(Psi: Any, D: Any, model: str, mask: Any, eps: float | None, 
         raise ValueError(f"lsqml_exit_step: model {model!r} has no step of its own (expected intensity or poisson)")
     xp = backend.namespace(Psi, D)
     e = eps if eps is not None else noise.DEFAULT_EPS["poisson"]
-    r = D / (I + e) - 1.0
+    r = D / (I + e if background is None else I + background + e) - 1.0
     if mask is not None:
         r = r * mask
     beta = xp.full((I.shape[0], 1, 1), 0.5, dtype=I.dtype)
     for _ in range(3):
         u = 1.0 + beta * r
         u = xp.where(u > 1e-3, u, 1e-3)
-        grad = xp.sum(2 * r * I * u - 2 * D * r / u, axis=(-2, -1), keepdims=True)
-        hess = xp.sum(2 * r * r * I + 2 * D * r * r / (u * u), axis=(-2, -1), keepdims=True)
+        if background is None:
+            grad = xp.sum(2 * r * I * u - 2 * D * r / u, axis=(-2, -1), keepdims=True)
+            hess = xp.sum(2 * r * r * I + 2 * D * r * r / (u * u), axis=(-2, -1), keepdims=True)
+        else:  # J = u² I + B; the curvature floored positive (J is not convex in β where B ≫ u² I)
+            J = u * u * I + background + e
+            q = 1.0 - D / J
+            grad = xp.sum(2 * r * I * u * q, axis=(-2, -1), keepdims=True)
+            hess = xp.maximum(xp.sum(2 * r * r * I * q + 4 * D * (r * u * I / J) ** 2, axis=(-2, -1), keepdims=True),
+                              1e-30)
         beta = xp.clip(beta - grad / (hess + 1e-30), 0.0, 1.0)
     return Psi * xp.astype((-2.0 * beta * r)[:, None, None, ...], Psi.dtype)
 

@@ -20,7 +20,7 @@ _ptycli() {
       case "$prev" in
         --progress) COMPREPLY=($(compgen -W 'auto bar lines none' -- "$cur")); return ;;
       esac ;;
-    init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --object-pixel-a --output --overwrite --positions --probe-from --probe-modes --probe-pixel-a --quiet --scan-flip-x --scan-flip-y --seed --slice-thickness-a --slices --strict --subscans --upsample --verbose'; words=''
+    init) opts='--aberration --calibration --defocus-a --help --json --mode-kind --object-from --object-modes --object-pixel-a --output --overwrite --positions --probe-from --probe-modes --probe-pixel-a --quiet --scan-flip-x --scan-flip-y --scan-rotation-deg --seed --slice-thickness-a --slices --strict --subscans --upsample --verbose'; words=''
       case "$prev" in
       esac ;;
     reconstruct) opts='--checkpoint-every --device --distributed --early-stop-patience --figures-every --group-size --help --iterations --json --memory-gb --no-stream --output --overwrite --positions --precision --progress --quiet --recipe --resume --seed --set --stream --validation-fraction --verbose'; words=''

@@ -83,6 +83,7 @@ complete -c ptycli -n '__fish_seen_subcommand_from init' -l probe-pixel-a
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l quiet
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-x
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-flip-y
+complete -c ptycli -n '__fish_seen_subcommand_from init' -l scan-rotation-deg
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l seed
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l slice-thickness-a
 complete -c ptycli -n '__fish_seen_subcommand_from init' -l slices

@@ -36,6 +36,10 @@ def init(
                                    rich_help_panel=OBJECT),
     scan_flip_y: bool = typer.Option(False, "--scan-flip-y", help="Raster runs towards -y.", rich_help_panel=OBJECT),
     scan_flip_x: bool = typer.Option(False, "--scan-flip-x", help="Raster runs towards -x.", rich_help_panel=OBJECT),
+    scan_rotation_deg: str = typer.Option(None, "--scan-rotation-deg", help="Scan rotation [deg] against the "
+                                          "detector (overrides the calibration's), or auto: the curl-free rotation "
+                                          "of the patterns' centres of mass, within ±90° of the calibration's.",
+                                          rich_help_panel=OBJECT),
     slices: int = typer.Option(None, "--slices", help="Object slices S.", rich_help_panel=OBJECT),
     slice_thickness_a: float = typer.Option(None, "--slice-thickness-a", help="Slice thickness [Å].",
                                             rich_help_panel=OBJECT),

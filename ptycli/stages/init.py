@@ -33,7 +33,7 @@ from ..physics import scan
 from ..store.calibration import Calibration, load_calibration
 from ..store.io import StoreWriter, check_output, input_ref, open_store, provenance_of
 from ..store.state import State, load_state, write_state
-from . import init_arrays, init_checks
+from . import init_arrays, init_checks, scan_rotation
 from .preprocess_calibration import build_calibration, describe
 from .simulate import parse_aberrations
 
@@ -62,6 +62,9 @@ class InitOptions(BaseModel):
     positions: Path | None = None
     scan_flip_y: bool = False
     scan_flip_x: bool = False
+    scan_rotation_deg: float | Literal["auto"] | None = Field(None, description=(
+        "Scan rotation θ [deg] against the detector, overriding the calibration's; 'auto': the curl-free "
+        "rotation of the patterns' centres of mass within ±90° of the calibration's (stages/scan_rotation.py)."))
     slices: int | None = Field(None, ge=1)
     slice_thickness_a: float | None = Field(None, gt=0)
     object_modes: int = Field(1, ge=1)
@@ -84,6 +87,8 @@ class DataSummary:
     mean_pattern: np.ndarray  # DC-centred (M, M)
     dx_a: float
     upsample: int = 1
+    com_sums: np.ndarray | None = None  # (J, 3) Σ D, Σ D k_y, Σ D k_x per frame (scan_rotation.com_sums)
+    rotation_estimate: dict | None = None  # --scan-rotation-deg auto's result (scan_rotation.RotationEstimate)
 
     @property
     def model_window(self) -> tuple[int, int]:
@@ -128,21 +133,26 @@ def summarize_data(group: zarr.Group, path: Path, opts: InitOptions) -> DataSumm
     if missing:
         raise InputError(f"{path}: calibration lacks {', '.join(missing)}; add it with --calibration FILE.toml")
     window = tuple(int(v) for v in patterns.shape[1:])
-    total, mean = _frame_stats(patterns, f"{path}/patterns")
+    total, mean, com = _frame_stats(patterns, f"{path}/patterns", opts.scan_rotation_deg == "auto")
     if total <= 0:
         raise InputError(f"{path}/patterns: every pattern is zero (no counts); nothing to reconstruct")
-    return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])), opts.upsample)
+    return DataSummary(cal, window, patterns.shape[0], total, mean, float(cal.dx_a(window[0])), opts.upsample,
+                       com)
 
 
-def _frame_stats(patterns: zarr.Array, where: str) -> tuple[float, np.ndarray]:
+def _frame_stats(patterns: zarr.Array, where: str, with_com: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """(N_e, mean pattern, per-frame CoM sums or None) in one streaming pass."""
     step = patterns.chunks[0]
     acc = np.zeros(patterns.shape[1:], dtype=np.float64)
+    com = []
     for start in range(0, patterns.shape[0], step):
         block = np.asarray(patterns[start : start + step], dtype=np.float64)
         check_finite_frames(block.reshape(len(block), -1).sum(axis=1), start, where)
         acc += block.sum(axis=0)
+        if with_com:
+            com.append(scan_rotation.com_sums(block))
     mean = acc / patterns.shape[0]
-    return float(mean.sum()), mean
+    return float(mean.sum()), mean, np.concatenate(com) if with_com else None
 
 
 # ----------------------------------------------------------------------------- variables
@@ -197,9 +207,13 @@ def _load_state_for(path: Path, data: DataSummary, flag: str) -> State:
     return state
 
 
-def positions_a(data: DataSummary, opts: InitOptions, group: zarr.Group) -> np.ndarray:
+def positions_a(data: DataSummary, opts: InitOptions, group: zarr.Group,
+                report: Report | None = None) -> np.ndarray:
     """Probe centres (J, 2) in Å: a positions file, or the calibrated raster."""
     if opts.positions is not None:
+        if opts.scan_rotation_deg is not None:
+            raise RecipeError("--scan-rotation-deg turns the calibrated raster; --positions gives the positions "
+                              "themselves: give one of them")
         return scan.read_positions_a(opts.positions, data.n_frames)
     cal = data.calibration
     shape = cal.scan_shape or group.attrs.get("scan_shape")
@@ -208,8 +222,36 @@ def positions_a(data: DataSummary, opts: InitOptions, group: zarr.Group) -> np.n
     if int(shape[0]) * int(shape[1]) != data.n_frames:
         raise InputError(f"data: scan_shape {tuple(shape)} has {shape[0] * shape[1]} points, "
                          f"but patterns has {data.n_frames} frames")
-    return scan.raster_positions_a(tuple(shape), cal.scan_step_a, cal.scan_rotation_deg,
-                                   opts.scan_flip_y, opts.scan_flip_x)
+    rotation = cal.scan_rotation_deg if opts.scan_rotation_deg is None else opts.scan_rotation_deg
+    if rotation == "auto":
+        rotation = estimated_rotation(data, opts, tuple(int(v) for v in shape), report)
+    return scan.raster_positions_a(tuple(shape), cal.scan_step_a, rotation, opts.scan_flip_y, opts.scan_flip_x)
+
+
+def estimated_rotation(data: DataSummary, opts: InitOptions, shape: tuple[int, int],
+                       report: Report | None) -> float:
+    """``--scan-rotation-deg auto``: the CoM estimate, refused where the data do not determine it."""
+    cal = data.calibration
+    step = tuple(cal.scan_step_a) if np.ndim(cal.scan_step_a) else (cal.scan_step_a, cal.scan_step_a)
+    try:
+        est = scan_rotation.estimate(data.com_sums, shape, step, opts.scan_flip_y, opts.scan_flip_x,
+                                     nominal_deg=cal.scan_rotation_deg)
+    except ValueError as exc:
+        raise InputError(f"--scan-rotation-deg auto: {exc}") from None
+    if not est.determined:
+        raise InputError(f"--scan-rotation-deg auto: the patterns' centres of mass do not determine the scan "
+                         f"rotation (curl ratio {est.curl_ratio:.2f}, needs <= {scan_rotation.DETERMINED_RATIO}: "
+                         "a defocused probe or a weak specimen); give the rotation in degrees")
+    if report is not None:
+        report("info", f"scan rotation {est.rotation_deg:.2f} deg from the centres of mass (curl ratio "
+                       f"{est.curl_ratio:.3f}; calibration {cal.scan_rotation_deg:g} deg; the 180 deg twin is "
+                       "not told apart)")
+        if est.mirrored:
+            flag = "--scan-flip-x" if not opts.scan_flip_x else "no --scan-flip-x"
+            report("warning", f"the centres of mass fit a mirrored scan better (curl ratio {est.mirror_curl_ratio:.3f} "
+                              f"against {est.curl_ratio:.3f}): try {flag}")
+    data.rotation_estimate = est.as_dict()
+    return est.rotation_deg
 
 
 def make_object(data: DataSummary, opts: InitOptions, pos_a: np.ndarray) -> tuple[np.ndarray, Any, tuple, np.ndarray]:
@@ -300,7 +342,7 @@ def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: R
     summary = summarize_data(group, data_path, opts)
     aberrations = aberrations_of(summary.calibration, opts)
     probe_modes = make_probe(summary, opts, aberrations)
-    pos_a = positions_a(summary, opts, group)
+    pos_a = positions_a(summary, opts, group, report)
     obj, thickness, origin, pos_px = make_object(summary, opts, pos_a)
     init_checks.check(summary, aberrations, pos_a, thickness, strict=opts.strict, report=report)
     state = State(probe=probe_modes, object=obj, positions=pos_px, dx_a=summary.dx_a,
@@ -316,5 +358,6 @@ def run(data: str | Path, out: str | Path, *, overwrite: bool = False, report: R
                      provenance=provenance_of(group), overwrite=overwrite) as writer:
         write_state(writer, state)
         writer.set_attrs(data={"path": str(data_path), "fingerprint": ref.fingerprint})
-        writer.record("init", probe_from=opts.probe_from, counts_per_frame=summary.counts_per_frame)
+        writer.record("init", probe_from=opts.probe_from, counts_per_frame=summary.counts_per_frame,
+                      **({"scan_rotation": summary.rotation_estimate} if summary.rotation_estimate else {}))
         return writer.finalize()

@@ -44,6 +44,7 @@ POSITIONS = 64  # the helper's run: this many of the run's positions where its g
 MAX_POSITIONS = 1024  # at most this many (one group of more: the same part count, types alike)
 WAIT_S = 300.0  # the longest this process waits for the helper before compiling on its own
 IDLE_S = 8.0  # the helper stops once it has compiled nothing new for this long
+START_S = 60.0  # ... or nothing at all for this long from its start
 GRACE_S = 2.0  # ... and this process waits while it is busy or was within this (its run goes on
 # between two kernels: a kernel it is about to compile is not compiled here as well)
 # the part kernels' protocol (single_slice.py): the last three arguments are done_addr (an int64
@@ -246,13 +247,14 @@ def _say(word: str) -> None:
 
 
 def _watch(notice: Any) -> None:
-    """End the helper once it has compiled nothing new for IDLE_S (the rest of its run is of no use)."""
+    """End the helper once it has compiled nothing new for IDLE_S (the rest of its run is of no
+    use), or nothing at all for START_S (reading the run's inputs takes a while on a busy machine)."""
     seen, since = notice.compiled, time.monotonic()
     while True:
         time.sleep(0.5)
         if notice.compiled != seen or compile_guard.busy():
             seen, since = notice.compiled, time.monotonic()
-        elif time.monotonic() - since > IDLE_S:
+        elif time.monotonic() - since > (IDLE_S if seen else START_S):
             os._exit(0)
 
 

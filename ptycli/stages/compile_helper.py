@@ -35,7 +35,8 @@ def main(spec_path: str) -> int:
         try:
             reconstruct.run(spec["data"], spec["state"], Path(tmp) / "out.zarr",
                             recipe=Recipe.model_validate(spec["recipe"]), precision=spec["precision"],
-                            seed=spec["seed"], positions=str(positions), handle_signals=False, prefetch=False)
+                            seed=spec["seed"], positions=str(positions), stream=True, handle_signals=False,
+                            prefetch=False)  # streamed: its few positions' patterns, not the run's all
         except Exception:  # noqa: BLE001  (a rehearsal: whatever it compiled before the error is kept)
             if os.environ.get(k.compile_helper.LOG):
                 import traceback  # noqa: PLC0415

@@ -36,6 +36,21 @@ def test_note_when_a_ptycli_kernel_starts_compiling_once():
     assert said[0].startswith("compiling kernels (f, then the others")
 
 
+@pytest.mark.skipif(backend.kernels(np) is None, reason="compiled kernels need Numba")
+def test_a_helper_started_after_the_note_is_said_too(monkeypatch):
+    from ptycli._kernels import helper
+
+    said = []
+    monkeypatch.setattr(helper, "_on_start", [])
+    assert kernel_note.on_compile(said.append)
+    _compiled_in("ptycli._kernels.fake", 4)
+    assert len(said) == 1 and "2 processes" not in said[0]
+    for callback in helper._on_start:  # what helper._start does once its process runs
+        callback("single_slice_part")
+    assert said[1] == kernel_note.message("single_slice_part", True)
+    assert said[1].startswith("compiling kernels in 2 processes (single_slice_part here")
+
+
 def test_no_note_without_kernels(monkeypatch):
     monkeypatch.setattr(backend, "kernels", lambda xp: None)
     assert kernel_note.on_compile(print) is False

@@ -56,6 +56,7 @@ _proc: subprocess.Popen | None = None
 _started = 0.0
 _busy = False  # the helper is starting or compiling (its stdout says "busy" / "idle")
 _idle_since = 0.0
+_on_start: list[Any] = []
 _changed = threading.Condition()
 
 
@@ -136,6 +137,15 @@ def _start() -> None:
     threading.Thread(target=_follow, args=(_proc,), name="ptycli-compile-helper", daemon=True).start()
     compile_guard.before_lookups(wait)
     atexit.register(_end)
+    callbacks, _on_start[:] = list(_on_start), []
+    for callback in callbacks:
+        callback(spec["skip"])
+
+
+def on_start(callback: Any) -> None:
+    """Call ``callback(kernel)`` when a helper next starts, ``kernel`` the one this process
+    compiles (the kernel note says so when it spoke before, at a smaller kernel)."""
+    _on_start.append(callback)
 
 
 def _set_busy(busy: bool) -> None:

@@ -35,7 +35,10 @@ def on_compile(say: Callable[[str], None]) -> bool:
 
     def note() -> None:
         helper = getattr(k, "compile_helper", None)
-        say(message(k.compiling() if hasattr(k, "compiling") else "", helper is not None and helper.running()))
+        running = helper is not None and helper.running()
+        say(message(k.compiling() if hasattr(k, "compiling") else "", running))
+        if helper is not None and not running:  # a helper may start at a part kernel later on
+            helper.on_start(lambda first: say(message(first, True)))
 
     k.on_first_compile(note, key=MESSAGE)  # one note, however many runs asked
     return True

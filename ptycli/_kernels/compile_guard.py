@@ -10,11 +10,13 @@ the test suite). Upstream this is open (numba#4807, "Cache causes segmentation f
 generated in parallel"; numba#10128, where the maintainers proposed a file lock). Numba looks
 up, compiles and saves an entry while it holds its compiler lock, and broadcasts the
 documented "numba:compiler_lock" event around that lock and "numba:compile" around the
-compilation proper (typing, lowering, LLVM: the cache is not touched in between).
-``CompileLock`` holds an exclusive ``fcntl.flock`` on one file while a thread of this process
-is inside the compiler lock but not inside a compilation: every cache lookup and save of one
-process is atomic for the others, while the compilations themselves run at the same time in
-several processes (helper.py compiles a run's kernels in two). Nothing of Numba is patched;
+compilation proper (typing, lowering, LLVM: the cache is not touched in between; its pass
+pipeline takes the compiler lock again, a frame of its own). ``CompileLock`` holds an exclusive
+``fcntl.flock`` on one file while a thread of this process is in a dispatcher's own lock frame,
+where it looks up or saves: every cache lookup and save of one process is atomic for the
+others, while the compilations themselves run at the same time in several processes (helper.py
+compiles a run's kernels in two; holding the lock through the pipeline frame had serialized
+them). Nothing of Numba is patched;
 without fcntl (not POSIX) the lock is left out.
 
 The "numba:compile" event (a real compilation, not a cache load) is how the command line
@@ -47,13 +49,18 @@ def lock_path() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptycli" / LOCK_NAME
 
 
-_LOOKUP, _COMPILE = "lookup", "compile"
+# the frames of a thread inside Numba (0.68): a dispatcher takes the compiler lock (_CACHE: it
+# looks up, and after compiling saves, its cache entry), the compilation itself is the
+# "numba:compile" event (_COMPILE), whose pass pipeline takes the lock again (_WORK: typing,
+# lowering, LLVM, where callees' dispatchers nest as _CACHE frames); a lock taken inside a
+# _CACHE frame (a subroutine compiled by the pipeline) is _WORK too
+_CACHE, _COMPILE, _WORK = "cache", "compile", "work"
 
 
 class CompileLock(event.Listener):
     """An exclusive file lock held while a thread of this process looks up or saves cache
-    entries: inside Numba's compiler lock (events nest: Numba takes it again for every callee
-    it compiles) and not inside a compilation. Registered for both events.
+    entries (the innermost frame a _CACHE frame), not while it compiles. Registered for both
+    events.
 
     Threads of one process take turns before Numba's lock (``_outer``): a thread that waits
     for Numba's lock, whose event comes before the wait, must not hold the file lock meanwhile
@@ -79,17 +86,17 @@ class CompileLock(event.Listener):
                 if self.before_lookup is not None:
                     self.before_lookup()
                 self._outer.acquire()
-            stack.append(_LOOKUP)
+            stack.append(_CACHE if not stack or stack[-1] == _WORK else _WORK)
         else:
             stack.append(_COMPILE)
-        self._hold(stack[-1] == _LOOKUP)
+        self._hold(stack[-1] == _CACHE)
 
     def on_end(self, ev: event.Event) -> None:
         stack = self._stack()
         if not stack:
             return
         stack.pop()
-        self._hold(bool(stack) and stack[-1] == _LOOKUP)
+        self._hold(bool(stack) and stack[-1] == _CACHE)
         if not stack and ev.kind == "numba:compiler_lock":
             self._outer.release()
 

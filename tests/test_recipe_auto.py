@@ -16,13 +16,13 @@ from ptycli.stages.preprocess_ops import dark_field_fraction
     (AutoInputs(2e3, 1, 1), "low-dose", "poisson"),
     (AutoInputs(2e4, 1, 1), "single-slice", "poisson"),  # the recipe's own noise model
     (AutoInputs(None, 1, 1), "single-slice", "poisson"),
-    (AutoInputs(1e5, 10, 1), "multislice", "amplitude"),
+    (AutoInputs(1e5, 10, 1), "multislice", "poisson"),  # with its diffuse background
     (AutoInputs(1e3, 13, 1), "low-dose", "poisson"),
     (AutoInputs(1e5, 1, 3), "mixed-state", "amplitude"),
     (AutoInputs(5e3, 4, 2), "mixed-state", "poisson"),
     (AutoInputs(5e4, 2, 1, 0.032), "single-slice", "poisson"),  # weak scatterer (MoS2 bilayer)
-    (AutoInputs(1e5, 5, 1, 0.068), "multislice", "amplitude"),  # SrTiO3
-    (AutoInputs(1e5, 5, 1, None), "multislice", "amplitude"),  # share not measurable
+    (AutoInputs(1e5, 5, 1, 0.068), "multislice", "poisson"),  # SrTiO3
+    (AutoInputs(1e5, 5, 1, None), "multislice", "poisson"),  # share not measurable
     (AutoInputs(5e3, 18, 1, 0.007), "low-dose", "poisson"),  # the dose rule first
 ])
 def test_auto_picks_by_modes_slices_and_dose(inputs, name, noise):
@@ -35,8 +35,9 @@ def test_auto_picks_by_modes_slices_and_dose(inputs, name, noise):
     assert {s.noise.model for s in fitted} == {noise}
     assert rec.description.startswith(f"auto: {name}")
     # the user's --set wins over what auto set
-    rec = load_recipe("auto", ['stage.0.noise.model="anscombe"'], auto=inputs)
-    assert rec.stage[0].noise.model == "anscombe"
+    other = "amplitude" if noise == "poisson" else "poisson"  # the two models a background allows
+    rec = load_recipe("auto", [f'stage.0.noise.model="{other}"'], auto=inputs)
+    assert rec.stage[0].noise.model == other
 
 
 def test_auto_without_stores_names_what_it_needs(cli):

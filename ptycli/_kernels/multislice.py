@@ -55,7 +55,7 @@ from .single_slice import (
 _YES, _NO = np.bool_(True), np.bool_(False)
 
 # sha256 of single_slice.py, first 16 hex digits (tests/test_kernel_cache.py says the new one)
-INLINED_DIGEST = "2a2a85c1c5729f23"
+INLINED_DIGEST = "b2b870390286643f"
 
 
 @nb.njit(**_JIT)
